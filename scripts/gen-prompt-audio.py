@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""Generates the prompt recordings under audio/ from the texts in prompts/*.toml with espeak-ng.
+
+Each prompt becomes an 8 kHz mono 16-bit WAV (telephone rate). A prompt with placeholders
+("You are number {position} in line") is recorded in parts, <name>.<i>.wav between the
+placeholders, plus number clips numbers/<n>.wav, so playback can splice in live values; its
+main <name>.wav says the text with example values. The results are committed: operators
+replace them with studio recordings if they like, and check-config verifies them.
+
+Usage: scripts/gen-prompt-audio.py [--prompts DIR] [--only LANG]
+Needs espeak-ng and sox (scripts/setup.sh installs them).
+"""
+import argparse, os, re, subprocess, sys, tempfile, tomllib
+
+VOICES = {"en": "en-us", "nl": "nl"}
+EXAMPLE = {"position": "3", "minutes": "5"}
+NUMBERS = range(1, 61)
+
+
+def say(text, voice, out):
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with tempfile.NamedTemporaryFile(suffix=".wav") as raw:
+        subprocess.run(["espeak-ng", "-v", voice, "-s", "165", "-w", raw.name, text], check=True)
+        # Telephone rate, a little headroom, no trailing silence beyond 150 ms.
+        subprocess.run(["sox", raw.name, "-r", "8000", "-c", "1", "-b", "16", out, "gain", "-n", "-3",
+                        "reverse", "silence", "1", "0.05", "0.5%", "reverse", "pad", "0", "0.15"], check=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prompts", default=os.path.join(os.path.dirname(__file__), "..", "prompts"))
+    ap.add_argument("--only")
+    args = ap.parse_args()
+    with open(os.path.join(args.prompts, "humanline.toml"), "rb") as f:
+        settings = tomllib.load(f)
+    audio_dir = os.path.normpath(os.path.join(args.prompts, settings.get("audio_dir", "../audio")))
+    for lang in settings["languages"]:
+        if args.only and lang != args.only:
+            continue
+        with open(os.path.join(args.prompts, f"{lang}.toml"), "rb") as f:
+            conf = tomllib.load(f)
+        voice = VOICES.get(lang, lang)
+        templated = False
+        for name, p in conf["prompts"].items():
+            out = os.path.join(audio_dir, p["audio"])
+            text = p["text"]
+            say(re.sub(r"\{(\w+)\}", lambda m: EXAMPLE.get(m.group(1), ""), text), voice, out)
+            parts = re.split(r"\{\w+\}", text)
+            if len(parts) > 1:
+                templated = True
+                stem = out[:-4]
+                for i, part in enumerate(parts):
+                    if part.strip():
+                        say(part.strip(), voice, f"{stem}.{i}.wav")
+            print(f"{out}", file=sys.stderr)
+        if templated:
+            for n in NUMBERS:
+                say(str(n), voice, os.path.join(audio_dir, lang, "numbers", f"{n}.wav"))
+
+
+if __name__ == "__main__":
+    main()

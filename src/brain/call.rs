@@ -1,0 +1,429 @@
+//! The rules of one call. See the module docs of `brain` for the contract.
+
+use super::{
+    Action, CallbackRequest, CallbackWhen, CallerContext, Event, Phase, PlayId, RouteReason, TimerKind,
+};
+use crate::config::{Flow, Language, render};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Failures (no input, not understood) the IVR tolerates before it hands the caller to a
+/// person: never a loop, never a disconnect (GetHuman #8).
+const MAX_FAILURES: u8 = 2;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallbackState {
+    NotOffered,
+    Offered,
+    Declined,
+    Storing,
+    Stored,
+}
+
+/// One call's state machine. Create it per call with the flow in force at call start (a
+/// reloaded flow applies to new calls, so a call never changes rules midway).
+#[derive(Debug)]
+pub struct CallBrain {
+    flow: Arc<Flow>,
+    language: String,
+    phase: Phase,
+    context: CallerContext,
+    /// Final transcripts with the topic each matched, for repetition.
+    heard: Vec<(String, Option<String>)>,
+    failures: u8,
+    next_play: u64,
+    playing: Option<(PlayId, String, bool)>,
+    timers: [Option<Instant>; 3],
+    queue: Option<(u32, Duration)>,
+    callback: CallbackState,
+    route_reason: Option<RouteReason>,
+}
+
+impl CallBrain {
+    pub fn new(flow: Arc<Flow>) -> Self {
+        let language = flow.default_language.clone();
+        Self {
+            flow,
+            context: CallerContext { language: language.clone(), ..Default::default() },
+            language,
+            phase: Phase::NotStarted,
+            heard: Vec::new(),
+            failures: 0,
+            next_play: 0,
+            playing: None,
+            timers: [None; 3],
+            queue: None,
+            callback: CallbackState::NotOffered,
+            route_reason: None,
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    pub fn context(&self) -> &CallerContext {
+        &self.context
+    }
+
+    /// The prompt playing now, if any.
+    pub fn playing(&self) -> Option<(PlayId, &str)> {
+        self.playing.as_ref().map(|(id, p, _)| (*id, p.as_str()))
+    }
+
+    /// The earliest armed timer: when the driver should next send `TimerFired`.
+    pub fn next_timeout(&self) -> Option<(TimerKind, Instant)> {
+        TimerKind::ALL.iter().zip(&self.timers).filter_map(|(k, t)| t.map(|at| (*k, at))).min_by_key(|(_, at)| *at)
+    }
+
+    /// Feeds one event; returns what to do, in order. A route to an agent always comes first,
+    /// so the agent's phone rings before anything else is done.
+    pub fn handle(&mut self, now: Instant, event: Event) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.phase == Phase::Ended {
+            return out;
+        }
+        match event {
+            Event::CallStarted { caller_id, language } => self.on_start(now, caller_id, language, &mut out),
+            Event::PromptFinished { play } => self.on_prompt_finished(now, play, &mut out),
+            Event::SpeechStarted => {
+                self.cancel(TimerKind::NoInput, &mut out);
+                if let Some((_, _, true)) = self.playing {
+                    // Barge-in fires on the start of speech, not on a transcript.
+                    self.playing = None;
+                    out.push(Action::StopPlayback);
+                }
+            }
+            Event::SpeechEnded => {}
+            Event::PartialTranscript { text } => self.on_partial(now, text, &mut out),
+            Event::FinalTranscript { text } => self.on_final(now, text, &mut out),
+            Event::Dtmf { digit } => self.on_dtmf(now, digit, &mut out),
+            Event::TimerFired { timer } => self.on_timer(now, timer, &mut out),
+            Event::AgentOffered { .. } | Event::AgentDeclined { .. } => {}
+            Event::AgentAnswered { .. } => {
+                if self.phase == Phase::Queued {
+                    self.phase = Phase::WithAgent;
+                    for t in TimerKind::ALL {
+                        self.cancel(t, &mut out);
+                    }
+                    self.stop_playing(&mut out);
+                }
+            }
+            Event::AgentLeft => {
+                if self.phase == Phase::WithAgent {
+                    // Back with the IVR, never disconnected.
+                    self.phase = Phase::Ivr;
+                    self.failures = 0;
+                    self.queue = None;
+                    self.callback = CallbackState::NotOffered;
+                    self.play("after_agent", &[], &mut out);
+                    out.push(Action::Listen);
+                }
+            }
+            Event::NoAgentAvailable => {
+                if self.phase == Phase::Queued && self.callback_offerable() {
+                    self.offer_callback(now, &mut out);
+                }
+            }
+            Event::QueueStatus { position, estimated_wait } => {
+                let first = self.queue.is_none();
+                self.queue = Some((position, estimated_wait));
+                if self.phase == Phase::Queued {
+                    if estimated_wait > self.flow.offer_callback_after_wait && self.callback_offerable() {
+                        self.offer_callback(now, &mut out);
+                    } else if first && self.playing.is_none() {
+                        self.announce_queue(now, &mut out);
+                    }
+                }
+            }
+            Event::CallbackStored { .. } => {
+                if self.callback == CallbackState::Storing {
+                    self.callback = CallbackState::Stored;
+                    self.cancel(TimerKind::CallbackReoffer, &mut out);
+                    // The promise is on disk: only now may the caller hear it.
+                    self.play("callback_confirmed", &[], &mut out);
+                }
+            }
+            Event::CallbackStoreFailed { .. } => {
+                if self.callback == CallbackState::Storing {
+                    self.callback = CallbackState::Declined;
+                    self.play("callback_failed", &[], &mut out);
+                    self.arm(TimerKind::CallbackReoffer, now + self.flow.timers.callback_reoffer_interval, &mut out);
+                }
+            }
+            Event::SpeechEngineDegraded => {
+                if self.phase == Phase::Ivr {
+                    self.route(now, RouteReason::SpeechUnavailable, &mut out);
+                }
+            }
+            Event::CallerMediaLost => {
+                // They asked for a person and their line died: call them back unasked.
+                if self.phase == Phase::Queued
+                    && self.callback != CallbackState::Stored
+                    && self.callback != CallbackState::Storing
+                    && self.context.caller_id.is_some()
+                {
+                    out.push(self.callback_request(true));
+                }
+                self.end(&mut out);
+            }
+            Event::CallerHungUp => self.end(&mut out),
+        }
+        out
+    }
+
+    fn lang(&self) -> &Language {
+        self.flow.language(&self.language).unwrap_or_else(|| self.flow.default_language())
+    }
+
+    fn on_start(&mut self, now: Instant, caller_id: Option<String>, language: Option<String>, out: &mut Vec<Action>) {
+        if self.phase != Phase::NotStarted {
+            return;
+        }
+        if let Some(code) = language.filter(|c| self.flow.language(c).is_some()) {
+            self.language = code.clone();
+            self.context.language = code.clone();
+            out.push(Action::SetLanguage { code });
+        }
+        self.context.caller_id = caller_id;
+        self.phase = Phase::Ivr;
+        self.play("greeting", &[], out);
+        out.push(Action::Listen);
+        let _ = now;
+    }
+
+    fn on_prompt_finished(&mut self, now: Instant, play: PlayId, out: &mut Vec<Action>) {
+        let Some((current, prompt, _)) = self.playing.take() else { return };
+        if current != play {
+            self.playing = Some((current, prompt, false));
+            return;
+        }
+        match self.phase {
+            Phase::Ivr if prompt != "connecting" => {
+                self.arm(TimerKind::NoInput, now + self.flow.timers.no_input, out);
+            }
+            Phase::Queued if prompt == "connecting" && self.queue.is_some() => self.announce_queue(now, out),
+            _ => {}
+        }
+    }
+
+    fn on_partial(&mut self, now: Instant, text: String, out: &mut Vec<Action>) {
+        if self.phase != Phase::Ivr {
+            return;
+        }
+        // Decide while the caller is still speaking: an escape in a partial routes now.
+        if let Some(m) = self.flow.escape.detect(&text) {
+            self.context.said.push(text);
+            self.context.escape = Some(m);
+            self.route(now, RouteReason::Keyword, out);
+        }
+    }
+
+    fn on_final(&mut self, now: Instant, text: String, out: &mut Vec<Action>) {
+        match self.phase {
+            Phase::Ivr => self.on_ivr_answer(now, text, out),
+            Phase::Queued => self.on_queue_answer(now, text, out),
+            _ => {}
+        }
+    }
+
+    fn on_ivr_answer(&mut self, now: Instant, text: String, out: &mut Vec<Action>) {
+        self.cancel(TimerKind::NoInput, out);
+        let text = text.trim().to_string();
+        if !text.is_empty() {
+            self.context.said.push(text.clone());
+        }
+        if let Some(m) = self.flow.escape.detect(&text) {
+            self.context.escape = Some(m);
+            return self.route(now, RouteReason::Keyword, out);
+        }
+        // "Nederlands", "English": the caller picks their language (GetHuman #9).
+        if let Some(switch) =
+            self.flow.languages.values().find(|l| l.code != self.language && l.switch_to.matches(&text))
+        {
+            let code = switch.code.clone();
+            self.language = code.clone();
+            self.context.language = code.clone();
+            out.push(Action::SetLanguage { code });
+            self.play("greeting", &[], out);
+            out.push(Action::Listen);
+            return;
+        }
+        let lang = self.lang();
+        if lang.repetition.repeats(&text, self.heard.iter().map(|(t, _)| t.as_str())) {
+            return self.route(now, RouteReason::Repetition, out);
+        }
+        let topic = lang.topics.iter().find(|t| t.keywords.matches(&text)).map(|t| (t.name.clone(), t.prompt.clone()));
+        let last_topic = self.heard.last().and_then(|(_, t)| t.clone());
+        self.heard.push((text, topic.as_ref().map(|(n, _)| n.clone())));
+        match topic {
+            // The same topic again: the answer did not help.
+            Some((name, _)) if last_topic.as_deref() == Some(name.as_str()) => {
+                self.route(now, RouteReason::Repetition, out)
+            }
+            Some((name, prompt)) => {
+                self.context.topics.push(name);
+                self.play(&prompt, &[], out);
+                out.push(Action::Listen);
+            }
+            None => self.fail(now, RouteReason::NoMatch, out),
+        }
+    }
+
+    fn on_queue_answer(&mut self, now: Instant, text: String, out: &mut Vec<Action>) {
+        if !text.trim().is_empty() {
+            self.context.said.push(text.trim().to_string());
+        }
+        if self.callback == CallbackState::Offered {
+            let lang = self.lang();
+            let (yes, no) = (lang.yes.matches(&text), lang.no.matches(&text));
+            if yes && !no {
+                self.accept_callback(out);
+            } else if no {
+                self.decline_callback(now, out);
+            }
+        }
+    }
+
+    fn on_dtmf(&mut self, now: Instant, digit: char, out: &mut Vec<Action>) {
+        self.context.dtmf.push(digit);
+        match (self.phase, digit) {
+            (Phase::Ivr, '0') => self.route(now, RouteReason::Dtmf, out),
+            (Phase::Queued, '1') if self.callback == CallbackState::Offered => self.accept_callback(out),
+            (Phase::Queued, '2') if self.callback == CallbackState::Offered => self.decline_callback(now, out),
+            _ => {}
+        }
+    }
+
+    fn on_timer(&mut self, now: Instant, timer: TimerKind, out: &mut Vec<Action>) {
+        let slot = &mut self.timers[timer as usize];
+        match *slot {
+            Some(at) if at <= now => *slot = None,
+            // Cancelled, or moved later: a stale fire.
+            _ => return,
+        }
+        match (timer, self.phase) {
+            (TimerKind::NoInput, Phase::Ivr) => self.fail(now, RouteReason::NoInput, out),
+            (TimerKind::QueueAnnounce, Phase::Queued) => {
+                if self.playing.is_some() {
+                    self.arm(TimerKind::QueueAnnounce, now + Duration::from_secs(5), out);
+                } else {
+                    self.announce_queue(now, out);
+                }
+            }
+            (TimerKind::CallbackReoffer, Phase::Queued) => {
+                if self.callback_offerable() {
+                    self.offer_callback(now, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Not understood or not heard: ask again once, then hand over to a person.
+    fn fail(&mut self, now: Instant, why: RouteReason, out: &mut Vec<Action>) {
+        self.failures += 1;
+        if self.failures >= MAX_FAILURES {
+            return self.route(now, why, out);
+        }
+        let prompt = if why == RouteReason::NoInput { "reprompt_no_input" } else { "reprompt_no_match" };
+        self.play(prompt, &[], out);
+        out.push(Action::Listen);
+    }
+
+    fn route(&mut self, now: Instant, reason: RouteReason, out: &mut Vec<Action>) {
+        if self.phase != Phase::Ivr {
+            return;
+        }
+        self.phase = Phase::Queued;
+        self.route_reason = Some(reason);
+        // First, so the agent's phone rings before anything else happens.
+        out.insert(0, Action::RouteToAgent { reason, context: self.context.clone() });
+        self.cancel(TimerKind::NoInput, out);
+        self.play("connecting", &[], out);
+        self.arm(TimerKind::QueueAnnounce, now + self.flow.timers.queue_announce_interval, out);
+    }
+
+    fn announce_queue(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if let Some((position, wait)) = self.queue {
+            let minutes = wait.as_secs().div_ceil(60).max(1);
+            self.play("queue_position", &[("position", position.to_string()), ("minutes", minutes.to_string())], out);
+        }
+        self.arm(TimerKind::QueueAnnounce, now + self.flow.timers.queue_announce_interval, out);
+    }
+
+    fn callback_offerable(&self) -> bool {
+        matches!(self.callback, CallbackState::NotOffered | CallbackState::Declined)
+    }
+
+    fn offer_callback(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.callback = CallbackState::Offered;
+        out.push(Action::OfferCallback);
+        self.play("callback_offer", &[], out);
+        out.push(Action::Listen);
+        self.arm(TimerKind::CallbackReoffer, now + self.flow.timers.callback_reoffer_interval, out);
+    }
+
+    fn accept_callback(&mut self, out: &mut Vec<Action>) {
+        self.callback = CallbackState::Storing;
+        self.cancel(TimerKind::CallbackReoffer, out);
+        out.push(self.callback_request(false));
+    }
+
+    fn decline_callback(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.callback = CallbackState::Declined;
+        self.arm(TimerKind::CallbackReoffer, now + self.flow.timers.callback_reoffer_interval, out);
+    }
+
+    fn callback_request(&self, automatic: bool) -> Action {
+        Action::StoreCallback(Box::new(CallbackRequest {
+            number: self.context.caller_id.clone(),
+            when: CallbackWhen::Asap,
+            reason: self.route_reason.unwrap_or(RouteReason::Keyword),
+            context: self.context.clone(),
+            automatic,
+        }))
+    }
+
+    fn play(&mut self, prompt: &str, vars: &[(&str, String)], out: &mut Vec<Action>) {
+        let lang = self.lang();
+        // Validation guarantees every prompt the brain names exists; if one is missing anyway,
+        // stay silent rather than fail the call.
+        let Some(p) = lang.prompts.get(prompt) else { return };
+        let action = Action::Play {
+            play: PlayId(self.next_play),
+            prompt: prompt.to_string(),
+            text: render(&p.text, vars),
+            audio: p.audio.clone(),
+            barge_in: p.barge_in,
+        };
+        self.playing = Some((PlayId(self.next_play), prompt.to_string(), p.barge_in));
+        self.next_play += 1;
+        out.push(action);
+    }
+
+    fn stop_playing(&mut self, out: &mut Vec<Action>) {
+        if self.playing.take().is_some() {
+            out.push(Action::StopPlayback);
+        }
+    }
+
+    fn arm(&mut self, timer: TimerKind, at: Instant, out: &mut Vec<Action>) {
+        self.timers[timer as usize] = Some(at);
+        out.push(Action::SetTimer { timer, at });
+    }
+
+    fn cancel(&mut self, timer: TimerKind, out: &mut Vec<Action>) {
+        if self.timers[timer as usize].take().is_some() {
+            out.push(Action::CancelTimer { timer });
+        }
+    }
+
+    fn end(&mut self, out: &mut Vec<Action>) {
+        self.phase = Phase::Ended;
+        for t in TimerKind::ALL {
+            self.cancel(t, out);
+        }
+        self.playing = None;
+    }
+}

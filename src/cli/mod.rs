@@ -1,0 +1,84 @@
+//! The `humanline` command line: operators' tools and the drivers that run the brain.
+
+mod simulate;
+
+use crate::config::{ConfigError, Flow};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(name = "humanline", version, about = "A voice IVR where a caller can always reach a human")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate the prompts folder: TOML, unknown keys, audio files, prompt references.
+    CheckConfig {
+        /// Prompts folder (humanline.toml and one <lang>.toml per language).
+        #[arg(long, default_value = "prompts")]
+        prompts: PathBuf,
+    },
+    /// Run a whole call through the call brain and print what happens as JSON lines.
+    Simulate(simulate::SimulateArgs),
+}
+
+pub fn main() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { prompts } => check_config(&prompts),
+        Command::Simulate(args) => match simulate::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("humanline simulate: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("HUMANLINE_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    // Logs go to stderr: stdout carries the commands' JSON.
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn check_config(dir: &std::path::Path) -> ExitCode {
+    match Flow::load_dir(dir) {
+        Ok(flow) => {
+            let prompts: usize = flow.languages.values().map(|l| l.prompts.len()).sum();
+            println!(
+                "{}: ok ({} languages, {} prompts, default {})",
+                dir.display(),
+                flow.languages.len(),
+                prompts,
+                flow.default_language
+            );
+            ExitCode::SUCCESS
+        }
+        Err(ConfigError::Invalid(problems)) => {
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            eprintln!("{}: {} problem(s); configuration not valid", dir.display(), problems.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Loads the prompts folder if given (or `prompts/` if present), else the embedded defaults.
+pub(crate) fn load_flow(dir: Option<&std::path::Path>) -> anyhow::Result<Flow> {
+    let flow = match dir {
+        Some(d) => Flow::load_dir(d)?,
+        None if std::path::Path::new("prompts/humanline.toml").is_file() => {
+            Flow::load_dir(std::path::Path::new("prompts"))?
+        }
+        None => Flow::embedded()?,
+    };
+    Ok(flow)
+}

@@ -1,0 +1,148 @@
+//! The on-disk shape of the operator's files, exactly as serde reads them. Fields that later
+//! checks point at are `Spanned`, so a problem is reported at its line.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use toml::Spanned;
+
+/// `prompts/humanline.toml`: settings shared by every language.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsFile {
+    pub default_language: Spanned<String>,
+    pub languages: Spanned<Vec<String>>,
+    /// Folder of the prompt recordings, relative to the prompts folder.
+    #[serde(default = "default_audio_dir")]
+    pub audio_dir: String,
+    #[serde(default)]
+    pub timers: TimersFile,
+    #[serde(default)]
+    pub escape: EscapeSettingsFile,
+    #[serde(default)]
+    pub repetition: RepetitionFile,
+    #[serde(default)]
+    pub callback: CallbackFile,
+}
+
+fn default_audio_dir() -> String {
+    "../audio".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimersFile {
+    pub no_input_ms: Spanned<u64>,
+    pub queue_announce_interval_ms: Spanned<u64>,
+    pub callback_reoffer_interval_ms: Spanned<u64>,
+}
+
+impl Default for TimersFile {
+    fn default() -> Self {
+        Self {
+            no_input_ms: Spanned::new(0..0, 7_000),
+            queue_announce_interval_ms: Spanned::new(0..0, 30_000),
+            callback_reoffer_interval_ms: Spanned::new(0..0, 120_000),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EscapeSettingsFile {
+    pub fuzzy_letters: Spanned<f32>,
+    pub fuzzy_sound: Spanned<f32>,
+    pub min_fuzzy_letters: usize,
+}
+
+impl Default for EscapeSettingsFile {
+    fn default() -> Self {
+        let d = crate::escape::EscapeThresholds::default();
+        Self {
+            fuzzy_letters: Spanned::new(0..0, d.fuzzy_letters),
+            fuzzy_sound: Spanned::new(0..0, d.fuzzy_sound),
+            min_fuzzy_letters: d.min_fuzzy_letters,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RepetitionFile {
+    pub threshold: Spanned<f32>,
+}
+
+impl Default for RepetitionFile {
+    fn default() -> Self {
+        Self { threshold: Spanned::new(0..0, 0.6) }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallbackFile {
+    /// Offer a callback once the estimated wait passes this.
+    pub offer_when_wait_exceeds_ms: u64,
+}
+
+impl Default for CallbackFile {
+    fn default() -> Self {
+        Self { offer_when_wait_exceeds_ms: 120_000 }
+    }
+}
+
+/// `prompts/<lang>.toml`: one language's prompts and lexicons.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LanguageFile {
+    /// The language's own name, said to callers ("English", "Nederlands").
+    pub name: String,
+    /// What a caller says to switch to this language.
+    #[serde(default)]
+    pub switch_phrases: Vec<String>,
+    pub prompts: Spanned<BTreeMap<String, Spanned<PromptFile>>>,
+    pub escape: EscapeLexiconFile,
+    pub answers: AnswersFile,
+    #[serde(default)]
+    pub topics: Vec<TopicFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptFile {
+    pub text: Spanned<String>,
+    /// Recording, relative to the audio folder.
+    pub audio: Spanned<String>,
+    /// May the caller interrupt it by speaking?
+    #[serde(default = "yes")]
+    pub barge_in: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EscapeLexiconFile {
+    pub phrases: Spanned<Vec<String>>,
+    /// What recognition writes for a phrase on phone audio -> the phrase.
+    #[serde(default)]
+    pub sounds_like: BTreeMap<String, Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnswersFile {
+    pub yes: Vec<String>,
+    pub no: Vec<String>,
+    /// Words that carry no request ("my", "the"), ignored when comparing for repetition.
+    pub stopwords: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicFile {
+    pub name: String,
+    pub keywords: Spanned<Vec<String>>,
+    pub prompt: Spanned<String>,
+}

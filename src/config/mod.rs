@@ -1,0 +1,429 @@
+//! Operator configuration: the prompts, lexicons and thresholds under `prompts/`.
+//!
+//! Loading either yields a complete, validated [`Flow`] or every problem found, each as
+//! `FILE:LINE:COL: message`. A running server swaps in a new `Flow` only when it loaded
+//! cleanly, so invalid configuration never replaces a valid one.
+
+mod files;
+
+use crate::escape::{EscapeDetector, EscapeThresholds, PhraseSet, RepetitionDetector};
+use files::{LanguageFile, SettingsFile};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Prompts the call brain plays, so every language must define them.
+pub const REQUIRED_PROMPTS: &[&str] = &[
+    "greeting",
+    "reprompt_no_input",
+    "reprompt_no_match",
+    "connecting",
+    "queue_position",
+    "callback_offer",
+    "callback_confirmed",
+    "callback_failed",
+    "after_agent",
+];
+
+/// Placeholders a prompt's text may use, filled in when it is played.
+const PLACEHOLDERS: &[(&str, &[&str])] =
+    &[("queue_position", &["position", "minutes"])];
+
+/// The shipped prompts, compiled in, so the binary runs without a prompts folder.
+const EMBEDDED: &[(&str, &str)] = &[
+    ("humanline.toml", include_str!("../../prompts/humanline.toml")),
+    ("en.toml", include_str!("../../prompts/en.toml")),
+    ("nl.toml", include_str!("../../prompts/nl.toml")),
+];
+
+/// One problem in the operator's files, at a position a text editor can jump to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub file: PathBuf,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.col, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{} problem(s) in the configuration:\n{}", .0.len(), join_lines(.0))]
+    Invalid(Vec<ConfigProblem>),
+}
+
+fn join_lines(problems: &[ConfigProblem]) -> String {
+    problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n")
+}
+
+/// A prompt ready to play.
+#[derive(Debug, Clone)]
+pub struct Prompt {
+    pub text: String,
+    /// Absolute or working-directory-relative path; `None` for embedded prompts.
+    pub audio: Option<PathBuf>,
+    pub barge_in: bool,
+}
+
+/// A self-service topic: keywords a caller might use, and the prompt that answers them.
+#[derive(Debug, Clone)]
+pub struct Topic {
+    pub name: String,
+    pub keywords: PhraseSet,
+    pub prompt: String,
+}
+
+/// Everything the brain needs in one language.
+#[derive(Debug, Clone)]
+pub struct Language {
+    pub code: String,
+    pub name: String,
+    pub switch_to: PhraseSet,
+    pub prompts: HashMap<String, Prompt>,
+    pub yes: PhraseSet,
+    pub no: PhraseSet,
+    pub repetition: RepetitionDetector,
+    pub topics: Vec<Topic>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timers {
+    pub no_input: Duration,
+    pub queue_announce_interval: Duration,
+    pub callback_reoffer_interval: Duration,
+}
+
+/// The validated flow: what every call runs on. Shared read-only (`Arc<Flow>`).
+#[derive(Debug, Clone)]
+pub struct Flow {
+    pub default_language: String,
+    pub languages: BTreeMap<String, Language>,
+    /// Escape phrases of every language: a caller reaches a person whatever language they
+    /// ask in.
+    pub escape: EscapeDetector,
+    pub timers: Timers,
+    pub offer_callback_after_wait: Duration,
+}
+
+impl Flow {
+    /// Loads and validates the prompts folder (`humanline.toml` and one `<lang>.toml` per
+    /// language), checking that every audio file exists.
+    pub fn load_dir(dir: &Path) -> Result<Flow, ConfigError> {
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read_to_string(&path).map_err(|e| ConfigProblem {
+                file: path.clone(),
+                line: 1,
+                col: 1,
+                message: format!("cannot read: {e}"),
+            })
+        };
+        let mut sources = Vec::new();
+        let settings = read("humanline.toml").map_err(|p| ConfigError::Invalid(vec![p]))?;
+        sources.push((dir.join("humanline.toml"), settings));
+        Loader { sources, dir: Some(dir), read: &read }.load()
+    }
+
+    /// The shipped prompts, compiled into the binary (audio not checked: no folder).
+    pub fn embedded() -> Result<Flow, ConfigError> {
+        let read = |name: &str| {
+            EMBEDDED.iter().find(|(n, _)| *n == name).map(|(_, s)| s.to_string()).ok_or_else(|| {
+                ConfigProblem {
+                    file: PathBuf::from(format!("<embedded>/{name}")),
+                    line: 1,
+                    col: 1,
+                    message: "no such embedded file".into(),
+                }
+            })
+        };
+        let settings = read("humanline.toml").map_err(|p| ConfigError::Invalid(vec![p]))?;
+        Loader { sources: vec![("<embedded>/humanline.toml".into(), settings)], dir: None, read: &read }
+            .load()
+    }
+
+    pub fn language(&self, code: &str) -> Option<&Language> {
+        self.languages.get(code)
+    }
+
+    pub fn default_language(&self) -> &Language {
+        // Validation guarantees the default language exists.
+        &self.languages[&self.default_language]
+    }
+}
+
+type Reader<'a> = &'a dyn Fn(&str) -> Result<String, ConfigProblem>;
+
+struct Loader<'a> {
+    sources: Vec<(PathBuf, String)>,
+    dir: Option<&'a Path>,
+    read: Reader<'a>,
+}
+
+impl Loader<'_> {
+    fn load(mut self) -> Result<Flow, ConfigError> {
+        let mut problems = Vec::new();
+        let (settings_path, settings_text) = self.sources.remove(0);
+        let at = |path: &Path, text: &str, span: Range<usize>, message: String| {
+            let (line, col) = line_col(text, span.start);
+            ConfigProblem { file: path.to_path_buf(), line, col, message }
+        };
+        let settings: SettingsFile = match toml::from_str(&settings_text) {
+            Ok(s) => s,
+            Err(e) => {
+                let span = e.span().unwrap_or(0..0);
+                return Err(ConfigError::Invalid(vec![at(
+                    &settings_path,
+                    &settings_text,
+                    span,
+                    e.message().trim().to_string(),
+                )]));
+            }
+        };
+        let sp = |span: Range<usize>, message: String| at(&settings_path, &settings_text, span, message);
+
+        for (value, name) in [
+            (&settings.escape.fuzzy_letters, "escape.fuzzy_letters"),
+            (&settings.escape.fuzzy_sound, "escape.fuzzy_sound"),
+            (&settings.repetition.threshold, "repetition.threshold"),
+        ] {
+            if !(0.0..=1.0).contains(value.get_ref()) {
+                problems.push(sp(value.span(), format!("{name} must be between 0 and 1")));
+            }
+        }
+        for (value, name) in [
+            (&settings.timers.no_input_ms, "timers.no_input_ms"),
+            (&settings.timers.queue_announce_interval_ms, "timers.queue_announce_interval_ms"),
+            (&settings.timers.callback_reoffer_interval_ms, "timers.callback_reoffer_interval_ms"),
+        ] {
+            if *value.get_ref() < 500 {
+                problems.push(sp(value.span(), format!("{name} must be at least 500 ms")));
+            }
+        }
+        if settings.languages.get_ref().is_empty() {
+            problems.push(sp(settings.languages.span(), "list at least one language".into()));
+        }
+        if !settings.languages.get_ref().contains(settings.default_language.get_ref()) {
+            problems.push(sp(
+                settings.default_language.span(),
+                format!("default language `{}` is not in `languages`", settings.default_language.get_ref()),
+            ));
+        }
+
+        let audio_root = self.dir.map(|d| d.join(&settings.audio_dir));
+        let mut languages = BTreeMap::new();
+        let mut escape_phrases = Vec::new();
+        let mut sounds_like = Vec::new();
+        let repetition_threshold = *settings.repetition.threshold.get_ref();
+        for code in settings.languages.get_ref() {
+            let file_name = format!("{code}.toml");
+            let text = match (self.read)(&file_name) {
+                Ok(t) => t,
+                Err(mut p) => {
+                    p.message = format!("language `{code}` listed in humanline.toml: {}", p.message);
+                    problems.push(p);
+                    continue;
+                }
+            };
+            let path = self.dir.map_or_else(|| PathBuf::from(format!("<embedded>/{file_name}")), |d| d.join(&file_name));
+            let file: LanguageFile = match toml::from_str(&text) {
+                Ok(f) => f,
+                Err(e) => {
+                    problems.push(at(&path, &text, e.span().unwrap_or(0..0), e.message().trim().to_string()));
+                    continue;
+                }
+            };
+            let lp = |span: Range<usize>, message: String| at(&path, &text, span, message);
+            let mut prompts = HashMap::new();
+            for (id, prompt) in file.prompts.get_ref() {
+                let p = prompt.get_ref();
+                check_placeholders(id, p.text.get_ref()).into_iter().for_each(|m| problems.push(lp(p.text.span(), m)));
+                if p.text.get_ref().split_whitespace().count() > 40 {
+                    problems.push(lp(p.text.span(), format!("prompt `{id}` is over 40 words: keep prompts short")));
+                }
+                let audio = match &audio_root {
+                    Some(root) => {
+                        let audio_path = root.join(p.audio.get_ref());
+                        if let Err(m) = check_wav(&audio_path) {
+                            problems.push(lp(p.audio.span(), m));
+                        }
+                        Some(audio_path)
+                    }
+                    None => None,
+                };
+                prompts.insert(
+                    id.clone(),
+                    Prompt { text: p.text.get_ref().clone(), audio, barge_in: p.barge_in },
+                );
+            }
+            for required in REQUIRED_PROMPTS {
+                if !prompts.contains_key(*required) {
+                    problems.push(lp(file.prompts.span(), format!("required prompt `{required}` is not defined")));
+                }
+            }
+            let mut topics = Vec::new();
+            for t in &file.topics {
+                if !prompts.contains_key(t.prompt.get_ref()) {
+                    problems.push(lp(
+                        t.prompt.span(),
+                        format!("topic `{}` uses prompt `{}`, which is not defined", t.name, t.prompt.get_ref()),
+                    ));
+                }
+                if t.keywords.get_ref().is_empty() {
+                    problems.push(lp(t.keywords.span(), format!("topic `{}` has no keywords", t.name)));
+                }
+                topics.push(Topic {
+                    name: t.name.clone(),
+                    keywords: PhraseSet::new(t.keywords.get_ref().iter().map(String::as_str)),
+                    prompt: t.prompt.get_ref().clone(),
+                });
+            }
+            if file.escape.phrases.get_ref().is_empty() {
+                problems.push(lp(file.escape.phrases.span(), "list at least one escape phrase".into()));
+            }
+            for (heard, meant) in &file.escape.sounds_like {
+                if !file.escape.phrases.get_ref().iter().any(|p| p == meant.get_ref()) {
+                    problems.push(lp(
+                        meant.span(),
+                        format!("`{heard}` stands for `{}`, which is not an escape phrase", meant.get_ref()),
+                    ));
+                }
+                sounds_like.push((heard.clone(), meant.get_ref().clone()));
+            }
+            escape_phrases.extend(file.escape.phrases.get_ref().iter().cloned());
+            let answers = &file.answers;
+            languages.insert(
+                code.clone(),
+                Language {
+                    code: code.clone(),
+                    name: file.name.clone(),
+                    switch_to: PhraseSet::new(file.switch_phrases.iter().map(String::as_str)),
+                    prompts,
+                    yes: PhraseSet::new(answers.yes.iter().map(String::as_str)),
+                    no: PhraseSet::new(answers.no.iter().map(String::as_str)),
+                    repetition: RepetitionDetector::new(
+                        answers.stopwords.iter().map(String::as_str),
+                        repetition_threshold,
+                    ),
+                    topics,
+                },
+            );
+        }
+        if !problems.is_empty() {
+            problems.sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
+            return Err(ConfigError::Invalid(problems));
+        }
+        let thresholds = EscapeThresholds {
+            fuzzy_letters: *settings.escape.fuzzy_letters.get_ref(),
+            fuzzy_sound: *settings.escape.fuzzy_sound.get_ref(),
+            min_fuzzy_letters: settings.escape.min_fuzzy_letters,
+        };
+        let escape = EscapeDetector::new(
+            escape_phrases.iter().map(String::as_str),
+            sounds_like.iter().map(|(h, m)| (h.as_str(), m.as_str())),
+            thresholds,
+        );
+        Ok(Flow {
+            default_language: settings.default_language.into_inner(),
+            languages,
+            escape,
+            timers: Timers {
+                no_input: Duration::from_millis(*settings.timers.no_input_ms.get_ref()),
+                queue_announce_interval: Duration::from_millis(*settings.timers.queue_announce_interval_ms.get_ref()),
+                callback_reoffer_interval: Duration::from_millis(
+                    *settings.timers.callback_reoffer_interval_ms.get_ref(),
+                ),
+            },
+            offer_callback_after_wait: Duration::from_millis(settings.callback.offer_when_wait_exceeds_ms),
+        })
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+fn check_placeholders(id: &str, text: &str) -> Vec<String> {
+    let allowed = PLACEHOLDERS.iter().find(|(p, _)| *p == id).map_or(&[][..], |(_, a)| *a);
+    let mut problems = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else {
+            problems.push(format!("prompt `{id}` has an unclosed `{{`"));
+            break;
+        };
+        let name = &rest[open + 1..open + close];
+        if !allowed.contains(&name) {
+            let known = if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") };
+            problems.push(format!("prompt `{id}` uses unknown placeholder `{{{name}}}` (allowed: {known})"));
+        }
+        rest = &rest[open + close + 1..];
+    }
+    problems
+}
+
+/// A prompt recording must be a mono WAV at 8 or 16 kHz: what telephone playback expects.
+fn check_wav(path: &Path) -> Result<(), String> {
+    let reader = hound::WavReader::open(path).map_err(|e| match e {
+        hound::Error::IoError(io) => format!("audio file {} cannot be read: {io}", path.display()),
+        other => format!("audio file {} is not a valid WAV: {other}", path.display()),
+    })?;
+    let spec = reader.spec();
+    if spec.channels != 1 || !matches!(spec.sample_rate, 8000 | 16000) {
+        return Err(format!(
+            "audio file {} is {} Hz with {} channel(s); it must be mono at 8000 or 16000 Hz",
+            path.display(),
+            spec.sample_rate,
+            spec.channels
+        ));
+    }
+    if reader.duration() == 0 {
+        return Err(format!("audio file {} is empty", path.display()));
+    }
+    Ok(())
+}
+
+/// Fills `{name}` placeholders of a prompt's text.
+pub fn render(text: &str, vars: &[(&str, String)]) -> String {
+    let mut out = text.to_string();
+    for (name, value) in vars {
+        out = out.replace(&format!("{{{name}}}"), value);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_col_counts_from_one() {
+        assert_eq!(line_col("a\nbc\nd", 0), (1, 1));
+        assert_eq!(line_col("a\nbc\nd", 3), (2, 2));
+        assert_eq!(line_col("a\nbc\nd", 99), (3, 2));
+    }
+
+    #[test]
+    fn embedded_flow_is_valid() {
+        let flow = Flow::embedded().unwrap();
+        assert!(flow.languages.contains_key("en") && flow.languages.contains_key("nl"));
+        assert!(flow.escape.detect("ik wil een medewerker spreken").is_some());
+    }
+
+    #[test]
+    fn placeholders_are_checked() {
+        assert!(check_placeholders("queue_position", "You are number {position}").is_empty());
+        assert_eq!(check_placeholders("greeting", "Hi {name}").len(), 1);
+    }
+}

@@ -1,0 +1,225 @@
+//! Deciding, from what speech recognition heard, that a caller wants a person.
+//!
+//! Recognition on telephone audio mishears short words ("a human" -> "a few men",
+//! "representative" -> "preventative"), so exact string matching is not enough. The
+//! [`EscapeDetector`] matches a lexicon of phrases exactly, through operator-listed
+//! "sounds like" variants, and fuzzily (spelling and sound both close) for longer phrases,
+//! where a near miss is unlikely to be an ordinary word. The [`RepetitionDetector`] notices a
+//! caller saying the same thing again, whatever the transcription noise.
+
+pub mod normalize;
+mod phrase;
+
+use phrase::Phrase;
+pub use phrase::fuzzy_word_eq;
+use serde::Serialize;
+
+/// How closely a transcript must resemble an escape phrase to count. Operators tune these in
+/// `prompts/humanline.toml`; the defaults were chosen on phone-band speech.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EscapeThresholds {
+    /// Minimum similarity (0..1) of the letters of a heard window and a phrase.
+    pub fuzzy_letters: f32,
+    /// Minimum similarity (0..1) of their phonetic codes.
+    pub fuzzy_sound: f32,
+    /// Phrases shorter than this many letters match exactly only: a short word is one edit
+    /// away from too many ordinary words ("agent" / "agenda").
+    pub min_fuzzy_letters: usize,
+}
+
+impl Default for EscapeThresholds {
+    fn default() -> Self {
+        Self { fuzzy_letters: 0.78, fuzzy_sound: 0.75, min_fuzzy_letters: 7 }
+    }
+}
+
+/// How an escape was recognised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MatchKind {
+    Exact,
+    SoundsLike,
+    Fuzzy,
+}
+
+/// A detected request for a person: which lexicon phrase, and the words it was heard in.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EscapeMatch {
+    pub phrase: String,
+    pub heard: String,
+    pub kind: MatchKind,
+}
+
+/// Finds requests for a human in transcripts.
+#[derive(Debug, Clone)]
+pub struct EscapeDetector {
+    phrases: Vec<Phrase>,
+    sounds_like: Vec<(Phrase, String)>,
+    thresholds: EscapeThresholds,
+}
+
+impl EscapeDetector {
+    /// `phrases` are what callers say ("human", "a real person"); `sounds_like` maps what
+    /// recognition is known to write for them ("a few men") to the phrase they stand for.
+    pub fn new<'a>(
+        phrases: impl IntoIterator<Item = &'a str>,
+        sounds_like: impl IntoIterator<Item = (&'a str, &'a str)>,
+        thresholds: EscapeThresholds,
+    ) -> Self {
+        let phrases = phrases.into_iter().filter_map(Phrase::new).collect();
+        let sounds_like = sounds_like
+            .into_iter()
+            .filter_map(|(heard, meant)| Some((Phrase::new(heard)?, normalize::canonical(meant))))
+            .collect();
+        Self { phrases, sounds_like, thresholds }
+    }
+
+    /// The first escape phrase found in `transcript`, if any. Exact matches win over variants,
+    /// variants over fuzzy matches.
+    pub fn detect(&self, transcript: &str) -> Option<EscapeMatch> {
+        let heard = normalize::words(transcript);
+        if heard.is_empty() {
+            return None;
+        }
+        for p in &self.phrases {
+            if let Some(at) = p.find_exact(&heard) {
+                return Some(EscapeMatch { phrase: p.text.clone(), heard: at, kind: MatchKind::Exact });
+            }
+        }
+        for (variant, meant) in &self.sounds_like {
+            if let Some(at) = variant.find_exact(&heard) {
+                return Some(EscapeMatch { phrase: meant.clone(), heard: at, kind: MatchKind::SoundsLike });
+            }
+        }
+        let t = self.thresholds;
+        for p in self.phrases.iter().filter(|p| p.letters >= t.min_fuzzy_letters) {
+            if let Some(at) = p.find_fuzzy(&heard, t.fuzzy_letters, t.fuzzy_sound) {
+                return Some(EscapeMatch { phrase: p.text.clone(), heard: at, kind: MatchKind::Fuzzy });
+            }
+        }
+        None
+    }
+
+    /// The phrases, for biasing speech recognition toward them.
+    pub fn phrases(&self) -> impl Iterator<Item = &str> {
+        self.phrases.iter().map(|p| p.text.as_str())
+    }
+}
+
+/// Finds any of a list of phrases (exact words, plurals allowed): yes/no answers, topic keywords.
+#[derive(Debug, Clone, Default)]
+pub struct PhraseSet {
+    phrases: Vec<Phrase>,
+}
+
+impl PhraseSet {
+    pub fn new<'a>(phrases: impl IntoIterator<Item = &'a str>) -> Self {
+        Self { phrases: phrases.into_iter().filter_map(Phrase::new).collect() }
+    }
+
+    pub fn matches(&self, transcript: &str) -> bool {
+        let heard = normalize::words(transcript);
+        self.phrases.iter().any(|p| p.find_exact(&heard).is_some())
+    }
+}
+
+/// Notices the same request said again. Compares content words (stop words dropped), each
+/// pair equal when spelling or sound is close, and scores the overlap as a Dice coefficient.
+#[derive(Debug, Clone)]
+pub struct RepetitionDetector {
+    stopwords: std::collections::HashSet<String>,
+    threshold: f32,
+}
+
+impl RepetitionDetector {
+    pub fn new<'a>(stopwords: impl IntoIterator<Item = &'a str>, threshold: f32) -> Self {
+        Self { stopwords: stopwords.into_iter().map(normalize::canonical).collect(), threshold }
+    }
+
+    /// The content words of an utterance, as compared.
+    pub fn content_words(&self, text: &str) -> Vec<String> {
+        normalize::words(text).into_iter().filter(|w| !self.stopwords.contains(w)).collect()
+    }
+
+    /// Similarity in 0..=1 of two utterances' content.
+    pub fn similarity(&self, a: &str, b: &str) -> f32 {
+        let (a, b) = (self.content_words(a), self.content_words(b));
+        if a.is_empty() || b.is_empty() {
+            return 0.0;
+        }
+        let mut used = vec![false; b.len()];
+        let mut matched = 0usize;
+        for wa in &a {
+            if let Some(j) = (0..b.len()).find(|&j| !used[j] && fuzzy_word_eq(wa, &b[j])) {
+                used[j] = true;
+                matched += 1;
+            }
+        }
+        (2 * matched) as f32 / (a.len() + b.len()) as f32
+    }
+
+    /// Whether `text` repeats any of `earlier`.
+    pub fn repeats<'a>(&self, text: &str, earlier: impl IntoIterator<Item = &'a str>) -> bool {
+        earlier.into_iter().any(|e| self.similarity(text, e) >= self.threshold)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn english() -> EscapeDetector {
+        EscapeDetector::new(
+            ["human", "agent", "operator", "representative", "a real person", "customer service"],
+            [("a few men", "human")],
+            EscapeThresholds::default(),
+        )
+    }
+
+    #[test]
+    fn finds_escape_words_exactly_and_in_plural() {
+        let d = english();
+        let m = d.detect("I want to talk to a Human, please.").unwrap();
+        assert_eq!((m.phrase.as_str(), m.kind), ("human", MatchKind::Exact));
+        assert!(d.detect("are there any agents").is_some());
+        assert_eq!(d.detect("Get me a real person").unwrap().phrase, "a real person");
+    }
+
+    #[test]
+    fn finds_known_mishearings_and_near_misses() {
+        let d = english();
+        let m = d.detect("I want to talk to a few men").unwrap();
+        assert_eq!((m.phrase.as_str(), m.kind), ("human", MatchKind::SoundsLike));
+        let m = d.detect("let me speak to a representive").unwrap();
+        assert_eq!((m.phrase.as_str(), m.kind), ("representative", MatchKind::Fuzzy));
+        assert!(d.detect("I need an operater").is_some());
+    }
+
+    #[test]
+    fn ordinary_requests_do_not_escape() {
+        let d = english();
+        for text in [
+            "my internet is down",
+            "what is on the agenda",
+            "my operation was cancelled",
+            "I have a question about my bill",
+            "the presentation starts at noon",
+            "what are your opening hours",
+            "I want to change my address",
+            "",
+        ] {
+            assert_eq!(d.detect(text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn repetition_tolerates_noise_but_not_different_requests() {
+        let r = RepetitionDetector::new(["my", "is", "i", "a", "the", "still", "about"], 0.6);
+        assert!(r.repeats("my internet is down", ["my internet is down"]));
+        assert!(r.repeats("My internet is still down!", ["my internet is down"]));
+        assert!(r.repeats("my internet is down", ["my internets down"]));
+        assert!(!r.repeats("I have a question about my bill", ["my internet is down"]));
+        assert!(!r.repeats("what are your opening hours", ["I want to change my address"]));
+        assert!(!r.repeats("", [""]));
+    }
+}

@@ -1,0 +1,11 @@
+//! Humanline: a voice IVR where a caller can always reach a human.
+//!
+//! The call brain ([`brain`]) is a pure state machine: events in, actions out, no I/O.
+//! Everything that touches the world (speech, files, later SIP/RTP and storage) is a driver
+//! around it.
+
+pub mod brain;
+pub mod cli;
+pub mod config;
+pub mod escape;
+pub mod speech;
