@@ -87,14 +87,22 @@ impl CallBrain {
             Event::CallStarted { caller_id, language } => self.on_start(now, caller_id, language, &mut out),
             Event::PromptFinished { play } => self.on_prompt_finished(now, play, &mut out),
             Event::SpeechStarted => {
-                self.cancel(TimerKind::NoInput, &mut out);
                 if let Some((_, _, true)) = self.playing {
                     // Barge-in fires on the start of speech, not on a transcript.
                     self.playing = None;
                     out.push(Action::StopPlayback);
                 }
+                if self.phase == Phase::Ivr && self.playing.is_none() {
+                    // A safety net: should no transcript ever come, the caller is not left
+                    // in silence.
+                    self.arm(TimerKind::NoInput, now + self.flow.timers.no_input * 3, &mut out);
+                }
             }
-            Event::SpeechEnded => {}
+            Event::SpeechEnded => {
+                if self.phase == Phase::Ivr && self.playing.is_none() {
+                    self.arm(TimerKind::NoInput, now + self.flow.timers.no_input, &mut out);
+                }
+            }
             Event::PartialTranscript { text } => self.on_partial(now, text, &mut out),
             Event::FinalTranscript { text } => self.on_final(now, text, &mut out),
             Event::Dtmf { digit } => self.on_dtmf(now, digit, &mut out),

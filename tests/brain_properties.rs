@@ -1,0 +1,355 @@
+//! Properties of the call brain over random event sequences: no action ends a call, an
+//! escape always routes, every state has a way forward, a callback is announced only once
+//! stored.
+
+use humanline::brain::{Action, CallBrain, Event, Phase, PlayId, RouteReason, TimerKind};
+use humanline::config::Flow;
+use proptest::prelude::*;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn flow() -> Arc<Flow> {
+    Arc::new(Flow::embedded().expect("shipped prompts are valid"))
+}
+
+/// Everything a driver might report, except the caller hanging up (the one way a call ends).
+#[derive(Debug, Clone)]
+enum Step {
+    Start,
+    FinishCurrentPrompt,
+    FinishStalePrompt,
+    SpeechStarted,
+    SpeechEnded,
+    Partial(&'static str),
+    Final(&'static str),
+    Dtmf(char),
+    FireDueTimer,
+    FireTimerEarly(TimerKind),
+    AgentOffered,
+    AgentAnswered,
+    AgentDeclined,
+    AgentLeft,
+    NoAgent,
+    Queue(u32, u64),
+    Stored,
+    StoreFailed,
+    Degraded,
+    Wait(u64),
+}
+
+const UTTERANCES: &[&str] = &[
+    "my internet is down",
+    "my internet is still down",
+    "what are your opening hours",
+    "I have a question about my bill",
+    "yes please",
+    "no thanks",
+    "blah",
+    "",
+    "nederlands",
+    "english",
+    "I want to change my address",
+];
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        1 => Just(Step::Start),
+        4 => Just(Step::FinishCurrentPrompt),
+        1 => Just(Step::FinishStalePrompt),
+        2 => Just(Step::SpeechStarted),
+        1 => Just(Step::SpeechEnded),
+        2 => prop::sample::select(UTTERANCES).prop_map(Step::Partial),
+        3 => prop::sample::select(UTTERANCES).prop_map(Step::Final),
+        1 => prop::sample::select(vec!['1', '2', '5', '9', '#', '*']).prop_map(Step::Dtmf),
+        3 => Just(Step::FireDueTimer),
+        1 => prop::sample::select(TimerKind::ALL.to_vec()).prop_map(Step::FireTimerEarly),
+        1 => Just(Step::AgentOffered),
+        1 => Just(Step::AgentAnswered),
+        1 => Just(Step::AgentDeclined),
+        1 => Just(Step::AgentLeft),
+        1 => Just(Step::NoAgent),
+        1 => (1u32..20, 0u64..600).prop_map(|(p, w)| Step::Queue(p, w)),
+        1 => Just(Step::Stored),
+        1 => Just(Step::StoreFailed),
+        1 => Just(Step::Degraded),
+        1 => (1u64..20_000).prop_map(Step::Wait),
+    ]
+}
+
+/// A driver that plays along: it remembers the current prompt and the clock.
+struct Driver {
+    brain: CallBrain,
+    now: Instant,
+    current_play: Option<PlayId>,
+    stale_play: Option<PlayId>,
+    /// (event index, actions) for every step.
+    log: Vec<(String, Vec<Action>)>,
+}
+
+impl Driver {
+    fn new() -> Self {
+        let t0 = Instant::now();
+        Self { brain: CallBrain::new(flow()), now: t0, current_play: None, stale_play: None, log: vec![] }
+    }
+
+    fn feed(&mut self, event: Event) -> Vec<Action> {
+        let label = format!("{event:?}");
+        let actions = self.brain.handle(self.now, event);
+        for a in &actions {
+            match a {
+                Action::Play { play, .. } => {
+                    self.stale_play = self.current_play.replace(*play);
+                }
+                Action::StopPlayback => self.stale_play = self.current_play.take(),
+                _ => {}
+            }
+        }
+        self.log.push((label, actions.clone()));
+        actions
+    }
+
+    fn step(&mut self, s: &Step) {
+        let event = match s {
+            Step::Start => Event::CallStarted { caller_id: Some("+3120555".into()), language: None },
+            Step::FinishCurrentPrompt => match self.current_play.take() {
+                Some(play) => Event::PromptFinished { play },
+                None => return,
+            },
+            Step::FinishStalePrompt => match self.stale_play {
+                Some(play) => Event::PromptFinished { play },
+                None => return,
+            },
+            Step::SpeechStarted => Event::SpeechStarted,
+            Step::SpeechEnded => Event::SpeechEnded,
+            Step::Partial(t) => Event::PartialTranscript { text: t.to_string() },
+            Step::Final(t) => Event::FinalTranscript { text: t.to_string() },
+            Step::Dtmf(d) => Event::Dtmf { digit: *d },
+            Step::FireDueTimer => match self.brain.next_timeout() {
+                Some((timer, at)) => {
+                    self.now = self.now.max(at);
+                    Event::TimerFired { timer }
+                }
+                None => return,
+            },
+            Step::FireTimerEarly(timer) => Event::TimerFired { timer: *timer },
+            Step::AgentOffered => Event::AgentOffered { agent: "sip:alice@127.0.0.1".into() },
+            Step::AgentAnswered => Event::AgentAnswered { agent: "sip:alice@127.0.0.1".into() },
+            Step::AgentDeclined => Event::AgentDeclined { agent: "sip:alice@127.0.0.1".into() },
+            Step::AgentLeft => Event::AgentLeft,
+            Step::NoAgent => Event::NoAgentAvailable,
+            Step::Queue(p, w) => Event::QueueStatus { position: *p, estimated_wait: Duration::from_secs(*w) },
+            Step::Stored => Event::CallbackStored { id: "cb-1".into() },
+            Step::StoreFailed => Event::CallbackStoreFailed { error: "disk full".into() },
+            Step::Degraded => Event::SpeechEngineDegraded,
+            Step::Wait(ms) => {
+                self.now += Duration::from_millis(*ms);
+                return;
+            }
+        };
+        self.feed(event);
+    }
+}
+
+/// Compile-time guard: if anyone adds an action, this match must be revisited, and no
+/// variant may end the call.
+fn ends_call(action: &Action) -> bool {
+    match action {
+        Action::Play { .. }
+        | Action::StopPlayback
+        | Action::Listen
+        | Action::SetLanguage { .. }
+        | Action::RouteToAgent { .. }
+        | Action::OfferCallback
+        | Action::StoreCallback(_)
+        | Action::SetTimer { .. }
+        | Action::CancelTimer { .. } => false,
+    }
+}
+
+fn routes(actions: &[Action]) -> Option<RouteReason> {
+    match actions.first() {
+        Some(Action::RouteToAgent { reason, .. }) => Some(*reason),
+        _ => None,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    #[test]
+    fn only_the_caller_ends_a_call(steps in prop::collection::vec(step(), 0..60)) {
+        let mut d = Driver::new();
+        d.step(&Step::Start);
+        for s in &steps {
+            d.step(s);
+            prop_assert_ne!(d.brain.phase(), Phase::Ended, "call ended without the caller after {:?}", s);
+        }
+        for (_, actions) in &d.log {
+            prop_assert!(!actions.iter().any(ends_call));
+        }
+    }
+
+    #[test]
+    fn an_escape_always_routes_in_that_same_step(
+        steps in prop::collection::vec(step(), 0..60),
+        escape in prop::sample::select(vec![
+            "human", "I want to talk to a human", "agent please", "operator", "give me a representative",
+            "a real person", "ik wil een medewerker", "een mens alstublieft", "I want to talk to a few men",
+        ]),
+        how in 0..3u8,
+    ) {
+        let mut d = Driver::new();
+        d.step(&Step::Start);
+        for s in &steps {
+            d.step(s);
+        }
+        let before = d.brain.phase();
+        let actions = match how {
+            0 => d.feed(Event::PartialTranscript { text: escape.into() }),
+            1 => d.feed(Event::FinalTranscript { text: escape.into() }),
+            _ => d.feed(Event::Dtmf { digit: '0' }),
+        };
+        if before == Phase::Ivr {
+            let want = if how == 2 { RouteReason::Dtmf } else { RouteReason::Keyword };
+            prop_assert_eq!(routes(&actions), Some(want));
+            prop_assert_eq!(d.brain.phase(), Phase::Queued);
+            if let Some(Action::RouteToAgent { context, .. }) = actions.first() {
+                if how != 2 {
+                    prop_assert_eq!(context.said.last().map(String::as_str), Some(escape));
+                }
+            }
+        } else {
+            // Already queued or with a person: nothing to route, and never a step back.
+            prop_assert!(matches!(before, Phase::Queued | Phase::WithAgent));
+            prop_assert_eq!(d.brain.phase(), before);
+        }
+    }
+
+    #[test]
+    fn a_silent_caller_always_reaches_a_person(steps in prop::collection::vec(step(), 0..60)) {
+        let mut d = Driver::new();
+        d.step(&Step::Start);
+        for s in &steps {
+            d.step(s);
+        }
+        if d.brain.phase() == Phase::WithAgent {
+            // The agent leaves: the caller is back with the IVR, hearing something.
+            let actions = d.feed(Event::AgentLeft);
+            let back = actions.iter().any(|a| matches!(a, Action::Play { prompt, .. } if prompt == "after_agent"));
+            prop_assert!(back);
+        }
+        // The caller now says nothing at all: prompts finish, timers fire.
+        for _ in 0..20 {
+            if d.brain.phase() == Phase::Queued {
+                break;
+            }
+            d.step(&Step::FinishCurrentPrompt);
+            let armed = d.brain.next_timeout();
+            prop_assert!(armed.is_some() || d.current_play.is_some(),
+                "stuck in {:?}: nothing playing and no timer armed", d.brain.phase());
+            d.step(&Step::FireDueTimer);
+        }
+        prop_assert_eq!(d.brain.phase(), Phase::Queued);
+        // A waiting caller is never left in silence: an announcement is always scheduled.
+        prop_assert!(d.brain.next_timeout().is_some());
+    }
+
+    #[test]
+    fn a_callback_is_confirmed_only_after_it_is_stored(steps in prop::collection::vec(step(), 0..80)) {
+        let mut d = Driver::new();
+        d.step(&Step::Start);
+        for s in &steps {
+            d.step(s);
+        }
+        let mut requested = false;
+        for (event, actions) in &d.log {
+            for a in actions {
+                if matches!(a, Action::StoreCallback(_)) {
+                    requested = true;
+                }
+                if let Action::Play { prompt, .. } = a {
+                    if prompt == "callback_confirmed" {
+                        prop_assert!(event.starts_with("CallbackStored"), "confirmed on {}", event);
+                        prop_assert!(requested, "confirmed a callback never requested");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn hanging_up_is_the_callers_alone_and_ends_all_timers() {
+    let mut d = Driver::new();
+    d.step(&Step::Start);
+    d.feed(Event::PartialTranscript { text: "operator".into() });
+    let actions = d.feed(Event::CallerHungUp);
+    assert_eq!(d.brain.phase(), Phase::Ended);
+    assert!(actions.iter().all(|a| matches!(a, Action::CancelTimer { .. })));
+    assert!(d.brain.next_timeout().is_none());
+    assert!(d.feed(Event::PartialTranscript { text: "human".into() }).is_empty());
+}
+
+#[test]
+fn a_waiting_caller_who_says_yes_gets_a_callback_confirmed_after_the_commit() {
+    let mut d = Driver::new();
+    d.step(&Step::Start);
+    d.feed(Event::FinalTranscript { text: "agent".into() });
+    let offer = d.feed(Event::NoAgentAvailable);
+    assert!(offer.contains(&Action::OfferCallback));
+    let store = d.feed(Event::FinalTranscript { text: "yes, call me back".into() });
+    let Some(Action::StoreCallback(req)) = store.iter().find(|a| matches!(a, Action::StoreCallback(_))) else {
+        panic!("no callback stored: {store:?}")
+    };
+    assert_eq!(req.number.as_deref(), Some("+3120555"));
+    assert!(req.context.said.contains(&"agent".to_string()));
+    assert!(!store.iter().any(|a| matches!(a, Action::Play { prompt, .. } if prompt == "callback_confirmed")));
+    let confirmed = d.feed(Event::CallbackStored { id: "cb-7".into() });
+    assert!(confirmed.iter().any(|a| matches!(a, Action::Play { prompt, .. } if prompt == "callback_confirmed")));
+}
+
+#[test]
+fn a_caller_whose_line_dies_in_the_queue_is_called_back_unasked() {
+    let mut d = Driver::new();
+    d.step(&Step::Start);
+    d.feed(Event::Dtmf { digit: '0' });
+    let actions = d.feed(Event::CallerMediaLost);
+    let Some(Action::StoreCallback(req)) = actions.first() else { panic!("no callback: {actions:?}") };
+    assert!(req.automatic);
+    assert_eq!(req.reason, RouteReason::Dtmf);
+}
+
+#[test]
+fn a_long_wait_brings_a_callback_offer_and_a_short_one_an_announcement() {
+    let mut d = Driver::new();
+    d.step(&Step::Start);
+    d.feed(Event::FinalTranscript { text: "human".into() });
+    d.step(&Step::FinishCurrentPrompt);
+    let short = d.feed(Event::QueueStatus { position: 2, estimated_wait: Duration::from_secs(90) });
+    let text = short.iter().find_map(|a| match a {
+        Action::Play { prompt, text, .. } if prompt == "queue_position" => Some(text.clone()),
+        _ => None,
+    });
+    assert_eq!(text.as_deref(), Some("You are number 2 in line. The wait is about 2 minutes."));
+    let long = d.feed(Event::QueueStatus { position: 9, estimated_wait: Duration::from_secs(900) });
+    assert!(long.contains(&Action::OfferCallback));
+}
+
+#[test]
+fn speech_failure_hands_the_caller_to_a_person() {
+    let mut d = Driver::new();
+    d.step(&Step::Start);
+    assert_eq!(routes(&d.feed(Event::SpeechEngineDegraded)), Some(RouteReason::SpeechUnavailable));
+}
+
+#[test]
+fn a_dutch_caller_can_switch_language_and_is_greeted_in_dutch() {
+    let mut d = Driver::new();
+    d.step(&Step::Start);
+    let actions = d.feed(Event::FinalTranscript { text: "Nederlands graag".into() });
+    assert!(actions.contains(&Action::SetLanguage { code: "nl".into() }));
+    assert!(actions.iter().any(|a| matches!(a, Action::Play { text, .. } if text.starts_with("Welkom"))));
+    assert_eq!(routes(&d.feed(Event::FinalTranscript { text: "mijn internet doet het niet".into() })), None);
+    assert_eq!(routes(&d.feed(Event::FinalTranscript { text: "mijn internet doet het nog steeds niet".into() })),
+        Some(RouteReason::Repetition));
+}

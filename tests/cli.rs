@@ -1,0 +1,144 @@
+//! The operator's command line, run as a user would: `check-config` and `simulate`.
+
+use assert_cmd::Command;
+use serde_json::Value;
+use std::path::Path;
+
+fn humanline() -> Command {
+    Command::cargo_bin("humanline").expect("binary built")
+}
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A copy of the shipped prompts and audio in a temporary folder, to break on purpose.
+fn copy_of_shipped() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["prompts", "audio/en", "audio/nl", "audio/en/numbers", "audio/nl/numbers"] {
+        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        for entry in std::fs::read_dir(repo().join(sub)).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_file() {
+                std::fs::copy(entry.path(), dir.path().join(sub).join(entry.file_name())).unwrap();
+            }
+        }
+    }
+    dir
+}
+
+fn check(dir: &Path) -> (bool, String) {
+    let out = humanline().arg("check-config").arg("--prompts").arg(dir.join("prompts")).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn shipped_prompts_pass_check_config() {
+    let out = humanline().arg("check-config").arg("--prompts").arg(repo().join("prompts")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (2 languages"));
+}
+
+#[test]
+fn broken_toml_is_reported_with_file_line_and_column() {
+    let dir = copy_of_shipped();
+    let en = dir.path().join("prompts/en.toml");
+    let text = std::fs::read_to_string(&en).unwrap();
+    // Line 5 loses its closing bracket.
+    let broken: Vec<String> = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| if i == 4 { l.trim_end_matches(']').to_string() } else { l.to_string() })
+        .collect();
+    assert!(broken[4].starts_with("[prompts.greeting"));
+    std::fs::write(&en, broken.join("\n")).unwrap();
+    let (ok, err) = check(dir.path());
+    assert!(!ok);
+    let first = err.lines().next().unwrap();
+    assert!(first.contains("prompts/en.toml:5:"), "{err}");
+}
+
+#[test]
+fn unknown_keys_missing_audio_and_undefined_prompts_are_each_reported_at_their_line() {
+    let dir = copy_of_shipped();
+    let settings = dir.path().join("prompts/humanline.toml");
+    let text = std::fs::read_to_string(&settings).unwrap();
+    std::fs::write(&settings, text.replace("no_input_ms = 7000", "no_input_ms = 7000\nno_inptu_ms = 5")).unwrap();
+    let (ok, err) = check(dir.path());
+    assert!(!ok);
+    assert!(err.contains("humanline.toml:13:1: unknown field `no_inptu_ms`"), "{err}");
+    std::fs::write(&settings, text).unwrap();
+
+    let en = dir.path().join("prompts/en.toml");
+    let text = std::fs::read_to_string(&en).unwrap();
+    let text = text.replace("prompt = \"topic_billing\"", "prompt = \"topic_bills\"");
+    std::fs::write(&en, &text).unwrap();
+    std::fs::remove_file(dir.path().join("audio/nl/greeting.wav")).unwrap();
+    let (ok, err) = check(dir.path());
+    assert!(!ok);
+    let line = text.lines().position(|l| l.contains("topic_bills")).unwrap() + 1;
+    assert!(err.contains(&format!("en.toml:{line}:10: topic `billing` uses prompt `topic_bills`, which is not defined")), "{err}");
+    assert!(err.contains("nl.toml:7:9: audio file") && err.contains("greeting.wav cannot be read"), "{err}");
+}
+
+fn simulate(says: &[&str]) -> Vec<Value> {
+    let mut cmd = humanline();
+    cmd.arg("simulate").arg("--prompts").arg(repo().join("prompts"));
+    for s in says {
+        cmd.arg("--say").arg(s);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect()
+}
+
+fn routes(events: &[Value]) -> Vec<&Value> {
+    events.iter().filter(|e| e["event"] == "route").collect()
+}
+
+#[test]
+fn asking_for_a_human_routes_with_reason_keyword_while_speaking() {
+    let events = simulate(&["I want to talk to a human"]);
+    let r = routes(&events);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0]["reason"], "keyword");
+    assert_eq!(r[0]["context"]["said"][0], "I want to talk to a human");
+    assert!(r[0]["after_speech_end_ms"].as_i64().unwrap() <= 0);
+    // Every line carries the time.
+    assert!(events.iter().all(|e| e["t_ms"].is_u64()));
+}
+
+#[test]
+fn the_same_request_twice_routes_with_reason_repetition() {
+    let events = simulate(&["my internet is down", "my internet is down"]);
+    let r = routes(&events);
+    assert_eq!(r[0]["reason"], "repetition");
+    assert_eq!(r[0]["context"]["said"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn two_different_ordinary_requests_are_not_a_repetition() {
+    let events = simulate(&["what are your opening hours", "I have a question about my bill"]);
+    let finals: Vec<_> = events.iter().filter(|e| e["event"] == "final").collect();
+    assert_eq!(finals.len(), 2);
+    // Each request is answered with its own prompt...
+    let prompts: Vec<_> = events.iter().filter(|e| e["event"] == "play").map(|e| e["prompt"].clone()).collect();
+    assert!(prompts.contains(&"topic_hours".into()) && prompts.contains(&"topic_billing".into()), "{prompts:?}");
+    // ...and the caller, silent afterwards, reaches a person for that reason, not repetition.
+    let r = routes(&events);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0]["reason"], "no_input");
+}
+
+#[test]
+fn a_caller_who_is_not_understood_twice_reaches_a_person() {
+    let events = simulate(&["blue elephants", "purple giraffes"]);
+    assert_eq!(routes(&events)[0]["reason"], "no_match");
+}
+
+#[test]
+fn an_unknown_prompts_folder_is_a_clear_error() {
+    let out = humanline().args(["simulate", "--prompts", "/nonexistent", "--say", "hi"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/humanline.toml:1:1: cannot read"));
+}
