@@ -4,6 +4,7 @@
 //! Everything that touches the world (speech, files, later SIP/RTP and storage) is a driver
 //! around it.
 
+pub mod agents;
 pub mod brain;
 pub mod cli;
 pub mod config;

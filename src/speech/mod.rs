@@ -1,1 +1,184 @@
+//! Speech engine: audio in, transcripts out, as early as possible.
+//!
+//! Humanline's product is speed to a human, so the engine is built around *partial* transcripts:
+//! the caller's words are decoded every few hundred milliseconds while they are still speaking,
+//! and the driver can act on "agent" before the sentence ends.
+//!
+//! Pieces, from the wire inward:
+//! - [`audio`]: WAV loading (any rate, channels, PCM/float/G.711) to 16 kHz mono, a streaming
+//!   resampler for 8 kHz telephone frames, and G.711 (mu-law/A-law) codecs.
+//! - [`vad`]: earshot voice activity detection with start/end hysteresis, so silence is never
+//!   decoded (Whisper invents text on silence).
+//! - [`recognizer`]: [`StreamingRecognizer`], a sans-IO state machine: push 16 kHz audio, poll
+//!   outputs (speech started/ended, decode jobs to run), feed decode results back, poll
+//!   partial/final transcripts. No threads, no clocks: audio time is the only time.
+//! - [`engine`]: [`WhisperEngine`] (the model, loaded once) implementing [`Transcriber`], the
+//!   decode settings ([`DecodeOptions`]) and [`DecoderPool`], a bounded set of worker threads that
+//!   drops superseded partial decodes and reports how far behind it is.
+//! - [`ggml_convert`]: CTranslate2 to ggml model conversion (written separately).
+//!
+//! A driver loop, per call (see `StreamingRecognizer` for a fuller example):
+//! ```ignore
+//! rec.push_audio(&samples_16k);
+//! while let Some(out) = rec.poll_output() {
+//!     match out {
+//!         RecognizerOutput::Decode(job) => pool.submit(job, move |r| tx.send(r))?,
+//!         RecognizerOutput::Partial { text, .. } => brain.on_partial(&text),
+//!         other => { /* speech started: barge-in; final: ... */ }
+//!     }
+//! }
+//! // when a DecodeResult arrives on rx: rec.on_result(&result)
+//! ```
 
+pub mod audio;
+pub mod engine;
+pub mod ggml_convert;
+pub mod recognizer;
+pub mod vad;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub use audio::{
+    SAMPLE_RATE, StreamResampler, alaw_decode, alaw_encode, load_wav_mono_16k, mulaw_decode,
+    mulaw_encode, resample,
+};
+pub use engine::{
+    DecodeOptions, DecodeResult, DecodeStrategy, DecoderPool, EngineOptions, PoolConfig,
+    PoolStats, Transcriber, WhisperEngine, clean_transcript,
+};
+pub use recognizer::{
+    DecodeJob, DecodeKind, JobId, RecognizerConfig, RecognizerOutput, StreamingRecognizer,
+};
+pub use vad::{FRAME_MS, FRAME_SAMPLES, Vad, VadConfig, VadEvent, VadFrame, VadGate};
+
+/// Everything that can go wrong in the speech engine.
+#[derive(Debug, thiserror::Error)]
+pub enum SpeechError {
+    #[error("cannot read audio file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot decode WAV file {path}: {detail}")]
+    Wav { path: PathBuf, detail: String },
+    #[error("unsupported audio: {0}")]
+    UnsupportedAudio(String),
+    #[error("resampling failed: {0}")]
+    Resample(String),
+    #[error(
+        "Whisper model not found at {path}; run the set-up step that converts the model to ggml"
+    )]
+    ModelNotFound { path: PathBuf },
+    #[error("cannot load Whisper model {path}: {detail}")]
+    ModelLoad { path: PathBuf, detail: String },
+    #[error("Whisper decoding failed: {0}")]
+    Decode(String),
+    #[error("invalid speech configuration: {0}")]
+    InvalidConfig(String),
+    /// A queued partial decode was replaced by a newer one for the same utterance.
+    #[error("decode job superseded by a newer one")]
+    Superseded,
+    /// The decode queue is full: recognition is falling behind real time.
+    #[error("decoder queue full ({capacity} jobs): recognition is falling behind")]
+    Overloaded { capacity: usize },
+    #[error("decoder pool is shut down")]
+    PoolShutDown,
+}
+
+impl SpeechError {
+    pub(crate) fn wav(path: &Path, detail: impl std::fmt::Display) -> Self {
+        SpeechError::Wav {
+            path: path.to_path_buf(),
+            detail: detail.to_string(),
+        }
+    }
+}
+
+/// Transcript of a whole file, decoded the way a live call would be (VAD-segmented utterances).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FileTranscript {
+    /// Utterance texts joined by a space.
+    pub text: String,
+    /// One entry per utterance the VAD found.
+    pub utterances: Vec<String>,
+    /// Length of the audio in milliseconds.
+    pub audio_ms: u64,
+    /// Wall-clock time spent in recognition (VAD and decoding, not file loading).
+    pub asr_ms: u64,
+}
+
+/// Transcribe a WAV file: load, split into utterances with the VAD, decode each final.
+///
+/// Silence is never decoded, so a silent file gives an empty transcript instead of Whisper's
+/// invented "Thank you." Partials are not decoded here (there is no one to act on them).
+pub fn transcribe_file(
+    engine: &dyn Transcriber,
+    path: impl AsRef<Path>,
+    opts: &DecodeOptions,
+) -> Result<FileTranscript, SpeechError> {
+    let audio = load_wav_mono_16k(path)?;
+    let started = Instant::now();
+    let config = RecognizerConfig {
+        partial_interval_ms: 0,
+        ..RecognizerConfig::default()
+    };
+    let utterances = transcribe_utterances(engine, &audio, config, opts)?;
+    Ok(FileTranscript {
+        text: utterances.join(" "),
+        utterances,
+        audio_ms: samples_to_ms(audio.len() as u64),
+        asr_ms: started.elapsed().as_millis() as u64,
+    })
+}
+
+/// Run 16 kHz audio through a [`StreamingRecognizer`] synchronously and return the finals.
+/// Empty finals (noise the model heard no words in) are left out.
+pub fn transcribe_utterances(
+    engine: &dyn Transcriber,
+    audio_16k: &[f32],
+    config: RecognizerConfig,
+    opts: &DecodeOptions,
+) -> Result<Vec<String>, SpeechError> {
+    let mut rec = StreamingRecognizer::new(0, config)?;
+    let mut finals = Vec::new();
+    // Feed in 20 ms pieces, as a phone line would, so the result matches live behaviour.
+    for chunk in audio_16k.chunks(320) {
+        rec.push_audio(chunk);
+        drain_sync(&mut rec, engine, opts, &mut finals)?;
+    }
+    rec.finish();
+    drain_sync(&mut rec, engine, opts, &mut finals)?;
+    Ok(finals)
+}
+
+/// Poll the recognizer dry, decoding each job on the spot.
+fn drain_sync(
+    rec: &mut StreamingRecognizer,
+    engine: &dyn Transcriber,
+    opts: &DecodeOptions,
+    finals: &mut Vec<String>,
+) -> Result<(), SpeechError> {
+    while let Some(out) = rec.poll_output() {
+        match out {
+            RecognizerOutput::Decode(job) => {
+                let text = engine.transcribe(&job.audio, opts)?;
+                rec.on_decoded(job.id, &text);
+            }
+            RecognizerOutput::Final { text, .. } if !text.is_empty() => finals.push(text),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Audio time of a 16 kHz sample count, in milliseconds.
+pub fn samples_to_ms(samples: u64) -> u64 {
+    samples * 1000 / SAMPLE_RATE as u64
+}
+
+/// Number of 16 kHz samples in `ms` milliseconds.
+pub fn ms_to_samples(ms: u64) -> u64 {
+    ms * SAMPLE_RATE as u64 / 1000
+}

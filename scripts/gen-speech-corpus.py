@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""Generates the phone-band speech corpus for `humanline bench speech` and the speech tests.
+
+Every sentence is spoken by several espeak-ng voices at several rates, then passed through a
+telephone channel (300-3400 Hz band, mu-law, 8 kHz) and written as 8 kHz 16-bit mono WAV with
+0.4 s of silence before and 0.8 s after (room for the VAD to see the speech end).
+Writes bench/corpus/<id>.wav and bench/corpus/manifest.tsv (id, kind, voice, rate, text).
+kind: escape (asks for a person), ordinary (must not escape).
+
+Usage: scripts/gen-speech-corpus.py [--out DIR] [--small]
+"""
+import argparse, os, subprocess, tempfile
+
+ESCAPE = [
+    "I want to talk to a human",
+    "human",
+    "agent",
+    "operator",
+    "representative",
+    "can I speak to a representative please",
+    "let me talk to an agent",
+    "get me a real person",
+    "I need to speak to someone",
+    "customer service please",
+    "put me through to an operator",
+    "I would like to speak with a human being",
+    "just give me a human",
+    "agent agent",
+    "can I talk to a person",
+    "I want a real person not a machine",
+    "transfer me to an agent",
+    "speak to a representative",
+    "operator please",
+    "is there a human I can talk to",
+]
+ORDINARY = [
+    "my internet is down",
+    "I have a question about my bill",
+    "what are your opening hours",
+    "I want to change my address",
+    "my package has not arrived yet",
+    "how do I reset my password",
+    "I was charged twice this month",
+    "my operation was cancelled",
+    "what is on the agenda today",
+    "I need a new router",
+    "the connection keeps dropping every evening",
+    "can you tell me my balance",
+    "I am moving house next week",
+    "my phone screen is broken",
+    "I would like to cancel my subscription",
+    "the presentation starts at noon",
+    "when will the engineer arrive",
+    "I forgot my account number",
+    "the television has no signal",
+    "I want to upgrade my plan",
+]
+VOICES = ["en-us", "en", "en-us+f3", "en+m3"]
+RATES = [145, 185]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "bench", "corpus"))
+    ap.add_argument("--small", action="store_true", help="2 voices, 1 rate (for tests)")
+    args = ap.parse_args()
+    voices, rates = (VOICES[:2], RATES[:1]) if args.small else (VOICES, RATES)
+    os.makedirs(args.out, exist_ok=True)
+    rows = []
+    for kind, sentences in (("escape", ESCAPE), ("ordinary", ORDINARY)):
+        for si, text in enumerate(sentences):
+            for voice in voices:
+                for rate in rates:
+                    uid = f"{kind}-{si:02d}-{voice.replace('+', '_')}-{rate}"
+                    out = os.path.join(args.out, uid + ".wav")
+                    if not os.path.exists(out):
+                        with tempfile.TemporaryDirectory() as tmp:
+                            raw, ulaw = os.path.join(tmp, "raw.wav"), os.path.join(tmp, "ulaw.wav")
+                            subprocess.run(["espeak-ng", "-v", voice, "-s", str(rate), "-w", raw, text], check=True)
+                            subprocess.run(["sox", raw, "-r", "8000", "-c", "1", "-e", "mu-law", ulaw,
+                                            "sinc", "300-3400", "pad", "0.4", "0.8"], check=True)
+                            subprocess.run(["sox", ulaw, "-e", "signed-integer", "-b", "16", out], check=True)
+                    rows.append((uid, kind, voice, str(rate), text))
+    with open(os.path.join(args.out, "manifest.tsv"), "w") as f:
+        f.write("id\tkind\tvoice\trate\ttext\n")
+        for r in rows:
+            f.write("\t".join(r) + "\n")
+    print(f"{len(rows)} utterances in {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Prepares a fresh Debian 12 machine for Humanline: system packages, the release build, the
+# speech model. Safe to run again: each step is skipped when already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# cmake builds whisper.cpp; espeak-ng and sox make prompt and test speech.
+PACKAGES=(cmake g++ espeak-ng sox)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}" >&2
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null; then SUDO=sudo; else
+      echo "setup: need root to install: ${missing[*]} (run as root, or: apt-get install ${missing[*]})" >&2
+      exit 1
+    fi
+  else SUDO=""; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# whisper.cpp: use its shipped bindings (no libclang) and build for any x86-64 with AVX2,
+# not just this CPU (-march=native is whisper.cpp's default).
+export WHISPER_DONT_GENERATE_BINDINGS=1
+if [ "$(uname -m)" = x86_64 ]; then
+  export GGML_NATIVE=OFF GGML_AVX=ON GGML_AVX2=ON GGML_FMA=ON GGML_F16C=ON
+fi
+echo "setup: building (release)" >&2
+cargo build --release --locked --quiet
+
+HUMANLINE_BIN=target/release/humanline scripts/fetch-model.sh
