@@ -6,7 +6,9 @@
 
 pub mod agents;
 pub mod brain;
+pub mod callbacks;
 pub mod cli;
 pub mod config;
 pub mod escape;
 pub mod speech;
+pub mod storage;

@@ -1,0 +1,267 @@
+//! The callback ledger: a promised callback is a durable record, committed before the caller
+//! hears it promised, kept through crashes, retried until kept, escalated — never dropped.
+//!
+//! The ledger reads no clock: every call takes `now` (Unix milliseconds), so the retry rules
+//! are testable without waiting. Storage is behind [`LedgerStore`]; `storage::SqliteStore` is
+//! the embedded default.
+
+mod when;
+
+pub use when::resolve_when;
+
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch.
+pub type UnixMs = i64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromiseState {
+    /// Stored, not yet attempted.
+    Promised,
+    /// An attempt is under way (agent ringing, or customer being dialed).
+    Dialing,
+    /// The customer answered and is with an agent.
+    Connected,
+    /// Kept.
+    Completed,
+    /// An attempt failed; another is scheduled.
+    Retrying,
+    /// Attempts are exhausted: a supervisor must act. Never dropped.
+    Escalated,
+}
+
+impl PromiseState {
+    pub const ALL: [PromiseState; 6] = [
+        PromiseState::Promised,
+        PromiseState::Dialing,
+        PromiseState::Connected,
+        PromiseState::Completed,
+        PromiseState::Retrying,
+        PromiseState::Escalated,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PromiseState::Promised => "promised",
+            PromiseState::Dialing => "dialing",
+            PromiseState::Connected => "connected",
+            PromiseState::Completed => "completed",
+            PromiseState::Retrying => "retrying",
+            PromiseState::Escalated => "escalated",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    /// The customer talked to an agent: the promise is kept.
+    Completed,
+    /// The customer answered (the bridge is up); completion follows.
+    Connected,
+    Busy,
+    Declined,
+    NoAnswer,
+    /// No agent could take it at the time.
+    AgentUnavailable,
+    /// Signalling or network failure.
+    Failed,
+    /// Humanline stopped mid-attempt (crash or restart); found on start-up.
+    Interrupted,
+}
+
+impl AttemptOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Completed => "completed",
+            AttemptOutcome::Connected => "connected",
+            AttemptOutcome::Busy => "busy",
+            AttemptOutcome::Declined => "declined",
+            AttemptOutcome::NoAnswer => "no_answer",
+            AttemptOutcome::AgentUnavailable => "agent_unavailable",
+            AttemptOutcome::Failed => "failed",
+            AttemptOutcome::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// A callback to promise.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewPromise {
+    pub number: String,
+    /// Not before this time (the caller's chosen time, or now for "as soon as possible").
+    pub not_before: UnixMs,
+    pub reason: String,
+    /// What the caller already said, for the agent (JSON).
+    pub context: serde_json::Value,
+    /// Made because the call dropped while the caller waited for a person.
+    pub automatic: bool,
+    /// The call it was promised on, so a repeated commit of the same promise is one promise.
+    pub origin_call: String,
+}
+
+/// A stored promise.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Promise {
+    pub id: i64,
+    pub created_at: UnixMs,
+    pub number: String,
+    pub not_before: UnixMs,
+    pub reason: String,
+    pub context: serde_json::Value,
+    pub automatic: bool,
+    pub origin_call: String,
+    pub state: PromiseState,
+    pub attempts: u32,
+    pub next_attempt_at: UnixMs,
+    pub completed_at: Option<UnixMs>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub id: i64,
+    pub promise_id: i64,
+    pub started_at: UnixMs,
+    pub ended_at: Option<UnixMs>,
+    pub outcome: Option<AttemptOutcome>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("no callback promise with id {0}")]
+    NotFound(i64),
+    #[error("attempt {0} is not the open attempt of its promise")]
+    StaleAttempt(i64),
+}
+
+/// Where promises live. Every method is one transaction, durable when it returns.
+pub trait LedgerStore: Send {
+    /// Stores a promise (idempotent on `origin_call`: the same call's promise is returned).
+    fn insert(&mut self, p: &NewPromise, now: UnixMs) -> Result<Promise, LedgerError>;
+    /// Moves up to `limit` due promises (promised/retrying, `next_attempt_at <= now`), most
+    /// overdue first, to `dialing`, opening an attempt for each.
+    fn claim_due(&mut self, now: UnixMs, limit: usize) -> Result<Vec<(Promise, Attempt)>, LedgerError>;
+    /// Closes an attempt and sets the promise's new state.
+    fn finish_attempt(
+        &mut self,
+        attempt: i64,
+        outcome: AttemptOutcome,
+        state: PromiseState,
+        next_attempt_at: UnixMs,
+        now: UnixMs,
+    ) -> Result<Promise, LedgerError>;
+    /// Marks the open attempt connected (customer answered).
+    fn mark_connected(&mut self, attempt: i64, now: UnixMs) -> Result<Promise, LedgerError>;
+    /// Attempts left open by a crash: closed as interrupted, their promises due again now.
+    fn recover_interrupted(&mut self, now: UnixMs) -> Result<usize, LedgerError>;
+    fn get(&mut self, id: i64) -> Result<Promise, LedgerError>;
+    fn attempts(&mut self, id: i64) -> Result<Vec<Attempt>, LedgerError>;
+    fn list(&mut self, state: Option<PromiseState>) -> Result<Vec<Promise>, LedgerError>;
+    /// The open attempt's promise, for `finish_attempt` validation.
+    fn attempt(&mut self, attempt: i64) -> Result<Attempt, LedgerError>;
+}
+
+/// When to try again, and when to stop trying and escalate to a person.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    pub first_delay_ms: i64,
+    pub factor: f64,
+    pub max_delay_ms: i64,
+    pub max_attempts: u32,
+    /// After this long since the promise was made, escalate instead of retrying.
+    pub window_ms: i64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            first_delay_ms: 60_000,
+            factor: 2.0,
+            max_delay_ms: 30 * 60_000,
+            max_attempts: 6,
+            window_ms: 3 * 24 * 3600_000,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay before attempt number `attempts + 1`, after `attempts` failed ones.
+    pub fn delay_after(&self, attempts: u32) -> i64 {
+        let exp = self.factor.powi(attempts.saturating_sub(1).min(30) as i32);
+        ((self.first_delay_ms as f64 * exp) as i64).min(self.max_delay_ms)
+    }
+}
+
+/// The promises and the rules for keeping them.
+pub struct CallbackLedger<S: LedgerStore> {
+    store: S,
+    policy: RetryPolicy,
+}
+
+impl<S: LedgerStore> CallbackLedger<S> {
+    pub fn new(store: S, policy: RetryPolicy) -> Self {
+        Self { store, policy }
+    }
+
+    /// Commits a promise. Only when this returns `Ok` may the caller hear it confirmed.
+    pub fn promise(&mut self, p: &NewPromise, now: UnixMs) -> Result<Promise, LedgerError> {
+        self.store.insert(p, now)
+    }
+
+    /// Claims promises due now for dialing.
+    pub fn claim_due(&mut self, now: UnixMs, limit: usize) -> Result<Vec<(Promise, Attempt)>, LedgerError> {
+        self.store.claim_due(now, limit)
+    }
+
+    pub fn connected(&mut self, attempt: i64, now: UnixMs) -> Result<Promise, LedgerError> {
+        self.store.mark_connected(attempt, now)
+    }
+
+    /// Records how an attempt ended: completed, or retried with backoff, or escalated once
+    /// attempts or the window run out.
+    pub fn finish(&mut self, attempt: i64, outcome: AttemptOutcome, now: UnixMs) -> Result<Promise, LedgerError> {
+        let a = self.store.attempt(attempt)?;
+        let p = self.store.get(a.promise_id)?;
+        if a.outcome.is_some_and(|o| o != AttemptOutcome::Connected) {
+            return Err(LedgerError::StaleAttempt(attempt));
+        }
+        let (state, next) = match outcome {
+            AttemptOutcome::Completed => (PromiseState::Completed, p.next_attempt_at),
+            AttemptOutcome::Connected => return self.store.mark_connected(attempt, now),
+            _ => {
+                let next = now + self.policy.delay_after(p.attempts);
+                if p.attempts >= self.policy.max_attempts || next - p.created_at > self.policy.window_ms {
+                    (PromiseState::Escalated, next)
+                } else {
+                    (PromiseState::Retrying, next)
+                }
+            }
+        };
+        self.store.finish_attempt(attempt, outcome, state, next, now)
+    }
+
+    /// On start-up: attempts a crash left open become interrupted; their promises are due.
+    pub fn recover(&mut self, now: UnixMs) -> Result<usize, LedgerError> {
+        self.store.recover_interrupted(now)
+    }
+
+    pub fn get(&mut self, id: i64) -> Result<Promise, LedgerError> {
+        self.store.get(id)
+    }
+
+    pub fn attempts(&mut self, id: i64) -> Result<Vec<Attempt>, LedgerError> {
+        self.store.attempts(id)
+    }
+
+    pub fn list(&mut self, state: Option<PromiseState>) -> Result<Vec<Promise>, LedgerError> {
+        self.store.list(state)
+    }
+}
