@@ -12,3 +12,4 @@ pub mod config;
 pub mod escape;
 pub mod speech;
 pub mod storage;
+pub mod web;

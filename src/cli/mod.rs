@@ -1,5 +1,6 @@
 //! The `humanline` command line: operators' tools and the drivers that run the brain.
 
+mod callbacks;
 mod simulate;
 
 use crate::config::{ConfigError, Flow};
@@ -24,6 +25,8 @@ enum Command {
     },
     /// Run a whole call through the call brain and print what happens as JSON lines.
     Simulate(simulate::SimulateArgs),
+    /// The callback ledger: every promise, its state and attempts.
+    Callbacks(callbacks::CallbacksArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -31,13 +34,19 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { prompts } => check_config(&prompts),
-        Command::Simulate(args) => match simulate::run(args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("humanline simulate: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Simulate(args) => report("simulate", simulate::run(args)),
+        Command::Callbacks(args) => report("callbacks", callbacks::run(args)),
+    }
+}
+
+/// Errors at the edge: the whole chain of context, and a failing exit code.
+fn report(command: &str, result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("humanline {command}: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
