@@ -89,7 +89,13 @@ struct Driver {
 impl Driver {
     fn new() -> Self {
         let t0 = Instant::now();
-        Self { brain: CallBrain::new(flow()), now: t0, current_play: None, stale_play: None, log: vec![] }
+        Self {
+            brain: CallBrain::new(flow()),
+            now: t0,
+            current_play: None,
+            stale_play: None,
+            log: vec![],
+        }
     }
 
     fn feed(&mut self, event: Event) -> Vec<Action> {
@@ -110,7 +116,10 @@ impl Driver {
 
     fn step(&mut self, s: &Step) {
         let event = match s {
-            Step::Start => Event::CallStarted { caller_id: Some("+3120555".into()), language: None },
+            Step::Start => Event::CallStarted {
+                caller_id: Some("+3120555".into()),
+                language: None,
+            },
             Step::FinishCurrentPrompt => match self.current_play.take() {
                 Some(play) => Event::PromptFinished { play },
                 None => return,
@@ -121,8 +130,12 @@ impl Driver {
             },
             Step::SpeechStarted => Event::SpeechStarted,
             Step::SpeechEnded => Event::SpeechEnded,
-            Step::Partial(t) => Event::PartialTranscript { text: t.to_string() },
-            Step::Final(t) => Event::FinalTranscript { text: t.to_string() },
+            Step::Partial(t) => Event::PartialTranscript {
+                text: t.to_string(),
+            },
+            Step::Final(t) => Event::FinalTranscript {
+                text: t.to_string(),
+            },
             Step::Dtmf(d) => Event::Dtmf { digit: *d },
             Step::FireDueTimer => match self.brain.next_timeout() {
                 Some((timer, at)) => {
@@ -132,14 +145,25 @@ impl Driver {
                 None => return,
             },
             Step::FireTimerEarly(timer) => Event::TimerFired { timer: *timer },
-            Step::AgentOffered => Event::AgentOffered { agent: "sip:alice@127.0.0.1".into() },
-            Step::AgentAnswered => Event::AgentAnswered { agent: "sip:alice@127.0.0.1".into() },
-            Step::AgentDeclined => Event::AgentDeclined { agent: "sip:alice@127.0.0.1".into() },
+            Step::AgentOffered => Event::AgentOffered {
+                agent: "sip:alice@127.0.0.1".into(),
+            },
+            Step::AgentAnswered => Event::AgentAnswered {
+                agent: "sip:alice@127.0.0.1".into(),
+            },
+            Step::AgentDeclined => Event::AgentDeclined {
+                agent: "sip:alice@127.0.0.1".into(),
+            },
             Step::AgentLeft => Event::AgentLeft,
             Step::NoAgent => Event::NoAgentAvailable,
-            Step::Queue(p, w) => Event::QueueStatus { position: *p, estimated_wait: Duration::from_secs(*w) },
+            Step::Queue(p, w) => Event::QueueStatus {
+                position: *p,
+                estimated_wait: Duration::from_secs(*w),
+            },
             Step::Stored => Event::CallbackStored { id: "cb-1".into() },
-            Step::StoreFailed => Event::CallbackStoreFailed { error: "disk full".into() },
+            Step::StoreFailed => Event::CallbackStoreFailed {
+                error: "disk full".into(),
+            },
             Step::Degraded => Event::SpeechEngineDegraded,
             Step::Wait(ms) => {
                 self.now += Duration::from_millis(*ms);
@@ -213,10 +237,10 @@ proptest! {
             let want = if how == 2 { RouteReason::Dtmf } else { RouteReason::Keyword };
             prop_assert_eq!(routes(&actions), Some(want));
             prop_assert_eq!(d.brain.phase(), Phase::Queued);
-            if let Some(Action::RouteToAgent { context, .. }) = actions.first() {
-                if how != 2 {
-                    prop_assert_eq!(context.said.last().map(String::as_str), Some(escape));
-                }
+            if let Some(Action::RouteToAgent { context, .. }) = actions.first()
+                && how != 2
+            {
+                prop_assert_eq!(context.said.last().map(String::as_str), Some(escape));
             }
         } else {
             // Already queued or with a person: nothing to route, and never a step back.
@@ -267,11 +291,11 @@ proptest! {
                 if matches!(a, Action::StoreCallback(_)) {
                     requested = true;
                 }
-                if let Action::Play { prompt, .. } = a {
-                    if prompt == "callback_confirmed" {
-                        prop_assert!(event.starts_with("CallbackStored"), "confirmed on {}", event);
-                        prop_assert!(requested, "confirmed a callback never requested");
-                    }
+                if let Action::Play { prompt, .. } = a
+                    && prompt == "callback_confirmed"
+                {
+                    prop_assert!(event.starts_with("CallbackStored"), "confirmed on {}", event);
+                    prop_assert!(requested, "confirmed a callback never requested");
                 }
             }
         }
@@ -282,30 +306,55 @@ proptest! {
 fn hanging_up_is_the_callers_alone_and_ends_all_timers() {
     let mut d = Driver::new();
     d.step(&Step::Start);
-    d.feed(Event::PartialTranscript { text: "operator".into() });
+    d.feed(Event::PartialTranscript {
+        text: "operator".into(),
+    });
     let actions = d.feed(Event::CallerHungUp);
     assert_eq!(d.brain.phase(), Phase::Ended);
-    assert!(actions.iter().all(|a| matches!(a, Action::CancelTimer { .. })));
+    assert!(
+        actions
+            .iter()
+            .all(|a| matches!(a, Action::CancelTimer { .. }))
+    );
     assert!(d.brain.next_timeout().is_none());
-    assert!(d.feed(Event::PartialTranscript { text: "human".into() }).is_empty());
+    assert!(
+        d.feed(Event::PartialTranscript {
+            text: "human".into()
+        })
+        .is_empty()
+    );
 }
 
 #[test]
 fn a_waiting_caller_who_says_yes_gets_a_callback_confirmed_after_the_commit() {
     let mut d = Driver::new();
     d.step(&Step::Start);
-    d.feed(Event::FinalTranscript { text: "agent".into() });
+    d.feed(Event::FinalTranscript {
+        text: "agent".into(),
+    });
     let offer = d.feed(Event::NoAgentAvailable);
     assert!(offer.contains(&Action::OfferCallback));
-    let store = d.feed(Event::FinalTranscript { text: "yes, call me back".into() });
-    let Some(Action::StoreCallback(req)) = store.iter().find(|a| matches!(a, Action::StoreCallback(_))) else {
+    let store = d.feed(Event::FinalTranscript {
+        text: "yes, call me back".into(),
+    });
+    let Some(Action::StoreCallback(req)) =
+        store.iter().find(|a| matches!(a, Action::StoreCallback(_)))
+    else {
         panic!("no callback stored: {store:?}")
     };
     assert_eq!(req.number.as_deref(), Some("+3120555"));
     assert!(req.context.said.contains(&"agent".to_string()));
-    assert!(!store.iter().any(|a| matches!(a, Action::Play { prompt, .. } if prompt == "callback_confirmed")));
+    assert!(
+        !store
+            .iter()
+            .any(|a| matches!(a, Action::Play { prompt, .. } if prompt == "callback_confirmed"))
+    );
     let confirmed = d.feed(Event::CallbackStored { id: "cb-7".into() });
-    assert!(confirmed.iter().any(|a| matches!(a, Action::Play { prompt, .. } if prompt == "callback_confirmed")));
+    assert!(
+        confirmed
+            .iter()
+            .any(|a| matches!(a, Action::Play { prompt, .. } if prompt == "callback_confirmed"))
+    );
 }
 
 #[test]
@@ -314,7 +363,9 @@ fn a_caller_whose_line_dies_in_the_queue_is_called_back_unasked() {
     d.step(&Step::Start);
     d.feed(Event::Dtmf { digit: '0' });
     let actions = d.feed(Event::CallerMediaLost);
-    let Some(Action::StoreCallback(req)) = actions.first() else { panic!("no callback: {actions:?}") };
+    let Some(Action::StoreCallback(req)) = actions.first() else {
+        panic!("no callback: {actions:?}")
+    };
     assert!(req.automatic);
     assert_eq!(req.reason, RouteReason::Dtmf);
 }
@@ -323,15 +374,26 @@ fn a_caller_whose_line_dies_in_the_queue_is_called_back_unasked() {
 fn a_long_wait_brings_a_callback_offer_and_a_short_one_an_announcement() {
     let mut d = Driver::new();
     d.step(&Step::Start);
-    d.feed(Event::FinalTranscript { text: "human".into() });
+    d.feed(Event::FinalTranscript {
+        text: "human".into(),
+    });
     d.step(&Step::FinishCurrentPrompt);
-    let short = d.feed(Event::QueueStatus { position: 2, estimated_wait: Duration::from_secs(90) });
+    let short = d.feed(Event::QueueStatus {
+        position: 2,
+        estimated_wait: Duration::from_secs(90),
+    });
     let text = short.iter().find_map(|a| match a {
         Action::Play { prompt, text, .. } if prompt == "queue_position" => Some(text.clone()),
         _ => None,
     });
-    assert_eq!(text.as_deref(), Some("You are number 2 in line. The wait is about 2 minutes."));
-    let long = d.feed(Event::QueueStatus { position: 9, estimated_wait: Duration::from_secs(900) });
+    assert_eq!(
+        text.as_deref(),
+        Some("You are number 2 in line. The wait is about 2 minutes.")
+    );
+    let long = d.feed(Event::QueueStatus {
+        position: 9,
+        estimated_wait: Duration::from_secs(900),
+    });
     assert!(long.contains(&Action::OfferCallback));
 }
 
@@ -339,17 +401,35 @@ fn a_long_wait_brings_a_callback_offer_and_a_short_one_an_announcement() {
 fn speech_failure_hands_the_caller_to_a_person() {
     let mut d = Driver::new();
     d.step(&Step::Start);
-    assert_eq!(routes(&d.feed(Event::SpeechEngineDegraded)), Some(RouteReason::SpeechUnavailable));
+    assert_eq!(
+        routes(&d.feed(Event::SpeechEngineDegraded)),
+        Some(RouteReason::SpeechUnavailable)
+    );
 }
 
 #[test]
 fn a_dutch_caller_can_switch_language_and_is_greeted_in_dutch() {
     let mut d = Driver::new();
     d.step(&Step::Start);
-    let actions = d.feed(Event::FinalTranscript { text: "Nederlands graag".into() });
+    let actions = d.feed(Event::FinalTranscript {
+        text: "Nederlands graag".into(),
+    });
     assert!(actions.contains(&Action::SetLanguage { code: "nl".into() }));
-    assert!(actions.iter().any(|a| matches!(a, Action::Play { text, .. } if text.starts_with("Welkom"))));
-    assert_eq!(routes(&d.feed(Event::FinalTranscript { text: "mijn internet doet het niet".into() })), None);
-    assert_eq!(routes(&d.feed(Event::FinalTranscript { text: "mijn internet doet het nog steeds niet".into() })),
-        Some(RouteReason::Repetition));
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Play { text, .. } if text.starts_with("Welkom")))
+    );
+    assert_eq!(
+        routes(&d.feed(Event::FinalTranscript {
+            text: "mijn internet doet het niet".into()
+        })),
+        None
+    );
+    assert_eq!(
+        routes(&d.feed(Event::FinalTranscript {
+            text: "mijn internet doet het nog steeds niet".into()
+        })),
+        Some(RouteReason::Repetition)
+    );
 }

@@ -15,7 +15,13 @@ fn repo() -> &'static Path {
 /// A copy of the shipped prompts and audio in a temporary folder, to break on purpose.
 fn copy_of_shipped() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    for sub in ["prompts", "audio/en", "audio/nl", "audio/en/numbers", "audio/nl/numbers"] {
+    for sub in [
+        "prompts",
+        "audio/en",
+        "audio/nl",
+        "audio/en/numbers",
+        "audio/nl/numbers",
+    ] {
         std::fs::create_dir_all(dir.path().join(sub)).unwrap();
         for entry in std::fs::read_dir(repo().join(sub)).unwrap() {
             let entry = entry.unwrap();
@@ -28,14 +34,31 @@ fn copy_of_shipped() -> tempfile::TempDir {
 }
 
 fn check(dir: &Path) -> (bool, String) {
-    let out = humanline().arg("check-config").arg("--prompts").arg(dir.join("prompts")).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = humanline()
+        .arg("check-config")
+        .arg("--prompts")
+        .arg(dir.join("prompts"))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
 fn shipped_prompts_pass_check_config() {
-    let out = humanline().arg("check-config").arg("--prompts").arg(repo().join("prompts")).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = humanline()
+        .arg("check-config")
+        .arg("--prompts")
+        .arg(repo().join("prompts"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (2 languages"));
 }
 
@@ -48,7 +71,13 @@ fn broken_toml_is_reported_with_file_line_and_column() {
     let broken: Vec<String> = text
         .lines()
         .enumerate()
-        .map(|(i, l)| if i == 4 { l.trim_end_matches(']').to_string() } else { l.to_string() })
+        .map(|(i, l)| {
+            if i == 4 {
+                l.trim_end_matches(']').to_string()
+            } else {
+                l.to_string()
+            }
+        })
         .collect();
     assert!(broken[4].starts_with("[prompts.greeting"));
     std::fs::write(&en, broken.join("\n")).unwrap();
@@ -63,10 +92,17 @@ fn unknown_keys_missing_audio_and_undefined_prompts_are_each_reported_at_their_l
     let dir = copy_of_shipped();
     let settings = dir.path().join("prompts/humanline.toml");
     let text = std::fs::read_to_string(&settings).unwrap();
-    std::fs::write(&settings, text.replace("no_input_ms = 7000", "no_input_ms = 7000\nno_inptu_ms = 5")).unwrap();
+    std::fs::write(
+        &settings,
+        text.replace("no_input_ms = 7000", "no_input_ms = 7000\nno_inptu_ms = 5"),
+    )
+    .unwrap();
     let (ok, err) = check(dir.path());
     assert!(!ok);
-    assert!(err.contains("humanline.toml:13:1: unknown field `no_inptu_ms`"), "{err}");
+    assert!(
+        err.contains("humanline.toml:13:1: unknown field `no_inptu_ms`"),
+        "{err}"
+    );
     std::fs::write(&settings, text).unwrap();
 
     let en = dir.path().join("prompts/en.toml");
@@ -76,20 +112,41 @@ fn unknown_keys_missing_audio_and_undefined_prompts_are_each_reported_at_their_l
     std::fs::remove_file(dir.path().join("audio/nl/greeting.wav")).unwrap();
     let (ok, err) = check(dir.path());
     assert!(!ok);
-    let line = text.lines().position(|l| l.contains("topic_bills")).unwrap() + 1;
-    assert!(err.contains(&format!("en.toml:{line}:10: topic `billing` uses prompt `topic_bills`, which is not defined")), "{err}");
-    assert!(err.contains("nl.toml:7:9: audio file") && err.contains("greeting.wav cannot be read"), "{err}");
+    let line = text
+        .lines()
+        .position(|l| l.contains("topic_bills"))
+        .unwrap()
+        + 1;
+    assert!(
+        err.contains(&format!(
+            "en.toml:{line}:10: topic `billing` uses prompt `topic_bills`, which is not defined"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("nl.toml:7:9: audio file") && err.contains("greeting.wav cannot be read"),
+        "{err}"
+    );
 }
 
 fn simulate(says: &[&str]) -> Vec<Value> {
     let mut cmd = humanline();
-    cmd.arg("simulate").arg("--prompts").arg(repo().join("prompts"));
+    cmd.arg("simulate")
+        .arg("--prompts")
+        .arg(repo().join("prompts"));
     for s in says {
         cmd.arg("--say").arg(s);
     }
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect()
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect()
 }
 
 fn routes(events: &[Value]) -> Vec<&Value> {
@@ -118,12 +175,22 @@ fn the_same_request_twice_routes_with_reason_repetition() {
 
 #[test]
 fn two_different_ordinary_requests_are_not_a_repetition() {
-    let events = simulate(&["what are your opening hours", "I have a question about my bill"]);
+    let events = simulate(&[
+        "what are your opening hours",
+        "I have a question about my bill",
+    ]);
     let finals: Vec<_> = events.iter().filter(|e| e["event"] == "final").collect();
     assert_eq!(finals.len(), 2);
     // Each request is answered with its own prompt...
-    let prompts: Vec<_> = events.iter().filter(|e| e["event"] == "play").map(|e| e["prompt"].clone()).collect();
-    assert!(prompts.contains(&"topic_hours".into()) && prompts.contains(&"topic_billing".into()), "{prompts:?}");
+    let prompts: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "play")
+        .map(|e| e["prompt"].clone())
+        .collect();
+    assert!(
+        prompts.contains(&"topic_hours".into()) && prompts.contains(&"topic_billing".into()),
+        "{prompts:?}"
+    );
     // ...and the caller, silent afterwards, reaches a person for that reason, not repetition.
     let r = routes(&events);
     assert_eq!(r.len(), 1);
@@ -138,7 +205,13 @@ fn a_caller_who_is_not_understood_twice_reaches_a_person() {
 
 #[test]
 fn an_unknown_prompts_folder_is_a_clear_error() {
-    let out = humanline().args(["simulate", "--prompts", "/nonexistent", "--say", "hi"]).output().unwrap();
+    let out = humanline()
+        .args(["simulate", "--prompts", "/nonexistent", "--say", "hi"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/humanline.toml:1:1: cannot read"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("/nonexistent/humanline.toml:1:1: cannot read")
+    );
 }

@@ -70,9 +70,18 @@ impl AgentQueue {
     pub fn new<S: Into<String>>(agents: impl IntoIterator<Item = S>, now: Instant) -> Self {
         let agents = agents
             .into_iter()
-            .map(|uri| Agent { uri: uri.into(), state: AgentState::Idle { since: now }, call: None })
+            .map(|uri| Agent {
+                uri: uri.into(),
+                state: AgentState::Idle { since: now },
+                call: None,
+            })
             .collect();
-        Self { agents, waiting: VecDeque::new(), avg_handle: DEFAULT_HANDLE_TIME, answered: 0 }
+        Self {
+            agents,
+            waiting: VecDeque::new(),
+            avg_handle: DEFAULT_HANDLE_TIME,
+            answered: 0,
+        }
     }
 
     /// Adds a caller at the back of the line; returns their 1-based position.
@@ -80,7 +89,12 @@ impl AgentQueue {
         if let Some(p) = self.position(call) {
             return p;
         }
-        self.waiting.push_back(Waiting { call, since: now, tried: Vec::new(), ringing: false });
+        self.waiting.push_back(Waiting {
+            call,
+            since: now,
+            tried: Vec::new(),
+            ringing: false,
+        });
         self.waiting.len() as u32
     }
 
@@ -88,14 +102,21 @@ impl AgentQueue {
     /// who was ringing for them.
     pub fn remove(&mut self, call: u64, now: Instant) {
         self.waiting.retain(|w| w.call != call);
-        for a in self.agents.iter_mut().filter(|a| a.call == Some(call) && a.state == AgentState::Ringing) {
+        for a in self
+            .agents
+            .iter_mut()
+            .filter(|a| a.call == Some(call) && a.state == AgentState::Ringing)
+        {
             a.state = AgentState::Idle { since: now };
             a.call = None;
         }
     }
 
     pub fn position(&self, call: u64) -> Option<u32> {
-        self.waiting.iter().position(|w| w.call == call).map(|i| i as u32 + 1)
+        self.waiting
+            .iter()
+            .position(|w| w.call == call)
+            .map(|i| i as u32 + 1)
     }
 
     pub fn waiting(&self) -> usize {
@@ -107,7 +128,11 @@ impl AgentQueue {
     pub fn estimated_wait(&self, call: u64) -> Option<Duration> {
         let position = self.position(call)?;
         let staffed = self.agents.len().max(1) as u32;
-        let free = self.agents.iter().filter(|a| matches!(a.state, AgentState::Idle { .. })).count() as u32;
+        let free = self
+            .agents
+            .iter()
+            .filter(|a| matches!(a.state, AgentState::Idle { .. }))
+            .count() as u32;
         if position <= free {
             return Some(Duration::ZERO);
         }
@@ -119,10 +144,10 @@ impl AgentQueue {
     /// ringing one. Call repeatedly until `None`.
     pub fn next_assignment(&mut self, now: Instant) -> Option<Assignment> {
         for a in &mut self.agents {
-            if let AgentState::CoolingDown { until } = a.state {
-                if until <= now {
-                    a.state = AgentState::Idle { since: until };
-                }
+            if let AgentState::CoolingDown { until } = a.state
+                && until <= now
+            {
+                a.state = AgentState::Idle { since: until };
             }
         }
         let agents = &mut self.agents;
@@ -140,7 +165,10 @@ impl AgentQueue {
                 agent.call = Some(w.call);
                 w.ringing = true;
                 w.tried.push(agent.uri.clone());
-                return Some(Assignment::Ring { call: w.call, agent: agent.uri.clone() });
+                return Some(Assignment::Ring {
+                    call: w.call,
+                    agent: agent.uri.clone(),
+                });
             }
             if agents.is_empty() {
                 // Nobody staffed at all: say so once per caller (the marker is never an agent).
@@ -171,8 +199,14 @@ impl AgentQueue {
     /// The agent did not take the call: they cool down, the caller keeps their place and is
     /// offered to the next agent.
     pub fn agent_failed(&mut self, agent: &str, call: u64, _why: AgentFailure, now: Instant) {
-        if let Some(a) = self.agents.iter_mut().find(|a| a.uri == agent && a.call == Some(call)) {
-            a.state = AgentState::CoolingDown { until: now + AGENT_COOLDOWN };
+        if let Some(a) = self
+            .agents
+            .iter_mut()
+            .find(|a| a.uri == agent && a.call == Some(call))
+        {
+            a.state = AgentState::CoolingDown {
+                until: now + AGENT_COOLDOWN,
+            };
             a.call = None;
         }
         if let Some(w) = self.waiting.iter_mut().find(|w| w.call == call) {
@@ -201,7 +235,9 @@ impl AgentQueue {
 
     /// How long the longest-waiting caller has waited.
     pub fn longest_wait(&self, now: Instant) -> Duration {
-        self.waiting.front().map_or(Duration::ZERO, |w| now.saturating_duration_since(w.since))
+        self.waiting
+            .front()
+            .map_or(Duration::ZERO, |w| now.saturating_duration_since(w.since))
     }
 }
 
@@ -215,15 +251,36 @@ mod tests {
         let mut q = AgentQueue::new(["sip:a@h", "sip:b@h"], t);
         q.agent_finished("sip:a@h", t + Duration::from_secs(5)); // a idle since later
         q.enqueue(1, t);
-        assert_eq!(q.next_assignment(t), Some(Assignment::Ring { call: 1, agent: "sip:b@h".into() }));
+        assert_eq!(
+            q.next_assignment(t),
+            Some(Assignment::Ring {
+                call: 1,
+                agent: "sip:b@h".into()
+            })
+        );
         assert_eq!(q.next_assignment(t), None);
         q.agent_failed("sip:b@h", 1, AgentFailure::Busy, t);
-        assert_eq!(q.next_assignment(t), Some(Assignment::Ring { call: 1, agent: "sip:a@h".into() }));
+        assert_eq!(
+            q.next_assignment(t),
+            Some(Assignment::Ring {
+                call: 1,
+                agent: "sip:a@h".into()
+            })
+        );
         q.agent_failed("sip:a@h", 1, AgentFailure::NoAnswer, t);
-        assert_eq!(q.next_assignment(t), Some(Assignment::NoneAvailable { call: 1 }));
+        assert_eq!(
+            q.next_assignment(t),
+            Some(Assignment::NoneAvailable { call: 1 })
+        );
         // The caller kept their place, and is tried again once agents cool down.
         assert_eq!(q.position(1), Some(1));
-        assert_eq!(q.next_assignment(t + AGENT_COOLDOWN), Some(Assignment::Ring { call: 1, agent: "sip:a@h".into() }));
+        assert_eq!(
+            q.next_assignment(t + AGENT_COOLDOWN),
+            Some(Assignment::Ring {
+                call: 1,
+                agent: "sip:a@h".into()
+            })
+        );
     }
 
     #[test]
@@ -232,7 +289,9 @@ mod tests {
         let mut q = AgentQueue::new(["sip:a@h"], t);
         q.enqueue(1, t);
         assert_eq!(q.estimated_wait(1), Some(Duration::ZERO));
-        let Some(Assignment::Ring { agent, .. }) = q.next_assignment(t) else { panic!() };
+        let Some(Assignment::Ring { agent, .. }) = q.next_assignment(t) else {
+            panic!()
+        };
         q.agent_answered(&agent, 1, t);
         q.agent_finished(&agent, t + Duration::from_secs(60));
         let Some(Assignment::Ring { .. }) = ({
@@ -254,7 +313,10 @@ mod tests {
         let t = Instant::now();
         let mut q = AgentQueue::new(Vec::<String>::new(), t);
         q.enqueue(9, t);
-        assert_eq!(q.next_assignment(t), Some(Assignment::NoneAvailable { call: 9 }));
+        assert_eq!(
+            q.next_assignment(t),
+            Some(Assignment::NoneAvailable { call: 9 })
+        );
         assert_eq!(q.next_assignment(t), None);
     }
 }

@@ -1,7 +1,8 @@
 //! The rules of one call. See the module docs of `brain` for the contract.
 
 use super::{
-    Action, CallbackRequest, CallbackWhen, CallerContext, Event, Phase, PlayId, RouteReason, TimerKind,
+    Action, CallbackRequest, CallbackWhen, CallerContext, Event, Phase, PlayId, RouteReason,
+    TimerKind,
 };
 use crate::config::{Flow, Language, render};
 use std::sync::Arc;
@@ -44,7 +45,10 @@ impl CallBrain {
         let language = flow.default_language.clone();
         Self {
             flow,
-            context: CallerContext { language: language.clone(), ..Default::default() },
+            context: CallerContext {
+                language: language.clone(),
+                ..Default::default()
+            },
             language,
             phase: Phase::NotStarted,
             heard: Vec::new(),
@@ -73,7 +77,11 @@ impl CallBrain {
 
     /// The earliest armed timer: when the driver should next send `TimerFired`.
     pub fn next_timeout(&self) -> Option<(TimerKind, Instant)> {
-        TimerKind::ALL.iter().zip(&self.timers).filter_map(|(k, t)| t.map(|at| (*k, at))).min_by_key(|(_, at)| *at)
+        TimerKind::ALL
+            .iter()
+            .zip(&self.timers)
+            .filter_map(|(k, t)| t.map(|at| (*k, at)))
+            .min_by_key(|(_, at)| *at)
     }
 
     /// Feeds one event; returns what to do, in order. A route to an agent always comes first,
@@ -84,7 +92,10 @@ impl CallBrain {
             return out;
         }
         match event {
-            Event::CallStarted { caller_id, language } => self.on_start(now, caller_id, language, &mut out),
+            Event::CallStarted {
+                caller_id,
+                language,
+            } => self.on_start(now, caller_id, language, &mut out),
             Event::PromptFinished { play } => self.on_prompt_finished(now, play, &mut out),
             Event::SpeechStarted => {
                 if let Some((_, _, true)) = self.playing {
@@ -95,12 +106,20 @@ impl CallBrain {
                 if self.phase == Phase::Ivr && self.playing.is_none() {
                     // A safety net: should no transcript ever come, the caller is not left
                     // in silence.
-                    self.arm(TimerKind::NoInput, now + self.flow.timers.no_input * 3, &mut out);
+                    self.arm(
+                        TimerKind::NoInput,
+                        now + self.flow.timers.no_input * 3,
+                        &mut out,
+                    );
                 }
             }
             Event::SpeechEnded => {
                 if self.phase == Phase::Ivr && self.playing.is_none() {
-                    self.arm(TimerKind::NoInput, now + self.flow.timers.no_input, &mut out);
+                    self.arm(
+                        TimerKind::NoInput,
+                        now + self.flow.timers.no_input,
+                        &mut out,
+                    );
                 }
             }
             Event::PartialTranscript { text } => self.on_partial(now, text, &mut out),
@@ -133,11 +152,16 @@ impl CallBrain {
                     self.offer_callback(now, &mut out);
                 }
             }
-            Event::QueueStatus { position, estimated_wait } => {
+            Event::QueueStatus {
+                position,
+                estimated_wait,
+            } => {
                 let first = self.queue.is_none();
                 self.queue = Some((position, estimated_wait));
                 if self.phase == Phase::Queued {
-                    if estimated_wait > self.flow.offer_callback_after_wait && self.callback_offerable() {
+                    if estimated_wait > self.flow.offer_callback_after_wait
+                        && self.callback_offerable()
+                    {
                         self.offer_callback(now, &mut out);
                     } else if first && self.playing.is_none() {
                         self.announce_queue(now, &mut out);
@@ -156,7 +180,11 @@ impl CallBrain {
                 if self.callback == CallbackState::Storing {
                     self.callback = CallbackState::Declined;
                     self.play("callback_failed", &[], &mut out);
-                    self.arm(TimerKind::CallbackReoffer, now + self.flow.timers.callback_reoffer_interval, &mut out);
+                    self.arm(
+                        TimerKind::CallbackReoffer,
+                        now + self.flow.timers.callback_reoffer_interval,
+                        &mut out,
+                    );
                 }
             }
             Event::SpeechEngineDegraded => {
@@ -181,10 +209,18 @@ impl CallBrain {
     }
 
     fn lang(&self) -> &Language {
-        self.flow.language(&self.language).unwrap_or_else(|| self.flow.default_language())
+        self.flow
+            .language(&self.language)
+            .unwrap_or_else(|| self.flow.default_language())
     }
 
-    fn on_start(&mut self, now: Instant, caller_id: Option<String>, language: Option<String>, out: &mut Vec<Action>) {
+    fn on_start(
+        &mut self,
+        now: Instant,
+        caller_id: Option<String>,
+        language: Option<String>,
+        out: &mut Vec<Action>,
+    ) {
         if self.phase != Phase::NotStarted {
             return;
         }
@@ -201,7 +237,9 @@ impl CallBrain {
     }
 
     fn on_prompt_finished(&mut self, now: Instant, play: PlayId, out: &mut Vec<Action>) {
-        let Some((current, prompt, _)) = self.playing.take() else { return };
+        let Some((current, prompt, _)) = self.playing.take() else {
+            return;
+        };
         if current != play {
             self.playing = Some((current, prompt, false));
             return;
@@ -210,7 +248,9 @@ impl CallBrain {
             Phase::Ivr if prompt != "connecting" => {
                 self.arm(TimerKind::NoInput, now + self.flow.timers.no_input, out);
             }
-            Phase::Queued if prompt == "connecting" && self.queue.is_some() => self.announce_queue(now, out),
+            Phase::Queued if prompt == "connecting" && self.queue.is_some() => {
+                self.announce_queue(now, out)
+            }
             _ => {}
         }
     }
@@ -246,8 +286,11 @@ impl CallBrain {
             return self.route(now, RouteReason::Keyword, out);
         }
         // "Nederlands", "English": the caller picks their language (GetHuman #9).
-        if let Some(switch) =
-            self.flow.languages.values().find(|l| l.code != self.language && l.switch_to.matches(&text))
+        if let Some(switch) = self
+            .flow
+            .languages
+            .values()
+            .find(|l| l.code != self.language && l.switch_to.matches(&text))
         {
             let code = switch.code.clone();
             self.language = code.clone();
@@ -258,12 +301,20 @@ impl CallBrain {
             return;
         }
         let lang = self.lang();
-        if lang.repetition.repeats(&text, self.heard.iter().map(|(t, _)| t.as_str())) {
+        if lang
+            .repetition
+            .repeats(&text, self.heard.iter().map(|(t, _)| t.as_str()))
+        {
             return self.route(now, RouteReason::Repetition, out);
         }
-        let topic = lang.topics.iter().find(|t| t.keywords.matches(&text)).map(|t| (t.name.clone(), t.prompt.clone()));
+        let topic = lang
+            .topics
+            .iter()
+            .find(|t| t.keywords.matches(&text))
+            .map(|t| (t.name.clone(), t.prompt.clone()));
         let last_topic = self.heard.last().and_then(|(_, t)| t.clone());
-        self.heard.push((text, topic.as_ref().map(|(n, _)| n.clone())));
+        self.heard
+            .push((text, topic.as_ref().map(|(n, _)| n.clone())));
         match topic {
             // The same topic again: the answer did not help.
             Some((name, _)) if last_topic.as_deref() == Some(name.as_str()) => {
@@ -297,8 +348,12 @@ impl CallBrain {
         self.context.dtmf.push(digit);
         match (self.phase, digit) {
             (Phase::Ivr, '0') => self.route(now, RouteReason::Dtmf, out),
-            (Phase::Queued, '1') if self.callback == CallbackState::Offered => self.accept_callback(out),
-            (Phase::Queued, '2') if self.callback == CallbackState::Offered => self.decline_callback(now, out),
+            (Phase::Queued, '1') if self.callback == CallbackState::Offered => {
+                self.accept_callback(out)
+            }
+            (Phase::Queued, '2') if self.callback == CallbackState::Offered => {
+                self.decline_callback(now, out)
+            }
             _ => {}
         }
     }
@@ -319,10 +374,8 @@ impl CallBrain {
                     self.announce_queue(now, out);
                 }
             }
-            (TimerKind::CallbackReoffer, Phase::Queued) => {
-                if self.callback_offerable() {
-                    self.offer_callback(now, out);
-                }
+            (TimerKind::CallbackReoffer, Phase::Queued) if self.callback_offerable() => {
+                self.offer_callback(now, out)
             }
             _ => {}
         }
@@ -334,7 +387,11 @@ impl CallBrain {
         if self.failures >= MAX_FAILURES {
             return self.route(now, why, out);
         }
-        let prompt = if why == RouteReason::NoInput { "reprompt_no_input" } else { "reprompt_no_match" };
+        let prompt = if why == RouteReason::NoInput {
+            "reprompt_no_input"
+        } else {
+            "reprompt_no_match"
+        };
         self.play(prompt, &[], out);
         out.push(Action::Listen);
     }
@@ -346,22 +403,46 @@ impl CallBrain {
         self.phase = Phase::Queued;
         self.route_reason = Some(reason);
         // First, so the agent's phone rings before anything else happens.
-        out.insert(0, Action::RouteToAgent { reason, context: self.context.clone() });
+        out.insert(
+            0,
+            Action::RouteToAgent {
+                reason,
+                context: self.context.clone(),
+            },
+        );
         self.cancel(TimerKind::NoInput, out);
         self.play("connecting", &[], out);
-        self.arm(TimerKind::QueueAnnounce, now + self.flow.timers.queue_announce_interval, out);
+        self.arm(
+            TimerKind::QueueAnnounce,
+            now + self.flow.timers.queue_announce_interval,
+            out,
+        );
     }
 
     fn announce_queue(&mut self, now: Instant, out: &mut Vec<Action>) {
         if let Some((position, wait)) = self.queue {
             let minutes = wait.as_secs().div_ceil(60).max(1);
-            self.play("queue_position", &[("position", position.to_string()), ("minutes", minutes.to_string())], out);
+            self.play(
+                "queue_position",
+                &[
+                    ("position", position.to_string()),
+                    ("minutes", minutes.to_string()),
+                ],
+                out,
+            );
         }
-        self.arm(TimerKind::QueueAnnounce, now + self.flow.timers.queue_announce_interval, out);
+        self.arm(
+            TimerKind::QueueAnnounce,
+            now + self.flow.timers.queue_announce_interval,
+            out,
+        );
     }
 
     fn callback_offerable(&self) -> bool {
-        matches!(self.callback, CallbackState::NotOffered | CallbackState::Declined)
+        matches!(
+            self.callback,
+            CallbackState::NotOffered | CallbackState::Declined
+        )
     }
 
     fn offer_callback(&mut self, now: Instant, out: &mut Vec<Action>) {
@@ -369,7 +450,11 @@ impl CallBrain {
         out.push(Action::OfferCallback);
         self.play("callback_offer", &[], out);
         out.push(Action::Listen);
-        self.arm(TimerKind::CallbackReoffer, now + self.flow.timers.callback_reoffer_interval, out);
+        self.arm(
+            TimerKind::CallbackReoffer,
+            now + self.flow.timers.callback_reoffer_interval,
+            out,
+        );
     }
 
     fn accept_callback(&mut self, out: &mut Vec<Action>) {
@@ -380,7 +465,11 @@ impl CallBrain {
 
     fn decline_callback(&mut self, now: Instant, out: &mut Vec<Action>) {
         self.callback = CallbackState::Declined;
-        self.arm(TimerKind::CallbackReoffer, now + self.flow.timers.callback_reoffer_interval, out);
+        self.arm(
+            TimerKind::CallbackReoffer,
+            now + self.flow.timers.callback_reoffer_interval,
+            out,
+        );
     }
 
     fn callback_request(&self, automatic: bool) -> Action {
@@ -397,7 +486,9 @@ impl CallBrain {
         let lang = self.lang();
         // Validation guarantees every prompt the brain names exists; if one is missing anyway,
         // stay silent rather than fail the call.
-        let Some(p) = lang.prompts.get(prompt) else { return };
+        let Some(p) = lang.prompts.get(prompt) else {
+            return;
+        };
         let action = Action::Play {
             play: PlayId(self.next_play),
             prompt: prompt.to_string(),

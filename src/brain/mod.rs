@@ -34,7 +34,11 @@ pub enum TimerKind {
 }
 
 impl TimerKind {
-    pub const ALL: [TimerKind; 3] = [TimerKind::NoInput, TimerKind::QueueAnnounce, TimerKind::CallbackReoffer];
+    pub const ALL: [TimerKind; 3] = [
+        TimerKind::NoInput,
+        TimerKind::QueueAnnounce,
+        TimerKind::CallbackReoffer,
+    ];
 }
 
 /// Why a caller was sent to a person.
@@ -109,23 +113,49 @@ pub struct CallbackRequest {
 /// Everything that can happen to a call, as the drivers report it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    CallStarted { caller_id: Option<String>, language: Option<String> },
-    PromptFinished { play: PlayId },
+    CallStarted {
+        caller_id: Option<String>,
+        language: Option<String>,
+    },
+    PromptFinished {
+        play: PlayId,
+    },
     SpeechStarted,
     SpeechEnded,
-    PartialTranscript { text: String },
-    FinalTranscript { text: String },
-    Dtmf { digit: char },
-    TimerFired { timer: TimerKind },
-    AgentOffered { agent: String },
-    AgentAnswered { agent: String },
-    AgentDeclined { agent: String },
+    PartialTranscript {
+        text: String,
+    },
+    FinalTranscript {
+        text: String,
+    },
+    Dtmf {
+        digit: char,
+    },
+    TimerFired {
+        timer: TimerKind,
+    },
+    AgentOffered {
+        agent: String,
+    },
+    AgentAnswered {
+        agent: String,
+    },
+    AgentDeclined {
+        agent: String,
+    },
     AgentLeft,
     /// Every agent is busy or unreachable for now; the caller stays queued.
     NoAgentAvailable,
-    QueueStatus { position: u32, estimated_wait: Duration },
-    CallbackStored { id: String },
-    CallbackStoreFailed { error: String },
+    QueueStatus {
+        position: u32,
+        estimated_wait: Duration,
+    },
+    CallbackStored {
+        id: String,
+    },
+    CallbackStoreFailed {
+        error: String,
+    },
     /// Speech recognition failed or is falling behind real time for this call.
     SpeechEngineDegraded,
     /// The caller's media stopped for long: their network is gone, though no BYE came.
@@ -137,20 +167,36 @@ pub enum Event {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Play a prompt (replacing whatever is playing). `text` has its placeholders filled in.
-    Play { play: PlayId, prompt: String, text: String, audio: Option<PathBuf>, barge_in: bool },
+    Play {
+        play: PlayId,
+        prompt: String,
+        text: String,
+        audio: Option<PathBuf>,
+        barge_in: bool,
+    },
     StopPlayback,
     /// The caller is expected to answer now.
     Listen,
     /// Recognise speech in another language from now on.
-    SetLanguage { code: String },
+    SetLanguage {
+        code: String,
+    },
     /// Put the caller in the agent queue now and ring an agent, with what they said.
-    RouteToAgent { reason: RouteReason, context: CallerContext },
+    RouteToAgent {
+        reason: RouteReason,
+        context: CallerContext,
+    },
     /// A callback is being offered (the prompt follows as a `Play`).
     OfferCallback,
     /// Commit this callback to the ledger, then report `CallbackStored` or `CallbackStoreFailed`.
     StoreCallback(Box<CallbackRequest>),
-    SetTimer { timer: TimerKind, at: Instant },
-    CancelTimer { timer: TimerKind },
+    SetTimer {
+        timer: TimerKind,
+        at: Instant,
+    },
+    CancelTimer {
+        timer: TimerKind,
+    },
 }
 
 /// Where a call stands, for logs and tests.

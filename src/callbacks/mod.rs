@@ -148,7 +148,11 @@ pub trait LedgerStore: Send {
     fn insert(&mut self, p: &NewPromise, now: UnixMs) -> Result<Promise, LedgerError>;
     /// Moves up to `limit` due promises (promised/retrying, `next_attempt_at <= now`), most
     /// overdue first, to `dialing`, opening an attempt for each.
-    fn claim_due(&mut self, now: UnixMs, limit: usize) -> Result<Vec<(Promise, Attempt)>, LedgerError>;
+    fn claim_due(
+        &mut self,
+        now: UnixMs,
+        limit: usize,
+    ) -> Result<Vec<(Promise, Attempt)>, LedgerError>;
     /// Closes an attempt and sets the promise's new state.
     fn finish_attempt(
         &mut self,
@@ -187,7 +191,7 @@ impl Default for RetryPolicy {
             factor: 2.0,
             max_delay_ms: 30 * 60_000,
             max_attempts: 6,
-            window_ms: 3 * 24 * 3600_000,
+            window_ms: 3 * 24 * 3_600_000,
         }
     }
 }
@@ -217,7 +221,11 @@ impl<S: LedgerStore> CallbackLedger<S> {
     }
 
     /// Claims promises due now for dialing.
-    pub fn claim_due(&mut self, now: UnixMs, limit: usize) -> Result<Vec<(Promise, Attempt)>, LedgerError> {
+    pub fn claim_due(
+        &mut self,
+        now: UnixMs,
+        limit: usize,
+    ) -> Result<Vec<(Promise, Attempt)>, LedgerError> {
         self.store.claim_due(now, limit)
     }
 
@@ -227,7 +235,12 @@ impl<S: LedgerStore> CallbackLedger<S> {
 
     /// Records how an attempt ended: completed, or retried with backoff, or escalated once
     /// attempts or the window run out.
-    pub fn finish(&mut self, attempt: i64, outcome: AttemptOutcome, now: UnixMs) -> Result<Promise, LedgerError> {
+    pub fn finish(
+        &mut self,
+        attempt: i64,
+        outcome: AttemptOutcome,
+        now: UnixMs,
+    ) -> Result<Promise, LedgerError> {
         let a = self.store.attempt(attempt)?;
         let p = self.store.get(a.promise_id)?;
         if a.outcome.is_some_and(|o| o != AttemptOutcome::Connected) {
@@ -238,14 +251,17 @@ impl<S: LedgerStore> CallbackLedger<S> {
             AttemptOutcome::Connected => return self.store.mark_connected(attempt, now),
             _ => {
                 let next = now + self.policy.delay_after(p.attempts);
-                if p.attempts >= self.policy.max_attempts || next - p.created_at > self.policy.window_ms {
+                if p.attempts >= self.policy.max_attempts
+                    || next - p.created_at > self.policy.window_ms
+                {
                     (PromiseState::Escalated, next)
                 } else {
                     (PromiseState::Retrying, next)
                 }
             }
         };
-        self.store.finish_attempt(attempt, outcome, state, next, now)
+        self.store
+            .finish_attempt(attempt, outcome, state, next, now)
     }
 
     /// On start-up: attempts a crash left open become interrupted; their promises are due.

@@ -9,15 +9,44 @@ const HOUR: i64 = 60 * MINUTE;
 const DAY: i64 = 24 * HOUR;
 
 const NUMBERS: &[(&str, i64)] = &[
-    ("one", 1), ("two", 2), ("three", 3), ("four", 4), ("five", 5), ("six", 6), ("seven", 7),
-    ("eight", 8), ("nine", 9), ("ten", 10), ("eleven", 11), ("twelve", 12), ("fifteen", 15),
-    ("twenty", 20), ("thirty", 30), ("forty", 40), ("fortyfive", 45), ("an", 1), ("a", 1),
-    ("een", 1), ("twee", 2), ("drie", 3), ("vier", 4), ("vijf", 5), ("zes", 6), ("zeven", 7),
-    ("acht", 8), ("negen", 9), ("tien", 10), ("elf", 11), ("twaalf", 12), ("half", 0),
+    ("one", 1),
+    ("two", 2),
+    ("three", 3),
+    ("four", 4),
+    ("five", 5),
+    ("six", 6),
+    ("seven", 7),
+    ("eight", 8),
+    ("nine", 9),
+    ("ten", 10),
+    ("eleven", 11),
+    ("twelve", 12),
+    ("fifteen", 15),
+    ("twenty", 20),
+    ("thirty", 30),
+    ("forty", 40),
+    ("fortyfive", 45),
+    ("an", 1),
+    ("a", 1),
+    ("een", 1),
+    ("twee", 2),
+    ("drie", 3),
+    ("vier", 4),
+    ("vijf", 5),
+    ("zes", 6),
+    ("zeven", 7),
+    ("acht", 8),
+    ("negen", 9),
+    ("tien", 10),
+    ("elf", 11),
+    ("twaalf", 12),
+    ("half", 0),
 ];
 
 fn number(word: &str) -> Option<i64> {
-    word.parse().ok().or_else(|| NUMBERS.iter().find(|(w, _)| *w == word).map(|(_, n)| *n))
+    word.parse()
+        .ok()
+        .or_else(|| NUMBERS.iter().find(|(w, _)| *w == word).map(|(_, n)| *n))
 }
 
 /// The time a caller asked to be called back, from `now` in a time zone `utc_offset_min`
@@ -79,7 +108,11 @@ pub fn resolve_when(said: &str, now: UnixMs, utc_offset_min: i64) -> Option<Unix
             } else {
                 h = number(first);
             }
-            if let Some(min) = rest.get(1).and_then(|x| number(x)).filter(|n| (1..60).contains(n)) {
+            if let Some(min) = rest
+                .get(1)
+                .and_then(|x| number(x))
+                .filter(|n| (1..60).contains(n))
+            {
                 m = min;
             }
         }
@@ -103,10 +136,8 @@ pub fn resolve_when(said: &str, now: UnixMs, utc_offset_min: i64) -> Option<Unix
     if tomorrow {
         local += DAY;
     } else if local <= local_now {
-        if at.is_none() {
-            // "this morning" said in the afternoon: as soon as possible.
-            return None;
-        }
+        // "this morning" said in the afternoon: as soon as possible.
+        at?;
         local += DAY;
     }
     Some(to_utc(local))
@@ -128,14 +159,32 @@ mod tests {
     fn reads_times_the_way_callers_say_them() {
         assert_eq!(NOW.rem_euclid(DAY) / HOUR, 10);
         assert_eq!(resolve_when("yes please", NOW, 0), None);
-        assert_eq!(hm(resolve_when("call me at three", NOW, 0).unwrap()), (0, 15, 0));
+        assert_eq!(
+            hm(resolve_when("call me at three", NOW, 0).unwrap()),
+            (0, 15, 0)
+        );
         assert_eq!(hm(resolve_when("at 9 am", NOW, 0).unwrap()), (1, 9, 0));
-        assert_eq!(hm(resolve_when("at half past four", NOW, 0).unwrap()), (0, 16, 30));
-        assert_eq!(hm(resolve_when("tomorrow morning", NOW, 0).unwrap()), (1, 9, 0));
-        assert_eq!(hm(resolve_when("this afternoon", NOW, 0).unwrap()), (0, 14, 0));
+        assert_eq!(
+            hm(resolve_when("at half past four", NOW, 0).unwrap()),
+            (0, 16, 30)
+        );
+        assert_eq!(
+            hm(resolve_when("tomorrow morning", NOW, 0).unwrap()),
+            (1, 9, 0)
+        );
+        assert_eq!(
+            hm(resolve_when("this afternoon", NOW, 0).unwrap()),
+            (0, 14, 0)
+        );
         assert_eq!(resolve_when("in an hour", NOW, 0), Some(NOW + HOUR));
-        assert_eq!(resolve_when("in 20 minutes", NOW, 0), Some(NOW + 20 * MINUTE));
-        assert_eq!(hm(resolve_when("morgen om drie uur", NOW, 0).unwrap()), (1, 15, 0));
+        assert_eq!(
+            resolve_when("in 20 minutes", NOW, 0),
+            Some(NOW + 20 * MINUTE)
+        );
+        assert_eq!(
+            hm(resolve_when("morgen om drie uur", NOW, 0).unwrap()),
+            (1, 15, 0)
+        );
         // In a zone one hour east, "at three" is 14:00 UTC.
         assert_eq!(hm(resolve_when("at three", NOW, 60).unwrap()), (0, 14, 0));
     }

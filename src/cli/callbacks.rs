@@ -35,8 +35,12 @@ pub fn ledger_path(data_dir: &std::path::Path) -> PathBuf {
 
 pub fn run(args: CallbacksArgs) -> anyhow::Result<()> {
     let path = ledger_path(&args.data_dir);
-    anyhow::ensure!(path.is_file(), "no callback ledger at {} (start `humanline serve --data-dir {}` first)",
-        path.display(), args.data_dir.display());
+    anyhow::ensure!(
+        path.is_file(),
+        "no callback ledger at {} (start `humanline serve --data-dir {}` first)",
+        path.display(),
+        args.data_dir.display()
+    );
     let store = SqliteStore::open(&path).with_context(|| format!("opening {}", path.display()))?;
     let mut ledger = CallbackLedger::new(store, RetryPolicy::default());
     match args.command {
@@ -52,17 +56,29 @@ pub fn run(args: CallbacksArgs) -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
-                println!("{:>6}  {:<10}  {:<16}  {:>8}  {:<10}  {}", "ID", "STATE", "NUMBER", "ATTEMPTS", "REASON", "CALL");
+                println!("    ID  STATE       NUMBER            ATTEMPTS  REASON      CALL");
                 for p in list {
-                    println!("{:>6}  {:<10}  {:<16}  {:>8}  {:<10}  {}", p.id, p.state.as_str(), p.number, p.attempts,
-                        p.reason, p.origin_call);
+                    println!(
+                        "{:>6}  {:<10}  {:<16}  {:>8}  {:<10}  {}",
+                        p.id,
+                        p.state.as_str(),
+                        p.number,
+                        p.attempts,
+                        p.reason,
+                        p.origin_call
+                    );
                 }
             }
         }
         CallbacksCommand::Show { id } => {
             let promise = ledger.get(id)?;
             let attempts = ledger.attempts(id)?;
-            println!("{}", serde_json::to_string_pretty(&serde_json::json!({"promise": promise, "attempts": attempts}))?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &serde_json::json!({"promise": promise, "attempts": attempts})
+                )?
+            );
         }
     }
     Ok(())

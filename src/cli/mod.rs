@@ -9,7 +9,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
-#[command(name = "humanline", version, about = "A voice IVR where a caller can always reach a human")]
+#[command(
+    name = "humanline",
+    version,
+    about = "A voice IVR where a caller can always reach a human"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -45,7 +49,9 @@ pub fn main() -> ExitCode {
         Command::CheckConfig { prompts } => check_config(&prompts),
         Command::Simulate(args) => report("simulate", simulate::run(args)),
         Command::Callbacks(args) => report("callbacks", callbacks::run(args)),
-        Command::ConvertModel { ct2_dir, out } => report("convert-model", convert_model(&ct2_dir, &out)),
+        Command::ConvertModel { ct2_dir, out } => {
+            report("convert-model", convert_model(&ct2_dir, &out))
+        }
     }
 }
 
@@ -62,9 +68,13 @@ fn report(command: &str, result: anyhow::Result<()>) -> ExitCode {
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("HUMANLINE_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let filter =
+        EnvFilter::try_from_env("HUMANLINE_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
     // Logs go to stderr: stdout carries the commands' JSON.
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn check_config(dir: &std::path::Path) -> ExitCode {
@@ -84,7 +94,11 @@ fn check_config(dir: &std::path::Path) -> ExitCode {
             for p in &problems {
                 eprintln!("{p}");
             }
-            eprintln!("{}: {} problem(s); configuration not valid", dir.display(), problems.len());
+            eprintln!(
+                "{}: {} problem(s); configuration not valid",
+                dir.display(),
+                problems.len()
+            );
             ExitCode::FAILURE
         }
     }
@@ -111,7 +125,11 @@ fn convert_model(ct2_dir: &std::path::Path, out: &std::path::Path) -> anyhow::Re
         report.tensors,
         report.vocab,
         report.bytes,
-        if report.multilingual { "multilingual" } else { "English-only" },
+        if report.multilingual {
+            "multilingual"
+        } else {
+            "English-only"
+        },
         started.elapsed().as_millis()
     );
     Ok(())

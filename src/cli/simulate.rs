@@ -73,7 +73,10 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         awaiting_answer: false,
     };
     sim.emit(json!({"event": "call_started", "caller_id": args.caller_id}))?;
-    sim.feed(Event::CallStarted { caller_id: Some(args.caller_id), language: args.language })?;
+    sim.feed(Event::CallStarted {
+        caller_id: Some(args.caller_id),
+        language: args.language,
+    })?;
     sim.run_until_routed()
 }
 
@@ -104,26 +107,45 @@ impl<W: Write> Sim<W> {
 
     fn act(&mut self, action: Action) -> anyhow::Result<()> {
         match action {
-            Action::Play { play, prompt, text, audio, barge_in } => {
+            Action::Play {
+                play,
+                prompt,
+                text,
+                audio,
+                barge_in,
+            } => {
                 let length = audio
                     .as_deref()
                     .and_then(|p| hound::WavReader::open(p).ok())
-                    .map(|r| Duration::from_secs_f64(r.duration() as f64 / r.spec().sample_rate as f64))
-                    .unwrap_or_else(|| Duration::from_millis(MS_PER_WORD * text.split_whitespace().count() as u64));
-                self.pending.retain(|(_, _, p)| !matches!(p, Pending::PromptFinished(_)));
+                    .map(|r| {
+                        Duration::from_secs_f64(r.duration() as f64 / r.spec().sample_rate as f64)
+                    })
+                    .unwrap_or_else(|| {
+                        Duration::from_millis(MS_PER_WORD * text.split_whitespace().count() as u64)
+                    });
+                self.pending
+                    .retain(|(_, _, p)| !matches!(p, Pending::PromptFinished(_)));
                 self.schedule(length, Pending::PromptFinished(play));
-                self.emit(json!({"event": "play", "prompt": prompt, "text": text, "barge_in": barge_in,
-                    "ms": length.as_millis() as u64}))?;
+                self.emit(
+                    json!({"event": "play", "prompt": prompt, "text": text, "barge_in": barge_in,
+                    "ms": length.as_millis() as u64}),
+                )?;
             }
             Action::StopPlayback => {
-                self.pending.retain(|(_, _, p)| !matches!(p, Pending::PromptFinished(_)));
+                self.pending
+                    .retain(|(_, _, p)| !matches!(p, Pending::PromptFinished(_)));
                 self.emit(json!({"event": "stop_playback"}))?;
             }
             Action::Listen => self.awaiting_answer = true,
-            Action::SetLanguage { code } => self.emit(json!({"event": "language", "code": code}))?,
+            Action::SetLanguage { code } => {
+                self.emit(json!({"event": "language", "code": code}))?
+            }
             Action::RouteToAgent { reason, context } => {
                 // Only a decision on what the caller said has a "speech end" to measure from.
-                let spoken = matches!(reason, RouteReason::Keyword | RouteReason::Repetition | RouteReason::NoMatch);
+                let spoken = matches!(
+                    reason,
+                    RouteReason::Keyword | RouteReason::Repetition | RouteReason::NoMatch
+                );
                 let after = self
                     .speech_end
                     .filter(|_| spoken)
@@ -132,7 +154,9 @@ impl<W: Write> Sim<W> {
                     "context": context}))?;
             }
             Action::OfferCallback => self.emit(json!({"event": "offer_callback"}))?,
-            Action::StoreCallback(req) => self.emit(json!({"event": "store_callback", "request": req}))?,
+            Action::StoreCallback(req) => {
+                self.emit(json!({"event": "store_callback", "request": req}))?
+            }
             Action::SetTimer { .. } | Action::CancelTimer { .. } => {}
         }
         Ok(())
@@ -146,7 +170,10 @@ impl<W: Write> Sim<W> {
         self.schedule(Duration::ZERO, Pending::Caller(Event::SpeechStarted));
         for n in 1..=words.len() {
             let partial = words[..n].join(" ");
-            self.schedule(word * n as u32, Pending::Caller(Event::PartialTranscript { text: partial }));
+            self.schedule(
+                word * n as u32,
+                Pending::Caller(Event::PartialTranscript { text: partial }),
+            );
         }
         let end = word * words.len() as u32;
         self.schedule(end, Pending::Caller(Event::SpeechEnded));
@@ -167,8 +194,16 @@ impl<W: Write> Sim<W> {
                     self.schedule(CALLER_REACTION, Pending::CallerTurn(text));
                 }
             }
-            let next_pending = self.pending.iter().enumerate().min_by_key(|(_, p)| (p.0, p.1)).map(|(i, p)| (i, p.0));
-            let next_timer = self.brain.next_timeout().map(|(k, at)| (k, at - self.start));
+            let next_pending = self
+                .pending
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, p)| (p.0, p.1))
+                .map(|(i, p)| (i, p.0));
+            let next_timer = self
+                .brain
+                .next_timeout()
+                .map(|(k, at)| (k, at - self.start));
             let take_pending = match (next_pending, next_timer) {
                 (Some((_, a)), Some((_, b))) => a <= b,
                 (Some(_), None) => true,
@@ -184,7 +219,9 @@ impl<W: Write> Sim<W> {
                     Pending::CallerTurn(text) => self.caller_speaks(text)?,
                     Pending::Caller(e) => {
                         match &e {
-                            Event::FinalTranscript { text } => self.emit(json!({"event": "final", "text": text}))?,
+                            Event::FinalTranscript { text } => {
+                                self.emit(json!({"event": "final", "text": text}))?
+                            }
                             Event::PartialTranscript { text } => {
                                 self.emit(json!({"event": "partial", "text": text}))?
                             }
@@ -198,7 +235,10 @@ impl<W: Write> Sim<W> {
                 self.emit(json!({"event": "timer", "timer": timer}))?;
                 self.feed(Event::TimerFired { timer })?;
             }
-            anyhow::ensure!(self.now < MAX_CALL, "simulated call ran past {MAX_CALL:?} without reaching a person");
+            anyhow::ensure!(
+                self.now < MAX_CALL,
+                "simulated call ran past {MAX_CALL:?} without reaching a person"
+            );
         }
         let phase = self.brain.phase();
         self.emit(json!({"event": "end", "phase": phase, "note": "simulation stops here; the caller stays on the line"}))

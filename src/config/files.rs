@@ -73,7 +73,9 @@ pub struct RepetitionFile {
 
 impl Default for RepetitionFile {
     fn default() -> Self {
-        Self { threshold: Spanned::new(0..0, 0.6) }
+        Self {
+            threshold: Spanned::new(0..0, 0.6),
+        }
     }
 }
 
@@ -86,7 +88,9 @@ pub struct CallbackFile {
 
 impl Default for CallbackFile {
     fn default() -> Self {
-        Self { offer_when_wait_exceeds_ms: 120_000 }
+        Self {
+            offer_when_wait_exceeds_ms: 120_000,
+        }
     }
 }
 

@@ -28,12 +28,14 @@ pub const REQUIRED_PROMPTS: &[&str] = &[
 ];
 
 /// Placeholders a prompt's text may use, filled in when it is played.
-const PLACEHOLDERS: &[(&str, &[&str])] =
-    &[("queue_position", &["position", "minutes"])];
+const PLACEHOLDERS: &[(&str, &[&str])] = &[("queue_position", &["position", "minutes"])];
 
 /// The shipped prompts, compiled in, so the binary runs without a prompts folder.
 const EMBEDDED: &[(&str, &str)] = &[
-    ("humanline.toml", include_str!("../../prompts/humanline.toml")),
+    (
+        "humanline.toml",
+        include_str!("../../prompts/humanline.toml"),
+    ),
     ("en.toml", include_str!("../../prompts/en.toml")),
     ("nl.toml", include_str!("../../prompts/nl.toml")),
 ];
@@ -49,7 +51,14 @@ pub struct ConfigProblem {
 
 impl fmt::Display for ConfigProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.col, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.col,
+            self.message
+        )
     }
 }
 
@@ -60,7 +69,11 @@ pub enum ConfigError {
 }
 
 fn join_lines(problems: &[ConfigProblem]) -> String {
-    problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n")
+    problems
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A prompt ready to play.
@@ -128,24 +141,35 @@ impl Flow {
         let mut sources = Vec::new();
         let settings = read("humanline.toml").map_err(|p| ConfigError::Invalid(vec![p]))?;
         sources.push((dir.join("humanline.toml"), settings));
-        Loader { sources, dir: Some(dir), read: &read }.load()
+        Loader {
+            sources,
+            dir: Some(dir),
+            read: &read,
+        }
+        .load()
     }
 
     /// The shipped prompts, compiled into the binary (audio not checked: no folder).
     pub fn embedded() -> Result<Flow, ConfigError> {
         let read = |name: &str| {
-            EMBEDDED.iter().find(|(n, _)| *n == name).map(|(_, s)| s.to_string()).ok_or_else(|| {
-                ConfigProblem {
+            EMBEDDED
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, s)| s.to_string())
+                .ok_or_else(|| ConfigProblem {
                     file: PathBuf::from(format!("<embedded>/{name}")),
                     line: 1,
                     col: 1,
                     message: "no such embedded file".into(),
-                }
-            })
+                })
         };
         let settings = read("humanline.toml").map_err(|p| ConfigError::Invalid(vec![p]))?;
-        Loader { sources: vec![("<embedded>/humanline.toml".into(), settings)], dir: None, read: &read }
-            .load()
+        Loader {
+            sources: vec![("<embedded>/humanline.toml".into(), settings)],
+            dir: None,
+            read: &read,
+        }
+        .load()
     }
 
     pub fn language(&self, code: &str) -> Option<&Language> {
@@ -172,7 +196,12 @@ impl Loader<'_> {
         let (settings_path, settings_text) = self.sources.remove(0);
         let at = |path: &Path, text: &str, span: Range<usize>, message: String| {
             let (line, col) = line_col(text, span.start);
-            ConfigProblem { file: path.to_path_buf(), line, col, message }
+            ConfigProblem {
+                file: path.to_path_buf(),
+                line,
+                col,
+                message,
+            }
         };
         let settings: SettingsFile = match toml::from_str(&settings_text) {
             Ok(s) => s,
@@ -186,7 +215,8 @@ impl Loader<'_> {
                 )]));
             }
         };
-        let sp = |span: Range<usize>, message: String| at(&settings_path, &settings_text, span, message);
+        let sp =
+            |span: Range<usize>, message: String| at(&settings_path, &settings_text, span, message);
 
         for (value, name) in [
             (&settings.escape.fuzzy_letters, "escape.fuzzy_letters"),
@@ -199,20 +229,36 @@ impl Loader<'_> {
         }
         for (value, name) in [
             (&settings.timers.no_input_ms, "timers.no_input_ms"),
-            (&settings.timers.queue_announce_interval_ms, "timers.queue_announce_interval_ms"),
-            (&settings.timers.callback_reoffer_interval_ms, "timers.callback_reoffer_interval_ms"),
+            (
+                &settings.timers.queue_announce_interval_ms,
+                "timers.queue_announce_interval_ms",
+            ),
+            (
+                &settings.timers.callback_reoffer_interval_ms,
+                "timers.callback_reoffer_interval_ms",
+            ),
         ] {
             if *value.get_ref() < 500 {
                 problems.push(sp(value.span(), format!("{name} must be at least 500 ms")));
             }
         }
         if settings.languages.get_ref().is_empty() {
-            problems.push(sp(settings.languages.span(), "list at least one language".into()));
+            problems.push(sp(
+                settings.languages.span(),
+                "list at least one language".into(),
+            ));
         }
-        if !settings.languages.get_ref().contains(settings.default_language.get_ref()) {
+        if !settings
+            .languages
+            .get_ref()
+            .contains(settings.default_language.get_ref())
+        {
             problems.push(sp(
                 settings.default_language.span(),
-                format!("default language `{}` is not in `languages`", settings.default_language.get_ref()),
+                format!(
+                    "default language `{}` is not in `languages`",
+                    settings.default_language.get_ref()
+                ),
             ));
         }
 
@@ -226,16 +272,25 @@ impl Loader<'_> {
             let text = match (self.read)(&file_name) {
                 Ok(t) => t,
                 Err(mut p) => {
-                    p.message = format!("language `{code}` listed in humanline.toml: {}", p.message);
+                    p.message =
+                        format!("language `{code}` listed in humanline.toml: {}", p.message);
                     problems.push(p);
                     continue;
                 }
             };
-            let path = self.dir.map_or_else(|| PathBuf::from(format!("<embedded>/{file_name}")), |d| d.join(&file_name));
+            let path = self.dir.map_or_else(
+                || PathBuf::from(format!("<embedded>/{file_name}")),
+                |d| d.join(&file_name),
+            );
             let file: LanguageFile = match toml::from_str(&text) {
                 Ok(f) => f,
                 Err(e) => {
-                    problems.push(at(&path, &text, e.span().unwrap_or(0..0), e.message().trim().to_string()));
+                    problems.push(at(
+                        &path,
+                        &text,
+                        e.span().unwrap_or(0..0),
+                        e.message().trim().to_string(),
+                    ));
                     continue;
                 }
             };
@@ -243,9 +298,14 @@ impl Loader<'_> {
             let mut prompts = HashMap::new();
             for (id, prompt) in file.prompts.get_ref() {
                 let p = prompt.get_ref();
-                check_placeholders(id, p.text.get_ref()).into_iter().for_each(|m| problems.push(lp(p.text.span(), m)));
+                check_placeholders(id, p.text.get_ref())
+                    .into_iter()
+                    .for_each(|m| problems.push(lp(p.text.span(), m)));
                 if p.text.get_ref().split_whitespace().count() > 40 {
-                    problems.push(lp(p.text.span(), format!("prompt `{id}` is over 40 words: keep prompts short")));
+                    problems.push(lp(
+                        p.text.span(),
+                        format!("prompt `{id}` is over 40 words: keep prompts short"),
+                    ));
                 }
                 let audio = match &audio_root {
                     Some(root) => {
@@ -259,12 +319,19 @@ impl Loader<'_> {
                 };
                 prompts.insert(
                     id.clone(),
-                    Prompt { text: p.text.get_ref().clone(), audio, barge_in: p.barge_in },
+                    Prompt {
+                        text: p.text.get_ref().clone(),
+                        audio,
+                        barge_in: p.barge_in,
+                    },
                 );
             }
             for required in REQUIRED_PROMPTS {
                 if !prompts.contains_key(*required) {
-                    problems.push(lp(file.prompts.span(), format!("required prompt `{required}` is not defined")));
+                    problems.push(lp(
+                        file.prompts.span(),
+                        format!("required prompt `{required}` is not defined"),
+                    ));
                 }
             }
             let mut topics = Vec::new();
@@ -272,11 +339,18 @@ impl Loader<'_> {
                 if !prompts.contains_key(t.prompt.get_ref()) {
                     problems.push(lp(
                         t.prompt.span(),
-                        format!("topic `{}` uses prompt `{}`, which is not defined", t.name, t.prompt.get_ref()),
+                        format!(
+                            "topic `{}` uses prompt `{}`, which is not defined",
+                            t.name,
+                            t.prompt.get_ref()
+                        ),
                     ));
                 }
                 if t.keywords.get_ref().is_empty() {
-                    problems.push(lp(t.keywords.span(), format!("topic `{}` has no keywords", t.name)));
+                    problems.push(lp(
+                        t.keywords.span(),
+                        format!("topic `{}` has no keywords", t.name),
+                    ));
                 }
                 topics.push(Topic {
                     name: t.name.clone(),
@@ -285,13 +359,25 @@ impl Loader<'_> {
                 });
             }
             if file.escape.phrases.get_ref().is_empty() {
-                problems.push(lp(file.escape.phrases.span(), "list at least one escape phrase".into()));
+                problems.push(lp(
+                    file.escape.phrases.span(),
+                    "list at least one escape phrase".into(),
+                ));
             }
             for (heard, meant) in &file.escape.sounds_like {
-                if !file.escape.phrases.get_ref().iter().any(|p| p == meant.get_ref()) {
+                if !file
+                    .escape
+                    .phrases
+                    .get_ref()
+                    .iter()
+                    .any(|p| p == meant.get_ref())
+                {
                     problems.push(lp(
                         meant.span(),
-                        format!("`{heard}` stands for `{}`, which is not an escape phrase", meant.get_ref()),
+                        format!(
+                            "`{heard}` stands for `{}`, which is not an escape phrase",
+                            meant.get_ref()
+                        ),
                     ));
                 }
                 sounds_like.push((heard.clone(), meant.get_ref().clone()));
@@ -335,12 +421,16 @@ impl Loader<'_> {
             escape,
             timers: Timers {
                 no_input: Duration::from_millis(*settings.timers.no_input_ms.get_ref()),
-                queue_announce_interval: Duration::from_millis(*settings.timers.queue_announce_interval_ms.get_ref()),
+                queue_announce_interval: Duration::from_millis(
+                    *settings.timers.queue_announce_interval_ms.get_ref(),
+                ),
                 callback_reoffer_interval: Duration::from_millis(
                     *settings.timers.callback_reoffer_interval_ms.get_ref(),
                 ),
             },
-            offer_callback_after_wait: Duration::from_millis(settings.callback.offer_when_wait_exceeds_ms),
+            offer_callback_after_wait: Duration::from_millis(
+                settings.callback.offer_when_wait_exceeds_ms,
+            ),
         })
     }
 }
@@ -355,7 +445,10 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 }
 
 fn check_placeholders(id: &str, text: &str) -> Vec<String> {
-    let allowed = PLACEHOLDERS.iter().find(|(p, _)| *p == id).map_or(&[][..], |(_, a)| *a);
+    let allowed = PLACEHOLDERS
+        .iter()
+        .find(|(p, _)| *p == id)
+        .map_or(&[][..], |(_, a)| *a);
     let mut problems = Vec::new();
     let mut rest = text;
     while let Some(open) = rest.find('{') {
@@ -365,8 +458,14 @@ fn check_placeholders(id: &str, text: &str) -> Vec<String> {
         };
         let name = &rest[open + 1..open + close];
         if !allowed.contains(&name) {
-            let known = if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") };
-            problems.push(format!("prompt `{id}` uses unknown placeholder `{{{name}}}` (allowed: {known})"));
+            let known = if allowed.is_empty() {
+                "none".to_string()
+            } else {
+                allowed.join(", ")
+            };
+            problems.push(format!(
+                "prompt `{id}` uses unknown placeholder `{{{name}}}` (allowed: {known})"
+            ));
         }
         rest = &rest[open + close + 1..];
     }
@@ -418,7 +517,11 @@ mod tests {
     fn embedded_flow_is_valid() {
         let flow = Flow::embedded().unwrap();
         assert!(flow.languages.contains_key("en") && flow.languages.contains_key("nl"));
-        assert!(flow.escape.detect("ik wil een medewerker spreken").is_some());
+        assert!(
+            flow.escape
+                .detect("ik wil een medewerker spreken")
+                .is_some()
+        );
     }
 
     #[test]

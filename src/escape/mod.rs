@@ -29,7 +29,11 @@ pub struct EscapeThresholds {
 
 impl Default for EscapeThresholds {
     fn default() -> Self {
-        Self { fuzzy_letters: 0.78, fuzzy_sound: 0.75, min_fuzzy_letters: 7 }
+        Self {
+            fuzzy_letters: 0.78,
+            fuzzy_sound: 0.75,
+            min_fuzzy_letters: 7,
+        }
     }
 }
 
@@ -71,7 +75,11 @@ impl EscapeDetector {
             .into_iter()
             .filter_map(|(heard, meant)| Some((Phrase::new(heard)?, normalize::canonical(meant))))
             .collect();
-        Self { phrases, sounds_like, thresholds }
+        Self {
+            phrases,
+            sounds_like,
+            thresholds,
+        }
     }
 
     /// The first escape phrase found in `transcript`, if any. Exact matches win over variants,
@@ -83,18 +91,34 @@ impl EscapeDetector {
         }
         for p in &self.phrases {
             if let Some(at) = p.find_exact(&heard) {
-                return Some(EscapeMatch { phrase: p.text.clone(), heard: at, kind: MatchKind::Exact });
+                return Some(EscapeMatch {
+                    phrase: p.text.clone(),
+                    heard: at,
+                    kind: MatchKind::Exact,
+                });
             }
         }
         for (variant, meant) in &self.sounds_like {
             if let Some(at) = variant.find_exact(&heard) {
-                return Some(EscapeMatch { phrase: meant.clone(), heard: at, kind: MatchKind::SoundsLike });
+                return Some(EscapeMatch {
+                    phrase: meant.clone(),
+                    heard: at,
+                    kind: MatchKind::SoundsLike,
+                });
             }
         }
         let t = self.thresholds;
-        for p in self.phrases.iter().filter(|p| p.letters >= t.min_fuzzy_letters) {
+        for p in self
+            .phrases
+            .iter()
+            .filter(|p| p.letters >= t.min_fuzzy_letters)
+        {
             if let Some(at) = p.find_fuzzy(&heard, t.fuzzy_letters, t.fuzzy_sound) {
-                return Some(EscapeMatch { phrase: p.text.clone(), heard: at, kind: MatchKind::Fuzzy });
+                return Some(EscapeMatch {
+                    phrase: p.text.clone(),
+                    heard: at,
+                    kind: MatchKind::Fuzzy,
+                });
             }
         }
         None
@@ -114,7 +138,9 @@ pub struct PhraseSet {
 
 impl PhraseSet {
     pub fn new<'a>(phrases: impl IntoIterator<Item = &'a str>) -> Self {
-        Self { phrases: phrases.into_iter().filter_map(Phrase::new).collect() }
+        Self {
+            phrases: phrases.into_iter().filter_map(Phrase::new).collect(),
+        }
     }
 
     pub fn matches(&self, transcript: &str) -> bool {
@@ -133,12 +159,18 @@ pub struct RepetitionDetector {
 
 impl RepetitionDetector {
     pub fn new<'a>(stopwords: impl IntoIterator<Item = &'a str>, threshold: f32) -> Self {
-        Self { stopwords: stopwords.into_iter().map(normalize::canonical).collect(), threshold }
+        Self {
+            stopwords: stopwords.into_iter().map(normalize::canonical).collect(),
+            threshold,
+        }
     }
 
     /// The content words of an utterance, as compared.
     pub fn content_words(&self, text: &str) -> Vec<String> {
-        normalize::words(text).into_iter().filter(|w| !self.stopwords.contains(w)).collect()
+        normalize::words(text)
+            .into_iter()
+            .filter(|w| !self.stopwords.contains(w))
+            .collect()
     }
 
     /// Similarity in 0..=1 of two utterances' content.
@@ -160,7 +192,9 @@ impl RepetitionDetector {
 
     /// Whether `text` repeats any of `earlier`.
     pub fn repeats<'a>(&self, text: &str, earlier: impl IntoIterator<Item = &'a str>) -> bool {
-        earlier.into_iter().any(|e| self.similarity(text, e) >= self.threshold)
+        earlier
+            .into_iter()
+            .any(|e| self.similarity(text, e) >= self.threshold)
     }
 }
 
@@ -170,7 +204,14 @@ mod tests {
 
     fn english() -> EscapeDetector {
         EscapeDetector::new(
-            ["human", "agent", "operator", "representative", "a real person", "customer service"],
+            [
+                "human",
+                "agent",
+                "operator",
+                "representative",
+                "a real person",
+                "customer service",
+            ],
             [("a few men", "human")],
             EscapeThresholds::default(),
         )
@@ -182,16 +223,25 @@ mod tests {
         let m = d.detect("I want to talk to a Human, please.").unwrap();
         assert_eq!((m.phrase.as_str(), m.kind), ("human", MatchKind::Exact));
         assert!(d.detect("are there any agents").is_some());
-        assert_eq!(d.detect("Get me a real person").unwrap().phrase, "a real person");
+        assert_eq!(
+            d.detect("Get me a real person").unwrap().phrase,
+            "a real person"
+        );
     }
 
     #[test]
     fn finds_known_mishearings_and_near_misses() {
         let d = english();
         let m = d.detect("I want to talk to a few men").unwrap();
-        assert_eq!((m.phrase.as_str(), m.kind), ("human", MatchKind::SoundsLike));
+        assert_eq!(
+            (m.phrase.as_str(), m.kind),
+            ("human", MatchKind::SoundsLike)
+        );
         let m = d.detect("let me speak to a representive").unwrap();
-        assert_eq!((m.phrase.as_str(), m.kind), ("representative", MatchKind::Fuzzy));
+        assert_eq!(
+            (m.phrase.as_str(), m.kind),
+            ("representative", MatchKind::Fuzzy)
+        );
         assert!(d.detect("I need an operater").is_some());
     }
 
@@ -219,7 +269,10 @@ mod tests {
         assert!(r.repeats("My internet is still down!", ["my internet is down"]));
         assert!(r.repeats("my internet is down", ["my internets down"]));
         assert!(!r.repeats("I have a question about my bill", ["my internet is down"]));
-        assert!(!r.repeats("what are your opening hours", ["I want to change my address"]));
+        assert!(!r.repeats(
+            "what are your opening hours",
+            ["I want to change my address"]
+        ));
         assert!(!r.repeats("", [""]));
     }
 }

@@ -38,8 +38,14 @@ mod tests {
 
     #[test]
     fn folds_case_punctuation_and_accents() {
-        assert_eq!(words("Hello, I'd like a HUMAN!"), ["hello", "id", "like", "a", "human"]);
-        assert_eq!(words("Ik wil één medewerker."), ["ik", "wil", "een", "medewerker"]);
+        assert_eq!(
+            words("Hello, I'd like a HUMAN!"),
+            ["hello", "id", "like", "a", "human"]
+        );
+        assert_eq!(
+            words("Ik wil één medewerker."),
+            ["ik", "wil", "een", "medewerker"]
+        );
         assert_eq!(canonical("  a   real-person  "), "a real person");
         assert!(words("...").is_empty());
     }

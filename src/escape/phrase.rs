@@ -35,7 +35,10 @@ impl Phrase {
     pub fn find_exact(&self, heard: &[String]) -> Option<String> {
         let n = self.words.len();
         heard.windows(n).find_map(|w| {
-            let hit = w.iter().zip(&self.words).all(|(h, p)| h == p || h.strip_suffix('s') == Some(p));
+            let hit = w
+                .iter()
+                .zip(&self.words)
+                .all(|(h, p)| h == p || h.strip_suffix('s') == Some(p));
             hit.then(|| w.join(" "))
         })
     }

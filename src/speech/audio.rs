@@ -408,10 +408,14 @@ mod tests {
         crossings as f32 * rate as f32 / x.len() as f32
     }
 
-    fn wav_bytes(spec: hound::WavSpec, write: impl FnOnce(&mut hound::WavWriter<std::io::Cursor<&mut Vec<u8>>>)) -> Vec<u8> {
+    fn wav_bytes(
+        spec: hound::WavSpec,
+        write: impl FnOnce(&mut hound::WavWriter<std::io::Cursor<&mut Vec<u8>>>),
+    ) -> Vec<u8> {
         let mut buf = Vec::new();
         {
-            let mut w = hound::WavWriter::new(std::io::Cursor::new(&mut buf), spec).expect("writer");
+            let mut w =
+                hound::WavWriter::new(std::io::Cursor::new(&mut buf), spec).expect("writer");
             write(&mut w);
             w.finalize().expect("finalize");
         }
@@ -448,7 +452,10 @@ mod tests {
             let hz = zero_crossing_hz(&y[1000..15_000], SAMPLE_RATE);
             assert!((hz - 440.0).abs() < 5.0, "{rate}: {hz}");
             // Delay compensated: the start is not a block of silence.
-            assert!(y[40..200].iter().any(|s| s.abs() > 0.2), "{rate}: delayed start");
+            assert!(
+                y[40..200].iter().any(|s| s.abs() > 0.2),
+                "{rate}: delayed start"
+            );
         }
     }
 
@@ -456,7 +463,12 @@ mod tests {
     fn loads_every_wav_flavour() {
         let tone8k = sine(8_000, 300.0, 0.5);
         let pcm16 = wav_bytes(
-            hound::WavSpec { channels: 2, sample_rate: 8_000, bits_per_sample: 16, sample_format: hound::SampleFormat::Int },
+            hound::WavSpec {
+                channels: 2,
+                sample_rate: 8_000,
+                bits_per_sample: 16,
+                sample_format: hound::SampleFormat::Int,
+            },
             |w| {
                 for &s in &tone8k {
                     w.write_sample(f32_to_i16(s)).expect("w");
@@ -465,14 +477,36 @@ mod tests {
             },
         );
         let float = wav_bytes(
-            hound::WavSpec { channels: 1, sample_rate: 48_000, bits_per_sample: 32, sample_format: hound::SampleFormat::Float },
-            |w| sine(48_000, 300.0, 0.5).iter().for_each(|&s| w.write_sample(s).expect("w")),
+            hound::WavSpec {
+                channels: 1,
+                sample_rate: 48_000,
+                bits_per_sample: 32,
+                sample_format: hound::SampleFormat::Float,
+            },
+            |w| {
+                sine(48_000, 300.0, 0.5)
+                    .iter()
+                    .for_each(|&s| w.write_sample(s).expect("w"))
+            },
         );
         let pcm8 = wav_bytes(
-            hound::WavSpec { channels: 1, sample_rate: 22_050, bits_per_sample: 8, sample_format: hound::SampleFormat::Int },
-            |w| sine(22_050, 300.0, 0.5).iter().for_each(|&s| w.write_sample((s * 127.0) as i8).expect("w")),
+            hound::WavSpec {
+                channels: 1,
+                sample_rate: 22_050,
+                bits_per_sample: 8,
+                sample_format: hound::SampleFormat::Int,
+            },
+            |w| {
+                sine(22_050, 300.0, 0.5)
+                    .iter()
+                    .for_each(|&s| w.write_sample((s * 127.0) as i8).expect("w"))
+            },
         );
-        for (name, bytes) in [("pcm16 stereo 8k", pcm16), ("float 48k", float), ("pcm8 22k", pcm8)] {
+        for (name, bytes) in [
+            ("pcm16 stereo 8k", pcm16),
+            ("float 48k", float),
+            ("pcm8 22k", pcm8),
+        ] {
             let y = decode_wav_mono_16k(&bytes).expect(name);
             assert!((y.len() as i64 - 8_000).abs() <= 1, "{name}: {}", y.len());
             let peak = y.iter().fold(0f32, |m, s| m.max(s.abs()));

@@ -179,7 +179,9 @@ impl WhisperEngine {
     pub fn load(path: impl AsRef<Path>, opts: EngineOptions) -> Result<Arc<Self>, SpeechError> {
         let path = path.as_ref().to_path_buf();
         if opts.threads == 0 {
-            return Err(SpeechError::InvalidConfig("engine threads must be >= 1".into()));
+            return Err(SpeechError::InvalidConfig(
+                "engine threads must be >= 1".into(),
+            ));
         }
         let mut magic = [0u8; 4];
         {
@@ -191,10 +193,11 @@ impl WhisperEngine {
                     detail: e.to_string(),
                 },
             })?;
-            f.read_exact(&mut magic).map_err(|_| SpeechError::ModelLoad {
-                path: path.clone(),
-                detail: "file is too short to be a model".into(),
-            })?;
+            f.read_exact(&mut magic)
+                .map_err(|_| SpeechError::ModelLoad {
+                    path: path.clone(),
+                    detail: "file is too short to be a model".into(),
+                })?;
         }
         // whisper.cpp's GGML_FILE_MAGIC 0x67676d6c, little-endian.
         if u32::from_le_bytes(magic) != 0x6767_6d6c {
@@ -461,7 +464,9 @@ pub struct DecoderPool {
 
 impl std::fmt::Debug for DecoderPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DecoderPool").field("stats", &self.stats()).finish()
+        f.debug_struct("DecoderPool")
+            .field("stats", &self.stats())
+            .finish()
     }
 }
 
@@ -620,10 +625,9 @@ impl DecoderPool {
         let now = Instant::now();
         let dropped: Vec<Queued> = {
             let mut st = lock(&self.shared.state);
-            let (gone, keep): (VecDeque<Queued>, VecDeque<Queued>) =
-                std::mem::take(&mut st.queue)
-                    .into_iter()
-                    .partition(|q| q.job.id.stream == stream);
+            let (gone, keep): (VecDeque<Queued>, VecDeque<Queued>) = std::mem::take(&mut st.queue)
+                .into_iter()
+                .partition(|q| q.job.id.stream == stream);
             st.queue = keep;
             st.superseded += gone.len() as u64;
             gone.into_iter().collect()
@@ -723,7 +727,11 @@ fn worker_loop(shared: &PoolShared) {
         let decode_ms = started.elapsed().as_millis() as u64;
         {
             let mut st = lock(&shared.state);
-            if let Some(i) = st.running.iter().position(|(id, t)| *id == q.job.id && *t == started) {
+            if let Some(i) = st
+                .running
+                .iter()
+                .position(|(id, t)| *id == q.job.id && *t == started)
+            {
                 st.running.swap_remove(i);
             }
             if outcome.is_ok() {

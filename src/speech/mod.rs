@@ -44,8 +44,8 @@ pub use audio::{
     mulaw_encode, resample,
 };
 pub use engine::{
-    DecodeOptions, DecodeResult, DecodeStrategy, DecoderPool, EngineOptions, PoolConfig,
-    PoolStats, Transcriber, WhisperEngine, clean_transcript,
+    DecodeOptions, DecodeResult, DecodeStrategy, DecoderPool, EngineOptions, PoolConfig, PoolStats,
+    Transcriber, WhisperEngine, clean_transcript,
 };
 pub use recognizer::{
     DecodeJob, DecodeKind, JobId, RecognizerConfig, RecognizerOutput, StreamingRecognizer,

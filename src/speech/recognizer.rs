@@ -68,16 +68,28 @@ pub enum RecognizerOutput {
     SpeechStarted { utterance: u64, at_ms: u64 },
     /// The utterance is over. `at_ms` is the end of its last voiced frame. `forced` means it
     /// hit the maximum length while the caller was still talking (a new one starts at once).
-    SpeechEnded { utterance: u64, at_ms: u64, forced: bool },
+    SpeechEnded {
+        utterance: u64,
+        at_ms: u64,
+        forced: bool,
+    },
     /// Please decode this and report back with [`StreamingRecognizer::on_decoded`].
     Decode(DecodeJob),
     /// Transcript of the utterance so far. Later partials and the final replace it.
-    Partial { utterance: u64, seq: u64, text: String },
+    Partial {
+        utterance: u64,
+        seq: u64,
+        text: String,
+    },
     /// Transcript of the whole utterance (may be empty: noise with no words in it).
     Final { utterance: u64, text: String },
     /// A decode failed (not merely superseded). For a final this is the last word on the
     /// utterance: the driver should not wait for a transcript.
-    DecodeFailed { utterance: u64, kind: DecodeKind, error: String },
+    DecodeFailed {
+        utterance: u64,
+        kind: DecodeKind,
+        error: String,
+    },
 }
 
 /// Recognizer timing. All lengths are audio time.
@@ -307,7 +319,11 @@ impl StreamingRecognizer {
             return;
         }
         let text = text.trim();
-        let Some(track) = self.tracks.iter_mut().find(|t| t.utterance == job.utterance) else {
+        let Some(track) = self
+            .tracks
+            .iter_mut()
+            .find(|t| t.utterance == job.utterance)
+        else {
             return; // Long forgotten.
         };
         match job.kind {
@@ -316,7 +332,8 @@ impl StreamingRecognizer {
                     track.partial_in_flight = None;
                 }
                 // Stale: after the final, or older than a partial already shown.
-                let stale = track.final_done || track.last_partial_seq.is_some_and(|s| s >= job.seq);
+                let stale =
+                    track.final_done || track.last_partial_seq.is_some_and(|s| s >= job.seq);
                 if !stale && !text.is_empty() && text != track.last_partial_text {
                     track.last_partial_seq = Some(job.seq);
                     track.last_partial_text = text.to_string();
@@ -348,7 +365,11 @@ impl StreamingRecognizer {
         if job.stream != self.stream {
             return;
         }
-        let Some(track) = self.tracks.iter_mut().find(|t| t.utterance == job.utterance) else {
+        let Some(track) = self
+            .tracks
+            .iter_mut()
+            .find(|t| t.utterance == job.utterance)
+        else {
             return;
         };
         if track.final_done {
@@ -372,7 +393,10 @@ impl StreamingRecognizer {
         if job.stream != self.stream {
             return;
         }
-        if let Some(track) = self.tracks.iter_mut().find(|t| t.utterance == job.utterance)
+        if let Some(track) = self
+            .tracks
+            .iter_mut()
+            .find(|t| t.utterance == job.utterance)
             && track.partial_in_flight == Some(job.seq)
         {
             track.partial_in_flight = None;
@@ -409,7 +433,11 @@ impl StreamingRecognizer {
         }
 
         let max_samples = ms_to_samples(u64::from(self.cfg.max_utterance_ms)) as usize;
-        if self.current.as_ref().is_some_and(|u| u.audio.len() + FRAME_SAMPLES > max_samples) {
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|u| u.audio.len() + FRAME_SAMPLES > max_samples)
+        {
             // Cut here; the caller is still talking, so the next utterance starts right away.
             let last = frame_start / FRAME_SAMPLES as u64;
             self.end_utterance(last, true);
@@ -527,8 +555,14 @@ mod tests {
     const LOUD: f32 = 0.3;
 
     fn rec(cfg: RecognizerConfig) -> StreamingRecognizer {
-        StreamingRecognizer::with_scorer(7, cfg, Box::new(EnergyScorer { threshold_dbfs: -40.0 }))
-            .expect("recognizer")
+        StreamingRecognizer::with_scorer(
+            7,
+            cfg,
+            Box::new(EnergyScorer {
+                threshold_dbfs: -40.0,
+            }),
+        )
+        .expect("recognizer")
     }
 
     fn tone(ms: u64) -> Vec<f32> {
@@ -588,10 +622,17 @@ mod tests {
             })
             .collect();
         // Speech from 500 ms (frame 31 starts at 496 ms), ends at 1500 ms (frame boundary 1504).
-        assert_eq!(kinds.first().map(String::as_str), Some("start@496"), "{kinds:?}");
+        assert_eq!(
+            kinds.first().map(String::as_str),
+            Some("start@496"),
+            "{kinds:?}"
+        );
         let partials = kinds.iter().filter(|k| *k == "partial").count();
         assert!((3..=4).contains(&partials), "{kinds:?}");
-        let end = kinds.iter().position(|k| k.starts_with("end@")).expect("end");
+        let end = kinds
+            .iter()
+            .position(|k| k.starts_with("end@"))
+            .expect("end");
         assert_eq!(kinds[end], "end@1504");
         assert_eq!(&kinds[end + 1..], ["decode:Final", "final"]);
         // The final holds pre-roll + speech + tail.
@@ -617,7 +658,9 @@ mod tests {
         let partial_lens: Vec<u64> = outs
             .iter()
             .filter_map(|o| match o {
-                RecognizerOutput::Decode(j) if j.id.kind == DecodeKind::Partial => Some(j.audio_ms()),
+                RecognizerOutput::Decode(j) if j.id.kind == DecodeKind::Partial => {
+                    Some(j.audio_ms())
+                }
                 _ => None,
             })
             .collect();
@@ -708,7 +751,9 @@ mod tests {
         let ends: Vec<(u64, bool)> = outs
             .iter()
             .filter_map(|o| match o {
-                RecognizerOutput::SpeechEnded { utterance, forced, .. } => Some((*utterance, *forced)),
+                RecognizerOutput::SpeechEnded {
+                    utterance, forced, ..
+                } => Some((*utterance, *forced)),
                 _ => None,
             })
             .collect();
@@ -735,7 +780,10 @@ mod tests {
         r.finish();
         let mut outs = Vec::new();
         drain(&mut r, true, &mut outs);
-        assert!(matches!(outs[0], RecognizerOutput::SpeechEnded { forced: false, .. }));
+        assert!(matches!(
+            outs[0],
+            RecognizerOutput::SpeechEnded { forced: false, .. }
+        ));
         assert!(matches!(&outs[2], RecognizerOutput::Final { text, .. } if text == "Final 0"));
     }
 
@@ -759,7 +807,10 @@ mod tests {
         r.on_decode_failed(fin, "boom");
         assert!(matches!(
             r.poll_output(),
-            Some(RecognizerOutput::DecodeFailed { kind: DecodeKind::Final, .. })
+            Some(RecognizerOutput::DecodeFailed {
+                kind: DecodeKind::Final,
+                ..
+            })
         ));
         assert_eq!(r.pending_finals(), 0);
         // Results for another stream are ignored.

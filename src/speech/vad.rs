@@ -230,7 +230,10 @@ pub struct EnergyScorer {
 
 impl VoiceScorer for EnergyScorer {
     fn score(&mut self, frame: &[f32; FRAME_SAMPLES]) -> f32 {
-        let ms = frame.iter().map(|&s| f64::from(s) * f64::from(s)).sum::<f64>()
+        let ms = frame
+            .iter()
+            .map(|&s| f64::from(s) * f64::from(s))
+            .sum::<f64>()
             / FRAME_SAMPLES as f64;
         if level_dbfs(ms) >= self.threshold_dbfs {
             1.0
@@ -283,7 +286,11 @@ impl Vad {
         let mut energy = 0.0f64;
         for (dst, &src) in self.scratch.iter_mut().zip(&frame[..n]) {
             // earshot asserts [-1, 1] in debug builds; clipped input must not panic.
-            let s = if src.is_finite() { src.clamp(-1.0, 1.0) } else { 0.0 };
+            let s = if src.is_finite() {
+                src.clamp(-1.0, 1.0)
+            } else {
+                0.0
+            };
             energy += f64::from(s) * f64::from(s);
             *dst = s;
         }
@@ -331,7 +338,12 @@ mod tests {
         g.push(0.9, -20.0);
         g.push(0.9, -20.0);
         let f = g.push(0.9, -20.0);
-        assert_eq!(f.event, Some(VadEvent::Start { first_voiced_frame: 60 }));
+        assert_eq!(
+            f.event,
+            Some(VadEvent::Start {
+                first_voiced_frame: 60
+            })
+        );
     }
 
     #[test]
@@ -348,7 +360,15 @@ mod tests {
                 break;
             }
         }
-        assert_eq!(ended, Some((18, VadEvent::End { last_voiced_frame: 9 })));
+        assert_eq!(
+            ended,
+            Some((
+                18,
+                VadEvent::End {
+                    last_voiced_frame: 9
+                }
+            ))
+        );
     }
 
     #[test]
@@ -414,7 +434,10 @@ mod tests {
                     }
                 })
                 .collect();
-            if matches!(vad.process_frame(&frame).event, Some(VadEvent::Start { .. })) {
+            if matches!(
+                vad.process_frame(&frame).event,
+                Some(VadEvent::Start { .. })
+            ) {
                 starts += 1;
             }
         }

@@ -67,9 +67,18 @@ fn promise_from(row: &Row<'_>) -> rusqlite::Result<Promise> {
 fn outcome_from(s: Option<String>) -> Option<AttemptOutcome> {
     use AttemptOutcome::*;
     let s = s?;
-    [Completed, Connected, Busy, Declined, NoAnswer, AgentUnavailable, Failed, Interrupted]
-        .into_iter()
-        .find(|o| o.as_str() == s)
+    [
+        Completed,
+        Connected,
+        Busy,
+        Declined,
+        NoAnswer,
+        AgentUnavailable,
+        Failed,
+        Interrupted,
+    ]
+    .into_iter()
+    .find(|o| o.as_str() == s)
 }
 
 fn attempt_from(row: &Row<'_>) -> rusqlite::Result<Attempt> {
@@ -97,17 +106,23 @@ impl SqliteStore {
     fn init(conn: Connection) -> Result<Self, LedgerError> {
         // WAL lets readers (the console, `callbacks list`) run beside the dialer;
         // synchronous=FULL fsyncs every commit: a promise survives power loss.
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(db)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(db)?;
         let mut store = Self { conn };
         store.migrate()?;
         Ok(store)
     }
 
     fn migrate(&mut self) -> Result<(), LedgerError> {
-        let done: usize = self.conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(db)?;
+        let done: usize = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(db)?;
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
             let tx = self.conn.transaction().map_err(db)?;
             tx.execute_batch(sql).map_err(db)?;
@@ -118,10 +133,14 @@ impl SqliteStore {
     }
 
     fn get_in(conn: &Connection, id: i64) -> Result<Promise, LedgerError> {
-        conn.query_row(&format!("SELECT {PROMISE_COLUMNS} FROM callbacks WHERE id = ?1"), [id], promise_from)
-            .optional()
-            .map_err(db)?
-            .ok_or(LedgerError::NotFound(id))
+        conn.query_row(
+            &format!("SELECT {PROMISE_COLUMNS} FROM callbacks WHERE id = ?1"),
+            [id],
+            promise_from,
+        )
+        .optional()
+        .map_err(db)?
+        .ok_or(LedgerError::NotFound(id))
     }
 }
 
@@ -129,7 +148,11 @@ impl LedgerStore for SqliteStore {
     fn insert(&mut self, p: &NewPromise, now: UnixMs) -> Result<Promise, LedgerError> {
         let tx = self.conn.transaction().map_err(db)?;
         let existing: Option<i64> = tx
-            .query_row("SELECT id FROM callbacks WHERE origin_call = ?1", [&p.origin_call], |r| r.get(0))
+            .query_row(
+                "SELECT id FROM callbacks WHERE origin_call = ?1",
+                [&p.origin_call],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(db)?;
         let id = match existing {
@@ -158,7 +181,11 @@ impl LedgerStore for SqliteStore {
         Ok(promise)
     }
 
-    fn claim_due(&mut self, now: UnixMs, limit: usize) -> Result<Vec<(Promise, Attempt)>, LedgerError> {
+    fn claim_due(
+        &mut self,
+        now: UnixMs,
+        limit: usize,
+    ) -> Result<Vec<(Promise, Attempt)>, LedgerError> {
         let tx = self.conn.transaction().map_err(db)?;
         let due: Vec<Promise> = {
             let mut stmt = tx
@@ -167,7 +194,10 @@ impl LedgerStore for SqliteStore {
                      AND next_attempt_at <= ?1 ORDER BY next_attempt_at, id LIMIT ?2"
                 ))
                 .map_err(db)?;
-            stmt.query_map(params![now, limit as i64], promise_from).map_err(db)?.collect::<Result<_, _>>().map_err(db)?
+            stmt.query_map(params![now, limit as i64], promise_from)
+                .map_err(db)?
+                .collect::<Result<_, _>>()
+                .map_err(db)?
         };
         let mut claimed = Vec::with_capacity(due.len());
         for p in due {
@@ -176,9 +206,18 @@ impl LedgerStore for SqliteStore {
                 [p.id],
             )
             .map_err(db)?;
-            tx.execute("INSERT INTO callback_attempts (callback_id, started_at) VALUES (?1, ?2)", params![p.id, now])
-                .map_err(db)?;
-            let attempt = Attempt { id: tx.last_insert_rowid(), promise_id: p.id, started_at: now, ended_at: None, outcome: None };
+            tx.execute(
+                "INSERT INTO callback_attempts (callback_id, started_at) VALUES (?1, ?2)",
+                params![p.id, now],
+            )
+            .map_err(db)?;
+            let attempt = Attempt {
+                id: tx.last_insert_rowid(),
+                promise_id: p.id,
+                started_at: now,
+                ended_at: None,
+                outcome: None,
+            };
             claimed.push((Self::get_in(&tx, p.id)?, attempt));
         }
         tx.commit().map_err(db)?;
@@ -224,15 +263,24 @@ impl LedgerStore for SqliteStore {
     fn mark_connected(&mut self, attempt: i64, now: UnixMs) -> Result<Promise, LedgerError> {
         let tx = self.conn.transaction().map_err(db)?;
         let promise_id: i64 = tx
-            .query_row("SELECT callback_id FROM callback_attempts WHERE id = ?1 AND outcome IS NULL", [attempt], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT callback_id FROM callback_attempts WHERE id = ?1 AND outcome IS NULL",
+                [attempt],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(db)?
             .ok_or(LedgerError::StaleAttempt(attempt))?;
-        tx.execute("UPDATE callback_attempts SET outcome = 'connected' WHERE id = ?1", [attempt]).map_err(db)?;
-        tx.execute("UPDATE callbacks SET state = 'connected' WHERE id = ?1 AND state = 'dialing'", [promise_id])
-            .map_err(db)?;
+        tx.execute(
+            "UPDATE callback_attempts SET outcome = 'connected' WHERE id = ?1",
+            [attempt],
+        )
+        .map_err(db)?;
+        tx.execute(
+            "UPDATE callbacks SET state = 'connected' WHERE id = ?1 AND state = 'dialing'",
+            [promise_id],
+        )
+        .map_err(db)?;
         let _ = now;
         let p = Self::get_in(&tx, promise_id)?;
         tx.commit().map_err(db)?;
@@ -268,12 +316,18 @@ impl LedgerStore for SqliteStore {
             .conn
             .prepare("SELECT id, callback_id, started_at, ended_at, outcome FROM callback_attempts WHERE callback_id = ?1 ORDER BY id")
             .map_err(db)?;
-        let rows = stmt.query_map([id], attempt_from).map_err(db)?.collect::<Result<_, _>>().map_err(db)?;
+        let rows = stmt
+            .query_map([id], attempt_from)
+            .map_err(db)?
+            .collect::<Result<_, _>>()
+            .map_err(db)?;
         Ok(rows)
     }
 
     fn list(&mut self, state: Option<PromiseState>) -> Result<Vec<Promise>, LedgerError> {
-        let sql = format!("SELECT {PROMISE_COLUMNS} FROM callbacks WHERE ?1 IS NULL OR state = ?1 ORDER BY id");
+        let sql = format!(
+            "SELECT {PROMISE_COLUMNS} FROM callbacks WHERE ?1 IS NULL OR state = ?1 ORDER BY id"
+        );
         let mut stmt = self.conn.prepare(&sql).map_err(db)?;
         let rows = stmt
             .query_map([state.map(|s| s.as_str())], promise_from)
@@ -314,7 +368,13 @@ mod tests {
 
     #[test]
     fn a_promise_is_retried_with_backoff_then_escalated_never_dropped() {
-        let policy = RetryPolicy { first_delay_ms: 1000, factor: 2.0, max_delay_ms: 10_000, max_attempts: 3, window_ms: 1 << 40 };
+        let policy = RetryPolicy {
+            first_delay_ms: 1000,
+            factor: 2.0,
+            max_delay_ms: 10_000,
+            max_attempts: 3,
+            window_ms: 1 << 40,
+        };
         let mut l = CallbackLedger::new(SqliteStore::in_memory().unwrap(), policy);
         let p = l.promise(&promise("call-1", 0), 100).unwrap();
         assert_eq!(p.state, PromiseState::Promised);
@@ -325,7 +385,9 @@ mod tests {
             let claimed = l.claim_due(now, 10).unwrap();
             assert_eq!(claimed.len(), 1, "attempt {n}");
             assert!(l.claim_due(now, 10).unwrap().is_empty(), "claimed twice");
-            let after = l.finish(claimed[0].1.id, AttemptOutcome::Busy, now).unwrap();
+            let after = l
+                .finish(claimed[0].1.id, AttemptOutcome::Busy, now)
+                .unwrap();
             if n < 3 {
                 assert_eq!(after.state, PromiseState::Retrying);
                 assert_eq!(after.next_attempt_at, now + 1000 * (1 << (n - 1)));
@@ -346,7 +408,10 @@ mod tests {
         let (p, a) = l.claim_due(50_000, 10).unwrap().remove(0);
         l.connected(a.id, 50_100).unwrap();
         let done = l.finish(a.id, AttemptOutcome::Completed, 60_000).unwrap();
-        assert_eq!((done.state, done.completed_at), (PromiseState::Completed, Some(60_000)));
+        assert_eq!(
+            (done.state, done.completed_at),
+            (PromiseState::Completed, Some(60_000))
+        );
         // A late report for the same attempt cannot reopen it, and it is never claimed again.
         assert!(l.finish(a.id, AttemptOutcome::Failed, 61_000).is_err());
         assert!(l.claim_due(i64::MAX / 2, 10).unwrap().is_empty());
@@ -358,7 +423,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ledger.db");
         {
-            let mut l = CallbackLedger::new(SqliteStore::open(&path).unwrap(), RetryPolicy::default());
+            let mut l =
+                CallbackLedger::new(SqliteStore::open(&path).unwrap(), RetryPolicy::default());
             l.promise(&promise("call-3", 0), 0).unwrap();
             l.claim_due(10, 10).unwrap();
             // "Crash": dropped with the attempt open.

@@ -39,19 +39,31 @@ impl Metrics {
         let calls = Counter::default();
         let active_calls = Gauge::default();
         let routes = Family::<ReasonLabel, Counter>::default();
-        let time_to_route = Histogram::new([0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0].into_iter());
+        let time_to_route = Histogram::new([0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0]);
         let queue_length = Gauge::default();
         let callbacks_promised = Counter::default();
         registry.register("calls", "Calls answered", calls.clone());
         registry.register("active_calls", "Calls in progress", active_calls.clone());
-        registry.register("routes", "Callers routed to a person, by reason", routes.clone());
+        registry.register(
+            "routes",
+            "Callers routed to a person, by reason",
+            routes.clone(),
+        );
         registry.register(
             "time_to_route_seconds",
             "From the end of the caller's speech to the route decision",
             time_to_route.clone(),
         );
-        registry.register("queue_length", "Callers waiting for a person", queue_length.clone());
-        registry.register("callbacks_promised", "Callbacks committed to the ledger", callbacks_promised.clone());
+        registry.register(
+            "queue_length",
+            "Callers waiting for a person",
+            queue_length.clone(),
+        );
+        registry.register(
+            "callbacks_promised",
+            "Callbacks committed to the ledger",
+            callbacks_promised.clone(),
+        );
         Self {
             calls,
             active_calls,
@@ -64,7 +76,11 @@ impl Metrics {
     }
 
     pub fn route(&self, reason: &str) {
-        self.routes.get_or_create(&ReasonLabel { reason: reason.to_string() }).inc();
+        self.routes
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     /// The Prometheus text exposition.

@@ -42,7 +42,10 @@ async fn healthz(State(s): State<WebState>) -> Response {
 
 async fn metrics(State(s): State<WebState>) -> Response {
     (
-        [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         s.metrics.render(),
     )
         .into_response()
@@ -61,13 +64,18 @@ async fn list_callbacks(State(s): State<WebState>, Query(q): Query<ListQuery>) -
     let state = match q.state.as_deref().map(|v| PromiseState::parse(v).ok_or(v)) {
         Some(Err(bad)) => {
             let known: Vec<_> = PromiseState::ALL.iter().map(|s| s.as_str()).collect();
-            return api_error(StatusCode::BAD_REQUEST, format!("unknown state `{bad}` (one of {})", known.join(", ")));
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                format!("unknown state `{bad}` (one of {})", known.join(", ")),
+            );
         }
         Some(Ok(s)) => Some(s),
         None => None,
     };
     let ledger = s.ledger.clone();
-    let result = tokio::task::spawn_blocking(move || ledger.lock().map_err(|_| poisoned())?.list(state)).await;
+    let result =
+        tokio::task::spawn_blocking(move || ledger.lock().map_err(|_| poisoned())?.list(state))
+            .await;
     match result {
         Ok(Ok(list)) => Json(list).into_response(),
         Ok(Err(e)) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -86,7 +94,9 @@ async fn show_callback(State(s): State<WebState>, Path(id): Path<i64>) -> Respon
     .await;
     match result {
         Ok(Ok(v)) => Json(v).into_response(),
-        Ok(Err(LedgerError::NotFound(id))) => api_error(StatusCode::NOT_FOUND, format!("no callback {id}")),
+        Ok(Err(LedgerError::NotFound(id))) => {
+            api_error(StatusCode::NOT_FOUND, format!("no callback {id}"))
+        }
         Ok(Err(e)) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
