@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # cmake builds whisper.cpp; espeak-ng and sox make prompt and test speech.
-PACKAGES=(cmake g++ espeak-ng sox)
+PACKAGES=(cmake g++ espeak-ng sox sip-tester baresip-core)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -10,6 +10,7 @@ pub mod callbacks;
 pub mod cli;
 pub mod config;
 pub mod escape;
+pub mod media;
 pub mod speech;
 pub mod storage;
 pub mod web;

@@ -1,6 +1,8 @@
 //! The `humanline` command line: operators' tools and the drivers that run the brain.
 
+mod bench;
 mod callbacks;
+mod caller_turn;
 mod simulate;
 
 use crate::config::{ConfigError, Flow};
@@ -38,6 +40,19 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Transcribe recordings (any WAV rate and channel count) as a live call would hear them.
+    Transcribe {
+        /// Whisper model (ggml); default $HUMANLINE_MODEL or models/ggml-tiny.en.bin.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Decode with Whisper's full 30 s window instead of a window sized to the audio.
+        #[arg(long)]
+        full_window: bool,
+        #[arg(required = true, value_name = "FILE.wav")]
+        files: Vec<PathBuf>,
+    },
+    /// Benchmarks; figures are printed and written under bench/results/.
+    Bench(bench::BenchArgs),
     /// The callback ledger: every promise, its state and attempts.
     Callbacks(callbacks::CallbacksArgs),
 }
@@ -49,6 +64,10 @@ pub fn main() -> ExitCode {
         Command::CheckConfig { prompts } => check_config(&prompts),
         Command::Simulate(args) => report("simulate", simulate::run(args)),
         Command::Callbacks(args) => report("callbacks", callbacks::run(args)),
+        Command::Transcribe { model, full_window, files } => {
+            report("transcribe", transcribe(model.as_deref(), full_window, &files))
+        }
+        Command::Bench(args) => report("bench", bench::run(args)),
         Command::ConvertModel { ct2_dir, out } => {
             report("convert-model", convert_model(&ct2_dir, &out))
         }
@@ -132,5 +151,28 @@ fn convert_model(ct2_dir: &std::path::Path, out: &std::path::Path) -> anyhow::Re
         },
         started.elapsed().as_millis()
     );
+    Ok(())
+}
+
+fn transcribe(model: Option<&std::path::Path>, full_window: bool, files: &[PathBuf]) -> anyhow::Result<()> {
+    use crate::speech::DecodeOptions;
+    let engine = caller_turn::load_engine(&caller_turn::model_path(model))?;
+    let opts = if full_window { DecodeOptions::full_window() } else { DecodeOptions::default() };
+    let mut failed = 0;
+    for file in files {
+        // One bad file is reported and the rest still transcribed.
+        match crate::speech::transcribe_file(&*engine, file, &opts) {
+            Ok(t) => println!(
+                "{}",
+                serde_json::json!({"file": file.display().to_string(), "text": t.text, "audio_ms": t.audio_ms,
+                    "asr_ms": t.asr_ms})
+            ),
+            Err(e) => {
+                failed += 1;
+                eprintln!("humanline transcribe: {}: {e}", file.display());
+            }
+        }
+    }
+    anyhow::ensure!(failed == 0, "{failed} of {} file(s) could not be transcribed", files.len());
     Ok(())
 }

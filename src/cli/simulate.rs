@@ -5,7 +5,10 @@
 //! the brain's timers fire. Time is simulated, so a call of minutes runs in milliseconds and
 //! every run prints the same lines.
 
+use super::caller_turn::{Decoding, load_engine, model_path, run_turn, speech_end_ms};
 use crate::brain::{Action, CallBrain, Event, Phase, PlayId, RouteReason};
+use crate::speech::{DecodeOptions, DecoderPool, PoolConfig, RecognizerConfig, WhisperEngine, load_wav_mono_16k};
+use std::ops::ControlFlow;
 use anyhow::Context;
 use serde_json::{Value, json};
 use std::collections::VecDeque;
@@ -22,6 +25,17 @@ pub struct SimulateArgs {
     /// What the caller says at the next listening turn (repeatable, in order).
     #[arg(long = "say", value_name = "TEXT")]
     say: Vec<String>,
+    /// A recording of what the caller says at the next listening turn (repeatable; any WAV
+    /// rate or channel count). Recordings come after any --say turns.
+    #[arg(long = "caller", value_name = "FILE.wav")]
+    caller: Vec<PathBuf>,
+    /// Do not pace recordings in real time: decode inline and place each transcript at the
+    /// time it would have arrived.
+    #[arg(long)]
+    fast: bool,
+    /// Whisper model (ggml) for --caller; default $HUMANLINE_MODEL or models/ggml-tiny.en.bin.
+    #[arg(long)]
+    model: Option<PathBuf>,
     /// Language to start in (a code from humanline.toml); default: the configured one.
     #[arg(long)]
     language: Option<String>,
@@ -37,10 +51,23 @@ const CALLER_REACTION: Duration = Duration::from_millis(600);
 /// A simulated call never runs longer than this.
 const MAX_CALL: Duration = Duration::from_secs(600);
 
+enum Turn {
+    Say(String),
+    Audio(PathBuf),
+}
+
 enum Pending {
     PromptFinished(PlayId),
     Caller(Event),
-    CallerTurn(String),
+    CallerTurn(Turn),
+}
+
+/// Speech recognition for recorded turns.
+struct Speech {
+    engine: Arc<WhisperEngine>,
+    pool: Option<DecoderPool>,
+    opts: DecodeOptions,
+    config: RecognizerConfig,
 }
 
 struct Sim<W: Write> {
@@ -49,7 +76,8 @@ struct Sim<W: Write> {
     now: Duration,
     pending: Vec<(Duration, u64, Pending)>,
     seq: u64,
-    turns: VecDeque<String>,
+    turns: VecDeque<Turn>,
+    speech: Option<Speech>,
     out: W,
     /// End of the caller's latest utterance, for the route's `after_speech_end_ms`.
     speech_end: Option<Duration>,
@@ -61,13 +89,32 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     if let Some(l) = &args.language {
         anyhow::ensure!(flow.language(l).is_some(), "unknown language `{l}`");
     }
+    let mut turns: VecDeque<Turn> = args.say.into_iter().map(Turn::Say).collect();
+    turns.extend(args.caller.iter().cloned().map(Turn::Audio));
+    let speech = if args.caller.is_empty() {
+        None
+    } else {
+        for f in &args.caller {
+            anyhow::ensure!(f.is_file(), "caller recording {} not found", f.display());
+        }
+        let engine = load_engine(&model_path(args.model.as_deref()))?;
+        let opts = DecodeOptions::default().with_escape_prompt();
+        let pool = if args.fast {
+            None
+        } else {
+            let cfg = PoolConfig { decode: opts.clone(), ..PoolConfig::default() };
+            Some(DecoderPool::new(engine.clone(), cfg)?)
+        };
+        Some(Speech { engine, pool, opts, config: RecognizerConfig::default() })
+    };
     let mut sim = Sim {
         brain: CallBrain::new(flow),
         start: Instant::now(),
         now: Duration::ZERO,
         pending: Vec::new(),
         seq: 0,
-        turns: args.say.into_iter().collect(),
+        turns,
+        speech,
         out: std::io::stdout().lock(),
         speech_end: None,
         awaiting_answer: false,
@@ -182,6 +229,46 @@ impl<W: Write> Sim<W> {
         Ok(())
     }
 
+    /// The caller says what is in a recording, heard through the speech engine.
+    fn caller_plays(&mut self, path: &std::path::Path) -> anyhow::Result<()> {
+        let audio = load_wav_mono_16k(path)?;
+        let Some(speech) = self.speech.take() else { anyhow::bail!("no speech engine loaded") };
+        let start = self.now;
+        let end = speech_end_ms(&audio);
+        self.speech_end = Some(start + Duration::from_millis(end));
+        self.emit(json!({"event": "caller_plays", "file": path.display().to_string(), "speech_ms": end}))?;
+        let decoding = match &speech.pool {
+            Some(pool) => Decoding::Paced { pool },
+            None => Decoding::Fast { engine: &*speech.engine, opts: &speech.opts },
+        };
+        let mut failure = None;
+        let stats = run_turn(&audio, 1, speech.config.clone(), decoding, |at, event| {
+            self.now = start + Duration::from_millis(at);
+            let label = match &event {
+                Event::PartialTranscript { text } => Some(json!({"event": "partial", "text": text})),
+                Event::FinalTranscript { text } => Some(json!({"event": "final", "text": text})),
+                Event::SpeechStarted => Some(json!({"event": "speech_started"})),
+                Event::SpeechEnded => Some(json!({"event": "speech_ended"})),
+                _ => None,
+            };
+            let result = label.map_or(Ok(()), |l| self.emit(l)).and_then(|_| self.feed(event));
+            if let Err(e) = result {
+                failure = Some(e);
+                return ControlFlow::Break(());
+            }
+            if self.brain.phase() == Phase::Ivr { ControlFlow::Continue(()) } else { ControlFlow::Break(()) }
+        });
+        self.speech = Some(speech);
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let stats = stats?;
+        if stats.stopped_at_ms.is_none() {
+            self.now = self.now.max(start + Duration::from_millis(end));
+        }
+        Ok(())
+    }
+
     fn run_until_routed(&mut self) -> anyhow::Result<()> {
         loop {
             if self.brain.phase() != Phase::Ivr {
@@ -216,7 +303,8 @@ impl<W: Write> Sim<W> {
                 self.now = self.now.max(at);
                 match what {
                     Pending::PromptFinished(play) => self.feed(Event::PromptFinished { play })?,
-                    Pending::CallerTurn(text) => self.caller_speaks(text)?,
+                    Pending::CallerTurn(Turn::Say(text)) => self.caller_speaks(text)?,
+                    Pending::CallerTurn(Turn::Audio(path)) => self.caller_plays(&path)?,
                     Pending::Caller(e) => {
                         match &e {
                             Event::FinalTranscript { text } => {
