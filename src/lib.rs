@@ -11,6 +11,8 @@ pub mod cli;
 pub mod config;
 pub mod escape;
 pub mod media;
+pub mod server;
+pub mod sip;
 pub mod speech;
 pub mod storage;
 pub mod web;

@@ -66,6 +66,11 @@ impl CallBrain {
         self.phase
     }
 
+    /// Why the caller was last sent to a person, if they were.
+    pub fn route_reason(&self) -> Option<RouteReason> {
+        self.route_reason
+    }
+
     pub fn context(&self) -> &CallerContext {
         &self.context
     }
@@ -495,6 +500,8 @@ impl CallBrain {
             text: render(&p.text, vars),
             audio: p.audio.clone(),
             barge_in: p.barge_in,
+            language: lang.code.clone(),
+            vars: vars.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
         };
         self.playing = Some((PlayId(self.next_play), prompt.to_string(), p.barge_in));
         self.next_play += 1;

@@ -170,7 +170,11 @@ pub enum Action {
     Play {
         play: PlayId,
         prompt: String,
+        /// The language the prompt is in (the caller may have switched).
+        language: String,
         text: String,
+        /// The values of the text's placeholders, for drivers that splice recordings.
+        vars: Vec<(String, String)>,
         audio: Option<PathBuf>,
         barge_in: bool,
     },

@@ -2,6 +2,7 @@
 
 mod bench;
 mod callbacks;
+mod serve;
 mod caller_turn;
 mod simulate;
 
@@ -29,6 +30,8 @@ enum Command {
         #[arg(long, default_value = "prompts")]
         prompts: PathBuf,
     },
+    /// Run the IVR server: SIP (UDP and TCP), RTP, speech, agents, callbacks, HTTP.
+    Serve(serve::ServeArgs),
     /// Run a whole call through the call brain and print what happens as JSON lines.
     Simulate(simulate::SimulateArgs),
     /// Convert a CTranslate2 Whisper model (as shipped on PyPI) to whisper.cpp's ggml format.
@@ -63,6 +66,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { prompts } => check_config(&prompts),
         Command::Simulate(args) => report("simulate", simulate::run(args)),
+        Command::Serve(args) => report("serve", serve::run(args)),
         Command::Callbacks(args) => report("callbacks", callbacks::run(args)),
         Command::Transcribe { model, full_window, files } => {
             report("transcribe", transcribe(model.as_deref(), full_window, &files))

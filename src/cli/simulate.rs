@@ -160,6 +160,7 @@ impl<W: Write> Sim<W> {
                 text,
                 audio,
                 barge_in,
+                ..
             } => {
                 let length = audio
                     .as_deref()

@@ -1,0 +1,64 @@
+//! `humanline serve`: flags, the optional `--config` file, and the runtime.
+
+use crate::server::{ServeOptions, ServerFile, settings_port_range};
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Server settings (TOML); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Prompts folder.
+    #[arg(long)]
+    prompts: Option<PathBuf>,
+    /// SIP address, UDP and TCP [default: 127.0.0.1:5060].
+    #[arg(long)]
+    sip_listen: Option<SocketAddr>,
+    /// RTP port range LOW-HIGH [default: 20000-20999].
+    #[arg(long)]
+    rtp_ports: Option<String>,
+    /// HTTP address for /healthz, /metrics and /api [default: 127.0.0.1:8080].
+    #[arg(long)]
+    http_listen: Option<SocketAddr>,
+    /// Folder for the callback ledger [default: data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// An agent's SIP URI (repeatable); added to the config file's agents.
+    #[arg(long = "agent", value_name = "SIP-URI")]
+    agents: Vec<String>,
+    /// Outbound target for callbacks (the request URI carries the number).
+    #[arg(long)]
+    trunk: Option<String>,
+    /// Whisper model (ggml) [default: $HUMANLINE_MODEL or models/ggml-tiny.en.bin].
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Decoder threads for speech recognition [default: 1].
+    #[arg(long)]
+    decoders: Option<usize>,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let file = match &args.config {
+        Some(path) => ServerFile::load(path)?,
+        None => ServerFile::default(),
+    };
+    let mut agents = file.agents.clone();
+    agents.extend(args.agents.iter().cloned());
+    let rtp = args.rtp_ports.or(file.rtp_ports).unwrap_or_else(|| "20000-20999".into());
+    let opts = ServeOptions {
+        sip_listen: args.sip_listen.or(file.sip_listen).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 5060))),
+        rtp_ports: settings_port_range(&rtp)?,
+        http_listen: args.http_listen.or(file.http_listen).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080))),
+        prompts: args.prompts.or(file.prompts).unwrap_or_else(|| "prompts".into()),
+        data_dir: args.data_dir.or(file.data_dir).unwrap_or_else(|| "data".into()),
+        model: super::caller_turn::model_path(args.model.or(file.model).as_deref()),
+        decoders: args.decoders.or(file.decoders).unwrap_or(1).max(1),
+        agents,
+        trunk: args.trunk.or(file.trunk),
+        utc_offset_min: file.utc_offset_min.unwrap_or(0),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(crate::server::serve(opts))
+}

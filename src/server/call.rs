@@ -1,0 +1,559 @@
+//! One caller's call, from INVITE to the caller's hang-up: the driver around the call brain.
+//!
+//! It owns the caller's leg (SIP dialog and RTP session), the speech recognizer, and — once the
+//! queue names an agent — the agent's leg, bridged to the caller's. Humanline is a B2BUA: the
+//! caller's leg stays up whatever happens to the agent's. Nothing here can send BYE to a
+//! caller (the SIP types have no such method for an inbound leg).
+
+use super::Shared;
+use super::queue::{QueueMsg, ToCall};
+use crate::agents::AgentFailure;
+use crate::brain::{Action, CallBrain, CallbackRequest, CallbackWhen, Event, PlayId, RouteReason};
+use crate::callbacks::{NewPromise, resolve_when};
+use crate::media::{self, LocalMedia, MediaEvent, MediaHandle, PlaybackId, SessionConfig, StreamIds, sdp};
+use crate::sip::{
+    FailReason, InboundEvent, IncomingCall, OutboundCall, OutboundEvent, OutboundEvents, OutboundInvite, RejectStatus,
+};
+use crate::speech::{DecodeKind, DecodeResult, RecognizerConfig, RecognizerOutput, StreamResampler, StreamingRecognizer};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+/// A final transcript later than this after the end of speech means recognition is not
+/// keeping up: the caller goes to a person instead of waiting.
+const FINAL_DEADLINE: Duration = Duration::from_secs(3);
+/// How long an agent's phone may ring.
+const AGENT_RING_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub async fn run(shared: Arc<Shared>, incoming: IncomingCall) {
+    let id = shared.next_call.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let caller = incoming.from.caller_id().to_string();
+    let span = info_span!("call", call = id, sip = %incoming.call_id, caller = %caller);
+    async move {
+        shared.metrics.calls.inc();
+        shared.metrics.active_calls.inc();
+        if let Err(e) = run_inner(&shared, id, incoming).await {
+            warn!(error = %format!("{e:#}"), "call ended with an error");
+        }
+        shared.metrics.active_calls.dec();
+    }
+    .instrument(span)
+    .await
+}
+
+/// The agent's leg while it exists.
+struct AgentLeg {
+    agent: String,
+    call: OutboundCall,
+    events: OutboundEvents,
+    media: Option<(MediaHandle, mpsc::Receiver<MediaEvent>)>,
+    local: LocalMedia,
+    socket: Option<tokio::net::UdpSocket>,
+}
+
+struct Call {
+    shared: Arc<Shared>,
+    id: u64,
+    sip_call_id: String,
+    caller_id: String,
+    brain: CallBrain,
+    media: MediaHandle,
+    plays: HashMap<PlaybackId, PlayId>,
+    next_playback: u64,
+    queue_tx: mpsc::UnboundedSender<ToCall>,
+    callback_tx: mpsc::UnboundedSender<Event>,
+    queued: bool,
+    agent: Option<AgentLeg>,
+    /// End of the caller's latest speech (stream audio time) and the wall time it maps to.
+    speech_end: Option<Instant>,
+    awaiting_final: Option<Instant>,
+    call_start: Instant,
+}
+
+async fn run_inner(shared: &Arc<Shared>, id: u64, incoming: IncomingCall) -> anyhow::Result<()> {
+    let IncomingCall { call_id, from, offer_sdp, call: inbound, mut events, .. } = incoming;
+    let socket = match media::bind_rtp_socket(shared.media_ip, shared.rtp_ports).await {
+        Ok(s) => s,
+        Err(e) => {
+            // No media port: we cannot carry audio at all. Busy, so the caller's network
+            // can try elsewhere (the one refusal Humanline makes).
+            inbound.reject(RejectStatus::ServiceUnavailable)?;
+            return Err(e.into());
+        }
+    };
+    let local = local_media(shared, &socket)?;
+    let answer = match sdp::answer(&offer_sdp, &local) {
+        Ok(a) => a,
+        Err(e) => {
+            info!(error = %e, "offer not acceptable");
+            inbound.reject(RejectStatus::NotAcceptableHere)?;
+            return Ok(());
+        }
+    };
+    inbound.answer(&answer.sdp)?;
+    let (media, mut media_events) = media::spawn(socket, SessionConfig::new(&answer.remote, StreamIds::random()))?;
+    info!(rtp = %media.local_addr(), codec = ?answer.remote.codec, "answered");
+
+    let flow = shared.flow();
+    let (queue_tx, mut queue_rx) = mpsc::unbounded_channel();
+    let (callback_tx, mut callback_rx) = mpsc::unbounded_channel();
+    let (decode_tx, mut decode_rx) = mpsc::unbounded_channel::<DecodeResult>();
+    let mut recognizer = StreamingRecognizer::new(id, RecognizerConfig::default())?;
+    let mut resampler = StreamResampler::telephone_to_16k()?;
+    let mut pcm = Vec::with_capacity(320);
+    let mut call = Call {
+        shared: shared.clone(),
+        id,
+        sip_call_id: call_id,
+        caller_id: from.caller_id().to_string(),
+        brain: CallBrain::new(flow),
+        media,
+        plays: HashMap::new(),
+        next_playback: 0,
+        queue_tx,
+        callback_tx,
+        queued: false,
+        agent: None,
+        speech_end: None,
+        awaiting_final: None,
+        call_start: Instant::now(),
+    };
+    let caller_id = Some(call.caller_id.clone()).filter(|c| !c.is_empty());
+    call.feed(Event::CallStarted { caller_id, language: None }).await;
+    if shared.speech.is_none() {
+        // Without speech recognition only a person can help: say so by routing now.
+        call.feed(Event::SpeechEngineDegraded).await;
+    }
+
+    loop {
+        let timeout = call.next_deadline();
+        tokio::select! {
+            ev = events.recv() => {
+                let Some(ev) = ev else { break };
+                let last = ev.is_final();
+                call.on_sip(ev).await;
+                if last { break; }
+            }
+            ev = media_events.recv() => {
+                let Some(ev) = ev else { break };
+                match ev {
+                    MediaEvent::Audio(frame) => {
+                        pcm.clear();
+                        pcm.extend(frame.samples.iter().map(|s| *s as f32 / 32768.0));
+                        let mut out = Vec::with_capacity(340);
+                        if resampler.process(&pcm, &mut out).is_ok() {
+                            recognizer.push_audio(&out);
+                        }
+                        call.drain_recognizer(&mut recognizer, &decode_tx).await;
+                    }
+                    other => call.on_media(other).await,
+                }
+            }
+            Some(r) = decode_rx.recv() => {
+                recognizer.on_result(&r);
+                call.drain_recognizer(&mut recognizer, &decode_tx).await;
+            }
+            Some(msg) = queue_rx.recv() => call.on_queue(msg).await,
+            Some(ev) = callback_rx.recv() => call.feed(ev).await,
+            ev = next_agent_event(&mut call.agent) => call.on_agent(ev).await,
+            _ = sleep_until(timeout) => call.on_deadline().await,
+        }
+    }
+    call.finish().await;
+    Ok(())
+}
+
+async fn next_agent_event(agent: &mut Option<AgentLeg>) -> AgentEvent {
+    let Some(leg) = agent else { return std::future::pending().await };
+    if let Some((_, rx)) = &mut leg.media {
+        tokio::select! {
+            ev = leg.events.recv() => AgentEvent::Sip(ev),
+            ev = rx.recv() => AgentEvent::Media(ev),
+        }
+    } else {
+        AgentEvent::Sip(leg.events.recv().await)
+    }
+}
+
+enum AgentEvent {
+    Sip(Option<OutboundEvent>),
+    Media(Option<MediaEvent>),
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn local_media(shared: &Shared, socket: &tokio::net::UdpSocket) -> anyhow::Result<LocalMedia> {
+    let session_id = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    Ok(LocalMedia { ip: shared.media_ip, port: socket.local_addr()?.port(), session_id, session_version: session_id })
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+impl Call {
+    fn next_deadline(&self) -> Option<Instant> {
+        let brain = self.brain.next_timeout().map(|(_, at)| at);
+        [brain, self.awaiting_final.map(|t| t + FINAL_DEADLINE)].into_iter().flatten().min()
+    }
+
+    async fn on_deadline(&mut self) {
+        let now = Instant::now();
+        if self.awaiting_final.is_some_and(|t| t + FINAL_DEADLINE <= now) {
+            self.awaiting_final = None;
+            warn!("no final transcript in time: recognition is behind");
+            self.feed(Event::SpeechEngineDegraded).await;
+        }
+        if let Some((timer, at)) = self.brain.next_timeout()
+            && at <= now
+        {
+            self.feed(Event::TimerFired { timer }).await;
+        }
+    }
+
+    /// Hands an event to the brain and carries out what it says.
+    async fn feed(&mut self, event: Event) {
+        let now = Instant::now();
+        debug!(?event, "event");
+        let actions = self.brain.handle(now, event);
+        for action in actions {
+            self.act(action).await;
+        }
+    }
+
+    async fn act(&mut self, action: Action) {
+        match action {
+            Action::Play { play, prompt, language, text, vars, .. } => {
+                let clips = self.shared.prompt_audio().clips(&language, &prompt, &text, &vars);
+                let id: PlaybackId = self.next_playback;
+                self.next_playback += 1;
+                self.plays.insert(id, play);
+                debug!(%prompt, "play");
+                let _ = self.media.play(id, clips).await;
+            }
+            Action::StopPlayback => {
+                let _ = self.media.stop_playout().await;
+            }
+            Action::Listen | Action::OfferCallback | Action::SetTimer { .. } | Action::CancelTimer { .. } => {}
+            Action::SetLanguage { code } => info!(%code, "language"),
+            Action::RouteToAgent { reason, context } => {
+                let after = self.speech_end.map(|end| Instant::now().saturating_duration_since(end));
+                info!(reason = reason.as_str(), said = ?context.said, after_speech_end_ms = after.map(|d| d.as_millis() as u64), "route to a person");
+                self.shared.metrics.route(reason.as_str());
+                if matches!(reason, RouteReason::Keyword | RouteReason::Repetition | RouteReason::NoMatch) {
+                    self.shared.metrics.time_to_route.observe(after.map_or(0.0, |d| d.as_secs_f64()));
+                }
+                if !self.queued {
+                    self.queued = true;
+                    let _ = self.shared.queue.send(QueueMsg::Enqueue { call: self.id, to_call: self.queue_tx.clone() });
+                }
+            }
+            Action::StoreCallback(req) => self.store_callback(*req),
+        }
+    }
+
+    /// Commits a callback off the async runtime (SQLite fsyncs); the brain hears
+    /// `CallbackStored` only once it is on disk.
+    fn store_callback(&mut self, req: CallbackRequest) {
+        let Some(number) = req.number.clone() else {
+            let _ = self.callback_tx.send(Event::CallbackStoreFailed { error: "no number to call".into() });
+            return;
+        };
+        let now = unix_ms();
+        let not_before = match &req.when {
+            CallbackWhen::Asap => now,
+            CallbackWhen::Requested(said) => resolve_when(said, now, self.shared.utc_offset_min).unwrap_or(now),
+        };
+        let promise = NewPromise {
+            number,
+            not_before,
+            reason: req.reason.as_str().into(),
+            context: serde_json::to_value(&req.context).unwrap_or_default(),
+            automatic: req.automatic,
+            origin_call: self.sip_call_id.clone(),
+        };
+        let ledger = self.shared.ledger.clone();
+        let tx = self.callback_tx.clone();
+        let metrics = self.shared.metrics.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = ledger
+                .lock()
+                .map_err(|_| "ledger lock poisoned".to_string())
+                .and_then(|mut l| l.promise(&promise, now).map_err(|e| e.to_string()));
+            let event = match result {
+                Ok(p) => {
+                    metrics.callbacks_promised.inc();
+                    info!(id = p.id, "callback promised");
+                    Event::CallbackStored { id: p.id.to_string() }
+                }
+                Err(error) => {
+                    warn!(%error, "callback not stored");
+                    Event::CallbackStoreFailed { error }
+                }
+            };
+            let _ = tx.send(event);
+        });
+    }
+
+    async fn drain_recognizer(&mut self, rec: &mut StreamingRecognizer, decode_tx: &mpsc::UnboundedSender<DecodeResult>) {
+        while let Some(out) = rec.poll_output() {
+            let event = match out {
+                RecognizerOutput::Decode(job) => {
+                    let Some(pool) = &self.shared.speech else { continue };
+                    let tx = decode_tx.clone();
+                    if let Err(e) = pool.submit(job, move |r| {
+                        let _ = tx.send(r);
+                    }) {
+                        warn!(error = %e, "decode refused");
+                        self.feed(Event::SpeechEngineDegraded).await;
+                    }
+                    continue;
+                }
+                RecognizerOutput::SpeechStarted { .. } => Event::SpeechStarted,
+                RecognizerOutput::SpeechEnded { .. } => {
+                    self.speech_end = Some(Instant::now());
+                    self.awaiting_final = Some(Instant::now());
+                    Event::SpeechEnded
+                }
+                RecognizerOutput::Partial { text, .. } => Event::PartialTranscript { text },
+                RecognizerOutput::Final { text, .. } => {
+                    self.awaiting_final = None;
+                    info!(%text, "heard");
+                    Event::FinalTranscript { text }
+                }
+                RecognizerOutput::DecodeFailed { kind: DecodeKind::Final, error, .. } => {
+                    self.awaiting_final = None;
+                    warn!(%error, "final decode failed");
+                    Event::SpeechEngineDegraded
+                }
+                RecognizerOutput::DecodeFailed { .. } => continue,
+            };
+            self.feed(event).await;
+        }
+    }
+
+    async fn on_sip(&mut self, ev: InboundEvent) {
+        match ev {
+            InboundEvent::Confirmed => debug!("ACK"),
+            InboundEvent::Cancelled | InboundEvent::Bye | InboundEvent::Ended { .. } => {
+                info!("caller hung up");
+                self.feed(Event::CallerHungUp).await;
+            }
+            InboundEvent::ReInvite { sdp: offer, reply } => {
+                // Hold / unhold or a new address: follow it, answer with our media.
+                let local = LocalMedia {
+                    ip: self.shared.media_ip,
+                    port: self.media.local_addr().port(),
+                    session_id: 1,
+                    session_version: unix_ms() as u64,
+                };
+                match sdp::answer(&offer, &local) {
+                    Ok(answer) => {
+                        let _ = self.media.update_remote(answer.remote).await;
+                        let _ = reply.accept(&answer.sdp).await;
+                    }
+                    Err(e) => {
+                        let _ = reply.reject(e.sip_status()).await;
+                    }
+                }
+            }
+            InboundEvent::Info { dtmf: Some(d), .. } => self.feed(Event::Dtmf { digit: d.digit }).await,
+            InboundEvent::Info { .. } => {}
+        }
+    }
+
+    async fn on_media(&mut self, ev: MediaEvent) {
+        match ev {
+            MediaEvent::Dtmf(digit) => self.feed(Event::Dtmf { digit }).await,
+            MediaEvent::PlaybackEnded(ended) => {
+                if let Some(play) = self.plays.remove(&ended.id)
+                    && !ended.interrupted
+                {
+                    self.feed(Event::PromptFinished { play }).await;
+                }
+            }
+            MediaEvent::MediaStopped => {
+                warn!("caller's media stopped");
+                self.feed(Event::CallerMediaLost).await;
+            }
+            MediaEvent::Audio(_) | MediaEvent::MediaResumed | MediaEvent::RemoteAddressChanged(_) => {}
+        }
+    }
+
+    async fn on_queue(&mut self, msg: ToCall) {
+        match msg {
+            ToCall::Status { position, estimated_wait } => {
+                self.feed(Event::QueueStatus { position, estimated_wait }).await
+            }
+            ToCall::NoneAvailable => self.feed(Event::NoAgentAvailable).await,
+            ToCall::Ring { agent } => {
+                if let Err(e) = self.ring_agent(&agent).await {
+                    warn!(%agent, error = %format!("{e:#}"), "could not ring agent");
+                    let _ = self.shared.queue.send(QueueMsg::AgentFailed {
+                        agent: agent.clone(),
+                        call: self.id,
+                        why: AgentFailure::Unreachable,
+                    });
+                    self.feed(Event::AgentDeclined { agent }).await;
+                }
+            }
+        }
+    }
+
+    /// Rings an agent with the caller's context in the INVITE, so they never ask again.
+    async fn ring_agent(&mut self, agent: &str) -> anyhow::Result<()> {
+        let socket = media::bind_rtp_socket(self.shared.media_ip, self.shared.rtp_ports).await?;
+        let local = local_media(&self.shared, &socket)?;
+        let context = self.brain.context();
+        let said = context.said.join(" | ");
+        let mut headers = vec![
+            ("X-Humanline-Reason".to_string(), self.route_reason()),
+            ("X-Humanline-Transcript".to_string(), if said.is_empty() { "(nothing said)".into() } else { said }),
+            ("X-Humanline-Language".to_string(), context.language.clone()),
+        ];
+        if !context.topics.is_empty() {
+            headers.push(("X-Humanline-Topics".into(), context.topics.join(", ")));
+        }
+        let invite = OutboundInvite {
+            target_uri: agent.to_string(),
+            offer_sdp: sdp::offer(&local, media::Direction::SendRecv),
+            extra_headers: headers,
+            from_user: Some(self.caller_id.clone()).filter(|c| !c.is_empty()),
+            ring_timeout: Some(AGENT_RING_TIMEOUT),
+            ..Default::default()
+        };
+        let (call, events) = self.shared.sip.invite_with(invite).await?;
+        info!(%agent, "ringing agent");
+        self.agent = Some(AgentLeg { agent: agent.to_string(), call, events, media: None, local, socket: Some(socket) });
+        self.feed(Event::AgentOffered { agent: agent.to_string() }).await;
+        Ok(())
+    }
+
+    fn route_reason(&self) -> String {
+        self.brain.route_reason().map_or("assistance", RouteReason::as_str).to_string()
+    }
+
+    async fn on_agent(&mut self, ev: AgentEvent) {
+        let Some(leg) = self.agent.as_mut() else { return };
+        let agent = leg.agent.clone();
+        match ev {
+            AgentEvent::Sip(Some(OutboundEvent::Answered { answer_sdp })) => {
+                let remote = match sdp::parse_answer(&answer_sdp) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        warn!(%agent, error = %e, "agent's answer unusable");
+                        let _ = leg.call.hangup().await;
+                        return self.agent_failed(AgentFailure::Unreachable).await;
+                    }
+                };
+                let Some(socket) = leg.socket.take() else { return };
+                match media::spawn(socket, SessionConfig::new(&remote, StreamIds::random())) {
+                    Ok((handle, rx)) => {
+                        if let Err(e) = media::bridge(&self.media, &handle).await {
+                            warn!(error = %e, "bridge failed");
+                        }
+                        leg.media = Some((handle, rx));
+                        info!(%agent, "agent answered; bridged");
+                        let _ = self.shared.queue.send(QueueMsg::AgentAnswered { agent: agent.clone(), call: self.id });
+                        self.queued = false;
+                        self.feed(Event::AgentAnswered { agent }).await;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "agent media failed");
+                        let _ = leg.call.hangup().await;
+                        self.agent_failed(AgentFailure::Unreachable).await;
+                    }
+                }
+            }
+            AgentEvent::Sip(Some(OutboundEvent::Failed { reason, status, .. })) => {
+                info!(%agent, ?reason, ?status, "agent did not take the call");
+                let why = match reason {
+                    FailReason::Busy => AgentFailure::Busy,
+                    FailReason::Declined | FailReason::Rejected | FailReason::Cancelled => AgentFailure::Declined,
+                    FailReason::NoAnswer => AgentFailure::NoAnswer,
+                    FailReason::Unreachable => AgentFailure::Unreachable,
+                };
+                self.agent_failed(why).await;
+            }
+            AgentEvent::Sip(Some(OutboundEvent::Bye | OutboundEvent::Ended { .. }) | None) => {
+                let answered = leg.media.is_some();
+                self.drop_agent_leg().await;
+                if answered {
+                    info!(%agent, "agent left; caller back with the IVR");
+                    let _ = self.shared.queue.send(QueueMsg::AgentFinished { agent });
+                    self.feed(Event::AgentLeft).await;
+                } else {
+                    self.agent_failed(AgentFailure::Unreachable).await;
+                }
+            }
+            AgentEvent::Sip(Some(OutboundEvent::ReInvite { sdp: offer, reply })) => {
+                let local = leg.local.clone();
+                match sdp::answer(&offer, &local) {
+                    Ok(answer) => {
+                        if let Some((h, _)) = &leg.media {
+                            let _ = h.update_remote(answer.remote).await;
+                        }
+                        let _ = reply.accept(&answer.sdp).await;
+                    }
+                    Err(e) => {
+                        let _ = reply.reject(e.sip_status()).await;
+                    }
+                }
+            }
+            AgentEvent::Sip(Some(_)) => {}
+            AgentEvent::Media(Some(_)) => {}
+            AgentEvent::Media(None) => {
+                if let Some(leg) = self.agent.as_mut() {
+                    leg.media = None;
+                }
+            }
+        }
+    }
+
+    async fn agent_failed(&mut self, why: AgentFailure) {
+        let Some(leg) = self.agent.take() else { return };
+        let _ = self.shared.queue.send(QueueMsg::AgentFailed { agent: leg.agent.clone(), call: self.id, why });
+        self.feed(Event::AgentDeclined { agent: leg.agent }).await;
+    }
+
+    async fn drop_agent_leg(&mut self) {
+        if let Some(leg) = self.agent.take()
+            && let Some((handle, _)) = leg.media
+        {
+            let _ = media::unbridge(&self.media, &handle).await;
+            handle.close().await;
+        }
+    }
+
+    /// The caller is gone: release the agent (they may hang up on an agent; we hang up the
+    /// agent's leg for them), leave the queue.
+    async fn finish(mut self) {
+        if self.queued {
+            let _ = self.shared.queue.send(QueueMsg::Remove { call: self.id });
+        }
+        if let Some(leg) = self.agent.take() {
+            let _ = leg.call.hangup().await;
+            if leg.media.is_some() {
+                let _ = self.shared.queue.send(QueueMsg::AgentFinished { agent: leg.agent.clone() });
+            } else {
+                let _ = self.shared.queue.send(QueueMsg::AgentFailed {
+                    agent: leg.agent.clone(),
+                    call: self.id,
+                    why: AgentFailure::NoAnswer,
+                });
+            }
+            if let Some((handle, _)) = leg.media {
+                handle.close().await;
+            }
+        }
+        let stats = self.media.close().await;
+        info!(secs = self.call_start.elapsed().as_secs(), ?stats, "call over");
+    }
+}

@@ -1,0 +1,224 @@
+//! `humanline serve`: the IVR server. SIP in (UDP and TCP), RTP media, live speech
+//! recognition, the call brain per call, the agent queue, the callback ledger, and the HTTP
+//! listener (health, metrics, callbacks API). Prompts reload when their files change; an
+//! invalid change is reported and the running prompts stay.
+
+mod call;
+mod prompt_audio;
+mod queue;
+mod settings;
+
+pub use prompt_audio::PromptAudio;
+pub use settings::{ServeOptions, ServerFile, parse_port_range as settings_port_range};
+
+use crate::callbacks::{CallbackLedger, RetryPolicy};
+use crate::config::Flow;
+use crate::media::PortRange;
+use crate::sip::{SipConfig, SipEndpoint};
+use crate::speech::{DecodeOptions, DecoderPool, PoolConfig};
+use crate::storage::SqliteStore;
+use crate::web::{Metrics, SharedLedger, WebState};
+use anyhow::Context;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+use tracing::{error, info, warn};
+
+/// What every call shares.
+pub struct Shared {
+    flow: RwLock<(Arc<Flow>, Arc<PromptAudio>)>,
+    pub(crate) sip: SipEndpoint,
+    pub(crate) media_ip: IpAddr,
+    pub(crate) rtp_ports: PortRange,
+    pub(crate) speech: Option<Arc<DecoderPool>>,
+    pub(crate) queue: tokio::sync::mpsc::UnboundedSender<queue::QueueMsg>,
+    pub(crate) ledger: SharedLedger,
+    pub(crate) metrics: Metrics,
+    pub(crate) next_call: AtomicU64,
+    pub(crate) utc_offset_min: i64,
+}
+
+impl Shared {
+    /// The flow in force now: a call takes it at its start and keeps it.
+    pub fn flow(&self) -> Arc<Flow> {
+        self.flow.read().map(|g| g.0.clone()).unwrap_or_else(|p| p.into_inner().0.clone())
+    }
+
+    pub fn prompt_audio(&self) -> Arc<PromptAudio> {
+        self.flow.read().map(|g| g.1.clone()).unwrap_or_else(|p| p.into_inner().1.clone())
+    }
+}
+
+/// Runs the server until Ctrl-C / SIGTERM.
+pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let ready = Arc::new(AtomicBool::new(false));
+
+    let flow = Flow::load_dir(&opts.prompts).with_context(|| format!("loading prompts from {}", opts.prompts.display()))?;
+    let audio = PromptAudio::load(&flow)?;
+    info!(languages = flow.languages.len(), "prompts loaded");
+
+    std::fs::create_dir_all(&opts.data_dir).with_context(|| format!("creating {}", opts.data_dir.display()))?;
+    let ledger_path = opts.data_dir.join("callbacks.db");
+    let store = SqliteStore::open(&ledger_path).with_context(|| format!("opening {}", ledger_path.display()))?;
+    let mut ledger = CallbackLedger::new(store, RetryPolicy::default());
+    let recovered = ledger.recover(unix_ms())?;
+    if recovered > 0 {
+        warn!(recovered, "callbacks interrupted by the last stop are due again");
+    }
+    let ledger: SharedLedger = Arc::new(Mutex::new(ledger));
+
+    let http = tokio::net::TcpListener::bind(opts.http_listen)
+        .await
+        .with_context(|| format!("binding HTTP on {}", opts.http_listen))?;
+    let web = WebState { ready: ready.clone(), metrics: metrics.clone(), ledger: ledger.clone() };
+    info!(addr = %opts.http_listen, "HTTP listening");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(http, crate::web::router(web)).await {
+            error!(error = %e, "HTTP server stopped");
+        }
+    });
+
+    // The model is loaded before the first call; if it cannot be, calls still get a person.
+    let speech = match crate::speech::WhisperEngine::load(&opts.model, Default::default()) {
+        Ok(engine) => {
+            let cfg = PoolConfig {
+                workers: opts.decoders,
+                decode: DecodeOptions::default().with_escape_prompt(),
+                ..PoolConfig::default()
+            };
+            Some(Arc::new(DecoderPool::new(engine, cfg)?))
+        }
+        Err(e) => {
+            error!(error = %e, "speech recognition unavailable: every caller goes straight to a person");
+            None
+        }
+    };
+
+    let mut sip_config = SipConfig::new(opts.sip_listen);
+    sip_config.user_agent = format!("Humanline/{}", env!("CARGO_PKG_VERSION"));
+    let (sip, mut incoming) = SipEndpoint::bind_with(sip_config).await.context("starting SIP")?;
+    info!(addr = %sip.local_addr(), agents = ?opts.agents, "SIP listening (UDP and TCP)");
+
+    let queue = queue::spawn(opts.agents.clone(), metrics.clone());
+    let media_ip = if opts.sip_listen.ip().is_unspecified() { local_ip_guess() } else { opts.sip_listen.ip() };
+    let shared = Arc::new(Shared {
+        flow: RwLock::new((Arc::new(flow), Arc::new(audio))),
+        sip,
+        media_ip,
+        rtp_ports: opts.rtp_ports,
+        speech,
+        queue,
+        ledger,
+        metrics,
+        next_call: AtomicU64::new(1),
+        utc_offset_min: opts.utc_offset_min,
+    });
+    tokio::spawn(watch_prompts(shared.clone(), opts.prompts.clone()));
+    ready.store(true, Ordering::Release);
+    // Tests and scripts wait for this line.
+    eprintln!("humanline: ready (SIP {}, HTTP {})", shared.sip.local_addr(), opts.http_listen);
+
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            call = incoming.recv() => {
+                let Some(call) = call else { break };
+                tokio::spawn(call::run(shared.clone(), call));
+            }
+            _ = &mut shutdown => {
+                info!("shutting down");
+                break;
+            }
+        }
+    }
+    shared.sip.shutdown();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// The address peers can send media to when SIP listens on a wildcard address.
+fn local_ip_guess() -> IpAddr {
+    std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect("192.0.2.1:9").map(|_| s))
+        .and_then(|s| s.local_addr())
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]))
+}
+
+/// Polls the prompts and audio folders; a valid change replaces the flow for new calls, an
+/// invalid one is reported line by line and changes nothing.
+async fn watch_prompts(shared: Arc<Shared>, dir: PathBuf) {
+    let mut last = fingerprint(&dir);
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let now = fingerprint(&dir);
+        if now == last {
+            continue;
+        }
+        last = now;
+        let dir2 = dir.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            let flow = Flow::load_dir(&dir2)?;
+            let audio = PromptAudio::load(&flow)?;
+            Ok::<_, anyhow::Error>((flow, audio))
+        })
+        .await;
+        match loaded {
+            Ok(Ok((flow, audio))) => {
+                if let Ok(mut g) = shared.flow.write() {
+                    *g = (Arc::new(flow), Arc::new(audio));
+                }
+                info!(dir = %dir.display(), "prompts reloaded; new calls use them");
+            }
+            Ok(Err(e)) => error!("prompts not reloaded, the running ones stay: {e:#}"),
+            Err(e) => error!(error = %e, "prompt reload failed"),
+        }
+    }
+}
+
+/// Sizes and modification times of the prompt files and recordings.
+fn fingerprint(dir: &std::path::Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    let mut out = Vec::new();
+    let audio = dir.join("../audio");
+    for root in [dir.to_path_buf(), audio] {
+        let mut stack = vec![root];
+        while let Some(d) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&d) else { continue };
+            for e in entries.flatten() {
+                let Ok(meta) = e.metadata() else { continue };
+                if meta.is_dir() {
+                    stack.push(e.path());
+                } else {
+                    out.push((e.path(), meta.len(), meta.modified().ok()));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}

@@ -1,0 +1,86 @@
+//! Prompt recordings loaded once, ready to play: a flow's prompts as media clips, with
+//! templated prompts ("You are number {position} in line") spliced from their recorded parts
+//! and number clips at play time.
+
+use crate::config::Flow;
+use crate::media::Clip;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Highest number recorded as a clip; larger values are said as this one.
+const MAX_NUMBER: u64 = 60;
+
+#[derive(Debug, Default)]
+pub struct PromptAudio {
+    whole: HashMap<(String, String), Clip>,
+    /// Parts between placeholders, in order (None where a part is empty).
+    parts: HashMap<(String, String), Vec<Option<Clip>>>,
+    numbers: HashMap<(String, u64), Clip>,
+}
+
+fn stem(path: &Path) -> PathBuf {
+    path.with_extension("")
+}
+
+impl PromptAudio {
+    /// Loads every prompt of every language of `flow`. A flow without audio (the embedded
+    /// one) gives an empty library: prompts are then silent pauses of their spoken length.
+    pub fn load(flow: &Flow) -> anyhow::Result<Self> {
+        let mut lib = PromptAudio::default();
+        for (code, lang) in &flow.languages {
+            let mut templated = false;
+            for (id, prompt) in &lang.prompts {
+                let Some(path) = &prompt.audio else { continue };
+                let clip = Clip::load_wav(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                lib.whole.insert((code.clone(), id.clone()), clip);
+                let placeholders = prompt.text.matches('{').count();
+                if placeholders > 0 {
+                    templated = true;
+                    let parts = (0..=placeholders)
+                        .map(|i| {
+                            let part = PathBuf::from(format!("{}.{i}.wav", stem(path).display()));
+                            part.is_file().then(|| Clip::load_wav(&part).ok()).flatten()
+                        })
+                        .collect();
+                    lib.parts.insert((code.clone(), id.clone()), parts);
+                }
+            }
+            if templated {
+                let Some(dir) = lang.prompts.values().find_map(|p| p.audio.as_ref()).and_then(|p| p.parent()) else {
+                    continue;
+                };
+                for n in 1..=MAX_NUMBER {
+                    if let Ok(clip) = Clip::load_wav(dir.join("numbers").join(format!("{n}.wav"))) {
+                        lib.numbers.insert((code.clone(), n), clip);
+                    }
+                }
+            }
+        }
+        Ok(lib)
+    }
+
+    /// The clips that say `prompt` in `language` with these placeholder values.
+    pub fn clips(&self, language: &str, prompt: &str, text: &str, vars: &[(String, String)]) -> Vec<Clip> {
+        let key = (language.to_string(), prompt.to_string());
+        if let Some(parts) = self.parts.get(&key).filter(|_| !vars.is_empty()) {
+            let mut clips = Vec::new();
+            for (i, part) in parts.iter().enumerate() {
+                clips.extend(part.clone());
+                if let Some((_, value)) = vars.get(i) {
+                    let n = value.parse::<u64>().unwrap_or(MAX_NUMBER).clamp(1, MAX_NUMBER);
+                    clips.extend(self.numbers.get(&(language.to_string(), n)).cloned());
+                }
+            }
+            if !clips.is_empty() {
+                return clips;
+            }
+        }
+        match self.whole.get(&key) {
+            Some(clip) => vec![clip.clone()],
+            // No recording: a pause as long as the text would take to say, so the flow's
+            // timing still holds.
+            None => vec![Clip::silence(Duration::from_millis(350 * text.split_whitespace().count() as u64))],
+        }
+    }
+}
