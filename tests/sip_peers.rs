@@ -404,7 +404,13 @@ async fn outbound_call_we_hang_up_with_bye() {
     let mut sipp = Sipp::start(dir.path(), None, agent_port, &["-sn", "uas", "-m", "1"]);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (call, mut events) = sip
-        .invite(&format!("sip:agent@127.0.0.1:{agent_port}"), SDP, vec![])
+        .invite_with(humanline::sip::OutboundInvite {
+            target_uri: format!("sip:agent@127.0.0.1:{agent_port}"),
+            offer_sdp: SDP.into(),
+            from_user: Some("+4930123456;evil=1".into()),
+            from_display_name: Some("Caller \"Bob\"\\".into()),
+            ..Default::default()
+        })
         .await
         .expect("invite");
     assert!(call.bye().await.is_err(), "BYE before the answer must fail");
@@ -426,6 +432,13 @@ async fn outbound_call_we_hang_up_with_bye() {
     );
     let code = sipp.wait(Duration::from_secs(10)).await;
     assert_eq!(code, 0, "sipp failed\n{}", sipp.report());
+    let msgs = sipp.messages();
+    let from = msgs
+        .lines()
+        .find(|l| l.starts_with("From:"))
+        .expect("From header");
+    assert!(from.contains("<sip:+4930123456evil=1@127.0.0.1:"), "{from}");
+    assert!(from.contains("Caller 'Bob'"), "{from}");
     sip.shutdown();
 }
 

@@ -60,9 +60,27 @@ async fn sip_call_rate() {
     let mut child = Command::new("sipp")
         .arg(sip.local_addr().to_string())
         .args(["-sn", "uac", "-i", "127.0.0.1", "-d", "0", "-nostdin"])
-        .args(["-p", &free_port().to_string(), "-mp", &free_port().to_string()])
-        .args(["-t", &transport, "-r", &rate.to_string(), "-m", &calls.to_string()])
-        .args(["-timeout", "120s", "-timeout_error", "-trace_screen", "-screen_file"])
+        .args([
+            "-p",
+            &free_port().to_string(),
+            "-mp",
+            &free_port().to_string(),
+        ])
+        .args([
+            "-t",
+            &transport,
+            "-r",
+            &rate.to_string(),
+            "-m",
+            &calls.to_string(),
+        ])
+        .args([
+            "-timeout",
+            "120s",
+            "-timeout_error",
+            "-trace_screen",
+            "-screen_file",
+        ])
         .arg(&screen)
         .current_dir(dir.path())
         .stdin(Stdio::null())
@@ -91,7 +109,9 @@ async fn sip_call_rate() {
     let text = std::fs::read_to_string(&screen).unwrap_or_default();
     let summary: Vec<&str> = text
         .lines()
-        .filter(|l| l.contains("Successful call") || l.contains("Failed call") || l.contains("Call Rate"))
+        .filter(|l| {
+            l.contains("Successful call") || l.contains("Failed call") || l.contains("Call Rate")
+        })
         .collect();
     eprintln!(
         "sipp -r {rate} -m {calls} -t {transport}: exit {code} in {elapsed:?}, byes seen {}, {:?}\n{}",

@@ -501,7 +501,10 @@ impl CallBrain {
             audio: p.audio.clone(),
             barge_in: p.barge_in,
             language: lang.code.clone(),
-            vars: vars.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            vars: vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
         };
         self.playing = Some((PlayId(self.next_play), prompt.to_string(), p.barge_in));
         self.next_play += 1;

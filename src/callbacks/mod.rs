@@ -281,3 +281,27 @@ impl<S: LedgerStore> CallbackLedger<S> {
         self.store.list(state)
     }
 }
+
+/// A ledger shared by the server's tasks.
+pub type SharedLedger<S> = std::sync::Arc<std::sync::Mutex<CallbackLedger<S>>>;
+
+/// Runs `f` on the shared ledger off the async runtime: a commit fsyncs, which must not
+/// stall the calls being served.
+pub async fn with_ledger<S, T>(
+    ledger: &SharedLedger<S>,
+    f: impl FnOnce(&mut CallbackLedger<S>) -> Result<T, LedgerError> + Send + 'static,
+) -> Result<T, LedgerError>
+where
+    S: LedgerStore + 'static,
+    T: Send + 'static,
+{
+    let ledger = ledger.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut guard = ledger
+            .lock()
+            .map_err(|_| LedgerError::Storage("ledger lock poisoned by an earlier panic".into()))?;
+        f(&mut guard)
+    })
+    .await
+    .map_err(|e| LedgerError::Storage(format!("ledger task failed: {e}")))?
+}

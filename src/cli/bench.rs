@@ -58,8 +58,12 @@ struct Utterance {
 
 fn load_corpus(dir: &Path, every: usize) -> anyhow::Result<Vec<Utterance>> {
     let manifest = dir.join("manifest.tsv");
-    let text = std::fs::read_to_string(&manifest)
-        .with_context(|| format!("reading {} (make it with scripts/gen-speech-corpus.py)", manifest.display()))?;
+    let text = std::fs::read_to_string(&manifest).with_context(|| {
+        format!(
+            "reading {} (make it with scripts/gen-speech-corpus.py)",
+            manifest.display()
+        )
+    })?;
     let mut out = Vec::new();
     for (i, line) in text.lines().skip(1).enumerate() {
         if i % every.max(1) != 0 {
@@ -67,10 +71,20 @@ fn load_corpus(dir: &Path, every: usize) -> anyhow::Result<Vec<Utterance>> {
         }
         let f: Vec<&str> = line.split('\t').collect();
         let [id, kind, voice, _rate, sentence] = f[..] else {
-            anyhow::bail!("{}:{}: expected 5 tab-separated fields", manifest.display(), i + 2)
+            anyhow::bail!(
+                "{}:{}: expected 5 tab-separated fields",
+                manifest.display(),
+                i + 2
+            )
         };
         let audio = load_wav_mono_16k(dir.join(format!("{id}.wav")))?;
-        out.push(Utterance { id: id.into(), kind: kind.into(), voice: voice.into(), text: sentence.into(), audio });
+        out.push(Utterance {
+            id: id.into(),
+            kind: kind.into(),
+            voice: voice.into(),
+            text: sentence.into(),
+            audio,
+        });
     }
     Ok(out)
 }
@@ -87,7 +101,10 @@ fn setups() -> Vec<Setup> {
         Setup {
             name: "baseline",
             opts: DecodeOptions::full_window(),
-            recognizer: RecognizerConfig { partial_interval_ms: 0, ..RecognizerConfig::default() },
+            recognizer: RecognizerConfig {
+                partial_interval_ms: 0,
+                ..RecognizerConfig::default()
+            },
         },
         Setup {
             name: "humanline",
@@ -100,8 +117,16 @@ fn setups() -> Vec<Setup> {
 /// A caller at the question, hearing nothing else: the brain as a live call has it.
 fn listening_brain(flow: &Arc<Flow>, t0: Instant) -> CallBrain {
     let mut brain = CallBrain::new(flow.clone());
-    let actions = brain.handle(t0, Event::CallStarted { caller_id: Some("+15550100".into()), language: None });
-    if let Some(Action::Play { play, .. }) = actions.iter().find(|a| matches!(a, Action::Play { .. })) {
+    let actions = brain.handle(
+        t0,
+        Event::CallStarted {
+            caller_id: Some("+15550100".into()),
+            language: None,
+        },
+    );
+    if let Some(Action::Play { play, .. }) =
+        actions.iter().find(|a| matches!(a, Action::Play { .. }))
+    {
         brain.handle(t0, Event::PromptFinished { play: *play });
     }
     brain
@@ -117,23 +142,41 @@ struct TurnResult {
 
 /// Runs turns of one call through the brain; the route (reason, ms after the end of the
 /// speech of the turn it happened in) is recorded, and every turn still runs to its final.
-fn run_call(flow: &Arc<Flow>, turns: &[&Utterance], engine: &dyn Transcriber, setup: &Setup) -> anyhow::Result<TurnResult> {
+fn run_call(
+    flow: &Arc<Flow>,
+    turns: &[&Utterance],
+    engine: &dyn Transcriber,
+    setup: &Setup,
+) -> anyhow::Result<TurnResult> {
     let t0 = Instant::now();
     let mut brain = listening_brain(flow, t0);
     let mut result = TurnResult::default();
     let mut turn_start = 0u64;
     for u in turns {
         let end = turn_start + speech_end_ms(&u.audio);
-        let decoding = Decoding::Fast { engine, opts: &setup.opts };
-        let stats = run_turn(&u.audio, 1, setup.recognizer.clone(), decoding, |at, event| {
-            let now = turn_start + at;
-            let actions = brain.handle(t0 + Duration::from_millis(now), event);
-            if let Some(Action::RouteToAgent { reason, .. }) = actions.first() {
-                result.route.get_or_insert((*reason, now as i64 - end as i64));
-            }
-            ControlFlow::Continue(())
-        })?;
-        result.finals.extend(stats.finals.iter().filter(|f| !f.is_empty()).cloned());
+        let decoding = Decoding::Fast {
+            engine,
+            opts: &setup.opts,
+        };
+        let stats = run_turn(
+            &u.audio,
+            1,
+            setup.recognizer.clone(),
+            decoding,
+            |at, event| {
+                let now = turn_start + at;
+                let actions = brain.handle(t0 + Duration::from_millis(now), event);
+                if let Some(Action::RouteToAgent { reason, .. }) = actions.first() {
+                    result
+                        .route
+                        .get_or_insert((*reason, now as i64 - end as i64));
+                }
+                ControlFlow::Continue(())
+            },
+        )?;
+        result
+            .finals
+            .extend(stats.finals.iter().filter(|f| !f.is_empty()).cloned());
         result.final_decode_ms.extend(stats.final_decode_ms);
         result.partial_decode_ms.extend(stats.partial_decode_ms);
         // The next turn starts after this one's audio and a prompt.
@@ -168,7 +211,9 @@ pub fn word_errors(reference: &str, hypothesis: &str) -> (usize, usize) {
     for (i, rw) in r.iter().enumerate() {
         let mut cur = vec![i + 1; h.len() + 1];
         for (j, hw) in h.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(rw != hw)).min(prev[j + 1] + 1).min(cur[j] + 1);
+            cur[j + 1] = (prev[j] + usize::from(rw != hw))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
         }
         prev = cur;
     }
@@ -176,22 +221,40 @@ pub fn word_errors(reference: &str, hypothesis: &str) -> (usize, usize) {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let BenchWhat::Speech { corpus, model, out, every, no_capacity, capacity_secs } = args.what;
+    let BenchWhat::Speech {
+        corpus,
+        model,
+        out,
+        every,
+        no_capacity,
+        capacity_secs,
+    } = args.what;
     let flow = Arc::new(super::load_flow(None)?);
     let corpus = load_corpus(&corpus, every)?;
     let engine = load_engine(&model_path(model.as_deref()))?;
     let escapes: Vec<&Utterance> = corpus.iter().filter(|u| u.kind == "escape").collect();
     let ordinary: Vec<&Utterance> = corpus.iter().filter(|u| u.kind == "ordinary").collect();
-    eprintln!("bench speech: {} escape and {} ordinary utterances, model {}", escapes.len(), ordinary.len(),
-        engine.path().display());
+    eprintln!(
+        "bench speech: {} escape and {} ordinary utterances, model {}",
+        escapes.len(),
+        ordinary.len(),
+        engine.path().display()
+    );
     let mut report = serde_json::Map::new();
-    report.insert("corpus".into(), json!({"escape": escapes.len(), "ordinary": ordinary.len(),
-        "channel": "espeak-ng voices, 300-3400 Hz, mu-law 8 kHz"}));
-    report.insert("machine".into(), json!({"cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)}));
+    report.insert(
+        "corpus".into(),
+        json!({"escape": escapes.len(), "ordinary": ordinary.len(),
+        "channel": "espeak-ng voices, 300-3400 Hz, mu-law 8 kHz"}),
+    );
+    report.insert(
+        "machine".into(),
+        json!({"cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)}),
+    );
     for setup in setups() {
         let started = Instant::now();
         let (mut route_ms, mut final_ms, mut partial_ms) = (vec![], vec![], vec![]);
-        let (mut recalled, mut false_escapes, mut word_err, mut words) = (0usize, 0usize, 0usize, 0usize);
+        let (mut recalled, mut false_escapes, mut word_err, mut words) =
+            (0usize, 0usize, 0usize, 0usize);
         let mut misses = Vec::new();
         for (i, u) in corpus.iter().enumerate() {
             let r = run_call(&flow, &[u], &*engine, &setup)?;
@@ -220,14 +283,21 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         // requests should not.
         let (mut rep_hit, mut rep_pairs, mut rep_false, mut diff_pairs) = (0, 0, 0, 0);
         for (i, a) in ordinary.iter().enumerate() {
-            if let Some(b) = ordinary.iter().find(|b| b.text == a.text && b.voice != a.voice) {
-                if i % 2 == 0 {
+            if let Some(b) = ordinary
+                .iter()
+                .find(|b| b.text == a.text && b.voice != a.voice)
+                && i % 2 == 0
+            {
+                {
                     rep_pairs += 1;
                     let r = run_call(&flow, &[a, b], &*engine, &setup)?;
                     rep_hit += usize::from(matches!(r.route, Some((RouteReason::Repetition, _))));
                 }
             }
-            if let Some(c) = ordinary.get(i + 7).filter(|c| c.text != a.text && i % 4 == 0) {
+            if let Some(c) = ordinary
+                .get(i + 7)
+                .filter(|c| c.text != a.text && i % 4 == 0)
+            {
                 diff_pairs += 1;
                 let r = run_call(&flow, &[a, c], &*engine, &setup)?;
                 rep_false += usize::from(matches!(r.route, Some((RouteReason::Repetition, _))));
@@ -249,7 +319,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         report.insert(setup.name.into(), figures);
     }
     if !no_capacity {
-        report.insert("capacity".into(), capacity(&engine, &flow.escape, &corpus, capacity_secs)?);
+        report.insert(
+            "capacity".into(),
+            capacity(&engine, &flow.escape, &corpus, capacity_secs)?,
+        );
     }
     let report = serde_json::Value::Object(report);
     if let Some(dir) = out.parent() {
@@ -264,12 +337,20 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 /// How many callers speaking at once (each ~30% of the time) the machine serves before the
 /// time to decide on an escape passes 300 ms at p95. Each caller is a real-time stream of
 /// silence and corpus utterances; all share one decoder pool.
-fn capacity(engine: &Arc<crate::speech::WhisperEngine>, escape: &EscapeDetector, corpus: &[Utterance], secs: u64)
-    -> anyhow::Result<serde_json::Value> {
+fn capacity(
+    engine: &Arc<crate::speech::WhisperEngine>,
+    escape: &EscapeDetector,
+    corpus: &[Utterance],
+    secs: u64,
+) -> anyhow::Result<serde_json::Value> {
     let mut runs = Vec::new();
     let mut best = 0;
     for callers in [1usize, 2, 3, 4, 6, 8, 12] {
-        let cfg = PoolConfig { workers: 2, decode: DecodeOptions::default().with_escape_prompt(), ..PoolConfig::default() };
+        let cfg = PoolConfig {
+            workers: 2,
+            decode: DecodeOptions::default().with_escape_prompt(),
+            ..PoolConfig::default()
+        };
         let pool = Arc::new(DecoderPool::new(engine.clone(), cfg)?);
         let mut handles = Vec::new();
         for c in 0..callers {
@@ -284,16 +365,23 @@ fn capacity(engine: &Arc<crate::speech::WhisperEngine>, escape: &EscapeDetector,
                 k += 3;
                 let offset = stream.len();
                 stream.extend_from_slice(&u.audio);
-                ends.push((offset as u64 * 1000 / 16_000, offset as u64 * 1000 / 16_000 + speech_end_ms(&u.audio),
-                    u.kind == "escape"));
+                ends.push((
+                    offset as u64 * 1000 / 16_000,
+                    offset as u64 * 1000 / 16_000 + speech_end_ms(&u.audio),
+                    u.kind == "escape",
+                ));
                 stream.extend(std::iter::repeat_n(0.0f32, u.audio.len() * 2));
             }
-            handles.push(std::thread::spawn(move || stream_caller(c as u64, &stream, &ends, &pool, &escape)));
+            handles.push(std::thread::spawn(move || {
+                stream_caller(c as u64, &stream, &ends, &pool, &escape)
+            }));
         }
         let mut lat = Vec::new();
         let mut missed = 0;
         for h in handles {
-            let (l, m) = h.join().map_err(|_| anyhow::anyhow!("caller thread panicked"))??;
+            let (l, m) = h
+                .join()
+                .map_err(|_| anyhow::anyhow!("caller thread panicked"))??;
             lat.extend(l);
             missed += m;
         }
@@ -313,8 +401,13 @@ fn capacity(engine: &Arc<crate::speech::WhisperEngine>, escape: &EscapeDetector,
 
 /// One real-time caller: returns, for each escape utterance, the decision time after its
 /// speech end (ms), and how many were never decided.
-fn stream_caller(id: u64, audio: &[f32], utterances: &[(u64, u64, bool)], pool: &DecoderPool, escape: &EscapeDetector)
-    -> anyhow::Result<(Vec<f64>, usize)> {
+fn stream_caller(
+    id: u64,
+    audio: &[f32],
+    utterances: &[(u64, u64, bool)],
+    pool: &DecoderPool,
+    escape: &EscapeDetector,
+) -> anyhow::Result<(Vec<f64>, usize)> {
     let mut rec = StreamingRecognizer::new(id, RecognizerConfig::default())?;
     let (tx, rx) = std::sync::mpsc::channel::<DecodeResult>();
     let start = Instant::now();
@@ -322,7 +415,9 @@ fn stream_caller(id: u64, audio: &[f32], utterances: &[(u64, u64, bool)], pool: 
     let mut lat = Vec::new();
     for (step, frame) in audio.chunks(320).enumerate() {
         let t = step as u64 * 20;
-        if let Some(wait) = (start + Duration::from_millis(t)).checked_duration_since(Instant::now()) {
+        if let Some(wait) =
+            (start + Duration::from_millis(t)).checked_duration_since(Instant::now())
+        {
             std::thread::sleep(wait);
         }
         rec.push_audio(frame);
@@ -338,7 +433,9 @@ fn stream_caller(id: u64, audio: &[f32], utterances: &[(u64, u64, bool)], pool: 
                     });
                     continue;
                 }
-                RecognizerOutput::Partial { text, .. } | RecognizerOutput::Final { text, .. } => text,
+                RecognizerOutput::Partial { text, .. } | RecognizerOutput::Final { text, .. } => {
+                    text
+                }
                 _ => continue,
             };
             let now = start.elapsed().as_millis() as u64;
@@ -354,6 +451,10 @@ fn stream_caller(id: u64, audio: &[f32], utterances: &[(u64, u64, bool)], pool: 
             }
         }
     }
-    let missed = utterances.iter().zip(&decided).filter(|((_, end, esc), d)| *esc && !**d && *end + 2000 < audio.len() as u64 / 16).count();
+    let missed = utterances
+        .iter()
+        .zip(&decided)
+        .filter(|((_, end, esc), d)| *esc && !**d && *end + 2000 < audio.len() as u64 / 16)
+        .count();
     Ok((lat, missed))
 }

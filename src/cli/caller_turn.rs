@@ -10,8 +10,8 @@
 
 use crate::brain::Event;
 use crate::speech::{
-    DecodeKind, DecodeOptions, DecodeResult, DecoderPool, JobId, RecognizerConfig, RecognizerOutput, SpeechError,
-    StreamingRecognizer, Transcriber,
+    DecodeKind, DecodeOptions, DecodeResult, DecoderPool, JobId, RecognizerConfig,
+    RecognizerOutput, SpeechError, StreamingRecognizer, Transcriber,
 };
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -26,8 +26,13 @@ const TRAILING_SILENCE_MS: u64 = 2_000;
 const MAX_WAIT_AFTER_AUDIO: Duration = Duration::from_secs(20);
 
 pub enum Decoding<'a> {
-    Fast { engine: &'a dyn Transcriber, opts: &'a DecodeOptions },
-    Paced { pool: &'a DecoderPool },
+    Fast {
+        engine: &'a dyn Transcriber,
+        opts: &'a DecodeOptions,
+    },
+    Paced {
+        pool: &'a DecoderPool,
+    },
 }
 
 /// What a turn measured.
@@ -46,14 +51,18 @@ pub struct TurnStats {
 /// The end of speech in a recording: the end of the last 20 ms frame whose level is within
 /// 35 dB of the loudest frame. Robust to the recording's own silence padding.
 pub fn speech_end_ms(audio: &[f32]) -> u64 {
-    let rms: Vec<f32> =
-        audio.chunks(FRAME).map(|f| (f.iter().map(|s| s * s).sum::<f32>() / f.len() as f32).sqrt()).collect();
+    let rms: Vec<f32> = audio
+        .chunks(FRAME)
+        .map(|f| (f.iter().map(|s| s * s).sum::<f32>() / f.len() as f32).sqrt())
+        .collect();
     let peak = rms.iter().copied().fold(0.0f32, f32::max);
     if peak <= 1e-6 {
         return 0;
     }
     let floor = peak * 10f32.powf(-35.0 / 20.0);
-    rms.iter().rposition(|r| *r >= floor).map_or(0, |i| (i as u64 + 1) * FRAME_MS)
+    rms.iter()
+        .rposition(|r| *r >= floor)
+        .map_or(0, |i| (i as u64 + 1) * FRAME_MS)
 }
 
 /// Runs one turn. `emit(at_ms, event)` receives each brain event at its time from the start of
@@ -118,7 +127,13 @@ pub fn run_turn(
                             let start = t.max(busy_until);
                             busy_until = start + decode_ms;
                             let audio_ms = job.audio_ms();
-                            let result = DecodeResult { job: job.id, outcome, decode_ms, audio_ms, queue_ms: start - t };
+                            let result = DecodeResult {
+                                job: job.id,
+                                outcome,
+                                decode_ms,
+                                audio_ms,
+                                queue_ms: start - t,
+                            };
                             arriving.push((busy_until, result));
                         }
                         Decoding::Paced { pool } => {
@@ -149,7 +164,11 @@ pub fn run_turn(
                     stats.finals.push(text.clone());
                     Event::FinalTranscript { text }
                 }
-                RecognizerOutput::DecodeFailed { kind: DecodeKind::Final, error, .. } => {
+                RecognizerOutput::DecodeFailed {
+                    kind: DecodeKind::Final,
+                    error,
+                    ..
+                } => {
                     tracing::warn!(%error, "final decode failed");
                     Event::SpeechEngineDegraded
                 }
@@ -176,7 +195,12 @@ pub fn run_turn(
 pub fn load_engine(model: &std::path::Path) -> anyhow::Result<Arc<crate::speech::WhisperEngine>> {
     use anyhow::Context;
     let engine = crate::speech::WhisperEngine::load(model, crate::speech::EngineOptions::default())
-        .with_context(|| format!("loading the speech model {} (scripts/setup.sh fetches it)", model.display()))?;
+        .with_context(|| {
+            format!(
+                "loading the speech model {} (scripts/setup.sh fetches it)",
+                model.display()
+            )
+        })?;
     Ok(engine)
 }
 

@@ -2,8 +2,8 @@
 
 mod bench;
 mod callbacks;
-mod serve;
 mod caller_turn;
+mod serve;
 mod simulate;
 
 use crate::config::{ConfigError, Flow};
@@ -68,9 +68,14 @@ pub fn main() -> ExitCode {
         Command::Simulate(args) => report("simulate", simulate::run(args)),
         Command::Serve(args) => report("serve", serve::run(args)),
         Command::Callbacks(args) => report("callbacks", callbacks::run(args)),
-        Command::Transcribe { model, full_window, files } => {
-            report("transcribe", transcribe(model.as_deref(), full_window, &files))
-        }
+        Command::Transcribe {
+            model,
+            full_window,
+            files,
+        } => report(
+            "transcribe",
+            transcribe(model.as_deref(), full_window, &files),
+        ),
         Command::Bench(args) => report("bench", bench::run(args)),
         Command::ConvertModel { ct2_dir, out } => {
             report("convert-model", convert_model(&ct2_dir, &out))
@@ -158,10 +163,18 @@ fn convert_model(ct2_dir: &std::path::Path, out: &std::path::Path) -> anyhow::Re
     Ok(())
 }
 
-fn transcribe(model: Option<&std::path::Path>, full_window: bool, files: &[PathBuf]) -> anyhow::Result<()> {
+fn transcribe(
+    model: Option<&std::path::Path>,
+    full_window: bool,
+    files: &[PathBuf],
+) -> anyhow::Result<()> {
     use crate::speech::DecodeOptions;
     let engine = caller_turn::load_engine(&caller_turn::model_path(model))?;
-    let opts = if full_window { DecodeOptions::full_window() } else { DecodeOptions::default() };
+    let opts = if full_window {
+        DecodeOptions::full_window()
+    } else {
+        DecodeOptions::default()
+    };
     let mut failed = 0;
     for file in files {
         // One bad file is reported and the rest still transcribed.
@@ -177,6 +190,10 @@ fn transcribe(model: Option<&std::path::Path>, full_window: bool, files: &[PathB
             }
         }
     }
-    anyhow::ensure!(failed == 0, "{failed} of {} file(s) could not be transcribed", files.len());
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} of {} file(s) could not be transcribed",
+        files.len()
+    );
     Ok(())
 }

@@ -46,19 +46,37 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let mut agents = file.agents.clone();
     agents.extend(args.agents.iter().cloned());
-    let rtp = args.rtp_ports.or(file.rtp_ports).unwrap_or_else(|| "20000-20999".into());
+    let rtp = args
+        .rtp_ports
+        .or(file.rtp_ports)
+        .unwrap_or_else(|| "20000-20999".into());
     let opts = ServeOptions {
-        sip_listen: args.sip_listen.or(file.sip_listen).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 5060))),
+        sip_listen: args
+            .sip_listen
+            .or(file.sip_listen)
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 5060))),
         rtp_ports: settings_port_range(&rtp)?,
-        http_listen: args.http_listen.or(file.http_listen).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080))),
-        prompts: args.prompts.or(file.prompts).unwrap_or_else(|| "prompts".into()),
-        data_dir: args.data_dir.or(file.data_dir).unwrap_or_else(|| "data".into()),
+        http_listen: args
+            .http_listen
+            .or(file.http_listen)
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080))),
+        prompts: args
+            .prompts
+            .or(file.prompts)
+            .unwrap_or_else(|| "prompts".into()),
+        data_dir: args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| "data".into()),
         model: super::caller_turn::model_path(args.model.or(file.model).as_deref()),
         decoders: args.decoders.or(file.decoders).unwrap_or(1).max(1),
         agents,
         trunk: args.trunk.or(file.trunk),
         utc_offset_min: file.utc_offset_min.unwrap_or(0),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     runtime.block_on(crate::server::serve(opts))
 }

@@ -7,12 +7,14 @@
 
 use super::caller_turn::{Decoding, load_engine, model_path, run_turn, speech_end_ms};
 use crate::brain::{Action, CallBrain, Event, Phase, PlayId, RouteReason};
-use crate::speech::{DecodeOptions, DecoderPool, PoolConfig, RecognizerConfig, WhisperEngine, load_wav_mono_16k};
-use std::ops::ControlFlow;
+use crate::speech::{
+    DecodeOptions, DecoderPool, PoolConfig, RecognizerConfig, WhisperEngine, load_wav_mono_16k,
+};
 use anyhow::Context;
 use serde_json::{Value, json};
 use std::collections::VecDeque;
 use std::io::Write;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -102,10 +104,18 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         let pool = if args.fast {
             None
         } else {
-            let cfg = PoolConfig { decode: opts.clone(), ..PoolConfig::default() };
+            let cfg = PoolConfig {
+                decode: opts.clone(),
+                ..PoolConfig::default()
+            };
             Some(DecoderPool::new(engine.clone(), cfg)?)
         };
-        Some(Speech { engine, pool, opts, config: RecognizerConfig::default() })
+        Some(Speech {
+            engine,
+            pool,
+            opts,
+            config: RecognizerConfig::default(),
+        })
     };
     let mut sim = Sim {
         brain: CallBrain::new(flow),
@@ -233,31 +243,46 @@ impl<W: Write> Sim<W> {
     /// The caller says what is in a recording, heard through the speech engine.
     fn caller_plays(&mut self, path: &std::path::Path) -> anyhow::Result<()> {
         let audio = load_wav_mono_16k(path)?;
-        let Some(speech) = self.speech.take() else { anyhow::bail!("no speech engine loaded") };
+        let Some(speech) = self.speech.take() else {
+            anyhow::bail!("no speech engine loaded")
+        };
         let start = self.now;
         let end = speech_end_ms(&audio);
         self.speech_end = Some(start + Duration::from_millis(end));
-        self.emit(json!({"event": "caller_plays", "file": path.display().to_string(), "speech_ms": end}))?;
+        self.emit(
+            json!({"event": "caller_plays", "file": path.display().to_string(), "speech_ms": end}),
+        )?;
         let decoding = match &speech.pool {
             Some(pool) => Decoding::Paced { pool },
-            None => Decoding::Fast { engine: &*speech.engine, opts: &speech.opts },
+            None => Decoding::Fast {
+                engine: &*speech.engine,
+                opts: &speech.opts,
+            },
         };
         let mut failure = None;
         let stats = run_turn(&audio, 1, speech.config.clone(), decoding, |at, event| {
             self.now = start + Duration::from_millis(at);
             let label = match &event {
-                Event::PartialTranscript { text } => Some(json!({"event": "partial", "text": text})),
+                Event::PartialTranscript { text } => {
+                    Some(json!({"event": "partial", "text": text}))
+                }
                 Event::FinalTranscript { text } => Some(json!({"event": "final", "text": text})),
                 Event::SpeechStarted => Some(json!({"event": "speech_started"})),
                 Event::SpeechEnded => Some(json!({"event": "speech_ended"})),
                 _ => None,
             };
-            let result = label.map_or(Ok(()), |l| self.emit(l)).and_then(|_| self.feed(event));
+            let result = label
+                .map_or(Ok(()), |l| self.emit(l))
+                .and_then(|_| self.feed(event));
             if let Err(e) = result {
                 failure = Some(e);
                 return ControlFlow::Break(());
             }
-            if self.brain.phase() == Phase::Ivr { ControlFlow::Continue(()) } else { ControlFlow::Break(()) }
+            if self.brain.phase() == Phase::Ivr {
+                ControlFlow::Continue(())
+            } else {
+                ControlFlow::Break(())
+            }
         });
         self.speech = Some(speech);
         if let Some(e) = failure {

@@ -9,12 +9,18 @@ use super::Shared;
 use super::queue::{QueueMsg, ToCall};
 use crate::agents::AgentFailure;
 use crate::brain::{Action, CallBrain, CallbackRequest, CallbackWhen, Event, PlayId, RouteReason};
-use crate::callbacks::{NewPromise, resolve_when};
-use crate::media::{self, LocalMedia, MediaEvent, MediaHandle, PlaybackId, SessionConfig, StreamIds, sdp};
-use crate::sip::{
-    FailReason, InboundEvent, IncomingCall, OutboundCall, OutboundEvent, OutboundEvents, OutboundInvite, RejectStatus,
+use crate::callbacks::{NewPromise, resolve_when, with_ledger};
+use crate::media::{
+    self, LocalMedia, MediaEvent, MediaHandle, PlaybackId, SessionConfig, StreamIds, sdp,
 };
-use crate::speech::{DecodeKind, DecodeResult, RecognizerConfig, RecognizerOutput, StreamResampler, StreamingRecognizer};
+use crate::sip::{
+    FailReason, InboundEvent, IncomingCall, OutboundCall, OutboundEvent, OutboundEvents,
+    OutboundInvite, RejectStatus,
+};
+use crate::speech::{
+    DecodeKind, DecodeResult, RecognizerConfig, RecognizerOutput, StreamResampler,
+    StreamingRecognizer,
+};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -28,7 +34,9 @@ const FINAL_DEADLINE: Duration = Duration::from_secs(3);
 const AGENT_RING_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub async fn run(shared: Arc<Shared>, incoming: IncomingCall) {
-    let id = shared.next_call.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let id = shared
+        .next_call
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let caller = incoming.from.caller_id().to_string();
     let span = info_span!("call", call = id, sip = %incoming.call_id, caller = %caller);
     async move {
@@ -73,7 +81,14 @@ struct Call {
 }
 
 async fn run_inner(shared: &Arc<Shared>, id: u64, incoming: IncomingCall) -> anyhow::Result<()> {
-    let IncomingCall { call_id, from, offer_sdp, call: inbound, mut events, .. } = incoming;
+    let IncomingCall {
+        call_id,
+        from,
+        offer_sdp,
+        call: inbound,
+        mut events,
+        ..
+    } = incoming;
     let socket = match media::bind_rtp_socket(shared.media_ip, shared.rtp_ports).await {
         Ok(s) => s,
         Err(e) => {
@@ -93,7 +108,10 @@ async fn run_inner(shared: &Arc<Shared>, id: u64, incoming: IncomingCall) -> any
         }
     };
     inbound.answer(&answer.sdp)?;
-    let (media, mut media_events) = media::spawn(socket, SessionConfig::new(&answer.remote, StreamIds::random()))?;
+    let (media, mut media_events) = media::spawn(
+        socket,
+        SessionConfig::new(&answer.remote, StreamIds::random()),
+    )?;
     info!(rtp = %media.local_addr(), codec = ?answer.remote.codec, "answered");
 
     let flow = shared.flow();
@@ -121,7 +139,11 @@ async fn run_inner(shared: &Arc<Shared>, id: u64, incoming: IncomingCall) -> any
         call_start: Instant::now(),
     };
     let caller_id = Some(call.caller_id.clone()).filter(|c| !c.is_empty());
-    call.feed(Event::CallStarted { caller_id, language: None }).await;
+    call.feed(Event::CallStarted {
+        caller_id,
+        language: None,
+    })
+    .await;
     if shared.speech.is_none() {
         // Without speech recognition only a person can help: say so by routing now.
         call.feed(Event::SpeechEngineDegraded).await;
@@ -166,7 +188,9 @@ async fn run_inner(shared: &Arc<Shared>, id: u64, incoming: IncomingCall) -> any
 }
 
 async fn next_agent_event(agent: &mut Option<AgentLeg>) -> AgentEvent {
-    let Some(leg) = agent else { return std::future::pending().await };
+    let Some(leg) = agent else {
+        return std::future::pending().await;
+    };
     if let Some((_, rx)) = &mut leg.media {
         tokio::select! {
             ev = leg.events.recv() => AgentEvent::Sip(ev),
@@ -190,23 +214,40 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 fn local_media(shared: &Shared, socket: &tokio::net::UdpSocket) -> anyhow::Result<LocalMedia> {
-    let session_id = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    Ok(LocalMedia { ip: shared.media_ip, port: socket.local_addr()?.port(), session_id, session_version: session_id })
+    let session_id = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    Ok(LocalMedia {
+        ip: shared.media_ip,
+        port: socket.local_addr()?.port(),
+        session_id,
+        session_version: session_id,
+    })
 }
 
 fn unix_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 impl Call {
     fn next_deadline(&self) -> Option<Instant> {
         let brain = self.brain.next_timeout().map(|(_, at)| at);
-        [brain, self.awaiting_final.map(|t| t + FINAL_DEADLINE)].into_iter().flatten().min()
+        [brain, self.awaiting_final.map(|t| t + FINAL_DEADLINE)]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     async fn on_deadline(&mut self) {
         let now = Instant::now();
-        if self.awaiting_final.is_some_and(|t| t + FINAL_DEADLINE <= now) {
+        if self
+            .awaiting_final
+            .is_some_and(|t| t + FINAL_DEADLINE <= now)
+        {
             self.awaiting_final = None;
             warn!("no final transcript in time: recognition is behind");
             self.feed(Event::SpeechEngineDegraded).await;
@@ -230,8 +271,18 @@ impl Call {
 
     async fn act(&mut self, action: Action) {
         match action {
-            Action::Play { play, prompt, language, text, vars, .. } => {
-                let clips = self.shared.prompt_audio().clips(&language, &prompt, &text, &vars);
+            Action::Play {
+                play,
+                prompt,
+                language,
+                text,
+                vars,
+                ..
+            } => {
+                let clips = self
+                    .shared
+                    .prompt_audio()
+                    .clips(&language, &prompt, &text, &vars);
                 let id: PlaybackId = self.next_playback;
                 self.next_playback += 1;
                 self.plays.insert(id, play);
@@ -241,18 +292,32 @@ impl Call {
             Action::StopPlayback => {
                 let _ = self.media.stop_playout().await;
             }
-            Action::Listen | Action::OfferCallback | Action::SetTimer { .. } | Action::CancelTimer { .. } => {}
+            Action::Listen
+            | Action::OfferCallback
+            | Action::SetTimer { .. }
+            | Action::CancelTimer { .. } => {}
             Action::SetLanguage { code } => info!(%code, "language"),
             Action::RouteToAgent { reason, context } => {
-                let after = self.speech_end.map(|end| Instant::now().saturating_duration_since(end));
+                let after = self
+                    .speech_end
+                    .map(|end| Instant::now().saturating_duration_since(end));
                 info!(reason = reason.as_str(), said = ?context.said, after_speech_end_ms = after.map(|d| d.as_millis() as u64), "route to a person");
                 self.shared.metrics.route(reason.as_str());
-                if matches!(reason, RouteReason::Keyword | RouteReason::Repetition | RouteReason::NoMatch) {
-                    self.shared.metrics.time_to_route.observe(after.map_or(0.0, |d| d.as_secs_f64()));
+                if matches!(
+                    reason,
+                    RouteReason::Keyword | RouteReason::Repetition | RouteReason::NoMatch
+                ) {
+                    self.shared
+                        .metrics
+                        .time_to_route
+                        .observe(after.map_or(0.0, |d| d.as_secs_f64()));
                 }
                 if !self.queued {
                     self.queued = true;
-                    let _ = self.shared.queue.send(QueueMsg::Enqueue { call: self.id, to_call: self.queue_tx.clone() });
+                    let _ = self.shared.queue.send(QueueMsg::Enqueue {
+                        call: self.id,
+                        to_call: self.queue_tx.clone(),
+                    });
                 }
             }
             Action::StoreCallback(req) => self.store_callback(*req),
@@ -263,13 +328,17 @@ impl Call {
     /// `CallbackStored` only once it is on disk.
     fn store_callback(&mut self, req: CallbackRequest) {
         let Some(number) = req.number.clone() else {
-            let _ = self.callback_tx.send(Event::CallbackStoreFailed { error: "no number to call".into() });
+            let _ = self.callback_tx.send(Event::CallbackStoreFailed {
+                error: "no number to call".into(),
+            });
             return;
         };
         let now = unix_ms();
         let not_before = match &req.when {
             CallbackWhen::Asap => now,
-            CallbackWhen::Requested(said) => resolve_when(said, now, self.shared.utc_offset_min).unwrap_or(now),
+            CallbackWhen::Requested(said) => {
+                resolve_when(said, now, self.shared.utc_offset_min).unwrap_or(now)
+            }
         };
         let promise = NewPromise {
             number,
@@ -282,31 +351,37 @@ impl Call {
         let ledger = self.shared.ledger.clone();
         let tx = self.callback_tx.clone();
         let metrics = self.shared.metrics.clone();
-        tokio::task::spawn_blocking(move || {
-            let result = ledger
-                .lock()
-                .map_err(|_| "ledger lock poisoned".to_string())
-                .and_then(|mut l| l.promise(&promise, now).map_err(|e| e.to_string()));
-            let event = match result {
+        tokio::spawn(async move {
+            let event = match with_ledger(&ledger, move |l| l.promise(&promise, now)).await {
                 Ok(p) => {
                     metrics.callbacks_promised.inc();
                     info!(id = p.id, "callback promised");
-                    Event::CallbackStored { id: p.id.to_string() }
+                    Event::CallbackStored {
+                        id: p.id.to_string(),
+                    }
                 }
-                Err(error) => {
-                    warn!(%error, "callback not stored");
-                    Event::CallbackStoreFailed { error }
+                Err(e) => {
+                    warn!(error = %e, "callback not stored");
+                    Event::CallbackStoreFailed {
+                        error: e.to_string(),
+                    }
                 }
             };
             let _ = tx.send(event);
         });
     }
 
-    async fn drain_recognizer(&mut self, rec: &mut StreamingRecognizer, decode_tx: &mpsc::UnboundedSender<DecodeResult>) {
+    async fn drain_recognizer(
+        &mut self,
+        rec: &mut StreamingRecognizer,
+        decode_tx: &mpsc::UnboundedSender<DecodeResult>,
+    ) {
         while let Some(out) = rec.poll_output() {
             let event = match out {
                 RecognizerOutput::Decode(job) => {
-                    let Some(pool) = &self.shared.speech else { continue };
+                    let Some(pool) = &self.shared.speech else {
+                        continue;
+                    };
                     let tx = decode_tx.clone();
                     if let Err(e) = pool.submit(job, move |r| {
                         let _ = tx.send(r);
@@ -328,7 +403,11 @@ impl Call {
                     info!(%text, "heard");
                     Event::FinalTranscript { text }
                 }
-                RecognizerOutput::DecodeFailed { kind: DecodeKind::Final, error, .. } => {
+                RecognizerOutput::DecodeFailed {
+                    kind: DecodeKind::Final,
+                    error,
+                    ..
+                } => {
                     self.awaiting_final = None;
                     warn!(%error, "final decode failed");
                     Event::SpeechEngineDegraded
@@ -364,7 +443,9 @@ impl Call {
                     }
                 }
             }
-            InboundEvent::Info { dtmf: Some(d), .. } => self.feed(Event::Dtmf { digit: d.digit }).await,
+            InboundEvent::Info { dtmf: Some(d), .. } => {
+                self.feed(Event::Dtmf { digit: d.digit }).await
+            }
             InboundEvent::Info { .. } => {}
         }
     }
@@ -383,14 +464,23 @@ impl Call {
                 warn!("caller's media stopped");
                 self.feed(Event::CallerMediaLost).await;
             }
-            MediaEvent::Audio(_) | MediaEvent::MediaResumed | MediaEvent::RemoteAddressChanged(_) => {}
+            MediaEvent::Audio(_)
+            | MediaEvent::MediaResumed
+            | MediaEvent::RemoteAddressChanged(_) => {}
         }
     }
 
     async fn on_queue(&mut self, msg: ToCall) {
         match msg {
-            ToCall::Status { position, estimated_wait } => {
-                self.feed(Event::QueueStatus { position, estimated_wait }).await
+            ToCall::Status {
+                position,
+                estimated_wait,
+            } => {
+                self.feed(Event::QueueStatus {
+                    position,
+                    estimated_wait,
+                })
+                .await
             }
             ToCall::NoneAvailable => self.feed(Event::NoAgentAvailable).await,
             ToCall::Ring { agent } => {
@@ -415,7 +505,14 @@ impl Call {
         let said = context.said.join(" | ");
         let mut headers = vec![
             ("X-Humanline-Reason".to_string(), self.route_reason()),
-            ("X-Humanline-Transcript".to_string(), if said.is_empty() { "(nothing said)".into() } else { said }),
+            (
+                "X-Humanline-Transcript".to_string(),
+                if said.is_empty() {
+                    "(nothing said)".into()
+                } else {
+                    said
+                },
+            ),
             ("X-Humanline-Language".to_string(), context.language.clone()),
         ];
         if !context.topics.is_empty() {
@@ -431,17 +528,32 @@ impl Call {
         };
         let (call, events) = self.shared.sip.invite_with(invite).await?;
         info!(%agent, "ringing agent");
-        self.agent = Some(AgentLeg { agent: agent.to_string(), call, events, media: None, local, socket: Some(socket) });
-        self.feed(Event::AgentOffered { agent: agent.to_string() }).await;
+        self.agent = Some(AgentLeg {
+            agent: agent.to_string(),
+            call,
+            events,
+            media: None,
+            local,
+            socket: Some(socket),
+        });
+        self.feed(Event::AgentOffered {
+            agent: agent.to_string(),
+        })
+        .await;
         Ok(())
     }
 
     fn route_reason(&self) -> String {
-        self.brain.route_reason().map_or("assistance", RouteReason::as_str).to_string()
+        self.brain
+            .route_reason()
+            .map_or("assistance", RouteReason::as_str)
+            .to_string()
     }
 
     async fn on_agent(&mut self, ev: AgentEvent) {
-        let Some(leg) = self.agent.as_mut() else { return };
+        let Some(leg) = self.agent.as_mut() else {
+            return;
+        };
         let agent = leg.agent.clone();
         match ev {
             AgentEvent::Sip(Some(OutboundEvent::Answered { answer_sdp })) => {
@@ -453,7 +565,9 @@ impl Call {
                         return self.agent_failed(AgentFailure::Unreachable).await;
                     }
                 };
-                let Some(socket) = leg.socket.take() else { return };
+                let Some(socket) = leg.socket.take() else {
+                    return;
+                };
                 match media::spawn(socket, SessionConfig::new(&remote, StreamIds::random())) {
                     Ok((handle, rx)) => {
                         if let Err(e) = media::bridge(&self.media, &handle).await {
@@ -461,7 +575,10 @@ impl Call {
                         }
                         leg.media = Some((handle, rx));
                         info!(%agent, "agent answered; bridged");
-                        let _ = self.shared.queue.send(QueueMsg::AgentAnswered { agent: agent.clone(), call: self.id });
+                        let _ = self.shared.queue.send(QueueMsg::AgentAnswered {
+                            agent: agent.clone(),
+                            call: self.id,
+                        });
                         self.queued = false;
                         self.feed(Event::AgentAnswered { agent }).await;
                     }
@@ -476,7 +593,9 @@ impl Call {
                 info!(%agent, ?reason, ?status, "agent did not take the call");
                 let why = match reason {
                     FailReason::Busy => AgentFailure::Busy,
-                    FailReason::Declined | FailReason::Rejected | FailReason::Cancelled => AgentFailure::Declined,
+                    FailReason::Declined | FailReason::Rejected | FailReason::Cancelled => {
+                        AgentFailure::Declined
+                    }
                     FailReason::NoAnswer => AgentFailure::NoAnswer,
                     FailReason::Unreachable => AgentFailure::Unreachable,
                 };
@@ -494,7 +613,7 @@ impl Call {
                 }
             }
             AgentEvent::Sip(Some(OutboundEvent::ReInvite { sdp: offer, reply })) => {
-                let local = leg.local.clone();
+                let local = leg.local;
                 match sdp::answer(&offer, &local) {
                     Ok(answer) => {
                         if let Some((h, _)) = &leg.media {
@@ -519,7 +638,11 @@ impl Call {
 
     async fn agent_failed(&mut self, why: AgentFailure) {
         let Some(leg) = self.agent.take() else { return };
-        let _ = self.shared.queue.send(QueueMsg::AgentFailed { agent: leg.agent.clone(), call: self.id, why });
+        let _ = self.shared.queue.send(QueueMsg::AgentFailed {
+            agent: leg.agent.clone(),
+            call: self.id,
+            why,
+        });
         self.feed(Event::AgentDeclined { agent: leg.agent }).await;
     }
 
@@ -541,7 +664,9 @@ impl Call {
         if let Some(leg) = self.agent.take() {
             let _ = leg.call.hangup().await;
             if leg.media.is_some() {
-                let _ = self.shared.queue.send(QueueMsg::AgentFinished { agent: leg.agent.clone() });
+                let _ = self.shared.queue.send(QueueMsg::AgentFinished {
+                    agent: leg.agent.clone(),
+                });
             } else {
                 let _ = self.shared.queue.send(QueueMsg::AgentFailed {
                     agent: leg.agent.clone(),
@@ -554,6 +679,10 @@ impl Call {
             }
         }
         let stats = self.media.close().await;
-        info!(secs = self.call_start.elapsed().as_secs(), ?stats, "call over");
+        info!(
+            secs = self.call_start.elapsed().as_secs(),
+            ?stats,
+            "call over"
+        );
     }
 }

@@ -4,6 +4,7 @@
 //! invalid change is reported and the running prompts stay.
 
 mod call;
+mod dialer;
 mod prompt_audio;
 mod queue;
 mod settings;
@@ -38,16 +39,23 @@ pub struct Shared {
     pub(crate) metrics: Metrics,
     pub(crate) next_call: AtomicU64,
     pub(crate) utc_offset_min: i64,
+    pub(crate) agent_count: usize,
 }
 
 impl Shared {
     /// The flow in force now: a call takes it at its start and keeps it.
     pub fn flow(&self) -> Arc<Flow> {
-        self.flow.read().map(|g| g.0.clone()).unwrap_or_else(|p| p.into_inner().0.clone())
+        self.flow
+            .read()
+            .map(|g| g.0.clone())
+            .unwrap_or_else(|p| p.into_inner().0.clone())
     }
 
     pub fn prompt_audio(&self) -> Arc<PromptAudio> {
-        self.flow.read().map(|g| g.1.clone()).unwrap_or_else(|p| p.into_inner().1.clone())
+        self.flow
+            .read()
+            .map(|g| g.1.clone())
+            .unwrap_or_else(|p| p.into_inner().1.clone())
     }
 }
 
@@ -56,24 +64,34 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let ready = Arc::new(AtomicBool::new(false));
 
-    let flow = Flow::load_dir(&opts.prompts).with_context(|| format!("loading prompts from {}", opts.prompts.display()))?;
+    let flow = Flow::load_dir(&opts.prompts)
+        .with_context(|| format!("loading prompts from {}", opts.prompts.display()))?;
     let audio = PromptAudio::load(&flow)?;
     info!(languages = flow.languages.len(), "prompts loaded");
 
-    std::fs::create_dir_all(&opts.data_dir).with_context(|| format!("creating {}", opts.data_dir.display()))?;
+    std::fs::create_dir_all(&opts.data_dir)
+        .with_context(|| format!("creating {}", opts.data_dir.display()))?;
     let ledger_path = opts.data_dir.join("callbacks.db");
-    let store = SqliteStore::open(&ledger_path).with_context(|| format!("opening {}", ledger_path.display()))?;
+    let store = SqliteStore::open(&ledger_path)
+        .with_context(|| format!("opening {}", ledger_path.display()))?;
     let mut ledger = CallbackLedger::new(store, RetryPolicy::default());
     let recovered = ledger.recover(unix_ms())?;
     if recovered > 0 {
-        warn!(recovered, "callbacks interrupted by the last stop are due again");
+        warn!(
+            recovered,
+            "callbacks interrupted by the last stop are due again"
+        );
     }
     let ledger: SharedLedger = Arc::new(Mutex::new(ledger));
 
     let http = tokio::net::TcpListener::bind(opts.http_listen)
         .await
         .with_context(|| format!("binding HTTP on {}", opts.http_listen))?;
-    let web = WebState { ready: ready.clone(), metrics: metrics.clone(), ledger: ledger.clone() };
+    let web = WebState {
+        ready: ready.clone(),
+        metrics: metrics.clone(),
+        ledger: ledger.clone(),
+    };
     info!(addr = %opts.http_listen, "HTTP listening");
     tokio::spawn(async move {
         if let Err(e) = axum::serve(http, crate::web::router(web)).await {
@@ -99,11 +117,17 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
 
     let mut sip_config = SipConfig::new(opts.sip_listen);
     sip_config.user_agent = format!("Humanline/{}", env!("CARGO_PKG_VERSION"));
-    let (sip, mut incoming) = SipEndpoint::bind_with(sip_config).await.context("starting SIP")?;
+    let (sip, mut incoming) = SipEndpoint::bind_with(sip_config)
+        .await
+        .context("starting SIP")?;
     info!(addr = %sip.local_addr(), agents = ?opts.agents, "SIP listening (UDP and TCP)");
 
     let queue = queue::spawn(opts.agents.clone(), metrics.clone());
-    let media_ip = if opts.sip_listen.ip().is_unspecified() { local_ip_guess() } else { opts.sip_listen.ip() };
+    let media_ip = if opts.sip_listen.ip().is_unspecified() {
+        local_ip_guess()
+    } else {
+        opts.sip_listen.ip()
+    };
     let shared = Arc::new(Shared {
         flow: RwLock::new((Arc::new(flow), Arc::new(audio))),
         sip,
@@ -115,11 +139,22 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         metrics,
         next_call: AtomicU64::new(1),
         utc_offset_min: opts.utc_offset_min,
+        agent_count: opts.agents.len(),
     });
     tokio::spawn(watch_prompts(shared.clone(), opts.prompts.clone()));
+    match &opts.trunk {
+        Some(trunk) => dialer::spawn(shared.clone(), trunk.clone()),
+        None => {
+            warn!("no --trunk: callbacks are promised and stored, but not dialed until one is set")
+        }
+    }
     ready.store(true, Ordering::Release);
     // Tests and scripts wait for this line.
-    eprintln!("humanline: ready (SIP {}, HTTP {})", shared.sip.local_addr(), opts.http_listen);
+    eprintln!(
+        "humanline: ready (SIP {}, HTTP {})",
+        shared.sip.local_addr(),
+        opts.http_listen
+    );
 
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -143,10 +178,11 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -157,7 +193,10 @@ async fn shutdown_signal() {
 }
 
 fn unix_ms() -> i64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// The address peers can send media to when SIP listens on a wildcard address.
@@ -208,7 +247,9 @@ fn fingerprint(dir: &std::path::Path) -> Vec<(PathBuf, u64, Option<SystemTime>)>
     for root in [dir.to_path_buf(), audio] {
         let mut stack = vec![root];
         while let Some(d) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&d) else { continue };
+            let Ok(entries) = std::fs::read_dir(&d) else {
+                continue;
+            };
             for e in entries.flatten() {
                 let Ok(meta) = e.metadata() else { continue };
                 if meta.is_dir() {

@@ -32,7 +32,8 @@ impl PromptAudio {
             let mut templated = false;
             for (id, prompt) in &lang.prompts {
                 let Some(path) = &prompt.audio else { continue };
-                let clip = Clip::load_wav(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                let clip =
+                    Clip::load_wav(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
                 lib.whole.insert((code.clone(), id.clone()), clip);
                 let placeholders = prompt.text.matches('{').count();
                 if placeholders > 0 {
@@ -47,7 +48,12 @@ impl PromptAudio {
                 }
             }
             if templated {
-                let Some(dir) = lang.prompts.values().find_map(|p| p.audio.as_ref()).and_then(|p| p.parent()) else {
+                let Some(dir) = lang
+                    .prompts
+                    .values()
+                    .find_map(|p| p.audio.as_ref())
+                    .and_then(|p| p.parent())
+                else {
                     continue;
                 };
                 for n in 1..=MAX_NUMBER {
@@ -61,14 +67,23 @@ impl PromptAudio {
     }
 
     /// The clips that say `prompt` in `language` with these placeholder values.
-    pub fn clips(&self, language: &str, prompt: &str, text: &str, vars: &[(String, String)]) -> Vec<Clip> {
+    pub fn clips(
+        &self,
+        language: &str,
+        prompt: &str,
+        text: &str,
+        vars: &[(String, String)],
+    ) -> Vec<Clip> {
         let key = (language.to_string(), prompt.to_string());
         if let Some(parts) = self.parts.get(&key).filter(|_| !vars.is_empty()) {
             let mut clips = Vec::new();
             for (i, part) in parts.iter().enumerate() {
                 clips.extend(part.clone());
                 if let Some((_, value)) = vars.get(i) {
-                    let n = value.parse::<u64>().unwrap_or(MAX_NUMBER).clamp(1, MAX_NUMBER);
+                    let n = value
+                        .parse::<u64>()
+                        .unwrap_or(MAX_NUMBER)
+                        .clamp(1, MAX_NUMBER);
                     clips.extend(self.numbers.get(&(language.to_string(), n)).cloned());
                 }
             }
@@ -80,7 +95,9 @@ impl PromptAudio {
             Some(clip) => vec![clip.clone()],
             // No recording: a pause as long as the text would take to say, so the flow's
             // timing still holds.
-            None => vec![Clip::silence(Duration::from_millis(350 * text.split_whitespace().count() as u64))],
+            None => vec![Clip::silence(Duration::from_millis(
+                350 * text.split_whitespace().count() as u64,
+            ))],
         }
     }
 }

@@ -15,19 +15,38 @@ const STATUS_REFRESH: Duration = Duration::from_secs(15);
 /// From a call to the queue.
 #[derive(Debug)]
 pub enum QueueMsg {
-    Enqueue { call: u64, to_call: mpsc::UnboundedSender<ToCall> },
-    Remove { call: u64 },
-    AgentAnswered { agent: String, call: u64 },
-    AgentFailed { agent: String, call: u64, why: AgentFailure },
-    AgentFinished { agent: String },
+    Enqueue {
+        call: u64,
+        to_call: mpsc::UnboundedSender<ToCall>,
+    },
+    Remove {
+        call: u64,
+    },
+    AgentAnswered {
+        agent: String,
+        call: u64,
+    },
+    AgentFailed {
+        agent: String,
+        call: u64,
+        why: AgentFailure,
+    },
+    AgentFinished {
+        agent: String,
+    },
 }
 
 /// From the queue to a call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ToCall {
-    Ring { agent: String },
+    Ring {
+        agent: String,
+    },
     NoneAvailable,
-    Status { position: u32, estimated_wait: Duration },
+    Status {
+        position: u32,
+        estimated_wait: Duration,
+    },
 }
 
 struct Waiter {
@@ -87,12 +106,18 @@ async fn run(agents: Vec<String>, mut rx: mpsc::UnboundedReceiver<QueueMsg>, met
         }
         metrics.queue_length.set(queue.waiting() as i64);
         for (call, w) in &mut waiters {
-            let (Some(position), Some(wait)) = (queue.position(*call), queue.estimated_wait(*call)) else { continue };
+            let (Some(position), Some(wait)) = (queue.position(*call), queue.estimated_wait(*call))
+            else {
+                continue;
+            };
             let status = (position, wait);
             if w.last != Some(status) || now.duration_since(w.sent_at) >= STATUS_REFRESH {
                 w.last = Some(status);
                 w.sent_at = now;
-                let _ = w.to_call.send(ToCall::Status { position, estimated_wait: wait });
+                let _ = w.to_call.send(ToCall::Status {
+                    position,
+                    estimated_wait: wait,
+                });
             }
         }
     }

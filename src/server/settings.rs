@@ -67,8 +67,16 @@ pub struct ServeOptions {
 }
 
 pub fn parse_port_range(s: &str) -> anyhow::Result<PortRange> {
-    let (low, high) = s.split_once('-').ok_or_else(|| anyhow::anyhow!("rtp ports `{s}`: expected LOW-HIGH"))?;
-    let low: u16 = low.trim().parse().map_err(|_| anyhow::anyhow!("rtp ports `{s}`: bad low port"))?;
-    let high: u16 = high.trim().parse().map_err(|_| anyhow::anyhow!("rtp ports `{s}`: bad high port"))?;
+    let (low, high) = s
+        .split_once('-')
+        .ok_or_else(|| anyhow::anyhow!("rtp ports `{s}`: expected LOW-HIGH"))?;
+    let low: u16 = low
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("rtp ports `{s}`: bad low port"))?;
+    let high: u16 = high
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("rtp ports `{s}`: bad high port"))?;
     PortRange::new(low, high).map_err(|e| anyhow::anyhow!("rtp ports `{s}`: {e}"))
 }

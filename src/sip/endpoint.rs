@@ -305,10 +305,11 @@ impl SipEndpoint {
                 password: None,
             });
         }
-        let caller_display_name = req
-            .from_display_name
-            .as_deref()
-            .map(|d| sanitize_header_value(d, 64).replace('"', "'"));
+        let caller_display_name = req.from_display_name.as_deref().map(|d| {
+            sanitize_header_value(d, 64)
+                .replace('"', "'")
+                .replace('\\', "")
+        });
         let option = InviteOption {
             caller_display_name,
             caller,
@@ -375,7 +376,7 @@ fn loopback_of(addr: SocketAddr) -> SocketAddr {
 
 /// Keeps only characters allowed unescaped in a SIP URI user part.
 fn sanitize_user(user: &str) -> String {
-    let ok = |c: char| c.is_ascii_alphanumeric() || "-_.!~*'()&=+$,;?/".contains(c);
+    let ok = |c: char| c.is_ascii_alphanumeric() || "-_.!~*'()&=+$,".contains(c);
     let s: String = user.chars().filter(|&c| ok(c)).take(64).collect();
     if s.is_empty() { "anonymous".into() } else { s }
 }

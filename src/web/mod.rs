@@ -2,7 +2,7 @@
 
 pub mod metrics;
 
-use crate::callbacks::{CallbackLedger, LedgerError, PromiseState};
+use crate::callbacks::{LedgerError, PromiseState, with_ledger};
 use crate::storage::SqliteStore;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -11,10 +11,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 pub use metrics::Metrics;
 use serde::Deserialize;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
-pub type SharedLedger = Arc<Mutex<CallbackLedger<SqliteStore>>>;
+pub type SharedLedger = crate::callbacks::SharedLedger<SqliteStore>;
 
 #[derive(Clone)]
 pub struct WebState {
@@ -72,36 +72,24 @@ async fn list_callbacks(State(s): State<WebState>, Query(q): Query<ListQuery>) -
         Some(Ok(s)) => Some(s),
         None => None,
     };
-    let ledger = s.ledger.clone();
-    let result =
-        tokio::task::spawn_blocking(move || ledger.lock().map_err(|_| poisoned())?.list(state))
-            .await;
-    match result {
-        Ok(Ok(list)) => Json(list).into_response(),
-        Ok(Err(e)) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    match with_ledger(&s.ledger, move |l| l.list(state)).await {
+        Ok(list) => Json(list).into_response(),
         Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
 async fn show_callback(State(s): State<WebState>, Path(id): Path<i64>) -> Response {
-    let ledger = s.ledger.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        let mut l = ledger.lock().map_err(|_| poisoned())?;
+    let result = with_ledger(&s.ledger, move |l| {
         let promise = l.get(id)?;
         let attempts = l.attempts(id)?;
-        Ok::<_, LedgerError>(serde_json::json!({"promise": promise, "attempts": attempts}))
+        Ok(serde_json::json!({"promise": promise, "attempts": attempts}))
     })
     .await;
     match result {
-        Ok(Ok(v)) => Json(v).into_response(),
-        Ok(Err(LedgerError::NotFound(id))) => {
+        Ok(v) => Json(v).into_response(),
+        Err(LedgerError::NotFound(id)) => {
             api_error(StatusCode::NOT_FOUND, format!("no callback {id}"))
         }
-        Ok(Err(e)) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
-}
-
-fn poisoned() -> LedgerError {
-    LedgerError::Storage("ledger lock poisoned by an earlier panic".into())
 }
