@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Humanline's main job, from a fresh clone: set up, then run a call through the IVR.
-# (Until the SIP server lands this is a demo call; extra arguments go to `humanline simulate`.)
+# Humanline's main job, from a fresh clone: set up (packages, build, speech model), then run the
+# IVR server with its embedded defaults: SIP on 127.0.0.1:5060 (UDP and TCP), HTTP on
+# 127.0.0.1:8080, the bundled prompts, the callback ledger in data/callbacks.db.
+# Extra arguments go to `humanline serve`, e.g. --agent sip:alice@127.0.0.1:5070
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 bin=target/release/humanline
 "$bin" check-config --prompts prompts
-if [ $# -eq 0 ]; then
-  set -- --say "my internet is down" --say "I want to talk to a human"
-fi
-exec "$bin" simulate --prompts prompts "$@"
+export HUMANLINE_LOG="${HUMANLINE_LOG:-info,rsipstack=warn}"
+exec "$bin" serve --prompts prompts --model models/ggml-tiny.en.bin "$@"

@@ -1,0 +1,841 @@
+//! Helpers for the end-to-end tests with real SIP peers: `humanline serve` as a child process,
+//! sipp and baresip peers, speech made with espeak-ng and sox, a WAV reader for what a peer
+//! heard, and per-test port blocks on 127.0.0.1. Every child process is killed (and reaped)
+//! when its handle is dropped, also when a test panics.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+pub const LOCALHOST: &str = "127.0.0.1";
+
+/// The repository root (where `prompts/` and `models/` are).
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn sipp_dir() -> PathBuf {
+    repo().join("tests/sipp")
+}
+
+/// The Whisper model: `$HUMANLINE_MODEL`, else `models/ggml-tiny.en.bin`.
+pub fn model_path() -> PathBuf {
+    match std::env::var_os("HUMANLINE_MODEL") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => repo().join("models/ggml-tiny.en.bin"),
+    }
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").map(|v| v.eq_ignore_ascii_case("true")).unwrap_or(false)
+}
+
+fn tool_runs(tool: &str, arg: &str) -> bool {
+    Command::new(tool)
+        .arg(arg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// True when the peers, the audio tools and the model are all here. Otherwise prints a SKIP
+/// notice and returns false — or fails the test when `CI=true` (CI installs them).
+pub fn peers_available(test: &str) -> bool {
+    let mut missing = Vec::new();
+    for (tool, arg, package) in [
+        ("sipp", "-v", "sip-tester"),
+        ("baresip", "-h", "baresip-core"),
+        ("espeak-ng", "--version", "espeak-ng"),
+        ("sox", "--version", "sox"),
+    ] {
+        if !tool_runs(tool, arg) {
+            missing.push(format!("{tool} (package {package})"));
+        }
+    }
+    let model = model_path();
+    if !model.is_file() {
+        missing.push(format!("the Whisper model {} (scripts/fetch-model.sh)", model.display()));
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!("{test}: missing {}", missing.join(", "));
+    if in_ci() {
+        panic!("{msg} (CI=true: the test environment must provide them)");
+    }
+    eprintln!("SKIP {msg}");
+    false
+}
+
+/// Speech recognition is the heavy part of a call: tests whose routing depends on it take
+/// this lock, so at most one of them decodes at a time on a small, busy machine.
+pub fn speech_lock() -> MutexGuard<'static, ()> {
+    static SPEECH: Mutex<()> = Mutex::new(());
+    SPEECH.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+// --- ports ------------------------------------------------------------------------------------
+
+/// A block of 100 ports on 127.0.0.1 owned by one test. Test `index` gets
+/// `21000 + k*1000 + index*100` for the first `k` whose ports are all free (another run of the
+/// suite may hold the first choice). Below the ephemeral range, above the server's default RTP
+/// range.
+///
+/// Layout: +0 Humanline SIP (UDP and TCP), +1 HTTP; +10/+12/+18 caller sipp SIP/media/control;
+/// +20/+22/+28 agent sipp SIP/media/control; +29 never bound (a dead agent); +30 baresip SIP
+/// (+31 its TLS), +33 baresip control, +40..+49 baresip RTP; +50..+99 Humanline RTP.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub base: u16,
+}
+
+impl Ports {
+    pub fn claim(index: u16) -> Ports {
+        assert!(index < 10, "port block index out of range");
+        for k in 0..8u16 {
+            let base = 21000 + k * 1000 + index * 100;
+            if (base..base + 100).all(port_free) {
+                return Ports { base };
+            }
+        }
+        panic!("no free port block for test index {index} in 21000-28999");
+    }
+
+    pub fn sip(&self) -> u16 {
+        self.base
+    }
+    pub fn sip_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.sip()))
+    }
+    pub fn http(&self) -> u16 {
+        self.base + 1
+    }
+    pub fn caller_sipp(&self) -> SippPorts {
+        SippPorts { sip: self.base + 10, media: self.base + 12, control: self.base + 18 }
+    }
+    pub fn agent_sipp(&self) -> SippPorts {
+        SippPorts { sip: self.base + 20, media: self.base + 22, control: self.base + 28 }
+    }
+    /// A port nothing listens on.
+    pub fn dead(&self) -> u16 {
+        self.base + 29
+    }
+    pub fn baresip(&self) -> BaresipPorts {
+        BaresipPorts { sip: self.base + 30, control: self.base + 33, rtp: (self.base + 40, self.base + 49) }
+    }
+    pub fn rtp_range(&self) -> String {
+        format!("{}-{}", self.base + 50, self.base + 99)
+    }
+}
+
+fn port_free(port: u16) -> bool {
+    UdpSocket::bind((LOCALHOST, port)).is_ok() && TcpListener::bind((LOCALHOST, port)).is_ok()
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct SippPorts {
+    pub sip: u16,
+    pub media: u16,
+    pub control: u16,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct BaresipPorts {
+    pub sip: u16,
+    pub control: u16,
+    pub rtp: (u16, u16),
+}
+
+// --- child processes --------------------------------------------------------------------------
+
+/// A child process killed and reaped on drop.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+        Proc { name: name.to_string(), child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The exit code if it has exited (-1 for a signal).
+    pub fn exited(&mut self) -> Option<i32> {
+        match self.child.try_wait() {
+            Ok(Some(s)) => Some(s.code().unwrap_or(-1)),
+            _ => None,
+        }
+    }
+
+    /// Waits at most `limit` for the exit code; None (and the process killed) on timeout.
+    pub fn wait(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(code) = self.exited() {
+                return Some(code);
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn take_stderr(&mut self) -> Option<std::process::ChildStderr> {
+        self.child.stderr.take()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Lines from a child's output, each with the instant the test read it.
+#[derive(Clone, Default)]
+pub struct Lines(Arc<Mutex<Vec<(Instant, String)>>>);
+
+impl Lines {
+    /// Reads `from` line by line on a thread (ANSI colours removed), also appending to `copy`.
+    fn follow(from: impl Read + Send + 'static, copy: PathBuf) -> Lines {
+        let lines = Lines::default();
+        let sink = lines.0.clone();
+        std::thread::spawn(move || {
+            let mut file = std::fs::File::create(&copy).ok();
+            let mut reader = BufReader::new(from);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match reader.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let line = strip_ansi(&String::from_utf8_lossy(&buf)).trim_end().to_string();
+                        if let Some(f) = file.as_mut() {
+                            let _ = writeln!(f, "{line}");
+                        }
+                        sink.lock().unwrap_or_else(|p| p.into_inner()).push((Instant::now(), line));
+                    }
+                }
+            }
+        });
+        lines
+    }
+
+    pub fn snapshot(&self) -> Vec<(Instant, String)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn text(&self) -> String {
+        self.snapshot().into_iter().map(|(_, l)| l).collect::<Vec<_>>().join("\n")
+    }
+
+    /// The first line containing every one of `needles`.
+    pub fn find(&self, needles: &[&str]) -> Option<(Instant, String)> {
+        self.snapshot().into_iter().find(|(_, l)| needles.iter().all(|n| l.contains(n)))
+    }
+
+    pub fn find_all(&self, needles: &[&str]) -> Vec<(Instant, String)> {
+        self.snapshot().into_iter().filter(|(_, l)| needles.iter().all(|n| l.contains(n))).collect()
+    }
+
+    /// Waits for a line containing every one of `needles`.
+    pub fn wait_for(&self, needles: &[&str], limit: Duration) -> Option<(Instant, String)> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(hit) = self.find(needles) {
+                return Some(hit);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The last `n` lines of a text, for failure messages.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+// --- Humanline ----------------------------------------------------------------------------------
+
+/// `humanline serve` on a port block, logging at info (debug for the call driver, which names
+/// the prompts played) to a thread that timestamps each line.
+pub struct Server {
+    pub proc: Proc,
+    pub log: Lines,
+    pub ports: Ports,
+    pub log_file: PathBuf,
+}
+
+impl Server {
+    pub fn start(ports: Ports, dir: &Path, agents: &[String]) -> Server {
+        let data = dir.join("data");
+        let log_file = dir.join("humanline.log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_humanline"));
+        cmd.arg("serve")
+            .arg("--sip-listen")
+            .arg(ports.sip_addr().to_string())
+            .arg("--http-listen")
+            .arg(format!("{LOCALHOST}:{}", ports.http()))
+            .arg("--rtp-ports")
+            .arg(ports.rtp_range())
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--prompts")
+            .arg(repo().join("prompts"))
+            .arg("--model")
+            .arg(model_path());
+        for a in agents {
+            cmd.arg("--agent").arg(a);
+        }
+        cmd.env("HUMANLINE_LOG", "info,humanline::server::call=debug")
+            .env("NO_COLOR", "1")
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut proc = Proc::spawn("humanline", &mut cmd);
+        let stderr = proc.take_stderr().expect("stderr piped");
+        let log = Lines::follow(stderr, log_file.clone());
+        let mut server = Server { proc, log, ports, log_file };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if server.log.find(&["humanline: ready"]).is_some() {
+                break;
+            }
+            if let Some(code) = server.proc.exited() {
+                std::thread::sleep(Duration::from_millis(200));
+                panic!("humanline serve exited ({code}) before it was ready:\n{}", server.log.text());
+            }
+            if Instant::now() >= deadline {
+                panic!("humanline serve not ready within 60 s:\n{}", server.log.text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let (status, body) = server.get("/healthz");
+        assert_eq!(status, 200, "/healthz right after ready: {body}");
+        server
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.ports.http(), path).unwrap_or_else(|e| (0, format!("GET {path} failed: {e}")))
+    }
+
+    pub fn metrics(&self) -> String {
+        let (status, body) = self.get("/metrics");
+        assert_eq!(status, 200, "/metrics: {body}");
+        body
+    }
+
+    /// The server is still running.
+    pub fn assert_alive(&mut self) {
+        if let Some(code) = self.proc.exited() {
+            panic!("humanline serve exited ({code}):\n{}", tail(&self.log.text(), 80));
+        }
+    }
+
+    /// Lines from the call driver and the queue, the useful part of the log for a failure.
+    pub fn story(&self) -> String {
+        let text = self.log.text();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.contains("PartialTranscript") && !l.contains("rsipstack::transport"))
+            .collect();
+        tail(&lines.join("\n"), 120)
+    }
+}
+
+/// A minimal HTTP/1.1 GET (Connection: close): status and body.
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.set_write_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {LOCALHOST}:{port}\r\nConnection: close\r\n\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+// --- sipp ---------------------------------------------------------------------------------------
+
+/// One sipp run (`-m 1`) on fixed ports, with its message and error logs in the test's folder.
+pub struct Sipp {
+    pub proc: Proc,
+    pub name: String,
+    dir: PathBuf,
+}
+
+pub struct SippRun<'a> {
+    pub name: &'a str,
+    /// Scenario file under tests/sipp/.
+    pub scenario: &'a str,
+    /// Placeholders written into the scenario (sipp does not substitute -key values inside
+    /// exec attributes).
+    pub vars: &'a [(&'a str, String)],
+    /// The server to call (a UAC scenario), or None for a UAS.
+    pub remote: Option<SocketAddr>,
+    /// "u1" (UDP) or "t1" (TCP).
+    pub transport: &'a str,
+    pub ports: SippPorts,
+    /// sipp's own limit for the whole run.
+    pub timeout: Duration,
+}
+
+impl Sipp {
+    pub fn start(dir: &Path, run: SippRun<'_>) -> Sipp {
+        let template = std::fs::read_to_string(sipp_dir().join(run.scenario))
+            .unwrap_or_else(|e| panic!("reading tests/sipp/{}: {e}", run.scenario));
+        let mut text = template;
+        for (k, v) in run.vars {
+            text = text.replace(&format!("@{k}@"), v);
+        }
+        if let Some(p) = unfilled_placeholder(&text) {
+            panic!("scenario {} has an unfilled placeholder @{p}@", run.scenario);
+        }
+        let scenario = dir.join(format!("{}.xml", run.name));
+        std::fs::write(&scenario, text).expect("write scenario");
+        let mut cmd = Command::new("sipp");
+        if let Some(r) = run.remote {
+            cmd.arg(r.to_string());
+        }
+        cmd.arg("-sf")
+            .arg(&scenario)
+            .args(["-t", run.transport, "-i", LOCALHOST])
+            .args(["-p", &run.ports.sip.to_string()])
+            .args(["-mp", &run.ports.media.to_string()])
+            .args(["-cp", &run.ports.control.to_string()])
+            .args(["-m", "1", "-nostdin", "-timeout_error", "-trace_err", "-trace_msg"])
+            .args(["-timeout", &format!("{}s", run.timeout.as_secs().max(1))])
+            .arg("-message_file")
+            .arg(dir.join(format!("{}.msg", run.name)))
+            .arg("-error_file")
+            .arg(dir.join(format!("{}.err", run.name)))
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(format!("{}.stderr", run.name))).expect("stderr file"));
+        let proc = Proc::spawn(run.name, &mut cmd);
+        Sipp { proc, name: run.name.to_string(), dir: dir.to_path_buf() }
+    }
+
+    pub fn messages(&self) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{}.msg", self.name))).unwrap_or_default()
+    }
+
+    pub fn report(&self) -> String {
+        let read = |ext: &str| std::fs::read_to_string(self.dir.join(format!("{}.{ext}", self.name))).unwrap_or_default();
+        format!(
+            "--- sipp {} stderr ---\n{}\n--- errors ---\n{}\n--- messages (tail) ---\n{}",
+            self.name,
+            tail(&read("stderr"), 20),
+            tail(&read("err"), 40),
+            tail(&self.messages(), 60)
+        )
+    }
+
+    /// The first received request of this method, as text (header lines and body).
+    pub fn received_request(&self, method: &str) -> Option<String> {
+        first_request(&self.messages(), method)
+    }
+}
+
+/// An `@NAME@` left in a scenario (SIP URIs have single `@`s between lowercase text).
+fn unfilled_placeholder(text: &str) -> Option<String> {
+    let parts: Vec<&str> = text.split('@').collect();
+    parts
+        .windows(2)
+        .skip(1)
+        .find(|w| !w[0].is_empty() && w[0].chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        .map(|w| w[0].to_string())
+}
+
+/// Finds the first SIP request of `method` in a trace and returns it up to its end (the next
+/// blank line after the body, or the next trace separator).
+pub fn first_request(trace: &str, method: &str) -> Option<String> {
+    let start = trace.find(&format!("\n{method} sip:")).map(|i| i + 1).or_else(|| {
+        trace.starts_with(&format!("{method} sip:")).then_some(0)
+    })?;
+    let rest = &trace[start..];
+    let end = ["\n----", "\n#\n", "\nUDP ", "\nTCP "].iter().filter_map(|sep| rest.find(sep)).min().unwrap_or(rest.len());
+    Some(rest[..end].to_string())
+}
+
+/// A header's value in a SIP message (first occurrence, case-insensitive name).
+pub fn header(msg: &str, name: &str) -> Option<String> {
+    let prefix = format!("{}:", name.to_ascii_lowercase());
+    msg.lines().find_map(|l| {
+        let lower = l.to_ascii_lowercase();
+        lower.starts_with(&prefix).then(|| l[prefix.len()..].trim().to_string())
+    })
+}
+
+// --- baresip ------------------------------------------------------------------------------------
+
+/// A baresip phone (auto-answer, PCMU) with a SIP trace (`-s`) on stdout, the sndfile module
+/// recording what it hears (`*-dec.wav`) and sends (`*-enc.wav`), and ctrl_tcp for commands.
+pub struct Baresip {
+    pub proc: Proc,
+    pub dir: PathBuf,
+    pub rec: PathBuf,
+    pub trace: PathBuf,
+    pub ports: BaresipPorts,
+    pub user: String,
+}
+
+impl Baresip {
+    /// `play` is what it sends (a WAV; baresip hangs up when it ends, so make it long);
+    /// it quits by itself after `run_for`.
+    pub fn start(dir: &Path, name: &str, user: &str, ports: BaresipPorts, play: &Path, run_for: Duration) -> Baresip {
+        let home = dir.join(name);
+        let rec = home.join("rec");
+        std::fs::create_dir_all(&rec).expect("baresip dirs");
+        let config = format!(
+            "sip_listen {LOCALHOST}:{sip}\n\
+             net_interface {LOCALHOST}\n\
+             rtp_ports {lo}-{hi}\n\
+             audio_source aufile,{play}\n\
+             audio_player aubridge,nil\n\
+             snd_path {rec}\n\
+             module_path /usr/lib/baresip/modules\n\
+             module g711.so\n\
+             module sndfile.so\n\
+             module aufile.so\n\
+             module aubridge.so\n\
+             module account.so\n\
+             module_app menu.so\n\
+             module ctrl_tcp.so\n\
+             ctrl_tcp_listen {LOCALHOST}:{ctrl}\n",
+            sip = ports.sip,
+            lo = ports.rtp.0,
+            hi = ports.rtp.1,
+            play = play.display(),
+            rec = rec.display(),
+            ctrl = ports.control,
+        );
+        std::fs::write(home.join("config"), config).expect("baresip config");
+        std::fs::write(
+            home.join("accounts"),
+            format!("<sip:{user}@{LOCALHOST}:{}>;regint=0;answermode=auto;audio_codecs=PCMU\n", ports.sip),
+        )
+        .expect("baresip accounts");
+        let trace = home.join("trace.log");
+        let mut cmd = Command::new("baresip");
+        cmd.arg("-f")
+            .arg(&home)
+            .arg("-s")
+            .arg("-t")
+            .arg(run_for.as_secs().max(1).to_string())
+            .current_dir(&home)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&trace).expect("trace file"))
+            .stderr(std::fs::File::create(home.join("stderr.log")).expect("stderr file"));
+        let proc = Proc::spawn(name, &mut cmd);
+        let mut phone = Baresip { proc, dir: home, rec, trace, ports, user: user.to_string() };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let t = phone.trace_text();
+            if t.contains("baresip is ready") {
+                assert!(t.contains("Populated 1 account"), "baresip did not load its account:\n{t}");
+                break;
+            }
+            if let Some(code) = phone.proc.exited() {
+                panic!("baresip exited ({code}) before it was ready:\n{t}");
+            }
+            if Instant::now() >= deadline {
+                panic!("baresip not ready within 20 s:\n{t}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        phone
+    }
+
+    pub fn uri(&self) -> String {
+        format!("sip:{}@{LOCALHOST}:{}", self.user, self.ports.sip)
+    }
+
+    pub fn trace_text(&self) -> String {
+        strip_ansi(&String::from_utf8_lossy(&std::fs::read(&self.trace).unwrap_or_default()))
+    }
+
+    pub fn wait_trace(&self, needle: &str, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            if self.trace_text().contains(needle) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn control(&self) -> Ctrl {
+        Ctrl::connect(self.ports.control)
+    }
+
+    /// The recording of what it heard (sndfile's `*-dec.wav`).
+    pub fn heard(&self) -> Option<PathBuf> {
+        std::fs::read_dir(&self.rec)
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
+    }
+}
+
+/// baresip's ctrl_tcp: netstring-framed JSON commands, events read on a thread.
+pub struct Ctrl {
+    stream: TcpStream,
+    events: Arc<Mutex<Vec<(Instant, serde_json::Value)>>>,
+}
+
+impl Ctrl {
+    pub fn connect(port: u16) -> Ctrl {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let stream = loop {
+            match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() >= deadline => panic!("baresip ctrl_tcp on {addr}: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        };
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        let mut reader = stream.try_clone().expect("clone ctrl stream");
+        std::thread::spawn(move || {
+            let mut buf: Vec<u8> = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                match reader.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+                // netstrings: "<len>:<payload>,"
+                while let Some(colon) = buf.iter().position(|&b| b == b':') {
+                    let Some(len) = std::str::from_utf8(&buf[..colon]).ok().and_then(|s| s.trim().parse::<usize>().ok()) else {
+                        buf.clear();
+                        break;
+                    };
+                    if buf.len() < colon + 1 + len + 1 {
+                        break;
+                    }
+                    let payload = buf[colon + 1..colon + 1 + len].to_vec();
+                    buf.drain(..colon + 1 + len + 1);
+                    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&payload) {
+                        sink.lock().unwrap_or_else(|p| p.into_inner()).push((Instant::now(), v));
+                    }
+                }
+            }
+        });
+        Ctrl { stream, events }
+    }
+
+    pub fn command(&mut self, command: &str, params: &str) {
+        let body = serde_json::json!({ "command": command, "params": params, "token": command }).to_string();
+        let framed = format!("{}:{},", body.len(), body);
+        self.stream.write_all(framed.as_bytes()).expect("ctrl_tcp write");
+    }
+
+    pub fn events(&self) -> Vec<(Instant, serde_json::Value)> {
+        self.events.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn event(&self, kind: &str) -> Option<(Instant, serde_json::Value)> {
+        self.events().into_iter().find(|(_, v)| v["type"] == kind)
+    }
+
+    pub fn wait_event(&self, kind: &str, limit: Duration) -> Option<(Instant, serde_json::Value)> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(e) = self.event(kind) {
+                return Some(e);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        self.events().iter().map(|(_, v)| v.to_string()).collect::<Vec<_>>().join("\n")
+    }
+}
+
+// --- audio ----------------------------------------------------------------------------------------
+
+pub enum Part<'a> {
+    Say(&'a str),
+    Silence(f32),
+}
+
+fn run_tool(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Speech and pauses as an 8 kHz 16-bit mono WAV (`NAME.wav`) and as the headerless mu-law
+/// sipp streams (`NAME.pcmu`). Returns the .pcmu path and the length in seconds.
+pub fn caller_audio(dir: &Path, name: &str, parts: &[Part<'_>]) -> (PathBuf, f32) {
+    let mut pieces = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        let piece = dir.join(format!("{name}.{i}.wav"));
+        match part {
+            Part::Say(text) => {
+                let raw = dir.join(format!("{name}.{i}.espeak.wav"));
+                run_tool(Command::new("espeak-ng").args(["-v", "en-us", "-s", "145", "-w"]).arg(&raw).arg(text));
+                run_tool(Command::new("sox").arg(&raw).args(["-r", "8000", "-c", "1", "-b", "16"]).arg(&piece));
+            }
+            Part::Silence(secs) => silence_wav(&piece, *secs),
+        }
+        pieces.push(piece);
+    }
+    let wav = dir.join(format!("{name}.wav"));
+    if pieces.len() == 1 {
+        std::fs::copy(&pieces[0], &wav).expect("copy wav");
+    } else {
+        run_tool(Command::new("sox").args(&pieces).arg(&wav));
+    }
+    let pcmu = dir.join(format!("{name}.pcmu"));
+    run_tool(Command::new("sox").arg(&wav).args(["-t", "raw", "-e", "mu-law", "-b", "8", "-r", "8000", "-c", "1"]).arg(&pcmu));
+    let secs = std::fs::metadata(&pcmu).expect("pcmu").len() as f32 / 8000.0;
+    (pcmu, secs)
+}
+
+/// Silence as an 8 kHz 16-bit mono WAV.
+pub fn silence_wav(path: &Path, secs: f32) {
+    run_tool(Command::new("sox").args(["-n", "-r", "8000", "-c", "1", "-b", "16"]).arg(path).args(["trim", "0", &format!("{secs:.3}")]));
+}
+
+/// Silence as headerless mu-law for sipp.
+pub fn silence_pcmu(path: &Path, secs: f32) {
+    run_tool(
+        Command::new("sox")
+            .args(["-n", "-r", "8000", "-c", "1", "-t", "raw", "-e", "mu-law", "-b", "8"])
+            .arg(path)
+            .args(["trim", "0", &format!("{secs:.3}")]),
+    );
+}
+
+/// A 16-bit PCM WAV as samples in [-1, 1] (first channel) and its rate. Reads to the end of
+/// the file whatever the header says, so a recording still being written is readable.
+pub fn read_wav(path: &Path) -> (Vec<f32>, u32) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    assert!(bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WAVE", "{} is not a WAV", path.display());
+    let mut pos = 12;
+    let (mut channels, mut rate, mut bits) = (1u16, 8000u32, 16u16);
+    while pos + 8 <= bytes.len() {
+        let id = &bytes[pos..pos + 4];
+        let len = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().unwrap()) as usize;
+        let body = pos + 8;
+        if id == b"fmt " && body + 16 <= bytes.len() {
+            channels = u16::from_le_bytes([bytes[body + 2], bytes[body + 3]]);
+            rate = u32::from_le_bytes(bytes[body + 4..body + 8].try_into().unwrap());
+            bits = u16::from_le_bytes([bytes[body + 14], bytes[body + 15]]);
+        } else if id == b"data" {
+            assert_eq!(bits, 16, "{}: only 16-bit PCM is read", path.display());
+            let frame = 2 * channels.max(1) as usize;
+            let samples = bytes[body..]
+                .chunks_exact(frame)
+                .map(|f| i16::from_le_bytes([f[0], f[1]]) as f32 / 32768.0)
+                .collect();
+            return (samples, rate);
+        }
+        pos = body + len + (len & 1);
+    }
+    panic!("{}: no data chunk", path.display());
+}
+
+/// RMS of `samples[from..from+len]` in seconds (clamped to the recording).
+pub fn rms(samples: &[f32], rate: u32, from: f32, len: f32) -> f32 {
+    let a = ((from.max(0.0) * rate as f32) as usize).min(samples.len());
+    let b = (((from.max(0.0) + len) * rate as f32) as usize).min(samples.len());
+    if b <= a {
+        return 0.0;
+    }
+    let sum: f64 = samples[a..b].iter().map(|s| (*s as f64) * (*s as f64)).sum();
+    ((sum / (b - a) as f64).sqrt()) as f32
+}
+
+/// The RMS of every `win`-second window, for failure messages and loudness checks.
+pub fn envelope(samples: &[f32], rate: u32, win: f32) -> Vec<f32> {
+    let n = (samples.len() as f32 / (win * rate as f32)).ceil() as usize;
+    (0..n).map(|i| rms(samples, rate, i as f32 * win, win)).collect()
+}
+
+pub fn describe_envelope(env: &[f32], win: f32) -> String {
+    env.iter().enumerate().map(|(i, r)| format!("{:.1}s:{:.4}", i as f32 * win, r)).collect::<Vec<_>>().join(" ")
+}
+
+// --- misc -------------------------------------------------------------------------------------------
+
+/// The value of a Prometheus sample line (`name{labels} value`), if present.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+}
+
+/// Fails with `msg` unless `cond` becomes true within `limit`.
+pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,589 @@
+//! End to end with real SIP peers: `humanline serve` (the release binary) answers sipp and
+//! baresip callers on 127.0.0.1, hears them (Whisper), and rings sipp or baresip agents.
+//!
+//! Each test owns a port block (see `common::Ports`), starts its own server and peers, and
+//! kills every child process on drop, also on panic. Tests whose routing depends on speech
+//! recognition take a lock so that only one decodes at a time. Without sipp, baresip,
+//! espeak-ng, sox or the model the tests print SKIP and pass, unless `CI=true`.
+//!
+//! Run: `cargo test --release --test sip_calls -- --test-threads=2`.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::{TcpStream, UdpSocket};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const DTMF_0: &str = "/usr/share/sip-tester/dtmf_2833_0.pcap";
+
+/// The test's folder (logs, scenarios, recordings); kept when `HUMANLINE_KEEP_TEST_DIRS` is set.
+fn tempdir(test: &str) -> tempfile::TempDir {
+    let keep = std::env::var_os("HUMANLINE_KEEP_TEST_DIRS").is_some();
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("humanline-{test}-"))
+        .disable_cleanup(keep)
+        .tempdir()
+        .expect("tempdir");
+    if keep {
+        eprintln!("{test}: keeping {}", dir.path().display());
+    }
+    dir
+}
+
+/// A caller (sipp, UAC) who streams `audio` and hangs up `hold_ms` after starting it.
+fn speaking_caller(dir: &Path, ports: Ports, audio: &Path, hold_ms: u64, transport: &str) -> Sipp {
+    Sipp::start(
+        dir,
+        SippRun {
+            name: "caller",
+            scenario: "caller_speaks.xml",
+            vars: &[("AUDIO", audio.display().to_string()), ("HOLD_MS", hold_ms.to_string())],
+            remote: Some(ports.sip_addr()),
+            transport,
+            ports: ports.caller_sipp(),
+            timeout: Duration::from_millis(hold_ms) + Duration::from_secs(40),
+        },
+    )
+}
+
+/// A caller (sipp, UAC) who streams silence, presses 0 after `dtmf_after_ms` (RFC 4733 from a
+/// pcap, or SIP INFO), stays `hold_ms` more, and hangs up.
+fn dtmf_caller(dir: &Path, ports: Ports, info: bool, dtmf_after_ms: u64, hold_ms: u64, transport: &str) -> Sipp {
+    let silence = dir.join("silence.pcmu");
+    silence_pcmu(&silence, 1.0);
+    let mut vars = vec![
+        ("AUDIO", silence.display().to_string()),
+        ("DTMF_AFTER_MS", dtmf_after_ms.to_string()),
+        ("HOLD_MS", hold_ms.to_string()),
+    ];
+    if info {
+        vars.push(("DIGIT", "0".into()));
+    } else {
+        vars.push(("DTMF_PCAP", DTMF_0.into()));
+    }
+    Sipp::start(
+        dir,
+        SippRun {
+            name: "caller",
+            scenario: if info { "caller_info.xml" } else { "caller_dtmf.xml" },
+            vars: &vars,
+            remote: Some(ports.sip_addr()),
+            transport,
+            ports: ports.caller_sipp(),
+            timeout: Duration::from_millis(dtmf_after_ms + hold_ms) + Duration::from_secs(25),
+        },
+    )
+}
+
+/// An agent's phone (sipp, UAS) that answers and stays until Humanline hangs up its leg.
+fn answering_agent(dir: &Path, ports: Ports, transport: &str, timeout: Duration) -> Sipp {
+    Sipp::start(
+        dir,
+        SippRun {
+            name: "agent",
+            scenario: "agent_answers.xml",
+            vars: &[],
+            remote: None,
+            transport,
+            ports: ports.agent_sipp(),
+            timeout,
+        },
+    )
+}
+
+fn agent_uri(port: u16) -> String {
+    format!("sip:agent@{LOCALHOST}:{port}")
+}
+
+/// Everything useful when a test fails.
+fn context(server: &Server, peers: &[&Sipp]) -> String {
+    let mut out = format!("--- humanline log (tail) ---\n{}\n", server.story());
+    for p in peers {
+        out.push_str(&p.report());
+        out.push('\n');
+    }
+    out
+}
+
+fn route_line(server: &Server) -> String {
+    server.log.find(&["route to a person"]).map(|(_, l)| l).unwrap_or_default()
+}
+
+/// The caller's sipp must end cleanly: no BYE from Humanline (that fails the scenario), no
+/// timeout.
+fn assert_sipp_ok(name: &str, code: Option<i32>, server: &Server, peers: &[&Sipp]) {
+    assert_eq!(code, Some(0), "{name} sipp did not complete cleanly (exit {code:?})\n{}", context(server, peers));
+}
+
+// --- 1 ------------------------------------------------------------------------------------------
+
+/// "I want to talk to a human": the agent (baresip) is rung with the reason and the
+/// transcript in the INVITE, answers, and hears the caller's next sentences.
+#[test]
+fn asking_for_a_human_rings_an_agent_who_hears_the_caller() {
+    if !peers_available("asking_for_a_human_rings_an_agent_who_hears_the_caller") {
+        return;
+    }
+    let _speech = speech_lock();
+    let started = Instant::now();
+    let ports = Ports::claim(1);
+    let dir = tempdir("keyword");
+    let d = dir.path();
+
+    let agent_play = d.join("agent_says.wav");
+    silence_wav(&agent_play, 90.0);
+    let agent = Baresip::start(d, "agent", "agent", ports.baresip(), &agent_play, Duration::from_secs(85));
+    let server = Server::start(ports, d, &[agent.uri()]);
+
+    let (audio, secs) = caller_audio(
+        d,
+        "caller",
+        &[
+            Part::Say("I want to talk to a human"),
+            Part::Silence(1.5),
+            Part::Say("my account number is four five six"),
+            Part::Silence(0.7),
+            Part::Say("I am calling about my last bill"),
+            Part::Silence(0.7),
+            Part::Say("it was much higher than usual"),
+            Part::Silence(0.7),
+            Part::Say("can you please tell me why"),
+            Part::Silence(2.0),
+        ],
+    );
+    let hold_ms = (secs * 1000.0) as u64 + 2000;
+    let mut caller = speaking_caller(d, ports, &audio, hold_ms, "u1");
+
+    let bridged = server.log.wait_for(&["agent answered; bridged"], Duration::from_secs(45));
+    assert!(bridged.is_some(), "the agent was never bridged\n{}", context(&server, &[&caller]));
+    let route = route_line(&server);
+    assert!(route.contains("reason=\"keyword\""), "routed, but not for the keyword: {route}\n{}", context(&server, &[&caller]));
+
+    let code = caller.proc.wait(Duration::from_millis(hold_ms) + Duration::from_secs(30));
+    assert_sipp_ok("caller", code, &server, &[&caller]);
+
+    // The caller hung up: Humanline hangs up the agent's leg, baresip closes its recording.
+    assert!(
+        agent.wait_trace("terminated", Duration::from_secs(15)),
+        "the agent's call did not end after the caller hung up:\n{}\n{}",
+        tail(&agent.trace_text(), 40),
+        context(&server, &[&caller])
+    );
+
+    let trace = agent.trace_text();
+    let invite = first_request(&trace, "INVITE").unwrap_or_else(|| panic!("no INVITE in the agent's trace:\n{trace}"));
+    assert_eq!(header(&invite, "X-Humanline-Reason").as_deref(), Some("keyword"), "agent INVITE:\n{invite}");
+    let transcript = header(&invite, "X-Humanline-Transcript").unwrap_or_default();
+    assert!(transcript.to_lowercase().contains("human"), "transcript header {transcript:?}\n{invite}");
+    assert_eq!(header(&invite, "X-Humanline-Language").as_deref(), Some("en"), "agent INVITE:\n{invite}");
+
+    let heard = agent.heard().unwrap_or_else(|| panic!("baresip recorded nothing in {}", agent.rec.display()));
+    let (samples, rate) = read_wav(&heard);
+    let env = envelope(&samples, rate, 0.5);
+    let loud = env.iter().filter(|r| **r > 0.01).count();
+    let peak = env.iter().cloned().fold(0.0f32, f32::max);
+    assert!(
+        peak > 0.02 && loud >= 2,
+        "the agent heard (almost) silence: peak RMS {peak:.4}, {loud} loud half-seconds\n{}\n{}",
+        describe_envelope(&env, 0.5),
+        context(&server, &[&caller])
+    );
+
+    let metrics = server.metrics();
+    assert_eq!(metric(&metrics, "humanline_routes_total{reason=\"keyword\"}"), Some(1.0), "{metrics}");
+    eprintln!(
+        "keyword: routed ({route}), agent heard {:.1} s with peak RMS {peak:.3}; {:.1} s",
+        samples.len() as f32 / rate as f32,
+        started.elapsed().as_secs_f32()
+    );
+}
+
+// --- 2 ------------------------------------------------------------------------------------------
+
+/// "My internet is down", the IVR's answer, and the same again: the second time goes to a
+/// person, with reason repetition.
+#[test]
+fn a_repeated_request_reaches_an_agent() {
+    if !peers_available("a_repeated_request_reaches_an_agent") {
+        return;
+    }
+    let _speech = speech_lock();
+    let started = Instant::now();
+    let ports = Ports::claim(2);
+    let dir = tempdir("repetition");
+    let d = dir.path();
+
+    let mut agent = answering_agent(d, ports, "u1", Duration::from_secs(80));
+    let server = Server::start(ports, d, &[agent_uri(ports.agent_sipp().sip)]);
+    let (audio, secs) = caller_audio(
+        d,
+        "caller",
+        &[Part::Say("my internet is down"), Part::Silence(5.0), Part::Say("my internet is down"), Part::Silence(6.0)],
+    );
+    let hold_ms = (secs * 1000.0) as u64 + 1000;
+    let mut caller = speaking_caller(d, ports, &audio, hold_ms, "u1");
+
+    let bridged = server.log.wait_for(&["agent answered; bridged"], Duration::from_secs(45));
+    assert!(bridged.is_some(), "the agent was never bridged\n{}", context(&server, &[&caller, &agent]));
+    let route = route_line(&server);
+    assert!(route.contains("reason=\"repetition\""), "routed, but not for repetition: {route}\n{}", context(&server, &[&caller, &agent]));
+    // The first request got the IVR's answer before the second went to a person.
+    assert!(server.log.find(&["play", "prompt=topic_internet"]).is_some(), "no topic answer played\n{}", context(&server, &[&caller]));
+
+    let code = caller.proc.wait(Duration::from_millis(hold_ms) + Duration::from_secs(30));
+    assert_sipp_ok("caller", code, &server, &[&caller, &agent]);
+    let code = agent.proc.wait(Duration::from_secs(15));
+    assert_sipp_ok("agent", code, &server, &[&caller, &agent]);
+
+    let invite = agent.received_request("INVITE").unwrap_or_else(|| panic!("agent saw no INVITE\n{}", agent.report()));
+    assert_eq!(header(&invite, "X-Humanline-Reason").as_deref(), Some("repetition"), "agent INVITE:\n{invite}");
+    let transcript = header(&invite, "X-Humanline-Transcript").unwrap_or_default().to_lowercase();
+    assert!(transcript.contains("internet"), "transcript header {transcript:?}");
+    let metrics = server.metrics();
+    assert_eq!(metric(&metrics, "humanline_routes_total{reason=\"repetition\"}"), Some(1.0), "{metrics}");
+    eprintln!("repetition: {route}; transcript {transcript:?}; {:.1} s", started.elapsed().as_secs_f32());
+}
+
+// --- 3 ------------------------------------------------------------------------------------------
+
+/// Pressing 0 (RFC 4733 telephone-event) goes to a person with reason dtmf.
+#[test]
+fn dtmf_zero_reaches_an_agent() {
+    if !peers_available("dtmf_zero_reaches_an_agent") {
+        return;
+    }
+    let started = Instant::now();
+    let ports = Ports::claim(3);
+    let dir = tempdir("dtmf");
+    let d = dir.path();
+
+    let mut agent = answering_agent(d, ports, "u1", Duration::from_secs(60));
+    let server = Server::start(ports, d, &[agent_uri(ports.agent_sipp().sip)]);
+    let mut caller = dtmf_caller(d, ports, false, 2500, 8000, "u1");
+
+    let bridged = server.log.wait_for(&["agent answered; bridged"], Duration::from_secs(30));
+    assert!(bridged.is_some(), "the agent was never bridged\n{}", context(&server, &[&caller, &agent]));
+    let route = route_line(&server);
+    assert!(route.contains("reason=\"dtmf\""), "routed, but not for DTMF: {route}\n{}", context(&server, &[&caller, &agent]));
+
+    let code = caller.proc.wait(Duration::from_secs(40));
+    assert_sipp_ok("caller", code, &server, &[&caller, &agent]);
+    let code = agent.proc.wait(Duration::from_secs(15));
+    assert_sipp_ok("agent", code, &server, &[&caller, &agent]);
+
+    let invite = agent.received_request("INVITE").unwrap_or_else(|| panic!("agent saw no INVITE\n{}", agent.report()));
+    assert_eq!(header(&invite, "X-Humanline-Reason").as_deref(), Some("dtmf"), "agent INVITE:\n{invite}");
+    assert!(header(&invite, "X-Humanline-Transcript").is_some(), "no transcript header:\n{invite}");
+    let metrics = server.metrics();
+    assert_eq!(metric(&metrics, "humanline_routes_total{reason=\"dtmf\"}"), Some(1.0), "{metrics}");
+    eprintln!("dtmf: {route}; {:.1} s", started.elapsed().as_secs_f32());
+}
+
+// --- 4 ------------------------------------------------------------------------------------------
+
+/// The only agent cannot be reached (nothing listens on its port): the caller asks for a
+/// person and stays on the line for a minute, never hung up on, and the server stays healthy.
+#[test]
+fn with_no_agent_reachable_the_caller_is_never_hung_up_on() {
+    if !peers_available("with_no_agent_reachable_the_caller_is_never_hung_up_on") {
+        return;
+    }
+    let started = Instant::now();
+    let ports = Ports::claim(4);
+    let dir = tempdir("noagent");
+    let d = dir.path();
+
+    let dead_agent = agent_uri(ports.dead());
+    let mut server = Server::start(ports, d, std::slice::from_ref(&dead_agent));
+    // sipp fails the call on a BYE from the server; it hangs up itself after 2 + 60 s.
+    let mut caller = dtmf_caller(d, ports, false, 2000, 60_000, "u1");
+
+    let rang = server.log.wait_for(&["ringing agent", &dead_agent], Duration::from_secs(20));
+    assert!(rang.is_some(), "the dead agent was never tried\n{}", context(&server, &[&caller]));
+    let failed = server.log.wait_for(&["agent did not take the call"], Duration::from_secs(40)).or_else(|| server.log.find(&["could not ring agent"]));
+    assert!(failed.is_some(), "the dead agent's failure was never noticed\n{}", context(&server, &[&caller]));
+
+    let code = caller.proc.wait(Duration::from_secs(80));
+    assert_sipp_ok("caller", code, &server, &[&caller]);
+    let held = started.elapsed();
+    assert!(held >= Duration::from_secs(60), "the call ended after only {held:?}");
+    assert!(!caller.messages().contains("BYE sip:+15550124"), "the server sent the caller a BYE:\n{}", caller.report());
+
+    server.assert_alive();
+    let (status, body) = server.get("/healthz");
+    assert_eq!(status, 200, "/healthz after the call: {body}\n{}", server.story());
+    let metrics = server.metrics();
+    assert_eq!(metric(&metrics, "humanline_routes_total{reason=\"dtmf\"}"), Some(1.0), "{metrics}");
+    assert!(server.log.find(&["agent answered"]).is_none(), "a dead agent answered?\n{}", server.story());
+    let attempts = server.log.find_all(&["ringing agent"]).len();
+    eprintln!("no agent: caller held {:.1} s without a BYE; {attempts} ring attempt(s)", held.as_secs_f32());
+}
+
+// --- 5 ------------------------------------------------------------------------------------------
+
+/// The agent hangs up: the caller (baresip, recording what it hears) is back with the IVR and
+/// hears its after-agent prompt; Humanline never hangs up on the caller.
+#[test]
+fn when_the_agent_hangs_up_the_caller_hears_the_ivr_again() {
+    if !peers_available("when_the_agent_hangs_up_the_caller_hears_the_ivr_again") {
+        return;
+    }
+    let started = Instant::now();
+    let ports = Ports::claim(5);
+    let dir = tempdir("agentleft");
+    let d = dir.path();
+
+    let mut agent = Sipp::start(
+        d,
+        SippRun {
+            name: "agent",
+            scenario: "agent_hangs_up.xml",
+            vars: &[("BYE_AFTER_MS", "3000".into())],
+            remote: None,
+            transport: "u1",
+            ports: ports.agent_sipp(),
+            timeout: Duration::from_secs(60),
+        },
+    );
+    let server = Server::start(ports, d, &[agent_uri(ports.agent_sipp().sip)]);
+    let caller_play = d.join("caller_says.wav");
+    silence_wav(&caller_play, 80.0);
+    let phone = Baresip::start(d, "caller", "caller", ports.baresip(), &caller_play, Duration::from_secs(75));
+    let mut ctrl = phone.control();
+    ctrl.command("dial", &format!("sip:ivr@{}", ports.sip_addr()));
+    let (t0, _) = ctrl
+        .wait_event("CALL_ESTABLISHED", Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("the call was not established:\n{}\n{}", ctrl.describe(), server.story()));
+    std::thread::sleep(Duration::from_millis(2500));
+    ctrl.command("sndcode", "0");
+    std::thread::sleep(Duration::from_millis(250));
+    ctrl.command("sndcode", "");
+
+    let (t_bridged, _) = server
+        .log
+        .wait_for(&["agent answered; bridged"], Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("the agent was never bridged\n{}", context(&server, &[&agent])));
+    let (t_left, _) = server
+        .log
+        .wait_for(&["agent left; caller back with the IVR"], Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("the agent's hang-up was not noticed\n{}", context(&server, &[&agent])));
+    let code = agent.proc.wait(Duration::from_secs(10));
+    assert_sipp_ok("agent", code, &server, &[&agent]);
+
+    // Stay on the line while the IVR speaks again, then hang up ourselves.
+    std::thread::sleep(Duration::from_secs(7));
+    assert!(ctrl.event("CALL_CLOSED").is_none(), "the caller's call was closed by the server:\n{}", ctrl.describe());
+    let trace = phone.trace_text();
+    assert!(!trace.contains("BYE sip:"), "a BYE was exchanged before the caller hung up:\n{}", tail(&trace, 60));
+    ctrl.command("hangup", "");
+    ctrl.wait_event("CALL_CLOSED", Duration::from_secs(10)).unwrap_or_else(|| panic!("hangup did not close the call:\n{}", ctrl.describe()));
+    assert!(
+        server.log.wait_for(&["caller hung up"], Duration::from_secs(10)).is_some(),
+        "the server did not see the caller hang up\n{}",
+        server.story()
+    );
+
+    let (t_prompt, prompt) = server
+        .log
+        .find(&["play", "prompt=after_agent"])
+        .unwrap_or_else(|| panic!("no after-agent prompt played\n{}", server.story()));
+    assert!(t_prompt >= t_left, "after_agent played before the agent left: {prompt}");
+
+    let heard = phone.heard().unwrap_or_else(|| panic!("baresip recorded nothing in {}", phone.rec.display()));
+    let (samples, rate) = read_wav(&heard);
+    let env = envelope(&samples, rate, 0.5);
+    let at = |t: Instant| t.saturating_duration_since(t0).as_secs_f32();
+    let (bridged, left) = (at(t_bridged), at(t_left));
+    let why = format!(
+        "bridged at {bridged:.2} s, agent left at {left:.2} s (call time); what the caller heard:\n{}\n{}",
+        describe_envelope(&env, 0.5),
+        server.story()
+    );
+    // While bridged the (silent) agent is all the caller hears...
+    if left - bridged > 1.5 {
+        let quiet = rms(&samples, rate, bridged + 0.6, left - bridged - 1.0);
+        assert!(quiet < 0.005, "the caller heard sound while bridged to a silent agent (RMS {quiet:.4}); {why}");
+    }
+    // ...and after the agent's BYE, the IVR speaks again.
+    let after = rms(&samples, rate, left + 0.3, 2.7);
+    assert!(after > 0.02, "silence after the agent left (RMS {after:.4}); {why}");
+    eprintln!(
+        "agent left: bridged {bridged:.1} s, left {left:.1} s, after-agent RMS {after:.3}; {:.1} s",
+        started.elapsed().as_secs_f32()
+    );
+}
+
+// --- 6 ------------------------------------------------------------------------------------------
+
+/// SIP over TCP, both legs: the caller (sipp -t t1) presses 0 as SIP INFO, the agent is
+/// reached at a `;transport=tcp` URI (sipp -t t1).
+#[test]
+fn tcp_callers_and_agents_work_too() {
+    if !peers_available("tcp_callers_and_agents_work_too") {
+        return;
+    }
+    let started = Instant::now();
+    let ports = Ports::claim(6);
+    let dir = tempdir("tcp");
+    let d = dir.path();
+
+    let mut agent = answering_agent(d, ports, "t1", Duration::from_secs(60));
+    let server = Server::start(ports, d, &[format!("{};transport=tcp", agent_uri(ports.agent_sipp().sip))]);
+    let mut caller = dtmf_caller(d, ports, true, 2500, 8000, "t1");
+
+    let bridged = server.log.wait_for(&["agent answered; bridged"], Duration::from_secs(30));
+    assert!(bridged.is_some(), "the agent was never bridged\n{}", context(&server, &[&caller, &agent]));
+    let route = route_line(&server);
+    assert!(route.contains("reason=\"dtmf\""), "routed, but not for DTMF: {route}\n{}", context(&server, &[&caller, &agent]));
+    assert!(server.log.find(&["incoming call", "transport=tcp"]).is_some(), "the call did not arrive over TCP\n{}", server.story());
+
+    let code = caller.proc.wait(Duration::from_secs(40));
+    assert_sipp_ok("caller", code, &server, &[&caller, &agent]);
+    let code = agent.proc.wait(Duration::from_secs(15));
+    assert_sipp_ok("agent", code, &server, &[&caller, &agent]);
+
+    let messages = caller.messages();
+    let info_ok = messages.split("\n----").any(|m| m.contains("SIP/2.0 200") && m.contains("CSeq: 2 INFO"));
+    assert!(info_ok, "the INFO was not answered 200\n{}", caller.report());
+    let invite = agent.received_request("INVITE").unwrap_or_else(|| panic!("agent saw no INVITE\n{}", agent.report()));
+    assert!(header(&invite, "Via").is_some_and(|v| v.to_uppercase().starts_with("SIP/2.0/TCP")), "agent INVITE not over TCP:\n{invite}");
+    assert_eq!(header(&invite, "X-Humanline-Reason").as_deref(), Some("dtmf"), "agent INVITE:\n{invite}");
+    eprintln!("tcp: {route}; {:.1} s", started.elapsed().as_secs_f32());
+}
+
+// --- 7 ------------------------------------------------------------------------------------------
+
+/// A small xorshift generator: the junk is the same on every run.
+struct Junk(u64);
+
+impl Junk {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+fn invite_text(port: u16, i: usize, via: &str, extra: &str, content_length: &str, body: &str) -> String {
+    format!(
+        "INVITE sip:ivr@127.0.0.1:{port} SIP/2.0\r\n{via}From: <sip:junk@127.0.0.1:9>;tag=j{i}\r\nTo: <sip:ivr@127.0.0.1:{port}>\r\nCall-ID: junk-{i}@127.0.0.1\r\nCSeq: 1 INVITE\r\nContact: <sip:junk@127.0.0.1:9>\r\nMax-Forwards: 70\r\n{extra}Content-Type: application/sdp\r\nContent-Length: {content_length}\r\n\r\n{body}"
+    )
+}
+
+/// One malformed datagram: garbage, cut-off INVITEs, INVITEs with broken headers, requests and
+/// responses for dialogs that do not exist. None of them is a valid new call.
+fn junk_datagram(rng: &mut Junk, port: u16, i: usize) -> Vec<u8> {
+    let via = format!("Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKjunk{i}\r\n");
+    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 9 RTP/AVP 0\r\n";
+    let whole = invite_text(port, i, &via, "", &sdp.len().to_string(), sdp);
+    match i % 16 {
+        0 => {
+            let n = 1 + rng.below(1400);
+            rng.bytes(n)
+        }
+        1 => {
+            // cut off inside the headers
+            let cut = 10 + rng.below(whole.find("\r\n\r\n").unwrap_or(whole.len()) - 10);
+            whole.as_bytes()[..cut].to_vec()
+        }
+        2 => invite_text(port, i, &via, "", "99999", sdp).into_bytes(),
+        3 => invite_text(port, i, &via, "", "-7", sdp).into_bytes(),
+        4 => invite_text(port, i, "", "", &sdp.len().to_string(), sdp).into_bytes(), // no Via
+        5 => whole.replace(&format!("Call-ID: junk-{i}@127.0.0.1\r\n"), "").into_bytes(), // no Call-ID
+        6 => whole.replace("CSeq: 1 INVITE", "CSeq: one INVITE").into_bytes(),
+        7 => whole.replace("To: <sip:ivr", "To: <<<sip:::ivr").replace("From: <sip:junk@127.0.0.1:9>", "From: \"unterminated <sip:").into_bytes(),
+        8 => {
+            let mut b = whole.into_bytes();
+            for _ in 0..20 {
+                let at = rng.below(b.len());
+                b[at] = rng.next() as u8; // NULs, non-UTF-8, broken CRLFs
+            }
+            b
+        }
+        9 => invite_text(port, i, &via, &format!("X-Huge: {}\r\n", "A".repeat(8000)), &sdp.len().to_string(), sdp).into_bytes(),
+        10 => format!("INVITE nonsense SIP/2.0\r\n{via}Call-ID: junk-{i}\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n").into_bytes(),
+        11 => whole.replacen("SIP/2.0", "SIP/7.3", 1).into_bytes(),
+        12 => format!("SIP/2.0 200 OK\r\n{via}From: <sip:a@b>;tag=x\r\nTo: <sip:c@d>;tag=y\r\nCall-ID: nobody-{i}\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n").into_bytes(),
+        13 => format!("BYE sip:ivr@127.0.0.1:{port} SIP/2.0\r\n{via}From: <sip:a@b>;tag=x\r\nTo: <sip:c@d>;tag=y\r\nCall-ID: nobody-{i}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n").into_bytes(),
+        14 => "\r\n\r\n".repeat(1 + rng.below(50)).into_bytes(),
+        _ => whole.replace("Content-Type: application/sdp\r\n", "Content-Type: application/sdp\r\nBroken header line without a colon\r\n : \r\n").into_bytes(),
+    }
+}
+
+/// A burst of malformed SIP while a good caller presses 0 and reaches the agent: the good call
+/// completes and /healthz stays 200 throughout.
+#[test]
+fn a_burst_of_malformed_sip_does_not_disturb_a_good_call() {
+    if !peers_available("a_burst_of_malformed_sip_does_not_disturb_a_good_call") {
+        return;
+    }
+    let started = Instant::now();
+    let ports = Ports::claim(7);
+    let dir = tempdir("junk");
+    let d = dir.path();
+
+    let mut agent = answering_agent(d, ports, "u1", Duration::from_secs(60));
+    let mut server = Server::start(ports, d, &[agent_uri(ports.agent_sipp().sip)]);
+    let sip_port = ports.sip();
+
+    let burst = std::thread::spawn(move || {
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("junk socket");
+        sock.set_nonblocking(true).ok();
+        let mut rng = Junk(0x9E37_79B9_7F4A_7C15);
+        let mut sent = 0usize;
+        for i in 0..400 {
+            let d = junk_datagram(&mut rng, sip_port, i);
+            if sock.send_to(&d, ("127.0.0.1", sip_port)).is_ok() {
+                sent += 1;
+            }
+            // drain whatever the server answers (400s and the like)
+            let mut buf = [0u8; 2048];
+            while sock.recv_from(&mut buf).is_ok() {}
+            if i % 40 == 39 {
+                // the same over TCP: a connection that writes junk and goes away
+                if let Ok(mut s) = TcpStream::connect(("127.0.0.1", sip_port)) {
+                    let _ = s.write_all(&junk_datagram(&mut rng, sip_port, i + 1));
+                    let _ = s.set_read_timeout(Some(Duration::from_millis(50)));
+                    let _ = s.read(&mut buf);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(12));
+        }
+        sent
+    });
+    let mut caller = dtmf_caller(d, ports, false, 3000, 8000, "u1");
+
+    // /healthz during the burst
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(700));
+        let (status, body) = server.get("/healthz");
+        assert_eq!(status, 200, "/healthz during the burst: {body}\n{}", server.story());
+    }
+    let sent = burst.join().expect("burst thread");
+    assert!(sent >= 300, "only {sent} junk datagrams sent");
+
+    let bridged = server.log.wait_for(&["agent answered; bridged"], Duration::from_secs(30));
+    assert!(bridged.is_some(), "the good call never reached the agent\n{}", context(&server, &[&caller, &agent]));
+    let route = route_line(&server);
+    assert!(route.contains("reason=\"dtmf\""), "routed, but not for DTMF: {route}\n{}", context(&server, &[&caller, &agent]));
+    let code = caller.proc.wait(Duration::from_secs(40));
+    assert_sipp_ok("caller", code, &server, &[&caller, &agent]);
+    let code = agent.proc.wait(Duration::from_secs(15));
+    assert_sipp_ok("agent", code, &server, &[&caller, &agent]);
+
+    server.assert_alive();
+    let (status, body) = server.get("/healthz");
+    assert_eq!(status, 200, "/healthz after the burst: {body}\n{}", server.story());
+    let metrics = server.metrics();
+    assert_eq!(metric(&metrics, "humanline_calls_total"), Some(1.0), "junk became calls:\n{metrics}\n{}", server.story());
+    eprintln!("junk: {sent} malformed datagrams, the good call routed ({route}); {:.1} s", started.elapsed().as_secs_f32());
+}
