@@ -111,6 +111,27 @@ fn route_line(server: &Server) -> String {
     server.log.find(&["route to a person"]).map(|(_, l)| l).unwrap_or_default()
 }
 
+/// Checks the route reason of a call routed by what the caller said. When recognition fell
+/// behind real time, Humanline routes with reason speech_unavailable instead (by design): say
+/// so, since that means the machine is overloaded rather than that the words were missed.
+fn assert_speech_route(server: &Server, want: &str, peers: &[&Sipp]) -> String {
+    let route = route_line(server);
+    if route.contains(&format!("reason=\"{want}\"")) {
+        return route;
+    }
+    let behind = server.log.find_all(&["recognition is behind"]).len() + server.log.find_all(&["slower than real time"]).len();
+    let hint = if behind > 0 {
+        format!(
+            "\nNOTE: speech recognition fell behind real time {behind} time(s) — the CPU is probably saturated by \
+             something else (loadavg: {})",
+            std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
+        )
+    } else {
+        String::new()
+    };
+    panic!("routed, but not for {want}: {route}{hint}\n{}", context(server, peers));
+}
+
 /// The caller's sipp must end cleanly: no BYE from Humanline (that fails the scenario), no
 /// timeout.
 fn assert_sipp_ok(name: &str, code: Option<i32>, server: &Server, peers: &[&Sipp]) {
@@ -158,8 +179,7 @@ fn asking_for_a_human_rings_an_agent_who_hears_the_caller() {
 
     let bridged = server.log.wait_for(&["agent answered; bridged"], Duration::from_secs(45));
     assert!(bridged.is_some(), "the agent was never bridged\n{}", context(&server, &[&caller]));
-    let route = route_line(&server);
-    assert!(route.contains("reason=\"keyword\""), "routed, but not for the keyword: {route}\n{}", context(&server, &[&caller]));
+    let route = assert_speech_route(&server, "keyword", &[&caller]);
 
     let code = caller.proc.wait(Duration::from_millis(hold_ms) + Duration::from_secs(30));
     assert_sipp_ok("caller", code, &server, &[&caller]);
@@ -227,8 +247,7 @@ fn a_repeated_request_reaches_an_agent() {
 
     let bridged = server.log.wait_for(&["agent answered; bridged"], Duration::from_secs(45));
     assert!(bridged.is_some(), "the agent was never bridged\n{}", context(&server, &[&caller, &agent]));
-    let route = route_line(&server);
-    assert!(route.contains("reason=\"repetition\""), "routed, but not for repetition: {route}\n{}", context(&server, &[&caller, &agent]));
+    let route = assert_speech_route(&server, "repetition", &[&caller, &agent]);
     // The first request got the IVR's answer before the second went to a person.
     assert!(server.log.find(&["play", "prompt=topic_internet"]).is_some(), "no topic answer played\n{}", context(&server, &[&caller]));
 
