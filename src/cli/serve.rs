@@ -34,6 +34,10 @@ pub struct ServeArgs {
     /// Whisper model (ggml) [default: $HUMANLINE_MODEL or models/ggml-tiny.en.bin].
     #[arg(long)]
     model: Option<PathBuf>,
+    /// Decide only at the end of speech (no partial transcripts): the baseline benchmarks
+    /// compare against.
+    #[arg(long)]
+    no_partials: bool,
     /// Decoder threads for speech recognition [default: 1].
     #[arg(long)]
     decoders: Option<usize>,
@@ -73,6 +77,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         agents,
         trunk: args.trunk.or(file.trunk),
         utc_offset_min: file.utc_offset_min.unwrap_or(0),
+        partials: !args.no_partials,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

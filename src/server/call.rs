@@ -18,7 +18,7 @@ use crate::sip::{
     OutboundInvite, RejectStatus,
 };
 use crate::speech::{
-    DecodeKind, DecodeResult, RecognizerConfig, RecognizerOutput, StreamResampler,
+    DecodeKind, DecodeResult, RecognizerOutput, StreamResampler,
     StreamingRecognizer,
 };
 use std::collections::HashMap;
@@ -118,7 +118,7 @@ async fn run_inner(shared: &Arc<Shared>, id: u64, incoming: IncomingCall) -> any
     let (queue_tx, mut queue_rx) = mpsc::unbounded_channel();
     let (callback_tx, mut callback_rx) = mpsc::unbounded_channel();
     let (decode_tx, mut decode_rx) = mpsc::unbounded_channel::<DecodeResult>();
-    let mut recognizer = StreamingRecognizer::new(id, RecognizerConfig::default())?;
+    let mut recognizer = StreamingRecognizer::new(id, shared.recognizer.clone())?;
     let mut resampler = StreamResampler::telephone_to_16k()?;
     let mut pcm = Vec::with_capacity(320);
     let mut call = Call {

@@ -40,6 +40,7 @@ pub struct Shared {
     pub(crate) next_call: AtomicU64,
     pub(crate) utc_offset_min: i64,
     pub(crate) agent_count: usize,
+    pub(crate) recognizer: crate::speech::RecognizerConfig,
 }
 
 impl Shared {
@@ -140,6 +141,11 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         next_call: AtomicU64::new(1),
         utc_offset_min: opts.utc_offset_min,
         agent_count: opts.agents.len(),
+        recognizer: if opts.partials {
+            crate::speech::RecognizerConfig::default()
+        } else {
+            crate::speech::RecognizerConfig { partial_interval_ms: 0, ..Default::default() }
+        },
     });
     tokio::spawn(watch_prompts(shared.clone(), opts.prompts.clone()));
     match &opts.trunk {

@@ -64,6 +64,8 @@ pub struct ServeOptions {
     pub agents: Vec<String>,
     pub trunk: Option<String>,
     pub utc_offset_min: i64,
+    /// Decode partial transcripts while the caller speaks (off only for baselines).
+    pub partials: bool,
 }
 
 pub fn parse_port_range(s: &str) -> anyhow::Result<PortRange> {
