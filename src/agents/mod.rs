@@ -127,6 +127,10 @@ impl AgentQueue {
     /// served by the agents in parallel, each taking the average handle time seen so far.
     pub fn estimated_wait(&self, call: u64) -> Option<Duration> {
         let position = self.position(call)?;
+        if self.waiting.iter().any(|w| w.call == call && w.ringing) {
+            // Their agent's phone is ringing now.
+            return Some(Duration::ZERO);
+        }
         let staffed = self.agents.len().max(1) as u32;
         let free = self
             .agents

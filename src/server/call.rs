@@ -18,8 +18,7 @@ use crate::sip::{
     OutboundInvite, RejectStatus,
 };
 use crate::speech::{
-    DecodeKind, DecodeResult, RecognizerOutput, StreamResampler,
-    StreamingRecognizer,
+    DecodeKind, DecodeResult, RecognizerOutput, StreamResampler, StreamingRecognizer,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -78,6 +77,12 @@ struct Call {
     speech_end: Option<Instant>,
     awaiting_final: Option<Instant>,
     call_start: Instant,
+    /// The caller's ACK came: the call is real (a forged INVITE never gets this far).
+    confirmed: bool,
+    /// Audio has arrived from the caller at least once.
+    heard_caller: bool,
+    /// The agent's phone must answer by then, or the next agent is tried.
+    ring_deadline: Option<Instant>,
 }
 
 async fn run_inner(shared: &Arc<Shared>, id: u64, incoming: IncomingCall) -> anyhow::Result<()> {
@@ -137,17 +142,10 @@ async fn run_inner(shared: &Arc<Shared>, id: u64, incoming: IncomingCall) -> any
         speech_end: None,
         awaiting_final: None,
         call_start: Instant::now(),
+        confirmed: false,
+        heard_caller: false,
+        ring_deadline: None,
     };
-    let caller_id = Some(call.caller_id.clone()).filter(|c| !c.is_empty());
-    call.feed(Event::CallStarted {
-        caller_id,
-        language: None,
-    })
-    .await;
-    if shared.speech.is_none() {
-        // Without speech recognition only a person can help: say so by routing now.
-        call.feed(Event::SpeechEngineDegraded).await;
-    }
 
     loop {
         let timeout = call.next_deadline();
@@ -162,6 +160,10 @@ async fn run_inner(shared: &Arc<Shared>, id: u64, incoming: IncomingCall) -> any
                 let Some(ev) = ev else { break };
                 match ev {
                     MediaEvent::Audio(frame) => {
+                        if !call.confirmed {
+                            continue;
+                        }
+                        call.heard_caller |= !frame.concealed;
                         pcm.clear();
                         pcm.extend(frame.samples.iter().map(|s| *s as f32 / 32768.0));
                         let mut out = Vec::with_capacity(340);
@@ -236,14 +238,30 @@ fn unix_ms() -> i64 {
 impl Call {
     fn next_deadline(&self) -> Option<Instant> {
         let brain = self.brain.next_timeout().map(|(_, at)| at);
-        [brain, self.awaiting_final.map(|t| t + FINAL_DEADLINE)]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            brain,
+            self.awaiting_final.map(|t| t + FINAL_DEADLINE),
+            self.ring_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     async fn on_deadline(&mut self) {
         let now = Instant::now();
+        if self.ring_deadline.is_some_and(|t| t <= now) {
+            self.ring_deadline = None;
+            // An agent that does not even say "ringing" cannot be CANCELled; give up on it
+            // here rather than keep the caller waiting for the transaction to time out.
+            if let Some(leg) = &self.agent
+                && leg.media.is_none()
+            {
+                info!(agent = %leg.agent, "agent did not answer in time");
+                let _ = leg.call.hangup().await;
+                self.agent_failed(AgentFailure::NoAnswer).await;
+            }
+        }
         if self
             .awaiting_final
             .is_some_and(|t| t + FINAL_DEADLINE <= now)
@@ -420,7 +438,23 @@ impl Call {
 
     async fn on_sip(&mut self, ev: InboundEvent) {
         match ev {
-            InboundEvent::Confirmed => debug!("ACK"),
+            InboundEvent::Confirmed => {
+                // The IVR starts once the caller's ACK proves the call is real: nothing is
+                // played, routed or promised for an INVITE nobody completes.
+                if !self.confirmed {
+                    self.confirmed = true;
+                    let caller_id = Some(self.caller_id.clone()).filter(|c| !c.is_empty());
+                    self.feed(Event::CallStarted {
+                        caller_id,
+                        language: None,
+                    })
+                    .await;
+                    if self.shared.speech.is_none() {
+                        // Without speech recognition only a person can help: route now.
+                        self.feed(Event::SpeechEngineDegraded).await;
+                    }
+                }
+            }
             InboundEvent::Cancelled | InboundEvent::Bye | InboundEvent::Ended { .. } => {
                 info!("caller hung up");
                 self.feed(Event::CallerHungUp).await;
@@ -460,10 +494,11 @@ impl Call {
                     self.feed(Event::PromptFinished { play }).await;
                 }
             }
-            MediaEvent::MediaStopped => {
+            MediaEvent::MediaStopped if self.heard_caller => {
                 warn!("caller's media stopped");
                 self.feed(Event::CallerMediaLost).await;
             }
+            MediaEvent::MediaStopped => debug!("no media from the caller yet"),
             MediaEvent::Audio(_)
             | MediaEvent::MediaResumed
             | MediaEvent::RemoteAddressChanged(_) => {}
@@ -536,6 +571,7 @@ impl Call {
             local,
             socket: Some(socket),
         });
+        self.ring_deadline = Some(Instant::now() + AGENT_RING_TIMEOUT + Duration::from_secs(1));
         self.feed(Event::AgentOffered {
             agent: agent.to_string(),
         })
@@ -574,6 +610,7 @@ impl Call {
                             warn!(error = %e, "bridge failed");
                         }
                         leg.media = Some((handle, rx));
+                        self.ring_deadline = None;
                         info!(%agent, "agent answered; bridged");
                         let _ = self.shared.queue.send(QueueMsg::AgentAnswered {
                             agent: agent.clone(),
@@ -637,6 +674,7 @@ impl Call {
     }
 
     async fn agent_failed(&mut self, why: AgentFailure) {
+        self.ring_deadline = None;
         let Some(leg) = self.agent.take() else { return };
         let _ = self.shared.queue.send(QueueMsg::AgentFailed {
             agent: leg.agent.clone(),

@@ -144,7 +144,10 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         recognizer: if opts.partials {
             crate::speech::RecognizerConfig::default()
         } else {
-            crate::speech::RecognizerConfig { partial_interval_ms: 0, ..Default::default() }
+            crate::speech::RecognizerConfig {
+                partial_interval_ms: 0,
+                ..Default::default()
+            }
         },
     });
     tokio::spawn(watch_prompts(shared.clone(), opts.prompts.clone()));

@@ -60,6 +60,15 @@ pub(crate) fn classify(packet: &[u8], server: &str) -> Verdict {
         return Verdict::Pass; // CRLF keep-alive: the stack answers it
     }
     match SipMessage::try_from(packet) {
+        Ok(SipMessage::Request(req)) if !request_version_is_2_0(packet) => {
+            if req.method == Method::Ack {
+                return Verdict::Drop("ACK of another SIP version");
+            }
+            match text_reply(packet, 505, "Version Not Supported", None, server) {
+                Some(bytes) => Verdict::Reply(bytes),
+                None => Verdict::Drop("request of another SIP version"),
+            }
+        }
         Ok(SipMessage::Request(req)) => match check_request(&req, packet) {
             Ok(()) => Verdict::Pass,
             Err(problem) if req.method == Method::Ack => {
@@ -110,8 +119,37 @@ pub(crate) fn classify(packet: &[u8], server: &str) -> Verdict {
     }
 }
 
+/// Whether the request line ends in `SIP/2.0` (the parser accepts any version).
+fn request_version_is_2_0(packet: &[u8]) -> bool {
+    let end = packet
+        .iter()
+        .position(|&b| b == b'\n')
+        .unwrap_or(packet.len());
+    std::str::from_utf8(&packet[..end])
+        .map(|l| {
+            l.trim_end_matches('\r')
+                .rsplit(' ')
+                .next()
+                .is_some_and(|v| v.eq_ignore_ascii_case("SIP/2.0"))
+        })
+        .unwrap_or(false)
+}
+
 /// Checks what the stack and the dialog layer rely on.
 fn check_request(req: &Request, packet: &[u8]) -> Result<(), &'static str> {
+    // Every header line is `name: value` (or a folded continuation starting with white space);
+    // the parser skips a line without a colon, which would hide a broken message.
+    let head_end = body_offset(packet).unwrap_or(packet.len());
+    let bad_line = packet[..head_end]
+        .split(|&b| b == b'\n')
+        .skip(1)
+        .any(|line| {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            !line.is_empty() && !line[0].is_ascii_whitespace() && !line.contains(&b':')
+        });
+    if bad_line {
+        return Err("header line without a colon");
+    }
     let via = req.via_header().map_err(|_| "missing Via")?;
     let via = via.typed().map_err(|_| "bad Via")?;
     if !via
@@ -399,6 +437,17 @@ Content-Length: 0\r\n\r\n";
         let msg = GOOD.replace("Content-Length: 0", "Content-Length: 500");
         let r = reply_of(classify(msg.as_bytes(), "t"));
         assert!(r.contains("Content-Length"), "{r}");
+    }
+
+    #[test]
+    fn another_sip_version_gets_505_and_a_colonless_header_line_400() {
+        let v7 = GOOD.replace("SIP/2.0\r\nVia", "SIP/7.3\r\nVia");
+        let r = reply_of(classify(v7.as_bytes(), "t"));
+        assert!(r.starts_with("SIP/2.0 505 "), "{r}");
+        let broken = GOOD.replace("Max-Forwards: 70", "Max-Forwards 70");
+        assert!(broken != GOOD, "fixture has no Max-Forwards line");
+        let r = reply_of(classify(broken.as_bytes(), "t"));
+        assert!(r.starts_with("SIP/2.0 400 "), "{r}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -20,6 +21,18 @@ use super::{SAMPLE_RATE, SpeechError, samples_to_ms};
 /// elsewhere in the crate can plug in a fake and need no model.
 pub trait Transcriber: Send + Sync {
     fn transcribe(&self, audio_16k: &[f32], opts: &DecodeOptions) -> Result<String, SpeechError>;
+
+    /// Like [`Transcriber::transcribe`], but may give up early once `cancel` is set (the pool
+    /// sets it when a running partial becomes useless). The result is then ignored.
+    fn transcribe_cancellable(
+        &self,
+        audio_16k: &[f32],
+        opts: &DecodeOptions,
+        cancel: &AtomicBool,
+    ) -> Result<String, SpeechError> {
+        let _ = cancel;
+        self.transcribe(audio_16k, opts)
+    }
 
     /// Called once per pool worker before it starts, to allocate per-worker decoder state
     /// up front (so the first call does not pay for it and errors show at start-up).
@@ -51,8 +64,9 @@ pub struct DecodeOptions {
     pub threads: Option<usize>,
     /// Adaptive: encoder positions per second of audio (Whisper's encoder has 50/s).
     pub ctx_per_second: f32,
-    /// Adaptive: extra encoder positions beyond the audio. Some trailing padding shows the
-    /// model where speech ends; without it, it tends to repeat itself.
+    /// Adaptive: extra encoder positions beyond the audio (50 per second of silence). The
+    /// trailing silence shows the model where speech ends; with little of it tiny.en repeats
+    /// the sentence until the token cap (loops on 6/26 clips at 64, 2/26 at 256, 0/26 at 512).
     pub ctx_margin: u32,
     /// Adaptive: round the context up to a multiple of this (fewer distinct graph sizes).
     pub ctx_round: u32,
@@ -63,36 +77,54 @@ pub struct DecodeOptions {
     pub tokens_per_second: f32,
     /// Adaptive: tokens allowed on top of the per-second budget.
     pub extra_tokens: u32,
+    /// Ban a token that would repeat an n-gram (of this many tokens) already in the
+    /// transcript: stops the remaining loops ("Human. Human. Human? Human...") at their start.
+    /// 3 still lets a caller's own "agent, agent, agent" through. 0 disables.
+    pub no_repeat_ngram: u32,
+    /// Emit no timestamp tokens (faster; we never use timestamps).
+    pub no_timestamps: bool,
 }
 
 impl Default for DecodeOptions {
+    /// Measured on 26 espeak-ng phone-band clips (see `bench::bench_decode`): margin 320 and
+    /// the 3-gram ban stop the loops seen with smaller margins (6/26 at margin 64), and the
+    /// escape prompt lifts escape-word recall from 7/16 to 13/16.
     fn default() -> Self {
         DecodeOptions {
             strategy: DecodeStrategy::Adaptive,
-            initial_prompt: None,
+            initial_prompt: Some(ESCAPE_PROMPT.to_string()),
             threads: None,
             ctx_per_second: 50.0,
-            ctx_margin: 64,
+            ctx_margin: 320,
             ctx_round: 64,
             min_audio_ctx: 128,
             tokens_per_second: 5.0,
             extra_tokens: 6,
+            no_repeat_ngram: 3,
+            no_timestamps: true,
         }
     }
 }
 
 impl DecodeOptions {
-    /// The naive baseline.
+    /// The naive baseline (no prompt).
     pub fn full_window() -> Self {
         DecodeOptions {
             strategy: DecodeStrategy::FullWindow,
+            initial_prompt: None,
             ..DecodeOptions::default()
         }
     }
 
-    /// A prompt naming the escape words, which helps tiny.en hear them on phone audio.
+    /// With [`ESCAPE_PROMPT`], which helps tiny.en hear the escape words on phone audio.
     pub fn with_escape_prompt(mut self) -> Self {
         self.initial_prompt = Some(ESCAPE_PROMPT.to_string());
+        self
+    }
+
+    /// Without an initial prompt.
+    pub fn without_prompt(mut self) -> Self {
+        self.initial_prompt = None;
         self
     }
 
@@ -133,7 +165,10 @@ const MAX_AUDIO_CTX: u32 = 1500;
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct EngineOptions {
-    /// Default threads per decode.
+    /// Default threads per decode. 1: ggml's worker threads spin-wait at every barrier, so
+    /// when other work competes for the cores a 2-thread decode gets 2-7x slower, while a
+    /// 1-thread one degrades gracefully. On an idle machine 2 threads is ~40% faster; run
+    /// more pool workers instead to use the cores.
     pub threads: usize,
     /// Route whisper.cpp's own logging away from stderr (it prints every model load).
     pub quiet: bool,
@@ -142,7 +177,7 @@ pub struct EngineOptions {
 impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
-            threads: 2,
+            threads: 1,
             quiet: true,
         }
     }
@@ -268,10 +303,15 @@ impl WhisperEngine {
         state: &mut WhisperState,
         audio: &[f32],
         opts: &DecodeOptions,
+        cancel: Option<&AtomicBool>,
     ) -> Result<String, SpeechError> {
         let prompt = match &opts.initial_prompt {
             Some(p) if !p.trim().is_empty() => Some(self.prompt_tokens(p)?),
             _ => None,
+        };
+        let ngram = NgramFilter {
+            n: opts.no_repeat_ngram as usize,
+            n_vocab: usize::try_from(self.ctx.n_vocab()).unwrap_or(0),
         };
         let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
         let threads = opts.threads.unwrap_or(self.opts.threads).max(1);
@@ -289,10 +329,29 @@ impl WhisperEngine {
         if let Some(tokens) = &prompt {
             params.set_tokens(tokens);
         }
+        if let Some(flag) = cancel {
+            // SAFETY: `flag` is borrowed for the whole of this function, so it outlives the
+            // whisper_full call; the callback only reads it.
+            unsafe {
+                params.set_abort_callback(Some(abort_if_set));
+                params.set_abort_callback_user_data(std::ptr::from_ref(flag).cast_mut().cast());
+            }
+        }
         match opts.strategy {
             DecodeStrategy::Adaptive => {
                 params.set_single_segment(true);
-                params.set_no_timestamps(true);
+                params.set_no_timestamps(opts.no_timestamps);
+                if opts.no_repeat_ngram >= 2 {
+                    // SAFETY: `ngram` outlives the whisper_full call below (it is declared
+                    // before `params` in this function), and the callback stays within the
+                    // buffers whisper.cpp hands it.
+                    unsafe {
+                        params.set_filter_logits_callback(Some(no_repeat_ngram_filter));
+                        params.set_filter_logits_callback_user_data(
+                            std::ptr::from_ref(&ngram).cast_mut().cast(),
+                        );
+                    }
+                }
                 params.set_temperature(0.0);
                 // No fallback re-decodes: a second pass at a higher temperature costs a whole
                 // decode, and on a partial the next partial is a better retry.
@@ -302,9 +361,11 @@ impl WhisperEngine {
             }
             DecodeStrategy::FullWindow => {}
         }
-        state
-            .full(params, audio)
-            .map_err(|e| SpeechError::Decode(e.to_string()))?;
+        let outcome = state.full(params, audio);
+        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(SpeechError::Superseded);
+        }
+        outcome.map_err(|e| SpeechError::Decode(e.to_string()))?;
         let mut text = String::new();
         for segment in state.as_iter() {
             let piece = segment
@@ -318,6 +379,32 @@ impl WhisperEngine {
 
 impl Transcriber for WhisperEngine {
     fn transcribe(&self, audio_16k: &[f32], opts: &DecodeOptions) -> Result<String, SpeechError> {
+        self.transcribe_with(audio_16k, opts, None)
+    }
+
+    fn transcribe_cancellable(
+        &self,
+        audio_16k: &[f32],
+        opts: &DecodeOptions,
+        cancel: &AtomicBool,
+    ) -> Result<String, SpeechError> {
+        self.transcribe_with(audio_16k, opts, Some(cancel))
+    }
+
+    fn prepare_worker(&self) -> Result<(), SpeechError> {
+        let state = self.take_state()?;
+        lock(&self.idle_states).push(state);
+        Ok(())
+    }
+}
+
+impl WhisperEngine {
+    fn transcribe_with(
+        &self,
+        audio_16k: &[f32],
+        opts: &DecodeOptions,
+        cancel: Option<&AtomicBool>,
+    ) -> Result<String, SpeechError> {
         if audio_16k.is_empty() {
             return Ok(String::new());
         }
@@ -333,15 +420,65 @@ impl Transcriber for WhisperEngine {
             audio_16k
         };
         let mut state = self.take_state()?;
-        let result = self.decode(&mut state, audio, opts);
+        let result = self.decode(&mut state, audio, opts, cancel);
         lock(&self.idle_states).push(state);
         result
     }
+}
 
-    fn prepare_worker(&self) -> Result<(), SpeechError> {
-        let state = self.take_state()?;
-        lock(&self.idle_states).push(state);
-        Ok(())
+/// whisper.cpp abort callback: stop once the AtomicBool behind `data` is set.
+unsafe extern "C" fn abort_if_set(data: *mut std::ffi::c_void) -> bool {
+    let flag = data as *const AtomicBool;
+    // SAFETY: `decode` passes a pointer to an AtomicBool that outlives whisper_full.
+    !flag.is_null() && unsafe { (*flag).load(Ordering::Relaxed) }
+}
+
+/// Settings the n-gram filter reads through whisper.cpp's user-data pointer.
+struct NgramFilter {
+    n: usize,
+    n_vocab: usize,
+}
+
+/// whisper.cpp logits filter: forbid any token that would complete an n-gram (n = the user
+/// data value) already present in the tokens decoded so far. Never panics (it runs inside C).
+unsafe extern "C" fn no_repeat_ngram_filter(
+    _ctx: *mut whisper_rs::WhisperSysContext,
+    _state: *mut whisper_rs::WhisperSysState,
+    tokens: *const whisper_rs::WhisperTokenData,
+    n_tokens: std::ffi::c_int,
+    logits: *mut f32,
+    user_data: *mut std::ffi::c_void,
+) {
+    let filter = user_data as *const NgramFilter;
+    let len = usize::try_from(n_tokens).unwrap_or(0);
+    if filter.is_null() || tokens.is_null() || logits.is_null() {
+        return;
+    }
+    // SAFETY: `user_data` points at the NgramFilter that `decode` keeps alive across
+    // whisper_full; whisper.cpp passes its current token sequence (n_tokens long) and the
+    // logits of the next token (n_vocab long), valid for the duration of the call.
+    let (n, tokens, logits) = unsafe {
+        let f = &*filter;
+        (
+            f.n,
+            std::slice::from_raw_parts(tokens, len),
+            std::slice::from_raw_parts_mut(logits, f.n_vocab),
+        )
+    };
+    if n < 2 || len < n {
+        return;
+    }
+    let suffix = &tokens[len - (n - 1)..];
+    for start in 0..=len - n {
+        let window = &tokens[start..start + n - 1];
+        if window.iter().zip(suffix).all(|(a, b)| a.id == b.id)
+            && let Some(next) = tokens.get(start + n - 1)
+            && let Some(logit) = usize::try_from(next.id)
+                .ok()
+                .and_then(|i| logits.get_mut(i))
+        {
+            *logit = f32::NEG_INFINITY;
+        }
     }
 }
 
@@ -390,6 +527,7 @@ impl DecodeResult {
 #[serde(default)]
 pub struct PoolConfig {
     /// Decoder threads (each runs one decode at a time, with `decode.threads` threads).
+    /// Default: one per core (at most 4), with single-threaded decodes.
     pub workers: usize,
     /// Most jobs waiting. Beyond this, partials are shed and new jobs refused: the driver
     /// should route callers to a human rather than fall further behind.
@@ -400,7 +538,7 @@ pub struct PoolConfig {
 impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig {
-            workers: 1,
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
             max_queue: 32,
             decode: DecodeOptions::default(),
         }
@@ -431,10 +569,17 @@ struct Queued {
     enqueued: Instant,
 }
 
+/// A decode in progress.
+struct Running {
+    id: JobId,
+    started: Instant,
+    cancel: Arc<AtomicBool>,
+}
+
 #[derive(Default)]
 struct PoolState {
     queue: VecDeque<Queued>,
-    running: Vec<(JobId, Instant)>,
+    running: Vec<Running>,
     shutdown: bool,
     completed: u64,
     failed: u64,
@@ -576,13 +721,19 @@ impl DecoderPool {
                 }
             }
             DecodeKind::Final => {
-                // The final covers everything its queued partials would have said.
+                // The final covers everything its queued partials would have said, and a
+                // running partial would only delay it: abort that too.
                 let (gone, keep): (VecDeque<Queued>, VecDeque<Queued>) =
                     std::mem::take(&mut st.queue)
                         .into_iter()
                         .partition(is_partial_of_utt);
                 st.queue = keep;
                 dropped.extend(gone);
+                for r in &st.running {
+                    if r.id.kind == DecodeKind::Partial && same_utterance(&r.id, &id) {
+                        r.cancel.store(true, Ordering::Relaxed);
+                    }
+                }
             }
         }
         if st.queue.len() >= self.max_queue {
@@ -619,12 +770,15 @@ impl DecoderPool {
         })
     }
 
-    /// Drop every queued job of a stream (the call hung up). Their replies get
-    /// [`SpeechError::Superseded`]. Returns how many were dropped.
+    /// Drop every queued job of a stream (the call hung up) and abort its running ones.
+    /// Their replies get [`SpeechError::Superseded`]. Returns how many were queued.
     pub fn cancel_stream(&self, stream: u64) -> usize {
         let now = Instant::now();
         let dropped: Vec<Queued> = {
             let mut st = lock(&self.shared.state);
+            for r in st.running.iter().filter(|r| r.id.stream == stream) {
+                r.cancel.store(true, Ordering::Relaxed);
+            }
             let (gone, keep): (VecDeque<Queued>, VecDeque<Queued>) = std::mem::take(&mut st.queue)
                 .into_iter()
                 .partition(|q| q.job.id.stream == stream);
@@ -648,7 +802,7 @@ impl DecoderPool {
             queued: st.queue.len(),
             running: st.running.len(),
             oldest_queued_ms: st.queue.iter().map(|q| age(q.enqueued)).max(),
-            oldest_running_ms: st.running.iter().map(|(_, t)| age(*t)).max(),
+            oldest_running_ms: st.running.iter().map(|r| age(r.started)).max(),
             completed: st.completed,
             failed: st.failed,
             superseded: st.superseded,
@@ -656,8 +810,8 @@ impl DecoderPool {
         }
     }
 
-    /// Stop accepting jobs, fail the queued ones with [`SpeechError::PoolShutDown`], and wait
-    /// for running decodes to finish.
+    /// Stop accepting jobs, fail the queued ones with [`SpeechError::PoolShutDown`], abort
+    /// running decodes, and wait for the workers to exit.
     pub fn shutdown(mut self) {
         self.stop();
     }
@@ -667,6 +821,9 @@ impl DecoderPool {
         let queued: Vec<Queued> = {
             let mut st = lock(&self.shared.state);
             st.shutdown = true;
+            for r in &st.running {
+                r.cancel.store(true, Ordering::Relaxed);
+            }
             st.queue.drain(..).collect()
         };
         self.shared.wake.notify_all();
@@ -704,7 +861,7 @@ impl Drop for DecoderPool {
 
 fn worker_loop(shared: &PoolShared) {
     loop {
-        let (q, started) = {
+        let (q, started, cancel) = {
             let mut st = lock(&shared.state);
             loop {
                 if st.shutdown {
@@ -712,32 +869,42 @@ fn worker_loop(shared: &PoolShared) {
                 }
                 if let Some(q) = st.queue.pop_front() {
                     let started = Instant::now();
-                    st.running.push((q.job.id, started));
-                    break (q, started);
+                    let cancel = Arc::new(AtomicBool::new(false));
+                    st.running.push(Running {
+                        id: q.job.id,
+                        started,
+                        cancel: Arc::clone(&cancel),
+                    });
+                    break (q, started, cancel);
                 }
                 st = shared.wake.wait(st).unwrap_or_else(PoisonError::into_inner);
             }
         };
         let queue_ms = started.duration_since(q.enqueued).as_millis() as u64;
         // A panic inside a decode must not take the worker (and every later call) with it.
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
-            shared.transcriber.transcribe(&q.job.audio, &shared.decode)
+        let mut outcome = catch_unwind(AssertUnwindSafe(|| {
+            shared
+                .transcriber
+                .transcribe_cancellable(&q.job.audio, &shared.decode, &cancel)
         }))
         .unwrap_or_else(|_| Err(SpeechError::Decode("decoder panicked".into())));
+        if cancel.load(Ordering::Relaxed) {
+            outcome = Err(SpeechError::Superseded);
+        }
         let decode_ms = started.elapsed().as_millis() as u64;
         {
             let mut st = lock(&shared.state);
             if let Some(i) = st
                 .running
                 .iter()
-                .position(|(id, t)| *id == q.job.id && *t == started)
+                .position(|r| Arc::ptr_eq(&r.cancel, &cancel))
             {
                 st.running.swap_remove(i);
             }
-            if outcome.is_ok() {
-                st.completed += 1;
-            } else {
-                st.failed += 1;
+            match &outcome {
+                Ok(_) => st.completed += 1,
+                Err(SpeechError::Superseded) => st.superseded += 1,
+                Err(_) => st.failed += 1,
             }
         }
         let audio_ms = samples_to_ms(q.job.audio.len() as u64);
@@ -751,5 +918,665 @@ fn worker_loop(shared: &PoolShared) {
             audio_ms,
             queue_ms,
         });
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod bench {
+    //! Measurements (ignored tests; run with --release --ignored --nocapture).
+    use super::*;
+    use crate::speech::testutil::{engine, phone_speech, words};
+
+    pub const ESCAPE_PHRASES: [&str; 8] = [
+        "I want to talk to a human",
+        "agent",
+        "operator please",
+        "representative",
+        "can I speak to a real person",
+        "let me talk to someone",
+        "get me an agent",
+        "human",
+    ];
+    pub const OTHER_PHRASES: [&str; 5] = [
+        "I need to check my account balance",
+        "my internet is not working",
+        "I would like to pay my bill",
+        "yes",
+        "what are your opening hours",
+    ];
+
+    /// Process CPU time (user + system) in ms, from /proc (10 ms ticks).
+    pub fn cpu_ms() -> u64 {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let after = stat.rsplit(')').next().unwrap_or("");
+        let f: Vec<u64> = after
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
+        // Fields 14 and 15 of the whole line are the 12th and 13th after the ")".
+        (f.get(11).unwrap_or(&0) + f.get(12).unwrap_or(&0)) * 10
+    }
+
+    /// Word error rate of `hyp` against `reference`.
+    pub fn wer(reference: &str, hyp: &str) -> f32 {
+        let r = words(reference);
+        let h = words(hyp);
+        let mut prev: Vec<usize> = (0..=h.len()).collect();
+        for (i, rw) in r.iter().enumerate() {
+            let mut cur = vec![i + 1; h.len() + 1];
+            for (j, hw) in h.iter().enumerate() {
+                cur[j + 1] = (prev[j] + usize::from(rw != hw))
+                    .min(prev[j + 1] + 1)
+                    .min(cur[j] + 1);
+            }
+            prev = cur;
+        }
+        prev[h.len()] as f32 / r.len().max(1) as f32
+    }
+
+    /// A run of 2+ words repeated back to back at least twice more than the reference has.
+    pub fn looped(reference: &str, hyp: &str) -> bool {
+        let count = |t: &str| {
+            let w = words(t);
+            let mut reps = 0;
+            for n in 2..=6 {
+                for i in 0..w.len().saturating_sub(2 * n - 1) {
+                    if w[i..i + n] == w[i + n..i + 2 * n] {
+                        reps += 1;
+                    }
+                }
+            }
+            reps
+        };
+        count(hyp) > count(reference)
+    }
+
+    fn median(v: &mut [u64]) -> u64 {
+        v.sort_unstable();
+        v.get(v.len() / 2).copied().unwrap_or(0)
+    }
+
+    /// Configurations to compare, chosen by `BENCH_CONFIGS`.
+    fn configs() -> Vec<(String, DecodeOptions)> {
+        let base = DecodeOptions::default();
+        let which = std::env::var("BENCH_CONFIGS").unwrap_or_else(|_| "main".into());
+        let mut v: Vec<(String, DecodeOptions)> = Vec::new();
+        let mut add = |name: &str, o: DecodeOptions| v.push((name.to_string(), o));
+        match which.as_str() {
+            // How much trailing silence the reduced window needs, with and without the n-gram ban.
+            "margin" => {
+                for ng in [0, 3] {
+                    for m in [64, 128, 256, 320, 512] {
+                        add(
+                            &format!("adaptive margin {m} ngram {ng}"),
+                            DecodeOptions {
+                                ctx_margin: m,
+                                no_repeat_ngram: ng,
+                                ..base.clone()
+                            },
+                        );
+                    }
+                }
+            }
+            "ngram" => {
+                for ng in [0, 3, 4] {
+                    add(
+                        &format!("adaptive ngram {ng}"),
+                        DecodeOptions {
+                            no_repeat_ngram: ng,
+                            ..base.clone()
+                        },
+                    );
+                }
+            }
+            "prompt" => {
+                add("adaptive, no prompt", base.clone().without_prompt());
+                for p in [
+                    ESCAPE_PROMPT,
+                    "Thank you for calling. To speak to a human, say agent, operator or representative.",
+                    "Caller asks for a human, an agent, an operator, a representative or a real person.",
+                ] {
+                    add(
+                        &format!("adaptive, prompt {p:?}"),
+                        DecodeOptions {
+                            initial_prompt: Some(p.into()),
+                            ..base.clone()
+                        },
+                    );
+                }
+            }
+            "threads" => {
+                for t in [1, 2] {
+                    add(
+                        &format!("adaptive+prompt threads {t}"),
+                        DecodeOptions {
+                            threads: Some(t),
+                            ..base.clone()
+                        },
+                    );
+                    add(
+                        &format!("full window threads {t}"),
+                        DecodeOptions {
+                            threads: Some(t),
+                            ..DecodeOptions::full_window()
+                        },
+                    );
+                }
+            }
+            _ => {
+                add(
+                    "adaptive (default: prompt, margin 320, 3-gram ban)",
+                    base.clone(),
+                );
+                add("adaptive, no prompt", base.clone().without_prompt());
+                add(
+                    "full window, no prompt (baseline)",
+                    DecodeOptions::full_window(),
+                );
+                add(
+                    "full window + prompt",
+                    DecodeOptions::full_window().with_escape_prompt(),
+                );
+            }
+        }
+        v
+    }
+
+    #[test]
+    #[ignore = "benchmark: quick timing of one clip"]
+    fn bench_quick() {
+        let Some(engine) = engine() else { return };
+        let Some(audio) = phone_speech("I want to talk to a human", "en-us", 165) else {
+            return;
+        };
+        let _ = engine.transcribe(&audio, &DecodeOptions::default());
+        for (name, opts) in [
+            (
+                "adaptive t1",
+                DecodeOptions {
+                    threads: Some(1),
+                    ..DecodeOptions::default()
+                },
+            ),
+            (
+                "adaptive t2",
+                DecodeOptions {
+                    threads: Some(2),
+                    ..DecodeOptions::default()
+                },
+            ),
+            (
+                "full t1",
+                DecodeOptions {
+                    threads: Some(1),
+                    ..DecodeOptions::full_window()
+                },
+            ),
+            (
+                "full t2",
+                DecodeOptions {
+                    threads: Some(2),
+                    ..DecodeOptions::full_window()
+                },
+            ),
+        ] {
+            let mut wall = Vec::new();
+            let c0 = cpu_ms();
+            let mut text = String::new();
+            for _ in 0..5 {
+                let t = Instant::now();
+                text = engine
+                    .transcribe(&audio, &opts)
+                    .unwrap_or_else(|e| e.to_string());
+                wall.push(t.elapsed().as_millis() as u64);
+            }
+            println!(
+                "{name:12} wall {wall:?} ms, cpu/decode {} ms, {text:?}, load {}",
+                (cpu_ms() - c0) / 5,
+                std::fs::read_to_string("/proc/loadavg")
+                    .unwrap_or_default()
+                    .trim()
+            );
+        }
+        // The abort hook must cost nothing.
+        let flag = AtomicBool::new(false);
+        for round in 0..3 {
+            let t = Instant::now();
+            let _ = engine.transcribe(&audio, &DecodeOptions::default());
+            let plain = t.elapsed().as_millis();
+            let t = Instant::now();
+            let _ = engine.transcribe_cancellable(&audio, &DecodeOptions::default(), &flag);
+            println!(
+                "round {round}: plain {plain} ms, with abort hook {} ms",
+                t.elapsed().as_millis()
+            );
+        }
+    }
+
+    #[test]
+    #[ignore = "benchmark: BENCH_CONFIGS=main|margin|prompt|threads, BENCH_VERBOSE=1"]
+    fn bench_decode() {
+        let Some(engine) = engine() else { return };
+        let verbose = std::env::var_os("BENCH_VERBOSE").is_some();
+        let mut clips = Vec::new();
+        for voice in ["en-us", "en-us+f3"] {
+            for phrase in ESCAPE_PHRASES.iter().chain(OTHER_PHRASES.iter()) {
+                let Some(audio) = phone_speech(phrase, voice, 165) else {
+                    return;
+                };
+                clips.push((*phrase, voice, audio));
+            }
+        }
+        let secs: f32 = clips.iter().map(|c| c.2.len() as f32 / 16_000.0).sum();
+        println!(
+            "{} clips, {:.1}-{:.1} s each, {secs:.1} s total; load {}",
+            clips.len(),
+            clips.iter().map(|c| c.2.len()).min().unwrap_or(0) as f32 / 16_000.0,
+            clips.iter().map(|c| c.2.len()).max().unwrap_or(0) as f32 / 16_000.0,
+            std::fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .trim()
+        );
+        // Warm up (first decode allocates buffers).
+        let _ = engine.transcribe(&clips[0].2, &DecodeOptions::default());
+        let _ = engine.transcribe(&clips[0].2, &DecodeOptions::full_window());
+        for (name, opts) in configs() {
+            let mut wall = Vec::new();
+            let cpu0 = cpu_ms();
+            let (mut wer_sum, mut loops, mut kw_hits, mut kw_total) = (0.0, 0, 0, 0);
+            for (phrase, voice, audio) in &clips {
+                let t = Instant::now();
+                let text = engine
+                    .transcribe(audio, &opts)
+                    .unwrap_or_else(|e| format!("ERROR {e}"));
+                wall.push(t.elapsed().as_millis() as u64);
+                wer_sum += wer(phrase, &text).min(1.0);
+                let lp = looped(phrase, &text);
+                loops += usize::from(lp);
+                let kw: Vec<String> = words(phrase)
+                    .into_iter()
+                    .filter(|w| {
+                        [
+                            "human",
+                            "agent",
+                            "operator",
+                            "representative",
+                            "person",
+                            "someone",
+                        ]
+                        .contains(&w.as_str())
+                    })
+                    .collect();
+                if !kw.is_empty() {
+                    kw_total += 1;
+                    let got = words(&text);
+                    kw_hits += usize::from(
+                        kw.iter()
+                            .all(|k| got.iter().any(|g| g.starts_with(k.as_str()))),
+                    );
+                }
+                if verbose {
+                    println!(
+                        "   {voice:9} {:4} ms {phrase:36} -> {text:?}{}",
+                        wall.last().unwrap_or(&0),
+                        if lp { "  LOOP" } else { "" }
+                    );
+                }
+            }
+            let cpu = cpu_ms() - cpu0;
+            let n = clips.len();
+            println!(
+                "{name:70} median {:4} ms  max {:5} ms  cpu/decode {:4} ms  WER {:.2}  keyword {kw_hits}/{kw_total}  loops {loops}/{n}",
+                median(&mut wall.clone()),
+                wall.iter().max().unwrap_or(&0),
+                cpu / n as u64,
+                wer_sum / n as f32
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    #[test]
+    fn load_reports_missing_and_invalid_model() {
+        let e = WhisperEngine::load("/nonexistent/ggml-tiny.en.bin", EngineOptions::default())
+            .expect_err("missing");
+        assert!(matches!(e, SpeechError::ModelNotFound { .. }), "{e}");
+        assert!(e.to_string().contains("/nonexistent/ggml-tiny.en.bin"));
+        let path =
+            std::env::temp_dir().join(format!("humanline-not-a-model-{}.bin", std::process::id()));
+        std::fs::write(&path, b"this is not a model at all").expect("write");
+        let e = WhisperEngine::load(&path, EngineOptions::default()).expect_err("invalid");
+        let _ = std::fs::remove_file(&path);
+        assert!(e.to_string().contains("not a ggml"), "{e}");
+        let e = WhisperEngine::load(
+            "/x",
+            EngineOptions {
+                threads: 0,
+                ..EngineOptions::default()
+            },
+        )
+        .expect_err("threads");
+        assert!(matches!(e, SpeechError::InvalidConfig(_)));
+    }
+
+    #[test]
+    fn adaptive_sizes_window_and_budget_to_the_audio() {
+        let o = DecodeOptions::default();
+        // 2 s: 100 positions + 320 margin = 420, rounded up to 448.
+        assert_eq!(o.audio_ctx_for(32_000), 448);
+        assert_eq!(o.audio_ctx_for(8_000), 384);
+        assert_eq!(o.audio_ctx_for(0), 320);
+        // Too long for a reduced window: the full one.
+        assert_eq!(o.audio_ctx_for(16_000 * 25), 0);
+        assert_eq!(o.max_tokens_for(32_000), 16);
+        let f = DecodeOptions::full_window();
+        assert_eq!((f.audio_ctx_for(32_000), f.max_tokens_for(32_000)), (0, 0));
+        assert_eq!(f.initial_prompt, None);
+    }
+
+    #[test]
+    fn clean_transcript_drops_annotations_only() {
+        assert_eq!(clean_transcript(" [BLANK_AUDIO] "), "");
+        assert_eq!(
+            clean_transcript("(music) I want  an agent *coughs* please"),
+            "I want an agent please"
+        );
+        assert_eq!(clean_transcript(" Thank you."), "Thank you.");
+        assert_eq!(clean_transcript("unclosed [bracket"), "unclosed");
+    }
+
+    /// A transcriber that blocks until the test opens the gate, and counts its calls.
+    #[derive(Default)]
+    struct Gated {
+        open: Mutex<bool>,
+        cv: Condvar,
+        calls: Mutex<Vec<usize>>,
+    }
+
+    impl Gated {
+        fn open(&self) {
+            *lock(&self.open) = true;
+            self.cv.notify_all();
+        }
+    }
+
+    /// Opens the gate when dropped, so a failing assertion cannot leave a worker blocked
+    /// and the pool's Drop waiting for it forever. Declare it after the pool.
+    struct OpenOnDrop(Arc<Gated>);
+
+    impl Drop for OpenOnDrop {
+        fn drop(&mut self) {
+            self.0.open();
+        }
+    }
+
+    /// One worker: these tests script exactly which job runs when.
+    fn one_worker() -> PoolConfig {
+        PoolConfig {
+            workers: 1,
+            ..PoolConfig::default()
+        }
+    }
+
+    impl Transcriber for Gated {
+        fn transcribe(&self, audio: &[f32], _: &DecodeOptions) -> Result<String, SpeechError> {
+            let mut open = lock(&self.open);
+            while !*open {
+                open = self.cv.wait(open).unwrap_or_else(PoisonError::into_inner);
+            }
+            lock(&self.calls).push(audio.len());
+            Ok(format!("{} samples", audio.len()))
+        }
+
+        fn transcribe_cancellable(
+            &self,
+            audio: &[f32],
+            opts: &DecodeOptions,
+            cancel: &AtomicBool,
+        ) -> Result<String, SpeechError> {
+            // Wait for the gate or the cancel flag, whichever comes first.
+            loop {
+                if cancel.load(Ordering::Relaxed) {
+                    return Err(SpeechError::Decode("aborted".into()));
+                }
+                if *lock(&self.open) {
+                    return self.transcribe(audio, opts);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+
+    fn job(stream: u64, utterance: u64, seq: u64, kind: DecodeKind, len: usize) -> DecodeJob {
+        DecodeJob {
+            id: JobId {
+                stream,
+                utterance,
+                seq,
+                kind,
+            },
+            audio: Arc::from(vec![0.0; len]),
+            start_ms: 0,
+        }
+    }
+
+    fn wait_running(pool: &DecoderPool, n: usize) {
+        for _ in 0..500 {
+            if pool.stats().running == n {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        panic!("worker never picked the job up");
+    }
+
+    fn collect(rx: &mpsc::Receiver<DecodeResult>, n: usize) -> Vec<DecodeResult> {
+        (0..n)
+            .map(|_| rx.recv_timeout(Duration::from_secs(5)).expect("reply"))
+            .collect()
+    }
+
+    #[test]
+    fn pool_keeps_only_the_latest_partial_and_every_final() {
+        let fake = Arc::new(Gated::default());
+        let pool = DecoderPool::new(fake.clone(), one_worker()).expect("pool");
+        let _guard = OpenOnDrop(fake.clone());
+        let (tx, rx) = mpsc::channel();
+        pool.submit_to(job(1, 1, 0, DecodeKind::Partial, 10), tx.clone())
+            .expect("submit");
+        wait_running(&pool, 1);
+        pool.submit_to(job(1, 1, 1, DecodeKind::Partial, 11), tx.clone())
+            .expect("submit");
+        pool.submit_to(job(2, 1, 0, DecodeKind::Partial, 20), tx.clone())
+            .expect("submit");
+        pool.submit_to(job(1, 1, 2, DecodeKind::Partial, 12), tx.clone())
+            .expect("submit");
+        // seq 1 was replaced by seq 2, in place: the queue holds [1/1#2, 2/1#0].
+        assert_eq!(pool.stats().queued, 2);
+        pool.submit_to(job(1, 1, 3, DecodeKind::Final, 13), tx.clone())
+            .expect("submit");
+        // The final dropped seq 2; stream 2's partial stays.
+        assert_eq!(pool.stats().queued, 2);
+        assert_eq!(pool.stats().superseded, 2);
+        fake.open();
+        let results = collect(&rx, 5);
+        let summary: Vec<(u64, u64, bool)> = results
+            .iter()
+            .map(|r| (r.job.stream, r.job.seq, r.outcome.is_ok()))
+            .collect();
+        // The final also aborted the running partial (seq 0) of its utterance.
+        assert_eq!(
+            summary,
+            [
+                (1, 1, false),
+                (1, 2, false),
+                (1, 0, false),
+                (2, 0, true),
+                (1, 3, true)
+            ]
+        );
+        assert!(
+            results[..3]
+                .iter()
+                .all(|r| matches!(r.outcome, Err(SpeechError::Superseded)))
+        );
+        assert_eq!(results[4].text(), Some("13 samples"));
+        assert_eq!(*lock(&fake.calls), [20, 13]);
+        assert!(
+            rx.recv_timeout(Duration::from_millis(50)).is_err(),
+            "one reply per job"
+        );
+        let st = pool.stats();
+        assert_eq!(
+            (st.completed, st.superseded, st.queued, st.running),
+            (2, 3, 0, 0)
+        );
+    }
+
+    #[test]
+    fn final_aborts_the_running_partial_of_its_utterance() {
+        let fake = Arc::new(Gated::default());
+        let pool = DecoderPool::new(fake.clone(), one_worker()).expect("pool");
+        let _guard = OpenOnDrop(fake.clone());
+        let (tx, rx) = mpsc::channel();
+        pool.submit_to(job(1, 1, 0, DecodeKind::Partial, 10), tx.clone())
+            .expect("submit");
+        wait_running(&pool, 1);
+        // Another stream's final does not touch it.
+        pool.submit_to(job(2, 1, 0, DecodeKind::Final, 20), tx.clone())
+            .expect("submit");
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(pool.stats().running, 1);
+        pool.submit_to(job(1, 1, 1, DecodeKind::Final, 11), tx.clone())
+            .expect("submit");
+        let r = rx
+            .recv_timeout(Duration::from_secs(2))
+            .expect("aborted partial");
+        assert_eq!((r.job.seq, r.job.kind), (0, DecodeKind::Partial));
+        assert!(
+            matches!(r.outcome, Err(SpeechError::Superseded)),
+            "{:?}",
+            r.outcome
+        );
+        fake.open();
+        let done: Vec<(u64, bool)> = collect(&rx, 2)
+            .iter()
+            .map(|r| (r.job.stream, r.outcome.is_ok()))
+            .collect();
+        assert_eq!(done, [(2, true), (1, true)]);
+        assert_eq!(pool.stats().superseded, 1);
+    }
+
+    #[test]
+    fn pool_sheds_partials_for_finals_and_refuses_when_full() {
+        let fake = Arc::new(Gated::default());
+        let cfg = PoolConfig {
+            max_queue: 2,
+            ..one_worker()
+        };
+        let pool = DecoderPool::new(fake.clone(), cfg).expect("pool");
+        let _guard = OpenOnDrop(fake.clone());
+        let (tx, rx) = mpsc::channel();
+        pool.submit_to(job(1, 1, 0, DecodeKind::Final, 1), tx.clone())
+            .expect("running");
+        wait_running(&pool, 1);
+        pool.submit_to(job(2, 1, 0, DecodeKind::Partial, 2), tx.clone())
+            .expect("queued");
+        pool.submit_to(job(3, 1, 0, DecodeKind::Final, 3), tx.clone())
+            .expect("queued");
+        // Full: a partial is refused (and told so through its reply too).
+        let e = pool.submit_to(job(4, 1, 0, DecodeKind::Partial, 4), tx.clone());
+        assert!(matches!(e, Err(SpeechError::Overloaded { capacity: 2 })));
+        let r = rx
+            .recv_timeout(Duration::from_secs(1))
+            .expect("refusal reply");
+        assert!(matches!(r.outcome, Err(SpeechError::Overloaded { .. })));
+        // A final sheds the queued partial instead.
+        pool.submit_to(job(5, 1, 0, DecodeKind::Final, 5), tx.clone())
+            .expect("final admitted");
+        let r = rx.recv_timeout(Duration::from_secs(1)).expect("shed reply");
+        assert_eq!((r.job.stream, r.outcome.is_err()), (2, true));
+        // Full of finals: even a final is refused rather than queued without bound.
+        let e = pool.submit_to(job(6, 1, 0, DecodeKind::Final, 6), tx.clone());
+        assert!(matches!(e, Err(SpeechError::Overloaded { .. })));
+        let _ = rx
+            .recv_timeout(Duration::from_secs(1))
+            .expect("refusal reply");
+        std::thread::sleep(Duration::from_millis(30));
+        let st = pool.stats();
+        assert!(st.oldest_queued_ms.is_some_and(|ms| ms >= 20), "{st:?}");
+        assert!(st.oldest_running_ms.is_some_and(|ms| ms >= 20), "{st:?}");
+        assert_eq!(st.rejected, 2);
+        fake.open();
+        let done: Vec<u64> = collect(&rx, 3).iter().map(|r| r.job.stream).collect();
+        assert_eq!(done, [1, 3, 5]);
+    }
+
+    #[test]
+    fn pool_cancel_and_shutdown_answer_every_job() {
+        let fake = Arc::new(Gated::default());
+        let pool = DecoderPool::new(fake.clone(), one_worker()).expect("pool");
+        let _guard = OpenOnDrop(fake.clone());
+        let (tx, rx) = mpsc::channel();
+        pool.submit_to(job(1, 1, 0, DecodeKind::Final, 1), tx.clone())
+            .expect("running");
+        wait_running(&pool, 1);
+        pool.submit_to(job(7, 1, 0, DecodeKind::Final, 2), tx.clone())
+            .expect("queued");
+        pool.submit_to(job(8, 1, 0, DecodeKind::Final, 3), tx.clone())
+            .expect("queued");
+        assert_eq!(pool.cancel_stream(7), 1);
+        let r = rx.recv_timeout(Duration::from_secs(1)).expect("cancelled");
+        assert_eq!(r.job.stream, 7);
+        // Shutting down fails the queued job and aborts the running one.
+        pool.shutdown();
+        let mut rest: Vec<(u64, String)> = collect(&rx, 2)
+            .into_iter()
+            .map(|r| (r.job.stream, format!("{:?}", r.outcome)))
+            .collect();
+        rest.sort();
+        assert_eq!(
+            rest,
+            [
+                (1, "Err(Superseded)".to_string()),
+                (8, "Err(PoolShutDown)".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn pool_rejects_bad_config_and_survives_panics() {
+        struct Panicky;
+        impl Transcriber for Panicky {
+            fn transcribe(&self, _: &[f32], _: &DecodeOptions) -> Result<String, SpeechError> {
+                panic!("boom")
+            }
+        }
+        assert!(
+            DecoderPool::new(
+                Arc::new(Panicky),
+                PoolConfig {
+                    workers: 0,
+                    ..PoolConfig::default()
+                }
+            )
+            .is_err()
+        );
+        let pool = DecoderPool::new(Arc::new(Panicky), PoolConfig::default()).expect("pool");
+        let (tx, rx) = mpsc::channel();
+        for stream in 0..2 {
+            pool.submit_to(job(stream, 1, 0, DecodeKind::Final, 1), tx.clone())
+                .expect("submit");
+        }
+        for r in collect(&rx, 2) {
+            assert!(matches!(r.outcome, Err(SpeechError::Decode(_))));
+        }
+        assert_eq!(pool.stats().failed, 2);
     }
 }

@@ -182,3 +182,225 @@ pub fn samples_to_ms(samples: u64) -> u64 {
 pub fn ms_to_samples(ms: u64) -> u64 {
     ms * SAMPLE_RATE as u64 / 1000
 }
+
+#[cfg(test)]
+pub(crate) mod testutil;
+
+#[cfg(test)]
+mod tests {
+    use super::testutil::{engine, phone_noise, phone_speech, silence, words};
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, mpsc};
+    use std::time::Duration;
+
+    /// Counts decodes; answers "hello".
+    #[derive(Default)]
+    struct Counting(AtomicUsize);
+
+    impl Transcriber for Counting {
+        fn transcribe(&self, _: &[f32], _: &DecodeOptions) -> Result<String, SpeechError> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Ok("hello".into())
+        }
+    }
+
+    #[test]
+    fn silence_and_noise_are_never_decoded() {
+        let mut cases = vec![("silence", silence(2_000))];
+        for (name, kind, vol) in [("white", "whitenoise", 0.01), ("pink", "pinknoise", 0.03)] {
+            let Some(noise) = phone_noise(kind, 2.0, vol) else {
+                return;
+            };
+            cases.push((name, noise));
+        }
+        for (name, audio) in cases {
+            let counter = Counting::default();
+            let finals = transcribe_utterances(
+                &counter,
+                &audio,
+                RecognizerConfig::default(),
+                &DecodeOptions::default(),
+            )
+            .expect("transcribe");
+            assert!(finals.is_empty(), "{name}: {finals:?}");
+            assert_eq!(counter.0.load(Ordering::Relaxed), 0, "{name} was decoded");
+        }
+    }
+
+    #[test]
+    fn transcribe_file_finds_the_human_request() {
+        let Some(engine) = engine() else { return };
+        let Some(speech) = phone_speech("I want to talk to a human", "en-us", 165) else {
+            return;
+        };
+        let mut audio = silence(700);
+        audio.extend_from_slice(&speech);
+        audio.extend(silence(700));
+        // Through a file, as the CLI would: 16-bit 8 kHz WAV, like a call recording.
+        let path = std::env::temp_dir().join(format!("humanline-human-{}.wav", std::process::id()));
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: 8_000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let audio_8k = resample(&audio, 16_000, 8_000).expect("resample");
+        {
+            let mut w = hound::WavWriter::create(&path, spec).expect("wav");
+            for s in audio_8k {
+                w.write_sample(audio::f32_to_i16(s)).expect("sample");
+            }
+            w.finalize().expect("finalize");
+        }
+        let t =
+            transcribe_file(engine.as_ref(), &path, &DecodeOptions::default()).expect("transcribe");
+        let _ = std::fs::remove_file(&path);
+        eprintln!("transcript: {t:?}");
+        assert_eq!(t.utterances.len(), 1, "{t:?}");
+        assert!(words(&t.text).contains(&"human".to_string()), "{t:?}");
+        assert!((3_000..3_400).contains(&t.audio_ms), "{t:?}");
+    }
+
+    /// Stream `audio` in real time (20 ms chunks) through a recognizer and a decoder pool.
+    /// Returns (audio time ms when it arrived, output) for partials, finals and speech events.
+    fn stream_realtime(
+        engine: Arc<dyn Transcriber>,
+        audio: &[f32],
+    ) -> Vec<(u64, RecognizerOutput)> {
+        let pool = DecoderPool::new(engine, PoolConfig::default()).expect("pool");
+        let mut rec = StreamingRecognizer::new(1, RecognizerConfig::default()).expect("rec");
+        let (tx, rx) = mpsc::channel();
+        let mut log = Vec::new();
+        let started = std::time::Instant::now();
+        let mut chunks = audio.chunks(320);
+        let mut finished = false;
+        loop {
+            match chunks.next() {
+                Some(chunk) => {
+                    // Keep to real time: this chunk is due at its audio time.
+                    let due = Duration::from_millis(rec.audio_ms() + 20);
+                    if let Some(wait) = due.checked_sub(started.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
+                    rec.push_audio(chunk);
+                }
+                None if !finished => {
+                    rec.finish();
+                    finished = true;
+                }
+                None => match rx.recv_timeout(Duration::from_secs(10)) {
+                    Ok(r) => rec.on_result(&r),
+                    Err(_) => break,
+                },
+            }
+            while let Ok(r) = rx.try_recv() {
+                rec.on_result(&r);
+            }
+            let now_ms = started.elapsed().as_millis() as u64;
+            while let Some(out) = rec.poll_output() {
+                match out {
+                    RecognizerOutput::Decode(job) => {
+                        let tx = tx.clone();
+                        pool.submit(job, move |r| {
+                            let _ = tx.send(r);
+                        })
+                        .expect("submit");
+                    }
+                    RecognizerOutput::Final { .. } => {
+                        log.push((now_ms, out));
+                        if finished {
+                            return log;
+                        }
+                    }
+                    other => log.push((now_ms, other)),
+                }
+            }
+        }
+        log
+    }
+
+    #[test]
+    fn partials_come_before_the_final() {
+        // Deterministic: every decode runs at once, so the count only depends on the audio.
+        let Some(engine) = engine() else { return };
+        let Some(speech) = phone_speech(
+            "I would like to talk to a representative about my bill",
+            "en-us",
+            165,
+        ) else {
+            return;
+        };
+        let mut audio = silence(500);
+        audio.extend_from_slice(&speech);
+        audio.extend(silence(1_000));
+        let mut rec = StreamingRecognizer::new(1, RecognizerConfig::default()).expect("rec");
+        let mut texts = Vec::new();
+        for chunk in audio.chunks(320) {
+            rec.push_audio(chunk);
+            while let Some(out) = rec.poll_output() {
+                match out {
+                    RecognizerOutput::Decode(job) => {
+                        let text = engine
+                            .transcribe(&job.audio, &DecodeOptions::default())
+                            .expect("decode");
+                        rec.on_decoded(job.id, &text);
+                    }
+                    RecognizerOutput::Partial { text, .. } => {
+                        texts.push(format!("partial: {text}"))
+                    }
+                    RecognizerOutput::Final { text, .. } => texts.push(format!("final: {text}")),
+                    _ => {}
+                }
+            }
+        }
+        eprintln!("{texts:#?}");
+        assert!(
+            speech.len() >= 16_000 * 5 / 2,
+            "utterance should be about 3 s"
+        );
+        let last = texts.last().cloned().unwrap_or_default();
+        assert!(
+            last.starts_with("final: ") && words(&last).len() >= 6,
+            "{texts:?}"
+        );
+        assert!(texts.len() >= 6, "expected several partials: {texts:?}");
+    }
+
+    #[test]
+    fn long_utterance_gives_partials_before_the_final() {
+        let Some(engine) = engine() else { return };
+        let Some(speech) = phone_speech(
+            "I would like to talk to a representative about my bill",
+            "en-us",
+            165,
+        ) else {
+            return;
+        };
+        let mut audio = silence(500);
+        audio.extend_from_slice(&speech);
+        audio.extend(silence(1_000));
+        let log = stream_realtime(engine, &audio);
+        for (ms, out) in &log {
+            eprintln!("{ms:5} ms wall: {out:?}");
+        }
+        let final_at = log
+            .iter()
+            .position(|(_, o)| matches!(o, RecognizerOutput::Final { .. }))
+            .expect("final");
+        let partials = log[..final_at]
+            .iter()
+            .filter(|(_, o)| matches!(o, RecognizerOutput::Partial { .. }))
+            .count();
+        // At least one even on a loaded machine; 3-4 on an idle one.
+        assert!(partials >= 1, "{partials} partials before the final");
+        let RecognizerOutput::Final { text, .. } = &log[final_at].1 else {
+            unreachable!()
+        };
+        assert!(words(text).len() >= 5, "{text:?}");
+        assert!(
+            speech.len() >= 16_000 * 5 / 2,
+            "utterance should be about 3 s"
+        );
+    }
+}

@@ -25,7 +25,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use super::vad::{FRAME_SAMPLES, Vad, VadConfig, VadEvent, VoiceScorer};
+use super::vad::{FRAME_SAMPLES, Vad, VadConfig, VadEvent, VoiceScorer, level_dbfs_of_power};
 use super::{SpeechError, ms_to_samples, samples_to_ms};
 
 /// Whether a decode is of the utterance so far (may be superseded) or of the whole utterance.
@@ -110,6 +110,11 @@ pub struct RecognizerConfig {
     /// At most one partial per utterance in flight: the next is requested when the previous
     /// returns, so partials pace themselves to the decoder's speed instead of queueing up.
     pub single_partial_in_flight: bool,
+    /// Speech rises and falls by 15-35 dB between syllables (p90-p10 of 16 ms frame levels);
+    /// steady noise by 1-2 dB. Segments flatter than this are noise that fooled the VAD (a
+    /// noise burst after digital silence): they get no decode and close with an empty final.
+    /// 0 disables.
+    pub min_dynamics_db: f32,
 }
 
 impl Default for RecognizerConfig {
@@ -121,6 +126,7 @@ impl Default for RecognizerConfig {
             tail_ms: 100,
             max_utterance_ms: 15_000,
             single_partial_in_flight: true,
+            min_dynamics_db: 6.0,
         }
     }
 }
@@ -150,6 +156,8 @@ struct Utterance {
     /// Stream sample index of `audio[0]`.
     start_sample: u64,
     audio: Vec<f32>,
+    /// Stream sample index of the first voiced frame (after the pre-roll).
+    voice_start: u64,
     /// Stream sample index just after the last voiced frame.
     voiced_end: u64,
     /// `voiced_end` when the last partial was requested: no new voice, no new partial.
@@ -460,6 +468,7 @@ impl StreamingRecognizer {
             id,
             start_sample,
             audio,
+            voice_start,
             voiced_end: self.processed,
             partial_voiced_end: 0,
             // Count the partial interval from the first voiced sample, not from the pre-roll.
@@ -499,6 +508,17 @@ impl StreamingRecognizer {
             at_ms: samples_to_ms(voiced_end.min(self.processed)),
             forced,
         });
+        if !self.sounds_like_speech(&u, voiced_end) {
+            // Not worth a decode: Whisper would only invent words for it.
+            if let Some(track) = self.tracks.iter_mut().find(|t| t.utterance == u.id) {
+                track.final_done = true;
+            }
+            self.outputs.push_back(RecognizerOutput::Final {
+                utterance: u.id,
+                text: String::new(),
+            });
+            return;
+        }
         let id = JobId {
             stream: self.stream,
             utterance: u.id,
@@ -510,6 +530,10 @@ impl StreamingRecognizer {
             start_ms: samples_to_ms(u.start_sample),
             audio: Arc::from(u.audio),
         }));
+    }
+
+    fn sounds_like_speech(&self, u: &Utterance, voiced_end: u64) -> bool {
+        speech_dynamics_ok(u, voiced_end, self.cfg.min_dynamics_db)
     }
 
     fn maybe_request_partial(&mut self) {
@@ -527,6 +551,9 @@ impl StreamingRecognizer {
             // Nothing new said since the last partial (hangover silence): same answer.
             && u.voiced_end > u.partial_voiced_end;
         if !due || (self.cfg.single_partial_in_flight && track.partial_in_flight.is_some()) {
+            return;
+        }
+        if !speech_dynamics_ok(u, u.voiced_end, self.cfg.min_dynamics_db) {
             return;
         }
         let seq = u.next_seq;
@@ -547,6 +574,36 @@ impl StreamingRecognizer {
     }
 }
 
+/// Whether the voiced part of `u` (first voiced frame to `voiced_end`) rises and falls like
+/// speech: p90-p10 of its 16 ms frame levels at least `min_db`.
+fn speech_dynamics_ok(u: &Utterance, voiced_end: u64, min_db: f32) -> bool {
+    if min_db <= 0.0 {
+        return true;
+    }
+    let from = u.voice_start.saturating_sub(u.start_sample) as usize;
+    let to = (voiced_end.saturating_sub(u.start_sample) as usize).min(u.audio.len());
+    let Some(voiced) = u.audio.get(from..to) else {
+        return true;
+    };
+    let mut levels: Vec<f32> = voiced
+        .chunks(FRAME_SAMPLES)
+        .map(|f| {
+            let power =
+                f.iter().map(|&s| f64::from(s) * f64::from(s)).sum::<f64>() / f.len() as f64;
+            level_dbfs_of_power(power)
+        })
+        .collect();
+    if levels.len() < 3 {
+        return true; // Too short to judge; the VAD's own start rule already passed it.
+    }
+    let last = levels.len() - 1;
+    let p10 = *levels.select_nth_unstable_by(last / 10, f32::total_cmp).1;
+    let p90 = *levels
+        .select_nth_unstable_by(last * 9 / 10, f32::total_cmp)
+        .1;
+    p90 - p10 >= min_db
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -554,7 +611,12 @@ mod tests {
 
     const LOUD: f32 = 0.3;
 
-    fn rec(cfg: RecognizerConfig) -> StreamingRecognizer {
+    /// Tracker tests use a loudness scorer and steady tones, so the noise-floor gate (which
+    /// rightly ends a steady tone) is off.
+    fn rec(mut cfg: RecognizerConfig) -> StreamingRecognizer {
+        cfg.vad.start_snr_db = 0.0;
+        cfg.vad.continue_snr_db = 0.0;
+        cfg.min_dynamics_db = 0.0;
         StreamingRecognizer::with_scorer(
             7,
             cfg,
@@ -816,5 +878,42 @@ mod tests {
         // Results for another stream are ignored.
         r.on_decoded(JobId { stream: 99, ..fin }, "x");
         assert!(r.poll_output().is_none());
+    }
+
+    #[test]
+    fn noise_never_reaches_the_decoder() {
+        use crate::speech::testutil::{phone_noise, silence};
+        let mut cases = vec![("silence".to_string(), silence(2_000))];
+        for (kind, vol) in [
+            ("whitenoise", 0.02),
+            ("whitenoise", 0.1),
+            ("pinknoise", 0.05),
+            ("pinknoise", 0.2),
+            ("brownnoise", 0.2),
+            ("brownnoise", 0.5),
+        ] {
+            let Some(noise) = phone_noise(kind, 2.0, vol) else {
+                return;
+            };
+            let mut late = silence(500);
+            late.extend_from_slice(&noise);
+            late.extend(silence(500));
+            cases.push((format!("{kind} {vol}"), noise));
+            cases.push((format!("{kind} {vol} after silence"), late));
+        }
+        for (name, audio) in cases {
+            let mut r = StreamingRecognizer::new(1, RecognizerConfig::default()).expect("rec");
+            let mut outs = run(&mut r, &audio, true);
+            r.finish();
+            drain(&mut r, true, &mut outs);
+            let decodes = outs
+                .iter()
+                .filter(|o| matches!(o, RecognizerOutput::Decode(_)))
+                .count();
+            assert_eq!(decodes, 0, "{name}: {outs:?}");
+            if !name.contains("after silence") {
+                assert!(outs.is_empty(), "{name}: {outs:?}");
+            }
+        }
     }
 }

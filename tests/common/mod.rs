@@ -32,7 +32,9 @@ pub fn model_path() -> PathBuf {
 }
 
 fn in_ci() -> bool {
-    std::env::var("CI").map(|v| v.eq_ignore_ascii_case("true")).unwrap_or(false)
+    std::env::var("CI")
+        .map(|v| v.eq_ignore_ascii_case("true"))
+        .unwrap_or(false)
 }
 
 fn tool_runs(tool: &str, arg: &str) -> bool {
@@ -61,7 +63,10 @@ pub fn peers_available(test: &str) -> bool {
     }
     let model = model_path();
     if !model.is_file() {
-        missing.push(format!("the Whisper model {} (scripts/fetch-model.sh)", model.display()));
+        missing.push(format!(
+            "the Whisper model {} (scripts/fetch-model.sh)",
+            model.display()
+        ));
     }
     if missing.is_empty() {
         return true;
@@ -118,17 +123,29 @@ impl Ports {
         self.base + 1
     }
     pub fn caller_sipp(&self) -> SippPorts {
-        SippPorts { sip: self.base + 10, media: self.base + 12, control: self.base + 18 }
+        SippPorts {
+            sip: self.base + 10,
+            media: self.base + 12,
+            control: self.base + 18,
+        }
     }
     pub fn agent_sipp(&self) -> SippPorts {
-        SippPorts { sip: self.base + 20, media: self.base + 22, control: self.base + 28 }
+        SippPorts {
+            sip: self.base + 20,
+            media: self.base + 22,
+            control: self.base + 28,
+        }
     }
     /// A port nothing listens on.
     pub fn dead(&self) -> u16 {
         self.base + 29
     }
     pub fn baresip(&self) -> BaresipPorts {
-        BaresipPorts { sip: self.base + 30, control: self.base + 33, rtp: (self.base + 40, self.base + 49) }
+        BaresipPorts {
+            sip: self.base + 30,
+            control: self.base + 33,
+            rtp: (self.base + 40, self.base + 49),
+        }
     }
     pub fn rtp_range(&self) -> String {
         format!("{}-{}", self.base + 50, self.base + 99)
@@ -163,8 +180,13 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {name}: {e}"));
-        Proc { name: name.to_string(), child }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+        Proc {
+            name: name.to_string(),
+            child,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -228,11 +250,15 @@ impl Lines {
                 match reader.read_until(b'\n', &mut buf) {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {
-                        let line = strip_ansi(&String::from_utf8_lossy(&buf)).trim_end().to_string();
+                        let line = strip_ansi(&String::from_utf8_lossy(&buf))
+                            .trim_end()
+                            .to_string();
                         if let Some(f) = file.as_mut() {
                             let _ = writeln!(f, "{line}");
                         }
-                        sink.lock().unwrap_or_else(|p| p.into_inner()).push((Instant::now(), line));
+                        sink.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push((Instant::now(), line));
                     }
                 }
             }
@@ -245,16 +271,25 @@ impl Lines {
     }
 
     pub fn text(&self) -> String {
-        self.snapshot().into_iter().map(|(_, l)| l).collect::<Vec<_>>().join("\n")
+        self.snapshot()
+            .into_iter()
+            .map(|(_, l)| l)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// The first line containing every one of `needles`.
     pub fn find(&self, needles: &[&str]) -> Option<(Instant, String)> {
-        self.snapshot().into_iter().find(|(_, l)| needles.iter().all(|n| l.contains(n)))
+        self.snapshot()
+            .into_iter()
+            .find(|(_, l)| needles.iter().all(|n| l.contains(n)))
     }
 
     pub fn find_all(&self, needles: &[&str]) -> Vec<(Instant, String)> {
-        self.snapshot().into_iter().filter(|(_, l)| needles.iter().all(|n| l.contains(n))).collect()
+        self.snapshot()
+            .into_iter()
+            .filter(|(_, l)| needles.iter().all(|n| l.contains(n)))
+            .collect()
     }
 
     /// Waits for a line containing every one of `needles`.
@@ -339,7 +374,12 @@ impl Server {
         let mut proc = Proc::spawn("humanline", &mut cmd);
         let stderr = proc.take_stderr().expect("stderr piped");
         let log = Lines::follow(stderr, log_file.clone());
-        let mut server = Server { proc, log, ports, log_file };
+        let mut server = Server {
+            proc,
+            log,
+            ports,
+            log_file,
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if server.log.find(&["humanline: ready"]).is_some() {
@@ -347,10 +387,16 @@ impl Server {
             }
             if let Some(code) = server.proc.exited() {
                 std::thread::sleep(Duration::from_millis(200));
-                panic!("humanline serve exited ({code}) before it was ready:\n{}", server.log.text());
+                panic!(
+                    "humanline serve exited ({code}) before it was ready:\n{}",
+                    server.log.text()
+                );
             }
             if Instant::now() >= deadline {
-                panic!("humanline serve not ready within 60 s:\n{}", server.log.text());
+                panic!(
+                    "humanline serve not ready within 60 s:\n{}",
+                    server.log.text()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -372,7 +418,10 @@ impl Server {
     /// The server is still running.
     pub fn assert_alive(&mut self) {
         if let Some(code) = self.proc.exited() {
-            panic!("humanline serve exited ({code}):\n{}", tail(&self.log.text(), 80));
+            panic!(
+                "humanline serve exited ({code}):\n{}",
+                tail(&self.log.text(), 80)
+            );
         }
     }
 
@@ -393,7 +442,10 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     s.set_write_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {LOCALHOST}:{port}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {LOCALHOST}:{port}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).into_owned();
@@ -403,7 +455,10 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -441,7 +496,10 @@ impl Sipp {
             text = text.replace(&format!("@{k}@"), v);
         }
         if let Some(p) = unfilled_placeholder(&text) {
-            panic!("scenario {} has an unfilled placeholder @{p}@", run.scenario);
+            panic!(
+                "scenario {} has an unfilled placeholder @{p}@",
+                run.scenario
+            );
         }
         let scenario = dir.join(format!("{}.xml", run.name));
         std::fs::write(&scenario, text).expect("write scenario");
@@ -455,7 +513,14 @@ impl Sipp {
             .args(["-p", &run.ports.sip.to_string()])
             .args(["-mp", &run.ports.media.to_string()])
             .args(["-cp", &run.ports.control.to_string()])
-            .args(["-m", "1", "-nostdin", "-timeout_error", "-trace_err", "-trace_msg"])
+            .args([
+                "-m",
+                "1",
+                "-nostdin",
+                "-timeout_error",
+                "-trace_err",
+                "-trace_msg",
+            ])
             .args(["-timeout", &format!("{}s", run.timeout.as_secs().max(1))])
             .arg("-message_file")
             .arg(dir.join(format!("{}.msg", run.name)))
@@ -464,9 +529,16 @@ impl Sipp {
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join(format!("{}.stderr", run.name))).expect("stderr file"));
+            .stderr(
+                std::fs::File::create(dir.join(format!("{}.stderr", run.name)))
+                    .expect("stderr file"),
+            );
         let proc = Proc::spawn(run.name, &mut cmd);
-        Sipp { proc, name: run.name.to_string(), dir: dir.to_path_buf() }
+        Sipp {
+            proc,
+            name: run.name.to_string(),
+            dir: dir.to_path_buf(),
+        }
     }
 
     pub fn messages(&self) -> String {
@@ -474,7 +546,10 @@ impl Sipp {
     }
 
     pub fn report(&self) -> String {
-        let read = |ext: &str| std::fs::read_to_string(self.dir.join(format!("{}.{ext}", self.name))).unwrap_or_default();
+        let read = |ext: &str| {
+            std::fs::read_to_string(self.dir.join(format!("{}.{ext}", self.name)))
+                .unwrap_or_default()
+        };
         format!(
             "--- sipp {} stderr ---\n{}\n--- errors ---\n{}\n--- messages (tail) ---\n{}",
             self.name,
@@ -503,11 +578,16 @@ fn unfilled_placeholder(text: &str) -> Option<String> {
 /// Finds the first SIP request of `method` in a trace and returns it up to its end (the next
 /// blank line after the body, or the next trace separator).
 pub fn first_request(trace: &str, method: &str) -> Option<String> {
-    let start = trace.find(&format!("\n{method} sip:")).map(|i| i + 1).or_else(|| {
-        trace.starts_with(&format!("{method} sip:")).then_some(0)
-    })?;
+    let start = trace
+        .find(&format!("\n{method} sip:"))
+        .map(|i| i + 1)
+        .or_else(|| trace.starts_with(&format!("{method} sip:")).then_some(0))?;
     let rest = &trace[start..];
-    let end = ["\n----", "\n#\n", "\nUDP ", "\nTCP "].iter().filter_map(|sep| rest.find(sep)).min().unwrap_or(rest.len());
+    let end = ["\n----", "\n#\n", "\nUDP ", "\nTCP "]
+        .iter()
+        .filter_map(|sep| rest.find(sep))
+        .min()
+        .unwrap_or(rest.len());
     Some(rest[..end].to_string())
 }
 
@@ -516,7 +596,9 @@ pub fn header(msg: &str, name: &str) -> Option<String> {
     let prefix = format!("{}:", name.to_ascii_lowercase());
     msg.lines().find_map(|l| {
         let lower = l.to_ascii_lowercase();
-        lower.starts_with(&prefix).then(|| l[prefix.len()..].trim().to_string())
+        lower
+            .starts_with(&prefix)
+            .then(|| l[prefix.len()..].trim().to_string())
     })
 }
 
@@ -536,7 +618,14 @@ pub struct Baresip {
 impl Baresip {
     /// `play` is what it sends (a WAV; baresip hangs up when it ends, so make it long);
     /// it quits by itself after `run_for`.
-    pub fn start(dir: &Path, name: &str, user: &str, ports: BaresipPorts, play: &Path, run_for: Duration) -> Baresip {
+    pub fn start(
+        dir: &Path,
+        name: &str,
+        user: &str,
+        ports: BaresipPorts,
+        play: &Path,
+        run_for: Duration,
+    ) -> Baresip {
         let home = dir.join(name);
         let rec = home.join("rec");
         std::fs::create_dir_all(&rec).expect("baresip dirs");
@@ -566,7 +655,10 @@ impl Baresip {
         std::fs::write(home.join("config"), config).expect("baresip config");
         std::fs::write(
             home.join("accounts"),
-            format!("<sip:{user}@{LOCALHOST}:{}>;regint=0;answermode=auto;audio_codecs=PCMU\n", ports.sip),
+            format!(
+                "<sip:{user}@{LOCALHOST}:{}>;regint=0;answermode=auto;audio_codecs=PCMU\n",
+                ports.sip
+            ),
         )
         .expect("baresip accounts");
         let trace = home.join("trace.log");
@@ -581,12 +673,22 @@ impl Baresip {
             .stdout(std::fs::File::create(&trace).expect("trace file"))
             .stderr(std::fs::File::create(home.join("stderr.log")).expect("stderr file"));
         let proc = Proc::spawn(name, &mut cmd);
-        let mut phone = Baresip { proc, dir: home, rec, trace, ports, user: user.to_string() };
+        let mut phone = Baresip {
+            proc,
+            dir: home,
+            rec,
+            trace,
+            ports,
+            user: user.to_string(),
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let t = phone.trace_text();
             if t.contains("baresip is ready") {
-                assert!(t.contains("Populated 1 account"), "baresip did not load its account:\n{t}");
+                assert!(
+                    t.contains("Populated 1 account"),
+                    "baresip did not load its account:\n{t}"
+                );
                 break;
             }
             if let Some(code) = phone.proc.exited() {
@@ -605,7 +707,9 @@ impl Baresip {
     }
 
     pub fn trace_text(&self) -> String {
-        strip_ansi(&String::from_utf8_lossy(&std::fs::read(&self.trace).unwrap_or_default()))
+        strip_ansi(&String::from_utf8_lossy(
+            &std::fs::read(&self.trace).unwrap_or_default(),
+        ))
     }
 
     pub fn wait_trace(&self, needle: &str, limit: Duration) -> bool {
@@ -664,7 +768,10 @@ impl Ctrl {
                 }
                 // netstrings: "<len>:<payload>,"
                 while let Some(colon) = buf.iter().position(|&b| b == b':') {
-                    let Some(len) = std::str::from_utf8(&buf[..colon]).ok().and_then(|s| s.trim().parse::<usize>().ok()) else {
+                    let Some(len) = std::str::from_utf8(&buf[..colon])
+                        .ok()
+                        .and_then(|s| s.trim().parse::<usize>().ok())
+                    else {
                         buf.clear();
                         break;
                     };
@@ -674,7 +781,9 @@ impl Ctrl {
                     let payload = buf[colon + 1..colon + 1 + len].to_vec();
                     buf.drain(..colon + 1 + len + 1);
                     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&payload) {
-                        sink.lock().unwrap_or_else(|p| p.into_inner()).push((Instant::now(), v));
+                        sink.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push((Instant::now(), v));
                     }
                 }
             }
@@ -683,13 +792,19 @@ impl Ctrl {
     }
 
     pub fn command(&mut self, command: &str, params: &str) {
-        let body = serde_json::json!({ "command": command, "params": params, "token": command }).to_string();
+        let body = serde_json::json!({ "command": command, "params": params, "token": command })
+            .to_string();
         let framed = format!("{}:{},", body.len(), body);
-        self.stream.write_all(framed.as_bytes()).expect("ctrl_tcp write");
+        self.stream
+            .write_all(framed.as_bytes())
+            .expect("ctrl_tcp write");
     }
 
     pub fn events(&self) -> Vec<(Instant, serde_json::Value)> {
-        self.events.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn event(&self, kind: &str) -> Option<(Instant, serde_json::Value)> {
@@ -710,7 +825,11 @@ impl Ctrl {
     }
 
     pub fn describe(&self) -> String {
-        self.events().iter().map(|(_, v)| v.to_string()).collect::<Vec<_>>().join("\n")
+        self.events()
+            .iter()
+            .map(|(_, v)| v.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -723,7 +842,11 @@ pub enum Part<'a> {
 
 fn run_tool(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Speech and pauses as an 8 kHz 16-bit mono WAV (`NAME.wav`) and as the headerless mu-law
@@ -735,8 +858,18 @@ pub fn caller_audio(dir: &Path, name: &str, parts: &[Part<'_>]) -> (PathBuf, f32
         match part {
             Part::Say(text) => {
                 let raw = dir.join(format!("{name}.{i}.espeak.wav"));
-                run_tool(Command::new("espeak-ng").args(["-v", "en-us", "-s", "145", "-w"]).arg(&raw).arg(text));
-                run_tool(Command::new("sox").arg(&raw).args(["-r", "8000", "-c", "1", "-b", "16"]).arg(&piece));
+                run_tool(
+                    Command::new("espeak-ng")
+                        .args(["-v", "en-us", "-s", "145", "-w"])
+                        .arg(&raw)
+                        .arg(text),
+                );
+                run_tool(
+                    Command::new("sox")
+                        .arg(&raw)
+                        .args(["-r", "8000", "-c", "1", "-b", "16"])
+                        .arg(&piece),
+                );
             }
             Part::Silence(secs) => silence_wav(&piece, *secs),
         }
@@ -749,21 +882,35 @@ pub fn caller_audio(dir: &Path, name: &str, parts: &[Part<'_>]) -> (PathBuf, f32
         run_tool(Command::new("sox").args(&pieces).arg(&wav));
     }
     let pcmu = dir.join(format!("{name}.pcmu"));
-    run_tool(Command::new("sox").arg(&wav).args(["-t", "raw", "-e", "mu-law", "-b", "8", "-r", "8000", "-c", "1"]).arg(&pcmu));
+    run_tool(
+        Command::new("sox")
+            .arg(&wav)
+            .args([
+                "-t", "raw", "-e", "mu-law", "-b", "8", "-r", "8000", "-c", "1",
+            ])
+            .arg(&pcmu),
+    );
     let secs = std::fs::metadata(&pcmu).expect("pcmu").len() as f32 / 8000.0;
     (pcmu, secs)
 }
 
 /// Silence as an 8 kHz 16-bit mono WAV.
 pub fn silence_wav(path: &Path, secs: f32) {
-    run_tool(Command::new("sox").args(["-n", "-r", "8000", "-c", "1", "-b", "16"]).arg(path).args(["trim", "0", &format!("{secs:.3}")]));
+    run_tool(
+        Command::new("sox")
+            .args(["-n", "-r", "8000", "-c", "1", "-b", "16"])
+            .arg(path)
+            .args(["trim", "0", &format!("{secs:.3}")]),
+    );
 }
 
 /// Silence as headerless mu-law for sipp.
 pub fn silence_pcmu(path: &Path, secs: f32) {
     run_tool(
         Command::new("sox")
-            .args(["-n", "-r", "8000", "-c", "1", "-t", "raw", "-e", "mu-law", "-b", "8"])
+            .args([
+                "-n", "-r", "8000", "-c", "1", "-t", "raw", "-e", "mu-law", "-b", "8",
+            ])
             .arg(path)
             .args(["trim", "0", &format!("{secs:.3}")]),
     );
@@ -773,7 +920,11 @@ pub fn silence_pcmu(path: &Path, secs: f32) {
 /// the file whatever the header says, so a recording still being written is readable.
 pub fn read_wav(path: &Path) -> (Vec<f32>, u32) {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    assert!(bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WAVE", "{} is not a WAV", path.display());
+    assert!(
+        bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WAVE",
+        "{} is not a WAV",
+        path.display()
+    );
     let mut pos = 12;
     let (mut channels, mut rate, mut bits) = (1u16, 8000u32, 16u16);
     while pos + 8 <= bytes.len() {
@@ -805,25 +956,37 @@ pub fn rms(samples: &[f32], rate: u32, from: f32, len: f32) -> f32 {
     if b <= a {
         return 0.0;
     }
-    let sum: f64 = samples[a..b].iter().map(|s| (*s as f64) * (*s as f64)).sum();
+    let sum: f64 = samples[a..b]
+        .iter()
+        .map(|s| (*s as f64) * (*s as f64))
+        .sum();
     ((sum / (b - a) as f64).sqrt()) as f32
 }
 
 /// The RMS of every `win`-second window, for failure messages and loudness checks.
 pub fn envelope(samples: &[f32], rate: u32, win: f32) -> Vec<f32> {
     let n = (samples.len() as f32 / (win * rate as f32)).ceil() as usize;
-    (0..n).map(|i| rms(samples, rate, i as f32 * win, win)).collect()
+    (0..n)
+        .map(|i| rms(samples, rate, i as f32 * win, win))
+        .collect()
 }
 
 pub fn describe_envelope(env: &[f32], win: f32) -> String {
-    env.iter().enumerate().map(|(i, r)| format!("{:.1}s:{:.4}", i as f32 * win, r)).collect::<Vec<_>>().join(" ")
+    env.iter()
+        .enumerate()
+        .map(|(i, r)| format!("{:.1}s:{:.4}", i as f32 * win, r))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 // --- misc -------------------------------------------------------------------------------------------
 
 /// The value of a Prometheus sample line (`name{labels} value`), if present.
 pub fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.trim().parse().ok())
+    })
 }
 
 /// Fails with `msg` unless `cond` becomes true within `limit`.
