@@ -248,7 +248,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
     report.insert(
         "machine".into(),
-        json!({"cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)}),
+        json!({"cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            "loadavg_at_start": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()}),
     );
     for setup in setups() {
         let started = Instant::now();
@@ -324,6 +325,18 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             capacity(&engine, &flow.escape, &corpus, capacity_secs)?,
         );
     }
+    report.insert(
+        "loadavg_at_end".into(),
+        json!(
+            std::fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .trim()
+        ),
+    );
+    report.insert(
+        "command".into(),
+        json!(std::env::args().collect::<Vec<_>>().join(" ")),
+    );
     let report = serde_json::Value::Object(report);
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir)?;

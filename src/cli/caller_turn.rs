@@ -9,6 +9,7 @@
 //! idle machine without waiting for the audio to play.
 
 use crate::brain::Event;
+use crate::escape::normalize::collapse_repeats;
 use crate::speech::{
     DecodeKind, DecodeOptions, DecodeResult, DecoderPool, JobId, RecognizerConfig,
     RecognizerOutput, SpeechError, StreamingRecognizer, Transcriber,
@@ -158,9 +159,12 @@ pub fn run_turn(
                 RecognizerOutput::SpeechEnded { .. } => Event::SpeechEnded,
                 RecognizerOutput::Partial { text, .. } => {
                     stats.partials += 1;
-                    Event::PartialTranscript { text }
+                    Event::PartialTranscript {
+                        text: collapse_repeats(&text),
+                    }
                 }
                 RecognizerOutput::Final { text, .. } => {
+                    let text = collapse_repeats(&text);
                     stats.finals.push(text.clone());
                     Event::FinalTranscript { text }
                 }

@@ -179,11 +179,14 @@ fn transcribe(
     for file in files {
         // One bad file is reported and the rest still transcribed.
         match crate::speech::transcribe_file(&*engine, file, &opts) {
-            Ok(t) => println!(
-                "{}",
-                serde_json::json!({"file": file.display().to_string(), "text": t.text, "audio_ms": t.audio_ms,
-                    "asr_ms": t.asr_ms})
-            ),
+            Ok(t) => {
+                let text = crate::escape::normalize::collapse_repeats(&t.text);
+                println!(
+                    "{}",
+                    serde_json::json!({"file": file.display().to_string(), "text": text, "audio_ms": t.audio_ms,
+                        "asr_ms": t.asr_ms})
+                )
+            }
             Err(e) => {
                 failed += 1;
                 eprintln!("humanline transcribe: {}: {e}", file.display());

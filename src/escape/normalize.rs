@@ -32,6 +32,48 @@ pub fn canonical(text: &str) -> String {
     words(text).join(" ")
 }
 
+/// Removes the loops Whisper falls into on short windows of telephone audio ("My internet is
+/// down. My internet is down. My internet"): a run of words said again right after itself is
+/// kept once, and a trailing fragment that only restarts an earlier sentence is dropped. What
+/// is left is what the caller said, for matching and for the agent to read.
+pub fn collapse_repeats(text: &str) -> String {
+    let mut tokens: Vec<&str> = text.split_whitespace().collect();
+    let key = |t: &str| canonical(t);
+    let same = |a: &[&str], b: &[&str]| {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| key(x) == key(y))
+    };
+    let mut changed = true;
+    while changed {
+        changed = false;
+        'outer: for period in (1..=tokens.len() / 2).rev() {
+            for i in 0..=tokens.len() - 2 * period {
+                if same(&tokens[i..i + period], &tokens[i + period..i + 2 * period]) {
+                    tokens.drain(i + period..i + 2 * period);
+                    changed = true;
+                    break 'outer;
+                }
+            }
+        }
+    }
+    // "... a human. I want": the tail restarts a sentence already said.
+    let n = tokens.len();
+    let ends_sentence = |t: &str| t.ends_with(['.', '?', '!', ',']);
+    for k in (1..n / 2 + 1).rev() {
+        let tail = &tokens[n - k..];
+        if n > k && ends_sentence(tokens[n - k - 1]) {
+            let starts = (0..n - k).filter(|&s| s == 0 || ends_sentence(tokens[s - 1]));
+            if starts
+                .into_iter()
+                .any(|s| s + k <= n - k && same(&tokens[s..s + k], tail))
+            {
+                tokens.truncate(n - k);
+                break;
+            }
+        }
+    }
+    tokens.join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -48,5 +90,24 @@ mod tests {
         );
         assert_eq!(canonical("  a   real-person  "), "a real person");
         assert!(words("...").is_empty());
+    }
+
+    #[test]
+    fn whisper_loops_collapse_to_what_was_said() {
+        assert_eq!(
+            collapse_repeats("I want to talk to a human. I want to talk to a human. I want"),
+            "I want to talk to a human."
+        );
+        assert_eq!(
+            collapse_repeats("Director. Director. Director. Director"),
+            "Director."
+        );
+        assert_eq!(
+            collapse_repeats("My internet is down"),
+            "My internet is down"
+        );
+        assert_eq!(collapse_repeats("very very good"), "very good");
+        assert_eq!(collapse_repeats(""), "");
+        assert_eq!(collapse_repeats("no, no thanks"), "no, thanks");
     }
 }

@@ -10,6 +10,7 @@ use super::queue::{QueueMsg, ToCall};
 use crate::agents::AgentFailure;
 use crate::brain::{Action, CallBrain, CallbackRequest, CallbackWhen, Event, PlayId, RouteReason};
 use crate::callbacks::{NewPromise, resolve_when, with_ledger};
+use crate::escape::normalize::collapse_repeats;
 use crate::media::{
     self, LocalMedia, MediaEvent, MediaHandle, PlaybackId, SessionConfig, StreamIds, sdp,
 };
@@ -415,8 +416,11 @@ impl Call {
                     self.awaiting_final = Some(Instant::now());
                     Event::SpeechEnded
                 }
-                RecognizerOutput::Partial { text, .. } => Event::PartialTranscript { text },
+                RecognizerOutput::Partial { text, .. } => Event::PartialTranscript {
+                    text: collapse_repeats(&text),
+                },
                 RecognizerOutput::Final { text, .. } => {
+                    let text = collapse_repeats(&text);
                     self.awaiting_final = None;
                     info!(%text, "heard");
                     Event::FinalTranscript { text }
