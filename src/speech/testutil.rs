@@ -82,7 +82,10 @@ pub fn phone_speech(text: &str, voice: &str, wpm: u32) -> Option<Vec<f32>> {
         .args(["-v", voice, "-s", &wpm.to_string(), "-w"])
         .arg(&raw)
         .arg(text))
+        // -D: no dither, so the same text always gives the same audio (sox dithers randomly
+        // when it reduces to 8 bits, which made transcripts differ from run to run).
         && run(Command::new("sox")
+            .arg("-D")
             .arg(&raw)
             .args(["-r", "8000", "-c", "1", "-e", "mu-law"])
             .arg(&phone)
@@ -101,7 +104,7 @@ pub fn phone_noise(kind: &str, secs: f32, vol: f32) -> Option<Vec<f32>> {
     }
     let path = scratch_path("noise");
     let ok = run(Command::new("sox")
-        .args(["-n", "-r", "8000", "-c", "1", "-e", "mu-law"])
+        .args(["-D", "-n", "-r", "8000", "-c", "1", "-e", "mu-law"])
         .arg(&path)
         .args([
             "synth",
