@@ -317,73 +317,27 @@ impl StreamResampler {
     }
 }
 
+// G.711 lives in `media::codec` (table-driven, checked against sox); these names stay for the
+// speech engine's callers.
+
 /// G.711 mu-law byte to 16-bit linear PCM.
 pub fn mulaw_decode(byte: u8) -> i16 {
-    let u = !byte;
-    let exponent = (u >> 4) & 0x07;
-    let mantissa = i32::from(u & 0x0F);
-    let magnitude = (((mantissa << 3) + 0x84) << exponent) - 0x84;
-    let v = if u & 0x80 != 0 { -magnitude } else { magnitude };
-    v as i16
+    crate::media::Codec::Pcmu.decode_sample(byte)
 }
 
 /// 16-bit linear PCM to G.711 mu-law.
 pub fn mulaw_encode(sample: i16) -> u8 {
-    const BIAS: i32 = 0x84;
-    const CLIP: i32 = 32_635;
-    let mut s = i32::from(sample);
-    let sign = if s < 0 {
-        s = -s;
-        0x80u8
-    } else {
-        0
-    };
-    s = s.min(CLIP) + BIAS;
-    let mut exponent = 7u8;
-    let mut mask = 0x4000;
-    while exponent > 0 && s & mask == 0 {
-        exponent -= 1;
-        mask >>= 1;
-    }
-    let mantissa = ((s >> (exponent + 3)) & 0x0F) as u8;
-    !(sign | (exponent << 4) | mantissa)
+    crate::media::Codec::Pcmu.encode_sample(sample)
 }
 
 /// G.711 A-law byte to 16-bit linear PCM.
 pub fn alaw_decode(byte: u8) -> i16 {
-    let a = byte ^ 0x55;
-    let mut t = i32::from(a & 0x0F) << 4;
-    let seg = (a & 0x70) >> 4;
-    match seg {
-        0 => t += 8,
-        1 => t += 0x108,
-        _ => t = (t + 0x108) << (seg - 1),
-    }
-    let v = if a & 0x80 != 0 { t } else { -t };
-    v as i16
+    crate::media::Codec::Pcma.decode_sample(byte)
 }
 
 /// 16-bit linear PCM to G.711 A-law.
 pub fn alaw_encode(sample: i16) -> u8 {
-    // Segment end points for the 13-bit magnitude.
-    const SEG_END: [i32; 8] = [0x1F, 0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF];
-    let mut pcm = i32::from(sample) >> 3;
-    let mask = if pcm >= 0 {
-        0xD5u8
-    } else {
-        pcm = -pcm - 1;
-        0x55u8
-    };
-    let Some(seg) = SEG_END.iter().position(|&end| pcm <= end) else {
-        return 0x7F ^ mask;
-    };
-    let seg = seg as u8;
-    let mantissa = if seg < 2 {
-        (pcm >> 1) & 0x0F
-    } else {
-        (pcm >> seg) & 0x0F
-    } as u8;
-    ((seg << 4) | mantissa) ^ mask
+    crate::media::Codec::Pcma.encode_sample(sample)
 }
 
 /// f32 in [-1, 1] to i16, clamped.
