@@ -7,13 +7,13 @@ placeholders, plus number clips numbers/<n>.wav, so playback can splice in live 
 main <name>.wav says the text with example values. The results are committed: operators
 replace them with studio recordings if they like, and check-config verifies them.
 
-Usage: scripts/gen-prompt-audio.py [--prompts DIR] [--only LANG]
+Usage: scripts/gen-prompt-audio.py [--prompts DIR] [--only LANG] [--prompt NAME]...
 Needs espeak-ng and sox (scripts/setup.sh installs them).
 """
 import argparse, os, re, subprocess, sys, tempfile, tomllib
 
 VOICES = {"en": "en-us", "nl": "nl"}
-EXAMPLE = {"position": "3", "minutes": "5"}
+EXAMPLE = {"position": "3", "minutes": "5", "hour": "15", "minute": "30"}
 NUMBERS = range(1, 61)
 
 
@@ -30,6 +30,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompts", default=os.path.join(os.path.dirname(__file__), "..", "prompts"))
     ap.add_argument("--only")
+    ap.add_argument("--prompt", action="append", help="only these prompts (repeatable)")
     args = ap.parse_args()
     with open(os.path.join(args.prompts, "humanline.toml"), "rb") as f:
         settings = tomllib.load(f)
@@ -42,6 +43,8 @@ def main():
         voice = VOICES.get(lang, lang)
         templated = False
         for name, p in conf["prompts"].items():
+            if args.prompt and name not in args.prompt:
+                continue
             out = os.path.join(audio_dir, p["audio"])
             text = p["text"]
             say(re.sub(r"\{(\w+)\}", lambda m: EXAMPLE.get(m.group(1), ""), text), voice, out)
@@ -50,10 +53,10 @@ def main():
                 templated = True
                 stem = out[:-4]
                 for i, part in enumerate(parts):
-                    if part.strip():
+                    if any(c.isalnum() for c in part):
                         say(part.strip(), voice, f"{stem}.{i}.wav")
             print(f"{out}", file=sys.stderr)
-        if templated:
+        if templated and not args.prompt:
             for n in NUMBERS:
                 say(str(n), voice, os.path.join(audio_dir, lang, "numbers", f"{n}.wav"))
 

@@ -2,7 +2,10 @@
 //! escape always routes, every state has a way forward, a callback is announced only once
 //! stored.
 
-use humanline::brain::{Action, CallBrain, Event, Phase, PlayId, RouteReason, TimerKind};
+use humanline::brain::{
+    Action, CallBrain, CallbackRequest, CallbackTime, CallbackWhen, Event, Phase, PlayId,
+    RouteReason, TimerKind,
+};
 use humanline::config::Flow;
 use proptest::prelude::*;
 use std::sync::Arc;
@@ -49,6 +52,9 @@ const UTTERANCES: &[&str] = &[
     "nederlands",
     "english",
     "I want to change my address",
+    "call me back at three",
+    "tomorrow morning please",
+    "call me on 06 1234 5678",
 ];
 
 fn step() -> impl Strategy<Value = Step> {
@@ -60,7 +66,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::SpeechEnded),
         2 => prop::sample::select(UTTERANCES).prop_map(Step::Partial),
         3 => prop::sample::select(UTTERANCES).prop_map(Step::Final),
-        1 => prop::sample::select(vec!['1', '2', '5', '9', '#', '*']).prop_map(Step::Dtmf),
+        1 => prop::sample::select(vec!['1', '2', '3', '5', '9', '#', '*']).prop_map(Step::Dtmf),
         3 => Just(Step::FireDueTimer),
         1 => prop::sample::select(TimerKind::ALL.to_vec()).prop_map(Step::FireTimerEarly),
         1 => Just(Step::AgentOffered),
@@ -160,7 +166,10 @@ impl Driver {
                 position: *p,
                 estimated_wait: Duration::from_secs(*w),
             },
-            Step::Stored => Event::CallbackStored { id: "cb-1".into() },
+            Step::Stored => Event::CallbackStored {
+                id: "cb-1".into(),
+                at: None,
+            },
             Step::StoreFailed => Event::CallbackStoreFailed {
                 error: "disk full".into(),
             },
@@ -291,8 +300,11 @@ proptest! {
                 if matches!(a, Action::StoreCallback(_)) {
                     requested = true;
                 }
+                if let Action::StoreCallback(req) = a {
+                    prop_assert!(req.number.as_deref().is_some_and(|n| !n.is_empty()), "a callback with no number: {:?}", req);
+                }
                 if let Action::Play { prompt, .. } = a
-                    && prompt == "callback_confirmed"
+                    && prompt.starts_with("callback_confirmed")
                 {
                     prop_assert!(event.starts_with("CallbackStored"), "confirmed on {}", event);
                     prop_assert!(requested, "confirmed a callback never requested");
@@ -349,7 +361,10 @@ fn a_waiting_caller_who_says_yes_gets_a_callback_confirmed_after_the_commit() {
             .iter()
             .any(|a| matches!(a, Action::Play { prompt, .. } if prompt == "callback_confirmed"))
     );
-    let confirmed = d.feed(Event::CallbackStored { id: "cb-7".into() });
+    let confirmed = d.feed(Event::CallbackStored {
+        id: "cb-7".into(),
+        at: None,
+    });
     assert!(
         confirmed
             .iter()
@@ -432,4 +447,136 @@ fn a_dutch_caller_can_switch_language_and_is_greeted_in_dutch() {
         })),
         Some(RouteReason::Repetition)
     );
+}
+
+fn stored_request(actions: &[Action]) -> CallbackRequest {
+    match actions.iter().find(|a| matches!(a, Action::StoreCallback(_))) {
+        Some(Action::StoreCallback(req)) => (**req).clone(),
+        _ => panic!("no callback stored: {actions:?}"),
+    }
+}
+
+fn played(actions: &[Action]) -> Vec<(String, Vec<(String, String)>)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Play { prompt, vars, .. } => Some((prompt.clone(), vars.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// "Call me back at three": the time is kept with the promise and confirmed back to the
+/// caller, once stored.
+#[test]
+fn a_caller_who_names_a_time_hears_that_time_confirmed() {
+    let mut d = Driver::new();
+    d.step(&Step::Start);
+    d.feed(Event::Dtmf { digit: '0' });
+    d.feed(Event::NoAgentAvailable);
+    let store = d.feed(Event::FinalTranscript {
+        text: "Call me back at three.".into(),
+    });
+    let req = stored_request(&store);
+    assert_eq!(
+        req.when,
+        CallbackWhen::Requested("Call me back at three.".into())
+    );
+    assert_eq!(req.number.as_deref(), Some("+3120555"));
+    assert!(played(&store).is_empty(), "{store:?}");
+    let confirmed = d.feed(Event::CallbackStored {
+        id: "9".into(),
+        at: Some(CallbackTime {
+            days_from_today: 0,
+            hour: 15,
+            minute: 0,
+        }),
+    });
+    assert_eq!(
+        played(&confirmed),
+        vec![(
+            "callback_confirmed_at".to_string(),
+            vec![
+                ("hour".to_string(), "15".to_string()),
+                ("minute".to_string(), "00".to_string())
+            ]
+        )]
+    );
+    // "tomorrow morning" alone is an acceptance too.
+    let mut d = Driver::new();
+    d.step(&Step::Start);
+    d.feed(Event::Dtmf { digit: '0' });
+    d.feed(Event::NoAgentAvailable);
+    let store = d.feed(Event::FinalTranscript {
+        text: "tomorrow morning".into(),
+    });
+    assert_eq!(
+        stored_request(&store).when,
+        CallbackWhen::Requested("tomorrow morning".into())
+    );
+}
+
+/// A caller with no caller ID (or who wants another phone) gives the number by voice or keys.
+#[test]
+fn the_number_to_call_can_be_spoken_or_keyed() {
+    let start = |caller_id: Option<&str>| {
+        let mut d = Driver::new();
+        d.feed(Event::CallStarted {
+            caller_id: caller_id.map(str::to_string),
+            language: None,
+        });
+        d.feed(Event::Dtmf { digit: '0' });
+        d.feed(Event::NoAgentAvailable);
+        d
+    };
+    // Anonymous: yes → asked for a number → keys it.
+    let mut d = start(None);
+    let asked = d.feed(Event::Dtmf { digit: '1' });
+    assert!(
+        played(&asked)
+            .iter()
+            .any(|(p, _)| p == "callback_ask_number"),
+        "{asked:?}"
+    );
+    assert!(!asked.iter().any(|a| matches!(a, Action::StoreCallback(_))));
+    for digit in "0612345678".chars() {
+        let out = d.feed(Event::Dtmf { digit });
+        assert!(!out.iter().any(|a| matches!(a, Action::StoreCallback(_))));
+    }
+    let store = d.feed(Event::Dtmf { digit: '#' });
+    assert_eq!(
+        stored_request(&store).number.as_deref(),
+        Some("0612345678")
+    );
+
+    // Anonymous: says it.
+    let mut d = start(None);
+    d.feed(Event::FinalTranscript { text: "yes".into() });
+    let store = d.feed(Event::FinalTranscript {
+        text: "zero six, one two three four, five six seven eight".into(),
+    });
+    assert_eq!(
+        stored_request(&store).number.as_deref(),
+        Some("0612345678")
+    );
+
+    // With a caller ID, saying another number in the answer uses that one.
+    let mut d = start(Some("+3120555"));
+    let store = d.feed(Event::FinalTranscript {
+        text: "yes, call me on 06 1234 5678".into(),
+    });
+    assert_eq!(
+        stored_request(&store).number.as_deref(),
+        Some("0612345678")
+    );
+
+    // Press 3 for another number.
+    let mut d = start(Some("+3120555"));
+    let asked = d.feed(Event::Dtmf { digit: '3' });
+    assert!(played(&asked).iter().any(|(p, _)| p == "callback_ask_number"));
+    for digit in "555123#".chars() {
+        d.feed(Event::Dtmf { digit });
+    }
+    let last = d.log.last().map(|(_, a)| a.clone()).unwrap_or_default();
+    assert_eq!(stored_request(&last).number.as_deref(), Some("555123"));
 }

@@ -4,6 +4,7 @@ use super::{
     Action, CallbackRequest, CallbackWhen, CallerContext, Event, Phase, PlayId, RouteReason,
     TimerKind,
 };
+use crate::callbacks::{names_time, spoken_number};
 use crate::config::{Flow, Language, render};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +17,8 @@ const MAX_FAILURES: u8 = 2;
 enum CallbackState {
     NotOffered,
     Offered,
+    /// Accepted, but there is no number to call yet: the caller says or keys one.
+    AskingNumber,
     Declined,
     Storing,
     Stored,
@@ -37,6 +40,10 @@ pub struct CallBrain {
     timers: [Option<Instant>; 3],
     queue: Option<(u32, Duration)>,
     callback: CallbackState,
+    /// What the caller said when they named a time for the callback.
+    callback_when: Option<String>,
+    /// Digits keyed while giving a number to call back.
+    keyed: String,
     route_reason: Option<RouteReason>,
 }
 
@@ -58,6 +65,8 @@ impl CallBrain {
             timers: [None; 3],
             queue: None,
             callback: CallbackState::NotOffered,
+            callback_when: None,
+            keyed: String::new(),
             route_reason: None,
         }
     }
@@ -173,12 +182,26 @@ impl CallBrain {
                     }
                 }
             }
-            Event::CallbackStored { .. } => {
+            Event::CallbackStored { at, .. } => {
                 if self.callback == CallbackState::Storing {
                     self.callback = CallbackState::Stored;
                     self.cancel(TimerKind::CallbackReoffer, &mut out);
                     // The promise is on disk: only now may the caller hear it.
-                    self.play("callback_confirmed", &[], &mut out);
+                    match at {
+                        None => self.play("callback_confirmed", &[], &mut out),
+                        Some(t) => {
+                            let prompt = if t.days_from_today == 0 {
+                                "callback_confirmed_at"
+                            } else {
+                                "callback_confirmed_tomorrow"
+                            };
+                            let vars = [
+                                ("hour", t.hour.to_string()),
+                                ("minute", format!("{:02}", t.minute)),
+                            ];
+                            self.play(prompt, &vars, &mut out);
+                        }
+                    }
                 }
             }
             Event::CallbackStoreFailed { .. } => {
@@ -338,14 +361,26 @@ impl CallBrain {
         if !text.trim().is_empty() {
             self.context.said.push(text.trim().to_string());
         }
-        if self.callback == CallbackState::Offered {
-            let lang = self.lang();
-            let (yes, no) = (lang.yes.matches(&text), lang.no.matches(&text));
-            if yes && !no {
-                self.accept_callback(out);
-            } else if no {
-                self.decline_callback(now, out);
+        let lang = self.lang();
+        let (yes, no) = (lang.yes.matches(&text), lang.no.matches(&text));
+        let number = spoken_number(&text);
+        match self.callback {
+            CallbackState::Offered => {
+                // "yes", "call me at three", "tomorrow morning", "call me on 06 1234 5678".
+                let timed = names_time(&text);
+                if (yes && !no) || timed || number.is_some() {
+                    self.callback_when = timed.then(|| text.trim().to_string());
+                    self.accept_callback(number, out);
+                } else if no {
+                    self.decline_callback(now, out);
+                }
             }
+            CallbackState::AskingNumber => match number {
+                Some(n) => self.store_callback(n, out),
+                None if no && !yes => self.decline_callback(now, out),
+                None => self.play("callback_ask_number", &[], out),
+            },
+            _ => {}
         }
     }
 
@@ -354,11 +389,29 @@ impl CallBrain {
         match (self.phase, digit) {
             (Phase::Ivr, '0') => self.route(now, RouteReason::Dtmf, out),
             (Phase::Queued, '1') if self.callback == CallbackState::Offered => {
-                self.accept_callback(out)
+                self.callback_when = None;
+                self.accept_callback(None, out)
             }
             (Phase::Queued, '2') if self.callback == CallbackState::Offered => {
                 self.decline_callback(now, out)
             }
+            // Another number than the one they call from.
+            (Phase::Queued, '3') if self.callback == CallbackState::Offered => {
+                self.callback_when = None;
+                self.ask_number(out)
+            }
+            (Phase::Queued, d) if self.callback == CallbackState::AskingNumber => match d {
+                '0'..='9' => self.keyed.push(d),
+                '#' if self.keyed.len() >= 3 => {
+                    let number = std::mem::take(&mut self.keyed);
+                    self.store_callback(number, out)
+                }
+                // '*' starts again; '#' after too few digits asks again.
+                _ => {
+                    self.keyed.clear();
+                    self.play("callback_ask_number", &[], out)
+                }
+            },
             _ => {}
         }
     }
@@ -379,7 +432,9 @@ impl CallBrain {
                     self.announce_queue(now, out);
                 }
             }
-            (TimerKind::CallbackReoffer, Phase::Queued) if self.callback_offerable() => {
+            (TimerKind::CallbackReoffer, Phase::Queued)
+                if self.callback_offerable() || self.callback == CallbackState::AskingNumber =>
+            {
                 self.offer_callback(now, out)
             }
             _ => {}
@@ -462,10 +517,34 @@ impl CallBrain {
         );
     }
 
-    fn accept_callback(&mut self, out: &mut Vec<Action>) {
+    /// Yes to a callback: on `number`, else the caller ID, else the caller is asked for one.
+    fn accept_callback(&mut self, number: Option<String>, out: &mut Vec<Action>) {
+        match number.or_else(|| self.context.caller_id.clone()) {
+            Some(n) => self.store_callback(n, out),
+            None => self.ask_number(out),
+        }
+    }
+
+    fn ask_number(&mut self, out: &mut Vec<Action>) {
+        self.callback = CallbackState::AskingNumber;
+        self.keyed.clear();
+        self.play("callback_ask_number", &[], out);
+        out.push(Action::Listen);
+    }
+
+    fn store_callback(&mut self, number: String, out: &mut Vec<Action>) {
         self.callback = CallbackState::Storing;
         self.cancel(TimerKind::CallbackReoffer, out);
-        out.push(self.callback_request(false));
+        if self.playing.is_some() {
+            // Nothing about this callback may be heard until it is stored.
+            self.playing = None;
+            out.push(Action::StopPlayback);
+        }
+        let mut request = self.callback_request(false);
+        if let Action::StoreCallback(r) = &mut request {
+            r.number = Some(number);
+        }
+        out.push(request);
     }
 
     fn decline_callback(&mut self, now: Instant, out: &mut Vec<Action>) {
@@ -480,7 +559,10 @@ impl CallBrain {
     fn callback_request(&self, automatic: bool) -> Action {
         Action::StoreCallback(Box::new(CallbackRequest {
             number: self.context.caller_id.clone(),
-            when: CallbackWhen::Asap,
+            when: self
+                .callback_when
+                .clone()
+                .map_or(CallbackWhen::Asap, CallbackWhen::Requested),
             reason: self.route_reason.unwrap_or(RouteReason::Keyword),
             context: self.context.clone(),
             automatic,

@@ -97,6 +97,15 @@ pub enum CallbackWhen {
     Requested(String),
 }
 
+/// A chosen callback time as the caller should hear it confirmed, in the centre's local time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CallbackTime {
+    /// 0 today, 1 tomorrow, ...
+    pub days_from_today: u32,
+    pub hour: u8,
+    pub minute: u8,
+}
+
 /// A callback to commit to the ledger. The caller hears it confirmed only after
 /// [`Event::CallbackStored`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -152,6 +161,8 @@ pub enum Event {
     },
     CallbackStored {
         id: String,
+        /// When the call will come, if the caller chose a time (local time of the centre).
+        at: Option<CallbackTime>,
     },
     CallbackStoreFailed {
         error: String,

@@ -5,9 +5,11 @@
 //! are testable without waiting. Storage is behind [`LedgerStore`]; `storage::SqliteStore` is
 //! the embedded default.
 
+mod number;
 mod when;
 
-pub use when::resolve_when;
+pub use number::spoken_number;
+pub use when::{local_clock, names_time, resolve_when};
 
 use serde::{Deserialize, Serialize};
 

@@ -49,6 +49,25 @@ fn number(word: &str) -> Option<i64> {
         .or_else(|| NUMBERS.iter().find(|(w, _)| *w == word).map(|(_, n)| *n))
 }
 
+/// `at` as the caller should hear it: (days from today, hour, minute), local time.
+pub fn local_clock(at: UnixMs, now: UnixMs, utc_offset_min: i64) -> (u32, u8, u8) {
+    let local = at + utc_offset_min * MINUTE;
+    let local_now = now + utc_offset_min * MINUTE;
+    let days = (local.div_euclid(DAY) - local_now.div_euclid(DAY)).max(0);
+    let in_day = local.rem_euclid(DAY);
+    (
+        days as u32,
+        (in_day / HOUR) as u8,
+        (in_day % HOUR / MINUTE) as u8,
+    )
+}
+
+/// Whether the caller named a time to be called back ("at three", "tomorrow morning").
+pub fn names_time(said: &str) -> bool {
+    // Any fixed instant will do: only whether a time is named matters.
+    resolve_when(said, 0, 0).is_some()
+}
+
 /// The time a caller asked to be called back, from `now` in a time zone `utc_offset_min`
 /// minutes east of UTC. `None` when no time is named (call as soon as possible).
 pub fn resolve_when(said: &str, now: UnixMs, utc_offset_min: i64) -> Option<UnixMs> {
@@ -185,6 +204,9 @@ mod tests {
             hm(resolve_when("morgen om drie uur", NOW, 0).unwrap()),
             (1, 15, 0)
         );
+        let at = resolve_when("tomorrow at half past four", NOW, 60).unwrap();
+        assert_eq!(local_clock(at, NOW, 60), (1, 16, 30));
+        assert_eq!(local_clock(NOW + 20 * MINUTE, NOW, 0), (0, 10, 20));
         // In a zone one hour east, "at three" is 14:00 UTC.
         assert_eq!(hm(resolve_when("at three", NOW, 60).unwrap()), (0, 14, 0));
     }

@@ -23,12 +23,19 @@ pub const REQUIRED_PROMPTS: &[&str] = &[
     "queue_position",
     "callback_offer",
     "callback_confirmed",
+    "callback_confirmed_at",
+    "callback_confirmed_tomorrow",
+    "callback_ask_number",
     "callback_failed",
     "after_agent",
 ];
 
 /// Placeholders a prompt's text may use, filled in when it is played.
-const PLACEHOLDERS: &[(&str, &[&str])] = &[("queue_position", &["position", "minutes"])];
+const PLACEHOLDERS: &[(&str, &[&str])] = &[
+    ("queue_position", &["position", "minutes"]),
+    ("callback_confirmed_at", &["hour", "minute"]),
+    ("callback_confirmed_tomorrow", &["hour", "minute"]),
+];
 
 /// The shipped prompts, compiled in, so the binary runs without a prompts folder.
 const EMBEDDED: &[(&str, &str)] = &[

@@ -8,8 +8,10 @@
 use super::Shared;
 use super::queue::{QueueMsg, ToCall};
 use crate::agents::AgentFailure;
-use crate::brain::{Action, CallBrain, CallbackRequest, CallbackWhen, Event, PlayId, RouteReason};
-use crate::callbacks::{NewPromise, resolve_when, with_ledger};
+use crate::brain::{
+    Action, CallBrain, CallbackRequest, CallbackTime, CallbackWhen, Event, PlayId, RouteReason,
+};
+use crate::callbacks::{NewPromise, local_clock, resolve_when, with_ledger};
 use crate::escape::normalize::collapse_repeats;
 use crate::media::{
     self, LocalMedia, MediaEvent, MediaHandle, PlaybackId, SessionConfig, StreamIds, sdp,
@@ -305,7 +307,7 @@ impl Call {
                 let id: PlaybackId = self.next_playback;
                 self.next_playback += 1;
                 self.plays.insert(id, play);
-                debug!(%prompt, "play");
+                info!(%prompt, "play");
                 let _ = self.media.play(id, clips).await;
             }
             Action::StopPlayback => {
@@ -353,12 +355,20 @@ impl Call {
             return;
         };
         let now = unix_ms();
-        let not_before = match &req.when {
-            CallbackWhen::Asap => now,
-            CallbackWhen::Requested(said) => {
-                resolve_when(said, now, self.shared.utc_offset_min).unwrap_or(now)
-            }
+        let offset = self.shared.utc_offset_min;
+        let chosen = match &req.when {
+            CallbackWhen::Asap => None,
+            CallbackWhen::Requested(said) => resolve_when(said, now, offset),
         };
+        let not_before = chosen.unwrap_or(now);
+        let at = chosen.map(|t| {
+            let (days_from_today, hour, minute) = local_clock(t, now, offset);
+            CallbackTime {
+                days_from_today,
+                hour,
+                minute,
+            }
+        });
         let promise = NewPromise {
             number,
             not_before,
@@ -370,6 +380,7 @@ impl Call {
         let ledger = self.shared.ledger.clone();
         let tx = self.callback_tx.clone();
         let metrics = self.shared.metrics.clone();
+        info!(number = %promise.number, not_before, "committing a callback");
         tokio::spawn(async move {
             let event = match with_ledger(&ledger, move |l| l.promise(&promise, now)).await {
                 Ok(p) => {
@@ -377,6 +388,7 @@ impl Call {
                     info!(id = p.id, "callback promised");
                     Event::CallbackStored {
                         id: p.id.to_string(),
+                        at,
                     }
                 }
                 Err(e) => {

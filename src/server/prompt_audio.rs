@@ -80,11 +80,11 @@ impl PromptAudio {
             for (i, part) in parts.iter().enumerate() {
                 clips.extend(part.clone());
                 if let Some((_, value)) = vars.get(i) {
-                    let n = value
-                        .parse::<u64>()
-                        .unwrap_or(MAX_NUMBER)
-                        .clamp(1, MAX_NUMBER);
-                    clips.extend(self.numbers.get(&(language.to_string(), n)).cloned());
+                    // Zero is left unsaid ("fifteen hundred" is "15:00" said as "fifteen").
+                    let n = value.parse::<u64>().unwrap_or(MAX_NUMBER).min(MAX_NUMBER);
+                    if n > 0 {
+                        clips.extend(self.numbers.get(&(language.to_string(), n)).cloned());
+                    }
                 }
             }
             if !clips.is_empty() {
