@@ -450,7 +450,10 @@ fn a_dutch_caller_can_switch_language_and_is_greeted_in_dutch() {
 }
 
 fn stored_request(actions: &[Action]) -> CallbackRequest {
-    match actions.iter().find(|a| matches!(a, Action::StoreCallback(_))) {
+    match actions
+        .iter()
+        .find(|a| matches!(a, Action::StoreCallback(_)))
+    {
         Some(Action::StoreCallback(req)) => (**req).clone(),
         _ => panic!("no callback stored: {actions:?}"),
     }
@@ -544,10 +547,7 @@ fn the_number_to_call_can_be_spoken_or_keyed() {
         assert!(!out.iter().any(|a| matches!(a, Action::StoreCallback(_))));
     }
     let store = d.feed(Event::Dtmf { digit: '#' });
-    assert_eq!(
-        stored_request(&store).number.as_deref(),
-        Some("0612345678")
-    );
+    assert_eq!(stored_request(&store).number.as_deref(), Some("0612345678"));
 
     // Anonymous: says it.
     let mut d = start(None);
@@ -555,25 +555,23 @@ fn the_number_to_call_can_be_spoken_or_keyed() {
     let store = d.feed(Event::FinalTranscript {
         text: "zero six, one two three four, five six seven eight".into(),
     });
-    assert_eq!(
-        stored_request(&store).number.as_deref(),
-        Some("0612345678")
-    );
+    assert_eq!(stored_request(&store).number.as_deref(), Some("0612345678"));
 
     // With a caller ID, saying another number in the answer uses that one.
     let mut d = start(Some("+3120555"));
     let store = d.feed(Event::FinalTranscript {
         text: "yes, call me on 06 1234 5678".into(),
     });
-    assert_eq!(
-        stored_request(&store).number.as_deref(),
-        Some("0612345678")
-    );
+    assert_eq!(stored_request(&store).number.as_deref(), Some("0612345678"));
 
     // Press 3 for another number.
     let mut d = start(Some("+3120555"));
     let asked = d.feed(Event::Dtmf { digit: '3' });
-    assert!(played(&asked).iter().any(|(p, _)| p == "callback_ask_number"));
+    assert!(
+        played(&asked)
+            .iter()
+            .any(|(p, _)| p == "callback_ask_number")
+    );
     for digit in "555123#".chars() {
         d.feed(Event::Dtmf { digit });
     }

@@ -47,6 +47,7 @@ fn speaking_caller(dir: &Path, ports: Ports, audio: &Path, hold_ms: u64, transpo
             transport,
             ports: ports.caller_sipp(),
             timeout: Duration::from_millis(hold_ms) + Duration::from_secs(40),
+            calls: 1,
         },
     )
 }
@@ -91,6 +92,7 @@ fn dtmf_caller(
             transport,
             ports: ports.caller_sipp(),
             timeout: Duration::from_millis(dtmf_after_ms + hold_ms) + Duration::from_secs(25),
+            calls: 1,
         },
     )
 }
@@ -107,6 +109,7 @@ fn answering_agent(dir: &Path, ports: Ports, transport: &str, timeout: Duration)
             transport,
             ports: ports.agent_sipp(),
             timeout,
+            calls: 1,
         },
     )
 }
@@ -536,6 +539,7 @@ fn when_the_agent_hangs_up_the_caller_hears_the_ivr_again() {
             transport: "u1",
             ports: ports.agent_sipp(),
             timeout: Duration::from_secs(60),
+            calls: 1,
         },
     );
     let server = Server::start(ports, d, &[agent_uri(ports.agent_sipp().sip)]);

@@ -176,8 +176,10 @@ pub trait LedgerStore: Send {
 }
 
 /// When to try again, and when to stop trying and escalate to a person.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RetryPolicy {
+    /// Wait after the first failed attempt; each later wait is `factor` times longer.
     pub first_delay_ms: i64,
     pub factor: f64,
     pub max_delay_ms: i64,

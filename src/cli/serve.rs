@@ -48,6 +48,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(path) => ServerFile::load(path)?,
         None => ServerFile::default(),
     };
+    if let Some(r) = &file.callback_retry
+        && (r.first_delay_ms < 0 || r.max_delay_ms < 0 || r.window_ms < 0 || r.max_attempts == 0)
+    {
+        anyhow::bail!(
+            "{}: [callback_retry]: delays and window must not be negative, max_attempts at least 1",
+            args.config
+                .as_deref()
+                .unwrap_or(std::path::Path::new("config"))
+                .display()
+        );
+    }
     let mut agents = file.agents.clone();
     agents.extend(args.agents.iter().cloned());
     let rtp = args
@@ -77,6 +88,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         agents,
         trunk: args.trunk.or(file.trunk),
         utc_offset_min: file.utc_offset_min.unwrap_or(0),
+        callback_retry: file.callback_retry.unwrap_or_default(),
         partials: !args.no_partials,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -12,7 +12,7 @@ mod settings;
 pub use prompt_audio::PromptAudio;
 pub use settings::{ServeOptions, ServerFile, parse_port_range as settings_port_range};
 
-use crate::callbacks::{CallbackLedger, RetryPolicy};
+use crate::callbacks::CallbackLedger;
 use crate::config::Flow;
 use crate::media::PortRange;
 use crate::sip::{SipConfig, SipEndpoint};
@@ -75,7 +75,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let ledger_path = opts.data_dir.join("callbacks.db");
     let store = SqliteStore::open(&ledger_path)
         .with_context(|| format!("opening {}", ledger_path.display()))?;
-    let mut ledger = CallbackLedger::new(store, RetryPolicy::default());
+    let mut ledger = CallbackLedger::new(store, opts.callback_retry);
     let recovered = ledger.recover(unix_ms())?;
     if recovered > 0 {
         warn!(

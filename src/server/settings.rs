@@ -1,6 +1,7 @@
 //! Server settings: a TOML file (`--config`) and command-line flags, flags winning. Defaults
 //! serve on a laptop as they are: everything on 127.0.0.1, data under `data/`.
 
+use crate::callbacks::RetryPolicy;
 use crate::config::{ConfigError, ConfigProblem, line_col};
 use crate::media::PortRange;
 use serde::Deserialize;
@@ -27,6 +28,8 @@ pub struct ServerFile {
     pub trunk: Option<String>,
     /// Local time zone, minutes east of UTC, for callers' "call me at three".
     pub utc_offset_min: Option<i64>,
+    /// How failed callback attempts are retried before a supervisor is asked to act.
+    pub callback_retry: Option<RetryPolicy>,
 }
 
 impl ServerFile {
@@ -64,6 +67,7 @@ pub struct ServeOptions {
     pub agents: Vec<String>,
     pub trunk: Option<String>,
     pub utc_offset_min: i64,
+    pub callback_retry: RetryPolicy,
     /// Decode partial transcripts while the caller speaks (off only for baselines).
     pub partials: bool,
 }

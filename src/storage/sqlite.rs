@@ -92,6 +92,15 @@ fn attempt_from(row: &Row<'_>) -> rusqlite::Result<Attempt> {
 }
 
 impl SqliteStore {
+    /// A write transaction that takes the write lock up front, so that a writer in another
+    /// process makes us wait (busy timeout) instead of failing at once on the upgrade from
+    /// read to write.
+    fn write_tx(&mut self) -> Result<rusqlite::Transaction<'_>, LedgerError> {
+        self.conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db)
+    }
+
     /// Opens (creating if needed) the ledger database and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Self, LedgerError> {
         let conn = Connection::open(path).map_err(db)?;
@@ -124,7 +133,7 @@ impl SqliteStore {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(db)?;
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
-            let tx = self.conn.transaction().map_err(db)?;
+            let tx = self.write_tx()?;
             tx.execute_batch(sql).map_err(db)?;
             tx.pragma_update(None, "user_version", i + 1).map_err(db)?;
             tx.commit().map_err(db)?;
@@ -146,7 +155,7 @@ impl SqliteStore {
 
 impl LedgerStore for SqliteStore {
     fn insert(&mut self, p: &NewPromise, now: UnixMs) -> Result<Promise, LedgerError> {
-        let tx = self.conn.transaction().map_err(db)?;
+        let tx = self.write_tx()?;
         let existing: Option<i64> = tx
             .query_row(
                 "SELECT id FROM callbacks WHERE origin_call = ?1",
@@ -186,7 +195,7 @@ impl LedgerStore for SqliteStore {
         now: UnixMs,
         limit: usize,
     ) -> Result<Vec<(Promise, Attempt)>, LedgerError> {
-        let tx = self.conn.transaction().map_err(db)?;
+        let tx = self.write_tx()?;
         let due: Vec<Promise> = {
             let mut stmt = tx
                 .prepare(&format!(
@@ -232,7 +241,7 @@ impl LedgerStore for SqliteStore {
         next_attempt_at: UnixMs,
         now: UnixMs,
     ) -> Result<Promise, LedgerError> {
-        let tx = self.conn.transaction().map_err(db)?;
+        let tx = self.write_tx()?;
         let promise_id: i64 = tx
             .query_row(
                 "SELECT callback_id FROM callback_attempts WHERE id = ?1 AND outcome IS NULL OR id = ?1 AND outcome = 'connected'",
@@ -261,7 +270,7 @@ impl LedgerStore for SqliteStore {
     }
 
     fn mark_connected(&mut self, attempt: i64, now: UnixMs) -> Result<Promise, LedgerError> {
-        let tx = self.conn.transaction().map_err(db)?;
+        let tx = self.write_tx()?;
         let promise_id: i64 = tx
             .query_row(
                 "SELECT callback_id FROM callback_attempts WHERE id = ?1 AND outcome IS NULL",
@@ -288,7 +297,7 @@ impl LedgerStore for SqliteStore {
     }
 
     fn recover_interrupted(&mut self, now: UnixMs) -> Result<usize, LedgerError> {
-        let tx = self.conn.transaction().map_err(db)?;
+        let tx = self.write_tx()?;
         tx.execute(
             "UPDATE callback_attempts SET ended_at = ?1, outcome = 'interrupted' \
              WHERE ended_at IS NULL AND (outcome IS NULL OR outcome = 'connected')",

@@ -346,8 +346,21 @@ pub struct Server {
 
 impl Server {
     pub fn start(ports: Ports, dir: &Path, agents: &[String]) -> Server {
+        Server::start_with(ports, dir, agents, &[])
+    }
+
+    /// With more `serve` flags (`--trunk`, `--config`, ...). The ledger lives in `dir/data`, so
+    /// a server started again on the same `dir` finds the promises of the one before.
+    pub fn start_with(ports: Ports, dir: &Path, agents: &[String], extra: &[String]) -> Server {
         let data = dir.join("data");
-        let log_file = dir.join("humanline.log");
+        // A restarted server keeps the earlier one's log: humanline.log, humanline.2.log, ...
+        let log_file = (1..)
+            .map(|n| match n {
+                1 => dir.join("humanline.log"),
+                n => dir.join(format!("humanline.{n}.log")),
+            })
+            .find(|p| !p.exists())
+            .expect("a free log name");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_humanline"));
         cmd.arg("serve")
             .arg("--sip-listen")
@@ -365,6 +378,7 @@ impl Server {
         for a in agents {
             cmd.arg("--agent").arg(a);
         }
+        cmd.args(extra);
         cmd.env("HUMANLINE_LOG", "info,humanline::server::call=debug")
             .env("NO_COLOR", "1")
             .current_dir(dir)
@@ -485,6 +499,8 @@ pub struct SippRun<'a> {
     pub ports: SippPorts,
     /// sipp's own limit for the whole run.
     pub timeout: Duration,
+    /// Calls to handle before exiting (`-m`).
+    pub calls: u32,
 }
 
 impl Sipp {
@@ -515,7 +531,7 @@ impl Sipp {
             .args(["-cp", &run.ports.control.to_string()])
             .args([
                 "-m",
-                "1",
+                &run.calls.max(1).to_string(),
                 "-nostdin",
                 "-timeout_error",
                 "-trace_err",
