@@ -569,7 +569,7 @@ fn a_time_the_caller_chose_is_honoured() {
     let (words, secs) = caller_audio(
         d,
         "answer",
-        &[Part::Say("Yes. Call me back in one minute.")],
+        &[Part::Say("Please call me back in one minute.")],
     );
     let pcmu = std::fs::read(&words).expect("caller audio");
 
@@ -792,4 +792,84 @@ fn no_confirmation_is_heard_for_a_promise_not_stored() {
         list.is_empty(),
         "a promise appeared that the caller never heard confirmed: {list:?}"
     );
+}
+
+// --- 5 ------------------------------------------------------------------------------------------
+
+/// During a callback the agent hangs up first: the customer is not hung up on but is back with
+/// the IVR ("say human to reach someone again"), and hangs up when they like.
+#[test]
+fn a_called_back_customer_whose_agent_hangs_up_stays_with_the_ivr() {
+    if !peers_available("a_called_back_customer_whose_agent_hangs_up_stays_with_the_ivr") {
+        return;
+    }
+    let ports = Ports::claim(4);
+    let dir = tempdir("callback-agent-leaves");
+    let d = dir.path();
+
+    let mut agent_busy = busy_agent(d, ports);
+    let server = start_server(ports, d);
+    let ear = Ear::start(caller_ear_port(ports), true);
+    let mut caller = keying_caller(d, ports, &ear, '1', 4000, 3000);
+    let (_, line) = server
+        .log
+        .wait_for(&["callback promised"], Duration::from_secs(25))
+        .unwrap_or_else(|| {
+            panic!(
+                "the callback was not stored\n{}",
+                story(&server, &[&caller, &agent_busy], &[&ear])
+            )
+        });
+    let id = promised_id(&line);
+    assert_eq!(
+        caller.proc.wait(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        caller.report()
+    );
+    let _ = agent_busy.proc.wait(Duration::from_secs(5));
+
+    let mut agent = Sipp::start(
+        d,
+        SippRun {
+            name: "agent",
+            scenario: "agent_hangs_up.xml",
+            vars: &[("BYE_AFTER_MS", "2500".into())],
+            remote: None,
+            transport: "u1",
+            ports: ports.agent_sipp(),
+            timeout: Duration::from_secs(60),
+            calls: 1,
+        },
+    );
+    // The customer stays 10 s after answering; a BYE from Humanline would fail their sipp.
+    let mut customer = answering_customer(d, ports, "customer", 10_000);
+    assert_eq!(
+        agent.proc.wait(Duration::from_secs(45)),
+        Some(0),
+        "the agent never took the callback\n{}",
+        story(&server, &[&agent, &customer], &[])
+    );
+    let back = server
+        .log
+        .wait_for(&["prompt=after_agent"], Duration::from_secs(5));
+    assert!(
+        back.is_some(),
+        "the customer was not taken back to the IVR when the agent left\n{}",
+        story(&server, &[&agent, &customer], &[])
+    );
+    let code = customer.proc.wait(Duration::from_secs(30));
+    assert_eq!(
+        code,
+        Some(0),
+        "the customer's call did not end on their own terms (a BYE from Humanline fails it)\n{}",
+        story(&server, &[&customer], &[])
+    );
+    assert!(
+        !customer.messages().contains("BYE sip:customer"),
+        "Humanline sent the customer a BYE:\n{}",
+        customer.report()
+    );
+    let detail = wait_state(&server, id, "completed", Duration::from_secs(10));
+    assert_eq!(outcomes(&detail), vec!["completed"], "{detail}");
 }

@@ -71,6 +71,16 @@ impl CallBrain {
         }
     }
 
+    /// A call that is already with an agent when the brain takes over (a called-back
+    /// customer): feed [`Event::AgentLeft`] when the agent goes, and the caller is back with
+    /// the IVR, as after any agent.
+    pub fn after_agent(flow: Arc<Flow>, caller_id: Option<String>) -> Self {
+        let mut brain = Self::new(flow);
+        brain.phase = Phase::WithAgent;
+        brain.context.caller_id = caller_id;
+        brain
+    }
+
     pub fn phase(&self) -> Phase {
         self.phase
     }

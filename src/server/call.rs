@@ -17,8 +17,8 @@ use crate::media::{
     self, LocalMedia, MediaEvent, MediaHandle, PlaybackId, SessionConfig, StreamIds, sdp,
 };
 use crate::sip::{
-    FailReason, InboundEvent, IncomingCall, OutboundCall, OutboundEvent, OutboundEvents,
-    OutboundInvite, RejectStatus,
+    FailReason, InboundEvent, InboundEvents, IncomingCall, OutboundCall, OutboundEvent,
+    OutboundEvents, OutboundInvite, RejectStatus,
 };
 use crate::speech::{
     DecodeKind, DecodeResult, RecognizerOutput, StreamResampler, StreamingRecognizer,
@@ -94,7 +94,7 @@ async fn run_inner(shared: &Arc<Shared>, id: u64, incoming: IncomingCall) -> any
         from,
         offer_sdp,
         call: inbound,
-        mut events,
+        events,
         ..
     } = incoming;
     let socket = match media::bind_rtp_socket(shared.media_ip, shared.rtp_ports).await {
@@ -116,13 +116,124 @@ async fn run_inner(shared: &Arc<Shared>, id: u64, incoming: IncomingCall) -> any
         }
     };
     inbound.answer(&answer.sdp)?;
-    let (media, mut media_events) = media::spawn(
+    let (media, media_events) = media::spawn(
         socket,
         SessionConfig::new(&answer.remote, StreamIds::random()),
     )?;
     info!(rtp = %media.local_addr(), codec = ?answer.remote.codec, "answered");
 
-    let flow = shared.flow();
+    let leg = CallerLeg {
+        sip_call_id: call_id,
+        caller_id: from.caller_id().to_string(),
+        signal: CallerSignal::Inbound(events),
+        media,
+        media_events,
+    };
+    drive(shared, id, leg, CallBrain::new(shared.flow()), false).await
+}
+
+/// The caller's signalling, whichever side placed the call. Either way Humanline never ends
+/// it: an inbound leg has no BYE at all, and a called-back customer's leg is kept here,
+/// never hung up.
+enum CallerSignal {
+    Inbound(InboundEvents),
+    /// The customer's leg is held (not used) so that it lives as long as the call.
+    CalledBack {
+        _leg: OutboundCall,
+        events: OutboundEvents,
+    },
+}
+
+impl CallerSignal {
+    /// The caller's next event, in an inbound call's terms.
+    async fn recv(&mut self) -> Option<InboundEvent> {
+        match self {
+            CallerSignal::Inbound(events) => events.recv().await,
+            CallerSignal::CalledBack { events, .. } => loop {
+                return Some(match events.recv().await? {
+                    OutboundEvent::Bye => InboundEvent::Bye,
+                    OutboundEvent::Ended { reason } => InboundEvent::Ended { reason },
+                    OutboundEvent::Failed { phrase, .. } => InboundEvent::Ended { reason: phrase },
+                    OutboundEvent::ReInvite { sdp, reply } => InboundEvent::ReInvite { sdp, reply },
+                    OutboundEvent::Info {
+                        content_type,
+                        body,
+                        dtmf,
+                    } => InboundEvent::Info {
+                        content_type,
+                        body,
+                        dtmf,
+                    },
+                    OutboundEvent::Trying
+                    | OutboundEvent::Ringing { .. }
+                    | OutboundEvent::Answered { .. } => continue,
+                });
+            },
+        }
+    }
+}
+
+/// A caller's leg, answered and with media running.
+pub(super) struct CallerLeg {
+    sip_call_id: String,
+    caller_id: String,
+    signal: CallerSignal,
+    media: MediaHandle,
+    media_events: mpsc::Receiver<MediaEvent>,
+}
+
+/// A called-back customer whose agent hung up first: they stay on the line, back with the
+/// IVR ("say human to reach someone again"), exactly like a caller whose agent left.
+pub(super) async fn continue_called_back(
+    shared: Arc<Shared>,
+    customer: OutboundCall,
+    events: OutboundEvents,
+    media: MediaHandle,
+    media_events: mpsc::Receiver<MediaEvent>,
+    number: String,
+) {
+    let id = shared
+        .next_call
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let span = info_span!("call", call = id, sip = %customer.call_id(), caller = %number);
+    async move {
+        shared.metrics.active_calls.inc();
+        let brain = CallBrain::after_agent(shared.flow(), Some(number.clone()));
+        let leg = CallerLeg {
+            sip_call_id: customer.call_id().to_string(),
+            caller_id: number,
+            signal: CallerSignal::CalledBack {
+                _leg: customer,
+                events,
+            },
+            media,
+            media_events,
+        };
+        if let Err(e) = drive(&shared, id, leg, brain, true).await {
+            warn!(error = %format!("{e:#}"), "call ended with an error");
+        }
+        shared.metrics.active_calls.dec();
+    }
+    .instrument(span)
+    .await
+}
+
+/// Runs a caller's call until they hang up. `established`: the call is already up (a
+/// called-back customer), so the brain is told at once that their agent left.
+async fn drive(
+    shared: &Arc<Shared>,
+    id: u64,
+    leg: CallerLeg,
+    brain: CallBrain,
+    established: bool,
+) -> anyhow::Result<()> {
+    let CallerLeg {
+        sip_call_id,
+        caller_id,
+        mut signal,
+        media,
+        mut media_events,
+    } = leg;
     let (queue_tx, mut queue_rx) = mpsc::unbounded_channel();
     let (callback_tx, mut callback_rx) = mpsc::unbounded_channel();
     let (decode_tx, mut decode_rx) = mpsc::unbounded_channel::<DecodeResult>();
@@ -132,9 +243,9 @@ async fn run_inner(shared: &Arc<Shared>, id: u64, incoming: IncomingCall) -> any
     let mut call = Call {
         shared: shared.clone(),
         id,
-        sip_call_id: call_id,
-        caller_id: from.caller_id().to_string(),
-        brain: CallBrain::new(flow),
+        sip_call_id,
+        caller_id,
+        brain,
         media,
         plays: HashMap::new(),
         next_playback: 0,
@@ -145,15 +256,18 @@ async fn run_inner(shared: &Arc<Shared>, id: u64, incoming: IncomingCall) -> any
         speech_end: None,
         awaiting_final: None,
         call_start: Instant::now(),
-        confirmed: false,
-        heard_caller: false,
+        confirmed: established,
+        heard_caller: established,
         ring_deadline: None,
     };
+    if established {
+        call.feed(Event::AgentLeft).await;
+    }
 
     loop {
         let timeout = call.next_deadline();
         tokio::select! {
-            ev = events.recv() => {
+            ev = signal.recv() => {
                 let Some(ev) = ev else { break };
                 let last = ev.is_final();
                 call.on_sip(ev).await;

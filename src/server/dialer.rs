@@ -8,7 +8,7 @@ use super::Shared;
 use super::queue::{QueueMsg, ToCall};
 use crate::agents::AgentFailure;
 use crate::callbacks::{AttemptOutcome, Promise, with_ledger};
-use crate::media::{self, MediaHandle, SessionConfig, StreamIds, sdp};
+use crate::media::{self, MediaEvent, MediaHandle, SessionConfig, StreamIds, sdp};
 use crate::sip::{FailReason, OutboundCall, OutboundEvent, OutboundEvents, OutboundInvite};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -106,6 +106,7 @@ struct Leg {
     call: OutboundCall,
     events: OutboundEvents,
     media: MediaHandle,
+    media_events: mpsc::Receiver<MediaEvent>,
 }
 
 /// Rings `uri`; returns the answered leg with its media, or why not.
@@ -144,13 +145,14 @@ async fn dial(
         match events.recv().await {
             Some(OutboundEvent::Answered { answer_sdp }) => {
                 let remote = sdp::parse_answer(&answer_sdp).map_err(|_| AttemptOutcome::Failed)?;
-                let (media, _rx) =
+                let (media, media_events) =
                     media::spawn(socket, SessionConfig::new(&remote, StreamIds::random()))
                         .map_err(|_| AttemptOutcome::Failed)?;
                 return Ok(Leg {
                     call,
                     events,
                     media,
+                    media_events,
                 });
             }
             Some(OutboundEvent::Failed { reason, .. }) => {
@@ -278,15 +280,36 @@ async fn attempt_callback(
     }
     let _ = media::bridge(&customer.media, &agent_leg.media).await;
     info!("customer answered; bridged to the agent");
-    let (mut agent_events, mut customer_events) = (agent_leg.events, customer.events);
-    // Until either side hangs up; then the other is released.
-    tokio::select! {
-        _ = until_final(&mut agent_events) => { let _ = customer.call.hangup().await; }
-        _ = until_final(&mut customer_events) => { let _ = agent_leg.call.hangup().await; }
-    }
-    customer.media.close().await;
+    let Leg {
+        call: customer_call,
+        events: mut customer_events,
+        media: customer_media,
+        media_events: customer_media_events,
+    } = customer;
+    let mut agent_events = agent_leg.events;
+    // Until either side hangs up. A customer who hangs up releases the agent; an agent who
+    // hangs up leaves the customer with the IVR, never hung up on.
+    let agent_left = tokio::select! {
+        _ = until_final(&mut agent_events) => true,
+        _ = until_final(&mut customer_events) => false,
+    };
+    let _ = media::unbridge(&customer_media, &agent_leg.media).await;
     agent_leg.media.close().await;
     let _ = shared.queue.send(QueueMsg::AgentFinished { agent });
+    if agent_left {
+        info!("the agent hung up; the customer is back with the IVR");
+        tokio::spawn(super::call::continue_called_back(
+            shared.clone(),
+            customer_call,
+            customer_events,
+            customer_media,
+            customer_media_events,
+            promise.number.clone(),
+        ));
+    } else {
+        let _ = agent_leg.call.hangup().await;
+        customer_media.close().await;
+    }
     AttemptOutcome::Completed
 }
 
