@@ -94,9 +94,13 @@ struct Driver {
 
 impl Driver {
     fn new() -> Self {
+        Self::with_flow(flow())
+    }
+
+    fn with_flow(flow: Arc<Flow>) -> Self {
         let t0 = Instant::now();
         Self {
-            brain: CallBrain::new(flow()),
+            brain: CallBrain::new(flow),
             now: t0,
             current_play: None,
             stale_play: None,
@@ -222,6 +226,8 @@ proptest! {
         }
     }
 
+    /// An escape routes in the step it is heard, except a partial transcript whose only
+    /// escape is its last word: that one routes on the next partial that still has it.
     #[test]
     fn an_escape_always_routes_in_that_same_step(
         steps in prop::collection::vec(step(), 0..60),
@@ -237,11 +243,17 @@ proptest! {
             d.step(s);
         }
         let before = d.brain.phase();
-        let actions = match how {
+        let mut actions = match how {
             0 => d.feed(Event::PartialTranscript { text: escape.into() }),
             1 => d.feed(Event::FinalTranscript { text: escape.into() }),
             _ => d.feed(Event::Dtmf { digit: '0' }),
         };
+        // A partial whose only escape is its last word routes when it is heard again.
+        let last_word_only = flow().escape.detect(escape).is_some_and(|m| m.last_word_only);
+        if how == 0 && last_word_only && before == Phase::Ivr {
+            prop_assert_eq!(routes(&actions), None);
+            actions = d.feed(Event::PartialTranscript { text: escape.into() });
+        }
         if before == Phase::Ivr {
             let want = if how == 2 { RouteReason::Dtmf } else { RouteReason::Keyword };
             prop_assert_eq!(routes(&actions), Some(want));
@@ -255,6 +267,60 @@ proptest! {
             // Already queued or with a person: nothing to route, and never a step back.
             prop_assert!(matches!(before, Phase::Queued | Phase::WithAgent));
             prop_assert_eq!(d.brain.phase(), before);
+        }
+    }
+
+    /// Whisper's partials sometimes end in a word the caller never said ("what is on the
+    /// agent"). A one-word escape that is only a partial's last word routes on a second hearing
+    /// (the next partial still has it) or on the final; a next partial without it, then an
+    /// ordinary final, never routes on a keyword.
+    #[test]
+    fn a_partials_last_word_escape_needs_a_second_hearing(
+        steps in prop::collection::vec(step(), 0..40),
+        said in prop::sample::select(vec![
+            "what is on the", "my package has not", "I would like to", "can you tell me my",
+            "the television has no", "I want to",
+        ]),
+        word in prop::sample::select(vec!["agent", "human", "operator", "representative", "agents"]),
+        then in 0..4u8,
+    ) {
+        let mut d = Driver::new();
+        d.step(&Step::Start);
+        for s in &steps {
+            d.step(s);
+        }
+        prop_assume!(d.brain.phase() == Phase::Ivr);
+        let tail = format!("{said} {word}");
+        prop_assert_eq!(routes(&d.feed(Event::PartialTranscript { text: tail.clone() })), None);
+        prop_assert_eq!(d.brain.phase(), Phase::Ivr);
+        match then {
+            // Heard again, at the end or further on: routes now.
+            0 => {
+                let a = d.feed(Event::PartialTranscript { text: tail.clone() });
+                prop_assert_eq!(routes(&a), Some(RouteReason::Keyword));
+            }
+            1 => {
+                let a = d.feed(Event::PartialTranscript { text: format!("{tail} please") });
+                prop_assert_eq!(routes(&a), Some(RouteReason::Keyword));
+            }
+            // The final has it: routes on the final.
+            2 => {
+                let a = d.feed(Event::FinalTranscript { text: tail.clone() });
+                prop_assert_eq!(routes(&a), Some(RouteReason::Keyword));
+                if let Some(Action::RouteToAgent { context, .. }) = a.first() {
+                    prop_assert_eq!(context.said.last(), Some(&tail));
+                }
+            }
+            // It was invented: the next partial and the final do without it.
+            _ => {
+                let a = d.feed(Event::PartialTranscript { text: format!("{said} engineer") });
+                prop_assert_eq!(routes(&a), None);
+                // A later partial ending in the same word is a first hearing again.
+                let a = d.feed(Event::PartialTranscript { text: tail.clone() });
+                prop_assert_eq!(routes(&a), None);
+                let a = d.feed(Event::FinalTranscript { text: format!("{said} engineer") });
+                prop_assert_ne!(routes(&a), Some(RouteReason::Keyword));
+            }
         }
     }
 
@@ -577,4 +643,27 @@ fn the_number_to_call_can_be_spoken_or_keyed() {
     }
     let last = d.log.last().map(|(_, a)| a.clone()).unwrap_or_default();
     assert_eq!(stored_request(&last).number.as_deref(), Some("555123"));
+}
+
+#[test]
+fn with_confirm_partial_tail_off_a_partials_last_word_routes_at_once() {
+    let mut flow = Flow::embedded().unwrap();
+    flow.confirm_partial_tail = false;
+    let mut d = Driver::with_flow(Arc::new(flow));
+    d.step(&Step::Start);
+    let a = d.feed(Event::PartialTranscript {
+        text: "what is on the agent".into(),
+    });
+    assert_eq!(routes(&a), Some(RouteReason::Keyword));
+}
+
+#[test]
+fn a_confirmed_request_ending_a_partial_routes_at_once() {
+    let mut d = Driver::new();
+    d.step(&Step::Start);
+    // Several words agree: no second hearing needed.
+    let a = d.feed(Event::PartialTranscript {
+        text: "can I speak to an agent".into(),
+    });
+    assert_eq!(routes(&a), Some(RouteReason::Keyword));
 }

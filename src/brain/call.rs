@@ -45,6 +45,9 @@ pub struct CallBrain {
     /// Digits keyed while giving a number to call back.
     keyed: String,
     route_reason: Option<RouteReason>,
+    /// A one-word escape heard only as the last word of a partial: routed on when the next
+    /// partial still has it, or the final does (`Flow::confirm_partial_tail`).
+    tail_heard: Option<String>,
 }
 
 impl CallBrain {
@@ -68,6 +71,7 @@ impl CallBrain {
             callback_when: None,
             keyed: String::new(),
             route_reason: None,
+            tail_heard: None,
         }
     }
 
@@ -298,14 +302,29 @@ impl CallBrain {
             return;
         }
         // Decide while the caller is still speaking: an escape in a partial routes now.
-        if let Some(m) = self.flow.escape.detect(&text) {
-            self.context.said.push(text);
-            self.context.escape = Some(m);
-            self.route(now, RouteReason::Keyword, out);
+        let Some(m) = self.flow.escape.detect(&text) else {
+            self.tail_heard = None;
+            return;
+        };
+        // Unless it is only the partial's last word, heard for the first time: Whisper
+        // sometimes ends a partial with a word the caller never said. The next partial (or
+        // the final) confirms it.
+        if m.last_word_only
+            && self.flow.confirm_partial_tail
+            && self.tail_heard.as_deref() != Some(m.phrase.as_str())
+        {
+            self.tail_heard = Some(m.phrase);
+            return;
         }
+        self.tail_heard = None;
+        self.context.said.push(text);
+        self.context.escape = Some(m);
+        self.route(now, RouteReason::Keyword, out);
     }
 
     fn on_final(&mut self, now: Instant, text: String, out: &mut Vec<Action>) {
+        // The final is what the caller said: it decides, whatever a partial ended in.
+        self.tail_heard = None;
         match self.phase {
             Phase::Ivr => self.on_ivr_answer(now, text, out),
             Phase::Queued => self.on_queue_answer(now, text, out),

@@ -52,6 +52,9 @@ pub struct EscapeSettingsFile {
     pub fuzzy_letters: Spanned<f32>,
     pub fuzzy_sound: Spanned<f32>,
     pub min_fuzzy_letters: usize,
+    /// A one-word escape that is only the last word of a partial transcript routes on the
+    /// second hearing (the next partial) or the final, not at once.
+    pub confirm_partial_tail: bool,
 }
 
 impl Default for EscapeSettingsFile {
@@ -61,6 +64,7 @@ impl Default for EscapeSettingsFile {
             fuzzy_letters: Spanned::new(0..0, d.fuzzy_letters),
             fuzzy_sound: Spanned::new(0..0, d.fuzzy_sound),
             min_fuzzy_letters: d.min_fuzzy_letters,
+            confirm_partial_tail: true,
         }
     }
 }
@@ -129,6 +133,9 @@ fn yes() -> bool {
 #[serde(deny_unknown_fields)]
 pub struct EscapeLexiconFile {
     pub phrases: Spanned<Vec<String>>,
+    /// Whole requests for a person, matched exactly only ("speak to an agent").
+    #[serde(default)]
+    pub requests: Vec<Spanned<String>>,
     /// What recognition writes for a phrase on phone audio -> the phrase.
     #[serde(default)]
     pub sounds_like: BTreeMap<String, Spanned<String>>,

@@ -6,7 +6,7 @@
 
 mod files;
 
-use crate::escape::{EscapeDetector, EscapeThresholds, PhraseSet, RepetitionDetector};
+use crate::escape::{EscapeDetector, EscapeThresholds, PhraseSet, RepetitionDetector, normalize};
 use files::{LanguageFile, SettingsFile};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -128,6 +128,9 @@ pub struct Flow {
     /// Escape phrases of every language: a caller reaches a person whatever language they
     /// ask in.
     pub escape: EscapeDetector,
+    /// A one-word escape heard only as the last word of a partial transcript waits for the
+    /// next partial or the final to confirm it (`[escape] confirm_partial_tail`).
+    pub confirm_partial_tail: bool,
     pub timers: Timers,
     pub offer_callback_after_wait: Duration,
 }
@@ -273,6 +276,7 @@ impl Loader<'_> {
         let mut languages = BTreeMap::new();
         let mut escape_phrases = Vec::new();
         let mut sounds_like = Vec::new();
+        let mut requests = Vec::new();
         let repetition_threshold = *settings.repetition.threshold.get_ref();
         for code in settings.languages.get_ref() {
             let file_name = format!("{code}.toml");
@@ -389,6 +393,15 @@ impl Loader<'_> {
                 }
                 sounds_like.push((heard.clone(), meant.get_ref().clone()));
             }
+            for request in &file.escape.requests {
+                if normalize::words(request.get_ref()).is_empty() {
+                    problems.push(lp(
+                        request.span(),
+                        format!("escape request `{}` has no words", request.get_ref()),
+                    ));
+                }
+                requests.push(request.get_ref().clone());
+            }
             escape_phrases.extend(file.escape.phrases.get_ref().iter().cloned());
             let answers = &file.answers;
             languages.insert(
@@ -421,11 +434,13 @@ impl Loader<'_> {
             escape_phrases.iter().map(String::as_str),
             sounds_like.iter().map(|(h, m)| (h.as_str(), m.as_str())),
             thresholds,
-        );
+        )
+        .with_requests(requests.iter().map(String::as_str));
         Ok(Flow {
             default_language: settings.default_language.into_inner(),
             languages,
             escape,
+            confirm_partial_tail: settings.escape.confirm_partial_tail,
             timers: Timers {
                 no_input: Duration::from_millis(*settings.timers.no_input_ms.get_ref()),
                 queue_announce_interval: Duration::from_millis(
@@ -529,6 +544,87 @@ mod tests {
                 .detect("ik wil een medewerker spreken")
                 .is_some()
         );
+    }
+
+    /// Loads the embedded flow with some files replaced.
+    fn load_with(replace: &[(&str, String)]) -> Result<Flow, ConfigError> {
+        let read = |name: &str| {
+            replace
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, s)| s.clone())
+                .or_else(|| {
+                    EMBEDDED
+                        .iter()
+                        .find(|(n, _)| *n == name)
+                        .map(|(_, s)| s.to_string())
+                })
+                .ok_or_else(|| ConfigProblem {
+                    file: PathBuf::from(name),
+                    line: 1,
+                    col: 1,
+                    message: "no such file".into(),
+                })
+        };
+        let settings = read("humanline.toml").map_err(|p| ConfigError::Invalid(vec![p]))?;
+        Loader {
+            sources: vec![("humanline.toml".into(), settings)],
+            dir: None,
+            read: &read,
+        }
+        .load()
+    }
+
+    fn embedded(name: &str) -> String {
+        EMBEDDED
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap()
+            .1
+            .to_string()
+    }
+
+    #[test]
+    fn escape_requests_are_exact_phrases_and_an_empty_one_is_reported_at_its_line() {
+        let flow = Flow::embedded().unwrap();
+        assert!(flow.confirm_partial_tail);
+        let m = flow.escape.detect("customer service please").unwrap();
+        assert_eq!(m.phrase, "customer service");
+        let en = embedded("en.toml").replace(
+            "requests = [",
+            "requests = [\n  \"talk to a human\",\n  \"?!\",",
+        );
+        assert_ne!(en, embedded("en.toml"), "en.toml has a requests list");
+        let Err(ConfigError::Invalid(problems)) = load_with(&[("en.toml", en.clone())]) else {
+            panic!("an empty request must be rejected");
+        };
+        let line = en.lines().position(|l| l.contains("\"?!\"")).unwrap() + 1;
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!((problems[0].line, problems[0].col), (line, 3));
+        assert!(problems[0].message.contains("has no words"), "{problems:?}");
+    }
+
+    #[test]
+    fn confirm_partial_tail_can_be_turned_off_and_must_be_a_boolean() {
+        let settings = embedded("humanline.toml");
+        let off = settings.replace(
+            "confirm_partial_tail = true",
+            "confirm_partial_tail = false",
+        );
+        assert_ne!(off, settings, "humanline.toml sets confirm_partial_tail");
+        let flow = load_with(&[("humanline.toml", off)]).unwrap();
+        assert!(!flow.confirm_partial_tail);
+        let bad = settings.replace("confirm_partial_tail = true", "confirm_partial_tail = 1");
+        let Err(ConfigError::Invalid(problems)) = load_with(&[("humanline.toml", bad.clone())])
+        else {
+            panic!("a number is not a boolean");
+        };
+        let line = bad
+            .lines()
+            .position(|l| l.starts_with("confirm_partial_tail"))
+            .unwrap()
+            + 1;
+        assert_eq!(problems[0].line, line, "{problems:?}");
     }
 
     #[test]

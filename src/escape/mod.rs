@@ -10,8 +10,8 @@
 pub mod normalize;
 mod phrase;
 
-use phrase::Phrase;
 pub use phrase::fuzzy_word_eq;
+use phrase::{Phrase, Span};
 use serde::Serialize;
 
 /// How closely a transcript must resemble an escape phrase to count. Operators tune these in
@@ -52,12 +52,27 @@ pub struct EscapeMatch {
     pub phrase: String,
     pub heard: String,
     pub kind: MatchKind,
+    /// The only escape heard is one word, the last of the transcript. Whisper's partial
+    /// transcripts sometimes end in a word the caller has not said ("... my agent"), so a
+    /// partial like this is worth a second hearing before it routes.
+    #[serde(skip)]
+    pub last_word_only: bool,
+}
+
+/// A phrase found in heard words, before it becomes an [`EscapeMatch`].
+struct Found {
+    span: Span,
+    phrase: String,
+    kind: MatchKind,
 }
 
 /// Finds requests for a human in transcripts.
 #[derive(Debug, Clone)]
 pub struct EscapeDetector {
     phrases: Vec<Phrase>,
+    /// Matched exactly only, never fuzzily: whole requests ("speak to an agent") whose words
+    /// agree with each other, so that a mis-heard last word is not enough.
+    requests: Vec<Phrase>,
     sounds_like: Vec<(Phrase, String)>,
     thresholds: EscapeThresholds,
 }
@@ -77,51 +92,99 @@ impl EscapeDetector {
             .collect();
         Self {
             phrases,
+            requests: Vec::new(),
             sounds_like,
             thresholds,
         }
     }
 
+    /// Adds requests matched exactly only ("customer service", "speak to an agent").
+    pub fn with_requests<'a>(mut self, requests: impl IntoIterator<Item = &'a str>) -> Self {
+        self.requests
+            .extend(requests.into_iter().filter_map(Phrase::new));
+        self
+    }
+
     /// The first escape phrase found in `transcript`, if any. Exact matches win over variants,
-    /// variants over fuzzy matches.
+    /// variants over fuzzy matches; a match that is only the transcript's last word gives way
+    /// to any other.
     pub fn detect(&self, transcript: &str) -> Option<EscapeMatch> {
         let heard = normalize::words(transcript);
+        let found = self.find(&heard)?;
+        let last_word_only = found.span.len == 1 && found.span.start + 1 == heard.len();
+        // Said earlier too, or part of a longer request: no need for a second hearing.
+        if last_word_only
+            && let Some(other) = self
+                .find(&heard[..heard.len() - 1])
+                .or_else(|| self.find_exact_multiword(&heard))
+        {
+            return Some(self.to_match(&heard, other, false));
+        }
+        Some(self.to_match(&heard, found, last_word_only))
+    }
+
+    fn to_match(&self, heard: &[String], f: Found, last_word_only: bool) -> EscapeMatch {
+        EscapeMatch {
+            phrase: f.phrase,
+            heard: heard[f.span.start..f.span.start + f.span.len].join(" "),
+            kind: f.kind,
+            last_word_only,
+        }
+    }
+
+    fn find(&self, heard: &[String]) -> Option<Found> {
         if heard.is_empty() {
             return None;
         }
-        for p in &self.phrases {
-            if let Some(at) = p.find_exact(&heard) {
-                return Some(EscapeMatch {
-                    phrase: p.text.clone(),
-                    heard: at,
-                    kind: MatchKind::Exact,
-                });
-            }
+        let exact = |p: &Phrase| {
+            p.find_exact(heard).map(|span| Found {
+                span,
+                phrase: p.text.clone(),
+                kind: MatchKind::Exact,
+            })
+        };
+        if let Some(f) = self.phrases.iter().find_map(exact) {
+            return Some(f);
+        }
+        if let Some(f) = self.requests.iter().find_map(exact) {
+            return Some(f);
         }
         for (variant, meant) in &self.sounds_like {
-            if let Some(at) = variant.find_exact(&heard) {
-                return Some(EscapeMatch {
+            if let Some(span) = variant.find_exact(heard) {
+                return Some(Found {
+                    span,
                     phrase: meant.clone(),
-                    heard: at,
                     kind: MatchKind::SoundsLike,
                 });
             }
         }
         let t = self.thresholds;
-        for p in self
-            .phrases
+        self.phrases
             .iter()
             .filter(|p| p.letters >= t.min_fuzzy_letters)
-        {
-            if let Some(at) = p.find_fuzzy(&heard, t.fuzzy_letters, t.fuzzy_sound) {
-                return Some(EscapeMatch {
+            .find_map(|p| {
+                p.find_fuzzy(heard, t.fuzzy_letters, t.fuzzy_sound)
+                    .map(|span| Found {
+                        span,
+                        phrase: p.text.clone(),
+                        kind: MatchKind::Fuzzy,
+                    })
+            })
+    }
+
+    /// An exact phrase or request of several words anywhere in `heard`.
+    fn find_exact_multiword(&self, heard: &[String]) -> Option<Found> {
+        self.phrases
+            .iter()
+            .chain(&self.requests)
+            .filter(|p| p.word_count() > 1)
+            .find_map(|p| {
+                p.find_exact(heard).map(|span| Found {
+                    span,
                     phrase: p.text.clone(),
-                    heard: at,
-                    kind: MatchKind::Fuzzy,
-                });
-            }
-        }
-        None
+                    kind: MatchKind::Exact,
+                })
+            })
     }
 
     /// The phrases, for biasing speech recognition toward them.
@@ -260,6 +323,50 @@ mod tests {
         ] {
             assert_eq!(d.detect(text), None, "{text}");
         }
+    }
+
+    #[test]
+    fn a_lone_last_word_is_marked_for_a_second_hearing() {
+        let d = english().with_requests(["speak to an agent", "talk to a human"]);
+        // Whisper's partials sometimes end in an invented "agent": the detector says so.
+        let m = d.detect("what is on the agent").unwrap();
+        assert_eq!((m.phrase.as_str(), m.last_word_only), ("agent", true));
+        assert!(d.detect("operator").unwrap().last_word_only);
+        // Not the last word, said twice, or confirmed by the words around it: no doubt.
+        for text in [
+            "agent please",
+            "agent agent",
+            "human, I said human",
+            "I want to speak to an agent",
+            "can I talk to a human",
+            "get me a real person",
+        ] {
+            let m = d.detect(text).unwrap();
+            assert!(!m.last_word_only, "{text}: {m:?}");
+        }
+        // A plural is still one word.
+        assert!(d.detect("are there any agents").unwrap().last_word_only);
+        assert_eq!(
+            d.detect("speak to an agent").unwrap().heard,
+            "speak to an agent"
+        );
+    }
+
+    #[test]
+    fn requests_match_exactly_only() {
+        let d = EscapeDetector::new(["human"], [], EscapeThresholds::default())
+            .with_requests(["customer service", "speak to someone"]);
+        let m = d.detect("Customer service, please.").unwrap();
+        assert_eq!(
+            (m.phrase.as_str(), m.kind, m.last_word_only),
+            ("customer service", MatchKind::Exact, false)
+        );
+        assert!(d.detect("can I speak to someone").is_some());
+        assert!(d.detect("customer services").is_some());
+        // Close is not enough for a request: it is never matched fuzzily.
+        assert_eq!(d.detect("costumer service"), None);
+        assert_eq!(d.detect("speak to some one"), None);
+        assert_eq!(d.detect("my service is down"), None);
     }
 
     #[test]

@@ -3,6 +3,13 @@
 use super::normalize;
 use rphonetic::{Encoder, Metaphone};
 
+/// Where in the heard words a phrase was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Span {
+    pub start: usize,
+    pub len: usize,
+}
+
 #[derive(Debug, Clone)]
 pub(super) struct Phrase {
     /// Canonical text ("a real person").
@@ -31,31 +38,36 @@ impl Phrase {
         })
     }
 
-    /// The heard words that equal this phrase (a trailing plural "s" allowed on each word).
-    pub fn find_exact(&self, heard: &[String]) -> Option<String> {
+    pub fn word_count(&self) -> usize {
+        self.words.len()
+    }
+
+    /// The heard words that equal this phrase (a trailing plural "s" allowed on each word):
+    /// where they start and how many there are.
+    pub fn find_exact(&self, heard: &[String]) -> Option<Span> {
         let n = self.words.len();
-        heard.windows(n).find_map(|w| {
+        heard.windows(n).enumerate().find_map(|(start, w)| {
             let hit = w
                 .iter()
                 .zip(&self.words)
                 .all(|(h, p)| h == p || h.strip_suffix('s') == Some(p));
-            hit.then(|| w.join(" "))
+            hit.then_some(Span { start, len: n })
         })
     }
 
     /// Heard words, in a window of about the phrase's length, whose spelling and sound are
     /// both close to the phrase. Both must agree: spelling alone confuses "operation" with
     /// "operator", sound alone confuses "agenda" with "agent".
-    pub fn find_fuzzy(&self, heard: &[String], min_letters: f32, min_sound: f32) -> Option<String> {
+    pub fn find_fuzzy(&self, heard: &[String], min_letters: f32, min_sound: f32) -> Option<Span> {
         let n = self.words.len();
         for len in n.saturating_sub(1).max(1)..=n + 1 {
-            for w in heard.windows(len) {
+            for (start, w) in heard.windows(len).enumerate() {
                 let joined: String = w.concat();
                 if similarity(&joined, &self.joined) < min_letters {
                     continue;
                 }
                 if similarity(&sound_of(w), &self.sound) >= min_sound {
-                    return Some(w.join(" "));
+                    return Some(Span { start, len });
                 }
             }
         }
