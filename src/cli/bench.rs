@@ -11,6 +11,7 @@ use crate::speech::{
     StreamingRecognizer, Transcriber, load_wav_mono_16k,
 };
 use anyhow::Context;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -36,15 +37,41 @@ enum BenchWhat {
         /// Where to write the figures (JSON).
         #[arg(long, default_value = "bench/results/speech.json")]
         out: PathBuf,
+        /// Where to save every timed transcript, for `bench rescore` (default: next to --out,
+        /// `.transcripts.json`).
+        #[arg(long)]
+        transcripts: Option<PathBuf>,
         /// Use every Nth utterance only (quick runs).
         #[arg(long, default_value_t = 1)]
         every: usize,
+        /// Run only these setups (comma-separated: humanline, baseline).
+        #[arg(long, value_delimiter = ',')]
+        setups: Vec<String>,
+        /// Also report recall and false escapes on this voice alone, and on the others: a voice
+        /// not used for tuning shows whether the lexicon was fitted to the corpus.
+        #[arg(long)]
+        holdout_voice: Option<String>,
         /// Skip the concurrent-caller capacity search.
         #[arg(long)]
         no_capacity: bool,
         /// Seconds of each capacity run.
         #[arg(long, default_value_t = 30)]
         capacity_secs: u64,
+    },
+    /// Scores saved transcripts (`bench speech --transcripts`) again with the current prompts,
+    /// without decoding: for trying escape lexicons and brain rules. Decode times are those of
+    /// the original run.
+    Rescore {
+        /// Transcripts written by `bench speech`.
+        transcripts: PathBuf,
+        /// Prompts folder (default: ./prompts if present, else the embedded prompts).
+        #[arg(long)]
+        prompts: Option<PathBuf>,
+        /// Where to write the figures (JSON); printed only when absent.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        holdout_voice: Option<String>,
     },
 }
 
@@ -132,60 +159,125 @@ fn listening_brain(flow: &Arc<Flow>, t0: Instant) -> CallBrain {
     brain
 }
 
-#[derive(Default)]
-struct TurnResult {
-    route: Option<(RouteReason, i64)>,
-    finals: Vec<String>,
+/// What the recognizer reported during one utterance, at the time a live call would have it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+enum Heard {
+    SpeechStarted { t: u64 },
+    SpeechEnded { t: u64 },
+    Partial { t: u64, text: String },
+    Final { t: u64, text: String },
+    Degraded { t: u64 },
+}
+
+impl Heard {
+    fn from_event(t: u64, event: Event) -> Option<Heard> {
+        Some(match event {
+            Event::SpeechStarted => Heard::SpeechStarted { t },
+            Event::SpeechEnded => Heard::SpeechEnded { t },
+            Event::PartialTranscript { text } => Heard::Partial { t, text },
+            Event::FinalTranscript { text } => Heard::Final { t, text },
+            Event::SpeechEngineDegraded => Heard::Degraded { t },
+            _ => return None,
+        })
+    }
+
+    fn at(&self) -> (u64, Event) {
+        match self.clone() {
+            Heard::SpeechStarted { t } => (t, Event::SpeechStarted),
+            Heard::SpeechEnded { t } => (t, Event::SpeechEnded),
+            Heard::Partial { t, text } => (t, Event::PartialTranscript { text }),
+            Heard::Final { t, text } => (t, Event::FinalTranscript { text }),
+            Heard::Degraded { t } => (t, Event::SpeechEngineDegraded),
+        }
+    }
+}
+
+/// One utterance as decoded by one setup: everything needed to score it again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Recording {
+    id: String,
+    kind: String,
+    voice: String,
+    text: String,
+    /// End of speech in the recording, and its length (ms).
+    end_ms: u64,
+    len_ms: u64,
+    events: Vec<Heard>,
     final_decode_ms: Vec<u64>,
     partial_decode_ms: Vec<u64>,
 }
 
-/// Runs turns of one call through the brain; the route (reason, ms after the end of the
-/// speech of the turn it happened in) is recorded, and every turn still runs to its final.
-fn run_call(
-    flow: &Arc<Flow>,
-    turns: &[&Utterance],
-    engine: &dyn Transcriber,
-    setup: &Setup,
-) -> anyhow::Result<TurnResult> {
+impl Recording {
+    fn finals(&self) -> Vec<&str> {
+        self.events
+            .iter()
+            .filter_map(|h| match h {
+                Heard::Final { text, .. } if !text.is_empty() => Some(text.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Decodes one utterance the way a live call does (see `caller_turn`). A new recognizer per
+/// turn, so a turn heard after another is heard exactly as it is alone.
+fn record(u: &Utterance, engine: &dyn Transcriber, setup: &Setup) -> anyhow::Result<Recording> {
+    let mut events = Vec::new();
+    let decoding = Decoding::Fast {
+        engine,
+        opts: &setup.opts,
+    };
+    let stats = run_turn(&u.audio, 1, setup.recognizer.clone(), decoding, |at, e| {
+        events.extend(Heard::from_event(at, e));
+        ControlFlow::Continue(())
+    })?;
+    Ok(Recording {
+        id: u.id.clone(),
+        kind: u.kind.clone(),
+        voice: u.voice.clone(),
+        text: u.text.clone(),
+        end_ms: speech_end_ms(&u.audio),
+        len_ms: u.audio.len() as u64 * 1000 / 16_000,
+        events,
+        final_decode_ms: stats.final_decode_ms,
+        partial_decode_ms: stats.partial_decode_ms,
+    })
+}
+
+/// How a call went: the route (reason, ms after the end of speech of the turn it happened in,
+/// and whether a partial or the final decided it).
+#[derive(Default)]
+struct CallResult {
+    route: Option<(RouteReason, i64, bool)>,
+}
+
+/// Plays turns of one call through the brain; the next turn starts after this one's audio and
+/// a prompt. Every turn runs to its final, as on a live call.
+fn replay(flow: &Arc<Flow>, turns: &[&Recording]) -> CallResult {
     let t0 = Instant::now();
     let mut brain = listening_brain(flow, t0);
-    let mut result = TurnResult::default();
+    let mut result = CallResult::default();
     let mut turn_start = 0u64;
     for u in turns {
-        let end = turn_start + speech_end_ms(&u.audio);
-        let decoding = Decoding::Fast {
-            engine,
-            opts: &setup.opts,
-        };
-        let stats = run_turn(
-            &u.audio,
-            1,
-            setup.recognizer.clone(),
-            decoding,
-            |at, event| {
-                let now = turn_start + at;
-                let actions = brain.handle(t0 + Duration::from_millis(now), event);
-                if let Some(Action::RouteToAgent { reason, .. }) = actions.first() {
-                    result
-                        .route
-                        .get_or_insert((*reason, now as i64 - end as i64));
-                }
-                ControlFlow::Continue(())
-            },
-        )?;
-        result
-            .finals
-            .extend(stats.finals.iter().filter(|f| !f.is_empty()).cloned());
-        result.final_decode_ms.extend(stats.final_decode_ms);
-        result.partial_decode_ms.extend(stats.partial_decode_ms);
-        // The next turn starts after this one's audio and a prompt.
-        turn_start += (u.audio.len() as u64 * 1000 / 16_000) + 4_000;
+        let end = turn_start + u.end_ms;
+        for h in &u.events {
+            let (at, event) = h.at();
+            let partial = matches!(event, Event::PartialTranscript { .. });
+            let now = turn_start + at;
+            let actions = brain.handle(t0 + Duration::from_millis(now), event);
+            if let Some(Action::RouteToAgent { reason, .. }) = actions.first() {
+                result
+                    .route
+                    .get_or_insert((*reason, now as i64 - end as i64, partial));
+            }
+        }
+        turn_start += u.len_ms + 4_000;
         if brain.phase() != Phase::Ivr {
             break;
         }
     }
-    Ok(result)
+    result
 }
 
 fn percentile(values: &[f64], p: f64) -> Option<f64> {
@@ -220,130 +312,287 @@ pub fn word_errors(reference: &str, hypothesis: &str) -> (usize, usize) {
     (prev[h.len()], r.len())
 }
 
+/// Escapes recalled and ordinary utterances that escaped, among `recordings`.
+#[derive(Default)]
+struct Tally {
+    escapes: usize,
+    recalled: usize,
+    ordinary: usize,
+    false_escapes: usize,
+}
+
+impl Tally {
+    fn json(&self) -> serde_json::Value {
+        json!({"escape": self.escapes, "ordinary": self.ordinary,
+            "escape_recall": self.recalled as f64 / self.escapes.max(1) as f64,
+            "false_escape_rate": self.false_escapes as f64 / self.ordinary.max(1) as f64,
+            "recalled": self.recalled, "false_escapes": self.false_escapes})
+    }
+}
+
+/// The figures of one setup, from its recordings.
+fn score(
+    flow: &Arc<Flow>,
+    recordings: &[Recording],
+    holdout_voice: Option<&str>,
+) -> serde_json::Value {
+    let (mut route_ms, mut final_ms, mut partial_ms) = (vec![], vec![], vec![]);
+    let (mut word_err, mut words, mut on_partial) = (0usize, 0usize, 0usize);
+    let (mut all, mut held_out, mut tuning) =
+        (Tally::default(), Tally::default(), Tally::default());
+    let mut by_voice: std::collections::BTreeMap<&str, Tally> = Default::default();
+    let mut misses = Vec::new();
+    for u in recordings {
+        let r = replay(flow, &[u]);
+        final_ms.extend(u.final_decode_ms.iter().map(|&v| v as f64));
+        partial_ms.extend(u.partial_decode_ms.iter().map(|&v| v as f64));
+        let heard = u.finals().join(" ");
+        let (e, n) = word_errors(&u.text, &heard);
+        word_err += e;
+        words += n;
+        let keyword = matches!(r.route, Some((RouteReason::Keyword, _, _)));
+        let voice = by_voice.entry(u.voice.as_str()).or_default();
+        let split = if holdout_voice == Some(u.voice.as_str()) {
+            &mut held_out
+        } else {
+            &mut tuning
+        };
+        for t in [&mut all, split, voice] {
+            if u.kind == "escape" {
+                t.escapes += 1;
+                t.recalled += usize::from(keyword);
+            } else {
+                t.ordinary += 1;
+                t.false_escapes += usize::from(keyword);
+            }
+        }
+        if u.kind == "escape" {
+            if let Some((RouteReason::Keyword, after, partial)) = r.route {
+                route_ms.push(after as f64);
+                on_partial += usize::from(partial);
+            } else {
+                misses.push(json!({"id": u.id, "heard": heard}));
+            }
+        } else if keyword {
+            misses.push(json!({"id": u.id, "false_escape": heard}));
+        }
+    }
+    // Repetition: the same request by two voices in a row should route; two different
+    // requests should not.
+    let ordinary: Vec<&Recording> = recordings.iter().filter(|u| u.kind == "ordinary").collect();
+    let (mut rep_hit, mut rep_pairs, mut rep_false, mut diff_pairs) = (0, 0, 0, 0);
+    for (i, a) in ordinary.iter().enumerate() {
+        if let Some(b) = ordinary
+            .iter()
+            .find(|b| b.text == a.text && b.voice != a.voice)
+            && i % 2 == 0
+        {
+            rep_pairs += 1;
+            let r = replay(flow, &[a, b]);
+            rep_hit += usize::from(matches!(r.route, Some((RouteReason::Repetition, _, _))));
+        }
+        if let Some(c) = ordinary
+            .get(i + 7)
+            .filter(|c| c.text != a.text && i % 4 == 0)
+        {
+            diff_pairs += 1;
+            let r = replay(flow, &[a, c]);
+            rep_false += usize::from(matches!(r.route, Some((RouteReason::Repetition, _, _))));
+        }
+    }
+    let mut figures = json!({
+        "decode_ms_final": summary(&final_ms),
+        "decode_ms_partial": summary(&partial_ms),
+        "route_after_speech_end_ms": summary(&route_ms),
+        "escape_recall": all.recalled as f64 / all.escapes.max(1) as f64,
+        "false_escape_rate": all.false_escapes as f64 / all.ordinary.max(1) as f64,
+        "escapes_decided_on_a_partial": format!("{on_partial}/{}", all.recalled),
+        "repetition_detected": format!("{rep_hit}/{rep_pairs}"),
+        "repetition_false": format!("{rep_false}/{diff_pairs}"),
+        "word_error_rate": word_err as f64 / words.max(1) as f64,
+        "by_voice": by_voice.iter().map(|(v, t)| (v.to_string(), t.json())).collect::<serde_json::Map<_, _>>(),
+        "misses": misses,
+    });
+    if let Some(v) = holdout_voice {
+        figures["holdout"] =
+            json!({"voice": v, "held_out": held_out.json(), "others": tuning.json()});
+    }
+    figures
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, serde_json::to_string_pretty(value)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let BenchWhat::Speech {
-        corpus,
-        model,
-        out,
-        every,
-        no_capacity,
-        capacity_secs,
-    } = args.what;
+    match args.what {
+        BenchWhat::Speech {
+            corpus,
+            model,
+            out,
+            transcripts,
+            every,
+            setups,
+            holdout_voice,
+            no_capacity,
+            capacity_secs,
+        } => speech(SpeechRun {
+            corpus,
+            model,
+            transcripts: transcripts.unwrap_or_else(|| out.with_extension("transcripts.json")),
+            out,
+            every,
+            setups,
+            holdout_voice,
+            no_capacity,
+            capacity_secs,
+        }),
+        BenchWhat::Rescore {
+            transcripts,
+            prompts,
+            out,
+            holdout_voice,
+        } => rescore(
+            &transcripts,
+            prompts.as_deref(),
+            out.as_deref(),
+            holdout_voice.as_deref(),
+        ),
+    }
+}
+
+struct SpeechRun {
+    corpus: PathBuf,
+    model: Option<PathBuf>,
+    out: PathBuf,
+    transcripts: PathBuf,
+    every: usize,
+    setups: Vec<String>,
+    holdout_voice: Option<String>,
+    no_capacity: bool,
+    capacity_secs: u64,
+}
+
+fn speech(args: SpeechRun) -> anyhow::Result<()> {
+    let chosen: Vec<Setup> = setups()
+        .into_iter()
+        .filter(|s| args.setups.is_empty() || args.setups.iter().any(|n| n == s.name))
+        .collect();
+    if let Some(unknown) = args
+        .setups
+        .iter()
+        .find(|n| !setups().iter().any(|s| s.name == n.as_str()))
+    {
+        anyhow::bail!("unknown setup `{unknown}` (humanline, baseline)");
+    }
     let flow = Arc::new(super::load_flow(None)?);
-    let corpus = load_corpus(&corpus, every)?;
-    let engine = load_engine(&model_path(model.as_deref()))?;
-    let escapes: Vec<&Utterance> = corpus.iter().filter(|u| u.kind == "escape").collect();
-    let ordinary: Vec<&Utterance> = corpus.iter().filter(|u| u.kind == "ordinary").collect();
+    let corpus = load_corpus(&args.corpus, args.every)?;
+    let engine = load_engine(&model_path(args.model.as_deref()))?;
+    let escapes = corpus.iter().filter(|u| u.kind == "escape").count();
+    let ordinary = corpus.iter().filter(|u| u.kind == "ordinary").count();
     eprintln!(
-        "bench speech: {} escape and {} ordinary utterances, model {}",
-        escapes.len(),
-        ordinary.len(),
+        "bench speech: {escapes} escape and {ordinary} ordinary utterances, model {}",
         engine.path().display()
     );
     let mut report = serde_json::Map::new();
     report.insert(
         "corpus".into(),
-        json!({"escape": escapes.len(), "ordinary": ordinary.len(),
+        json!({"escape": escapes, "ordinary": ordinary,
         "channel": "espeak-ng voices, 300-3400 Hz, mu-law 8 kHz"}),
     );
     report.insert(
         "machine".into(),
         json!({"cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-            "loadavg_at_start": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()}),
+            "loadavg_at_start": loadavg()}),
     );
-    for setup in setups() {
+    let mut saved = serde_json::Map::new();
+    for setup in &chosen {
         let started = Instant::now();
-        let (mut route_ms, mut final_ms, mut partial_ms) = (vec![], vec![], vec![]);
-        let (mut recalled, mut false_escapes, mut word_err, mut words) =
-            (0usize, 0usize, 0usize, 0usize);
-        let mut misses = Vec::new();
+        let mut recordings = Vec::new();
         for (i, u) in corpus.iter().enumerate() {
-            let r = run_call(&flow, &[u], &*engine, &setup)?;
-            final_ms.extend(r.final_decode_ms.iter().map(|&v| v as f64));
-            partial_ms.extend(r.partial_decode_ms.iter().map(|&v| v as f64));
-            let (e, n) = word_errors(&u.text, &r.finals.join(" "));
-            word_err += e;
-            words += n;
-            let keyword = matches!(r.route, Some((RouteReason::Keyword, _)));
-            if u.kind == "escape" {
-                if let Some((RouteReason::Keyword, after)) = r.route {
-                    recalled += 1;
-                    route_ms.push(after as f64);
-                } else {
-                    misses.push(json!({"id": u.id, "heard": r.finals.join(" ")}));
-                }
-            } else if keyword {
-                false_escapes += 1;
-                misses.push(json!({"id": u.id, "false_escape": r.finals.join(" ")}));
-            }
+            recordings.push(record(u, &*engine, setup)?);
             if i % 40 == 39 {
                 eprintln!("  {}: {}/{}", setup.name, i + 1, corpus.len());
             }
         }
-        // Repetition: the same request by two voices in a row should route; two different
-        // requests should not.
-        let (mut rep_hit, mut rep_pairs, mut rep_false, mut diff_pairs) = (0, 0, 0, 0);
-        for (i, a) in ordinary.iter().enumerate() {
-            if let Some(b) = ordinary
-                .iter()
-                .find(|b| b.text == a.text && b.voice != a.voice)
-                && i % 2 == 0
-            {
-                {
-                    rep_pairs += 1;
-                    let r = run_call(&flow, &[a, b], &*engine, &setup)?;
-                    rep_hit += usize::from(matches!(r.route, Some((RouteReason::Repetition, _))));
-                }
-            }
-            if let Some(c) = ordinary
-                .get(i + 7)
-                .filter(|c| c.text != a.text && i % 4 == 0)
-            {
-                diff_pairs += 1;
-                let r = run_call(&flow, &[a, c], &*engine, &setup)?;
-                rep_false += usize::from(matches!(r.route, Some((RouteReason::Repetition, _))));
-            }
-        }
-        let figures = json!({
-            "decode_ms_final": summary(&final_ms),
-            "decode_ms_partial": summary(&partial_ms),
-            "route_after_speech_end_ms": summary(&route_ms),
-            "escape_recall": recalled as f64 / escapes.len().max(1) as f64,
-            "false_escape_rate": false_escapes as f64 / ordinary.len().max(1) as f64,
-            "repetition_detected": format!("{rep_hit}/{rep_pairs}"),
-            "repetition_false": format!("{rep_false}/{diff_pairs}"),
-            "word_error_rate": word_err as f64 / words.max(1) as f64,
-            "misses": misses,
-            "wall_s": started.elapsed().as_secs(),
-        });
+        let mut figures = score(&flow, &recordings, args.holdout_voice.as_deref());
+        figures["wall_s"] = json!(started.elapsed().as_secs());
+        figures["loadavg_after"] = json!(loadavg());
         eprintln!("{}: {}", setup.name, figures);
         report.insert(setup.name.into(), figures);
+        saved.insert(setup.name.into(), serde_json::to_value(&recordings)?);
     }
-    if !no_capacity {
+    if !args.no_capacity {
         report.insert(
             "capacity".into(),
-            capacity(&engine, &flow.escape, &corpus, capacity_secs)?,
+            capacity(&engine, &flow.escape, &corpus, args.capacity_secs)?,
         );
     }
+    report.insert("loadavg_at_end".into(), json!(loadavg()));
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    report.insert("command".into(), json!(command));
     report.insert(
-        "loadavg_at_end".into(),
-        json!(
-            std::fs::read_to_string("/proc/loadavg")
-                .unwrap_or_default()
-                .trim()
-        ),
+        "transcripts".into(),
+        json!(args.transcripts.display().to_string()),
     );
+    write_json(
+        &args.transcripts,
+        &json!({"command": command, "model": engine.path().display().to_string(),
+            "setups": saved}),
+    )?;
+    let report = serde_json::Value::Object(report);
+    write_json(&args.out, &report)?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    eprintln!(
+        "bench speech: written to {} (transcripts: {})",
+        args.out.display(),
+        args.transcripts.display()
+    );
+    Ok(())
+}
+
+fn rescore(
+    transcripts: &Path,
+    prompts: Option<&Path>,
+    out: Option<&Path>,
+    holdout_voice: Option<&str>,
+) -> anyhow::Result<()> {
+    let flow = Arc::new(super::load_flow(prompts)?);
+    let text = std::fs::read_to_string(transcripts)
+        .with_context(|| format!("reading {}", transcripts.display()))?;
+    let saved: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("parsing {}", transcripts.display()))?;
+    let setups = saved["setups"]
+        .as_object()
+        .with_context(|| format!("{}: no `setups`", transcripts.display()))?;
+    let mut report = serde_json::Map::new();
+    report.insert("rescored".into(), json!(transcripts.display().to_string()));
+    report.insert("decoded_by".into(), saved["command"].clone());
+    for (name, recordings) in setups {
+        let recordings: Vec<Recording> = serde_json::from_value(recordings.clone())
+            .with_context(|| format!("{}: setup `{name}`", transcripts.display()))?;
+        report.insert(name.clone(), score(&flow, &recordings, holdout_voice));
+    }
     report.insert(
         "command".into(),
         json!(std::env::args().collect::<Vec<_>>().join(" ")),
     );
     let report = serde_json::Value::Object(report);
-    if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir)?;
+    if let Some(out) = out {
+        write_json(out, &report)?;
     }
-    std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
     println!("{}", serde_json::to_string_pretty(&report)?);
-    eprintln!("bench speech: written to {}", out.display());
     Ok(())
 }
 
