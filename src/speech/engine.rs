@@ -159,7 +159,7 @@ impl DecodeOptions {
 }
 
 /// Prompt biasing the decoder toward the words that mean "get me a person".
-pub const ESCAPE_PROMPT: &str = "Human. Agent. Operator. Representative.";
+pub const ESCAPE_PROMPT: &str = "Human. Agent. Operator. Representative. Person.";
 
 /// The model's encoder length (30 s).
 const MAX_AUDIO_CTX: u32 = 1500;
