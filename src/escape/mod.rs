@@ -370,6 +370,49 @@ mod tests {
     }
 
     #[test]
+    fn shipped_mishearings_do_not_touch_ordinary_sentences() {
+        let flow = crate::config::Flow::embedded().unwrap();
+        for (heard, meant) in [
+            ("Speak to our reprimand.", "representative"),
+            ("can I speak to a repremand please", "representative"),
+            ("Speak to our every man to live.", "representative"),
+            ("Speak to our every name of him.", "representative"),
+        ] {
+            let m = flow.escape.detect(heard);
+            assert_eq!(m.map(|m| m.phrase), Some(meant.to_string()), "{heard}");
+        }
+        for text in [
+            "my internet is down",
+            "I have a question about my bill",
+            "what are your opening hours",
+            "I want to change my address",
+            "my package has not arrived yet",
+            "how do I reset my password",
+            "I was charged twice this month",
+            "my operation was cancelled",
+            "what is on the agenda today",
+            "I need a new router",
+            "the connection keeps dropping every evening",
+            "can you tell me my balance",
+            "I am moving house next week",
+            "my phone screen is broken",
+            "I would like to cancel my subscription",
+            "the presentation starts at noon",
+            "when will the engineer arrive",
+            "I forgot my account number",
+            "the television has no signal",
+            "I want to upgrade my plan",
+            "is there a fee for that",
+            "the reprimand was unfair",
+            "every man for himself",
+            "I gave every name on the list",
+            "I remember the man",
+        ] {
+            assert_eq!(flow.escape.detect(text), None, "{text}");
+        }
+    }
+
+    #[test]
     fn repetition_tolerates_noise_but_not_different_requests() {
         let r = RepetitionDetector::new(["my", "is", "i", "a", "the", "still", "about"], 0.6);
         assert!(r.repeats("my internet is down", ["my internet is down"]));
