@@ -46,6 +46,9 @@ enum BenchWhat {
         #[arg(long, default_value_t = 30)]
         capacity_secs: u64,
     },
+    /// Callbacks: commit latency of a promise with fsync (and without, as the baseline),
+    /// under concurrent committers, and the dialer's claim among many pending promises.
+    Callbacks(super::bench_callbacks::CallbacksBenchArgs),
 }
 
 struct Utterance {
@@ -221,14 +224,17 @@ pub fn word_errors(reference: &str, hypothesis: &str) -> (usize, usize) {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let BenchWhat::Speech {
-        corpus,
-        model,
-        out,
-        every,
-        no_capacity,
-        capacity_secs,
-    } = args.what;
+    let (corpus, model, out, every, no_capacity, capacity_secs) = match args.what {
+        BenchWhat::Callbacks(args) => return super::bench_callbacks::run(args),
+        BenchWhat::Speech {
+            corpus,
+            model,
+            out,
+            every,
+            no_capacity,
+            capacity_secs,
+        } => (corpus, model, out, every, no_capacity, capacity_secs),
+    };
     let flow = Arc::new(super::load_flow(None)?);
     let corpus = load_corpus(&corpus, every)?;
     let engine = load_engine(&model_path(model.as_deref()))?;
