@@ -215,3 +215,62 @@ fn an_unknown_prompts_folder_is_a_clear_error() {
             .contains("/nonexistent/humanline.toml:1:1: cannot read")
     );
 }
+
+/// The callback benchmark's seeded ledger is what the recovery benchmark relies on: overdue
+/// promises that `callbacks list` shows, oldest first in line; and the bench refuses to
+/// overwrite a ledger.
+#[test]
+fn bench_callbacks_seeds_overdue_promises_and_never_overwrites_a_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let db = data.join("callbacks.db");
+    let out = humanline()
+        .args(["bench", "callbacks", "--pending", "30", "--seed"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = humanline()
+        .args([
+            "callbacks",
+            "list",
+            "--json",
+            "--state",
+            "promised",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = list.as_array().expect("a JSON array");
+    assert_eq!(list.len(), 30);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!(
+        list.iter()
+            .all(|p| p["next_attempt_at"].as_i64().unwrap() < now)
+    );
+    let out = humanline()
+        .args(["bench", "callbacks", "--pending", "5", "--seed"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a second seed must not write into the ledger"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exists"));
+}

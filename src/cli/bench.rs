@@ -73,6 +73,9 @@ enum BenchWhat {
         #[arg(long)]
         holdout_voice: Option<String>,
     },
+    /// Callbacks: commit latency of a promise with fsync (and without, as the baseline),
+    /// under concurrent committers, and the dialer's claim among many pending promises.
+    Callbacks(super::bench_callbacks::CallbacksBenchArgs),
 }
 
 struct Utterance {
@@ -437,6 +440,7 @@ fn write_json(path: &Path, value: &serde_json::Value) -> anyhow::Result<()> {
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.what {
+        BenchWhat::Callbacks(args) => super::bench_callbacks::run(args),
         BenchWhat::Speech {
             corpus,
             model,

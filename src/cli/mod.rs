@@ -1,6 +1,7 @@
 //! The `humanline` command line: operators' tools and the drivers that run the brain.
 
 mod bench;
+mod bench_callbacks;
 mod callbacks;
 mod caller_turn;
 mod serve;

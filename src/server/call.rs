@@ -495,25 +495,29 @@ impl Call {
         let tx = self.callback_tx.clone();
         let metrics = self.shared.metrics.clone();
         info!(number = %promise.number, not_before, "committing a callback");
-        tokio::spawn(async move {
-            let event = match with_ledger(&ledger, move |l| l.promise(&promise, now)).await {
-                Ok(p) => {
-                    metrics.callbacks_promised.inc();
-                    info!(id = p.id, "callback promised");
-                    Event::CallbackStored {
-                        id: p.id.to_string(),
-                        at,
+        tokio::spawn(
+            async move {
+                let event = match with_ledger(&ledger, move |l| l.promise(&promise, now)).await {
+                    Ok(p) => {
+                        metrics.callbacks_promised.inc();
+                        info!(id = p.id, "callback promised");
+                        Event::CallbackStored {
+                            id: p.id.to_string(),
+                            at,
+                        }
                     }
-                }
-                Err(e) => {
-                    warn!(error = %e, "callback not stored");
-                    Event::CallbackStoreFailed {
-                        error: e.to_string(),
+                    Err(e) => {
+                        warn!(error = %e, "callback not stored");
+                        Event::CallbackStoreFailed {
+                            error: e.to_string(),
+                        }
                     }
-                }
-            };
-            let _ = tx.send(event);
-        });
+                };
+                let _ = tx.send(event);
+            }
+            // The commit's log lines belong to this call, like the rest of its story.
+            .instrument(tracing::Span::current()),
+        );
     }
 
     async fn drain_recognizer(

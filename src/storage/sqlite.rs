@@ -107,6 +107,18 @@ impl SqliteStore {
         Self::init(conn)
     }
 
+    /// Like [`Self::open`] but commits without fsync (`synchronous=OFF`). Only for measuring
+    /// what durability costs (`humanline bench callbacks`): a promise stored this way can be
+    /// lost to a power cut, so the server never uses it.
+    pub fn open_without_fsync(path: &Path) -> Result<Self, LedgerError> {
+        let store = Self::open(path)?;
+        store
+            .conn
+            .pragma_update(None, "synchronous", "OFF")
+            .map_err(db)?;
+        Ok(store)
+    }
+
     /// An in-memory ledger, for tests and benchmarks of the logic alone.
     pub fn in_memory() -> Result<Self, LedgerError> {
         Self::init(Connection::open_in_memory().map_err(db)?)

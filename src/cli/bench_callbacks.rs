@@ -1,0 +1,238 @@
+//! `humanline bench callbacks`: how long a promise takes to become durable (with fsync, side by
+//! side with the same commit without fsync), under concurrent committers, and how fast the
+//! dialer finds the due promises among many. `--seed` writes a ledger full of overdue promises
+//! for `bench/callback_recovery.py`.
+
+use crate::callbacks::{CallbackLedger, NewPromise, RetryPolicy, UnixMs};
+use crate::storage::SqliteStore;
+use anyhow::Context;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Debug, clap::Args)]
+pub struct CallbacksBenchArgs {
+    /// Promises committed one after another, per durability setting.
+    #[arg(long, default_value_t = 2000)]
+    count: usize,
+    /// Concurrent committers, each with its own connection (as tasks or nodes would be).
+    #[arg(long, default_value_t = 8)]
+    writers: usize,
+    /// Pending promises in the ledger while the dialer's claim is timed.
+    #[arg(long, default_value_t = 10_000)]
+    pending: usize,
+    /// Folder for the benchmark databases; it must be on a real disk, since fsync is what is
+    /// measured [default: bench/tmp-callbacks, removed afterwards].
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Where to write the figures (JSON).
+    #[arg(long, default_value = "bench/results/callbacks.json")]
+    out: PathBuf,
+    /// Only write a ledger at DB holding `--pending` overdue promises (the oldest first in
+    /// line), then exit.
+    #[arg(long, value_name = "DB")]
+    seed: Option<PathBuf>,
+}
+
+fn now_ms() -> UnixMs {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn promise(i: usize, tag: &str) -> NewPromise {
+    NewPromise {
+        number: format!("+3120{:07}", i % 10_000_000),
+        not_before: 0,
+        reason: "bench".into(),
+        context: json!({"said": ["I want to talk to a human"], "language": "en"}),
+        automatic: false,
+        origin_call: format!("bench-{tag}-{i}"),
+    }
+}
+
+/// Milliseconds, as summary figures.
+fn summary(mut ms: Vec<f64>) -> serde_json::Value {
+    if ms.is_empty() {
+        return json!({"n": 0});
+    }
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+    json!({"n": ms.len(), "p50_ms": round3(at(0.5)), "p99_ms": round3(at(0.99)),
+           "max_ms": round3(at(1.0))})
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn commit_many(
+    ledger: &mut CallbackLedger<SqliteStore>,
+    range: std::ops::Range<usize>,
+    tag: &str,
+) -> anyhow::Result<Vec<f64>> {
+    let mut out = Vec::with_capacity(range.len());
+    for i in range {
+        let p = promise(i, tag);
+        let t = Instant::now();
+        ledger
+            .promise(&p, now_ms())
+            .context("committing a promise")?;
+        out.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(out)
+}
+
+/// `pending` promises, made over the past `pending` seconds: promise i is i seconds younger
+/// than the first, so the first is the most overdue.
+fn seed(db: &Path, pending: usize) -> anyhow::Result<()> {
+    // Seeding is set-up, not the measurement: no fsync per promise (one at the end).
+    let mut ledger = CallbackLedger::new(
+        SqliteStore::open_without_fsync(db).with_context(|| format!("opening {}", db.display()))?,
+        RetryPolicy::default(),
+    );
+    let start = now_ms() - pending as i64 * 1000;
+    for i in 0..pending {
+        ledger.promise(&promise(i, "seed"), start + i as i64 * 1000)?;
+    }
+    drop(ledger);
+    // Reopening with the server's settings checkpoints and fsyncs what was written.
+    SqliteStore::open(db).with_context(|| format!("reopening {}", db.display()))?;
+    Ok(())
+}
+
+pub fn run(args: CallbacksBenchArgs) -> anyhow::Result<()> {
+    if let Some(db) = &args.seed {
+        anyhow::ensure!(
+            !db.exists(),
+            "{} exists; --seed writes a new ledger",
+            db.display()
+        );
+        seed(db, args.pending)?;
+        eprintln!(
+            "bench callbacks: {} overdue promises in {}",
+            args.pending,
+            db.display()
+        );
+        return Ok(());
+    }
+    let owned = args.dir.is_none();
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("bench/tmp-callbacks"));
+    if owned && dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let result = measure(&args, &dir);
+    if owned {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let report = result?;
+    let text = serde_json::to_string_pretty(&report)?;
+    println!("{text}");
+    if let Some(parent) = args.out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&args.out, text + "\n")
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    eprintln!("bench callbacks: written to {}", args.out.display());
+    Ok(())
+}
+
+fn measure(args: &CallbacksBenchArgs, dir: &Path) -> anyhow::Result<serde_json::Value> {
+    let count = args.count.max(1);
+    let policy = RetryPolicy::default();
+    let load = || {
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    let load_at_start = load();
+
+    eprintln!("bench callbacks: {count} sequential commits with fsync");
+    let mut full = CallbackLedger::new(SqliteStore::open(&dir.join("full.db"))?, policy);
+    let with_fsync = commit_many(&mut full, 0..count, "full")?;
+    drop(full);
+
+    eprintln!("bench callbacks: {count} sequential commits without fsync (baseline)");
+    let mut off = CallbackLedger::new(
+        SqliteStore::open_without_fsync(&dir.join("nofsync.db"))?,
+        policy,
+    );
+    let without_fsync = commit_many(&mut off, 0..count, "off")?;
+    drop(off);
+
+    let writers = args.writers.max(1);
+    eprintln!("bench callbacks: {count} commits with fsync from {writers} committers at once");
+    let shared_db = dir.join("concurrent.db");
+    // Created (and migrated) once, before the committers race.
+    drop(SqliteStore::open(&shared_db)?);
+    let per = count.div_ceil(writers);
+    let concurrent: Vec<f64> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..writers)
+            .map(|w| {
+                let db = shared_db.clone();
+                s.spawn(move || -> anyhow::Result<Vec<f64>> {
+                    let mut l = CallbackLedger::new(SqliteStore::open(&db)?, policy);
+                    commit_many(&mut l, w * per..((w + 1) * per).min(count), "conc")
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for h in handles {
+            let part = h
+                .join()
+                .map_err(|_| anyhow::anyhow!("a committer panicked"))??;
+            all.extend(part);
+        }
+        Ok::<_, anyhow::Error>(all)
+    })?;
+
+    let pending = args.pending;
+    eprintln!("bench callbacks: claiming due promises among {pending} pending");
+    let claim_db = dir.join("pending.db");
+    seed(&claim_db, pending)?;
+    let mut ledger = CallbackLedger::new(SqliteStore::open(&claim_db)?, policy);
+    // What the dialer does each tick with one free agent: claim the most overdue one.
+    let rounds = 200.min(pending);
+    let mut claim = Vec::with_capacity(rounds);
+    let mut in_order = true;
+    let mut last_created = i64::MIN;
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let got = ledger.claim_due(now_ms(), 1)?;
+        claim.push(t.elapsed().as_secs_f64() * 1000.0);
+        if let Some((p, _)) = got.first() {
+            in_order &= p.created_at >= last_created;
+            last_created = p.created_at;
+        }
+    }
+    let t = Instant::now();
+    let recovered = ledger.recover(now_ms())?;
+    let recover_ms = t.elapsed().as_secs_f64() * 1000.0;
+
+    let p50 = |v: &Vec<f64>| {
+        let mut v = v.clone();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let ratio = p50(&with_fsync) / p50(&without_fsync).max(1e-6);
+    let report = json!({
+        "command": format!("humanline bench callbacks --count {count} --writers {writers} --pending {pending}"),
+        "disk": dir.canonicalize().unwrap_or(dir.to_path_buf()).display().to_string(),
+        "machine": {"cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+                    "loadavg_at_start": load_at_start, "loadavg_at_end": load()},
+        "commit_with_fsync": summary(with_fsync),
+        "commit_without_fsync_baseline": summary(without_fsync),
+        "fsync_cost_ratio_p50": round3(ratio),
+        "commit_with_fsync_concurrent": {"writers": writers, "latency": summary(concurrent)},
+        "claim_most_overdue": {"pending": pending, "latency": summary(claim),
+                               "most_overdue_first": in_order},
+        "recover_after_crash": {"open_attempts_closed": recovered, "ms": round3(recover_ms)},
+    });
+    Ok(report)
+}
