@@ -45,9 +45,9 @@ pub struct CallBrain {
     /// Digits keyed while giving a number to call back.
     keyed: String,
     route_reason: Option<RouteReason>,
-    /// A one-word escape heard only as the last word of a partial: routed on when the next
-    /// partial still has it, or the final does (`Flow::confirm_partial_tail`).
-    tail_heard: Option<String>,
+    /// A partial that was an escape word alone: routed on when the next partial still has
+    /// it, or the final does (`Flow::confirm_lone_word`).
+    lone_heard: Option<String>,
 }
 
 impl CallBrain {
@@ -71,7 +71,7 @@ impl CallBrain {
             callback_when: None,
             keyed: String::new(),
             route_reason: None,
-            tail_heard: None,
+            lone_heard: None,
         }
     }
 
@@ -303,20 +303,20 @@ impl CallBrain {
         }
         // Decide while the caller is still speaking: an escape in a partial routes now.
         let Some(m) = self.flow.escape.detect(&text) else {
-            self.tail_heard = None;
+            self.lone_heard = None;
             return;
         };
-        // Unless it is only the partial's last word, heard for the first time: Whisper
-        // sometimes ends a partial with a word the caller never said. The next partial (or
-        // the final) confirms it.
-        if m.last_word_only
-            && self.flow.confirm_partial_tail
-            && self.tail_heard.as_deref() != Some(m.phrase.as_str())
+        // Unless the partial is the escape word alone, heard for the first time: Whisper
+        // sometimes writes a word of its prompt alone for a moment of other speech. The next
+        // partial (or the final) confirms it.
+        if m.lone_word
+            && self.flow.confirm_lone_word
+            && self.lone_heard.as_deref() != Some(m.phrase.as_str())
         {
-            self.tail_heard = Some(m.phrase);
+            self.lone_heard = Some(m.phrase);
             return;
         }
-        self.tail_heard = None;
+        self.lone_heard = None;
         self.context.said.push(text);
         self.context.escape = Some(m);
         self.route(now, RouteReason::Keyword, out);
@@ -324,7 +324,7 @@ impl CallBrain {
 
     fn on_final(&mut self, now: Instant, text: String, out: &mut Vec<Action>) {
         // The final is what the caller said: it decides, whatever a partial ended in.
-        self.tail_heard = None;
+        self.lone_heard = None;
         match self.phase {
             Phase::Ivr => self.on_ivr_answer(now, text, out),
             Phase::Queued => self.on_queue_answer(now, text, out),

@@ -44,7 +44,7 @@ enum BenchWhat {
         /// Use every Nth utterance only (quick runs).
         #[arg(long, default_value_t = 1)]
         every: usize,
-        /// Run only these setups (comma-separated: humanline, baseline).
+        /// Run only these setups (comma-separated: humanline, baseline; none: capacity only).
         #[arg(long, value_delimiter = ',')]
         setups: Vec<String>,
         /// Also report recall and false escapes on this voice alone, and on the others: a voice
@@ -489,6 +489,7 @@ struct SpeechRun {
 }
 
 fn speech(args: SpeechRun) -> anyhow::Result<()> {
+    // `none`: only the capacity search.
     let chosen: Vec<Setup> = setups()
         .into_iter()
         .filter(|s| args.setups.is_empty() || args.setups.iter().any(|n| n == s.name))
@@ -496,9 +497,9 @@ fn speech(args: SpeechRun) -> anyhow::Result<()> {
     if let Some(unknown) = args
         .setups
         .iter()
-        .find(|n| !setups().iter().any(|s| s.name == n.as_str()))
+        .find(|n| *n != "none" && !setups().iter().any(|s| s.name == n.as_str()))
     {
-        anyhow::bail!("unknown setup `{unknown}` (humanline, baseline)");
+        anyhow::bail!("unknown setup `{unknown}` (humanline, baseline, none)");
     }
     let flow = Arc::new(super::load_flow(None)?);
     let corpus = load_corpus(&args.corpus, args.every)?;
@@ -601,8 +602,9 @@ fn rescore(
 }
 
 /// How many callers speaking at once (each ~30% of the time) the machine serves before the
-/// time to decide on an escape passes 300 ms at p95. Each caller is a real-time stream of
-/// silence and corpus utterances; all share one decoder pool.
+/// time to decide on an escape passes 300 ms at p95 (the target), and before it passes 1 s
+/// (where a caller starts to notice). Each caller is a real-time stream of silence and corpus
+/// utterances; all share one decoder pool.
 fn capacity(
     engine: &Arc<crate::speech::WhisperEngine>,
     escape: &EscapeDetector,
@@ -610,7 +612,7 @@ fn capacity(
     secs: u64,
 ) -> anyhow::Result<serde_json::Value> {
     let mut runs = Vec::new();
-    let mut best = 0;
+    let (mut best, mut within_1s, mut all_within_300) = (0, 0, true);
     for callers in [1usize, 2, 3, 4, 6, 8, 12] {
         let cfg = PoolConfig {
             workers: 2,
@@ -656,13 +658,18 @@ fn capacity(
             "decide_after_speech_end_ms": summary(&lat), "pool": pool.stats()});
         eprintln!("capacity: {run}");
         runs.push(run);
-        if p95.is_some_and(|p| p <= 300.0) {
+        all_within_300 &= p95.is_some_and(|p| p <= 300.0);
+        if all_within_300 {
             best = callers;
+        }
+        if p95.is_some_and(|p| p <= 1000.0) {
+            within_1s = callers;
         } else {
             break;
         }
     }
-    Ok(json!({"max_callers_p95_within_300ms": best, "runs": runs, "talk_fraction": 0.33}))
+    Ok(json!({"max_callers_p95_within_300ms": best, "max_callers_p95_within_1000ms": within_1s,
+        "runs": runs, "talk_fraction": 0.33}))
 }
 
 /// One real-time caller: returns, for each escape utterance, the decision time after its

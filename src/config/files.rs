@@ -52,9 +52,9 @@ pub struct EscapeSettingsFile {
     pub fuzzy_letters: Spanned<f32>,
     pub fuzzy_sound: Spanned<f32>,
     pub min_fuzzy_letters: usize,
-    /// A one-word escape that is only the last word of a partial transcript routes on the
-    /// second hearing (the next partial) or the final, not at once.
-    pub confirm_partial_tail: bool,
+    /// A partial transcript that is an escape word alone routes on the second hearing (the
+    /// next partial) or the final, not at once.
+    pub confirm_lone_word: bool,
 }
 
 impl Default for EscapeSettingsFile {
@@ -64,7 +64,7 @@ impl Default for EscapeSettingsFile {
             fuzzy_letters: Spanned::new(0..0, d.fuzzy_letters),
             fuzzy_sound: Spanned::new(0..0, d.fuzzy_sound),
             min_fuzzy_letters: d.min_fuzzy_letters,
-            confirm_partial_tail: true,
+            confirm_lone_word: true,
         }
     }
 }

@@ -128,9 +128,9 @@ pub struct Flow {
     /// Escape phrases of every language: a caller reaches a person whatever language they
     /// ask in.
     pub escape: EscapeDetector,
-    /// A one-word escape heard only as the last word of a partial transcript waits for the
-    /// next partial or the final to confirm it (`[escape] confirm_partial_tail`).
-    pub confirm_partial_tail: bool,
+    /// A partial transcript that is an escape word alone waits for the next partial or the
+    /// final to confirm it (`[escape] confirm_lone_word`).
+    pub confirm_lone_word: bool,
     pub timers: Timers,
     pub offer_callback_after_wait: Duration,
 }
@@ -440,7 +440,7 @@ impl Loader<'_> {
             default_language: settings.default_language.into_inner(),
             languages,
             escape,
-            confirm_partial_tail: settings.escape.confirm_partial_tail,
+            confirm_lone_word: settings.escape.confirm_lone_word,
             timers: Timers {
                 no_input: Duration::from_millis(*settings.timers.no_input_ms.get_ref()),
                 queue_announce_interval: Duration::from_millis(
@@ -587,7 +587,7 @@ mod tests {
     #[test]
     fn escape_requests_are_exact_phrases_and_an_empty_one_is_reported_at_its_line() {
         let flow = Flow::embedded().unwrap();
-        assert!(flow.confirm_partial_tail);
+        assert!(flow.confirm_lone_word);
         let m = flow.escape.detect("customer service please").unwrap();
         assert_eq!(m.phrase, "customer service");
         let en = embedded("en.toml").replace(
@@ -605,23 +605,20 @@ mod tests {
     }
 
     #[test]
-    fn confirm_partial_tail_can_be_turned_off_and_must_be_a_boolean() {
+    fn confirm_lone_word_can_be_turned_off_and_must_be_a_boolean() {
         let settings = embedded("humanline.toml");
-        let off = settings.replace(
-            "confirm_partial_tail = true",
-            "confirm_partial_tail = false",
-        );
-        assert_ne!(off, settings, "humanline.toml sets confirm_partial_tail");
+        let off = settings.replace("confirm_lone_word = true", "confirm_lone_word = false");
+        assert_ne!(off, settings, "humanline.toml sets confirm_lone_word");
         let flow = load_with(&[("humanline.toml", off)]).unwrap();
-        assert!(!flow.confirm_partial_tail);
-        let bad = settings.replace("confirm_partial_tail = true", "confirm_partial_tail = 1");
+        assert!(!flow.confirm_lone_word);
+        let bad = settings.replace("confirm_lone_word = true", "confirm_lone_word = 1");
         let Err(ConfigError::Invalid(problems)) = load_with(&[("humanline.toml", bad.clone())])
         else {
             panic!("a number is not a boolean");
         };
         let line = bad
             .lines()
-            .position(|l| l.starts_with("confirm_partial_tail"))
+            .position(|l| l.starts_with("confirm_lone_word"))
             .unwrap()
             + 1;
         assert_eq!(problems[0].line, line, "{problems:?}");
