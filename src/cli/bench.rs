@@ -668,8 +668,10 @@ fn capacity(
             break;
         }
     }
-    Ok(json!({"max_callers_p95_within_300ms": best, "max_callers_p95_within_1000ms": within_1s,
-        "runs": runs, "talk_fraction": 0.33}))
+    Ok(
+        json!({"max_callers_p95_within_300ms": best, "max_callers_p95_within_1000ms": within_1s,
+        "runs": runs, "talk_fraction": 0.33}),
+    )
 }
 
 /// One real-time caller: returns, for each escape utterance, the decision time after its
