@@ -163,8 +163,6 @@ impl EscapeDetector {
             })
     }
 
-    /// An exact phrase or request of several words anywhere in `heard`.
-
     /// The phrases, for biasing speech recognition toward them.
     pub fn phrases(&self) -> impl Iterator<Item = &str> {
         self.phrases.iter().map(|p| p.text.as_str())

@@ -38,10 +38,6 @@ impl Phrase {
         })
     }
 
-    pub fn word_count(&self) -> usize {
-        self.words.len()
-    }
-
     /// The heard words that equal this phrase (a trailing plural "s" allowed on each word):
     /// where they start and how many there are.
     pub fn find_exact(&self, heard: &[String]) -> Option<Span> {
