@@ -29,9 +29,15 @@ pub fn spawn(shared: Arc<Shared>, trunk: String) {
 
 async fn run(shared: Arc<Shared>, trunk: String) {
     let in_progress: Arc<Mutex<HashSet<i64>>> = Arc::default();
+    // An attempt that ends frees its agent: look for the next due promise at once rather
+    // than at the next tick.
+    let attempt_ended = Arc::new(tokio::sync::Notify::new());
     let mut tick = tokio::time::interval(POLL);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = attempt_ended.notified() => {}
+        }
         // One attempt per agent at a time, at most.
         let busy = in_progress.lock().map(|s| s.len()).unwrap_or(usize::MAX);
         let room = shared.agent_count.saturating_sub(busy);
@@ -54,6 +60,7 @@ async fn run(shared: Arc<Shared>, trunk: String) {
             let shared = shared.clone();
             let trunk = trunk.clone();
             let in_progress = in_progress.clone();
+            let attempt_ended = attempt_ended.clone();
             tokio::spawn(
                 async move {
                     let id = promise.id;
@@ -62,6 +69,7 @@ async fn run(shared: Arc<Shared>, trunk: String) {
                     if let Ok(mut s) = in_progress.lock() {
                         s.remove(&id);
                     }
+                    attempt_ended.notify_one();
                 }
                 .instrument(span),
             );
