@@ -41,6 +41,10 @@ pub struct ServeArgs {
     /// Decoder threads for speech recognition [default: 1].
     #[arg(long)]
     decoders: Option<usize>,
+    /// Threads per decode [default: the cores divided among the decoders]. On a machine
+    /// shared with other busy work, 1 degrades more gracefully.
+    #[arg(long)]
+    decode_threads: Option<usize>,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -59,6 +63,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 .display()
         );
     }
+    // One decode on an otherwise idle 2-core machine takes 157 ms with 2 threads and 256 ms
+    // with 1 (BENCHMARKS.md): give each decoder its share of the cores.
+    let decoders = args.decoders.or(file.decoders).unwrap_or(1).max(1);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut agents = file.agents.clone();
     agents.extend(args.agents.iter().cloned());
     let rtp = args
@@ -84,7 +92,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .or(file.data_dir)
             .unwrap_or_else(|| "data".into()),
         model: super::caller_turn::model_path(args.model.or(file.model).as_deref()),
-        decoders: args.decoders.or(file.decoders).unwrap_or(1).max(1),
+        decoders,
+        decode_threads: args
+            .decode_threads
+            .or(file.decode_threads)
+            .unwrap_or_else(|| (cores / decoders).max(1))
+            .max(1),
         agents,
         trunk: args.trunk.or(file.trunk),
         utc_offset_min: file.utc_offset_min.unwrap_or(0),

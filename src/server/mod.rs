@@ -105,7 +105,10 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         Ok(engine) => {
             let cfg = PoolConfig {
                 workers: opts.decoders,
-                decode: DecodeOptions::default().with_escape_prompt(),
+                decode: DecodeOptions {
+                    threads: Some(opts.decode_threads),
+                    ..DecodeOptions::default().with_escape_prompt()
+                },
                 ..PoolConfig::default()
             };
             Some(Arc::new(DecoderPool::new(engine, cfg)?))

@@ -21,6 +21,8 @@ pub struct ServerFile {
     pub model: Option<PathBuf>,
     /// Decoder threads for speech recognition.
     pub decoders: Option<usize>,
+    /// Threads per decode [default: the cores divided among the decoders].
+    pub decode_threads: Option<usize>,
     /// Agents' SIP URIs, longest idle rung first.
     #[serde(default)]
     pub agents: Vec<String>,
@@ -64,6 +66,8 @@ pub struct ServeOptions {
     pub data_dir: PathBuf,
     pub model: PathBuf,
     pub decoders: usize,
+    /// Threads each decode uses.
+    pub decode_threads: usize,
     pub agents: Vec<String>,
     pub trunk: Option<String>,
     pub utc_offset_min: i64,

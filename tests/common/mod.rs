@@ -374,7 +374,10 @@ impl Server {
             .arg("--prompts")
             .arg(repo().join("prompts"))
             .arg("--model")
-            .arg(model_path());
+            .arg(model_path())
+            // Two tests run at once on CI's 2 cores: one thread per decode keeps each server's
+            // speech from spin-waiting on the other's cores.
+            .args(["--decode-threads", "1"]);
         for a in agents {
             cmd.arg("--agent").arg(a);
         }
