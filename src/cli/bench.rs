@@ -283,7 +283,7 @@ fn replay(flow: &Arc<Flow>, turns: &[&Recording]) -> CallResult {
     result
 }
 
-fn percentile(values: &[f64], p: f64) -> Option<f64> {
+pub(super) fn percentile(values: &[f64], p: f64) -> Option<f64> {
     if values.is_empty() {
         return None;
     }
@@ -423,14 +423,14 @@ fn score(
     figures
 }
 
-fn loadavg() -> String {
+pub(super) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
         .trim()
         .to_string()
 }
 
-fn write_json(path: &Path, value: &serde_json::Value) -> anyhow::Result<()> {
+pub(super) fn write_json(path: &Path, value: &serde_json::Value) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }

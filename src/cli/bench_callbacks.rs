@@ -3,6 +3,7 @@
 //! dialer finds the due promises among many. `--seed` writes a ledger full of overdue promises
 //! for `bench/callback_recovery.py`.
 
+use super::bench::{loadavg, percentile, write_json};
 use crate::callbacks::{CallbackLedger, NewPromise, RetryPolicy, UnixMs};
 use crate::storage::SqliteStore;
 use anyhow::Context;
@@ -53,14 +54,9 @@ fn promise(i: usize, tag: &str) -> NewPromise {
 }
 
 /// Milliseconds, as summary figures.
-fn summary(mut ms: Vec<f64>) -> serde_json::Value {
-    if ms.is_empty() {
-        return json!({"n": 0});
-    }
-    ms.sort_by(f64::total_cmp);
-    let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
-    json!({"n": ms.len(), "p50_ms": round3(at(0.5)), "p99_ms": round3(at(0.99)),
-           "max_ms": round3(at(1.0))})
+fn summary(ms: &[f64]) -> serde_json::Value {
+    let at = |p: f64| percentile(ms, p).map(round3);
+    json!({"n": ms.len(), "p50_ms": at(50.0), "p99_ms": at(99.0), "max_ms": at(100.0)})
 }
 
 fn round3(x: f64) -> f64 {
@@ -131,13 +127,8 @@ pub fn run(args: CallbacksBenchArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&dir);
     }
     let report = result?;
-    let text = serde_json::to_string_pretty(&report)?;
-    println!("{text}");
-    if let Some(parent) = args.out.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::write(&args.out, text + "\n")
-        .with_context(|| format!("writing {}", args.out.display()))?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    write_json(&args.out, &report)?;
     eprintln!("bench callbacks: written to {}", args.out.display());
     Ok(())
 }
@@ -145,13 +136,7 @@ pub fn run(args: CallbacksBenchArgs) -> anyhow::Result<()> {
 fn measure(args: &CallbacksBenchArgs, dir: &Path) -> anyhow::Result<serde_json::Value> {
     let count = args.count.max(1);
     let policy = RetryPolicy::default();
-    let load = || {
-        std::fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .trim()
-            .to_string()
-    };
-    let load_at_start = load();
+    let load_at_start = loadavg();
 
     eprintln!("bench callbacks: {count} sequential commits with fsync");
     let mut full = CallbackLedger::new(SqliteStore::open(&dir.join("full.db"))?, policy);
@@ -215,22 +200,18 @@ fn measure(args: &CallbacksBenchArgs, dir: &Path) -> anyhow::Result<serde_json::
     let recovered = ledger.recover(now_ms())?;
     let recover_ms = t.elapsed().as_secs_f64() * 1000.0;
 
-    let p50 = |v: &Vec<f64>| {
-        let mut v = v.clone();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
+    let p50 = |v: &[f64]| percentile(v, 50.0).unwrap_or(0.0);
     let ratio = p50(&with_fsync) / p50(&without_fsync).max(1e-6);
     let report = json!({
         "command": format!("humanline bench callbacks --count {count} --writers {writers} --pending {pending}"),
         "disk": dir.canonicalize().unwrap_or(dir.to_path_buf()).display().to_string(),
         "machine": {"cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-                    "loadavg_at_start": load_at_start, "loadavg_at_end": load()},
-        "commit_with_fsync": summary(with_fsync),
-        "commit_without_fsync_baseline": summary(without_fsync),
+                    "loadavg_at_start": load_at_start, "loadavg_at_end": loadavg()},
+        "commit_with_fsync": summary(&with_fsync),
+        "commit_without_fsync_baseline": summary(&without_fsync),
         "fsync_cost_ratio_p50": round3(ratio),
-        "commit_with_fsync_concurrent": {"writers": writers, "latency": summary(concurrent)},
-        "claim_most_overdue": {"pending": pending, "latency": summary(claim),
+        "commit_with_fsync_concurrent": {"writers": writers, "latency": summary(&concurrent)},
+        "claim_most_overdue": {"pending": pending, "latency": summary(&claim),
                                "most_overdue_first": in_order},
         "recover_after_crash": {"open_attempts_closed": recovered, "ms": round3(recover_ms)},
     });
