@@ -10,6 +10,8 @@ pub mod callbacks;
 pub mod cli;
 pub mod config;
 pub mod escape;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod media;
 pub mod server;
 pub mod sip;

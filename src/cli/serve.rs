@@ -103,6 +103,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         utc_offset_min: file.utc_offset_min.unwrap_or(0),
         callback_retry: file.callback_retry.unwrap_or_default(),
         partials: !args.no_partials,
+        // validated when the file was loaded
+        admission: file
+            .admission
+            .as_ref()
+            .and_then(|a| a.limits().ok())
+            .unwrap_or_default(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

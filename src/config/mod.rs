@@ -182,6 +182,30 @@ impl Flow {
         .load()
     }
 
+    /// A flow from texts in memory, `(file name, contents)`: `humanline.toml` and the
+    /// language files it names (audio not checked: no folder). For tests and fuzzing.
+    pub fn from_texts(files: &[(&str, &str)]) -> Result<Flow, ConfigError> {
+        let read = |name: &str| {
+            files
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, s)| s.to_string())
+                .ok_or_else(|| ConfigProblem {
+                    file: PathBuf::from(format!("<memory>/{name}")),
+                    line: 1,
+                    col: 1,
+                    message: "no such file".into(),
+                })
+        };
+        let settings = read("humanline.toml").map_err(|p| ConfigError::Invalid(vec![p]))?;
+        Loader {
+            sources: vec![("<memory>/humanline.toml".into(), settings)],
+            dir: None,
+            read: &read,
+        }
+        .load()
+    }
+
     pub fn language(&self, code: &str) -> Option<&Language> {
         self.languages.get(code)
     }

@@ -121,6 +121,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
 
     let mut sip_config = SipConfig::new(opts.sip_listen);
     sip_config.user_agent = format!("Humanline/{}", env!("CARGO_PKG_VERSION"));
+    sip_config.admission = opts.admission;
     let (sip, mut incoming) = SipEndpoint::bind_with(sip_config)
         .await
         .context("starting SIP")?;

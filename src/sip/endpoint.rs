@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rsipstack::EndpointBuilder;
@@ -19,14 +19,15 @@ use rsipstack::transport::{SipConnection, TcpListenerConnection, TransportLayer}
 use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, debug, info, warn};
 
+use super::admission::{Admission, AdmissionLimits, Admitter};
 use super::error::{SipError, SipResult};
-use super::filter::{FilterCounters, FilteredUdpSocket};
+use super::filter::{FilterCounters, FilteredUdpSocket, install_stream_filter};
 use super::inbound::{IncomingCall, start_inbound};
 use super::outbound::{
     OutboundCall, OutboundEvents, OutboundInvite, OutboundJob, Phase, supervise_outbound,
 };
 use super::types::{
-    MAX_HEADER_VALUE_BYTES, SipTransport, header_value, sanitize_header_value, validate_header_name,
+    MAX_HEADER_VALUE_BYTES, SipTransport, sanitize_header_value, validate_header_name,
 };
 
 /// Methods we accept, as sent in `Allow`.
@@ -51,6 +52,8 @@ pub struct SipConfig {
     pub tcp_idle_timeout: Duration,
     /// Longest value of one extra header on an outbound INVITE, in bytes.
     pub max_header_value_bytes: usize,
+    /// When new calls are refused with 503 and Retry-After (before any answer).
+    pub admission: AdmissionLimits,
 }
 
 impl SipConfig {
@@ -64,6 +67,7 @@ impl SipConfig {
             incoming_queue: 256,
             tcp_idle_timeout: Duration::from_secs(4 * 3600),
             max_header_value_bytes: MAX_HEADER_VALUE_BYTES,
+            admission: AdmissionLimits::default(),
         }
     }
 }
@@ -81,6 +85,10 @@ pub struct SipStats {
     pub udp_answered_501: u64,
     /// Dialogs the stack holds right now.
     pub dialogs: usize,
+    /// Inbound calls in progress (admitted and not ended).
+    pub inbound_calls: usize,
+    /// New calls refused by admission control (503 with Retry-After).
+    pub refused_503: u64,
 }
 
 pub(crate) struct Shared {
@@ -90,6 +98,19 @@ pub(crate) struct Shared {
     pub(crate) local_addr: SocketAddr,
     pub(crate) contact: Uri,
     pub(crate) counters: Arc<FilterCounters>,
+    admitter: std::sync::Mutex<Admitter>,
+    /// Inbound calls in progress; each call's event pump holds one [`InboundSlot`].
+    pub(crate) inbound_calls: Arc<AtomicUsize>,
+    refused_503: AtomicU64,
+}
+
+/// One admitted inbound call, counted until its event pump ends.
+pub(crate) struct InboundSlot(Arc<AtomicUsize>);
+
+impl Drop for InboundSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The receiving end of new calls.
@@ -165,6 +186,7 @@ impl SipEndpoint {
         let transport_layer = TransportLayer::new(cancel.child_token());
         transport_layer.set_stream_idle_timeout(config.tcp_idle_timeout);
         let counters = Arc::new(FilterCounters::default());
+        install_stream_filter(config.user_agent.clone(), counters.clone());
         let socket = FilteredUdpSocket::new(udp, config.user_agent.clone(), counters.clone());
         let external = config.advertised_addr;
         let udp_conn =
@@ -202,6 +224,7 @@ impl SipEndpoint {
         let contact = dialogs.build_local_contact(Some(config.local_user.clone()), None)?;
 
         let (calls_tx, calls_rx) = mpsc::channel(config.incoming_queue.max(1));
+        let admitter = std::sync::Mutex::new(Admitter::new(config.admission));
         let shared = Arc::new(Shared {
             dialogs,
             cancel: cancel.clone(),
@@ -209,6 +232,9 @@ impl SipEndpoint {
             local_addr,
             contact,
             counters,
+            admitter,
+            inbound_calls: Arc::new(AtomicUsize::new(0)),
+            refused_503: AtomicU64::new(0),
         });
         let serve_cancel = cancel.clone();
         tokio::spawn(async move {
@@ -251,6 +277,8 @@ impl SipEndpoint {
             udp_answered_400: c.answered_400.load(Ordering::Relaxed),
             udp_answered_501: c.answered_501.load(Ordering::Relaxed),
             dialogs: self.shared.dialogs.len(),
+            inbound_calls: self.shared.inbound_calls.load(Ordering::Relaxed),
+            refused_503: self.shared.refused_503.load(Ordering::Relaxed),
         }
     }
 
@@ -501,21 +529,8 @@ async fn new_call(
     calls: mpsc::Sender<IncomingCall>,
     call_id: String,
 ) -> SipResult<()> {
-    let content_type = tx
-        .original
-        .headers
-        .iter()
-        .find_map(|h| match h {
-            Header::ContentType(c) => Some(c.value().to_string()),
-            _ => None,
-        })
-        .unwrap_or_default();
-    let mime = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    // The filter already refused bodies that are not SDP (415), unanswerable Accept (406)
+    // and any Require (420).
     if tx.original.body.is_empty() {
         // Delayed offer (offer in our 200, answer in ACK) is not supported by this API.
         info!("INVITE without SDP offer: 488");
@@ -529,35 +544,32 @@ async fn new_call(
         .await?;
         return Ok(());
     }
-    if mime != "application/sdp" {
-        info!(content_type = %content_type, "INVITE body is not SDP: 415");
-        tx.reply_with(
-            StatusCode::UnsupportedMediaType,
-            vec![Header::Accept("application/sdp".into())],
-            None,
-        )
-        .await?;
-        return Ok(());
-    }
-    if let Some(req) = header_value(
-        &tx.original
-            .headers
-            .iter()
-            .map(|h| (h.name().to_string(), h.value().to_string()))
-            .collect::<Vec<_>>(),
-        "Require",
-    ) && !req.trim().is_empty()
+    // Admission control: refuse what we cannot serve now, before anything is answered.
+    let active = shared.inbound_calls.load(Ordering::Relaxed);
+    let decision = match shared.admitter.lock() {
+        Ok(mut a) => a.decide(std::time::Instant::now(), active),
+        Err(_) => Admission::Admit,
+    };
+    if let Admission::Refuse {
+        retry_after_secs,
+        why,
+    } = decision
     {
-        // We support no extension (100rel, timer, ...).
-        info!(require = %req, "unsupported Require: 420");
+        shared.refused_503.fetch_add(1, Ordering::Relaxed);
+        info!(active, why, retry_after_secs, "new call refused: 503");
         tx.reply_with(
-            StatusCode::BadExtension,
-            vec![Header::Unsupported(req.to_string().into())],
+            StatusCode::ServiceUnavailable,
+            vec![
+                Header::RetryAfter(retry_after_secs.to_string().into()),
+                Header::Warning(format!("399 humanline \"{why}\"").into()),
+            ],
             None,
         )
         .await?;
         return Ok(());
     }
+    shared.inbound_calls.fetch_add(1, Ordering::Relaxed);
+    let slot = InboundSlot(shared.inbound_calls.clone());
 
     let mut contact = shared.contact.clone();
     let transport = transport_of(&tx);
@@ -565,11 +577,30 @@ async fn new_call(
         contact.params.push(Param::Transport(Transport::Tcp));
     }
     let (state_tx, state_rx) = shared.dialogs.new_dialog_state_channel();
-    let dialog = shared
-        .dialogs
-        .get_or_create_server_invite(&tx, state_tx, None, Some(contact))?;
+    let dialog =
+        match shared
+            .dialogs
+            .get_or_create_server_invite(&tx, state_tx, None, Some(contact))
+        {
+            Ok(dialog) => dialog,
+            Err(e) => {
+                // never leave an INVITE unanswered
+                info!(error = %e, "cannot make a dialog of this INVITE: 400");
+                let warning = sanitize_header_value(&e.to_string(), 200).replace('"', "'");
+                tx.reply_with(
+                    StatusCode::BadRequest,
+                    vec![Header::Warning(
+                        format!("399 humanline \"{warning}\"").into(),
+                    )],
+                    None,
+                )
+                .await?;
+                return Ok(());
+            }
+        };
     let (call, started) = start_inbound(
         &shared,
+        slot,
         dialog.clone(),
         state_rx,
         &tx.original,

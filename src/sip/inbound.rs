@@ -14,7 +14,7 @@ use rsipstack::sip::{Header, Method, StatusCode};
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, warn};
 
-use super::endpoint::{ALLOW, Shared};
+use super::endpoint::{ALLOW, InboundSlot, Shared};
 use super::error::{SipError, SipResult};
 use super::types::{DtmfInfo, HeaderList, RejectStatus, SipParty, SipTransport, parse_dtmf_info};
 
@@ -274,6 +274,7 @@ impl InboundCall {
 /// Builds the [`IncomingCall`] for a new INVITE and starts its event pump.
 pub(crate) fn start_inbound(
     shared: &Arc<Shared>,
+    slot: InboundSlot,
     dialog: InviteDialog,
     state_rx: rsipstack::dialog::dialog::DialogStateReceiver,
     req: &rsipstack::sip::Request,
@@ -287,6 +288,7 @@ pub(crate) fn start_inbound(
     tokio::spawn(
         pump_inbound(
             shared.clone(),
+            slot,
             dialog.clone(),
             state_rx,
             ev_tx,
@@ -343,6 +345,7 @@ pub(crate) fn party_of(value: Option<&str>) -> SipParty {
 /// Translates the dialog's states into [`InboundEvent`]s until the dialog ends.
 async fn pump_inbound(
     shared: Arc<Shared>,
+    _slot: InboundSlot,
     dialog: InviteDialog,
     mut state_rx: rsipstack::dialog::dialog::DialogStateReceiver,
     events: mpsc::UnboundedSender<InboundEvent>,

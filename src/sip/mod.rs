@@ -48,6 +48,7 @@
 //! # Ok(()) }
 //! ```
 
+mod admission;
 mod endpoint;
 mod error;
 mod filter;
@@ -55,6 +56,7 @@ mod inbound;
 mod outbound;
 mod types;
 
+pub use admission::{Admission, AdmissionLimits, Admitter};
 pub use endpoint::{ALLOW, IncomingCalls, SipConfig, SipEndpoint, SipStats};
 pub use error::{SipError, SipResult};
 pub use inbound::{InboundCall, InboundEvent, InboundEvents, IncomingCall, ReInviteReply};
@@ -63,3 +65,20 @@ pub use types::{
     DtmfInfo, HeaderList, MAX_HEADER_VALUE_BYTES, RejectStatus, SipParty, SipTransport,
     header_value, parse_dtmf_info, sanitize_header_value, validate_header_name,
 };
+
+/// What the message filter does with `message` (a datagram, or a framed TCP message with
+/// `stream`): `Some(0)` passed to the stack, `Some(status)` answered, `None` dropped. For
+/// fuzzing and tests; the policy itself is [`filter`]'s.
+#[doc(hidden)]
+pub fn filter_status(message: &[u8], stream: bool) -> Option<u16> {
+    let framing = if stream {
+        filter::Framing::Stream
+    } else {
+        filter::Framing::Datagram
+    };
+    match filter::classify(message, framing, "humanline") {
+        filter::Verdict::Pass | filter::Verdict::PassNormalized(_) => Some(0),
+        filter::Verdict::Reply { status, .. } => Some(status),
+        filter::Verdict::Drop(_) => None,
+    }
+}
