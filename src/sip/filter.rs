@@ -1173,6 +1173,8 @@ Content-Length: 0\r\n\r\n";
             panic!("{:?}", udp(&old));
         };
         let n = String::from_utf8(n).expect("utf8");
+        // without Contact the From address is the caller's (RFC 2543)
+        assert!(n.contains("Contact: <sip:alice@127.0.0.1:5061>\r\n"), "{n}");
         assert!(
             n.contains("From: <sip:alice@127.0.0.1:5061>;tag=rfc2543-"),
             "{n}"
