@@ -6,8 +6,11 @@
 use crate::callbacks::{UnixMs, local_clock, resolve_when};
 use crate::media::{LocalMedia, dtmf, rtp, sdp};
 
+/// One target: arbitrary bytes in, a panic is a crash.
+pub type Target = fn(&[u8]);
+
 /// Every target by name, as `cargo fuzz` and the corpus folders name them.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("sip_filter", sip_filter),
     ("sdp", sdp_offer),
     ("rtp", rtp_packet),

@@ -974,6 +974,7 @@ mod tests {
     const GOOD: &str = "INVITE sip:ivr@127.0.0.1:5060 SIP/2.0\r\n\
 Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-1\r\n\
 From: <sip:alice@127.0.0.1:5061>;tag=a1\r\n\
+Contact: <sip:alice@127.0.0.1:5061>\r\n\
 To: <sip:ivr@127.0.0.1:5060>\r\n\
 Call-ID: c1@127.0.0.1\r\n\
 CSeq: 1 INVITE\r\n\
@@ -1168,6 +1169,7 @@ Content-Length: 0\r\n\r\n";
         let old = GOOD
             .replace(";branch=z9hG4bK-1", "")
             .replace(";tag=a1", "")
+            .replace("Contact: <sip:alice@127.0.0.1:5061>\r\n", "")
             .replace("Max-Forwards: 70\r\n", "");
         let Verdict::PassNormalized(n) = udp(&old) else {
             panic!("{:?}", udp(&old));

@@ -272,6 +272,7 @@ impl InboundCall {
 }
 
 /// Builds the [`IncomingCall`] for a new INVITE and starts its event pump.
+#[allow(clippy::too_many_arguments)] // what the endpoint knows of a new INVITE, moved in once
 pub(crate) fn start_inbound(
     shared: &Arc<Shared>,
     slot: InboundSlot,
@@ -343,6 +344,7 @@ pub(crate) fn party_of(value: Option<&str>) -> SipParty {
 }
 
 /// Translates the dialog's states into [`InboundEvent`]s until the dialog ends.
+#[allow(clippy::too_many_arguments)] // one task's inputs, each moved in once
 async fn pump_inbound(
     shared: Arc<Shared>,
     _slot: InboundSlot,
