@@ -63,6 +63,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 .display()
         );
     }
+    let no_media_timeout_ms = file.no_media_timeout_ms.unwrap_or(30_000);
+    if !(1_000..=600_000).contains(&no_media_timeout_ms) {
+        anyhow::bail!(
+            "{}: no_media_timeout_ms must be between 1000 and 600000 (got {no_media_timeout_ms})",
+            args.config
+                .as_deref()
+                .unwrap_or(std::path::Path::new("config"))
+                .display()
+        );
+    }
     // One decode on an otherwise idle 2-core machine takes 157 ms with 2 threads and 256 ms
     // with 1 (BENCHMARKS.md): give each decoder its share of the cores.
     let decoders = args.decoders.or(file.decoders).unwrap_or(1).max(1);
@@ -103,6 +113,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         utc_offset_min: file.utc_offset_min.unwrap_or(0),
         callback_retry: file.callback_retry.unwrap_or_default(),
         partials: !args.no_partials,
+        no_media_timeout: std::time::Duration::from_millis(no_media_timeout_ms),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -32,6 +32,9 @@ pub struct ServerFile {
     pub utc_offset_min: Option<i64>,
     /// How failed callback attempts are retried before a supervisor is asked to act.
     pub callback_retry: Option<RetryPolicy>,
+    /// Silence from a caller's media after which their phone is probed (an in-dialog OPTIONS)
+    /// to tell a quiet phone (silence suppression, DTX) from a dead line [default: 30000].
+    pub no_media_timeout_ms: Option<u64>,
 }
 
 impl ServerFile {
@@ -74,6 +77,8 @@ pub struct ServeOptions {
     pub callback_retry: RetryPolicy,
     /// Decode partial transcripts while the caller speaks (off only for baselines).
     pub partials: bool,
+    /// Silence from a caller's media after which their phone is probed.
+    pub no_media_timeout: std::time::Duration,
 }
 
 pub fn parse_port_range(s: &str) -> anyhow::Result<PortRange> {
