@@ -1057,11 +1057,14 @@ pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 // --- RTP capture ------------------------------------------------------------------------------
 
+/// Packets as they arrived: (arrival, samples at 8 kHz).
+type Arrivals = Arc<Mutex<Vec<(Instant, Vec<i16>)>>>;
+
 /// A caller's media port played by the test itself: records the PCMU audio Humanline sends
 /// there, each packet with the instant it arrived.
 pub struct RtpListener {
     pub port: u16,
-    packets: Arc<Mutex<Vec<(Instant, Vec<i16>)>>>,
+    packets: Arrivals,
     stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -1071,7 +1074,7 @@ impl RtpListener {
         let sock = UdpSocket::bind((LOCALHOST, port)).expect("RTP listener port");
         sock.set_read_timeout(Some(Duration::from_millis(100)))
             .expect("read timeout");
-        let packets = Arc::new(Mutex::new(Vec::new()));
+        let packets: Arrivals = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (sink, halt) = (packets.clone(), stop.clone());
         std::thread::spawn(move || {
