@@ -7,7 +7,7 @@
 
 use super::queue::{QueueMsg, ToCall};
 use super::{PromptAudio, Shared};
-use crate::agents::AgentFailure;
+use crate::agents::{AgentFailure, QueueInput};
 use crate::brain::{
     Action, CallBrain, CallbackRequest, CallbackTime, CallbackWhen, Event, Phase, PlayId,
     RouteReason, TimerKind,
@@ -74,9 +74,12 @@ struct Call {
     prober: Prober,
     plays: HashMap<PlaybackId, PlayId>,
     next_playback: u64,
-    queue_tx: mpsc::UnboundedSender<ToCall>,
-    /// Events for the brain from tasks of this call (ledger commits, probes).
-    events_tx: mpsc::UnboundedSender<Event>,
+    queue_tx: mpsc::Sender<ToCall>,
+    /// Events for the brain from tasks of this call: ledger results (one store or refusal
+    /// in flight per call at most) and probe results (one probe at most).
+    callback_tx: mpsc::Sender<Event>,
+    /// Callbacks requested on this call so far, for their keys.
+    promises_made: u32,
     queued: bool,
     agent: Option<AgentLeg>,
     /// End of the caller's latest speech (stream audio time) and the wall time it maps to.
@@ -285,8 +288,8 @@ async fn drive(
         media,
         mut media_events,
     } = leg;
-    let (queue_tx, mut queue_rx) = mpsc::unbounded_channel();
-    let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+    let (queue_tx, mut queue_rx) = super::queue::to_call_channel();
+    let (callback_tx, mut callback_rx) = mpsc::channel(4);
     let (decode_tx, mut decode_rx) = mpsc::unbounded_channel::<DecodeResult>();
     // Without a recognizer the call goes on: the caller is routed to a person at once.
     let speech = match (
@@ -316,7 +319,8 @@ async fn drive(
         plays: HashMap::new(),
         next_playback: 0,
         queue_tx,
-        events_tx,
+        callback_tx,
+        promises_made: 0,
         queued: false,
         agent: None,
         speech_end: None,
@@ -372,7 +376,7 @@ async fn drive(
                 }
             }
             Some(msg) = queue_rx.recv() => call.on_queue(msg).await,
-            Some(ev) = events_rx.recv() => call.feed(ev).await,
+            Some(ev) = callback_rx.recv() => call.feed(ev).await,
             ev = next_agent_event(&mut call.agent) => call.on_agent(ev).await,
             _ = sleep_until(timeout) => call.on_deadline().await,
         }
@@ -380,6 +384,19 @@ async fn drive(
             // Both the caller's media and signalling are gone (a hang-up ends the loop above).
             info!("caller gone: no media and no answer to the probe");
             break;
+        }
+    }
+    // A `Ring` the queue sent that this call never acted on would hold that agent for good:
+    // no more may come, and the ones that did go back to the pool.
+    queue_rx.close();
+    while let Ok(msg) = queue_rx.try_recv() {
+        if let ToCall::Ring { agent } = msg {
+            let _ = shared
+                .queue
+                .send(QueueMsg::Call(QueueInput::RingUndelivered {
+                    agent,
+                    call: id,
+                }));
         }
     }
     call.finish().await;
@@ -487,16 +504,19 @@ impl Call {
             Action::ProbeCaller => {
                 info!("no media from the caller: probing with OPTIONS");
                 let prober = self.prober.clone();
-                let tx = self.events_tx.clone();
+                let tx = self.callback_tx.clone();
                 tokio::spawn(
                     async move {
                         let answered = prober.probe().await;
                         info!(answered, "probe done");
-                        let _ = tx.send(if answered {
+                        let result = if answered {
                             Event::ProbeAnswered
                         } else {
                             Event::ProbeFailed
-                        });
+                        };
+                        // Waits for room rather than lose the result (the deadline would
+                        // then drop a caller who is there).
+                        let _ = tx.send(result).await;
                     }
                     .instrument(tracing::Span::current()),
                 );
@@ -512,11 +532,14 @@ impl Call {
                     let _ = leg.call.hangup().await;
                     // The brain knows already (it asked): only the queue is told.
                     self.agent = None;
-                    let _ = self.shared.queue.send(QueueMsg::AgentFailed {
-                        agent,
-                        call: self.id,
-                        why: AgentFailure::NoAnswer,
-                    });
+                    let _ = self
+                        .shared
+                        .queue
+                        .send(QueueMsg::Call(QueueInput::AgentFailed {
+                            agent,
+                            call: self.id,
+                            why: AgentFailure::NoAnswer,
+                        }));
                 }
             }
             Action::Listen
@@ -548,6 +571,7 @@ impl Call {
                 }
             }
             Action::StoreCallback(req) => self.store_callback(*req),
+            Action::KeepCallback { id } => self.keep_callback(id),
         }
     }
 
@@ -560,13 +584,27 @@ impl Call {
     }
 
     /// Commits a callback off the async runtime (SQLite fsyncs); the brain hears
-    /// `CallbackStored` only once it is on disk.
+    /// `CallbackStored` only once it is on disk, and the confirmation says what was stored.
+    /// A number Humanline may not dial is refused before anything is stored.
     fn store_callback(&mut self, req: CallbackRequest) {
-        let Some(number) = req.number.clone() else {
-            let _ = self.events_tx.send(Event::CallbackStoreFailed {
-                error: "no number to call".into(),
-            });
-            return;
+        let number = match req
+            .number
+            .as_deref()
+            .map(|n| self.shared.numbers.dialable(n))
+        {
+            Some(Ok(n)) => n,
+            refused => {
+                let why = match refused {
+                    Some(Err(e)) => e.to_string(),
+                    _ => "no number to call".into(),
+                };
+                info!(%why, "callback number refused; asking for one");
+                // The channel has room: one store is in flight per call at most.
+                let _ = self
+                    .callback_tx
+                    .try_send(Event::CallbackNumberRefused { why });
+                return;
+            }
         };
         let now = unix_ms();
         let offset = self.shared.utc_offset_min;
@@ -574,33 +612,40 @@ impl Call {
             CallbackWhen::Asap => None,
             CallbackWhen::Requested(said) => resolve_when(said, now, offset),
         };
-        let not_before = chosen.unwrap_or(now);
-        let at = chosen.map(|t| {
-            let (days_from_today, hour, minute) = local_clock(t, now, offset);
-            CallbackTime {
-                days_from_today,
-                hour,
-                minute,
-            }
-        });
+        self.promises_made += 1;
         let promise = NewPromise {
             number,
-            not_before,
+            not_before: chosen.unwrap_or(now),
             reason: req.reason.as_str().into(),
             context: serde_json::to_value(&req.context).unwrap_or_default(),
             automatic: req.automatic,
-            origin_call: self.sip_call_id.clone(),
+            // Ours, not the caller's Call-ID: a reused Call-ID is a new promise.
+            key: format!(
+                "{}-{}-{}",
+                self.shared.instance, self.id, self.promises_made
+            ),
+            call_id: self.sip_call_id.clone(),
         };
         let ledger = self.shared.ledger.clone();
-        let tx = self.events_tx.clone();
+        let tx = self.callback_tx.clone();
         let metrics = self.shared.metrics.clone();
-        info!(number = %promise.number, not_before, "committing a callback");
+        info!(number = %promise.number, not_before = promise.not_before, "committing a callback");
         tokio::spawn(
             async move {
                 let event = match with_ledger(&ledger, move |l| l.promise(&promise, now)).await {
                     Ok(p) => {
                         metrics.callbacks_promised.inc();
-                        info!(id = p.id, "callback promised");
+                        info!(id = p.id, number = %p.number, not_before = p.not_before, "callback promised");
+                        // What the caller hears is what is stored.
+                        let at = chosen.map(|_| {
+                            let (days_from_today, hour, minute) =
+                                local_clock(p.not_before, now, offset);
+                            CallbackTime {
+                                days_from_today,
+                                hour,
+                                minute,
+                            }
+                        });
                         Event::CallbackStored {
                             id: p.id.to_string(),
                             at,
@@ -613,9 +658,29 @@ impl Call {
                         }
                     }
                 };
-                let _ = tx.send(event);
+                let _ = tx.send(event).await;
             }
             // The commit's log lines belong to this call, like the rest of its story.
+            .instrument(tracing::Span::current()),
+        );
+    }
+
+    /// The caller reached a person: their stored callback is kept, never dialed.
+    fn keep_callback(&self, id: String) {
+        let Ok(id) = id.parse::<i64>() else { return };
+        let ledger = self.shared.ledger.clone();
+        tokio::spawn(
+            async move {
+                match with_ledger(&ledger, move |l| l.keep(id, "served_by_agent", unix_ms())).await
+                {
+                    Ok(p) => info!(
+                        id,
+                        state = p.state.as_str(),
+                        "callback kept: the caller reached a person"
+                    ),
+                    Err(e) => warn!(id, error = %e, "could not mark the callback kept"),
+                }
+            }
             .instrument(tracing::Span::current()),
         );
     }
@@ -674,7 +739,10 @@ impl Call {
                 // played, routed or promised for an INVITE nobody completes.
                 if !self.confirmed {
                     self.confirmed = true;
-                    let caller_id = Some(self.caller_id.clone()).filter(|c| !c.is_empty());
+                    // Only a number we may call back is a caller ID to the brain: withheld
+                    // ("anonymous"), a SIP user name or a number off the operator's list
+                    // means asking the caller for one.
+                    let caller_id = self.shared.numbers.dialable(&self.caller_id).ok();
                     self.feed(Event::CallStarted {
                         caller_id,
                         language: None,
@@ -748,11 +816,14 @@ impl Call {
             ToCall::Ring { agent } => {
                 if let Err(e) = self.ring_agent(&agent).await {
                     warn!(%agent, error = %format!("{e:#}"), "could not ring agent");
-                    let _ = self.shared.queue.send(QueueMsg::AgentFailed {
-                        agent: agent.clone(),
-                        call: self.id,
-                        why: AgentFailure::Unreachable,
-                    });
+                    let _ = self
+                        .shared
+                        .queue
+                        .send(QueueMsg::Call(QueueInput::AgentFailed {
+                            agent: agent.clone(),
+                            call: self.id,
+                            why: AgentFailure::Unreachable,
+                        }));
                     self.feed(Event::AgentDeclined { agent }).await;
                 }
             }
@@ -838,10 +909,13 @@ impl Call {
                         }
                         leg.media = Some((handle, rx));
                         info!(%agent, "agent answered; bridged");
-                        let _ = self.shared.queue.send(QueueMsg::AgentAnswered {
-                            agent: agent.clone(),
-                            call: self.id,
-                        });
+                        let _ = self
+                            .shared
+                            .queue
+                            .send(QueueMsg::Call(QueueInput::AgentAnswered {
+                                agent: agent.clone(),
+                                call: self.id,
+                            }));
                         self.queued = false;
                         self.feed(Event::AgentAnswered { agent }).await;
                     }
@@ -866,12 +940,20 @@ impl Call {
             }
             AgentEvent::Sip(Some(OutboundEvent::Bye | OutboundEvent::Ended { .. }) | None) => {
                 let answered = leg.media.is_some();
-                self.drop_agent_leg().await;
                 if answered {
+                    self.drop_agent_leg().await;
                     info!(%agent, "agent left; caller back with the IVR");
-                    let _ = self.shared.queue.send(QueueMsg::AgentFinished { agent });
+                    let _ = self
+                        .shared
+                        .queue
+                        .send(QueueMsg::Call(QueueInput::AgentFinished {
+                            agent,
+                            call: self.id,
+                        }));
                     self.feed(Event::AgentLeft).await;
                 } else {
+                    // The leg ended before it was answered: the queue must hear of it, or
+                    // the agent stays "ringing" for good (`agent_failed` takes the leg).
                     self.agent_failed(AgentFailure::Unreachable).await;
                 }
             }
@@ -900,11 +982,14 @@ impl Call {
 
     async fn agent_failed(&mut self, why: AgentFailure) {
         let Some(leg) = self.agent.take() else { return };
-        let _ = self.shared.queue.send(QueueMsg::AgentFailed {
-            agent: leg.agent.clone(),
-            call: self.id,
-            why,
-        });
+        let _ = self
+            .shared
+            .queue
+            .send(QueueMsg::Call(QueueInput::AgentFailed {
+                agent: leg.agent.clone(),
+                call: self.id,
+                why,
+            }));
         self.feed(Event::AgentDeclined { agent: leg.agent }).await;
     }
 
@@ -921,20 +1006,30 @@ impl Call {
     /// agent's leg for them), leave the queue.
     async fn finish(mut self) {
         if self.queued {
-            let _ = self.shared.queue.send(QueueMsg::Remove { call: self.id });
+            let _ = self
+                .shared
+                .queue
+                .send(QueueMsg::Call(QueueInput::Remove { call: self.id }));
         }
         if let Some(leg) = self.agent.take() {
             let _ = leg.call.hangup().await;
             if leg.media.is_some() {
-                let _ = self.shared.queue.send(QueueMsg::AgentFinished {
-                    agent: leg.agent.clone(),
-                });
+                let _ = self
+                    .shared
+                    .queue
+                    .send(QueueMsg::Call(QueueInput::AgentFinished {
+                        agent: leg.agent.clone(),
+                        call: self.id,
+                    }));
             } else {
-                let _ = self.shared.queue.send(QueueMsg::AgentFailed {
-                    agent: leg.agent.clone(),
-                    call: self.id,
-                    why: AgentFailure::NoAnswer,
-                });
+                let _ = self
+                    .shared
+                    .queue
+                    .send(QueueMsg::Call(QueueInput::AgentFailed {
+                        agent: leg.agent.clone(),
+                        call: self.id,
+                        why: AgentFailure::NoAnswer,
+                    }));
             }
             if let Some((handle, _)) = leg.media {
                 handle.close().await;

@@ -43,6 +43,10 @@ pub struct Shared {
     pub(crate) recognizer: crate::speech::RecognizerConfig,
     /// Silence from a caller after which their phone is probed (`no_media_timeout_ms`).
     pub(crate) no_media_timeout: Duration,
+    /// Which numbers callbacks may go to.
+    pub(crate) numbers: crate::callbacks::NumberPolicy,
+    /// This server run, in the keys of the promises it makes (unique across restarts).
+    pub(crate) instance: String,
 }
 
 impl Shared {
@@ -150,6 +154,8 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         utc_offset_min: opts.utc_offset_min,
         agent_count: opts.agents.len(),
         no_media_timeout: opts.no_media_timeout,
+        numbers: opts.callback_numbers.clone(),
+        instance: format!("{:x}-{:x}", unix_ms(), std::process::id()),
         recognizer: if opts.partials {
             crate::speech::RecognizerConfig::default()
         } else {
