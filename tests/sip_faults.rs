@@ -560,3 +560,90 @@ fn sdp_answers_to_re_invites_keep_the_origin_and_count_versions() {
         "o= lines of our answers (session id, version)"
     );
 }
+
+/// Copies a folder tree (prompts/ or audio/) for a test's own prompts.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read_dir").flatten() {
+        let target = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_tree(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// A reload while a call is in progress changes nothing under that call: it keeps the
+/// recordings it started with. (The server looked each prompt's audio up at play time, so a
+/// recording replaced mid-call was what the caller heard next.)
+#[test]
+fn a_reload_mid_call_does_not_swap_the_audio_under_the_call() {
+    if !peers_available("a_reload_mid_call_does_not_swap_the_audio_under_the_call") {
+        return;
+    }
+    let ports = Ports::claim(5);
+    let dir = tempdir("reload");
+    let d = dir.path();
+    copy_tree(&repo().join("prompts"), &d.join("prompts"));
+    copy_tree(&repo().join("audio"), &d.join("audio"));
+    let prompts = d.join("prompts").display().to_string();
+    let server = Server::start_with(ports, d, &[], &["--prompts".into(), prompts]);
+    let listen = ports.caller_sipp().media + 4;
+    let rtp = RtpListener::start(listen, Duration::from_secs(40));
+    let mut caller = Sipp::start(
+        d,
+        SippRun {
+            name: "caller",
+            scenario: "caller_listens.xml",
+            vars: &[
+                ("LISTEN_PORT", listen.to_string()),
+                // Says nothing, presses nothing: the IVR asks again after its no-input time.
+                ("DTMF_AFTER_MS", "30000".into()),
+                ("HOLD_MS", "1000".into()),
+                ("DIGIT", "5".into()),
+            ],
+            remote: Some(ports.sip_addr()),
+            transport: "u1",
+            ports: ports.caller_sipp(),
+            timeout: Duration::from_secs(50),
+            calls: 1,
+        },
+    );
+    assert!(
+        rtp.wait_for_span(Duration::from_millis(200), Duration::from_secs(15)),
+        "no RTP reached the caller\n{}",
+        context(&server, &[&caller])
+    );
+    // The call has started: the operator replaces the re-prompt's recording with silence.
+    silence_wav(&d.join("audio/en/reprompt_no_input.wav"), 4.0);
+    assert!(
+        server
+            .log
+            .wait_for(&["prompts reloaded"], Duration::from_secs(10))
+            .is_some(),
+        "the changed recording was not reloaded\n{}",
+        server.story()
+    );
+    let (greeting, rate) = read_wav(&repo().join("audio/en/greeting.wav"));
+    let greeting = Duration::from_secs_f32(greeting.len() as f32 / rate as f32);
+    // The greeting, 7 s of no input, then the re-prompt.
+    let reprompt = greeting + Duration::from_secs(7);
+    assert!(
+        rtp.wait_for_span(reprompt + Duration::from_secs(3), Duration::from_secs(25)),
+        "the call's RTP stopped\n{}",
+        context(&server, &[&caller])
+    );
+    let levels = rtp.loudness(
+        reprompt + Duration::from_millis(500),
+        reprompt + Duration::from_millis(2500),
+        Duration::from_millis(500),
+    );
+    let loud = levels.iter().filter(|r| **r > 0.02).count();
+    caller.proc.kill();
+    assert!(
+        loud >= 2,
+        "the re-prompt the call started with was not heard (the reloaded silence was?): {levels:?}\n{}",
+        server.story()
+    );
+}

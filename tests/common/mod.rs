@@ -390,13 +390,15 @@ impl Server {
             .arg(ports.rtp_range())
             .arg("--data-dir")
             .arg(&data)
-            .arg("--prompts")
-            .arg(repo().join("prompts"))
             .arg("--model")
             .arg(model_path())
             // Two tests run at once on CI's 2 cores: one thread per decode keeps each server's
             // speech from spin-waiting on the other's cores.
             .args(["--decode-threads", "1"]);
+        // The shipped prompts, unless the test brings its own.
+        if !extra.iter().any(|a| a == "--prompts") {
+            cmd.arg("--prompts").arg(repo().join("prompts"));
+        }
         for a in agents {
             cmd.arg("--agent").arg(a);
         }
