@@ -11,8 +11,8 @@
 use crate::brain::Event;
 use crate::escape::normalize::collapse_repeats;
 use crate::speech::{
-    DecodeKind, DecodeOptions, DecodeResult, DecoderPool, JobId, RecognizerConfig,
-    RecognizerOutput, SpeechError, StreamingRecognizer, Transcriber,
+    DecodeKind, DecodeOptions, DecodeResult, DecoderPool, JobId, RecognitionWatch,
+    RecognizerConfig, RecognizerOutput, SpeechError, StreamingRecognizer, Transcriber, Verdict,
 };
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -142,10 +142,11 @@ pub fn run_turn(
                             let id: JobId = job.id;
                             if let Err(e) = pool.submit(job, move |r| {
                                 let _ = tx.send(r);
-                            }) {
-                                // Refused (overloaded): recognition cannot keep up for this
-                                // caller, so hand them to a person.
-                                tracing::warn!(?id, error = %e, "decode refused");
+                            }) && let Verdict::SendToPerson(why) =
+                                RecognitionWatch::default().refused(id.kind, &e)
+                            {
+                                // Recognition cannot answer this caller in time: a person.
+                                tracing::warn!(?id, error = %e, why = why.as_str(), "decode refused");
                                 if emit(t, Event::SpeechEngineDegraded).is_break() {
                                     stats.stopped_at_ms = Some(t);
                                     return Ok(stats);

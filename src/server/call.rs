@@ -21,7 +21,8 @@ use crate::sip::{
     OutboundEvents, OutboundInvite, RejectStatus,
 };
 use crate::speech::{
-    DecodeKind, DecodeResult, RecognizerOutput, StreamResampler, StreamingRecognizer,
+    DecodeKind, DecodeResult, RecognitionWatch, RecognizerOutput, StreamResampler,
+    StreamingRecognizer, Verdict,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,9 +30,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-/// A final transcript later than this after the end of speech means recognition is not
-/// keeping up: the caller goes to a person instead of waiting.
-const FINAL_DEADLINE: Duration = Duration::from_secs(3);
 /// How long an agent's phone may ring.
 const AGENT_RING_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -78,7 +76,8 @@ struct Call {
     agent: Option<AgentLeg>,
     /// End of the caller's latest speech (stream audio time) and the wall time it maps to.
     speech_end: Option<Instant>,
-    awaiting_final: Option<Instant>,
+    /// When to give up on recognition and send the caller to a person.
+    watch: RecognitionWatch,
     call_start: Instant,
     /// The caller's ACK came: the call is real (a forged INVITE never gets this far).
     confirmed: bool,
@@ -254,7 +253,7 @@ async fn drive(
         queued: false,
         agent: None,
         speech_end: None,
-        awaiting_final: None,
+        watch: RecognitionWatch::default(),
         call_start: Instant::now(),
         confirmed: established,
         heard_caller: established,
@@ -357,7 +356,7 @@ impl Call {
         let brain = self.brain.next_timeout().map(|(_, at)| at);
         [
             brain,
-            self.awaiting_final.map(|t| t + FINAL_DEADLINE),
+            self.watch.deadline(),
             self.ring_deadline,
         ]
         .into_iter()
@@ -379,14 +378,8 @@ impl Call {
                 self.agent_failed(AgentFailure::NoAnswer).await;
             }
         }
-        if self
-            .awaiting_final
-            .is_some_and(|t| t + FINAL_DEADLINE <= now)
-        {
-            self.awaiting_final = None;
-            warn!("no final transcript in time: recognition is behind");
-            self.feed(Event::SpeechEngineDegraded).await;
-        }
+        let verdict = self.watch.on_time(now);
+        self.give_up_if(verdict).await;
         if let Some((timer, at)) = self.brain.next_timeout()
             && at <= now
         {
@@ -532,18 +525,21 @@ impl Call {
                         continue;
                     };
                     let tx = decode_tx.clone();
+                    let kind = job.id.kind;
                     if let Err(e) = pool.submit(job, move |r| {
                         let _ = tx.send(r);
                     }) {
-                        warn!(error = %e, "decode refused");
-                        self.feed(Event::SpeechEngineDegraded).await;
+                        debug!(error = %e, ?kind, "decode refused");
+                        let verdict = self.watch.refused(kind, &e);
+                        self.give_up_if(verdict).await;
                     }
                     continue;
                 }
                 RecognizerOutput::SpeechStarted { .. } => Event::SpeechStarted,
                 RecognizerOutput::SpeechEnded { .. } => {
-                    self.speech_end = Some(Instant::now());
-                    self.awaiting_final = Some(Instant::now());
+                    let now = Instant::now();
+                    self.speech_end = Some(now);
+                    self.watch.speech_ended(now);
                     Event::SpeechEnded
                 }
                 RecognizerOutput::Partial { text, .. } => Event::PartialTranscript {
@@ -551,22 +547,34 @@ impl Call {
                 },
                 RecognizerOutput::Final { text, .. } => {
                     let text = collapse_repeats(&text);
-                    self.awaiting_final = None;
+                    self.watch.final_heard();
                     info!(%text, "heard");
                     Event::FinalTranscript { text }
                 }
                 RecognizerOutput::DecodeFailed {
-                    kind: DecodeKind::Final,
+                    kind,
                     error,
+                    behind,
                     ..
                 } => {
-                    self.awaiting_final = None;
-                    warn!(%error, "final decode failed");
-                    Event::SpeechEngineDegraded
+                    if kind == DecodeKind::Final {
+                        warn!(%error, "no final transcript");
+                    }
+                    let verdict = self.watch.failed(kind, behind);
+                    self.give_up_if(verdict).await;
+                    continue;
                 }
-                RecognizerOutput::DecodeFailed { .. } => continue,
             };
             self.feed(event).await;
+        }
+    }
+
+    /// Recognition cannot answer in time: a person will (the brain routes a caller still in
+    /// the IVR with reason `speech_unavailable`).
+    async fn give_up_if(&mut self, verdict: Verdict) {
+        if let Verdict::SendToPerson(why) = verdict {
+            warn!(why = why.as_str(), "recognition given up on for this caller");
+            self.feed(Event::SpeechEngineDegraded).await;
         }
     }
 
@@ -830,6 +838,13 @@ impl Call {
     /// The caller is gone: release the agent (they may hang up on an agent; we hang up the
     /// agent's leg for them), leave the queue.
     async fn finish(mut self) {
+        if let Some(pool) = &self.shared.speech {
+            // Their decodes would only keep other callers waiting.
+            let n = pool.cancel_stream(self.id);
+            if n > 0 {
+                debug!(n, "queued decodes cancelled");
+            }
+        }
         if self.queued {
             let _ = self.shared.queue.send(QueueMsg::Remove { call: self.id });
         }

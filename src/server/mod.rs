@@ -111,7 +111,15 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
                 },
                 ..PoolConfig::default()
             };
-            Some(Arc::new(DecoderPool::new(engine, cfg)?))
+            let pool = Arc::new(DecoderPool::new(engine, cfg)?);
+            let watched = Arc::downgrade(&pool);
+            metrics.watch_speech(move || {
+                watched
+                    .upgrade()
+                    .map(|p| p.stats())
+                    .unwrap_or_default()
+            });
+            Some(pool)
         }
         Err(e) => {
             error!(error = %e, "speech recognition unavailable: every caller goes straight to a person");

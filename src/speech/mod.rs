@@ -15,6 +15,9 @@
 //! - [`engine`]: [`WhisperEngine`] (the model, loaded once) implementing [`Transcriber`], the
 //!   decode settings ([`DecodeOptions`]) and [`DecoderPool`], a bounded set of worker threads that
 //!   drops superseded partial decodes and reports how far behind it is.
+//! - [`scheduler`]: the pool's queue policy (finals first, partials shed first, a final that
+//!   cannot be decoded in time refused at once); [`watch`]: when a call gives up on
+//!   recognition and sends the caller to a person. Both sans-IO.
 //! - [`ggml_convert`]: CTranslate2 to ggml model conversion (written separately).
 //!
 //! A driver loop, per call (see `recognizer` for a fuller example):
@@ -42,7 +45,9 @@ pub mod audio;
 pub mod engine;
 pub mod ggml_convert;
 pub mod recognizer;
+pub mod scheduler;
 pub mod vad;
+pub mod watch;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -58,6 +63,8 @@ pub use engine::{
 pub use recognizer::{
     DecodeJob, DecodeKind, JobId, RecognizerConfig, RecognizerOutput, StreamingRecognizer,
 };
+pub use scheduler::{JobClass, SchedulerConfig};
+pub use watch::{GiveUp, RecognitionWatch, Verdict};
 pub use vad::{
     EarshotScorer, EnergyScorer, FRAME_MS, FRAME_SAMPLES, Vad, VadConfig, VadEvent, VadFrame,
     VadGate, VoiceScorer,
@@ -94,6 +101,10 @@ pub enum SpeechError {
     /// The decode queue is full: recognition is falling behind real time.
     #[error("decoder queue full ({capacity} jobs): recognition is falling behind")]
     Overloaded { capacity: usize },
+    /// A final could not be decoded in time (the decoders are that far behind): the caller
+    /// should go to a person rather than wait.
+    #[error("recognition is behind: a final would wait {wait_ms} ms")]
+    Behind { wait_ms: u64 },
     #[error("decoder pool is shut down")]
     PoolShutDown,
 }
