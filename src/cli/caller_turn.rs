@@ -123,7 +123,10 @@ pub fn run_turn(
                     match &decoding {
                         Decoding::Fast { engine, opts } => {
                             let began = Instant::now();
-                            let outcome = engine.transcribe(&job.audio, opts);
+                            let outcome = engine.transcribe(
+                                &job.audio,
+                                &opts.for_language(job.language.as_deref()),
+                            );
                             let decode_ms = began.elapsed().as_millis() as u64;
                             let start = t.max(busy_until);
                             busy_until = start + decode_ms;
@@ -207,11 +210,4 @@ pub fn load_engine(model: &std::path::Path) -> anyhow::Result<Arc<crate::speech:
             )
         })?;
     Ok(engine)
-}
-
-/// The model to use: `--model`, else `$HUMANLINE_MODEL`, else `models/ggml-tiny.en.bin`.
-pub fn model_path(arg: Option<&std::path::Path>) -> std::path::PathBuf {
-    arg.map(std::path::Path::to_path_buf)
-        .or_else(|| std::env::var_os("HUMANLINE_MODEL").map(Into::into))
-        .unwrap_or_else(|| "models/ggml-tiny.en.bin".into())
 }

@@ -15,10 +15,11 @@
 //! - [`engine`]: [`WhisperEngine`] (the model, loaded once) implementing [`Transcriber`], the
 //!   decode settings ([`DecodeOptions`]) and [`DecoderPool`], a bounded set of worker threads that
 //!   drops superseded partial decodes and reports how far behind it is.
+//! - [`models`]: where models come from: CTranslate2 to ggml conversion ([`models::convert`])
+//!   and which model file a command uses.
 //! - [`scheduler`]: the pool's queue policy (finals first, partials shed first, a final that
 //!   cannot be decoded in time refused at once); [`watch`]: when a call gives up on
 //!   recognition and sends the caller to a person. Both sans-IO.
-//! - [`ggml_convert`]: CTranslate2 to ggml model conversion (written separately).
 //!
 //! A driver loop, per call (see `recognizer` for a fuller example):
 //! ```ignore
@@ -43,7 +44,7 @@
 
 pub mod audio;
 pub mod engine;
-pub mod ggml_convert;
+pub mod models;
 pub mod recognizer;
 pub mod scheduler;
 pub mod vad;

@@ -56,6 +56,9 @@ pub struct DecodeJob {
     /// A partial requested at a pause in speech: it holds everything said so far and is
     /// usually the utterance's whole text, so the pool runs it before other partials.
     pub at_pause: bool,
+    /// The language to hear it in (an ISO 639-1 code such as "nl"); `None`: the decoder's
+    /// own setting. Set from [`StreamingRecognizer::set_language`] when the job is made.
+    pub language: Option<Arc<str>>,
 }
 
 impl DecodeJob {
@@ -219,6 +222,8 @@ pub struct StreamingRecognizer {
     next_utterance: u64,
     tracks: VecDeque<Track>,
     outputs: VecDeque<RecognizerOutput>,
+    /// The call's language, stamped on every decode job.
+    language: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for StreamingRecognizer {
@@ -267,11 +272,22 @@ impl StreamingRecognizer {
             next_utterance: 1,
             tracks: VecDeque::new(),
             outputs: VecDeque::new(),
+            language: None,
         })
     }
 
     pub fn config(&self) -> &RecognizerConfig {
         &self.cfg
+    }
+
+    /// Decode from now on in `language` (the caller chose or switched language). Jobs
+    /// already handed out keep theirs.
+    pub fn set_language(&mut self, language: Option<&str>) {
+        self.language = language.map(Arc::from);
+    }
+
+    pub fn language(&self) -> Option<&str> {
+        self.language.as_deref()
     }
 
     pub fn stream(&self) -> u64 {
@@ -599,6 +615,7 @@ impl StreamingRecognizer {
             start_ms: samples_to_ms(u.start_sample),
             audio: Arc::from(u.audio),
             at_pause: false,
+            language: self.language.clone(),
         };
         // Nothing said after the pause partial: it heard all of this utterance.
         let covered = !forced && self.cfg.final_from_pause && u.pause_voiced_end >= voiced_end;
@@ -673,6 +690,7 @@ impl StreamingRecognizer {
             start_ms: samples_to_ms(u.start_sample),
             audio: Arc::from(u.audio.as_slice()),
             at_pause,
+            language: self.language.clone(),
         }));
     }
 }
