@@ -42,6 +42,15 @@ enum BenchWhat {
         /// Seconds of each capacity run.
         #[arg(long, default_value_t = 30)]
         capacity_secs: u64,
+        /// Decoder workers in the capacity search's shared pool.
+        #[arg(long, default_value_t = 2)]
+        capacity_workers: usize,
+        /// Numbers of callers the capacity search tries, in order.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,6,8,10,12")]
+        capacity_callers: Vec<usize>,
+        /// Threads per decode (the setups' decodes and the capacity search's).
+        #[arg(long, default_value_t = 1)]
+        decode_threads: usize,
     },
     /// Scores saved transcripts (`bench speech --transcripts`) again with the current prompts,
     /// without decoding: for trying escape lexicons and brain rules. Decode times are those of
@@ -107,6 +116,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             holdout_voice,
             no_capacity,
             capacity_secs,
+            capacity_workers,
+            capacity_callers,
+            decode_threads,
         } => bench::speech::speech(bench::speech::SpeechRun {
             corpus,
             model,
@@ -116,7 +128,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             setups,
             holdout_voice,
             no_capacity,
-            capacity_secs,
+            capacity: bench::speech::CapacityRun {
+                secs: capacity_secs,
+                workers: capacity_workers.max(1),
+                threads: decode_threads.max(1),
+                callers: capacity_callers,
+            },
+            threads: decode_threads.max(1),
         }),
         BenchWhat::Rescore {
             transcripts,

@@ -354,14 +354,10 @@ fn unix_ms() -> i64 {
 impl Call {
     fn next_deadline(&self) -> Option<Instant> {
         let brain = self.brain.next_timeout().map(|(_, at)| at);
-        [
-            brain,
-            self.watch.deadline(),
-            self.ring_deadline,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        [brain, self.watch.deadline(), self.ring_deadline]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     async fn on_deadline(&mut self) {
@@ -573,7 +569,10 @@ impl Call {
     /// the IVR with reason `speech_unavailable`).
     async fn give_up_if(&mut self, verdict: Verdict) {
         if let Verdict::SendToPerson(why) = verdict {
-            warn!(why = why.as_str(), "recognition given up on for this caller");
+            warn!(
+                why = why.as_str(),
+                "recognition given up on for this caller"
+            );
             self.feed(Event::SpeechEngineDegraded).await;
         }
     }

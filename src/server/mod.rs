@@ -113,12 +113,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             };
             let pool = Arc::new(DecoderPool::new(engine, cfg)?);
             let watched = Arc::downgrade(&pool);
-            metrics.watch_speech(move || {
-                watched
-                    .upgrade()
-                    .map(|p| p.stats())
-                    .unwrap_or_default()
-            });
+            metrics.watch_speech(move || watched.upgrade().map(|p| p.stats()).unwrap_or_default());
             Some(pool)
         }
         Err(e) => {

@@ -1704,7 +1704,9 @@ mod tests {
         assert_eq!(r.job.seq, 0);
         assert!(matches!(r.outcome, Err(SpeechError::Superseded)));
         fake.open();
-        let r = rx.recv_timeout(Duration::from_secs(2)).expect("pause partial");
+        let r = rx
+            .recv_timeout(Duration::from_secs(2))
+            .expect("pause partial");
         assert_eq!((r.job.seq, r.text()), (1, Some("11 samples")));
     }
 

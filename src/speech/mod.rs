@@ -65,11 +65,11 @@ pub use recognizer::{
     DecodeJob, DecodeKind, JobId, RecognizerConfig, RecognizerOutput, StreamingRecognizer,
 };
 pub use scheduler::{JobClass, SchedulerConfig};
-pub use watch::{GiveUp, RecognitionWatch, Verdict};
 pub use vad::{
     EarshotScorer, EnergyScorer, FRAME_MS, FRAME_SAMPLES, Vad, VadConfig, VadEvent, VadFrame,
     VadGate, VoiceScorer,
 };
+pub use watch::{GiveUp, RecognitionWatch, Verdict};
 
 /// Everything that can go wrong in the speech engine.
 #[derive(Debug, thiserror::Error)]

@@ -1064,7 +1064,10 @@ mod tests {
         let outs = run(&mut r, &audio, true);
         let jobs = decodes(&outs);
         // No final decode: the pause partial, 100 ms into the silence, is the last decode.
-        assert!(jobs.iter().all(|j| j.id.kind == DecodeKind::Partial), "{jobs:?}");
+        assert!(
+            jobs.iter().all(|j| j.id.kind == DecodeKind::Partial),
+            "{jobs:?}"
+        );
         let pause = jobs.last().expect("pause partial");
         assert!(pause.at_pause && jobs[..jobs.len() - 1].iter().all(|j| !j.at_pause));
         // Pre-roll + speech + 100 ms of silence (the final's tail): what the final would hold.
@@ -1108,10 +1111,16 @@ mod tests {
                 assert_eq!(jobs[0].id.kind, DecodeKind::Final);
                 assert!(jobs[0].audio_ms() >= 850);
                 r.on_decoded(jobs[0].id, "final");
-                assert!(matches!(r.poll_output(), Some(RecognizerOutput::Final { text, .. }) if text == "final"));
+                assert!(
+                    matches!(r.poll_output(), Some(RecognizerOutput::Final { text, .. }) if text == "final")
+                );
             } else {
-                assert!(matches!(&outs[0], RecognizerOutput::Partial { text, .. } if text == "agent"));
-                assert!(matches!(&outs[1], RecognizerOutput::Final { text, .. } if text == "agent"));
+                assert!(
+                    matches!(&outs[0], RecognizerOutput::Partial { text, .. } if text == "agent")
+                );
+                assert!(
+                    matches!(&outs[1], RecognizerOutput::Final { text, .. } if text == "agent")
+                );
             }
             assert_eq!(r.pending_finals(), 0);
             // The first partial arriving late changes nothing.

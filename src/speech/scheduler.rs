@@ -410,12 +410,43 @@ mod tests {
     fn finals_run_before_pause_partials_before_partials() {
         let t0 = Instant::now();
         let mut q = queue(8);
-        q.push(t0, id(1, 1, 0, DecodeKind::Partial), JobClass::Partial, 1, idle());
-        q.push(at(t0, 1), id(2, 1, 3, DecodeKind::Partial), JobClass::PausePartial, 2, idle());
-        q.push(at(t0, 2), id(3, 1, 0, DecodeKind::Final), JobClass::Final, 3, idle());
-        q.push(at(t0, 3), id(4, 1, 0, DecodeKind::Partial), JobClass::Partial, 4, idle());
-        q.push(at(t0, 4), id(5, 1, 0, DecodeKind::Final), JobClass::Final, 5, idle());
-        let order: Vec<u32> = std::iter::from_fn(|| q.pop(at(t0, 10)).0.map(|e| e.payload)).collect();
+        q.push(
+            t0,
+            id(1, 1, 0, DecodeKind::Partial),
+            JobClass::Partial,
+            1,
+            idle(),
+        );
+        q.push(
+            at(t0, 1),
+            id(2, 1, 3, DecodeKind::Partial),
+            JobClass::PausePartial,
+            2,
+            idle(),
+        );
+        q.push(
+            at(t0, 2),
+            id(3, 1, 0, DecodeKind::Final),
+            JobClass::Final,
+            3,
+            idle(),
+        );
+        q.push(
+            at(t0, 3),
+            id(4, 1, 0, DecodeKind::Partial),
+            JobClass::Partial,
+            4,
+            idle(),
+        );
+        q.push(
+            at(t0, 4),
+            id(5, 1, 0, DecodeKind::Final),
+            JobClass::Final,
+            5,
+            idle(),
+        );
+        let order: Vec<u32> =
+            std::iter::from_fn(|| q.pop(at(t0, 10)).0.map(|e| e.payload)).collect();
         assert_eq!(order, [3, 5, 2, 1, 4]);
     }
 
@@ -423,12 +454,36 @@ mod tests {
     fn newest_partial_takes_the_older_ones_place() {
         let t0 = Instant::now();
         let mut q = queue(8);
-        q.push(t0, id(1, 1, 0, DecodeKind::Partial), JobClass::Partial, 10, idle());
-        q.push(at(t0, 5), id(2, 1, 0, DecodeKind::Partial), JobClass::Partial, 20, idle());
-        let p = q.push(at(t0, 9), id(1, 1, 1, DecodeKind::Partial), JobClass::Partial, 11, idle());
+        q.push(
+            t0,
+            id(1, 1, 0, DecodeKind::Partial),
+            JobClass::Partial,
+            10,
+            idle(),
+        );
+        q.push(
+            at(t0, 5),
+            id(2, 1, 0, DecodeKind::Partial),
+            JobClass::Partial,
+            20,
+            idle(),
+        );
+        let p = q.push(
+            at(t0, 9),
+            id(1, 1, 1, DecodeKind::Partial),
+            JobClass::Partial,
+            11,
+            idle(),
+        );
         assert_eq!(p.dropped, [(10, Dropped::Superseded)]);
         // An out-of-order older partial is refused, not queued.
-        let p = q.push(at(t0, 9), id(1, 1, 0, DecodeKind::Partial), JobClass::Partial, 9, idle());
+        let p = q.push(
+            at(t0, 9),
+            id(1, 1, 0, DecodeKind::Partial),
+            JobClass::Partial,
+            9,
+            idle(),
+        );
         assert_eq!(p.refused, Some((9, Dropped::Superseded)));
         let (first, _) = q.pop(at(t0, 10));
         let first = first.expect("job");
@@ -439,12 +494,36 @@ mod tests {
     fn a_final_or_pause_partial_drops_older_partials_and_aborts_running_ones() {
         let t0 = Instant::now();
         let mut q = queue(8);
-        q.push(t0, id(1, 1, 0, DecodeKind::Partial), JobClass::Partial, 1, idle());
-        q.push(t0, id(2, 1, 0, DecodeKind::Partial), JobClass::Partial, 2, idle());
-        let p = q.push(t0, id(1, 1, 1, DecodeKind::Partial), JobClass::PausePartial, 3, idle());
+        q.push(
+            t0,
+            id(1, 1, 0, DecodeKind::Partial),
+            JobClass::Partial,
+            1,
+            idle(),
+        );
+        q.push(
+            t0,
+            id(2, 1, 0, DecodeKind::Partial),
+            JobClass::Partial,
+            2,
+            idle(),
+        );
+        let p = q.push(
+            t0,
+            id(1, 1, 1, DecodeKind::Partial),
+            JobClass::PausePartial,
+            3,
+            idle(),
+        );
         assert_eq!(p.dropped, [(1, Dropped::Superseded)]);
         assert_eq!(p.abort_older_partials.map(|(_, s)| s), Some(1));
-        let p = q.push(t0, id(1, 1, 2, DecodeKind::Final), JobClass::Final, 4, idle());
+        let p = q.push(
+            t0,
+            id(1, 1, 2, DecodeKind::Final),
+            JobClass::Final,
+            4,
+            idle(),
+        );
         assert_eq!(p.dropped, [(3, Dropped::Superseded)]);
         assert_eq!(q.len(), 2, "stream 2's partial stays");
     }
@@ -453,13 +532,43 @@ mod tests {
     fn a_full_queue_sheds_partials_for_finals_and_refuses_beyond() {
         let t0 = Instant::now();
         let mut q = queue(2);
-        q.push(t0, id(1, 1, 0, DecodeKind::Partial), JobClass::Partial, 1, idle());
-        q.push(t0, id(2, 1, 0, DecodeKind::Final), JobClass::Final, 2, idle());
-        let p = q.push(t0, id(3, 1, 0, DecodeKind::Partial), JobClass::Partial, 3, idle());
+        q.push(
+            t0,
+            id(1, 1, 0, DecodeKind::Partial),
+            JobClass::Partial,
+            1,
+            idle(),
+        );
+        q.push(
+            t0,
+            id(2, 1, 0, DecodeKind::Final),
+            JobClass::Final,
+            2,
+            idle(),
+        );
+        let p = q.push(
+            t0,
+            id(3, 1, 0, DecodeKind::Partial),
+            JobClass::Partial,
+            3,
+            idle(),
+        );
         assert_eq!(p.refused, Some((3, Dropped::Full { capacity: 2 })));
-        let p = q.push(t0, id(4, 1, 0, DecodeKind::Final), JobClass::Final, 4, idle());
+        let p = q.push(
+            t0,
+            id(4, 1, 0, DecodeKind::Final),
+            JobClass::Final,
+            4,
+            idle(),
+        );
         assert_eq!((p.refused, p.dropped), (None, vec![(1, Dropped::Shed)]));
-        let p = q.push(t0, id(5, 1, 0, DecodeKind::Final), JobClass::Final, 5, idle());
+        let p = q.push(
+            t0,
+            id(5, 1, 0, DecodeKind::Final),
+            JobClass::Final,
+            5,
+            idle(),
+        );
         assert_eq!(p.refused, Some((5, Dropped::Full { capacity: 2 })));
     }
 
@@ -467,18 +576,45 @@ mod tests {
     fn stale_partials_and_late_finals_expire_instead_of_running() {
         let t0 = Instant::now();
         let mut q = queue(8);
-        q.push(t0, id(1, 1, 0, DecodeKind::Final), JobClass::Final, 1, idle());
-        q.push(t0, id(2, 1, 0, DecodeKind::Partial), JobClass::Partial, 2, idle());
-        q.push(at(t0, 400), id(3, 1, 0, DecodeKind::Partial), JobClass::Partial, 3, idle());
+        q.push(
+            t0,
+            id(1, 1, 0, DecodeKind::Final),
+            JobClass::Final,
+            1,
+            idle(),
+        );
+        q.push(
+            t0,
+            id(2, 1, 0, DecodeKind::Partial),
+            JobClass::Partial,
+            2,
+            idle(),
+        );
+        q.push(
+            at(t0, 400),
+            id(3, 1, 0, DecodeKind::Partial),
+            JobClass::Partial,
+            3,
+            idle(),
+        );
         let (next, expired) = q.pop(at(t0, 600));
         assert_eq!(next.map(|e| e.payload), Some(1));
         assert_eq!(expired, [(2, Dropped::Superseded)]);
-        q.push(at(t0, 600), id(4, 1, 0, DecodeKind::Final), JobClass::Final, 4, idle());
+        q.push(
+            at(t0, 600),
+            id(4, 1, 0, DecodeKind::Final),
+            JobClass::Final,
+            4,
+            idle(),
+        );
         let (next, expired) = q.pop(at(t0, 1_900));
         assert!(next.is_none());
         assert_eq!(
             expired,
-            [(3, Dropped::Superseded), (4, Dropped::Behind { wait_ms: 1_300 })]
+            [
+                (3, Dropped::Superseded),
+                (4, Dropped::Behind { wait_ms: 1_300 })
+            ]
         );
     }
 
@@ -493,7 +629,13 @@ mod tests {
         };
         let mut refused = None;
         for s in 0..10 {
-            let p = q.push(t0, id(s, 1, 0, DecodeKind::Final), JobClass::Final, s as u32, busy);
+            let p = q.push(
+                t0,
+                id(s, 1, 0, DecodeKind::Final),
+                JobClass::Final,
+                s as u32,
+                busy,
+            );
             if let Some(r) = p.refused {
                 refused = Some((s, r.1));
                 break;
@@ -503,16 +645,41 @@ mod tests {
         assert_eq!(refused, Some((8, Dropped::Behind { wait_ms: 1_350 })));
         assert_eq!(busy.final_wait_ms(0), 150);
         let idle2 = Capacity { running: 0, ..busy };
-        assert_eq!((idle2.final_wait_ms(0), idle2.final_wait_ms(1), idle2.final_wait_ms(2)), (0, 0, 300));
+        assert_eq!(
+            (
+                idle2.final_wait_ms(0),
+                idle2.final_wait_ms(1),
+                idle2.final_wait_ms(2)
+            ),
+            (0, 0, 300)
+        );
     }
 
     #[test]
     fn cancel_takes_a_streams_jobs_only() {
         let t0 = Instant::now();
         let mut q = queue(8);
-        q.push(t0, id(1, 1, 0, DecodeKind::Final), JobClass::Final, 1, idle());
-        q.push(t0, id(2, 1, 0, DecodeKind::Final), JobClass::Final, 2, idle());
-        q.push(t0, id(1, 2, 0, DecodeKind::Partial), JobClass::Partial, 3, idle());
+        q.push(
+            t0,
+            id(1, 1, 0, DecodeKind::Final),
+            JobClass::Final,
+            1,
+            idle(),
+        );
+        q.push(
+            t0,
+            id(2, 1, 0, DecodeKind::Final),
+            JobClass::Final,
+            2,
+            idle(),
+        );
+        q.push(
+            t0,
+            id(1, 2, 0, DecodeKind::Partial),
+            JobClass::Partial,
+            3,
+            idle(),
+        );
         let gone: Vec<u32> = q.cancel_stream(1).into_iter().map(|(p, _)| p).collect();
         assert_eq!(gone, [1, 3]);
         assert_eq!(q.pop(t0).0.map(|e| e.payload), Some(2));

@@ -4,9 +4,9 @@
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
@@ -54,28 +54,77 @@ impl Collector for SpeechCollector {
         let workers = stats.workers.max(1) as f64;
         let gauges: [(&str, &str, f64); 7] = [
             ("speech_workers", "Decoder workers", stats.workers as f64),
-            ("speech_decoding", "Decodes running now", stats.running as f64),
-            ("speech_queued", "Decodes waiting (finals and partials)", stats.queued as f64),
-            ("speech_queued_finals", "Finals waiting: callers who stopped talking", stats.queued_finals as f64),
-            ("speech_queue_age_seconds", "How long the oldest waiting decode has waited", secs(stats.oldest_queued_ms)),
-            ("speech_final_queue_age_seconds", "How long the oldest waiting final has waited", secs(stats.oldest_queued_final_ms)),
-            ("speech_load", "Decodes running and waiting per worker (above 1: falling behind)", (stats.running + stats.queued) as f64 / workers),
+            (
+                "speech_decoding",
+                "Decodes running now",
+                stats.running as f64,
+            ),
+            (
+                "speech_queued",
+                "Decodes waiting (finals and partials)",
+                stats.queued as f64,
+            ),
+            (
+                "speech_queued_finals",
+                "Finals waiting: callers who stopped talking",
+                stats.queued_finals as f64,
+            ),
+            (
+                "speech_queue_age_seconds",
+                "How long the oldest waiting decode has waited",
+                secs(stats.oldest_queued_ms),
+            ),
+            (
+                "speech_final_queue_age_seconds",
+                "How long the oldest waiting final has waited",
+                secs(stats.oldest_queued_final_ms),
+            ),
+            (
+                "speech_load",
+                "Decodes running and waiting per worker (above 1: falling behind)",
+                (stats.running + stats.queued) as f64 / workers,
+            ),
         ];
         for (name, help, value) in gauges {
             let gauge = ConstGauge::new(value);
             gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
         }
         let counters: [(&str, &str, f64); 6] = [
-            ("speech_busy_seconds", "Time spent decoding, all workers (its rate per worker is the utilisation)", stats.busy_ms as f64 / 1000.0),
-            ("speech_decoded", "Decodes completed", stats.completed as f64),
+            (
+                "speech_busy_seconds",
+                "Time spent decoding, all workers (its rate per worker is the utilisation)",
+                stats.busy_ms as f64 / 1000.0,
+            ),
+            (
+                "speech_decoded",
+                "Decodes completed",
+                stats.completed as f64,
+            ),
             ("speech_failed", "Decodes that failed", stats.failed as f64),
-            ("speech_superseded", "Partials replaced, shed or aborted, and decodes of calls that hung up", stats.superseded as f64),
-            ("speech_rejected", "Decodes refused: queue full", stats.rejected as f64),
-            ("speech_behind", "Finals not decoded in time: those callers went to a person", stats.behind as f64),
+            (
+                "speech_superseded",
+                "Partials replaced, shed or aborted, and decodes of calls that hung up",
+                stats.superseded as f64,
+            ),
+            (
+                "speech_rejected",
+                "Decodes refused: queue full",
+                stats.rejected as f64,
+            ),
+            (
+                "speech_behind",
+                "Finals not decoded in time: those callers went to a person",
+                stats.behind as f64,
+            ),
         ];
         for (name, help, value) in counters {
             let counter = ConstCounter::new(value);
-            counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)?;
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
         }
         Ok(())
     }
@@ -168,7 +217,10 @@ mod tests {
     #[test]
     fn metrics_expose_the_decoder_pools_queue_age_and_load() {
         let m = Metrics::new();
-        assert!(!m.render().contains("speech_"), "nothing before a pool exists");
+        assert!(
+            !m.render().contains("speech_"),
+            "nothing before a pool exists"
+        );
         m.watch_speech(|| PoolStats {
             workers: 2,
             queued: 3,
@@ -181,12 +233,25 @@ mod tests {
             ..PoolStats::default()
         });
         let text = m.render();
-        assert_eq!(value(&text, "humanline_speech_queue_age_seconds"), Some(0.45), "{text}");
-        assert_eq!(value(&text, "humanline_speech_final_queue_age_seconds"), Some(0.12));
+        assert_eq!(
+            value(&text, "humanline_speech_queue_age_seconds"),
+            Some(0.45),
+            "{text}"
+        );
+        assert_eq!(
+            value(&text, "humanline_speech_final_queue_age_seconds"),
+            Some(0.12)
+        );
         assert_eq!(value(&text, "humanline_speech_load"), Some(2.5));
         assert_eq!(value(&text, "humanline_speech_queued_finals"), Some(1.0));
         assert_eq!(value(&text, "humanline_speech_behind_total"), Some(4.0));
-        assert_eq!(value(&text, "humanline_speech_busy_seconds_total"), Some(12.5));
-        assert!(text.contains("# TYPE humanline_speech_load gauge"), "{text}");
+        assert_eq!(
+            value(&text, "humanline_speech_busy_seconds_total"),
+            Some(12.5)
+        );
+        assert!(
+            text.contains("# TYPE humanline_speech_load gauge"),
+            "{text}"
+        );
     }
 }
