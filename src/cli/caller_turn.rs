@@ -257,13 +257,13 @@ mod tests {
 
     impl Transcriber for SlowEar {
         fn transcribe(&self, _: &[f32], _: &DecodeOptions) -> Result<String, SpeechError> {
-            std::thread::sleep(Duration::from_millis(250));
+            std::thread::sleep(Duration::from_millis(400));
             Ok("I want to talk to an agent".into())
         }
     }
 
     /// Past capacity every caller still reaches a person: 12 callers say the same sentence at
-    /// the same moment to one decoder that needs 250 ms a decode. Those it can decode in time
+    /// the same moment to one decoder that needs 400 ms a decode. Those it can decode in time
     /// are routed on what they said; the others are sent to a person because recognition is
     /// behind; none waits on a decode that will not come.
     #[test]

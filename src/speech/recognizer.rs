@@ -447,6 +447,24 @@ impl StreamingRecognizer {
         if track.final_done {
             return;
         }
+        let stands_in = matches!(track.pause, Some((seq, None)) if seq == job.seq)
+            && job.kind == DecodeKind::Partial
+            && track.held_final.is_some();
+        if behind && stands_in {
+            // The pause partial standing in for the final waited too long: a decode of the
+            // same audio would too. The driver hears that the final will not come.
+            track.pause = Some((job.seq, Some(None)));
+            track.held_final = None;
+            track.final_done = true;
+            track.partial_in_flight = None;
+            self.outputs.push_back(RecognizerOutput::DecodeFailed {
+                utterance: job.utterance,
+                kind: DecodeKind::Final,
+                error: error.to_string(),
+                behind,
+            });
+            return;
+        }
         if job.kind == DecodeKind::Final {
             track.final_done = true;
         }

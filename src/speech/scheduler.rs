@@ -11,7 +11,8 @@
 //!   takes the older one's place in line); a final or pause partial drops the older partials of
 //!   its utterance (and asks the pool to abort a running one); a partial that has waited longer
 //!   than [`SchedulerConfig::partial_max_wait_ms`] is dropped when its turn comes (the caller has
-//!   said more since); a full queue sheds its oldest partial for a final.
+//!   said more since); a full queue sheds its oldest partial for a final. A pause partial, which
+//!   usually stands in for the final, waits as long as a final may.
 //! - **No caller waits on a decode that will not come in time.** A final whose expected wait is
 //!   over [`SchedulerConfig::final_max_wait_ms`] is refused at once, and a queued final that has
 //!   waited that long is dropped instead of decoded: either way its reply says
@@ -94,7 +95,8 @@ pub enum Dropped {
     Superseded,
     /// Shed for a final when the queue was full (partials only).
     Shed,
-    /// A final that could not be decoded in time: the caller should go to a person.
+    /// A final (or the pause partial standing in for it) that could not be decoded in time:
+    /// the caller should go to a person.
     Behind { wait_ms: u64 },
     /// Refused: the queue is full of jobs it cannot shed for this one.
     Full { capacity: usize },
@@ -334,10 +336,12 @@ impl<T> DecodeQueue<T> {
             let e = &self.entries[i];
             let waited = ms_between(e.enqueued, now);
             let why = match e.class {
-                JobClass::Final if waited >= final_max => Some(Dropped::Behind { wait_ms: waited }),
-                JobClass::PausePartial | JobClass::Partial if waited >= partial_max => {
-                    Some(Dropped::Superseded)
+                // A pause partial usually stands in for its utterance's final: it waits as
+                // long as a final may.
+                JobClass::Final | JobClass::PausePartial if waited >= final_max => {
+                    Some(Dropped::Behind { wait_ms: waited })
                 }
+                JobClass::Partial if waited >= partial_max => Some(Dropped::Superseded),
                 _ => None,
             };
             match why.and_then(|w| self.entries.remove(i).map(|e| (e.payload, w))) {
@@ -607,13 +611,16 @@ mod tests {
             4,
             idle(),
         );
+        let pause = id(5, 1, 0, DecodeKind::Partial);
+        q.push(at(t0, 600), pause, JobClass::PausePartial, 5, idle());
         let (next, expired) = q.pop(at(t0, 1_900));
         assert!(next.is_none());
         assert_eq!(
             expired,
             [
                 (3, Dropped::Superseded),
-                (4, Dropped::Behind { wait_ms: 1_300 })
+                (4, Dropped::Behind { wait_ms: 1_300 }),
+                (5, Dropped::Behind { wait_ms: 1_300 })
             ]
         );
     }
@@ -756,10 +763,12 @@ mod tests {
                         }
                         if let Some(e) = next {
                             let waited = now.duration_since(e.enqueued).as_millis() as u64;
-                            if e.class == JobClass::Final {
-                                prop_assert!(waited < cfg.final_max_wait_ms);
-                            } else {
+                            if e.class == JobClass::Partial {
                                 prop_assert!(waited < cfg.partial_max_wait_ms);
+                            } else {
+                                prop_assert!(waited < cfg.final_max_wait_ms);
+                            }
+                            if e.class != JobClass::Final {
                                 prop_assert_eq!(q.counts()[0], 0, "a partial ran while a final waited");
                             }
                             answer(e.payload, &mut answered);

@@ -311,7 +311,7 @@ mod tests {
             i(&mut v, t.len() as i32);
             v.extend_from_slice(t);
         }
-        let mut tensor = |v: &mut Vec<u8>, name: &str, ne: &[i32], ttype: i32| {
+        let tensor = |v: &mut Vec<u8>, name: &str, ne: &[i32], ttype: i32| {
             i(v, ne.len() as i32);
             i(v, name.len() as i32);
             i(v, ttype);
