@@ -198,6 +198,7 @@ fn ends_call(action: &Action) -> bool {
         | Action::RouteToAgent { .. }
         | Action::OfferCallback
         | Action::StoreCallback(_)
+        | Action::KeepCallback { .. }
         | Action::SetTimer { .. }
         | Action::CancelTimer { .. } => false,
     }

@@ -12,6 +12,11 @@ use std::time::{Duration, Instant};
 /// Failures (no input, not understood) the IVR tolerates before it hands the caller to a
 /// person: never a loop, never a disconnect (GetHuman #8).
 const MAX_FAILURES: u8 = 2;
+/// Digits kept while a caller keys a number (E.164 has at most 15, with a prefix 19): keying
+/// on (or an INFO flood) cannot grow the buffer.
+const MAX_KEYED: usize = 20;
+/// Digits kept in the context for the agent.
+const MAX_DTMF_KEPT: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CallbackState {
@@ -44,6 +49,10 @@ pub struct CallBrain {
     callback_when: Option<String>,
     /// Digits keyed while giving a number to call back.
     keyed: String,
+    /// The stored callback's ledger id, once stored.
+    callback_id: Option<String>,
+    /// The caller reached a person while their callback was being stored: keep it once it is.
+    keep_when_stored: bool,
     route_reason: Option<RouteReason>,
     /// A partial that was an escape word alone: routed on when the next partial still has
     /// it, or the final does (`Flow::confirm_lone_word`).
@@ -70,6 +79,8 @@ impl CallBrain {
             callback: CallbackState::NotOffered,
             callback_when: None,
             keyed: String::new(),
+            callback_id: None,
+            keep_when_stored: false,
             route_reason: None,
             lone_heard: None,
         }
@@ -158,6 +169,11 @@ impl CallBrain {
             Event::AgentAnswered { .. } => {
                 if self.phase == Phase::Queued {
                     self.phase = Phase::WithAgent;
+                    // Served now: a callback they were promised is kept, not dialed later.
+                    if let Some(id) = self.callback_id.take() {
+                        out.push(Action::KeepCallback { id });
+                    }
+                    self.keep_when_stored = self.callback == CallbackState::Storing;
                     for t in TimerKind::ALL {
                         self.cancel(t, &mut out);
                     }
@@ -171,6 +187,8 @@ impl CallBrain {
                     self.failures = 0;
                     self.queue = None;
                     self.callback = CallbackState::NotOffered;
+                    self.callback_id = None;
+                    self.callback_when = None;
                     self.play("after_agent", &[], &mut out);
                     out.push(Action::Listen);
                 }
@@ -196,9 +214,17 @@ impl CallBrain {
                     }
                 }
             }
-            Event::CallbackStored { at, .. } => {
-                if self.callback == CallbackState::Storing {
+            Event::CallbackStored { id, at } => {
+                if std::mem::take(&mut self.keep_when_stored) {
+                    // Stored after the caller reached a person: keep it (never dial it),
+                    // and say nothing into their conversation.
+                    if self.callback == CallbackState::Storing {
+                        self.callback = CallbackState::Stored;
+                    }
+                    out.push(Action::KeepCallback { id });
+                } else if self.callback == CallbackState::Storing {
                     self.callback = CallbackState::Stored;
+                    self.callback_id = Some(id);
                     self.cancel(TimerKind::CallbackReoffer, &mut out);
                     // The promise is on disk: only now may the caller hear it.
                     match at {
@@ -219,7 +245,11 @@ impl CallBrain {
                 }
             }
             Event::CallbackStoreFailed { .. } => {
-                if self.callback == CallbackState::Storing {
+                self.keep_when_stored = false;
+                if self.callback == CallbackState::Storing && self.phase != Phase::Queued {
+                    // Only the phase that asked hears about it.
+                    self.callback = CallbackState::Declined;
+                } else if self.callback == CallbackState::Storing {
                     self.callback = CallbackState::Declined;
                     self.play("callback_failed", &[], &mut out);
                     self.arm(
@@ -227,6 +257,18 @@ impl CallBrain {
                         now + self.flow.timers.callback_reoffer_interval,
                         &mut out,
                     );
+                }
+            }
+            Event::CallbackNumberRefused { .. } => {
+                self.keep_when_stored = false;
+                if self.callback == CallbackState::Storing {
+                    if self.phase == Phase::Queued {
+                        // Withheld, not a number, or not one we may call: ask for one.
+                        self.callback_when = None;
+                        self.ask_number(&mut out);
+                    } else {
+                        self.callback = CallbackState::Declined;
+                    }
                 }
             }
             Event::SpeechEngineDegraded => {
@@ -414,7 +456,9 @@ impl CallBrain {
     }
 
     fn on_dtmf(&mut self, now: Instant, digit: char, out: &mut Vec<Action>) {
-        self.context.dtmf.push(digit);
+        if self.context.dtmf.len() < MAX_DTMF_KEPT {
+            self.context.dtmf.push(digit);
+        }
         match (self.phase, digit) {
             (Phase::Ivr, '0') => self.route(now, RouteReason::Dtmf, out),
             (Phase::Queued, '1') if self.callback == CallbackState::Offered => {
@@ -430,7 +474,8 @@ impl CallBrain {
                 self.ask_number(out)
             }
             (Phase::Queued, d) if self.callback == CallbackState::AskingNumber => match d {
-                '0'..='9' => self.keyed.push(d),
+                '0'..='9' if self.keyed.len() < MAX_KEYED => self.keyed.push(d),
+                '0'..='9' => {}
                 '#' if self.keyed.len() >= 3 => {
                     let number = std::mem::take(&mut self.keyed);
                     self.store_callback(number, out)

@@ -167,6 +167,11 @@ pub enum Event {
     CallbackStoreFailed {
         error: String,
     },
+    /// The number to call back is not one Humanline may dial (withheld, a SIP user name,
+    /// not on the operator's list): nothing was stored, the caller is asked for another.
+    CallbackNumberRefused {
+        why: String,
+    },
     /// Speech recognition failed or is falling behind real time for this call.
     SpeechEngineDegraded,
     /// The caller's media stopped for long: their network is gone, though no BYE came.
@@ -203,8 +208,13 @@ pub enum Action {
     },
     /// A callback is being offered (the prompt follows as a `Play`).
     OfferCallback,
-    /// Commit this callback to the ledger, then report `CallbackStored` or `CallbackStoreFailed`.
+    /// Commit this callback to the ledger, then report `CallbackStored`,
+    /// `CallbackStoreFailed` or `CallbackNumberRefused`.
     StoreCallback(Box<CallbackRequest>),
+    /// The caller reached a person: the stored callback `id` is kept, never dialed.
+    KeepCallback {
+        id: String,
+    },
     SetTimer {
         timer: TimerKind,
         at: Instant,

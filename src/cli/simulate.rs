@@ -215,6 +215,9 @@ impl<W: Write> Sim<W> {
             Action::StoreCallback(req) => {
                 self.emit(json!({"event": "store_callback", "request": req}))?
             }
+            Action::KeepCallback { id } => {
+                self.emit(json!({"event": "keep_callback", "id": id}))?
+            }
             Action::SetTimer { .. } | Action::CancelTimer { .. } => {}
         }
         Ok(())

@@ -47,6 +47,9 @@ const EMBEDDED: &[(&str, &str)] = &[
     ("nl.toml", include_str!("../../prompts/nl.toml")),
 ];
 
+/// The longest a flow timer may be (no input, queue announcements, callback re-offers).
+pub const MAX_TIMER_MS: u64 = 3_600_000;
+
 /// One problem in the operator's files, at a position a text editor can jump to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigProblem {
@@ -260,8 +263,13 @@ impl Loader<'_> {
                 "timers.callback_reoffer_interval_ms",
             ),
         ] {
-            if *value.get_ref() < 500 {
-                problems.push(sp(value.span(), format!("{name} must be at least 500 ms")));
+            // Timers are added to the clock: an unbounded one overflows it (a panic), and
+            // one of hours is a caller left waiting for nothing.
+            if !(500..=MAX_TIMER_MS).contains(value.get_ref()) {
+                problems.push(sp(
+                    value.span(),
+                    format!("{name} must be between 500 and {MAX_TIMER_MS} ms (one hour)"),
+                ));
             }
         }
         if settings.languages.get_ref().is_empty() {
@@ -545,6 +553,36 @@ mod tests {
         assert_eq!(line_col("a\nbc\nd", 0), (1, 1));
         assert_eq!(line_col("a\nbc\nd", 3), (2, 2));
         assert_eq!(line_col("a\nbc\nd", 99), (3, 2));
+    }
+
+    #[test]
+    fn timers_are_bounded_and_reported_at_their_line() {
+        let settings = embedded("humanline.toml");
+        for (key, value) in [
+            ("no_input_ms = 7000", "no_input_ms = 99999999999999"),
+            (
+                "callback_reoffer_interval_ms = 120000",
+                "callback_reoffer_interval_ms = 3600001",
+            ),
+            (
+                "queue_announce_interval_ms = 30000",
+                "queue_announce_interval_ms = 10",
+            ),
+        ] {
+            let bad = settings.replace(key, value);
+            assert_ne!(bad, settings, "humanline.toml sets {key}");
+            let Err(ConfigError::Invalid(problems)) = load_with(&[("humanline.toml", bad.clone())])
+            else {
+                panic!("{value} accepted")
+            };
+            let line = bad.lines().position(|l| l == value).unwrap() + 1;
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert_eq!(problems[0].line, line, "{problems:?}");
+            assert!(
+                problems[0].message.contains("between 500 and"),
+                "{problems:?}"
+            );
+        }
     }
 
     #[test]

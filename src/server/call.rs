@@ -7,7 +7,7 @@
 
 use super::Shared;
 use super::queue::{QueueMsg, ToCall};
-use crate::agents::AgentFailure;
+use crate::agents::{AgentFailure, QueueInput};
 use crate::brain::{
     Action, CallBrain, CallbackRequest, CallbackTime, CallbackWhen, Event, PlayId, RouteReason,
 };
@@ -70,8 +70,11 @@ struct Call {
     media: MediaHandle,
     plays: HashMap<PlaybackId, PlayId>,
     next_playback: u64,
-    queue_tx: mpsc::UnboundedSender<ToCall>,
-    callback_tx: mpsc::UnboundedSender<Event>,
+    queue_tx: mpsc::Sender<ToCall>,
+    /// Ledger results for the brain: one store (or refusal) in flight per call at most.
+    callback_tx: mpsc::Sender<Event>,
+    /// Callbacks requested on this call so far, for their keys.
+    promises_made: u32,
     queued: bool,
     agent: Option<AgentLeg>,
     /// End of the caller's latest speech (stream audio time) and the wall time it maps to.
@@ -233,8 +236,8 @@ async fn drive(
         media,
         mut media_events,
     } = leg;
-    let (queue_tx, mut queue_rx) = mpsc::unbounded_channel();
-    let (callback_tx, mut callback_rx) = mpsc::unbounded_channel();
+    let (queue_tx, mut queue_rx) = super::queue::to_call_channel();
+    let (callback_tx, mut callback_rx) = mpsc::channel(4);
     let (decode_tx, mut decode_rx) = mpsc::unbounded_channel::<DecodeResult>();
     let mut recognizer = StreamingRecognizer::new(id, shared.recognizer.clone())?;
     let mut resampler = StreamResampler::telephone_to_16k()?;
@@ -250,6 +253,7 @@ async fn drive(
         next_playback: 0,
         queue_tx,
         callback_tx,
+        promises_made: 0,
         queued: false,
         agent: None,
         speech_end: None,
@@ -299,6 +303,19 @@ async fn drive(
             Some(ev) = callback_rx.recv() => call.feed(ev).await,
             ev = next_agent_event(&mut call.agent) => call.on_agent(ev).await,
             _ = sleep_until(timeout) => call.on_deadline().await,
+        }
+    }
+    // A `Ring` the queue sent that this call never acted on would hold that agent for good:
+    // no more may come, and the ones that did go back to the pool.
+    queue_rx.close();
+    while let Ok(msg) = queue_rx.try_recv() {
+        if let ToCall::Ring { agent } = msg {
+            let _ = shared
+                .queue
+                .send(QueueMsg::Call(QueueInput::RingUndelivered {
+                    agent,
+                    call: id,
+                }));
         }
     }
     call.finish().await;
@@ -445,17 +462,32 @@ impl Call {
                 }
             }
             Action::StoreCallback(req) => self.store_callback(*req),
+            Action::KeepCallback { id } => self.keep_callback(id),
         }
     }
 
     /// Commits a callback off the async runtime (SQLite fsyncs); the brain hears
-    /// `CallbackStored` only once it is on disk.
+    /// `CallbackStored` only once it is on disk, and the confirmation says what was stored.
+    /// A number Humanline may not dial is refused before anything is stored.
     fn store_callback(&mut self, req: CallbackRequest) {
-        let Some(number) = req.number.clone() else {
-            let _ = self.callback_tx.send(Event::CallbackStoreFailed {
-                error: "no number to call".into(),
-            });
-            return;
+        let number = match req
+            .number
+            .as_deref()
+            .map(|n| self.shared.numbers.dialable(n))
+        {
+            Some(Ok(n)) => n,
+            refused => {
+                let why = match refused {
+                    Some(Err(e)) => e.to_string(),
+                    _ => "no number to call".into(),
+                };
+                info!(%why, "callback number refused; asking for one");
+                // The channel has room: one store is in flight per call at most.
+                let _ = self
+                    .callback_tx
+                    .try_send(Event::CallbackNumberRefused { why });
+                return;
+            }
         };
         let now = unix_ms();
         let offset = self.shared.utc_offset_min;
@@ -463,33 +495,40 @@ impl Call {
             CallbackWhen::Asap => None,
             CallbackWhen::Requested(said) => resolve_when(said, now, offset),
         };
-        let not_before = chosen.unwrap_or(now);
-        let at = chosen.map(|t| {
-            let (days_from_today, hour, minute) = local_clock(t, now, offset);
-            CallbackTime {
-                days_from_today,
-                hour,
-                minute,
-            }
-        });
+        self.promises_made += 1;
         let promise = NewPromise {
             number,
-            not_before,
+            not_before: chosen.unwrap_or(now),
             reason: req.reason.as_str().into(),
             context: serde_json::to_value(&req.context).unwrap_or_default(),
             automatic: req.automatic,
-            origin_call: self.sip_call_id.clone(),
+            // Ours, not the caller's Call-ID: a reused Call-ID is a new promise.
+            key: format!(
+                "{}-{}-{}",
+                self.shared.instance, self.id, self.promises_made
+            ),
+            call_id: self.sip_call_id.clone(),
         };
         let ledger = self.shared.ledger.clone();
         let tx = self.callback_tx.clone();
         let metrics = self.shared.metrics.clone();
-        info!(number = %promise.number, not_before, "committing a callback");
+        info!(number = %promise.number, not_before = promise.not_before, "committing a callback");
         tokio::spawn(
             async move {
                 let event = match with_ledger(&ledger, move |l| l.promise(&promise, now)).await {
                     Ok(p) => {
                         metrics.callbacks_promised.inc();
-                        info!(id = p.id, "callback promised");
+                        info!(id = p.id, number = %p.number, not_before = p.not_before, "callback promised");
+                        // What the caller hears is what is stored.
+                        let at = chosen.map(|_| {
+                            let (days_from_today, hour, minute) =
+                                local_clock(p.not_before, now, offset);
+                            CallbackTime {
+                                days_from_today,
+                                hour,
+                                minute,
+                            }
+                        });
                         Event::CallbackStored {
                             id: p.id.to_string(),
                             at,
@@ -502,9 +541,29 @@ impl Call {
                         }
                     }
                 };
-                let _ = tx.send(event);
+                let _ = tx.send(event).await;
             }
             // The commit's log lines belong to this call, like the rest of its story.
+            .instrument(tracing::Span::current()),
+        );
+    }
+
+    /// The caller reached a person: their stored callback is kept, never dialed.
+    fn keep_callback(&self, id: String) {
+        let Ok(id) = id.parse::<i64>() else { return };
+        let ledger = self.shared.ledger.clone();
+        tokio::spawn(
+            async move {
+                match with_ledger(&ledger, move |l| l.keep(id, "served_by_agent", unix_ms())).await
+                {
+                    Ok(p) => info!(
+                        id,
+                        state = p.state.as_str(),
+                        "callback kept: the caller reached a person"
+                    ),
+                    Err(e) => warn!(id, error = %e, "could not mark the callback kept"),
+                }
+            }
             .instrument(tracing::Span::current()),
         );
     }
@@ -584,7 +643,10 @@ impl Call {
                 // played, routed or promised for an INVITE nobody completes.
                 if !self.confirmed {
                     self.confirmed = true;
-                    let caller_id = Some(self.caller_id.clone()).filter(|c| !c.is_empty());
+                    // Only a number we may call back is a caller ID to the brain: withheld
+                    // ("anonymous"), a SIP user name or a number off the operator's list
+                    // means asking the caller for one.
+                    let caller_id = self.shared.numbers.dialable(&self.caller_id).ok();
                     self.feed(Event::CallStarted {
                         caller_id,
                         language: None,
@@ -662,11 +724,14 @@ impl Call {
             ToCall::Ring { agent } => {
                 if let Err(e) = self.ring_agent(&agent).await {
                     warn!(%agent, error = %format!("{e:#}"), "could not ring agent");
-                    let _ = self.shared.queue.send(QueueMsg::AgentFailed {
-                        agent: agent.clone(),
-                        call: self.id,
-                        why: AgentFailure::Unreachable,
-                    });
+                    let _ = self
+                        .shared
+                        .queue
+                        .send(QueueMsg::Call(QueueInput::AgentFailed {
+                            agent: agent.clone(),
+                            call: self.id,
+                            why: AgentFailure::Unreachable,
+                        }));
                     self.feed(Event::AgentDeclined { agent }).await;
                 }
             }
@@ -753,10 +818,13 @@ impl Call {
                         leg.media = Some((handle, rx));
                         self.ring_deadline = None;
                         info!(%agent, "agent answered; bridged");
-                        let _ = self.shared.queue.send(QueueMsg::AgentAnswered {
-                            agent: agent.clone(),
-                            call: self.id,
-                        });
+                        let _ = self
+                            .shared
+                            .queue
+                            .send(QueueMsg::Call(QueueInput::AgentAnswered {
+                                agent: agent.clone(),
+                                call: self.id,
+                            }));
                         self.queued = false;
                         self.feed(Event::AgentAnswered { agent }).await;
                     }
@@ -781,12 +849,20 @@ impl Call {
             }
             AgentEvent::Sip(Some(OutboundEvent::Bye | OutboundEvent::Ended { .. }) | None) => {
                 let answered = leg.media.is_some();
-                self.drop_agent_leg().await;
                 if answered {
+                    self.drop_agent_leg().await;
                     info!(%agent, "agent left; caller back with the IVR");
-                    let _ = self.shared.queue.send(QueueMsg::AgentFinished { agent });
+                    let _ = self
+                        .shared
+                        .queue
+                        .send(QueueMsg::Call(QueueInput::AgentFinished {
+                            agent,
+                            call: self.id,
+                        }));
                     self.feed(Event::AgentLeft).await;
                 } else {
+                    // The leg ended before it was answered: the queue must hear of it, or
+                    // the agent stays "ringing" for good (`agent_failed` takes the leg).
                     self.agent_failed(AgentFailure::Unreachable).await;
                 }
             }
@@ -817,11 +893,14 @@ impl Call {
     async fn agent_failed(&mut self, why: AgentFailure) {
         self.ring_deadline = None;
         let Some(leg) = self.agent.take() else { return };
-        let _ = self.shared.queue.send(QueueMsg::AgentFailed {
-            agent: leg.agent.clone(),
-            call: self.id,
-            why,
-        });
+        let _ = self
+            .shared
+            .queue
+            .send(QueueMsg::Call(QueueInput::AgentFailed {
+                agent: leg.agent.clone(),
+                call: self.id,
+                why,
+            }));
         self.feed(Event::AgentDeclined { agent: leg.agent }).await;
     }
 
@@ -845,20 +924,30 @@ impl Call {
             }
         }
         if self.queued {
-            let _ = self.shared.queue.send(QueueMsg::Remove { call: self.id });
+            let _ = self
+                .shared
+                .queue
+                .send(QueueMsg::Call(QueueInput::Remove { call: self.id }));
         }
         if let Some(leg) = self.agent.take() {
             let _ = leg.call.hangup().await;
             if leg.media.is_some() {
-                let _ = self.shared.queue.send(QueueMsg::AgentFinished {
-                    agent: leg.agent.clone(),
-                });
+                let _ = self
+                    .shared
+                    .queue
+                    .send(QueueMsg::Call(QueueInput::AgentFinished {
+                        agent: leg.agent.clone(),
+                        call: self.id,
+                    }));
             } else {
-                let _ = self.shared.queue.send(QueueMsg::AgentFailed {
-                    agent: leg.agent.clone(),
-                    call: self.id,
-                    why: AgentFailure::NoAnswer,
-                });
+                let _ = self
+                    .shared
+                    .queue
+                    .send(QueueMsg::Call(QueueInput::AgentFailed {
+                        agent: leg.agent.clone(),
+                        call: self.id,
+                        why: AgentFailure::NoAnswer,
+                    }));
             }
             if let Some((handle, _)) = leg.media {
                 handle.close().await;

@@ -41,6 +41,10 @@ pub struct Shared {
     pub(crate) utc_offset_min: i64,
     pub(crate) agent_count: usize,
     pub(crate) recognizer: crate::speech::RecognizerConfig,
+    /// Which numbers callbacks may go to.
+    pub(crate) numbers: crate::callbacks::NumberPolicy,
+    /// This server run, in the keys of the promises it makes (unique across restarts).
+    pub(crate) instance: String,
 }
 
 impl Shared {
@@ -147,6 +151,8 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         next_call: AtomicU64::new(1),
         utc_offset_min: opts.utc_offset_min,
         agent_count: opts.agents.len(),
+        numbers: opts.callback_numbers.clone(),
+        instance: format!("{:x}-{:x}", unix_ms(), std::process::id()),
         recognizer: if opts.partials {
             crate::speech::RecognizerConfig::default()
         } else {
