@@ -21,7 +21,7 @@ use crate::sip::{
     OutboundEvents, OutboundInvite, RejectStatus,
 };
 use crate::speech::{
-    DecodeKind, DecodeResult, RecognizerOutput, StreamResampler, StreamingRecognizer,
+    DecodeKind, DecodeResult, RecognizerOutput, StreamResampler, StreamingRecognizer, Verdict,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -520,6 +520,16 @@ impl Call {
         );
     }
 
+    /// The keyword verifier's verdicts go to the brain just before their transcript.
+    async fn feed_verdicts(&mut self, verdicts: Vec<Verdict>) {
+        if let Some(v) = verdicts.iter().find(|v| v.passed()) {
+            info!(kind = v.kind.as_str(), phrase = %v.phrase, score = v.score, threshold = v.threshold, "verified");
+        }
+        if !verdicts.is_empty() {
+            self.feed(Event::Verified { verdicts }).await;
+        }
+    }
+
     async fn drain_recognizer(
         &mut self,
         rec: &mut StreamingRecognizer,
@@ -546,13 +556,17 @@ impl Call {
                     self.awaiting_final = Some(Instant::now());
                     Event::SpeechEnded
                 }
-                RecognizerOutput::Partial { text, .. } => Event::PartialTranscript {
-                    text: collapse_repeats(&text),
-                },
-                RecognizerOutput::Final { text, .. } => {
+                RecognizerOutput::Partial { text, verdicts, .. } => {
+                    self.feed_verdicts(verdicts).await;
+                    Event::PartialTranscript {
+                        text: collapse_repeats(&text),
+                    }
+                }
+                RecognizerOutput::Final { text, verdicts, .. } => {
                     let text = collapse_repeats(&text);
                     self.awaiting_final = None;
                     info!(%text, "heard");
+                    self.feed_verdicts(verdicts).await;
                     Event::FinalTranscript { text }
                 }
                 RecognizerOutput::DecodeFailed {

@@ -43,6 +43,7 @@ pub mod engine;
 pub mod ggml_convert;
 pub mod recognizer;
 pub mod vad;
+pub mod verifier;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -52,7 +53,7 @@ pub use audio::{
     load_wav_mono_16k, mulaw_decode, mulaw_encode, resample,
 };
 pub use engine::{
-    DecodeOptions, DecodeResult, DecodeStrategy, DecoderPool, ESCAPE_PROMPT, EngineOptions,
+    DecodeOptions, DecodeResult, DecodeStrategy, DecoderPool, ESCAPE_PROMPT, EngineOptions, Heard,
     PoolConfig, PoolStats, Transcriber, WhisperEngine, clean_transcript,
 };
 pub use recognizer::{
@@ -62,6 +63,7 @@ pub use vad::{
     EarshotScorer, EnergyScorer, FRAME_MS, FRAME_SAMPLES, Vad, VadConfig, VadEvent, VadFrame,
     VadGate, VoiceScorer,
 };
+pub use verifier::{KeywordVerifier, PhraseKind, Verdict, VerifierSettings};
 
 /// Everything that can go wrong in the speech engine.
 #[derive(Debug, thiserror::Error)]
