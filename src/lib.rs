@@ -5,6 +5,7 @@
 //! around it.
 
 pub mod agents;
+pub mod bench;
 pub mod brain;
 pub mod callbacks;
 pub mod cli;

@@ -124,7 +124,11 @@ pub fn run_turn(
                     match &decoding {
                         Decoding::Fast { engine, opts } => {
                             let began = Instant::now();
-                            let heard = engine.transcribe_heard(&job.audio, opts, &no_cancel);
+                            let heard = engine.transcribe_heard(
+                                &job.audio,
+                                &opts.for_language(job.language.as_deref()),
+                                &no_cancel,
+                            );
                             let (outcome, verdicts) = match heard {
                                 Ok(h) => (Ok(h.text), h.verdicts),
                                 Err(e) => (Err(e), Vec::new()),
@@ -220,11 +224,4 @@ pub fn load_engine(model: &std::path::Path) -> anyhow::Result<Arc<crate::speech:
             )
         })?;
     Ok(engine)
-}
-
-/// The model to use: `--model`, else `$HUMANLINE_MODEL`, else `models/ggml-tiny.en.bin`.
-pub fn model_path(arg: Option<&std::path::Path>) -> std::path::PathBuf {
-    arg.map(std::path::Path::to_path_buf)
-        .or_else(|| std::env::var_os("HUMANLINE_MODEL").map(Into::into))
-        .unwrap_or_else(|| "models/ggml-tiny.en.bin".into())
 }

@@ -1,9 +1,8 @@
 //! The `humanline` command line: operators' tools and the drivers that run the brain.
 
 mod bench;
-mod bench_callbacks;
 mod callbacks;
-mod caller_turn;
+pub(crate) mod caller_turn;
 mod serve;
 mod simulate;
 
@@ -135,19 +134,12 @@ fn check_config(dir: &std::path::Path) -> ExitCode {
 
 /// Loads the prompts folder if given (or `prompts/` if present), else the embedded defaults.
 pub(crate) fn load_flow(dir: Option<&std::path::Path>) -> anyhow::Result<Flow> {
-    let flow = match dir {
-        Some(d) => Flow::load_dir(d)?,
-        None if std::path::Path::new("prompts/humanline.toml").is_file() => {
-            Flow::load_dir(std::path::Path::new("prompts"))?
-        }
-        None => Flow::embedded()?,
-    };
-    Ok(flow)
+    Ok(Flow::load_dir_or_embedded(dir)?)
 }
 
 fn convert_model(ct2_dir: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let report = crate::speech::ggml_convert::convert_ct2_whisper(ct2_dir, out)?;
+    let report = crate::speech::models::convert::convert_ct2_whisper(ct2_dir, out)?;
     eprintln!(
         "convert-model: wrote {} ({} tensors, {} tokens, {} bytes, {}) in {} ms",
         out.display(),
@@ -170,7 +162,7 @@ fn transcribe(
     files: &[PathBuf],
 ) -> anyhow::Result<()> {
     use crate::speech::DecodeOptions;
-    let engine = caller_turn::load_engine(&caller_turn::model_path(model))?;
+    let engine = caller_turn::load_engine(&crate::speech::models::model_path(model))?;
     let opts = if full_window {
         DecodeOptions::full_window()
     } else {

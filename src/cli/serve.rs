@@ -91,7 +91,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .data_dir
             .or(file.data_dir)
             .unwrap_or_else(|| "data".into()),
-        model: super::caller_turn::model_path(args.model.or(file.model).as_deref()),
+        model: crate::speech::models::model_path(args.model.or(file.model).as_deref()),
         decoders,
         decode_threads: args
             .decode_threads

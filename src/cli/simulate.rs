@@ -5,7 +5,7 @@
 //! the brain's timers fire. Time is simulated, so a call of minutes runs in milliseconds and
 //! every run prints the same lines.
 
-use super::caller_turn::{Decoding, load_engine, model_path, run_turn, speech_end_ms};
+use super::caller_turn::{Decoding, load_engine, run_turn, speech_end_ms};
 use crate::brain::{Action, CallBrain, Event, Phase, PlayId, RouteReason};
 use crate::speech::{
     DecodeOptions, DecoderPool, PoolConfig, RecognizerConfig, WhisperEngine, load_wav_mono_16k,
@@ -99,7 +99,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         for f in &args.caller {
             anyhow::ensure!(f.is_file(), "caller recording {} not found", f.display());
         }
-        let engine = load_engine(&model_path(args.model.as_deref()))?;
+        let engine = load_engine(&crate::speech::models::model_path(args.model.as_deref()))?;
         let opts = DecodeOptions::default().with_escape_prompt();
         let pool = if args.fast {
             None

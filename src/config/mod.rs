@@ -187,6 +187,18 @@ impl Flow {
         .load()
     }
 
+    /// The prompts folder `dir` if given, else `prompts/` if it holds a humanline.toml, else
+    /// the embedded prompts: what the command-line tools run with.
+    pub fn load_dir_or_embedded(dir: Option<&Path>) -> Result<Flow, ConfigError> {
+        match dir {
+            Some(d) => Flow::load_dir(d),
+            None if Path::new("prompts/humanline.toml").is_file() => {
+                Flow::load_dir(Path::new("prompts"))
+            }
+            None => Flow::embedded(),
+        }
+    }
+
     pub fn language(&self, code: &str) -> Option<&Language> {
         self.languages.get(code)
     }

@@ -76,6 +76,10 @@ pub enum DecodeStrategy {
 #[serde(default)]
 pub struct DecodeOptions {
     pub strategy: DecodeStrategy,
+    /// The language spoken (an ISO 639-1 code: "en", "nl"), given to whisper on every decode
+    /// so a multilingual model neither guesses nor translates. `None`: whisper's default
+    /// ("en"). English-only models ignore it.
+    pub language: Option<String>,
     /// Text the decoder sees as preceding context, biasing it toward these words (e.g. the
     /// escape words). `None` for no prompt.
     pub initial_prompt: Option<String>,
@@ -107,9 +111,6 @@ pub struct DecodeOptions {
     /// Run the keyword verifier of the decode's language after the free decode (Adaptive
     /// only; a no-op when the engine has no verifier for the language).
     pub verify: bool,
-    /// The language spoken (ISO 639-1: "en", "nl"), given to whisper on every decode.
-    /// `None`: whisper's default ("en"). English-only models ignore it.
-    pub language: Option<String>,
 }
 
 impl Default for DecodeOptions {
@@ -120,6 +121,7 @@ impl Default for DecodeOptions {
     fn default() -> Self {
         DecodeOptions {
             strategy: DecodeStrategy::Adaptive,
+            language: None,
             initial_prompt: Some(ESCAPE_PROMPT.to_string()),
             threads: None,
             ctx_per_second: 50.0,
@@ -131,7 +133,6 @@ impl Default for DecodeOptions {
             no_repeat_ngram: 3,
             no_timestamps: true,
             verify: true,
-            language: None,
         }
     }
 }
@@ -156,6 +157,20 @@ impl DecodeOptions {
     pub fn without_prompt(mut self) -> Self {
         self.initial_prompt = None;
         self
+    }
+
+    /// These options for a job of a call in `language` (the job's own language wins over
+    /// the pool's setting).
+    pub fn for_language(&self, language: Option<&str>) -> std::borrow::Cow<'_, DecodeOptions> {
+        match language {
+            Some(l) if self.language.as_deref() != Some(l) => {
+                std::borrow::Cow::Owned(DecodeOptions {
+                    language: Some(l.to_string()),
+                    ..self.clone()
+                })
+            }
+            _ => std::borrow::Cow::Borrowed(self),
+        }
     }
 
     /// Encoder context for `samples` of 16 kHz audio (0 = the model's full 1500).
@@ -270,7 +285,7 @@ impl WhisperEngine {
         if u32::from_le_bytes(magic) != 0x6767_6d6c {
             return Err(SpeechError::ModelLoad {
                 path,
-                detail: "not a ggml Whisper model (bad magic); convert it with ggml_convert".into(),
+                detail: "not a ggml Whisper model (bad magic); convert it with `humanline convert-model`".into(),
             });
         }
         if opts.quiet {
@@ -361,16 +376,22 @@ impl WhisperEngine {
         params.set_print_progress(false);
         params.set_print_realtime(false);
         params.set_print_timestamps(false);
+        match opts.language.as_deref() {
+            // whisper's default: nothing to set (set_language leaks its C string, a few
+            // bytes per call in whisper-rs 0.16).
+            None | Some("en") => {}
+            Some(code) if is_language_code(code) => params.set_language(Some(code)),
+            Some(code) => {
+                return Err(SpeechError::InvalidConfig(format!(
+                    "`{code}` is not a language code (two or three lowercase letters)"
+                )));
+            }
+        }
         // Each utterance stands alone: text from a previous decode must not leak in.
         params.set_no_context(true);
         // Never emit bracketed non-speech ("[MUSIC]") or a leading blank.
         params.set_suppress_blank(true);
         params.set_suppress_nst(true);
-        if let Some(code) = opts.language.as_deref()
-            && code != "en"
-        {
-            params.set_language(Some(code));
-        }
         if let Some(tokens) = &prompt {
             params.set_tokens(tokens);
         }
@@ -564,6 +585,12 @@ impl WhisperEngine {
         lock(&self.idle_states).push(state);
         result
     }
+}
+
+/// Whether `code` looks like an ISO 639 code ("nl", "yue"): also what keeps a NUL byte, on
+/// which whisper-rs panics, away from whisper.
+pub fn is_language_code(code: &str) -> bool {
+    (2..=3).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_lowercase())
 }
 
 /// whisper.cpp abort callback: stop once the AtomicBool behind `data` is set.
@@ -1041,9 +1068,11 @@ fn worker_loop(shared: &PoolShared) {
         let queue_ms = started.duration_since(q.enqueued).as_millis() as u64;
         // A panic inside a decode must not take the worker (and every later call) with it.
         let heard = catch_unwind(AssertUnwindSafe(|| {
-            shared
-                .transcriber
-                .transcribe_heard(&q.job.audio, &shared.decode, &cancel)
+            shared.transcriber.transcribe_heard(
+                &q.job.audio,
+                &shared.decode.for_language(q.job.language.as_deref()),
+                &cancel,
+            )
         }))
         .unwrap_or_else(|_| Err(SpeechError::Decode("decoder panicked".into())));
         let (mut outcome, verdicts) = match heard {
@@ -1526,6 +1555,7 @@ mod tests {
             },
             audio: Arc::from(vec![0.0; len]),
             start_ms: 0,
+            language: None,
         }
     }
 

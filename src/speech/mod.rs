@@ -15,7 +15,8 @@
 //! - [`engine`]: [`WhisperEngine`] (the model, loaded once) implementing [`Transcriber`], the
 //!   decode settings ([`DecodeOptions`]) and [`DecoderPool`], a bounded set of worker threads that
 //!   drops superseded partial decodes and reports how far behind it is.
-//! - [`ggml_convert`]: CTranslate2 to ggml model conversion (written separately).
+//! - [`models`]: where models come from: CTranslate2 to ggml conversion ([`models::convert`])
+//!   and which model file a command uses.
 //!
 //! A driver loop, per call (see `recognizer` for a fuller example):
 //! ```ignore
@@ -40,7 +41,7 @@
 
 pub mod audio;
 pub mod engine;
-pub mod ggml_convert;
+pub mod models;
 pub mod recognizer;
 pub mod vad;
 pub mod verifier;

@@ -54,6 +54,9 @@ pub struct DecodeJob {
     pub id: JobId,
     pub audio: Arc<[f32]>,
     pub start_ms: u64,
+    /// The language to hear it in (an ISO 639-1 code such as "nl"); `None`: the decoder's
+    /// own setting. Set from [`StreamingRecognizer::set_language`] when the job is made.
+    pub language: Option<Arc<str>>,
 }
 
 impl DecodeJob {
@@ -203,6 +206,8 @@ pub struct StreamingRecognizer {
     next_utterance: u64,
     tracks: VecDeque<Track>,
     outputs: VecDeque<RecognizerOutput>,
+    /// The call's language, stamped on every decode job.
+    language: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for StreamingRecognizer {
@@ -251,11 +256,22 @@ impl StreamingRecognizer {
             next_utterance: 1,
             tracks: VecDeque::new(),
             outputs: VecDeque::new(),
+            language: None,
         })
     }
 
     pub fn config(&self) -> &RecognizerConfig {
         &self.cfg
+    }
+
+    /// Decode from now on in `language` (the caller chose or switched language). Jobs
+    /// already handed out keep theirs.
+    pub fn set_language(&mut self, language: Option<&str>) {
+        self.language = language.map(Arc::from);
+    }
+
+    pub fn language(&self) -> Option<&str> {
+        self.language.as_deref()
     }
 
     pub fn stream(&self) -> u64 {
@@ -548,6 +564,7 @@ impl StreamingRecognizer {
             id,
             start_ms: samples_to_ms(u.start_sample),
             audio: Arc::from(u.audio),
+            language: self.language.clone(),
         }));
     }
 
@@ -589,6 +606,7 @@ impl StreamingRecognizer {
             },
             start_ms: samples_to_ms(u.start_sample),
             audio: Arc::from(u.audio.as_slice()),
+            language: self.language.clone(),
         }));
     }
 }

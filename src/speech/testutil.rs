@@ -9,13 +9,18 @@ use std::sync::{Arc, OnceLock};
 use super::engine::{EngineOptions, WhisperEngine};
 use super::load_wav_mono_16k;
 
-/// `$HUMANLINE_WHISPER_MODEL`, else `models/ggml-tiny.en.bin` in the crate.
+/// `$HUMANLINE_MODEL` (the variable scripts/test.sh, CI and the integration tests set), else
+/// `models/ggml-tiny.en.bin` in the crate.
 pub fn model_path() -> PathBuf {
-    std::env::var_os("HUMANLINE_WHISPER_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/ggml-tiny.en.bin")
-        })
+    match std::env::var_os("HUMANLINE_MODEL") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/ggml-tiny.en.bin"),
+    }
+}
+
+/// CI installs the model: there a missing one fails the test instead of skipping it.
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
 }
 
 /// The model, loaded once per test binary; `None` (with a notice) if absent.
@@ -32,10 +37,15 @@ pub fn engine() -> Option<Arc<WhisperEngine>> {
         }
     });
     if e.is_none() {
-        eprintln!(
-            "SKIPPED: no Whisper model at {} (set HUMANLINE_WHISPER_MODEL)",
+        let msg = format!(
+            "no Whisper model at {} (set HUMANLINE_MODEL)",
             model_path().display()
         );
+        assert!(
+            !in_ci(),
+            "{msg} (CI=true: the test environment must provide it)"
+        );
+        eprintln!("SKIPPED: {msg}");
     }
     e.clone()
 }

@@ -3,7 +3,7 @@
 //! dialer finds the due promises among many. `--seed` writes a ledger full of overdue promises
 //! for `bench/callback_recovery.py`.
 
-use super::bench::{loadavg, percentile, write_json};
+use super::{loadavg, percentile, write_json};
 use crate::callbacks::{CallbackLedger, NewPromise, RetryPolicy, UnixMs};
 use crate::storage::SqliteStore;
 use anyhow::Context;
@@ -11,28 +11,22 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-#[derive(Debug, clap::Args)]
-pub struct CallbacksBenchArgs {
+/// What to measure (the command line's `bench callbacks` flags).
+#[derive(Debug, Clone)]
+pub struct CallbacksBench {
     /// Promises committed one after another, per durability setting.
-    #[arg(long, default_value_t = 2000)]
-    count: usize,
-    /// Concurrent committers, each with its own connection (as tasks or nodes would be).
-    #[arg(long, default_value_t = 8)]
-    writers: usize,
+    pub count: usize,
+    /// Concurrent committers, each with its own connection.
+    pub writers: usize,
     /// Pending promises in the ledger while the dialer's claim is timed.
-    #[arg(long, default_value_t = 10_000)]
-    pending: usize,
-    /// Folder for the benchmark databases; it must be on a real disk, since fsync is what is
-    /// measured [default: bench/tmp-callbacks, removed afterwards].
-    #[arg(long)]
-    dir: Option<PathBuf>,
+    pub pending: usize,
+    /// Folder for the benchmark databases (on a real disk: fsync is what is measured);
+    /// `None`: bench/tmp-callbacks, removed afterwards.
+    pub dir: Option<PathBuf>,
     /// Where to write the figures (JSON).
-    #[arg(long, default_value = "bench/results/callbacks.json")]
-    out: PathBuf,
-    /// Only write a ledger at DB holding `--pending` overdue promises (the oldest first in
-    /// line), then exit.
-    #[arg(long, value_name = "DB")]
-    seed: Option<PathBuf>,
+    pub out: PathBuf,
+    /// Only write a ledger at this path holding `pending` overdue promises, then exit.
+    pub seed: Option<PathBuf>,
 }
 
 fn now_ms() -> UnixMs {
@@ -98,7 +92,7 @@ fn seed(db: &Path, pending: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run(args: CallbacksBenchArgs) -> anyhow::Result<()> {
+pub fn run(args: CallbacksBench) -> anyhow::Result<()> {
     if let Some(db) = &args.seed {
         anyhow::ensure!(
             !db.exists(),
@@ -133,7 +127,7 @@ pub fn run(args: CallbacksBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn measure(args: &CallbacksBenchArgs, dir: &Path) -> anyhow::Result<serde_json::Value> {
+fn measure(args: &CallbacksBench, dir: &Path) -> anyhow::Result<serde_json::Value> {
     let count = args.count.max(1);
     let policy = RetryPolicy::default();
     let load_at_start = loadavg();

