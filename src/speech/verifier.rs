@@ -512,6 +512,66 @@ pub(crate) mod explore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::speech::testutil::{engine, phone_speech, silence};
+    use crate::speech::{DecodeOptions, Transcriber};
+
+    /// The English verifier of the shipped prompts, for the test model.
+    fn english(engine: &crate::speech::WhisperEngine) -> KeywordVerifier {
+        let flow = crate::config::Flow::embedded().expect("prompts");
+        let lang = flow.language("en").expect("en");
+        let phrases = lang.verifier_phrases.iter().map(|(p, k)| (p.as_str(), *k));
+        engine
+            .keyword_verifier(phrases, lang.verifier.clone())
+            .expect("verifier")
+    }
+
+    fn escape_verdict(heard: &crate::speech::Heard) -> Option<&Verdict> {
+        heard.verdicts.iter().find(|v| v.kind == PhraseKind::Escape)
+    }
+
+    #[test]
+    fn a_said_escape_passes_and_an_ordinary_request_does_not() {
+        let Some(engine) = engine() else { return };
+        let verifier = english(&engine);
+        let opts = DecodeOptions::default();
+        for (text, escape) in [
+            ("I want to talk to a human", true),
+            ("operator please", true),
+            ("I need to check my account balance", false),
+            ("my internet is not working", false),
+        ] {
+            let Some(audio) = phone_speech(text, "en-us", 165) else {
+                return;
+            };
+            let heard = engine
+                .transcribe_verified(&audio, &opts, &verifier, None)
+                .expect("decode");
+            // The verifier never changes the transcript.
+            assert_eq!(heard.text, engine.transcribe(&audio, &opts).expect("plain"));
+            let v = escape_verdict(&heard).expect("an escape score");
+            assert_eq!(v.passed(), escape, "{text:?} heard {heard:?}");
+        }
+    }
+
+    #[test]
+    fn silence_and_empty_audio_give_no_verdict_that_passes() {
+        let Some(engine) = engine() else { return };
+        let verifier = english(&engine);
+        let opts = DecodeOptions::default();
+        let empty = engine
+            .transcribe_verified(&[], &opts, &verifier, None)
+            .expect("empty");
+        assert!(
+            empty.verdicts.is_empty() && empty.text.is_empty(),
+            "{empty:?}"
+        );
+        for audio in [silence(50), silence(1_500)] {
+            let heard = engine
+                .transcribe_verified(&audio, &opts, &verifier, None)
+                .expect("silence");
+            assert!(!heard.verdicts.iter().any(Verdict::passed), "{heard:?}");
+        }
+    }
 
     #[test]
     fn log_softmax_ignores_special_tokens() {
