@@ -9,7 +9,7 @@ use crate::config::Flow;
 use crate::escape::EscapeDetector;
 use crate::speech::{
     DecodeOptions, DecodeResult, DecoderPool, PoolConfig, RecognitionWatch, RecognizerConfig,
-    RecognizerOutput, StreamingRecognizer, Transcriber, Verdict, load_wav_mono_16k,
+    RecognizerOutput, StreamingRecognizer, Transcriber, load_wav_mono_16k, watch,
 };
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -683,7 +683,7 @@ fn stream_caller(
         }
         if verdicts
             .iter()
-            .any(|v| matches!(v, Verdict::SendToPerson(_)))
+            .any(|v| matches!(v, watch::Verdict::SendToPerson(_)))
         {
             // A live call would now be with a person; here the caller carries on talking so
             // the load stays the same, and the utterance counts as routed for overload.

@@ -12,7 +12,7 @@ use crate::brain::Event;
 use crate::escape::normalize::collapse_repeats;
 use crate::speech::{
     DecodeKind, DecodeOptions, DecodeResult, DecoderPool, JobId, RecognitionWatch,
-    RecognizerConfig, RecognizerOutput, SpeechError, StreamingRecognizer, Transcriber, Verdict,
+    RecognizerConfig, RecognizerOutput, SpeechError, StreamingRecognizer, Transcriber, watch,
 };
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -78,6 +78,7 @@ pub fn run_turn(
     let mut stats = TurnStats::default();
     let mut rec = StreamingRecognizer::new(stream, config)?;
     let (tx, rx) = mpsc::channel::<DecodeResult>();
+    let no_cancel = std::sync::atomic::AtomicBool::new(false);
     // Fast mode: results waiting for their (virtual) arrival time; the decoder is busy until.
     let mut arriving: Vec<(u64, DecodeResult)> = Vec::new();
     let mut busy_until = 0u64;
@@ -142,10 +143,15 @@ pub fn run_turn(
                                 busy_until = t;
                             }
                             let began = Instant::now();
-                            let outcome = engine.transcribe(
+                            let heard = engine.transcribe_heard(
                                 &job.audio,
                                 &opts.for_language(job.language.as_deref()),
+                                &no_cancel,
                             );
+                            let (outcome, verdicts) = match heard {
+                                Ok(h) => (Ok(h.text), h.verdicts),
+                                Err(e) => (Err(e), Vec::new()),
+                            };
                             let decode_ms = began.elapsed().as_millis() as u64;
                             let start = t.max(busy_until);
                             busy_until = start + decode_ms;
@@ -156,6 +162,7 @@ pub fn run_turn(
                                 decode_ms,
                                 audio_ms,
                                 queue_ms: start - t,
+                                verdicts,
                             };
                             arriving.push((busy_until, result));
                         }
@@ -164,7 +171,7 @@ pub fn run_turn(
                             let id: JobId = job.id;
                             if let Err(e) = pool.submit(job, move |r| {
                                 let _ = tx.send(r);
-                            }) && let Verdict::SendToPerson(why) =
+                            }) && let watch::Verdict::SendToPerson(why) =
                                 RecognitionWatch::default().refused(id.kind, &e)
                             {
                                 // Recognition cannot answer this caller in time: a person.
@@ -183,16 +190,24 @@ pub fn run_turn(
                     watch.speech_ended(Instant::now());
                     Event::SpeechEnded
                 }
-                RecognizerOutput::Partial { text, .. } => {
+                RecognizerOutput::Partial { text, verdicts, .. } => {
                     stats.partials += 1;
+                    if !verdicts.is_empty() && emit(t, Event::Verified { verdicts }).is_break() {
+                        stats.stopped_at_ms = Some(t);
+                        return Ok(stats);
+                    }
                     Event::PartialTranscript {
                         text: collapse_repeats(&text),
                     }
                 }
-                RecognizerOutput::Final { text, .. } => {
+                RecognizerOutput::Final { text, verdicts, .. } => {
                     watch.final_heard();
                     let text = collapse_repeats(&text);
                     stats.finals.push(text.clone());
+                    if !verdicts.is_empty() && emit(t, Event::Verified { verdicts }).is_break() {
+                        stats.stopped_at_ms = Some(t);
+                        return Ok(stats);
+                    }
                     Event::FinalTranscript { text }
                 }
                 RecognizerOutput::DecodeFailed {
@@ -212,7 +227,7 @@ pub fn run_turn(
             }
         }
         if let Decoding::Paced { .. } = decoding
-            && let Verdict::SendToPerson(why) = watch.on_time(Instant::now())
+            && let watch::Verdict::SendToPerson(why) = watch.on_time(Instant::now())
         {
             tracing::warn!(why = why.as_str(), "recognition given up on");
             if emit(t, Event::SpeechEngineDegraded).is_break() {

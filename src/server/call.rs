@@ -23,7 +23,7 @@ use crate::sip::{
 };
 use crate::speech::{
     DecodeKind, DecodeResult, RecognitionWatch, RecognizerOutput, StreamResampler,
-    StreamingRecognizer, Verdict,
+    StreamingRecognizer, Verdict, watch,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -670,6 +670,16 @@ impl Call {
         );
     }
 
+    /// The keyword verifier's verdicts go to the brain just before their transcript.
+    async fn feed_verdicts(&mut self, verdicts: Vec<Verdict>) {
+        if let Some(v) = verdicts.iter().find(|v| v.passed()) {
+            info!(kind = v.kind.as_str(), phrase = %v.phrase, score = v.score, threshold = v.threshold, "verified");
+        }
+        if !verdicts.is_empty() {
+            self.feed(Event::Verified { verdicts }).await;
+        }
+    }
+
     /// The caller reached a person: their stored callback is kept, never dialed.
     fn keep_callback(&self, id: String) {
         let Ok(id) = id.parse::<i64>() else { return };
@@ -717,12 +727,16 @@ impl Call {
                     self.speech_end = Some(Instant::now());
                     Event::SpeechEnded
                 }
-                RecognizerOutput::Partial { text, .. } => Event::PartialTranscript {
-                    text: collapse_repeats(&text),
-                },
-                RecognizerOutput::Final { text, .. } => {
+                RecognizerOutput::Partial { text, verdicts, .. } => {
+                    self.feed_verdicts(verdicts).await;
+                    Event::PartialTranscript {
+                        text: collapse_repeats(&text),
+                    }
+                }
+                RecognizerOutput::Final { text, verdicts, .. } => {
                     let text = collapse_repeats(&text);
                     info!(%text, "heard");
+                    self.feed_verdicts(verdicts).await;
                     Event::FinalTranscript { text }
                 }
                 RecognizerOutput::DecodeFailed {
@@ -745,8 +759,8 @@ impl Call {
 
     /// Recognition cannot answer in time: a person will (the brain routes a caller still in
     /// the IVR with reason `speech_unavailable`).
-    async fn give_up_if(&mut self, verdict: Verdict) {
-        if let Verdict::SendToPerson(why) = verdict {
+    async fn give_up_if(&mut self, verdict: watch::Verdict) {
+        if let watch::Verdict::SendToPerson(why) = verdict {
             warn!(
                 why = why.as_str(),
                 "recognition given up on for this caller"

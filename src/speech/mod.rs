@@ -48,6 +48,7 @@ pub mod models;
 pub mod recognizer;
 pub mod scheduler;
 pub mod vad;
+pub mod verifier;
 pub mod watch;
 
 use std::path::{Path, PathBuf};
@@ -58,7 +59,7 @@ pub use audio::{
     load_wav_mono_16k, mulaw_decode, mulaw_encode, resample,
 };
 pub use engine::{
-    DecodeOptions, DecodeResult, DecodeStrategy, DecoderPool, ESCAPE_PROMPT, EngineOptions,
+    DecodeOptions, DecodeResult, DecodeStrategy, DecoderPool, ESCAPE_PROMPT, EngineOptions, Heard,
     PoolConfig, PoolStats, Transcriber, WhisperEngine, clean_transcript,
 };
 pub use recognizer::{
@@ -69,7 +70,8 @@ pub use vad::{
     EarshotScorer, EnergyScorer, FRAME_MS, FRAME_SAMPLES, Vad, VadConfig, VadEvent, VadFrame,
     VadGate, VoiceScorer,
 };
-pub use watch::{GiveUp, RecognitionWatch, Verdict};
+pub use verifier::{KeywordVerifier, PhraseKind, Verdict, VerifierSettings};
+pub use watch::{GiveUp, RecognitionWatch};
 
 /// Everything that can go wrong in the speech engine.
 #[derive(Debug, thiserror::Error)]

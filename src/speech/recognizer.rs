@@ -26,6 +26,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::vad::{FRAME_SAMPLES, Vad, VadConfig, VadEvent, VoiceScorer, level_dbfs_of_power};
+use super::verifier::Verdict;
 use super::{SpeechError, ms_to_samples, samples_to_ms};
 
 /// Whether a decode is of the utterance so far (may be superseded) or of the whole utterance.
@@ -86,9 +87,15 @@ pub enum RecognizerOutput {
         utterance: u64,
         seq: u64,
         text: String,
+        /// The keyword verifier's verdicts on this audio (empty when not verified).
+        verdicts: Vec<Verdict>,
     },
     /// Transcript of the whole utterance (may be empty: noise with no words in it).
-    Final { utterance: u64, text: String },
+    Final {
+        utterance: u64,
+        text: String,
+        verdicts: Vec<Verdict>,
+    },
     /// A decode failed (not merely superseded). For a final this is the last word on the
     /// utterance: the driver should not wait for a transcript.
     DecodeFailed {
@@ -354,7 +361,7 @@ impl StreamingRecognizer {
     /// Feed back a pool result (text, failure, or superseded).
     pub fn on_result(&mut self, result: &super::DecodeResult) {
         match &result.outcome {
-            Ok(text) => self.on_decoded(result.job, text),
+            Ok(text) => self.on_heard(result.job, text, &result.verdicts),
             Err(SpeechError::Superseded) => self.on_superseded(result.job),
             Err(e) => {
                 let behind = matches!(
@@ -368,6 +375,13 @@ impl StreamingRecognizer {
 
     /// A decode finished with `text`.
     pub fn on_decoded(&mut self, job: JobId, text: &str) {
+        self.on_heard(job, text, &[]);
+    }
+
+    /// A decode finished with `text` and the keyword verifier's `verdicts`. A partial whose
+    /// text is unchanged is still reported when a verdict passed: the verifier may hear what
+    /// the transcript does not say.
+    pub fn on_heard(&mut self, job: JobId, text: &str, verdicts: &[Verdict]) {
         if job.stream != self.stream {
             return;
         }
@@ -393,13 +407,16 @@ impl StreamingRecognizer {
                 // same (a lone escape word heard twice is confirmed).
                 let stale =
                     track.final_done || track.last_partial_seq.is_some_and(|s| s >= job.seq);
-                if !stale && !text.is_empty() && (is_pause || text != track.last_partial_text) {
+                let news = (!text.is_empty() && (is_pause || text != track.last_partial_text))
+                    || verdicts.iter().any(Verdict::passed);
+                if !stale && news {
                     track.last_partial_seq = Some(job.seq);
                     track.last_partial_text = text.to_string();
                     self.outputs.push_back(RecognizerOutput::Partial {
                         utterance: job.utterance,
                         seq: job.seq,
                         text: text.to_string(),
+                        verdicts: verdicts.to_vec(),
                     });
                 }
                 if is_pause && let Some(held) = track.held_final.take() {
@@ -409,6 +426,7 @@ impl StreamingRecognizer {
                     self.outputs.push_back(RecognizerOutput::Final {
                         utterance: held.id.utterance,
                         text: text.to_string(),
+                        verdicts: verdicts.to_vec(),
                     });
                 }
                 // The decoder is free again: catch up if speech piled up meanwhile.
@@ -421,6 +439,7 @@ impl StreamingRecognizer {
                     self.outputs.push_back(RecognizerOutput::Final {
                         utterance: job.utterance,
                         text: text.to_string(),
+                        verdicts: verdicts.to_vec(),
                     });
                 }
             }
@@ -619,6 +638,7 @@ impl StreamingRecognizer {
             self.outputs.push_back(RecognizerOutput::Final {
                 utterance: u.id,
                 text: String::new(),
+                verdicts: Vec::new(),
             });
             return;
         }
@@ -644,9 +664,11 @@ impl StreamingRecognizer {
                     track.final_done = true;
                     track.partial_in_flight = None;
                     let text = text.clone();
+                    // Its verdicts went out with it as a partial.
                     self.outputs.push_back(RecognizerOutput::Final {
                         utterance: u.id,
                         text,
+                        verdicts: Vec::new(),
                     });
                     return;
                 }
