@@ -6,6 +6,8 @@ use super::{
 };
 use crate::callbacks::{names_time, spoken_number};
 use crate::config::{Flow, Language, render};
+use crate::escape::{EscapeMatch, MatchKind};
+use crate::speech::verifier::{PhraseKind, Verdict};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -76,6 +78,8 @@ pub struct CallBrain {
     /// A partial that was an escape word alone: routed on when the next partial still has
     /// it, or the final does (`Flow::confirm_lone_word`).
     lone_heard: Option<String>,
+    /// The keyword verifier's verdicts for the transcript that comes next.
+    verified: Vec<Verdict>,
 }
 
 impl CallBrain {
@@ -105,6 +109,7 @@ impl CallBrain {
             keep_when_stored: false,
             route_reason: None,
             lone_heard: None,
+            verified: Vec::new(),
         }
     }
 
@@ -203,6 +208,7 @@ impl CallBrain {
                     );
                 }
             }
+            Event::Verified { verdicts } => self.verified = verdicts,
             Event::PartialTranscript { text } => self.on_partial(now, text, out),
             Event::FinalTranscript { text } => self.on_final(now, text, out),
             Event::Dtmf { digit } => self.on_dtmf(now, digit, out),
@@ -422,20 +428,38 @@ impl CallBrain {
         }
     }
 
+    /// The verifier's passed verdict of `kind` for this transcript, if any.
+    fn verified(&self, kind: PhraseKind) -> Option<&Verdict> {
+        self.verified.iter().find(|v| v.kind == kind && v.passed())
+    }
+
+    /// An escape the keyword verifier heard, as the match the agent sees.
+    fn verified_escape(&self, text: &str) -> Option<EscapeMatch> {
+        self.verified(PhraseKind::Escape).map(|v| EscapeMatch {
+            phrase: v.phrase.clone(),
+            heard: text.trim().to_string(),
+            kind: MatchKind::Verified,
+            lone_word: false,
+        })
+    }
+
     fn on_partial(&mut self, now: Instant, text: String, out: &mut Vec<Action>) {
+        let heard = self.verified_escape(&text);
+        self.verified.clear();
         if self.phase != Phase::Ivr {
             return;
         }
         // Decide while the caller is still speaking: an escape in a partial routes now.
-        let Some(m) = self.flow.escape.detect(&text) else {
+        let Some(m) = self.flow.escape.detect(&text).or(heard.clone()) else {
             self.lone_heard = None;
             return;
         };
         // Unless the partial is the escape word alone, heard for the first time: Whisper
         // sometimes writes a word of its prompt alone for a moment of other speech. The next
-        // partial (or the final) confirms it.
+        // partial (or the final) confirms it, or the verifier's confident score at once.
         if m.lone_word
             && self.flow.confirm_lone_word
+            && heard.is_none()
             && self.lone_heard.as_deref() != Some(m.phrase.as_str())
         {
             self.lone_heard = Some(m.phrase);
@@ -456,6 +480,7 @@ impl CallBrain {
             Phase::Queued => self.on_queue_answer(now, text, out),
             _ => {}
         }
+        self.verified.clear();
     }
 
     fn on_ivr_answer(&mut self, now: Instant, text: String, out: &mut Vec<Action>) {
@@ -464,7 +489,13 @@ impl CallBrain {
         if !text.is_empty() {
             self.context.said.push(text.clone());
         }
-        if let Some(m) = self.flow.escape.detect(&text) {
+        // An escape by either the text matcher or the keyword verifier routes.
+        if let Some(m) = self
+            .flow
+            .escape
+            .detect(&text)
+            .or_else(|| self.verified_escape(&text))
+        {
             self.context.escape = Some(m);
             return self.route(now, RouteReason::Keyword, out);
         }
@@ -517,7 +548,21 @@ impl CallBrain {
             self.context.said.push(text.trim().to_string());
         }
         let lang = self.lang();
-        let (yes, no) = (lang.yes.matches(&text), lang.no.matches(&text));
+        let (mut yes, mut no) = (lang.yes.matches(&text), lang.no.matches(&text));
+        // The verifier's answer counts when the words do not say otherwise; heard both, the
+        // better-scoring one wins.
+        if !yes && !no {
+            match (
+                self.verified(PhraseKind::Yes),
+                self.verified(PhraseKind::No),
+            ) {
+                (Some(y), Some(n)) if y.score >= n.score => yes = true,
+                (Some(_), Some(_)) => no = true,
+                (Some(_), None) => yes = true,
+                (None, Some(_)) => no = true,
+                (None, None) => {}
+            }
+        }
         let number = spoken_number(&text);
         match self.callback {
             CallbackState::Offered => {
@@ -708,9 +753,11 @@ impl CallBrain {
     fn store_callback(&mut self, number: String, out: &mut Vec<Action>) {
         self.callback = CallbackState::Storing;
         self.cancel(TimerKind::CallbackReoffer, out);
-        if self.playing.is_some() {
-            // Nothing about this callback may be heard until it is stored.
+        if self.playing.is_some() || self.holding.is_some() {
+            // Nothing about this callback may be heard until it is stored (nor anything
+            // that could be taken for it).
             self.playing = None;
+            self.holding = None;
             out.push(Action::StopPlayback);
         }
         let mut request = self.callback_request(false);
@@ -766,9 +813,14 @@ impl CallBrain {
     }
 
     /// After every event: a caller waiting in line hears a prompt or the hold music, never
-    /// dead air.
+    /// dead air. Except while their callback is being committed (milliseconds): nothing at
+    /// all is heard then, so nothing can be taken for a confirmation before it is stored.
     fn settle(&mut self, out: &mut Vec<Action>) {
-        if self.phase == Phase::Queued && self.playing.is_none() && self.holding.is_none() {
+        if self.phase == Phase::Queued
+            && self.playing.is_none()
+            && self.holding.is_none()
+            && self.callback != CallbackState::Storing
+        {
             let play = PlayId(self.next_play);
             self.next_play += 1;
             self.holding = Some(play);

@@ -11,6 +11,7 @@ mod call;
 pub use call::CallBrain;
 
 use crate::escape::EscapeMatch;
+use crate::speech::verifier::Verdict;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -142,6 +143,13 @@ pub enum Event {
     },
     SpeechStarted,
     SpeechEnded,
+    /// What the keyword verifier heard in the decode whose transcript comes next (the
+    /// best phrase of each kind, with its score and threshold). It applies to the next
+    /// `PartialTranscript` or `FinalTranscript` only: a passed escape routes, a passed yes or
+    /// no answers a callback offer, whatever the transcript's words.
+    Verified {
+        verdicts: Vec<Verdict>,
+    },
     PartialTranscript {
         text: String,
     },

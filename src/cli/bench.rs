@@ -42,6 +42,15 @@ enum BenchWhat {
         /// Seconds of each capacity run.
         #[arg(long, default_value_t = 30)]
         capacity_secs: u64,
+        /// Decoder workers in the capacity search's shared pool.
+        #[arg(long, default_value_t = 2)]
+        capacity_workers: usize,
+        /// Numbers of callers the capacity search tries, in order.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,6,8,10,12")]
+        capacity_callers: Vec<usize>,
+        /// Threads per decode (the setups' decodes and the capacity search's).
+        #[arg(long, default_value_t = 1)]
+        decode_threads: usize,
     },
     /// Scores saved transcripts (`bench speech --transcripts`) again with the current prompts,
     /// without decoding: for trying escape lexicons and brain rules. Decode times are those of
@@ -57,6 +66,33 @@ enum BenchWhat {
         out: Option<PathBuf>,
         #[arg(long)]
         holdout_voice: Option<String>,
+    },
+    /// The keyword verifier against the text matcher on the same decodes: recall, false
+    /// escapes and added time, with the escape threshold calibrated on the tuning voices.
+    Verifier {
+        /// Corpus folder with manifest.tsv (id, kind, voice, ..., text).
+        #[arg(long, default_value = "bench/corpus")]
+        corpus: PathBuf,
+        /// The corpus's language (its phrases and thresholds come from the prompts).
+        #[arg(long, default_value = "en")]
+        language: String,
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long)]
+        prompts: Option<PathBuf>,
+        /// Voices that set the threshold (comma-separated); the others are held out.
+        #[arg(long, value_delimiter = ',')]
+        tune_voices: Vec<String>,
+        #[arg(long, default_value_t = 1)]
+        every: usize,
+        /// Threads per decode.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Initial prompt instead of the live default ("" for none).
+        #[arg(long)]
+        prompt: Option<String>,
+        #[arg(long, default_value = "bench/results/verifier.json")]
+        out: PathBuf,
     },
     /// Callbacks: commit latency of a promise with fsync (and without, as the baseline),
     /// under concurrent committers, and the dialer's claim among many pending promises.
@@ -97,6 +133,27 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             out: a.out,
             seed: a.seed,
         }),
+        BenchWhat::Verifier {
+            corpus,
+            language,
+            model,
+            prompts,
+            tune_voices,
+            every,
+            threads,
+            prompt,
+            out,
+        } => bench::verifier::run(bench::verifier::VerifierRun {
+            corpus,
+            language,
+            model: crate::speech::models::model_path(model.as_deref()),
+            prompts,
+            tune_voices,
+            every,
+            threads,
+            prompt,
+            out,
+        }),
         BenchWhat::Speech {
             corpus,
             model,
@@ -107,6 +164,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             holdout_voice,
             no_capacity,
             capacity_secs,
+            capacity_workers,
+            capacity_callers,
+            decode_threads,
         } => bench::speech::speech(bench::speech::SpeechRun {
             corpus,
             model,
@@ -116,7 +176,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             setups,
             holdout_voice,
             no_capacity,
-            capacity_secs,
+            capacity: bench::speech::CapacityRun {
+                secs: capacity_secs,
+                workers: capacity_workers.max(1),
+                threads: decode_threads.max(1),
+                callers: capacity_callers,
+            },
+            threads: decode_threads.max(1),
         }),
         BenchWhat::Rescore {
             transcripts,

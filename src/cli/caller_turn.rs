@@ -11,8 +11,8 @@
 use crate::brain::Event;
 use crate::escape::normalize::collapse_repeats;
 use crate::speech::{
-    DecodeKind, DecodeOptions, DecodeResult, DecoderPool, JobId, RecognizerConfig,
-    RecognizerOutput, SpeechError, StreamingRecognizer, Transcriber,
+    DecodeKind, DecodeOptions, DecodeResult, DecoderPool, JobId, RecognitionWatch,
+    RecognizerConfig, RecognizerOutput, SpeechError, StreamingRecognizer, Transcriber, watch,
 };
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -78,6 +78,7 @@ pub fn run_turn(
     let mut stats = TurnStats::default();
     let mut rec = StreamingRecognizer::new(stream, config)?;
     let (tx, rx) = mpsc::channel::<DecodeResult>();
+    let no_cancel = std::sync::atomic::AtomicBool::new(false);
     // Fast mode: results waiting for their (virtual) arrival time; the decoder is busy until.
     let mut arriving: Vec<(u64, DecodeResult)> = Vec::new();
     let mut busy_until = 0u64;
@@ -86,6 +87,9 @@ pub fn run_turn(
     let audio_frames = audio.len().div_ceil(FRAME) as u64;
     let mut step = 0u64;
     let mut finished = false;
+    // Paced: a final still missing at the deadline sends the caller to a person, as on a
+    // live call (Fast mode decodes inline, so its finals always come).
+    let mut watch = RecognitionWatch::default();
     loop {
         let t = step * FRAME_MS;
         let in_audio = step < audio_frames;
@@ -122,11 +126,32 @@ pub fn run_turn(
                 RecognizerOutput::Decode(job) => {
                     match &decoding {
                         Decoding::Fast { engine, opts } => {
+                            let urgent = job.id.kind == DecodeKind::Final || job.at_pause;
+                            // As the pool does, a final or pause partial aborts the running
+                            // partial of its utterance rather than wait for it.
+                            if urgent
+                                && busy_until > t
+                                && let Some(i) = arriving.iter().position(|(at, r)| {
+                                    *at == busy_until
+                                        && r.job.kind == DecodeKind::Partial
+                                        && r.job.utterance == job.id.utterance
+                                })
+                            {
+                                let (_, mut aborted) = arriving.remove(i);
+                                aborted.outcome = Err(SpeechError::Superseded);
+                                arriving.push((t, aborted));
+                                busy_until = t;
+                            }
                             let began = Instant::now();
-                            let outcome = engine.transcribe(
+                            let heard = engine.transcribe_heard(
                                 &job.audio,
                                 &opts.for_language(job.language.as_deref()),
+                                &no_cancel,
                             );
+                            let (outcome, verdicts) = match heard {
+                                Ok(h) => (Ok(h.text), h.verdicts),
+                                Err(e) => (Err(e), Vec::new()),
+                            };
                             let decode_ms = began.elapsed().as_millis() as u64;
                             let start = t.max(busy_until);
                             busy_until = start + decode_ms;
@@ -137,6 +162,7 @@ pub fn run_turn(
                                 decode_ms,
                                 audio_ms,
                                 queue_ms: start - t,
+                                verdicts,
                             };
                             arriving.push((busy_until, result));
                         }
@@ -145,10 +171,11 @@ pub fn run_turn(
                             let id: JobId = job.id;
                             if let Err(e) = pool.submit(job, move |r| {
                                 let _ = tx.send(r);
-                            }) {
-                                // Refused (overloaded): recognition cannot keep up for this
-                                // caller, so hand them to a person.
-                                tracing::warn!(?id, error = %e, "decode refused");
+                            }) && let watch::Verdict::SendToPerson(why) =
+                                RecognitionWatch::default().refused(id.kind, &e)
+                            {
+                                // Recognition cannot answer this caller in time: a person.
+                                tracing::warn!(?id, error = %e, why = why.as_str(), "decode refused");
                                 if emit(t, Event::SpeechEngineDegraded).is_break() {
                                     stats.stopped_at_ms = Some(t);
                                     return Ok(stats);
@@ -159,16 +186,28 @@ pub fn run_turn(
                     continue;
                 }
                 RecognizerOutput::SpeechStarted { .. } => Event::SpeechStarted,
-                RecognizerOutput::SpeechEnded { .. } => Event::SpeechEnded,
-                RecognizerOutput::Partial { text, .. } => {
+                RecognizerOutput::SpeechEnded { .. } => {
+                    watch.speech_ended(Instant::now());
+                    Event::SpeechEnded
+                }
+                RecognizerOutput::Partial { text, verdicts, .. } => {
                     stats.partials += 1;
+                    if !verdicts.is_empty() && emit(t, Event::Verified { verdicts }).is_break() {
+                        stats.stopped_at_ms = Some(t);
+                        return Ok(stats);
+                    }
                     Event::PartialTranscript {
                         text: collapse_repeats(&text),
                     }
                 }
-                RecognizerOutput::Final { text, .. } => {
+                RecognizerOutput::Final { text, verdicts, .. } => {
+                    watch.final_heard();
                     let text = collapse_repeats(&text);
                     stats.finals.push(text.clone());
+                    if !verdicts.is_empty() && emit(t, Event::Verified { verdicts }).is_break() {
+                        stats.stopped_at_ms = Some(t);
+                        return Ok(stats);
+                    }
                     Event::FinalTranscript { text }
                 }
                 RecognizerOutput::DecodeFailed {
@@ -177,11 +216,21 @@ pub fn run_turn(
                     ..
                 } => {
                     tracing::warn!(%error, "final decode failed");
+                    watch.final_heard();
                     Event::SpeechEngineDegraded
                 }
                 RecognizerOutput::DecodeFailed { .. } => continue,
             };
             if emit(t, event).is_break() {
+                stats.stopped_at_ms = Some(t);
+                return Ok(stats);
+            }
+        }
+        if let Decoding::Paced { .. } = decoding
+            && let watch::Verdict::SendToPerson(why) = watch.on_time(Instant::now())
+        {
+            tracing::warn!(why = why.as_str(), "recognition given up on");
+            if emit(t, Event::SpeechEngineDegraded).is_break() {
                 stats.stopped_at_ms = Some(t);
                 return Ok(stats);
             }
@@ -209,4 +258,109 @@ pub fn load_engine(model: &std::path::Path) -> anyhow::Result<Arc<crate::speech:
             )
         })?;
     Ok(engine)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::brain::{Action, CallBrain, RouteReason};
+    use crate::config::Flow;
+    use crate::speech::{PoolConfig, testutil::phone_speech};
+
+    /// A decoder that hears every caller ask for an agent, slowly.
+    struct SlowEar;
+
+    impl Transcriber for SlowEar {
+        fn transcribe(&self, _: &[f32], _: &DecodeOptions) -> Result<String, SpeechError> {
+            std::thread::sleep(Duration::from_millis(400));
+            Ok("I want to talk to an agent".into())
+        }
+    }
+
+    /// Past capacity every caller still reaches a person: 12 callers say the same sentence at
+    /// the same moment to one decoder that needs 400 ms a decode. Those it can decode in time
+    /// are routed on what they said; the others are sent to a person because recognition is
+    /// behind; none waits on a decode that will not come.
+    #[test]
+    fn past_capacity_every_caller_reaches_a_person() {
+        let Some(audio) = phone_speech("I want to talk to an agent", "en-us", 165) else {
+            return;
+        };
+        let flow = Arc::new(Flow::embedded().expect("flow"));
+        let cfg = PoolConfig {
+            workers: 1,
+            ..PoolConfig::default()
+        };
+        let pool = Arc::new(DecoderPool::new(Arc::new(SlowEar), cfg).expect("pool"));
+        let speech_end = speech_end_ms(&audio);
+        let audio = Arc::new(audio);
+        let callers: Vec<_> = (0..12u64)
+            .map(|stream| {
+                let (pool, flow, audio) = (pool.clone(), flow.clone(), audio.clone());
+                std::thread::spawn(move || {
+                    let t0 = Instant::now();
+                    let mut brain = CallBrain::new(flow);
+                    let started = Event::CallStarted {
+                        caller_id: None,
+                        language: None,
+                    };
+                    for a in brain.handle(t0, started) {
+                        if let Action::Play { play, .. } = a {
+                            brain.handle(t0, Event::PromptFinished { play });
+                        }
+                    }
+                    let mut routed = None;
+                    let decoding = Decoding::Paced { pool: &pool };
+                    run_turn(
+                        &audio,
+                        stream,
+                        RecognizerConfig::default(),
+                        decoding,
+                        |t, e| {
+                            let now = t0 + Duration::from_millis(t);
+                            for a in brain.handle(now, e) {
+                                if let Action::RouteToAgent { reason, .. } = a {
+                                    routed = Some((reason, t));
+                                    return ControlFlow::Break(());
+                                }
+                            }
+                            ControlFlow::Continue(())
+                        },
+                    )
+                    .expect("turn");
+                    routed
+                })
+            })
+            .collect();
+        let routes: Vec<Option<(RouteReason, u64)>> = callers
+            .into_iter()
+            .map(|h| h.join().expect("caller"))
+            .collect();
+        assert!(
+            routes.iter().all(Option::is_some),
+            "someone was left waiting: {routes:?}"
+        );
+        let routes: Vec<(RouteReason, u64)> = routes.into_iter().flatten().collect();
+        let by_ear = routes
+            .iter()
+            .filter(|r| r.0 == RouteReason::Keyword)
+            .count();
+        let overload = routes
+            .iter()
+            .filter(|r| r.0 == RouteReason::SpeechUnavailable)
+            .count();
+        assert!(by_ear >= 1, "the decoder heard nobody: {routes:?}");
+        assert!(
+            overload >= 1,
+            "12 callers at once did not overload one slow decoder: {routes:?}"
+        );
+        assert_eq!(by_ear + overload, 12, "{routes:?}");
+        // Every caller reached a person well within the watch's deadline after speaking
+        // (the pool refuses what it cannot decode in time, so nobody needs the deadline).
+        let limit = speech_end + crate::speech::watch::FINAL_DEADLINE.as_millis() as u64;
+        assert!(
+            routes.iter().all(|r| r.1 <= limit),
+            "{routes:?} (speech ends at {speech_end} ms)"
+        );
+    }
 }

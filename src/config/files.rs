@@ -115,6 +115,9 @@ pub struct LanguageFile {
     pub answers: AnswersFile,
     #[serde(default)]
     pub topics: Vec<TopicFile>,
+    /// The keyword verifier's thresholds for this language (`[verifier]`).
+    #[serde(default)]
+    pub verifier: Option<Spanned<crate::speech::verifier::VerifierSettings>>,
 }
 
 #[derive(Debug, Deserialize)]

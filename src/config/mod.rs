@@ -7,6 +7,7 @@
 mod files;
 
 use crate::escape::{EscapeDetector, EscapeThresholds, PhraseSet, RepetitionDetector, normalize};
+use crate::speech::verifier::{PhraseKind, VerifierSettings};
 use files::{LanguageFile, SettingsFile};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -114,6 +115,10 @@ pub struct Language {
     pub no: PhraseSet,
     pub repetition: RepetitionDetector,
     pub topics: Vec<Topic>,
+    /// What the keyword verifier scores in this language: the escape phrases and requests,
+    /// and the yes/no answers.
+    pub verifier_phrases: Vec<(String, PhraseKind)>,
+    pub verifier: VerifierSettings,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -481,6 +486,23 @@ impl Loader<'_> {
             }
             escape_phrases.extend(file.escape.phrases.get_ref().iter().cloned());
             let answers = &file.answers;
+            let verifier = match &file.verifier {
+                Some(v) => {
+                    if let Err(e) = v.get_ref().validate() {
+                        problems.push(lp(v.span(), e));
+                    }
+                    v.get_ref().clone()
+                }
+                None => VerifierSettings::default(),
+            };
+            let escapes = file.escape.phrases.get_ref().iter();
+            let whole_requests = file.escape.requests.iter().map(|r| r.get_ref());
+            let verifier_phrases = escapes
+                .chain(whole_requests)
+                .map(|p| (p.clone(), PhraseKind::Escape))
+                .chain(answers.yes.iter().map(|p| (p.clone(), PhraseKind::Yes)))
+                .chain(answers.no.iter().map(|p| (p.clone(), PhraseKind::No)))
+                .collect();
             languages.insert(
                 code.clone(),
                 Language {
@@ -495,6 +517,8 @@ impl Loader<'_> {
                         repetition_threshold,
                     ),
                     topics,
+                    verifier_phrases,
+                    verifier,
                 },
             );
         }

@@ -22,7 +22,8 @@ use crate::sip::{
     OutboundEvent, OutboundEvents, OutboundInvite, RejectStatus,
 };
 use crate::speech::{
-    DecodeKind, DecodeResult, RecognizerOutput, StreamResampler, StreamingRecognizer,
+    DecodeKind, DecodeResult, RecognitionWatch, RecognizerOutput, StreamResampler,
+    StreamingRecognizer, Verdict, watch,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -84,6 +85,9 @@ struct Call {
     agent: Option<AgentLeg>,
     /// End of the caller's latest speech (stream audio time) and the wall time it maps to.
     speech_end: Option<Instant>,
+    /// Whether a refused or failed decode sends the caller to a person (a final missing too
+    /// long after the end of speech is the brain's `FinalTranscript` timer).
+    watch: RecognitionWatch,
     call_start: Instant,
     /// The caller's ACK came: the call is real (a forged INVITE never gets this far).
     confirmed: bool,
@@ -324,6 +328,7 @@ async fn drive(
         queued: false,
         agent: None,
         speech_end: None,
+        watch: RecognitionWatch::default(),
         call_start: Instant::now(),
         confirmed: established,
         heard_caller: established,
@@ -665,6 +670,16 @@ impl Call {
         );
     }
 
+    /// The keyword verifier's verdicts go to the brain just before their transcript.
+    async fn feed_verdicts(&mut self, verdicts: Vec<Verdict>) {
+        if let Some(v) = verdicts.iter().find(|v| v.passed()) {
+            info!(kind = v.kind.as_str(), phrase = %v.phrase, score = v.score, threshold = v.threshold, "verified");
+        }
+        if !verdicts.is_empty() {
+            self.feed(Event::Verified { verdicts }).await;
+        }
+    }
+
     /// The caller reached a person: their stored callback is kept, never dialed.
     fn keep_callback(&self, id: String) {
         let Ok(id) = id.parse::<i64>() else { return };
@@ -697,11 +712,13 @@ impl Call {
                         continue;
                     };
                     let tx = decode_tx.clone();
+                    let kind = job.id.kind;
                     if let Err(e) = pool.submit(job, move |r| {
                         let _ = tx.send(r);
                     }) {
-                        warn!(error = %e, "decode refused");
-                        self.feed(Event::SpeechEngineDegraded).await;
+                        debug!(error = %e, ?kind, "decode refused");
+                        let verdict = self.watch.refused(kind, &e);
+                        self.give_up_if(verdict).await;
                     }
                     continue;
                 }
@@ -710,25 +727,45 @@ impl Call {
                     self.speech_end = Some(Instant::now());
                     Event::SpeechEnded
                 }
-                RecognizerOutput::Partial { text, .. } => Event::PartialTranscript {
-                    text: collapse_repeats(&text),
-                },
-                RecognizerOutput::Final { text, .. } => {
+                RecognizerOutput::Partial { text, verdicts, .. } => {
+                    self.feed_verdicts(verdicts).await;
+                    Event::PartialTranscript {
+                        text: collapse_repeats(&text),
+                    }
+                }
+                RecognizerOutput::Final { text, verdicts, .. } => {
                     let text = collapse_repeats(&text);
                     info!(%text, "heard");
+                    self.feed_verdicts(verdicts).await;
                     Event::FinalTranscript { text }
                 }
                 RecognizerOutput::DecodeFailed {
-                    kind: DecodeKind::Final,
+                    kind,
                     error,
+                    behind,
                     ..
                 } => {
-                    warn!(%error, "final decode failed");
-                    Event::SpeechEngineDegraded
+                    if kind == DecodeKind::Final {
+                        warn!(%error, "no final transcript");
+                    }
+                    let verdict = self.watch.failed(kind, behind);
+                    self.give_up_if(verdict).await;
+                    continue;
                 }
-                RecognizerOutput::DecodeFailed { .. } => continue,
             };
             self.feed(event).await;
+        }
+    }
+
+    /// Recognition cannot answer in time: a person will (the brain routes a caller still in
+    /// the IVR with reason `speech_unavailable`).
+    async fn give_up_if(&mut self, verdict: watch::Verdict) {
+        if let watch::Verdict::SendToPerson(why) = verdict {
+            warn!(
+                why = why.as_str(),
+                "recognition given up on for this caller"
+            );
+            self.feed(Event::SpeechEngineDegraded).await;
         }
     }
 
@@ -1005,6 +1042,13 @@ impl Call {
     /// The caller is gone: release the agent (they may hang up on an agent; we hang up the
     /// agent's leg for them), leave the queue.
     async fn finish(mut self) {
+        if let Some(pool) = &self.shared.speech {
+            // Their decodes would only keep other callers waiting.
+            let n = pool.cancel_stream(self.id);
+            if n > 0 {
+                debug!(n, "queued decodes cancelled");
+            }
+        }
         if self.queued {
             let _ = self
                 .shared

@@ -34,6 +34,8 @@ pub struct Shared {
     pub(crate) media_ip: IpAddr,
     pub(crate) rtp_ports: PortRange,
     pub(crate) speech: Option<Arc<DecoderPool>>,
+    /// The model behind `speech`, to re-tokenize the verifier's phrases on a prompt reload.
+    pub(crate) engine: Option<Arc<crate::speech::WhisperEngine>>,
     pub(crate) queue: tokio::sync::mpsc::UnboundedSender<queue::QueueMsg>,
     pub(crate) ledger: SharedLedger,
     pub(crate) metrics: Metrics,
@@ -110,8 +112,12 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     });
 
     // The model is loaded before the first call; if it cannot be, calls still get a person.
+    let mut engine_for_reload = None;
     let speech = match crate::speech::WhisperEngine::load(&opts.model, Default::default()) {
         Ok(engine) => {
+            // The keyword verifier of each language, from the prompts' phrases and thresholds.
+            engine.install_verifiers(&flow)?;
+            engine_for_reload = Some(engine.clone());
             let cfg = PoolConfig {
                 workers: opts.decoders,
                 decode: DecodeOptions {
@@ -120,7 +126,10 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
                 },
                 ..PoolConfig::default()
             };
-            Some(Arc::new(DecoderPool::new(engine, cfg)?))
+            let pool = Arc::new(DecoderPool::new(engine, cfg)?);
+            let watched = Arc::downgrade(&pool);
+            metrics.watch_speech(move || watched.upgrade().map(|p| p.stats()).unwrap_or_default());
+            Some(pool)
         }
         Err(e) => {
             error!(error = %e, "speech recognition unavailable: every caller goes straight to a person");
@@ -148,6 +157,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         media_ip,
         rtp_ports: opts.rtp_ports,
         speech,
+        engine: engine_for_reload,
         queue,
         ledger,
         metrics,
@@ -254,6 +264,12 @@ async fn watch_prompts(shared: Arc<Shared>, dir: PathBuf) {
         .await;
         match loaded {
             Ok(Ok((flow, audio))) => {
+                if let Some(engine) = &shared.engine
+                    && let Err(e) = engine.install_verifiers(&flow)
+                {
+                    error!(error = %e, "prompts not reloaded: the verifier's phrases do not tokenize");
+                    continue;
+                }
                 if let Ok(mut g) = shared.flow.write() {
                     *g = (Arc::new(flow), Arc::new(audio));
                 }

@@ -2,7 +2,8 @@
 //! settings ([`DecodeOptions`]), and [`DecoderPool`], the worker threads that run decodes off
 //! the async runtime.
 
-use std::collections::{HashMap, VecDeque};
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +16,10 @@ use whisper_rs::{
 };
 
 use super::recognizer::{DecodeJob, DecodeKind, JobId};
+use super::scheduler::{Capacity, DecodeQueue, Dropped, JobClass, SchedulerConfig};
+use super::verifier::{
+    Hypothesis, KeywordVerifier, PhraseKind, StepRecorder, Verdict, VerifierSettings,
+};
 use super::{SAMPLE_RATE, SpeechError, samples_to_ms};
 
 /// Anything that turns 16 kHz mono audio into text. The Whisper engine implements it; tests
@@ -32,6 +37,21 @@ pub trait Transcriber: Send + Sync {
     ) -> Result<String, SpeechError> {
         let _ = cancel;
         self.transcribe(audio_16k, opts)
+    }
+
+    /// Like [`Transcriber::transcribe_cancellable`], with the keyword verifier's verdicts
+    /// for the decode's language when the transcriber has one ([`WhisperEngine`] does once
+    /// [`WhisperEngine::install_verifiers`] ran). The pool calls this.
+    fn transcribe_heard(
+        &self,
+        audio_16k: &[f32],
+        opts: &DecodeOptions,
+        cancel: &AtomicBool,
+    ) -> Result<Heard, SpeechError> {
+        Ok(Heard {
+            text: self.transcribe_cancellable(audio_16k, opts, cancel)?,
+            verdicts: Vec::new(),
+        })
     }
 
     /// Called once per pool worker before it starts, to allocate per-worker decoder state
@@ -89,6 +109,9 @@ pub struct DecodeOptions {
     pub no_repeat_ngram: u32,
     /// Emit no timestamp tokens (faster; we never use timestamps).
     pub no_timestamps: bool,
+    /// Run the keyword verifier of the decode's language after the free decode (Adaptive
+    /// only; a no-op when the engine has no verifier for the language).
+    pub verify: bool,
 }
 
 impl Default for DecodeOptions {
@@ -110,6 +133,7 @@ impl Default for DecodeOptions {
             extra_tokens: 6,
             no_repeat_ngram: 3,
             no_timestamps: true,
+            verify: true,
         }
     }
 }
@@ -213,6 +237,8 @@ pub struct WhisperEngine {
     opts: EngineOptions,
     idle_states: Mutex<Vec<WhisperState>>,
     prompt_tokens: Mutex<HashMap<String, Arc<Vec<i32>>>>,
+    /// Keyword verifiers by language code, tokenized for this model.
+    verifiers: Mutex<HashMap<String, Arc<KeywordVerifier>>>,
 }
 
 impl std::fmt::Debug for WhisperEngine {
@@ -279,6 +305,7 @@ impl WhisperEngine {
             opts,
             idle_states: Mutex::new(Vec::new()),
             prompt_tokens: Mutex::new(HashMap::new()),
+            verifiers: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -320,20 +347,27 @@ impl WhisperEngine {
         Ok(tokens)
     }
 
+    /// A free decode of `audio`. With `verifier`, the decode's logits are recorded and the
+    /// verifier's phrases scored against it afterwards (see [`super::verifier`]).
     fn decode(
         &self,
         state: &mut WhisperState,
         audio: &[f32],
         opts: &DecodeOptions,
         cancel: Option<&AtomicBool>,
-    ) -> Result<String, SpeechError> {
+        verifier: Option<&KeywordVerifier>,
+    ) -> Result<Heard, SpeechError> {
         let prompt = match &opts.initial_prompt {
             Some(p) if !p.trim().is_empty() => Some(self.prompt_tokens(p)?),
             _ => None,
         };
+        let verifying =
+            verifier.is_some_and(|v| !v.is_empty()) && opts.strategy == DecodeStrategy::Adaptive;
+        let recorder = verifying.then(|| RefCell::new(StepRecorder::new(self.ctx.token_eot())));
         let ngram = NgramFilter {
             n: opts.no_repeat_ngram as usize,
             n_vocab: usize::try_from(self.ctx.n_vocab()).unwrap_or(0),
+            recorder: recorder.as_ref(),
         };
         let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
         let threads = opts.threads.unwrap_or(self.opts.threads).max(1);
@@ -374,7 +408,7 @@ impl WhisperEngine {
             DecodeStrategy::Adaptive => {
                 params.set_single_segment(true);
                 params.set_no_timestamps(opts.no_timestamps);
-                if opts.no_repeat_ngram >= 2 {
+                if opts.no_repeat_ngram >= 2 || ngram.recorder.is_some() {
                     // SAFETY: `ngram` outlives the whisper_full call below (it is declared
                     // before `params` in this function), and the callback stays within the
                     // buffers whisper.cpp hands it.
@@ -406,13 +440,95 @@ impl WhisperEngine {
                 .map_err(|e| SpeechError::Decode(e.to_string()))?;
             text.push_str(&piece);
         }
-        Ok(clean_transcript(&text))
+        let text = clean_transcript(&text);
+        let (Some(verifier), Some(recorder)) = (verifier, recorder) else {
+            return Ok(Heard {
+                text,
+                verdicts: Vec::new(),
+            });
+        };
+        let recorder = recorder.into_inner();
+        let eot = self.ctx.token_eot();
+        let mut tokens = Vec::new();
+        let mut pieces = Vec::new();
+        for segment in state.as_iter() {
+            for i in 0..segment.n_tokens() {
+                if let Some(t) = segment.get_token(i)
+                    && t.token_id() < eot
+                {
+                    tokens.push(t.token_id());
+                    pieces.push(t.to_str_lossy().map(|c| c.into_owned()).unwrap_or_default());
+                }
+            }
+        }
+        // The decoder's KV cache holds: the previous-text marker and the prompt, then
+        // start-of-transcript, (language, task,) no-timestamps, then the hypothesis.
+        let prefix_len = prompt.as_ref().map_or(0, |p| 1 + p.len())
+            + 1
+            + if self.ctx.is_multilingual() { 2 } else { 0 }
+            + usize::from(opts.no_timestamps);
+        let hyp = Hypothesis {
+            tokens: &tokens,
+            pieces: &pieces,
+            prefix_len,
+            recorder: &recorder,
+            eot,
+        };
+        let scores = verifier.score(state, &hyp, threads, cancel)?;
+        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(SpeechError::Superseded);
+        }
+        let verdicts = verifier.verdicts(&scores);
+        Ok(Heard { text, verdicts })
+    }
+
+    /// Score each language's escape phrases and yes/no answers on every decode in that
+    /// language from now on (replacing verifiers installed before).
+    pub fn install_verifiers(&self, flow: &crate::config::Flow) -> Result<(), SpeechError> {
+        let mut all = HashMap::new();
+        for (code, lang) in &flow.languages {
+            let phrases = lang.verifier_phrases.iter().map(|(p, k)| (p.as_str(), *k));
+            let verifier = self.keyword_verifier(phrases, lang.verifier.clone())?;
+            all.insert(code.clone(), Arc::new(verifier));
+        }
+        *lock(&self.verifiers) = all;
+        Ok(())
+    }
+
+    /// The verifier for decodes with `opts`, if any.
+    fn verifier_for(&self, opts: &DecodeOptions) -> Option<Arc<KeywordVerifier>> {
+        if !opts.verify || opts.strategy != DecodeStrategy::Adaptive {
+            return None;
+        }
+        let code = opts.language.as_deref().unwrap_or("en");
+        lock(&self.verifiers).get(code).cloned()
+    }
+
+    /// A verifier of `phrases` for this model's vocabulary.
+    pub fn keyword_verifier<'a>(
+        &self,
+        phrases: impl IntoIterator<Item = (&'a str, PhraseKind)>,
+        settings: VerifierSettings,
+    ) -> Result<KeywordVerifier, SpeechError> {
+        KeywordVerifier::new(&self.ctx, phrases, settings)
+    }
+
+    /// Decode `audio` and score `verifier`'s phrases on it: the transcript and every phrase's
+    /// score (best over anchors).
+    pub fn transcribe_verified(
+        &self,
+        audio_16k: &[f32],
+        opts: &DecodeOptions,
+        verifier: &KeywordVerifier,
+        cancel: Option<&AtomicBool>,
+    ) -> Result<Heard, SpeechError> {
+        self.transcribe_with(audio_16k, opts, cancel, Some(verifier))
     }
 }
 
 impl Transcriber for WhisperEngine {
     fn transcribe(&self, audio_16k: &[f32], opts: &DecodeOptions) -> Result<String, SpeechError> {
-        self.transcribe_with(audio_16k, opts, None)
+        Ok(self.transcribe_with(audio_16k, opts, None, None)?.text)
     }
 
     fn transcribe_cancellable(
@@ -421,7 +537,19 @@ impl Transcriber for WhisperEngine {
         opts: &DecodeOptions,
         cancel: &AtomicBool,
     ) -> Result<String, SpeechError> {
-        self.transcribe_with(audio_16k, opts, Some(cancel))
+        Ok(self
+            .transcribe_with(audio_16k, opts, Some(cancel), None)?
+            .text)
+    }
+
+    fn transcribe_heard(
+        &self,
+        audio_16k: &[f32],
+        opts: &DecodeOptions,
+        cancel: &AtomicBool,
+    ) -> Result<Heard, SpeechError> {
+        let verifier = self.verifier_for(opts);
+        self.transcribe_with(audio_16k, opts, Some(cancel), verifier.as_deref())
     }
 
     fn prepare_worker(&self) -> Result<(), SpeechError> {
@@ -437,9 +565,10 @@ impl WhisperEngine {
         audio_16k: &[f32],
         opts: &DecodeOptions,
         cancel: Option<&AtomicBool>,
-    ) -> Result<String, SpeechError> {
+        verifier: Option<&KeywordVerifier>,
+    ) -> Result<Heard, SpeechError> {
         if audio_16k.is_empty() {
-            return Ok(String::new());
+            return Ok(Heard::default());
         }
         // whisper.cpp refuses input under 100 ms; pad very short clips with silence.
         let min = SAMPLE_RATE as usize / 5;
@@ -453,7 +582,7 @@ impl WhisperEngine {
             audio_16k
         };
         let mut state = self.take_state()?;
-        let result = self.decode(&mut state, audio, opts, cancel);
+        let result = self.decode(&mut state, audio, opts, cancel, verifier);
         lock(&self.idle_states).push(state);
         result
     }
@@ -473,9 +602,19 @@ unsafe extern "C" fn abort_if_set(data: *mut std::ffi::c_void) -> bool {
 }
 
 /// Settings the n-gram filter reads through whisper.cpp's user-data pointer.
-struct NgramFilter {
+struct NgramFilter<'a> {
     n: usize,
     n_vocab: usize,
+    /// Records each step's logits (before the ban) for the keyword verifier.
+    recorder: Option<&'a RefCell<StepRecorder>>,
+}
+
+/// A decode's transcript and, when verified, the best phrase of each kind the verifier
+/// scored (passed or not: [`Verdict::passed`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Heard {
+    pub text: String,
+    pub verdicts: Vec<Verdict>,
 }
 
 /// whisper.cpp logits filter: forbid any token that would complete an n-gram (n = the user
@@ -504,6 +643,11 @@ unsafe extern "C" fn no_repeat_ngram_filter(
             std::slice::from_raw_parts_mut(logits, f.n_vocab),
         )
     };
+    // SAFETY: as above, the NgramFilter (and the recorder it borrows) outlive whisper_full,
+    // which calls this on its own thread, one call at a time with one decoder.
+    if let Some(rec) = unsafe { (*filter).recorder } {
+        rec.borrow_mut().record(len, logits);
+    }
     if n < 2 || len < n {
         return;
     }
@@ -553,6 +697,8 @@ pub struct DecodeResult {
     pub audio_ms: u64,
     /// Time the job waited in the queue.
     pub queue_ms: u64,
+    /// The keyword verifier's best phrase of each kind (empty when not verified).
+    pub verdicts: Vec<Verdict>,
 }
 
 impl DecodeResult {
@@ -568,9 +714,8 @@ pub struct PoolConfig {
     /// Decoder threads (each runs one decode at a time, with `decode.threads` threads).
     /// Default: one per core (at most 4), with single-threaded decodes.
     pub workers: usize,
-    /// Most jobs waiting. Beyond this, partials are shed and new jobs refused: the driver
-    /// should route callers to a human rather than fall further behind.
-    pub max_queue: usize,
+    /// Queue limits and the overload rule (see [`super::scheduler`]).
+    pub schedule: SchedulerConfig,
     pub decode: DecodeOptions,
 }
 
@@ -578,31 +723,44 @@ impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig {
             workers: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
-            max_queue: 32,
+            schedule: SchedulerConfig::default(),
             decode: DecodeOptions::default(),
         }
     }
 }
 
 /// A snapshot of the pool's load.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct PoolStats {
     pub workers: usize,
     pub queued: usize,
+    /// Queued finals (the rest are partials).
+    pub queued_finals: usize,
     pub running: usize,
     /// How long the oldest waiting job has waited: the "falling behind" signal.
     pub oldest_queued_ms: Option<u64>,
+    /// How long the oldest waiting final has waited (a caller who stopped talking).
+    pub oldest_queued_final_ms: Option<u64>,
     /// How long the longest-running decode has run: a hung decoder shows here.
     pub oldest_running_ms: Option<u64>,
     pub completed: u64,
     pub failed: u64,
+    /// Partials replaced, shed or aborted, and jobs of calls that hung up.
     pub superseded: u64,
+    /// Jobs refused because the queue was full.
     pub rejected: u64,
+    /// Finals not decoded because they could not be in time (the caller went to a person).
+    pub behind: u64,
+    /// Time spent decoding, all workers together (ms): its rate is the pool's utilisation.
+    pub busy_ms: u64,
+    /// Typical decode time (moving average, ms), used to foresee a final's wait.
+    pub decode_ms_avg: f64,
 }
 
 type Reply = Box<dyn FnOnce(DecodeResult) + Send>;
 
-struct Queued {
+/// What rides along with a queued job.
+struct Pending {
     job: DecodeJob,
     reply: Reply,
     enqueued: Instant,
@@ -615,16 +773,40 @@ struct Running {
     cancel: Arc<AtomicBool>,
 }
 
-#[derive(Default)]
 struct PoolState {
-    queue: VecDeque<Queued>,
+    queue: DecodeQueue<Pending>,
     running: Vec<Running>,
     shutdown: bool,
     completed: u64,
     failed: u64,
     superseded: u64,
     rejected: u64,
+    behind: u64,
+    busy_ms: u64,
+    decode_ms_avg: f64,
 }
+
+impl PoolState {
+    /// Count a job answered without decoding.
+    fn count(&mut self, why: Dropped) {
+        match why {
+            Dropped::Behind { .. } => self.behind += 1,
+            Dropped::Full { .. } => self.rejected += 1,
+            Dropped::Superseded | Dropped::Shed | Dropped::Cancelled => self.superseded += 1,
+        }
+    }
+
+    fn capacity(&self, workers: usize) -> Capacity {
+        Capacity {
+            workers,
+            running: self.running.len(),
+            decode_ms: self.decode_ms_avg,
+        }
+    }
+}
+
+/// Before anything is measured, a decode is assumed to take this long (tiny.en, 1 thread).
+const INITIAL_DECODE_MS: f64 = 250.0;
 
 struct PoolShared {
     state: Mutex<PoolState>,
@@ -634,16 +816,13 @@ struct PoolShared {
 }
 
 /// Bounded worker threads running decodes (std threads: a decode is ~100 ms of CPU and
-/// would stall an async runtime).
-///
-/// Only the latest partial of an utterance matters: a new partial replaces a queued one for
-/// the same utterance (keeping its place in line), and a final drops queued partials of its
-/// utterance. Finals are never dropped. Replaced jobs get a reply with
-/// [`SpeechError::Superseded`], so every accepted job gets exactly one reply.
+/// would stall an async runtime). What runs next and what is shed is the
+/// [`super::scheduler::DecodeQueue`]'s policy: finals first, partials shed first, a final that
+/// cannot be decoded in time answered with [`SpeechError::Behind`] at once. Every accepted or
+/// refused job gets exactly one reply.
 pub struct DecoderPool {
     shared: Arc<PoolShared>,
     workers: Vec<JoinHandle<()>>,
-    max_queue: usize,
 }
 
 impl std::fmt::Debug for DecoderPool {
@@ -656,16 +835,28 @@ impl std::fmt::Debug for DecoderPool {
 
 impl DecoderPool {
     pub fn new(transcriber: Arc<dyn Transcriber>, cfg: PoolConfig) -> Result<Self, SpeechError> {
-        if cfg.workers == 0 || cfg.max_queue == 0 {
+        if cfg.workers == 0 {
             return Err(SpeechError::InvalidConfig(
-                "decoder pool needs at least one worker and a queue of at least one".into(),
+                "decoder pool needs at least one worker".into(),
             ));
         }
+        let queue = DecodeQueue::new(cfg.schedule.clone())?;
         for _ in 0..cfg.workers {
             transcriber.prepare_worker()?;
         }
         let shared = Arc::new(PoolShared {
-            state: Mutex::new(PoolState::default()),
+            state: Mutex::new(PoolState {
+                queue,
+                running: Vec::new(),
+                shutdown: false,
+                completed: 0,
+                failed: 0,
+                superseded: 0,
+                rejected: 0,
+                behind: 0,
+                busy_ms: 0,
+                decode_ms_avg: INITIAL_DECODE_MS,
+            }),
             wake: Condvar::new(),
             transcriber,
             decode: cfg.decode,
@@ -679,11 +870,7 @@ impl DecoderPool {
                 .map_err(|e| SpeechError::InvalidConfig(format!("cannot spawn decoder: {e}")))?;
             workers.push(handle);
         }
-        Ok(DecoderPool {
-            shared,
-            workers,
-            max_queue: cfg.max_queue,
-        })
+        Ok(DecoderPool { shared, workers })
     }
 
     /// Queue a job. `reply` is called exactly once, with the result: on a worker thread
@@ -691,8 +878,10 @@ impl DecoderPool {
     /// channel).
     ///
     /// A refused job also returns the error here, for callers who want to know at once:
-    /// [`SpeechError::Overloaded`] when the queue is full of jobs that cannot be shed (the
-    /// driver should stop waiting on recognition and route the caller to a human), or
+    /// [`SpeechError::Behind`] when a final could not be decoded in time (the driver should
+    /// stop waiting on recognition and route the caller to a person),
+    /// [`SpeechError::Overloaded`] when the queue is full of jobs that cannot be shed,
+    /// [`SpeechError::Superseded`] for a partial not worth queueing, or
     /// [`SpeechError::PoolShutDown`].
     pub fn submit(
         &self,
@@ -700,101 +889,59 @@ impl DecoderPool {
         reply: impl FnOnce(DecodeResult) + Send + 'static,
     ) -> Result<(), SpeechError> {
         let now = Instant::now();
-        let new = Queued {
+        let id = job.id;
+        let class = JobClass::of(&job);
+        let new = Pending {
             job,
             reply: Box::new(reply),
             enqueued: now,
         };
-        let mut dropped: Vec<Queued> = Vec::new();
+        let mut answered: Vec<(Pending, Dropped)> = Vec::new();
         let refused = {
             let mut st = lock(&self.shared.state);
-            let refused = self.enqueue(&mut st, new, &mut dropped).err();
-            st.superseded += dropped.len() as u64;
-            if refused.is_some() {
-                st.rejected += 1;
+            if st.shutdown {
+                drop(st);
+                reply_now(new, Err(SpeechError::PoolShutDown), now);
+                return Err(SpeechError::PoolShutDown);
             }
-            refused
+            answered.extend(st.queue.expire(now));
+            let cap = st.capacity(self.workers.len());
+            let pushed = st.queue.push(now, id, class, new, cap);
+            if let Some((newer, seq)) = pushed.abort_older_partials {
+                for r in &st.running {
+                    if r.id.kind == DecodeKind::Partial
+                        && same_utterance(&r.id, &newer)
+                        && r.id.seq < seq
+                    {
+                        r.cancel.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
+            answered.extend(pushed.dropped);
+            for (_, why) in &answered {
+                st.count(*why);
+            }
+            if let Some((_, why)) = &pushed.refused {
+                st.count(*why);
+            }
+            pushed.refused
         };
-        for q in dropped {
-            reply_now(q, Err(SpeechError::Superseded), now);
+        for (p, why) in answered {
+            reply_now(p, Err(why.error()), now);
         }
         match refused {
             None => {
                 self.shared.wake.notify_one();
                 Ok(())
             }
-            Some((err, q)) => {
-                let copy = match &err {
-                    SpeechError::Overloaded { capacity } => SpeechError::Overloaded {
-                        capacity: *capacity,
-                    },
-                    _ => SpeechError::PoolShutDown,
-                };
-                reply_now(*q, Err(copy), now);
-                Err(err)
-            }
-        }
-    }
-
-    /// Queue `new`, or hand it back with the reason. Jobs it displaces go to `dropped`.
-    fn enqueue(
-        &self,
-        st: &mut PoolState,
-        mut new: Queued,
-        dropped: &mut Vec<Queued>,
-    ) -> Result<(), (SpeechError, Box<Queued>)> {
-        if st.shutdown {
-            return Err((SpeechError::PoolShutDown, Box::new(new)));
-        }
-        let id = new.job.id;
-        let is_partial_of_utt =
-            |q: &Queued| q.job.id.kind == DecodeKind::Partial && same_utterance(&q.job.id, &id);
-        match id.kind {
-            DecodeKind::Partial => {
-                if let Some(slot) = st.queue.iter_mut().find(|q| is_partial_of_utt(q)) {
-                    // Take the old slot's place in line and its age: the utterance has been
-                    // waiting for a partial that long.
-                    new.enqueued = slot.enqueued;
-                    dropped.push(std::mem::replace(slot, new));
-                    return Ok(());
+            Some((p, why)) => {
+                if let Dropped::Behind { wait_ms } = why {
+                    tracing::warn!(?id, wait_ms, "final refused: recognition is behind");
                 }
-            }
-            DecodeKind::Final => {
-                // The final covers everything its queued partials would have said, and a
-                // running partial would only delay it: abort that too.
-                let (gone, keep): (VecDeque<Queued>, VecDeque<Queued>) =
-                    std::mem::take(&mut st.queue)
-                        .into_iter()
-                        .partition(is_partial_of_utt);
-                st.queue = keep;
-                dropped.extend(gone);
-                for r in &st.running {
-                    if r.id.kind == DecodeKind::Partial && same_utterance(&r.id, &id) {
-                        r.cancel.store(true, Ordering::Relaxed);
-                    }
-                }
+                reply_now(p, Err(why.error()), now);
+                Err(why.error())
             }
         }
-        if st.queue.len() >= self.max_queue {
-            // Shed the oldest queued partial (of any call) for a final; a later partial or
-            // its final covers it. A partial is not worth shedding another for.
-            let shed = match id.kind {
-                DecodeKind::Final => st
-                    .queue
-                    .iter()
-                    .position(|q| q.job.id.kind == DecodeKind::Partial),
-                DecodeKind::Partial => None,
-            };
-            match shed.and_then(|i| st.queue.remove(i)) {
-                Some(q) => dropped.push(q),
-                None => {
-                    let capacity = self.max_queue;
-                    return Err((SpeechError::Overloaded { capacity }, Box::new(new)));
-                }
-            }
-        }
-        st.queue.push_back(new);
-        Ok(())
     }
 
     /// Submit and deliver the result on a std channel.
@@ -813,21 +960,20 @@ impl DecoderPool {
     /// Their replies get [`SpeechError::Superseded`]. Returns how many were queued.
     pub fn cancel_stream(&self, stream: u64) -> usize {
         let now = Instant::now();
-        let dropped: Vec<Queued> = {
+        let dropped = {
             let mut st = lock(&self.shared.state);
             for r in st.running.iter().filter(|r| r.id.stream == stream) {
                 r.cancel.store(true, Ordering::Relaxed);
             }
-            let (gone, keep): (VecDeque<Queued>, VecDeque<Queued>) = std::mem::take(&mut st.queue)
-                .into_iter()
-                .partition(|q| q.job.id.stream == stream);
-            st.queue = keep;
-            st.superseded += gone.len() as u64;
-            gone.into_iter().collect()
+            let gone = st.queue.cancel_stream(stream);
+            for (_, why) in &gone {
+                st.count(*why);
+            }
+            gone
         };
         let n = dropped.len();
-        for q in dropped {
-            reply_now(q, Err(SpeechError::Superseded), now);
+        for (p, why) in dropped {
+            reply_now(p, Err(why.error()), now);
         }
         n
     }
@@ -835,17 +981,22 @@ impl DecoderPool {
     pub fn stats(&self) -> PoolStats {
         let now = Instant::now();
         let st = lock(&self.shared.state);
-        let age = |t: Instant| now.duration_since(t).as_millis() as u64;
+        let age = |t: Instant| now.saturating_duration_since(t).as_millis() as u64;
         PoolStats {
             workers: self.workers.len(),
             queued: st.queue.len(),
+            queued_finals: st.queue.counts()[JobClass::Final as usize],
             running: st.running.len(),
-            oldest_queued_ms: st.queue.iter().map(|q| age(q.enqueued)).max(),
+            oldest_queued_ms: st.queue.oldest_wait_ms(now, None),
+            oldest_queued_final_ms: st.queue.oldest_wait_ms(now, Some(JobClass::Final)),
             oldest_running_ms: st.running.iter().map(|r| age(r.started)).max(),
             completed: st.completed,
             failed: st.failed,
             superseded: st.superseded,
             rejected: st.rejected,
+            behind: st.behind,
+            busy_ms: st.busy_ms,
+            decode_ms_avg: st.decode_ms_avg,
         }
     }
 
@@ -857,17 +1008,17 @@ impl DecoderPool {
 
     fn stop(&mut self) {
         let now = Instant::now();
-        let queued: Vec<Queued> = {
+        let queued = {
             let mut st = lock(&self.shared.state);
             st.shutdown = true;
             for r in &st.running {
                 r.cancel.store(true, Ordering::Relaxed);
             }
-            st.queue.drain(..).collect()
+            st.queue.drain()
         };
         self.shared.wake.notify_all();
-        for q in queued {
-            reply_now(q, Err(SpeechError::PoolShutDown), now);
+        for e in queued {
+            reply_now(e.payload, Err(SpeechError::PoolShutDown), now);
         }
         for handle in self.workers.drain(..) {
             if handle.join().is_err() {
@@ -882,13 +1033,14 @@ fn same_utterance(a: &JobId, b: &JobId) -> bool {
 }
 
 /// Answer a job that will not be decoded.
-fn reply_now(q: Queued, outcome: Result<String, SpeechError>, now: Instant) {
+fn reply_now(q: Pending, outcome: Result<String, SpeechError>, now: Instant) {
     (q.reply)(DecodeResult {
         audio_ms: q.job.audio_ms(),
         job: q.job.id,
         outcome,
         decode_ms: 0,
         queue_ms: now.saturating_duration_since(q.enqueued).as_millis() as u64,
+        verdicts: Vec::new(),
     });
 }
 
@@ -900,35 +1052,56 @@ impl Drop for DecoderPool {
 
 fn worker_loop(shared: &PoolShared) {
     loop {
-        let (q, started, cancel) = {
+        let (job, started, expired) = {
             let mut st = lock(&shared.state);
             loop {
                 if st.shutdown {
                     return;
                 }
-                if let Some(q) = st.queue.pop_front() {
-                    let started = Instant::now();
+                let now = Instant::now();
+                let (next, expired) = st.queue.pop(now);
+                for (_, why) in &expired {
+                    st.count(*why);
+                }
+                if next.is_none() && expired.is_empty() {
+                    st = shared.wake.wait(st).unwrap_or_else(PoisonError::into_inner);
+                    continue;
+                }
+                let job = next.map(|e| {
                     let cancel = Arc::new(AtomicBool::new(false));
                     st.running.push(Running {
-                        id: q.job.id,
-                        started,
+                        id: e.id,
+                        started: now,
                         cancel: Arc::clone(&cancel),
                     });
-                    break (q, started, cancel);
-                }
-                st = shared.wake.wait(st).unwrap_or_else(PoisonError::into_inner);
+                    (e.payload, cancel)
+                });
+                break (job, now, expired);
             }
+        };
+        for (p, why) in expired {
+            if let Dropped::Behind { wait_ms } = why {
+                tracing::warn!(id = ?p.job.id, wait_ms, "final waited too long: recognition is behind");
+            }
+            reply_now(p, Err(why.error()), started);
+        }
+        let Some((q, cancel)) = job else {
+            continue;
         };
         let queue_ms = started.duration_since(q.enqueued).as_millis() as u64;
         // A panic inside a decode must not take the worker (and every later call) with it.
-        let mut outcome = catch_unwind(AssertUnwindSafe(|| {
-            shared.transcriber.transcribe_cancellable(
+        let heard = catch_unwind(AssertUnwindSafe(|| {
+            shared.transcriber.transcribe_heard(
                 &q.job.audio,
                 &shared.decode.for_language(q.job.language.as_deref()),
                 &cancel,
             )
         }))
         .unwrap_or_else(|_| Err(SpeechError::Decode("decoder panicked".into())));
+        let (mut outcome, verdicts) = match heard {
+            Ok(h) => (Ok(h.text), h.verdicts),
+            Err(e) => (Err(e), Vec::new()),
+        };
         if cancel.load(Ordering::Relaxed) {
             outcome = Err(SpeechError::Superseded);
         }
@@ -942,8 +1115,13 @@ fn worker_loop(shared: &PoolShared) {
             {
                 st.running.swap_remove(i);
             }
+            st.busy_ms += decode_ms;
             match &outcome {
-                Ok(_) => st.completed += 1,
+                Ok(_) => {
+                    st.completed += 1;
+                    // A moving average over about the last ten decodes.
+                    st.decode_ms_avg += (decode_ms as f64 - st.decode_ms_avg) / 10.0;
+                }
                 Err(SpeechError::Superseded) => st.superseded += 1,
                 Err(_) => st.failed += 1,
             }
@@ -958,10 +1136,10 @@ fn worker_loop(shared: &PoolShared) {
             decode_ms,
             audio_ms,
             queue_ms,
+            verdicts,
         });
     }
 }
-
 #[cfg(test)]
 pub(crate) mod bench {
     //! Measurements (ignored tests; run with --release --ignored --nocapture).
@@ -1404,6 +1582,7 @@ mod tests {
             },
             audio: Arc::from(vec![0.0; len]),
             start_ms: 0,
+            at_pause: false,
             language: None,
         }
     }
@@ -1452,15 +1631,16 @@ mod tests {
             .iter()
             .map(|r| (r.job.stream, r.job.seq, r.outcome.is_ok()))
             .collect();
-        // The final also aborted the running partial (seq 0) of its utterance.
+        // The final also aborted the running partial (seq 0) of its utterance, and runs
+        // before stream 2's partial although that was queued first.
         assert_eq!(
             summary,
             [
                 (1, 1, false),
                 (1, 2, false),
                 (1, 0, false),
-                (2, 0, true),
-                (1, 3, true)
+                (1, 3, true),
+                (2, 0, true)
             ]
         );
         assert!(
@@ -1468,8 +1648,8 @@ mod tests {
                 .iter()
                 .all(|r| matches!(r.outcome, Err(SpeechError::Superseded)))
         );
-        assert_eq!(results[4].text(), Some("13 samples"));
-        assert_eq!(*lock(&fake.calls), [20, 13]);
+        assert_eq!(results[3].text(), Some("13 samples"));
+        assert_eq!(*lock(&fake.calls), [13, 20]);
         assert!(
             rx.recv_timeout(Duration::from_millis(50)).is_err(),
             "one reply per job"
@@ -1519,7 +1699,10 @@ mod tests {
     fn pool_sheds_partials_for_finals_and_refuses_when_full() {
         let fake = Arc::new(Gated::default());
         let cfg = PoolConfig {
-            max_queue: 2,
+            schedule: SchedulerConfig {
+                max_queue: 2,
+                ..SchedulerConfig::default()
+            },
             ..one_worker()
         };
         let pool = DecoderPool::new(fake.clone(), cfg).expect("pool");
@@ -1620,5 +1803,129 @@ mod tests {
             assert!(matches!(r.outcome, Err(SpeechError::Decode(_))));
         }
         assert_eq!(pool.stats().failed, 2);
+    }
+
+    fn quick_expiry(final_max_wait_ms: u64) -> PoolConfig {
+        PoolConfig {
+            schedule: SchedulerConfig {
+                partial_max_wait_ms: 40,
+                final_max_wait_ms,
+                ..SchedulerConfig::default()
+            },
+            ..one_worker()
+        }
+    }
+
+    #[test]
+    fn pool_runs_finals_first_and_pause_partials_before_other_partials() {
+        let fake = Arc::new(Gated::default());
+        let pool = DecoderPool::new(fake.clone(), one_worker()).expect("pool");
+        let _guard = OpenOnDrop(fake.clone());
+        let (tx, rx) = mpsc::channel();
+        pool.submit_to(job(9, 1, 0, DecodeKind::Final, 90), tx.clone())
+            .expect("running");
+        wait_running(&pool, 1);
+        pool.submit_to(job(1, 1, 0, DecodeKind::Partial, 10), tx.clone())
+            .expect("queued");
+        let mut pause = job(2, 1, 4, DecodeKind::Partial, 20);
+        pause.at_pause = true;
+        pool.submit_to(pause, tx.clone()).expect("queued");
+        pool.submit_to(job(3, 1, 0, DecodeKind::Final, 30), tx.clone())
+            .expect("queued");
+        assert_eq!(pool.stats().queued_finals, 1);
+        fake.open();
+        let order: Vec<u64> = collect(&rx, 4).iter().map(|r| r.job.stream).collect();
+        assert_eq!(order, [9, 3, 2, 1]);
+        assert_eq!(*lock(&fake.calls), [90, 30, 20, 10]);
+    }
+
+    #[test]
+    fn a_pause_partial_aborts_the_running_partial_of_its_utterance() {
+        let fake = Arc::new(Gated::default());
+        let pool = DecoderPool::new(fake.clone(), one_worker()).expect("pool");
+        let _guard = OpenOnDrop(fake.clone());
+        let (tx, rx) = mpsc::channel();
+        pool.submit_to(job(1, 1, 0, DecodeKind::Partial, 10), tx.clone())
+            .expect("running");
+        wait_running(&pool, 1);
+        let mut pause = job(1, 1, 1, DecodeKind::Partial, 11);
+        pause.at_pause = true;
+        pool.submit_to(pause, tx.clone()).expect("queued");
+        let r = rx.recv_timeout(Duration::from_secs(2)).expect("aborted");
+        assert_eq!(r.job.seq, 0);
+        assert!(matches!(r.outcome, Err(SpeechError::Superseded)));
+        fake.open();
+        let r = rx
+            .recv_timeout(Duration::from_secs(2))
+            .expect("pause partial");
+        assert_eq!((r.job.seq, r.text()), (1, Some("11 samples")));
+    }
+
+    #[test]
+    fn pool_sheds_stale_partials_and_answers_late_finals_with_behind() {
+        let fake = Arc::new(Gated::default());
+        // A final is foreseen to wait half a decode (125 ms before any is measured) behind
+        // the running one: admitted at 150 ms allowed, and then left waiting past that.
+        let pool = DecoderPool::new(fake.clone(), quick_expiry(150)).expect("pool");
+        let _guard = OpenOnDrop(fake.clone());
+        let (tx, rx) = mpsc::channel();
+        pool.submit_to(job(1, 1, 0, DecodeKind::Final, 10), tx.clone())
+            .expect("running");
+        wait_running(&pool, 1);
+        pool.submit_to(job(2, 1, 0, DecodeKind::Partial, 20), tx.clone())
+            .expect("queued");
+        pool.submit_to(job(3, 1, 0, DecodeKind::Final, 30), tx.clone())
+            .expect("queued");
+        std::thread::sleep(Duration::from_millis(250));
+        fake.open();
+        let mut results = collect(&rx, 3);
+        results.sort_by_key(|r| r.job.stream);
+        assert_eq!(results[0].text(), Some("10 samples"));
+        assert!(matches!(results[1].outcome, Err(SpeechError::Superseded)));
+        assert!(
+            matches!(results[2].outcome, Err(SpeechError::Behind { wait_ms }) if wait_ms >= 150),
+            "{:?}",
+            results[2].outcome
+        );
+        // Only the running final was decoded; the late final was answered, not run.
+        assert_eq!(*lock(&fake.calls), [10]);
+        let st = pool.stats();
+        assert_eq!((st.behind, st.completed, st.queued), (1, 1, 0));
+    }
+
+    #[test]
+    fn pool_refuses_a_final_it_cannot_decode_in_time() {
+        struct Slow;
+        impl Transcriber for Slow {
+            fn transcribe(&self, _: &[f32], _: &DecodeOptions) -> Result<String, SpeechError> {
+                std::thread::sleep(Duration::from_millis(60));
+                Ok("slow".into())
+            }
+        }
+        let pool = DecoderPool::new(Arc::new(Slow), quick_expiry(80)).expect("pool");
+        let (tx, rx) = mpsc::channel();
+        // Teach the pool that a decode takes 60 ms.
+        for s in 0..12 {
+            pool.submit_to(job(100 + s, 1, 0, DecodeKind::Final, 1), tx.clone())
+                .ok();
+            let _ = rx.recv_timeout(Duration::from_secs(2));
+        }
+        assert!(pool.stats().decode_ms_avg > 40.0, "{:?}", pool.stats());
+        // One worker, 80 ms allowed: a final that would wait a whole decode or more (one
+        // taken, one queued ahead) is refused at once.
+        let mut outcomes = Vec::new();
+        for s in 0..4 {
+            outcomes.push(pool.submit_to(job(s, 1, 0, DecodeKind::Final, 1), tx.clone()));
+        }
+        assert!(outcomes[0].is_ok(), "{outcomes:?}");
+        let behind = outcomes
+            .iter()
+            .filter(|o| matches!(o, Err(SpeechError::Behind { .. })))
+            .count();
+        let ok = outcomes.iter().filter(|o| o.is_ok()).count();
+        assert!(behind >= 2 && ok + behind == 4, "{outcomes:?}");
+        // Every one of them is answered.
+        let answered = collect(&rx, 4);
+        assert_eq!(answered.len(), 4);
     }
 }

@@ -17,6 +17,9 @@
 //!   drops superseded partial decodes and reports how far behind it is.
 //! - [`models`]: where models come from: CTranslate2 to ggml conversion ([`models::convert`])
 //!   and which model file a command uses.
+//! - [`scheduler`]: the pool's queue policy (finals first, partials shed first, a final that
+//!   cannot be decoded in time refused at once); [`watch`]: when a call gives up on
+//!   recognition and sends the caller to a person. Both sans-IO.
 //!
 //! A driver loop, per call (see `recognizer` for a fuller example):
 //! ```ignore
@@ -43,7 +46,10 @@ pub mod audio;
 pub mod engine;
 pub mod models;
 pub mod recognizer;
+pub mod scheduler;
 pub mod vad;
+pub mod verifier;
+pub mod watch;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -53,16 +59,19 @@ pub use audio::{
     load_wav_mono_16k, mulaw_decode, mulaw_encode, resample,
 };
 pub use engine::{
-    DecodeOptions, DecodeResult, DecodeStrategy, DecoderPool, ESCAPE_PROMPT, EngineOptions,
+    DecodeOptions, DecodeResult, DecodeStrategy, DecoderPool, ESCAPE_PROMPT, EngineOptions, Heard,
     PoolConfig, PoolStats, Transcriber, WhisperEngine, clean_transcript,
 };
 pub use recognizer::{
     DecodeJob, DecodeKind, JobId, RecognizerConfig, RecognizerOutput, StreamingRecognizer,
 };
+pub use scheduler::{JobClass, SchedulerConfig};
 pub use vad::{
     EarshotScorer, EnergyScorer, FRAME_MS, FRAME_SAMPLES, Vad, VadConfig, VadEvent, VadFrame,
     VadGate, VoiceScorer,
 };
+pub use verifier::{KeywordVerifier, PhraseKind, Verdict, VerifierSettings};
+pub use watch::{GiveUp, RecognitionWatch};
 
 /// Everything that can go wrong in the speech engine.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +104,10 @@ pub enum SpeechError {
     /// The decode queue is full: recognition is falling behind real time.
     #[error("decoder queue full ({capacity} jobs): recognition is falling behind")]
     Overloaded { capacity: usize },
+    /// A final could not be decoded in time (the decoders are that far behind): the caller
+    /// should go to a person rather than wait.
+    #[error("recognition is behind: a final would wait {wait_ms} ms")]
+    Behind { wait_ms: u64 },
     #[error("decoder pool is shut down")]
     PoolShutDown,
 }

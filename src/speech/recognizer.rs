@@ -26,6 +26,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::vad::{FRAME_SAMPLES, Vad, VadConfig, VadEvent, VoiceScorer, level_dbfs_of_power};
+use super::verifier::Verdict;
 use super::{SpeechError, ms_to_samples, samples_to_ms};
 
 /// Whether a decode is of the utterance so far (may be superseded) or of the whole utterance.
@@ -53,6 +54,9 @@ pub struct DecodeJob {
     pub id: JobId,
     pub audio: Arc<[f32]>,
     pub start_ms: u64,
+    /// A partial requested at a pause in speech: it holds everything said so far and is
+    /// usually the utterance's whole text, so the pool runs it before other partials.
+    pub at_pause: bool,
     /// The language to hear it in (an ISO 639-1 code such as "nl"); `None`: the decoder's
     /// own setting. Set from [`StreamingRecognizer::set_language`] when the job is made.
     pub language: Option<Arc<str>>,
@@ -83,15 +87,23 @@ pub enum RecognizerOutput {
         utterance: u64,
         seq: u64,
         text: String,
+        /// The keyword verifier's verdicts on this audio (empty when not verified).
+        verdicts: Vec<Verdict>,
     },
     /// Transcript of the whole utterance (may be empty: noise with no words in it).
-    Final { utterance: u64, text: String },
+    Final {
+        utterance: u64,
+        text: String,
+        verdicts: Vec<Verdict>,
+    },
     /// A decode failed (not merely superseded). For a final this is the last word on the
     /// utterance: the driver should not wait for a transcript.
     DecodeFailed {
         utterance: u64,
         kind: DecodeKind,
         error: String,
+        /// The decoders were too far behind to decode it in time (not a decoder fault).
+        behind: bool,
     },
 }
 
@@ -118,6 +130,14 @@ pub struct RecognizerConfig {
     /// noise burst after digital silence): they get no decode and close with an empty final.
     /// 0 disables.
     pub min_dynamics_db: f32,
+    /// After this much silence following new speech, request a partial at once (whatever the
+    /// interval, or a partial in flight): it holds everything said so far, usually the whole
+    /// utterance, and the pool runs it before other partials. 0 disables.
+    pub pause_partial_ms: u32,
+    /// When the utterance ends with no speech after its pause partial, that partial's
+    /// transcript is the final: the same audio is not decoded twice, and the final comes as
+    /// soon as the hangover ends instead of one decode later.
+    pub final_from_pause: bool,
 }
 
 impl Default for RecognizerConfig {
@@ -130,6 +150,8 @@ impl Default for RecognizerConfig {
             max_utterance_ms: 15_000,
             single_partial_in_flight: true,
             min_dynamics_db: 6.0,
+            pause_partial_ms: 100,
+            final_from_pause: true,
         }
     }
 }
@@ -167,6 +189,8 @@ struct Utterance {
     partial_voiced_end: u64,
     /// `audio.len()` when the last partial was requested.
     partial_len: usize,
+    /// `voiced_end` when the last pause partial was requested.
+    pause_voiced_end: u64,
     next_seq: u64,
 }
 
@@ -178,6 +202,12 @@ struct Track {
     last_partial_seq: Option<u64>,
     last_partial_text: String,
     final_done: bool,
+    /// The latest pause partial, and whether (and with what text) it has come back: `None`
+    /// while in flight, `Some(None)` if it failed or was dropped.
+    pause: Option<(u64, Option<Option<String>>)>,
+    /// The final's job, held while the pause partial that should stand in for it is in
+    /// flight: requested only if that partial fails.
+    held_final: Option<DecodeJob>,
 }
 
 /// How many ended utterances' bookkeeping to keep for late results.
@@ -331,14 +361,27 @@ impl StreamingRecognizer {
     /// Feed back a pool result (text, failure, or superseded).
     pub fn on_result(&mut self, result: &super::DecodeResult) {
         match &result.outcome {
-            Ok(text) => self.on_decoded(result.job, text),
+            Ok(text) => self.on_heard(result.job, text, &result.verdicts),
             Err(SpeechError::Superseded) => self.on_superseded(result.job),
-            Err(e) => self.on_decode_failed(result.job, &e.to_string()),
+            Err(e) => {
+                let behind = matches!(
+                    e,
+                    SpeechError::Behind { .. } | SpeechError::Overloaded { .. }
+                );
+                self.fail(result.job, &e.to_string(), behind);
+            }
         }
     }
 
     /// A decode finished with `text`.
     pub fn on_decoded(&mut self, job: JobId, text: &str) {
+        self.on_heard(job, text, &[]);
+    }
+
+    /// A decode finished with `text` and the keyword verifier's `verdicts`. A partial whose
+    /// text is unchanged is still reported when a verdict passed: the verifier may hear what
+    /// the transcript does not say.
+    pub fn on_heard(&mut self, job: JobId, text: &str, verdicts: &[Verdict]) {
         if job.stream != self.stream {
             return;
         }
@@ -355,16 +398,35 @@ impl StreamingRecognizer {
                 if track.partial_in_flight == Some(job.seq) {
                     track.partial_in_flight = None;
                 }
-                // Stale: after the final, or older than a partial already shown.
+                let is_pause = matches!(track.pause, Some((seq, None)) if seq == job.seq);
+                if is_pause {
+                    track.pause = Some((job.seq, Some(Some(text.to_string()))));
+                }
+                // Stale: after the final, or older than a partial already shown. A pause
+                // partial is a new hearing of the whole utterance even when its text is the
+                // same (a lone escape word heard twice is confirmed).
                 let stale =
                     track.final_done || track.last_partial_seq.is_some_and(|s| s >= job.seq);
-                if !stale && !text.is_empty() && text != track.last_partial_text {
+                let news = (!text.is_empty() && (is_pause || text != track.last_partial_text))
+                    || verdicts.iter().any(Verdict::passed);
+                if !stale && news {
                     track.last_partial_seq = Some(job.seq);
                     track.last_partial_text = text.to_string();
                     self.outputs.push_back(RecognizerOutput::Partial {
                         utterance: job.utterance,
                         seq: job.seq,
                         text: text.to_string(),
+                        verdicts: verdicts.to_vec(),
+                    });
+                }
+                if is_pause && let Some(held) = track.held_final.take() {
+                    // It stands in for the final, which was held for it.
+                    track.final_done = true;
+                    track.partial_in_flight = None;
+                    self.outputs.push_back(RecognizerOutput::Final {
+                        utterance: held.id.utterance,
+                        text: text.to_string(),
+                        verdicts: verdicts.to_vec(),
                     });
                 }
                 // The decoder is free again: catch up if speech piled up meanwhile.
@@ -377,6 +439,7 @@ impl StreamingRecognizer {
                     self.outputs.push_back(RecognizerOutput::Final {
                         utterance: job.utterance,
                         text: text.to_string(),
+                        verdicts: verdicts.to_vec(),
                     });
                 }
             }
@@ -386,6 +449,10 @@ impl StreamingRecognizer {
     /// A decode failed. Finals report [`RecognizerOutput::DecodeFailed`] so the driver stops
     /// waiting; partial failures are reported too but the utterance carries on.
     pub fn on_decode_failed(&mut self, job: JobId, error: &str) {
+        self.fail(job, error, false);
+    }
+
+    fn fail(&mut self, job: JobId, error: &str, behind: bool) {
         if job.stream != self.stream {
             return;
         }
@@ -399,16 +466,37 @@ impl StreamingRecognizer {
         if track.final_done {
             return;
         }
+        let stands_in = matches!(track.pause, Some((seq, None)) if seq == job.seq)
+            && job.kind == DecodeKind::Partial
+            && track.held_final.is_some();
+        if behind && stands_in {
+            // The pause partial standing in for the final waited too long: a decode of the
+            // same audio would too. The driver hears that the final will not come.
+            track.pause = Some((job.seq, Some(None)));
+            track.held_final = None;
+            track.final_done = true;
+            track.partial_in_flight = None;
+            self.outputs.push_back(RecognizerOutput::DecodeFailed {
+                utterance: job.utterance,
+                kind: DecodeKind::Final,
+                error: error.to_string(),
+                behind,
+            });
+            return;
+        }
         if job.kind == DecodeKind::Final {
             track.final_done = true;
         }
         if track.partial_in_flight == Some(job.seq) {
             track.partial_in_flight = None;
         }
+        let held = Self::pause_lost(track, job);
+        self.outputs.extend(held);
         self.outputs.push_back(RecognizerOutput::DecodeFailed {
             utterance: job.utterance,
             kind: job.kind,
             error: error.to_string(),
+            behind,
         });
     }
 
@@ -421,10 +509,25 @@ impl StreamingRecognizer {
             .tracks
             .iter_mut()
             .find(|t| t.utterance == job.utterance)
-            && track.partial_in_flight == Some(job.seq)
         {
-            track.partial_in_flight = None;
+            if track.partial_in_flight == Some(job.seq) {
+                track.partial_in_flight = None;
+            }
+            let held = Self::pause_lost(track, job);
+            self.outputs.extend(held);
         }
+    }
+
+    /// The pause partial `job` will not come back: the final it stood in for is decoded
+    /// after all.
+    fn pause_lost(track: &mut Track, job: JobId) -> Option<RecognizerOutput> {
+        if job.kind != DecodeKind::Partial
+            || !matches!(track.pause, Some((seq, None)) if seq == job.seq)
+        {
+            return None;
+        }
+        track.pause = Some((job.seq, Some(None)));
+        track.held_final.take().map(RecognizerOutput::Decode)
     }
 
     fn process_frame(&mut self, frame: &[f32]) {
@@ -489,6 +592,7 @@ impl StreamingRecognizer {
             partial_voiced_end: 0,
             // Count the partial interval from the first voiced sample, not from the pre-roll.
             partial_len: voice_start.saturating_sub(start_sample) as usize,
+            pause_voiced_end: 0,
             next_seq: 0,
         });
         if self.tracks.len() >= MAX_TRACKS {
@@ -500,6 +604,8 @@ impl StreamingRecognizer {
             last_partial_seq: None,
             last_partial_text: String::new(),
             final_done: false,
+            pause: None,
+            held_final: None,
         });
         self.outputs.push_back(RecognizerOutput::SpeechStarted {
             utterance: id,
@@ -532,6 +638,7 @@ impl StreamingRecognizer {
             self.outputs.push_back(RecognizerOutput::Final {
                 utterance: u.id,
                 text: String::new(),
+                verdicts: Vec::new(),
             });
             return;
         }
@@ -541,12 +648,38 @@ impl StreamingRecognizer {
             seq: u.next_seq,
             kind: DecodeKind::Final,
         };
-        self.outputs.push_back(RecognizerOutput::Decode(DecodeJob {
+        let job = DecodeJob {
             id,
             start_ms: samples_to_ms(u.start_sample),
             audio: Arc::from(u.audio),
+            at_pause: false,
             language: self.language.clone(),
-        }));
+        };
+        // Nothing said after the pause partial: it heard all of this utterance.
+        let covered = !forced && self.cfg.final_from_pause && u.pause_voiced_end >= voiced_end;
+        let track = self.tracks.iter_mut().find(|t| t.utterance == u.id);
+        if covered && let Some(track) = track {
+            match &track.pause {
+                Some((_, Some(Some(text)))) => {
+                    track.final_done = true;
+                    track.partial_in_flight = None;
+                    let text = text.clone();
+                    // Its verdicts went out with it as a partial.
+                    self.outputs.push_back(RecognizerOutput::Final {
+                        utterance: u.id,
+                        text,
+                        verdicts: Vec::new(),
+                    });
+                    return;
+                }
+                Some((_, None)) => {
+                    track.held_final = Some(job);
+                    return;
+                }
+                Some((_, Some(None))) | None => {}
+            }
+        }
+        self.outputs.push_back(RecognizerOutput::Decode(job));
     }
 
     fn sounds_like_speech(&self, u: &Utterance, voiced_end: u64) -> bool {
@@ -564,10 +697,15 @@ impl StreamingRecognizer {
         let Some(track) = self.tracks.iter_mut().find(|t| t.utterance == u.id) else {
             return;
         };
+        let silence = self.processed.saturating_sub(u.voiced_end);
+        let at_pause = self.cfg.pause_partial_ms > 0
+            && silence >= ms_to_samples(u64::from(self.cfg.pause_partial_ms))
+            && u.voiced_end > u.pause_voiced_end;
         let due = u.audio.len() >= u.partial_len + interval
             // Nothing new said since the last partial (hangover silence): same answer.
             && u.voiced_end > u.partial_voiced_end;
-        if !due || (self.cfg.single_partial_in_flight && track.partial_in_flight.is_some()) {
+        let busy = self.cfg.single_partial_in_flight && track.partial_in_flight.is_some();
+        if !at_pause && (!due || busy) {
             return;
         }
         if !speech_dynamics_ok(u, u.voiced_end, self.cfg.min_dynamics_db) {
@@ -578,6 +716,10 @@ impl StreamingRecognizer {
         u.partial_len = u.audio.len();
         u.partial_voiced_end = u.voiced_end;
         track.partial_in_flight = Some(seq);
+        if at_pause {
+            u.pause_voiced_end = u.voiced_end;
+            track.pause = Some((seq, None));
+        }
         self.outputs.push_back(RecognizerOutput::Decode(DecodeJob {
             id: JobId {
                 stream: self.stream,
@@ -587,6 +729,7 @@ impl StreamingRecognizer {
             },
             start_ms: samples_to_ms(u.start_sample),
             audio: Arc::from(u.audio.as_slice()),
+            at_pause,
             language: self.language.clone(),
         }));
     }
@@ -645,6 +788,23 @@ mod tests {
         .expect("recognizer")
     }
 
+    /// Without pause partials: every final is decoded.
+    fn no_pause() -> RecognizerConfig {
+        RecognizerConfig {
+            pause_partial_ms: 0,
+            ..RecognizerConfig::default()
+        }
+    }
+
+    fn decodes(outs: &[RecognizerOutput]) -> Vec<DecodeJob> {
+        outs.iter()
+            .filter_map(|o| match o {
+                RecognizerOutput::Decode(j) => Some(j.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn tone(ms: u64) -> Vec<f32> {
         (0..ms_to_samples(ms))
             .map(|i| LOUD * (i as f32 * 0.2).sin())
@@ -685,7 +845,7 @@ mod tests {
 
     #[test]
     fn utterance_lifecycle_with_partials_then_final() {
-        let mut r = rec(RecognizerConfig::default());
+        let mut r = rec(no_pause());
         let mut audio = silence(500);
         audio.extend(tone(1_000));
         audio.extend(silence(1_000));
@@ -779,7 +939,7 @@ mod tests {
     fn stale_partials_are_ignored() {
         let cfg = RecognizerConfig {
             single_partial_in_flight: false,
-            ..RecognizerConfig::default()
+            ..no_pause()
         };
         let mut r = rec(cfg);
         let mut audio = tone(1_000);
@@ -869,7 +1029,7 @@ mod tests {
 
     #[test]
     fn failures_and_supersedes() {
-        let mut r = rec(RecognizerConfig::default());
+        let mut r = rec(no_pause());
         let mut audio = tone(600);
         audio.extend(silence(600));
         let outs = run(&mut r, &audio, false);
@@ -933,5 +1093,111 @@ mod tests {
                 assert!(outs.is_empty(), "{name}: {outs:?}");
             }
         }
+    }
+
+    #[test]
+    fn a_pause_partial_hears_the_whole_utterance_and_stands_in_for_the_final() {
+        let mut r = rec(RecognizerConfig::default());
+        let mut audio = silence(500);
+        audio.extend(tone(1_000));
+        audio.extend(silence(1_000));
+        let outs = run(&mut r, &audio, true);
+        let jobs = decodes(&outs);
+        // No final decode: the pause partial, 100 ms into the silence, is the last decode.
+        assert!(
+            jobs.iter().all(|j| j.id.kind == DecodeKind::Partial),
+            "{jobs:?}"
+        );
+        let pause = jobs.last().expect("pause partial");
+        assert!(pause.at_pause && jobs[..jobs.len() - 1].iter().all(|j| !j.at_pause));
+        // Pre-roll + speech + 100 ms of silence (the final's tail): what the final would hold.
+        let ms = pause.audio_ms();
+        assert!((1_290..=1_330).contains(&ms), "pause partial audio {ms} ms");
+        let text = format!("Partial {}", pause.id.seq);
+        let finals: Vec<&String> = outs
+            .iter()
+            .filter_map(|o| match o {
+                RecognizerOutput::Final { text, .. } => Some(text),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(finals, [&text]);
+        assert_eq!(r.pending_finals(), 0);
+    }
+
+    #[test]
+    fn a_final_waits_for_its_pause_partial_or_is_decoded_if_that_is_lost() {
+        for lost in [false, true] {
+            let mut r = rec(RecognizerConfig::default());
+            let mut audio = tone(800);
+            audio.extend(silence(800));
+            let mut outs = run(&mut r, &audio, false);
+            let jobs = decodes(&outs);
+            // The first partial is still in flight, yet the pause partial was requested.
+            assert_eq!(jobs.len(), 2, "{jobs:?}");
+            let pause = jobs[1].id;
+            assert!(jobs[1].at_pause);
+            assert_eq!(r.pending_finals(), 1, "the final is held, not requested");
+            if lost {
+                r.on_superseded(pause);
+            } else {
+                r.on_decoded(pause, "agent");
+            }
+            outs.clear();
+            drain(&mut r, false, &mut outs);
+            if lost {
+                let jobs = decodes(&outs);
+                assert_eq!(jobs.len(), 1);
+                assert_eq!(jobs[0].id.kind, DecodeKind::Final);
+                assert!(jobs[0].audio_ms() >= 850);
+                r.on_decoded(jobs[0].id, "final");
+                assert!(
+                    matches!(r.poll_output(), Some(RecognizerOutput::Final { text, .. }) if text == "final")
+                );
+            } else {
+                assert!(
+                    matches!(&outs[0], RecognizerOutput::Partial { text, .. } if text == "agent")
+                );
+                assert!(
+                    matches!(&outs[1], RecognizerOutput::Final { text, .. } if text == "agent")
+                );
+            }
+            assert_eq!(r.pending_finals(), 0);
+            // The first partial arriving late changes nothing.
+            r.on_decoded(jobs[0].id, "late");
+            assert!(r.poll_output().is_none());
+        }
+    }
+
+    #[test]
+    fn speech_after_a_pause_gets_a_new_pause_partial_and_a_repeated_text_is_heard_again() {
+        let mut r = rec(RecognizerConfig::default());
+        let mut audio = tone(600);
+        audio.extend(silence(200));
+        audio.extend(tone(400));
+        audio.extend(silence(800));
+        let mut outs = Vec::new();
+        for chunk in audio.chunks(320) {
+            r.push_audio(chunk);
+            while let Some(o) = r.poll_output() {
+                if let RecognizerOutput::Decode(job) = &o {
+                    // Every decode hears the same word.
+                    r.on_decoded(job.id, "agent");
+                }
+                outs.push(o);
+            }
+        }
+        let pauses = decodes(&outs).iter().filter(|j| j.at_pause).count();
+        assert_eq!(pauses, 2);
+        let heard: Vec<&str> = outs
+            .iter()
+            .filter_map(|o| match o {
+                RecognizerOutput::Partial { .. } => Some("P"),
+                RecognizerOutput::Final { .. } => Some("F"),
+                _ => None,
+            })
+            .collect();
+        // The first partial, then each pause partial again although its text is the same.
+        assert_eq!(heard, ["P", "P", "P", "F"]);
     }
 }

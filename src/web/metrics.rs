@@ -1,12 +1,17 @@
 //! Prometheus metrics: what an operator watches (calls, routes by reason, time to route,
-//! queue length).
+//! queue length, and how far behind speech recognition is).
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use crate::speech::PoolStats;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -24,7 +29,105 @@ pub struct Metrics {
     pub time_to_route: Histogram,
     pub queue_length: Gauge,
     pub callbacks_promised: Counter,
+    speech: SpeechSource,
     registry: std::sync::Arc<Registry>,
+}
+
+/// Where the decoder pool's figures come from, read at each scrape (set once the model loads).
+type SpeechSource = std::sync::Arc<std::sync::OnceLock<Box<dyn Fn() -> PoolStats + Send + Sync>>>;
+
+/// Encodes the decoder pool's load at scrape time.
+struct SpeechCollector(SpeechSource);
+
+impl std::fmt::Debug for SpeechCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SpeechCollector")
+    }
+}
+
+impl Collector for SpeechCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(stats) = self.0.get().map(|f| f()) else {
+            return Ok(());
+        };
+        let secs = |ms: Option<u64>| ms.unwrap_or(0) as f64 / 1000.0;
+        let workers = stats.workers.max(1) as f64;
+        let gauges: [(&str, &str, f64); 7] = [
+            ("speech_workers", "Decoder workers", stats.workers as f64),
+            (
+                "speech_decoding",
+                "Decodes running now",
+                stats.running as f64,
+            ),
+            (
+                "speech_queued",
+                "Decodes waiting (finals and partials)",
+                stats.queued as f64,
+            ),
+            (
+                "speech_queued_finals",
+                "Finals waiting: callers who stopped talking",
+                stats.queued_finals as f64,
+            ),
+            (
+                "speech_queue_age_seconds",
+                "How long the oldest waiting decode has waited",
+                secs(stats.oldest_queued_ms),
+            ),
+            (
+                "speech_final_queue_age_seconds",
+                "How long the oldest waiting final has waited",
+                secs(stats.oldest_queued_final_ms),
+            ),
+            (
+                "speech_load",
+                "Decodes running and waiting per worker (above 1: falling behind)",
+                (stats.running + stats.queued) as f64 / workers,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(value);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        let counters: [(&str, &str, f64); 6] = [
+            (
+                "speech_busy_seconds",
+                "Time spent decoding, all workers (its rate per worker is the utilisation)",
+                stats.busy_ms as f64 / 1000.0,
+            ),
+            (
+                "speech_decoded",
+                "Decodes completed",
+                stats.completed as f64,
+            ),
+            ("speech_failed", "Decodes that failed", stats.failed as f64),
+            (
+                "speech_superseded",
+                "Partials replaced, shed or aborted, and decodes of calls that hung up",
+                stats.superseded as f64,
+            ),
+            (
+                "speech_rejected",
+                "Decodes refused: queue full",
+                stats.rejected as f64,
+            ),
+            (
+                "speech_behind",
+                "Finals not decoded in time: those callers went to a person",
+                stats.behind as f64,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
 }
 
 impl Default for Metrics {
@@ -64,7 +167,10 @@ impl Metrics {
             "Callbacks committed to the ledger",
             callbacks_promised.clone(),
         );
+        let speech = SpeechSource::default();
+        registry.register_collector(Box::new(SpeechCollector(speech.clone())));
         Self {
+            speech,
             calls,
             active_calls,
             routes,
@@ -83,11 +189,69 @@ impl Metrics {
             .inc();
     }
 
+    /// Report the decoder pool's load (queue age, load, decodes behind) from now on; the
+    /// first source set stays.
+    pub fn watch_speech(&self, stats: impl Fn() -> PoolStats + Send + Sync + 'static) {
+        let _ = self.speech.set(Box::new(stats));
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(text: &str, name: &str) -> Option<f64> {
+        text.lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+    }
+
+    #[test]
+    fn metrics_expose_the_decoder_pools_queue_age_and_load() {
+        let m = Metrics::new();
+        assert!(
+            !m.render().contains("speech_"),
+            "nothing before a pool exists"
+        );
+        m.watch_speech(|| PoolStats {
+            workers: 2,
+            queued: 3,
+            queued_finals: 1,
+            running: 2,
+            oldest_queued_ms: Some(450),
+            oldest_queued_final_ms: Some(120),
+            behind: 4,
+            busy_ms: 12_500,
+            ..PoolStats::default()
+        });
+        let text = m.render();
+        assert_eq!(
+            value(&text, "humanline_speech_queue_age_seconds"),
+            Some(0.45),
+            "{text}"
+        );
+        assert_eq!(
+            value(&text, "humanline_speech_final_queue_age_seconds"),
+            Some(0.12)
+        );
+        assert_eq!(value(&text, "humanline_speech_load"), Some(2.5));
+        assert_eq!(value(&text, "humanline_speech_queued_finals"), Some(1.0));
+        assert_eq!(value(&text, "humanline_speech_behind_total"), Some(4.0));
+        assert_eq!(
+            value(&text, "humanline_speech_busy_seconds_total"),
+            Some(12.5)
+        );
+        assert!(
+            text.contains("# TYPE humanline_speech_load gauge"),
+            "{text}"
+        );
     }
 }

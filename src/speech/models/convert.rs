@@ -899,7 +899,7 @@ fn feed_forward(p: &mut Planner<'_, '_>, g: &str, c: &str, d: u64) -> Result<()>
 // Number formats
 // ---------------------------------------------------------------------------------------------
 
-fn f16_to_f32(h: u16) -> f32 {
+pub(super) fn f16_to_f32(h: u16) -> f32 {
     let sign = u32::from(h >> 15) << 31;
     let exp = u32::from((h >> 10) & 0x1f);
     let mant = u32::from(h & 0x3ff);
@@ -915,7 +915,7 @@ fn f16_to_f32(h: u16) -> f32 {
 }
 
 /// Round to nearest, ties to even; overflow gives infinity, NaN stays NaN.
-fn f32_to_f16(x: f32) -> u16 {
+pub(super) fn f32_to_f16(x: f32) -> u16 {
     let bits = x.to_bits();
     let sign = ((bits >> 16) & 0x8000) as u16;
     let exp = ((bits >> 23) & 0xff) as i32;
@@ -1318,7 +1318,7 @@ fn write_ggml(
 
 /// Writes through `body` into a temporary file beside `out_path`, syncs it and renames it into
 /// place; the temporary file is removed on failure. Returns the file size.
-fn write_atomically(
+pub(super) fn write_atomically(
     out_path: &Path,
     body: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
 ) -> Result<u64> {

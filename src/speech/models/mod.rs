@@ -7,6 +7,7 @@
 //! command uses.
 
 pub mod convert;
+pub mod quantize;
 
 use std::path::{Path, PathBuf};
 
