@@ -12,6 +12,20 @@ use std::time::{Duration, Instant};
 /// Failures (no input, not understood) the IVR tolerates before it hands the caller to a
 /// person: never a loop, never a disconnect (GetHuman #8).
 const MAX_FAILURES: u8 = 2;
+/// The SIP layer CANCELs a ringing agent at `agent_ring`; the brain's deadline comes a little
+/// later, for a phone that never even said "ringing" (which cannot be CANCELled).
+const RING_GRACE: Duration = Duration::from_secs(1);
+
+/// What the brain knows of the caller's media. A gap in it is not a hang-up: quiet phones
+/// (silence suppression, DTX) send nothing, so the caller is probed first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallerMedia {
+    Flowing,
+    /// No media, a probe is out: answered by the `MediaProbe` deadline or the caller is gone.
+    Probing,
+    /// No media, but the caller's phone answered: probed again at the `MediaProbe` timer.
+    Quiet,
+}
 /// Digits kept while a caller keys a number (E.164 has at most 15, with a prefix 19): keying
 /// on (or an INFO flood) cannot grow the buffer.
 const MAX_KEYED: usize = 20;
@@ -42,7 +56,12 @@ pub struct CallBrain {
     failures: u8,
     next_play: u64,
     playing: Option<(PlayId, String, bool)>,
-    timers: [Option<Instant>; 3],
+    /// Hold music is looping (a waiting caller between prompts).
+    holding: Option<PlayId>,
+    timers: [Option<Instant>; TimerKind::ALL.len()],
+    media: CallerMedia,
+    /// The agent whose phone rings for this caller.
+    ringing: Option<String>,
     queue: Option<(u32, Duration)>,
     callback: CallbackState,
     /// What the caller said when they named a time for the callback.
@@ -74,7 +93,10 @@ impl CallBrain {
             failures: 0,
             next_play: 0,
             playing: None,
-            timers: [None; 3],
+            holding: None,
+            timers: [None; TimerKind::ALL.len()],
+            media: CallerMedia::Flowing,
+            ringing: None,
             queue: None,
             callback: CallbackState::NotOffered,
             callback_when: None,
@@ -96,6 +118,11 @@ impl CallBrain {
         brain
     }
 
+    /// The flow this call runs on (taken at its start).
+    pub fn flow(&self) -> &Flow {
+        &self.flow
+    }
+
     pub fn phase(&self) -> Phase {
         self.phase
     }
@@ -114,6 +141,16 @@ impl CallBrain {
         self.playing.as_ref().map(|(id, p, _)| (*id, p.as_str()))
     }
 
+    /// Hold music is playing (a waiting caller between prompts).
+    pub fn holding(&self) -> bool {
+        self.holding.is_some()
+    }
+
+    /// When `timer` is due, if it is armed.
+    pub fn deadline(&self, timer: TimerKind) -> Option<Instant> {
+        self.timers[timer as usize]
+    }
+
     /// The earliest armed timer: when the driver should next send `TimerFired`.
     pub fn next_timeout(&self) -> Option<(TimerKind, Instant)> {
         TimerKind::ALL
@@ -130,12 +167,18 @@ impl CallBrain {
         if self.phase == Phase::Ended {
             return out;
         }
+        self.on_event(now, event, &mut out);
+        self.settle(&mut out);
+        out
+    }
+
+    fn on_event(&mut self, now: Instant, event: Event, out: &mut Vec<Action>) {
         match event {
             Event::CallStarted {
                 caller_id,
                 language,
-            } => self.on_start(now, caller_id, language, &mut out),
-            Event::PromptFinished { play } => self.on_prompt_finished(now, play, &mut out),
+            } => self.on_start(now, caller_id, language, out),
+            Event::PromptFinished { play } => self.on_prompt_finished(now, play, out),
             Event::SpeechStarted => {
                 if let Some((_, _, true)) = self.playing {
                     // Barge-in fires on the start of speech, not on a transcript.
@@ -145,28 +188,44 @@ impl CallBrain {
                 if self.phase == Phase::Ivr && self.playing.is_none() {
                     // A safety net: should no transcript ever come, the caller is not left
                     // in silence.
-                    self.arm(
-                        TimerKind::NoInput,
-                        now + self.flow.timers.no_input * 3,
-                        &mut out,
-                    );
+                    self.arm(TimerKind::NoInput, now + self.flow.timers.no_input * 3, out);
                 }
             }
             Event::SpeechEnded => {
                 if self.phase == Phase::Ivr && self.playing.is_none() {
+                    self.arm(TimerKind::NoInput, now + self.flow.timers.no_input, out);
+                }
+                if matches!(self.phase, Phase::Ivr | Phase::Queued) {
                     self.arm(
-                        TimerKind::NoInput,
-                        now + self.flow.timers.no_input,
-                        &mut out,
+                        TimerKind::FinalTranscript,
+                        now + self.flow.timers.final_transcript,
+                        out,
                     );
                 }
             }
-            Event::PartialTranscript { text } => self.on_partial(now, text, &mut out),
-            Event::FinalTranscript { text } => self.on_final(now, text, &mut out),
-            Event::Dtmf { digit } => self.on_dtmf(now, digit, &mut out),
-            Event::TimerFired { timer } => self.on_timer(now, timer, &mut out),
-            Event::AgentOffered { .. } | Event::AgentDeclined { .. } => {}
+            Event::PartialTranscript { text } => self.on_partial(now, text, out),
+            Event::FinalTranscript { text } => self.on_final(now, text, out),
+            Event::Dtmf { digit } => self.on_dtmf(now, digit, out),
+            Event::TimerFired { timer } => self.on_timer(now, timer, out),
+            Event::AgentOffered { agent } => {
+                if self.phase == Phase::Queued {
+                    self.ringing = Some(agent);
+                    self.arm(
+                        TimerKind::AgentRing,
+                        now + self.flow.timers.agent_ring + RING_GRACE,
+                        out,
+                    );
+                }
+            }
+            Event::AgentDeclined { agent } => {
+                if self.ringing.as_deref() == Some(agent.as_str()) {
+                    self.ringing = None;
+                    self.cancel(TimerKind::AgentRing, out);
+                }
+            }
             Event::AgentAnswered { .. } => {
+                self.ringing = None;
+                self.cancel(TimerKind::AgentRing, out);
                 if self.phase == Phase::Queued {
                     self.phase = Phase::WithAgent;
                     // Served now: a callback they were promised is kept, not dialed later.
@@ -175,9 +234,12 @@ impl CallBrain {
                     }
                     self.keep_when_stored = self.callback == CallbackState::Storing;
                     for t in TimerKind::ALL {
-                        self.cancel(t, &mut out);
+                        // The caller's media is still being looked after with an agent.
+                        if t != TimerKind::MediaProbe {
+                            self.cancel(t, out);
+                        }
                     }
-                    self.stop_playing(&mut out);
+                    self.stop_playing(out);
                 }
             }
             Event::AgentLeft => {
@@ -189,13 +251,13 @@ impl CallBrain {
                     self.callback = CallbackState::NotOffered;
                     self.callback_id = None;
                     self.callback_when = None;
-                    self.play("after_agent", &[], &mut out);
+                    self.play("after_agent", &[], out);
                     out.push(Action::Listen);
                 }
             }
             Event::NoAgentAvailable => {
                 if self.phase == Phase::Queued && self.callback_offerable() {
-                    self.offer_callback(now, &mut out);
+                    self.offer_callback(now, out);
                 }
             }
             Event::QueueStatus {
@@ -208,9 +270,9 @@ impl CallBrain {
                     if estimated_wait > self.flow.offer_callback_after_wait
                         && self.callback_offerable()
                     {
-                        self.offer_callback(now, &mut out);
+                        self.offer_callback(now, out);
                     } else if first && self.playing.is_none() {
-                        self.announce_queue(now, &mut out);
+                        self.announce_queue(now, out);
                     }
                 }
             }
@@ -225,10 +287,10 @@ impl CallBrain {
                 } else if self.callback == CallbackState::Storing {
                     self.callback = CallbackState::Stored;
                     self.callback_id = Some(id);
-                    self.cancel(TimerKind::CallbackReoffer, &mut out);
+                    self.cancel(TimerKind::CallbackReoffer, out);
                     // The promise is on disk: only now may the caller hear it.
                     match at {
-                        None => self.play("callback_confirmed", &[], &mut out),
+                        None => self.play("callback_confirmed", &[], out),
                         Some(t) => {
                             let prompt = if t.days_from_today == 0 {
                                 "callback_confirmed_at"
@@ -239,7 +301,7 @@ impl CallBrain {
                                 ("hour", t.hour.to_string()),
                                 ("minute", format!("{:02}", t.minute)),
                             ];
-                            self.play(prompt, &vars, &mut out);
+                            self.play(prompt, &vars, out);
                         }
                     }
                 }
@@ -251,11 +313,11 @@ impl CallBrain {
                     self.callback = CallbackState::Declined;
                 } else if self.callback == CallbackState::Storing {
                     self.callback = CallbackState::Declined;
-                    self.play("callback_failed", &[], &mut out);
+                    self.play("callback_failed", &[], out);
                     self.arm(
                         TimerKind::CallbackReoffer,
                         now + self.flow.timers.callback_reoffer_interval,
-                        &mut out,
+                        out,
                     );
                 }
             }
@@ -265,31 +327,50 @@ impl CallBrain {
                     if self.phase == Phase::Queued {
                         // Withheld, not a number, or not one we may call: ask for one.
                         self.callback_when = None;
-                        self.ask_number(&mut out);
+                        self.ask_number(out);
                     } else {
                         self.callback = CallbackState::Declined;
                     }
                 }
             }
             Event::SpeechEngineDegraded => {
+                self.cancel(TimerKind::FinalTranscript, out);
                 if self.phase == Phase::Ivr {
-                    self.route(now, RouteReason::SpeechUnavailable, &mut out);
+                    self.route(now, RouteReason::SpeechUnavailable, out);
                 }
             }
-            Event::CallerMediaLost => {
-                // They asked for a person and their line died: call them back unasked.
-                if self.phase == Phase::Queued
-                    && self.callback != CallbackState::Stored
-                    && self.callback != CallbackState::Storing
-                    && self.context.caller_id.is_some()
-                {
-                    out.push(self.callback_request(true));
+            Event::MediaLost => {
+                // Quiet or gone? Ask the caller's phone before deciding anything; meanwhile
+                // the caller stays exactly where they are.
+                if self.phase != Phase::NotStarted && self.media == CallerMedia::Flowing {
+                    self.probe(now, out);
                 }
-                self.end(&mut out);
             }
-            Event::CallerHungUp => self.end(&mut out),
+            Event::MediaResumed => {
+                if self.media != CallerMedia::Flowing {
+                    self.media = CallerMedia::Flowing;
+                    self.cancel(TimerKind::MediaProbe, out);
+                }
+            }
+            Event::ProbeAnswered => {
+                if self.media == CallerMedia::Probing {
+                    // Their phone is there, just quiet (silence suppression, DTX): look again
+                    // later, for as long as no media comes.
+                    self.media = CallerMedia::Quiet;
+                    self.arm(
+                        TimerKind::MediaProbe,
+                        now + self.flow.timers.probe_interval,
+                        out,
+                    );
+                }
+            }
+            Event::ProbeFailed => {
+                if self.media == CallerMedia::Probing {
+                    self.dropped(out);
+                }
+            }
+            Event::CallerHungUp => self.end(out),
         }
-        out
     }
 
     fn lang(&self) -> &Language {
@@ -321,11 +402,13 @@ impl CallBrain {
     }
 
     fn on_prompt_finished(&mut self, now: Instant, play: PlayId, out: &mut Vec<Action>) {
-        let Some((current, prompt, _)) = self.playing.take() else {
+        let Some((current, prompt, barge_in)) = self.playing.take() else {
             return;
         };
         if current != play {
-            self.playing = Some((current, prompt, false));
+            // A late "finished" for a prompt that was replaced: the current one plays on,
+            // as interruptible as it was.
+            self.playing = Some((current, prompt, barge_in));
             return;
         }
         match self.phase {
@@ -367,6 +450,7 @@ impl CallBrain {
     fn on_final(&mut self, now: Instant, text: String, out: &mut Vec<Action>) {
         // The final is what the caller said: it decides, whatever a partial ended in.
         self.lone_heard = None;
+        self.cancel(TimerKind::FinalTranscript, out);
         match self.phase {
             Phase::Ivr => self.on_ivr_answer(now, text, out),
             Phase::Queued => self.on_queue_answer(now, text, out),
@@ -511,6 +595,21 @@ impl CallBrain {
             {
                 self.offer_callback(now, out)
             }
+            (TimerKind::MediaProbe, _) => match self.media {
+                // No media and no answer in time: the caller is gone.
+                CallerMedia::Probing => self.dropped(out),
+                CallerMedia::Quiet => self.probe(now, out),
+                CallerMedia::Flowing => {}
+            },
+            // Recognition is behind: a person, rather than a caller left waiting.
+            (TimerKind::FinalTranscript, Phase::Ivr) => {
+                self.route(now, RouteReason::SpeechUnavailable, out)
+            }
+            (TimerKind::AgentRing, _) => {
+                if let Some(agent) = self.ringing.take() {
+                    out.push(Action::StopRinging { agent });
+                }
+            }
             _ => {}
         }
     }
@@ -643,6 +742,40 @@ impl CallBrain {
         }))
     }
 
+    fn probe(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.media = CallerMedia::Probing;
+        out.push(Action::ProbeCaller);
+        self.arm(
+            TimerKind::MediaProbe,
+            now + self.flow.timers.probe_answer,
+            out,
+        );
+    }
+
+    /// Neither media nor signalling: the caller is gone, though no BYE came.
+    fn dropped(&mut self, out: &mut Vec<Action>) {
+        // They asked for a person and their line died: call them back unasked.
+        if self.phase == Phase::Queued
+            && self.callback != CallbackState::Stored
+            && self.callback != CallbackState::Storing
+            && self.context.caller_id.is_some()
+        {
+            out.push(self.callback_request(true));
+        }
+        self.end(out);
+    }
+
+    /// After every event: a caller waiting in line hears a prompt or the hold music, never
+    /// dead air.
+    fn settle(&mut self, out: &mut Vec<Action>) {
+        if self.phase == Phase::Queued && self.playing.is_none() && self.holding.is_none() {
+            let play = PlayId(self.next_play);
+            self.next_play += 1;
+            self.holding = Some(play);
+            out.push(Action::PlayHold { play });
+        }
+    }
+
     fn play(&mut self, prompt: &str, vars: &[(&str, String)], out: &mut Vec<Action>) {
         let lang = self.lang();
         // Validation guarantees every prompt the brain names exists; if one is missing anyway,
@@ -663,12 +796,15 @@ impl CallBrain {
                 .collect(),
         };
         self.playing = Some((PlayId(self.next_play), prompt.to_string(), p.barge_in));
+        // A play replaces whatever plays, hold music too.
+        self.holding = None;
         self.next_play += 1;
         out.push(action);
     }
 
     fn stop_playing(&mut self, out: &mut Vec<Action>) {
-        if self.playing.take().is_some() {
+        let holding = self.holding.take().is_some();
+        if self.playing.take().is_some() || holding {
             out.push(Action::StopPlayback);
         }
     }
@@ -690,5 +826,7 @@ impl CallBrain {
             self.cancel(t, out);
         }
         self.playing = None;
+        self.holding = None;
+        self.ringing = None;
     }
 }

@@ -61,6 +61,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         file.callback_retry(),
         file.number_policy(),
     );
+    let no_media_timeout = file.no_media_timeout();
     let mut agents = file.agents.clone();
     agents.extend(args.agents.iter().cloned());
     let rtp = args
@@ -98,6 +99,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         callback_numbers,
         trunk: args.trunk.or(file.trunk),
         partials: !args.no_partials,
+        no_media_timeout,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

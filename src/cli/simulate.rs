@@ -153,6 +153,11 @@ impl<W: Write> Sim<W> {
         self.pending.push((self.now + after, self.seq, what));
     }
 
+    /// Feeds `event` once the current batch of actions is carried out.
+    fn feed_later(&mut self, event: Event) {
+        self.schedule(Duration::ZERO, Pending::Caller(event));
+    }
+
     fn feed(&mut self, event: Event) -> anyhow::Result<()> {
         let now = self.start + self.now;
         let actions = self.brain.handle(now, event);
@@ -193,6 +198,17 @@ impl<W: Write> Sim<W> {
                 self.pending
                     .retain(|(_, _, p)| !matches!(p, Pending::PromptFinished(_)));
                 self.emit(json!({"event": "stop_playback"}))?;
+            }
+            Action::PlayHold { .. } => {
+                // Loops until something else plays: it never finishes.
+                self.pending
+                    .retain(|(_, _, p)| !matches!(p, Pending::PromptFinished(_)));
+                self.emit(json!({"event": "hold_music"}))?;
+            }
+            // The simulated caller's media never stops, and there are no agents to ring.
+            Action::ProbeCaller => self.feed_later(Event::ProbeAnswered),
+            Action::StopRinging { agent } => {
+                self.emit(json!({"event": "stop_ringing", "agent": agent}))?
             }
             Action::Listen => self.awaiting_answer = true,
             Action::SetLanguage { code } => {

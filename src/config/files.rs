@@ -22,6 +22,9 @@ pub struct SettingsFile {
     pub repetition: RepetitionFile,
     #[serde(default)]
     pub callback: CallbackFile,
+    /// Recording looped to a waiting caller between announcements, relative to the audio
+    /// folder.
+    pub hold_music: Option<Spanned<String>>,
 }
 
 fn default_audio_dir() -> String {

@@ -121,6 +121,26 @@ pub struct Timers {
     pub no_input: Duration,
     pub queue_announce_interval: Duration,
     pub callback_reoffer_interval: Duration,
+    /// From the end of the caller's speech to its final transcript; later, recognition is
+    /// behind and the caller goes to a person instead of waiting.
+    pub final_transcript: Duration,
+    /// How long an agent's phone may ring.
+    pub agent_ring: Duration,
+    /// How long the caller's phone has to answer a probe when their media stopped.
+    pub probe_answer: Duration,
+    /// While a caller who answered the probe still sends no media (silence suppression,
+    /// DTX), how often they are probed again.
+    pub probe_interval: Duration,
+}
+
+impl Timers {
+    /// Deadlines that are the server's, not the operator's: how long recognition and phones
+    /// may take.
+    pub const FINAL_TRANSCRIPT: Duration = Duration::from_secs(3);
+    pub const AGENT_RING: Duration = Duration::from_secs(20);
+    /// An OPTIONS over UDP is retransmitted at 0.5, 1, 2 and 4 s: 8 s gives it four tries.
+    pub const PROBE_ANSWER: Duration = Duration::from_secs(8);
+    pub const PROBE_INTERVAL: Duration = Duration::from_secs(20);
 }
 
 /// The validated flow: what every call runs on. Shared read-only (`Arc<Flow>`).
@@ -136,6 +156,9 @@ pub struct Flow {
     pub confirm_lone_word: bool,
     pub timers: Timers,
     pub offer_callback_after_wait: Duration,
+    /// Looped to a waiting caller between announcements (`hold_music`); without one the
+    /// drivers play a soft comfort tone, never dead air.
+    pub hold_music: Option<PathBuf>,
 }
 
 impl Flow {
@@ -293,6 +316,16 @@ impl Loader<'_> {
         }
 
         let audio_root = self.dir.map(|d| d.join(&settings.audio_dir));
+        let hold_music = match (&settings.hold_music, &audio_root) {
+            (Some(file), Some(root)) => {
+                let path = root.join(file.get_ref());
+                if let Err(m) = check_wav(&path) {
+                    problems.push(sp(file.span(), m));
+                }
+                Some(path)
+            }
+            _ => None,
+        };
         let mut languages = BTreeMap::new();
         let mut escape_phrases = Vec::new();
         let mut sounds_like = Vec::new();
@@ -469,7 +502,12 @@ impl Loader<'_> {
                 callback_reoffer_interval: Duration::from_millis(
                     *settings.timers.callback_reoffer_interval_ms.get_ref(),
                 ),
+                final_transcript: Timers::FINAL_TRANSCRIPT,
+                agent_ring: Timers::AGENT_RING,
+                probe_answer: Timers::PROBE_ANSWER,
+                probe_interval: Timers::PROBE_INTERVAL,
             },
+            hold_music,
             offer_callback_after_wait: Duration::from_millis(
                 settings.callback.offer_when_wait_exceeds_ms,
             ),

@@ -5,11 +5,12 @@
 //! caller's leg stays up whatever happens to the agent's. Nothing here can send BYE to a
 //! caller (the SIP types have no such method for an inbound leg).
 
-use super::Shared;
 use super::queue::{QueueMsg, ToCall};
+use super::{PromptAudio, Shared};
 use crate::agents::{AgentFailure, QueueInput};
 use crate::brain::{
-    Action, CallBrain, CallbackRequest, CallbackTime, CallbackWhen, Event, PlayId, RouteReason,
+    Action, CallBrain, CallbackRequest, CallbackTime, CallbackWhen, Event, Phase, PlayId,
+    RouteReason, TimerKind,
 };
 use crate::callbacks::{NewPromise, local_clock, resolve_when, with_ledger};
 use crate::escape::normalize::collapse_repeats;
@@ -17,23 +18,17 @@ use crate::media::{
     self, LocalMedia, MediaEvent, MediaHandle, PlaybackId, SessionConfig, StreamIds, sdp,
 };
 use crate::sip::{
-    FailReason, InboundEvent, InboundEvents, IncomingCall, OutboundCall, OutboundEvent,
-    OutboundEvents, OutboundInvite, RejectStatus,
+    FailReason, InboundCall, InboundEvent, InboundEvents, IncomingCall, OutboundCall,
+    OutboundEvent, OutboundEvents, OutboundInvite, RejectStatus,
 };
 use crate::speech::{
     DecodeKind, DecodeResult, RecognizerOutput, StreamResampler, StreamingRecognizer,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, info_span, warn};
-
-/// A final transcript later than this after the end of speech means recognition is not
-/// keeping up: the caller goes to a person instead of waiting.
-const FINAL_DEADLINE: Duration = Duration::from_secs(3);
-/// How long an agent's phone may ring.
-const AGENT_RING_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub async fn run(shared: Arc<Shared>, incoming: IncomingCall) {
     let id = shared
@@ -59,7 +54,8 @@ struct AgentLeg {
     call: OutboundCall,
     events: OutboundEvents,
     media: Option<(MediaHandle, mpsc::Receiver<MediaEvent>)>,
-    local: LocalMedia,
+    /// Our SDP on this leg, versioned per RFC 3264 §8.
+    sdp: sdp::LocalSdp,
     socket: Option<tokio::net::UdpSocket>,
 }
 
@@ -69,11 +65,18 @@ struct Call {
     sip_call_id: String,
     caller_id: String,
     brain: CallBrain,
+    /// The recordings the call started with: a reload mid-call changes nothing under it.
+    audio: Arc<PromptAudio>,
     media: MediaHandle,
+    /// Our SDP on the caller's leg, versioned per RFC 3264 §8.
+    sdp: sdp::LocalSdp,
+    /// Asks the caller's phone whether it is still there.
+    prober: Prober,
     plays: HashMap<PlaybackId, PlayId>,
     next_playback: u64,
     queue_tx: mpsc::Sender<ToCall>,
-    /// Ledger results for the brain: one store (or refusal) in flight per call at most.
+    /// Events for the brain from tasks of this call: ledger results (one store or refusal
+    /// in flight per call at most) and probe results (one probe at most).
     callback_tx: mpsc::Sender<Event>,
     /// Callbacks requested on this call so far, for their keys.
     promises_made: u32,
@@ -81,14 +84,30 @@ struct Call {
     agent: Option<AgentLeg>,
     /// End of the caller's latest speech (stream audio time) and the wall time it maps to.
     speech_end: Option<Instant>,
-    awaiting_final: Option<Instant>,
     call_start: Instant,
     /// The caller's ACK came: the call is real (a forged INVITE never gets this far).
     confirmed: bool,
     /// Audio has arrived from the caller at least once.
     heard_caller: bool,
-    /// The agent's phone must answer by then, or the next agent is tried.
-    ring_deadline: Option<Instant>,
+    /// This call has a speech recognizer (else the caller goes to a person at once).
+    speech_ok: bool,
+}
+
+/// The caller's dialog, for in-dialog OPTIONS probes (RFC 3261 §11; any answer but 408/481
+/// means the phone is there).
+#[derive(Clone)]
+enum Prober {
+    Inbound(InboundCall),
+    CalledBack(OutboundCall),
+}
+
+impl Prober {
+    async fn probe(&self) -> bool {
+        match self {
+            Prober::Inbound(call) => call.probe().await,
+            Prober::CalledBack(call) => call.probe().await,
+        }
+    }
 }
 
 async fn run_inner(shared: &Arc<Shared>, id: u64, incoming: IncomingCall) -> anyhow::Result<()> {
@@ -109,8 +128,14 @@ async fn run_inner(shared: &Arc<Shared>, id: u64, incoming: IncomingCall) -> any
             return Err(e.into());
         }
     };
-    let local = local_media(shared, &socket)?;
-    let answer = match sdp::answer(&offer_sdp, &local) {
+    let mut local_sdp = match local_media(shared, &socket) {
+        Ok(l) => sdp::LocalSdp::new(l),
+        Err(e) => {
+            inbound.reject(RejectStatus::ServiceUnavailable)?;
+            return Err(e);
+        }
+    };
+    let answer = match local_sdp.answer(&offer_sdp) {
         Ok(a) => a,
         Err(e) => {
             info!(error = %e, "offer not acceptable");
@@ -118,21 +143,38 @@ async fn run_inner(shared: &Arc<Shared>, id: u64, incoming: IncomingCall) -> any
             return Ok(());
         }
     };
-    inbound.answer(&answer.sdp)?;
-    let (media, media_events) = media::spawn(
+    // Everything that can fail is done before the 200 OK: after it, the caller is in the
+    // call and only a person (or the IVR) may follow, never an abandoned line.
+    let (media, media_events) = match media::spawn(
         socket,
-        SessionConfig::new(&answer.remote, StreamIds::random()),
-    )?;
+        SessionConfig::new(&answer.remote, StreamIds::random())
+            .with_no_media_timeout(shared.no_media_timeout),
+    ) {
+        Ok(m) => m,
+        Err(e) => {
+            inbound.reject(RejectStatus::ServiceUnavailable)?;
+            return Err(e.into());
+        }
+    };
+    if let Err(e) = inbound.answer(&answer.sdp) {
+        // The caller cancelled meanwhile: there is no call to serve.
+        media.close().await;
+        return Err(e.into());
+    }
     info!(rtp = %media.local_addr(), codec = ?answer.remote.codec, "answered");
 
     let leg = CallerLeg {
         sip_call_id: call_id,
         caller_id: from.caller_id().to_string(),
         signal: CallerSignal::Inbound(events),
+        prober: Prober::Inbound(inbound),
+        sdp: local_sdp,
         media,
         media_events,
     };
-    drive(shared, id, leg, CallBrain::new(shared.flow()), false).await
+    let (flow, audio) = shared.flow_and_audio();
+    drive(shared, id, leg, CallBrain::new(flow), audio, false).await;
+    Ok(())
 }
 
 /// The caller's signalling, whichever side placed the call. Either way Humanline never ends
@@ -181,6 +223,8 @@ pub(super) struct CallerLeg {
     sip_call_id: String,
     caller_id: String,
     signal: CallerSignal,
+    prober: Prober,
+    sdp: sdp::LocalSdp,
     media: MediaHandle,
     media_events: mpsc::Receiver<MediaEvent>,
 }
@@ -191,6 +235,7 @@ pub(super) async fn continue_called_back(
     shared: Arc<Shared>,
     customer: OutboundCall,
     events: OutboundEvents,
+    local: LocalMedia,
     media: MediaHandle,
     media_events: mpsc::Receiver<MediaEvent>,
     number: String,
@@ -201,55 +246,76 @@ pub(super) async fn continue_called_back(
     let span = info_span!("call", call = id, sip = %customer.call_id(), caller = %number);
     async move {
         shared.metrics.active_calls.inc();
-        let brain = CallBrain::after_agent(shared.flow(), Some(number.clone()));
+        let (flow, audio) = shared.flow_and_audio();
+        let brain = CallBrain::after_agent(flow, Some(number.clone()));
         let leg = CallerLeg {
             sip_call_id: customer.call_id().to_string(),
             caller_id: number,
+            prober: Prober::CalledBack(customer.clone()),
             signal: CallerSignal::CalledBack {
                 _leg: customer,
                 events,
             },
+            sdp: sdp::LocalSdp::after_offer(local),
             media,
             media_events,
         };
-        if let Err(e) = drive(&shared, id, leg, brain, true).await {
-            warn!(error = %format!("{e:#}"), "call ended with an error");
-        }
+        drive(&shared, id, leg, brain, audio, true).await;
         shared.metrics.active_calls.dec();
     }
     .instrument(span)
     .await
 }
 
-/// Runs a caller's call until they hang up. `established`: the call is already up (a
-/// called-back customer), so the brain is told at once that their agent left.
+/// Runs a caller's call until they hang up (or both their media and signalling are gone).
+/// `established`: the call is already up (a called-back customer), so the brain is told at
+/// once that their agent left. Nothing here may fail the call: the caller is answered, so a
+/// failure routes them to a person instead.
 async fn drive(
     shared: &Arc<Shared>,
     id: u64,
     leg: CallerLeg,
     brain: CallBrain,
+    audio: Arc<PromptAudio>,
     established: bool,
-) -> anyhow::Result<()> {
+) {
     let CallerLeg {
         sip_call_id,
         caller_id,
         mut signal,
+        prober,
+        sdp,
         media,
         mut media_events,
     } = leg;
     let (queue_tx, mut queue_rx) = super::queue::to_call_channel();
     let (callback_tx, mut callback_rx) = mpsc::channel(4);
     let (decode_tx, mut decode_rx) = mpsc::unbounded_channel::<DecodeResult>();
-    let mut recognizer = StreamingRecognizer::new(id, shared.recognizer.clone())?;
-    let mut resampler = StreamResampler::telephone_to_16k()?;
-    let mut pcm = Vec::with_capacity(320);
+    // Without a recognizer the call goes on: the caller is routed to a person at once.
+    let speech = match (
+        StreamingRecognizer::new(id, shared.recognizer.clone()),
+        StreamResampler::telephone_to_16k(),
+    ) {
+        (Ok(r), Ok(s)) => Some((r, s)),
+        (r, s) => {
+            let error = r
+                .err()
+                .map(|e| e.to_string())
+                .or(s.err().map(|e| e.to_string()));
+            warn!(error = ?error, "speech recognition unavailable for this call: routing to a person");
+            None
+        }
+    };
     let mut call = Call {
         shared: shared.clone(),
         id,
         sip_call_id,
         caller_id,
         brain,
+        audio,
         media,
+        sdp,
+        prober,
         plays: HashMap::new(),
         next_playback: 0,
         queue_tx,
@@ -258,12 +324,16 @@ async fn drive(
         queued: false,
         agent: None,
         speech_end: None,
-        awaiting_final: None,
         call_start: Instant::now(),
         confirmed: established,
         heard_caller: established,
-        ring_deadline: None,
+        speech_ok: speech.is_some(),
     };
+    let (mut recognizer, mut resampler) = match speech {
+        Some((r, s)) => (Some(r), Some(s)),
+        None => (None, None),
+    };
+    let mut pcm = Vec::with_capacity(320);
     if established {
         call.feed(Event::AgentLeft).await;
     }
@@ -285,25 +355,35 @@ async fn drive(
                             continue;
                         }
                         call.heard_caller |= !frame.concealed;
+                        let (Some(rec), Some(res)) = (recognizer.as_mut(), resampler.as_mut()) else {
+                            continue;
+                        };
                         pcm.clear();
                         pcm.extend(frame.samples.iter().map(|s| *s as f32 / 32768.0));
                         let mut out = Vec::with_capacity(340);
-                        if resampler.process(&pcm, &mut out).is_ok() {
-                            recognizer.push_audio(&out);
+                        if res.process(&pcm, &mut out).is_ok() {
+                            rec.push_audio(&out);
                         }
-                        call.drain_recognizer(&mut recognizer, &decode_tx).await;
+                        call.drain_recognizer(rec, &decode_tx).await;
                     }
                     other => call.on_media(other).await,
                 }
             }
             Some(r) = decode_rx.recv() => {
-                recognizer.on_result(&r);
-                call.drain_recognizer(&mut recognizer, &decode_tx).await;
+                if let Some(rec) = recognizer.as_mut() {
+                    rec.on_result(&r);
+                    call.drain_recognizer(rec, &decode_tx).await;
+                }
             }
             Some(msg) = queue_rx.recv() => call.on_queue(msg).await,
             Some(ev) = callback_rx.recv() => call.feed(ev).await,
             ev = next_agent_event(&mut call.agent) => call.on_agent(ev).await,
             _ = sleep_until(timeout) => call.on_deadline().await,
+        }
+        if call.brain.phase() == Phase::Ended {
+            // Both the caller's media and signalling are gone (a hang-up ends the loop above).
+            info!("caller gone: no media and no answer to the probe");
+            break;
         }
     }
     // A `Ring` the queue sent that this call never acted on would hold that agent for good:
@@ -320,7 +400,6 @@ async fn drive(
         }
     }
     call.finish().await;
-    Ok(())
 }
 
 async fn next_agent_event(agent: &mut Option<AgentLeg>) -> AgentEvent {
@@ -370,43 +449,19 @@ fn unix_ms() -> i64 {
 }
 
 impl Call {
+    /// Every deadline of the call is one of the brain's timers.
     fn next_deadline(&self) -> Option<Instant> {
-        let brain = self.brain.next_timeout().map(|(_, at)| at);
-        [
-            brain,
-            self.awaiting_final.map(|t| t + FINAL_DEADLINE),
-            self.ring_deadline,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        self.brain.next_timeout().map(|(_, at)| at)
     }
 
     async fn on_deadline(&mut self) {
         let now = Instant::now();
-        if self.ring_deadline.is_some_and(|t| t <= now) {
-            self.ring_deadline = None;
-            // An agent that does not even say "ringing" cannot be CANCELled; give up on it
-            // here rather than keep the caller waiting for the transaction to time out.
-            if let Some(leg) = &self.agent
-                && leg.media.is_none()
-            {
-                info!(agent = %leg.agent, "agent did not answer in time");
-                let _ = leg.call.hangup().await;
-                self.agent_failed(AgentFailure::NoAnswer).await;
-            }
-        }
-        if self
-            .awaiting_final
-            .is_some_and(|t| t + FINAL_DEADLINE <= now)
-        {
-            self.awaiting_final = None;
-            warn!("no final transcript in time: recognition is behind");
-            self.feed(Event::SpeechEngineDegraded).await;
-        }
         if let Some((timer, at)) = self.brain.next_timeout()
             && at <= now
         {
+            if timer == TimerKind::FinalTranscript {
+                warn!("no final transcript in time: recognition is behind");
+            }
             self.feed(Event::TimerFired { timer }).await;
         }
     }
@@ -431,18 +486,61 @@ impl Call {
                 vars,
                 ..
             } => {
-                let clips = self
-                    .shared
-                    .prompt_audio()
-                    .clips(&language, &prompt, &text, &vars);
-                let id: PlaybackId = self.next_playback;
-                self.next_playback += 1;
-                self.plays.insert(id, play);
+                let clips = self.audio.clips(&language, &prompt, &text, &vars);
+                let id = self.playback_for(play);
                 info!(%prompt, "play");
-                let _ = self.media.play(id, clips).await;
+                // The brain's play replaces what plays: "connecting" never waits behind a
+                // prompt.
+                let _ = self.media.play_now(id, clips).await;
+            }
+            Action::PlayHold { play } => {
+                let id = self.playback_for(play);
+                debug!("hold music");
+                let _ = self.media.hold(id, self.audio.hold()).await;
             }
             Action::StopPlayback => {
                 let _ = self.media.stop_playout().await;
+            }
+            Action::ProbeCaller => {
+                info!("no media from the caller: probing with OPTIONS");
+                let prober = self.prober.clone();
+                let tx = self.callback_tx.clone();
+                tokio::spawn(
+                    async move {
+                        let answered = prober.probe().await;
+                        info!(answered, "probe done");
+                        let result = if answered {
+                            Event::ProbeAnswered
+                        } else {
+                            Event::ProbeFailed
+                        };
+                        // Waits for room rather than lose the result (the deadline would
+                        // then drop a caller who is there).
+                        let _ = tx.send(result).await;
+                    }
+                    .instrument(tracing::Span::current()),
+                );
+            }
+            Action::StopRinging { agent } => {
+                if let Some(leg) = &self.agent
+                    && leg.agent == agent
+                    && leg.media.is_none()
+                {
+                    // An agent that does not even say "ringing" cannot be CANCELled by the
+                    // SIP layer's ring timeout: give up on it here.
+                    info!(%agent, "agent did not answer in time");
+                    let _ = leg.call.hangup().await;
+                    // The brain knows already (it asked): only the queue is told.
+                    self.agent = None;
+                    let _ = self
+                        .shared
+                        .queue
+                        .send(QueueMsg::Call(QueueInput::AgentFailed {
+                            agent,
+                            call: self.id,
+                            why: AgentFailure::NoAnswer,
+                        }));
+                }
             }
             Action::Listen
             | Action::OfferCallback
@@ -475,6 +573,14 @@ impl Call {
             Action::StoreCallback(req) => self.store_callback(*req),
             Action::KeepCallback { id } => self.keep_callback(id),
         }
+    }
+
+    /// A media playback id for the brain's play, so its end is reported for that play only.
+    fn playback_for(&mut self, play: PlayId) -> PlaybackId {
+        let id: PlaybackId = self.next_playback;
+        self.next_playback += 1;
+        self.plays.insert(id, play);
+        id
     }
 
     /// Commits a callback off the async runtime (SQLite fsyncs); the brain hears
@@ -602,7 +708,6 @@ impl Call {
                 RecognizerOutput::SpeechStarted { .. } => Event::SpeechStarted,
                 RecognizerOutput::SpeechEnded { .. } => {
                     self.speech_end = Some(Instant::now());
-                    self.awaiting_final = Some(Instant::now());
                     Event::SpeechEnded
                 }
                 RecognizerOutput::Partial { text, .. } => Event::PartialTranscript {
@@ -610,7 +715,6 @@ impl Call {
                 },
                 RecognizerOutput::Final { text, .. } => {
                     let text = collapse_repeats(&text);
-                    self.awaiting_final = None;
                     info!(%text, "heard");
                     Event::FinalTranscript { text }
                 }
@@ -619,7 +723,6 @@ impl Call {
                     error,
                     ..
                 } => {
-                    self.awaiting_final = None;
                     warn!(%error, "final decode failed");
                     Event::SpeechEngineDegraded
                 }
@@ -645,7 +748,7 @@ impl Call {
                         language: None,
                     })
                     .await;
-                    if self.shared.speech.is_none() {
+                    if self.shared.speech.is_none() || !self.speech_ok {
                         // Without speech recognition only a person can help: route now.
                         self.feed(Event::SpeechEngineDegraded).await;
                     }
@@ -657,13 +760,7 @@ impl Call {
             }
             InboundEvent::ReInvite { sdp: offer, reply } => {
                 // Hold / unhold or a new address: follow it, answer with our media.
-                let local = LocalMedia {
-                    ip: self.shared.media_ip,
-                    port: self.media.local_addr().port(),
-                    session_id: 1,
-                    session_version: unix_ms() as u64,
-                };
-                match sdp::answer(&offer, &local) {
+                match self.sdp.answer(&offer) {
                     Ok(answer) => {
                         let _ = self.media.update_remote(answer.remote).await;
                         let _ = reply.accept(&answer.sdp).await;
@@ -692,12 +789,14 @@ impl Call {
             }
             MediaEvent::MediaStopped if self.heard_caller => {
                 warn!("caller's media stopped");
-                self.feed(Event::CallerMediaLost).await;
+                self.feed(Event::MediaLost).await;
             }
             MediaEvent::MediaStopped => debug!("no media from the caller yet"),
-            MediaEvent::Audio(_)
-            | MediaEvent::MediaResumed
-            | MediaEvent::RemoteAddressChanged(_) => {}
+            MediaEvent::MediaResumed => {
+                info!("caller's media resumed");
+                self.feed(Event::MediaResumed).await;
+            }
+            MediaEvent::Audio(_) | MediaEvent::RemoteAddressChanged(_) => {}
         }
     }
 
@@ -734,7 +833,8 @@ impl Call {
     /// Rings an agent with the caller's context in the INVITE, so they never ask again.
     async fn ring_agent(&mut self, agent: &str) -> anyhow::Result<()> {
         let socket = media::bind_rtp_socket(self.shared.media_ip, self.shared.rtp_ports).await?;
-        let local = local_media(&self.shared, &socket)?;
+        let mut local_sdp = sdp::LocalSdp::new(local_media(&self.shared, &socket)?);
+        let ring_timeout = self.brain.flow().timers.agent_ring;
         let context = self.brain.context();
         let said = context.said.join(" | ");
         let mut headers = vec![
@@ -754,10 +854,10 @@ impl Call {
         }
         let invite = OutboundInvite {
             target_uri: agent.to_string(),
-            offer_sdp: sdp::offer(&local, media::Direction::SendRecv),
+            offer_sdp: local_sdp.offer(media::Direction::SendRecv),
             extra_headers: headers,
             from_user: Some(self.caller_id.clone()).filter(|c| !c.is_empty()),
-            ring_timeout: Some(AGENT_RING_TIMEOUT),
+            ring_timeout: Some(ring_timeout),
             ..Default::default()
         };
         let (call, events) = self.shared.sip.invite_with(invite).await?;
@@ -767,10 +867,9 @@ impl Call {
             call,
             events,
             media: None,
-            local,
+            sdp: local_sdp,
             socket: Some(socket),
         });
-        self.ring_deadline = Some(Instant::now() + AGENT_RING_TIMEOUT + Duration::from_secs(1));
         self.feed(Event::AgentOffered {
             agent: agent.to_string(),
         })
@@ -809,7 +908,6 @@ impl Call {
                             warn!(error = %e, "bridge failed");
                         }
                         leg.media = Some((handle, rx));
-                        self.ring_deadline = None;
                         info!(%agent, "agent answered; bridged");
                         let _ = self
                             .shared
@@ -860,8 +958,7 @@ impl Call {
                 }
             }
             AgentEvent::Sip(Some(OutboundEvent::ReInvite { sdp: offer, reply })) => {
-                let local = leg.local;
-                match sdp::answer(&offer, &local) {
+                match leg.sdp.answer(&offer) {
                     Ok(answer) => {
                         if let Some((h, _)) = &leg.media {
                             let _ = h.update_remote(answer.remote).await;
@@ -884,7 +981,6 @@ impl Call {
     }
 
     async fn agent_failed(&mut self, why: AgentFailure) {
-        self.ring_deadline = None;
         let Some(leg) = self.agent.take() else { return };
         let _ = self
             .shared

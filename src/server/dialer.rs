@@ -114,6 +114,8 @@ pub fn customer_uri(trunk: &str, number: &str) -> String {
 struct Leg {
     call: OutboundCall,
     events: OutboundEvents,
+    /// Our media as offered: its SDP version goes on from there on a re-INVITE.
+    local: media::LocalMedia,
     media: MediaHandle,
     media_events: mpsc::Receiver<MediaEvent>,
 }
@@ -153,13 +155,25 @@ async fn dial(
     loop {
         match events.recv().await {
             Some(OutboundEvent::Answered { answer_sdp }) => {
-                let remote = sdp::parse_answer(&answer_sdp).map_err(|_| AttemptOutcome::Failed)?;
-                let (media, media_events) =
-                    media::spawn(socket, SessionConfig::new(&remote, StreamIds::random()))
-                        .map_err(|_| AttemptOutcome::Failed)?;
+                // An answered leg we cannot use is hung up, not left up at the far end.
+                let spawned = sdp::parse_answer(&answer_sdp)
+                    .map_err(|e| e.to_string())
+                    .and_then(|remote| {
+                        media::spawn(socket, SessionConfig::new(&remote, StreamIds::random()))
+                            .map_err(|e| e.to_string())
+                    });
+                let (media, media_events) = match spawned {
+                    Ok(m) => m,
+                    Err(error) => {
+                        warn!(%uri, %error, "answer unusable: hanging up that leg");
+                        let _ = call.hangup().await;
+                        return Err(AttemptOutcome::Failed);
+                    }
+                };
                 return Ok(Leg {
                     call,
                     events,
+                    local,
                     media,
                     media_events,
                 });
@@ -319,6 +333,7 @@ async fn attempt_callback(
                             shared.clone(),
                             c.call,
                             c.events,
+                            c.local,
                             c.media,
                             c.media_events,
                             promise.number.clone(),

@@ -41,6 +41,8 @@ pub struct Shared {
     pub(crate) utc_offset_min: i64,
     pub(crate) agent_count: usize,
     pub(crate) recognizer: crate::speech::RecognizerConfig,
+    /// Silence from a caller after which their phone is probed (`no_media_timeout_ms`).
+    pub(crate) no_media_timeout: Duration,
     /// Which numbers callbacks may go to.
     pub(crate) numbers: crate::callbacks::NumberPolicy,
     /// This server run, in the keys of the promises it makes (unique across restarts).
@@ -56,11 +58,14 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner().0.clone())
     }
 
-    pub fn prompt_audio(&self) -> Arc<PromptAudio> {
+    /// The flow and its recordings, taken together at a call's start: the call keeps both
+    /// whatever is reloaded meanwhile.
+    pub fn flow_and_audio(&self) -> (Arc<Flow>, Arc<PromptAudio>) {
+        let pair = |g: &(Arc<Flow>, Arc<PromptAudio>)| (g.0.clone(), g.1.clone());
         self.flow
             .read()
-            .map(|g| g.1.clone())
-            .unwrap_or_else(|p| p.into_inner().1.clone())
+            .map(|g| pair(&g))
+            .unwrap_or_else(|p| pair(&p.into_inner()))
     }
 }
 
@@ -148,6 +153,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         next_call: AtomicU64::new(1),
         utc_offset_min: opts.utc_offset_min,
         agent_count: opts.agents.len(),
+        no_media_timeout: opts.no_media_timeout,
         numbers: opts.callback_numbers.clone(),
         instance: format!("{:x}-{:x}", unix_ms(), std::process::id()),
         recognizer: if opts.partials {

@@ -37,6 +37,9 @@ pub struct ServerFile {
     /// Which numbers may be called back.
     #[serde(default)]
     pub callback_numbers: NumbersFile,
+    /// Silence from a caller's media after which their phone is probed (an in-dialog OPTIONS)
+    /// to tell a quiet phone (silence suppression, DTX) from a dead line [default: 30000].
+    pub no_media_timeout_ms: Option<Spanned<u64>>,
 }
 
 /// `[callback_retry]`: every key optional, each checked against its bounds at its line.
@@ -70,6 +73,9 @@ const MAX_DELAY_MS: i64 = 7 * DAY_MS;
 const FACTOR: std::ops::RangeInclusive<f64> = 1.0..=10.0;
 const MAX_ATTEMPTS: std::ops::RangeInclusive<u32> = 1..=100;
 const WINDOW_MS: std::ops::RangeInclusive<i64> = 60 * SECOND_MS..=30 * DAY_MS;
+/// How long a caller's media may be silent before their phone is probed.
+const NO_MEDIA_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 1_000..=600_000;
+const NO_MEDIA_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 
 impl ServerFile {
     /// The retry policy: the file's values over the defaults (checked by `load`).
@@ -92,6 +98,15 @@ impl ServerFile {
                 .map_or(d.max_attempts, |v| *v.get_ref()),
             window_ms: r.window_ms.as_ref().map_or(d.window_ms, |v| *v.get_ref()),
         }
+    }
+
+    /// Silence from a caller after which their phone is probed.
+    pub fn no_media_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.no_media_timeout_ms
+                .as_ref()
+                .map_or(NO_MEDIA_TIMEOUT_MS_DEFAULT, |v| *v.get_ref()),
+        )
     }
 
     pub fn utc_offset_min(&self) -> i64 {
@@ -190,6 +205,18 @@ impl ServerFile {
                 ),
             ));
         }
+        if let Some(v) = &self.no_media_timeout_ms
+            && !NO_MEDIA_TIMEOUT_MS.contains(v.get_ref())
+        {
+            out.push((
+                v.span(),
+                format!(
+                    "no_media_timeout_ms must be between {} and {} ms",
+                    NO_MEDIA_TIMEOUT_MS.start(),
+                    NO_MEDIA_TIMEOUT_MS.end()
+                ),
+            ));
+        }
         for p in &self.callback_numbers.allowed_prefixes {
             if !valid_prefix(p.get_ref()) {
                 out.push((
@@ -279,6 +306,8 @@ pub struct ServeOptions {
     pub callback_numbers: NumberPolicy,
     /// Decode partial transcripts while the caller speaks (off only for baselines).
     pub partials: bool,
+    /// Silence from a caller's media after which their phone is probed.
+    pub no_media_timeout: std::time::Duration,
 }
 
 pub fn parse_port_range(s: &str) -> anyhow::Result<PortRange> {
