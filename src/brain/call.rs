@@ -708,9 +708,11 @@ impl CallBrain {
     fn store_callback(&mut self, number: String, out: &mut Vec<Action>) {
         self.callback = CallbackState::Storing;
         self.cancel(TimerKind::CallbackReoffer, out);
-        if self.playing.is_some() {
-            // Nothing about this callback may be heard until it is stored.
+        if self.playing.is_some() || self.holding.is_some() {
+            // Nothing about this callback may be heard until it is stored (nor anything
+            // that could be taken for it).
             self.playing = None;
+            self.holding = None;
             out.push(Action::StopPlayback);
         }
         let mut request = self.callback_request(false);
@@ -766,9 +768,14 @@ impl CallBrain {
     }
 
     /// After every event: a caller waiting in line hears a prompt or the hold music, never
-    /// dead air.
+    /// dead air. Except while their callback is being committed (milliseconds): nothing at
+    /// all is heard then, so nothing can be taken for a confirmation before it is stored.
     fn settle(&mut self, out: &mut Vec<Action>) {
-        if self.phase == Phase::Queued && self.playing.is_none() && self.holding.is_none() {
+        if self.phase == Phase::Queued
+            && self.playing.is_none()
+            && self.holding.is_none()
+            && self.callback != CallbackState::Storing
+        {
             let play = PlayId(self.next_play);
             self.next_play += 1;
             self.holding = Some(play);
