@@ -5,9 +5,11 @@
 //! are testable without waiting. Storage is behind [`LedgerStore`]; `storage::SqliteStore` is
 //! the embedded default.
 
+mod attempt;
 mod number;
 mod when;
 
+pub use attempt::{AGENT_WAIT_LIMIT, AttemptAction, AttemptEvent, CallbackAttempt};
 pub use number::{NumberPolicy, NumberRefused, spoken_number, valid_prefix};
 pub use when::{MAX_AHEAD, UTC_OFFSET_MIN_RANGE, local_clock, names_time, resolve_when};
 

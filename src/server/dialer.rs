@@ -2,25 +2,26 @@
 //! agent queue like a caller; when an agent is free their phone rings first, with the
 //! customer's context, and once they answer Humanline calls the customer through the trunk
 //! and bridges the two. Every outcome is recorded; failures are retried by the ledger's
-//! policy and exhausted promises escalated, never dropped.
+//! policy and exhausted promises escalated, never dropped. What an attempt does next is
+//! decided by [`CallbackAttempt`] (src/callbacks/attempt.rs); this file only carries it out.
 
 use super::Shared;
 use super::queue::{QueueMsg, ToCall};
 use crate::agents::{AgentFailure, QueueInput};
-use crate::callbacks::{AttemptOutcome, Promise, with_ledger};
+use crate::callbacks::{
+    AttemptAction, AttemptEvent, AttemptOutcome, CallbackAttempt, Promise, with_ledger,
+};
 use crate::media::{self, MediaEvent, MediaHandle, SessionConfig, StreamIds, sdp};
 use crate::sip::{FailReason, OutboundCall, OutboundEvent, OutboundEvents, OutboundInvite};
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::{Instrument, info, info_span, warn};
 
 /// Queue ids of callbacks live above every inbound call id.
 const CALLBACK_ID_BASE: u64 = 1 << 48;
 const POLL: Duration = Duration::from_secs(1);
-/// An attempt that waited this long for an agent gives way and is retried later.
-const AGENT_WAIT_LIMIT: Duration = Duration::from_secs(600);
 const RING_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn spawn(shared: Arc<Shared>, trunk: String) {
@@ -192,28 +193,203 @@ async fn dial(
     }
 }
 
-/// One attempt at keeping a promise.
+/// One attempt at keeping a promise: the [`CallbackAttempt`] decides, this carries it out.
 async fn attempt_callback(
     shared: &Arc<Shared>,
     trunk: &str,
     promise: &Promise,
     attempt: i64,
 ) -> AttemptOutcome {
-    // A number we may not dial (withheld, a SIP name, off the operator's list: an old
-    // ledger may hold one) is never dialed: a supervisor must act.
-    let number = match shared.numbers.dialable(&promise.number) {
-        Ok(n) => n,
-        Err(e) => {
-            warn!(error = %e, "the promised number cannot be dialed; escalating");
-            return AttemptOutcome::BadNumber;
-        }
-    };
     let queue_id = CALLBACK_ID_BASE + promise.id as u64;
     let (to_call, mut from_queue) = super::queue::to_call_channel();
-    let _ = shared.queue.send(QueueMsg::Enqueue {
-        call: queue_id,
-        to_call,
+    let number = shared.numbers.dialable(&promise.number).map_err(|e| {
+        // An old ledger may hold one: never dialed, a supervisor must act.
+        warn!(error = %e, "the promised number cannot be dialed; escalating");
+        e.to_string()
     });
+    let mut machine = CallbackAttempt::new(number);
+    let mut agent_leg: Option<(String, Leg)> = None;
+    let mut customer: Option<Leg> = None;
+    let mut queue_open = true;
+    let mut pending: VecDeque<AttemptAction> = machine.start(Instant::now()).into();
+    loop {
+        while let Some(action) = pending.pop_front() {
+            let event = match action {
+                AttemptAction::Enqueue => {
+                    let _ = shared.queue.send(QueueMsg::Enqueue {
+                        call: queue_id,
+                        to_call: to_call.clone(),
+                    });
+                    None
+                }
+                AttemptAction::LeaveQueue => {
+                    let _ = shared
+                        .queue
+                        .send(QueueMsg::Call(QueueInput::Remove { call: queue_id }));
+                    None
+                }
+                AttemptAction::CheckPromise => Some(if kept_meanwhile(shared, promise.id).await {
+                    info!("the caller reached a person meanwhile: nobody is called back");
+                    AttemptEvent::PromiseKept
+                } else {
+                    AttemptEvent::PromiseOpen
+                }),
+                AttemptAction::GiveBackAgent { agent } => {
+                    let _ = shared
+                        .queue
+                        .send(QueueMsg::Call(QueueInput::RingUndelivered {
+                            agent,
+                            call: queue_id,
+                        }));
+                    None
+                }
+                AttemptAction::RingAgent { agent } => {
+                    info!(%agent, "ringing agent for a callback");
+                    let headers = agent_headers(promise);
+                    Some(
+                        match dial(shared, &agent, headers, Some(promise.number.clone())).await {
+                            Ok(leg) => {
+                                agent_leg = Some((agent, leg));
+                                AttemptEvent::AgentAnswered
+                            }
+                            Err(why) => AttemptEvent::AgentFailed {
+                                why: match why {
+                                    AttemptOutcome::Busy => AgentFailure::Busy,
+                                    AttemptOutcome::Declined => AgentFailure::Declined,
+                                    AttemptOutcome::NoAnswer => AgentFailure::NoAnswer,
+                                    _ => AgentFailure::Unreachable,
+                                },
+                            },
+                        },
+                    )
+                }
+                AttemptAction::ReportAgentAnswered { agent } => {
+                    let _ = shared.queue.send(QueueMsg::Call(QueueInput::AgentAnswered {
+                        agent,
+                        call: queue_id,
+                    }));
+                    None
+                }
+                AttemptAction::ReportAgentFailed { agent, why } => {
+                    let _ = shared.queue.send(QueueMsg::Call(QueueInput::AgentFailed {
+                        agent,
+                        call: queue_id,
+                        why,
+                    }));
+                    None
+                }
+                AttemptAction::ReleaseAgent { agent } => {
+                    let _ = shared.queue.send(QueueMsg::Call(QueueInput::AgentFinished {
+                        agent,
+                        call: queue_id,
+                    }));
+                    None
+                }
+                AttemptAction::HangUpAgent => {
+                    if let Some((_, leg)) = agent_leg.take() {
+                        let _ = leg.call.hangup().await;
+                        leg.media.close().await;
+                    }
+                    None
+                }
+                AttemptAction::DialCustomer { number } => {
+                    let uri = customer_uri(trunk, &number);
+                    info!(%uri, "calling the customer");
+                    let headers = vec![("X-Humanline-Callback".into(), promise.id.to_string())];
+                    Some(match dial(shared, &uri, headers, None).await {
+                        Ok(leg) => {
+                            customer = Some(leg);
+                            AttemptEvent::CustomerAnswered
+                        }
+                        Err(outcome) => AttemptEvent::CustomerFailed { outcome },
+                    })
+                }
+                AttemptAction::RecordConnected => {
+                    // Recorded before the conversation, so a crash now is retried, not lost.
+                    if let Err(e) =
+                        with_ledger(&shared.ledger, move |l| l.connected(attempt, unix_ms())).await
+                    {
+                        warn!(error = %e, "could not record the connection");
+                    }
+                    None
+                }
+                AttemptAction::Bridge => {
+                    if let (Some(c), Some((_, a))) = (&customer, &agent_leg) {
+                        let _ = media::bridge(&c.media, &a.media).await;
+                        info!("customer answered; bridged to the agent");
+                    }
+                    None
+                }
+                AttemptAction::Unbridge => {
+                    if let (Some(c), Some((_, a))) = (&customer, &agent_leg) {
+                        let _ = media::unbridge(&c.media, &a.media).await;
+                    }
+                    None
+                }
+                AttemptAction::HandCustomerToIvr => {
+                    if let Some(c) = customer.take() {
+                        info!("the agent hung up; the customer is back with the IVR");
+                        tokio::spawn(super::call::continue_called_back(
+                            shared.clone(),
+                            c.call,
+                            c.events,
+                            c.local,
+                            c.media,
+                            c.media_events,
+                            promise.number.clone(),
+                        ));
+                    }
+                    None
+                }
+                AttemptAction::Finish { outcome } => {
+                    // Whatever is left is over: the agent's leg ended or was hung up, a
+                    // customer still here hung up themselves (never hung up on).
+                    if let Some((_, leg)) = agent_leg.take() {
+                        leg.media.close().await;
+                    }
+                    if let Some(c) = customer.take() {
+                        c.media.close().await;
+                    }
+                    // A `Ring` already on its way would hold that agent: give it back.
+                    from_queue.close();
+                    while let Ok(msg) = from_queue.try_recv() {
+                        if let ToCall::Ring { agent } = msg {
+                            let _ =
+                                shared
+                                    .queue
+                                    .send(QueueMsg::Call(QueueInput::RingUndelivered {
+                                        agent,
+                                        call: queue_id,
+                                    }));
+                        }
+                    }
+                    return outcome;
+                }
+            };
+            if let Some(event) = event {
+                let next = machine.handle(Instant::now(), event);
+                pending.extend(next);
+            }
+        }
+        let event = tokio::select! {
+            msg = from_queue.recv(), if queue_open => match msg {
+                Some(ToCall::Ring { agent }) => AttemptEvent::AgentOffered { agent },
+                Some(_) => continue,
+                None => {
+                    queue_open = false;
+                    continue;
+                }
+            },
+            _ = leg_ended(agent_leg.as_mut().map(|(_, l)| l)) => AttemptEvent::AgentLeft,
+            _ = leg_ended(customer.as_mut()) => AttemptEvent::CustomerLeft,
+            _ = sleep_until(machine.next_timeout()) => AttemptEvent::TimerFired,
+        };
+        pending.extend(machine.handle(Instant::now(), event));
+    }
+}
+
+/// What the agent's phone shows for a callback: why, what the customer said, who.
+fn agent_headers(promise: &Promise) -> Vec<(String, String)> {
     let said = promise
         .context
         .get("said")
@@ -224,7 +400,7 @@ async fn attempt_callback(
                 .collect::<Vec<_>>()
                 .join(" | ")
         });
-    let headers = vec![
+    vec![
         (
             "X-Humanline-Reason".to_string(),
             format!("callback ({})", promise.reason),
@@ -238,155 +414,22 @@ async fn attempt_callback(
             "X-Humanline-Callback".to_string(),
             format!("{} to {}", promise.id, promise.number),
         ),
-    ];
-    let deadline = tokio::time::Instant::now() + AGENT_WAIT_LIMIT;
-    // Agent first.
-    let (agent, agent_leg) = loop {
-        let msg = tokio::select! {
-            m = from_queue.recv() => m,
-            _ = tokio::time::sleep_until(deadline) => None,
-        };
-        match msg {
-            Some(ToCall::Ring { agent }) => {
-                if kept_meanwhile(shared, promise.id).await {
-                    info!("the caller reached a person meanwhile: nobody is called back");
-                    let _ = shared
-                        .queue
-                        .send(QueueMsg::Call(QueueInput::RingUndelivered {
-                            agent,
-                            call: queue_id,
-                        }));
-                    let _ = shared
-                        .queue
-                        .send(QueueMsg::Call(QueueInput::Remove { call: queue_id }));
-                    return AttemptOutcome::KeptElsewhere;
-                }
-                info!(%agent, "ringing agent for a callback");
-                match dial(
-                    shared,
-                    &agent,
-                    headers.clone(),
-                    Some(promise.number.clone()),
-                )
-                .await
-                {
-                    Ok(leg) => {
-                        let _ = shared.queue.send(QueueMsg::Call(QueueInput::AgentAnswered {
-                            agent: agent.clone(),
-                            call: queue_id,
-                        }));
-                        break (agent, leg);
-                    }
-                    Err(why) => {
-                        let failure = match why {
-                            AttemptOutcome::Busy => AgentFailure::Busy,
-                            AttemptOutcome::Declined => AgentFailure::Declined,
-                            AttemptOutcome::NoAnswer => AgentFailure::NoAnswer,
-                            _ => AgentFailure::Unreachable,
-                        };
-                        let _ = shared.queue.send(QueueMsg::Call(QueueInput::AgentFailed {
-                            agent,
-                            call: queue_id,
-                            why: failure,
-                        }));
-                    }
-                }
-            }
-            Some(_) => {}
-            None => {
-                let _ = shared
-                    .queue
-                    .send(QueueMsg::Call(QueueInput::Remove { call: queue_id }));
-                // A `Ring` already on its way would hold that agent: give it back.
-                from_queue.close();
-                while let Ok(msg) = from_queue.try_recv() {
-                    if let ToCall::Ring { agent } = msg {
-                        let _ = shared
-                            .queue
-                            .send(QueueMsg::Call(QueueInput::RingUndelivered {
-                                agent,
-                                call: queue_id,
-                            }));
-                    }
-                }
-                return AttemptOutcome::AgentUnavailable;
-            }
-        }
-    };
-    // Then the customer, unless they reached a person while the agent's phone rang.
-    if kept_meanwhile(shared, promise.id).await {
-        info!("the caller reached a person meanwhile: the customer is not called");
-        let _ = agent_leg.call.hangup().await;
-        agent_leg.media.close().await;
-        let _ = shared.queue.send(QueueMsg::Call(QueueInput::AgentFinished {
-            agent,
-            call: queue_id,
-        }));
-        return AttemptOutcome::KeptElsewhere;
+    ]
+}
+
+/// Until this leg's final event; never, when there is no leg.
+async fn leg_ended(leg: Option<&mut Leg>) {
+    match leg {
+        Some(leg) => until_final(&mut leg.events).await,
+        None => std::future::pending().await,
     }
-    let uri = customer_uri(trunk, &number);
-    info!(%uri, "calling the customer");
-    let customer = match dial(
-        shared,
-        &uri,
-        vec![("X-Humanline-Callback".into(), promise.id.to_string())],
-        None,
-    )
-    .await
-    {
-        Ok(leg) => leg,
-        Err(why) => {
-            let _ = agent_leg.call.hangup().await;
-            agent_leg.media.close().await;
-            let _ = shared.queue.send(QueueMsg::Call(QueueInput::AgentFinished {
-                agent,
-                call: queue_id,
-            }));
-            return why;
-        }
-    };
-    // Connected: recorded before the conversation, so a crash now is retried, not lost.
-    if let Err(e) = with_ledger(&shared.ledger, move |l| l.connected(attempt, unix_ms())).await {
-        warn!(error = %e, "could not record the connection");
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
-    let _ = media::bridge(&customer.media, &agent_leg.media).await;
-    info!("customer answered; bridged to the agent");
-    let Leg {
-        call: customer_call,
-        events: mut customer_events,
-        local: customer_local,
-        media: customer_media,
-        media_events: customer_media_events,
-    } = customer;
-    let mut agent_events = agent_leg.events;
-    // Until either side hangs up. A customer who hangs up releases the agent; an agent who
-    // hangs up leaves the customer with the IVR, never hung up on.
-    let agent_left = tokio::select! {
-        _ = until_final(&mut agent_events) => true,
-        _ = until_final(&mut customer_events) => false,
-    };
-    let _ = media::unbridge(&customer_media, &agent_leg.media).await;
-    agent_leg.media.close().await;
-    let _ = shared.queue.send(QueueMsg::Call(QueueInput::AgentFinished {
-        agent,
-        call: queue_id,
-    }));
-    if agent_left {
-        info!("the agent hung up; the customer is back with the IVR");
-        tokio::spawn(super::call::continue_called_back(
-            shared.clone(),
-            customer_call,
-            customer_events,
-            customer_local,
-            customer_media,
-            customer_media_events,
-            promise.number.clone(),
-        ));
-    } else {
-        let _ = agent_leg.call.hangup().await;
-        customer_media.close().await;
-    }
-    AttemptOutcome::Completed
 }
 
 /// Whether the promise was kept while this attempt waited (the caller reached a person).
