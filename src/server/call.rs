@@ -86,12 +86,15 @@ struct Call {
     heard_caller: bool,
     /// The agent's phone must answer by then, or the next agent is tried.
     ring_deadline: Option<Instant>,
+    /// The language the caller is heard in (the brain's; changed by `SetLanguage`).
+    language: String,
 }
 
 async fn run_inner(shared: &Arc<Shared>, id: u64, incoming: IncomingCall) -> anyhow::Result<()> {
     let IncomingCall {
         call_id,
         from,
+        to,
         offer_sdp,
         call: inbound,
         events,
@@ -122,12 +125,19 @@ async fn run_inner(shared: &Arc<Shared>, id: u64, incoming: IncomingCall) -> any
     )?;
     info!(rtp = %media.local_addr(), codec = ?answer.remote.codec, "answered");
 
+    // A call to a language's code (sip:nl@...) starts in that language.
+    let flow = shared.flow();
+    let language = to
+        .user
+        .filter(|u| flow.language(u).is_some())
+        .inspect(|l| info!(language = %l, "dialled language"));
     let leg = CallerLeg {
         sip_call_id: call_id,
         caller_id: from.caller_id().to_string(),
         signal: CallerSignal::Inbound(events),
         media,
         media_events,
+        language,
     };
     drive(shared, id, leg, CallBrain::new(shared.flow()), false).await
 }
@@ -180,6 +190,8 @@ pub(super) struct CallerLeg {
     signal: CallerSignal,
     media: MediaHandle,
     media_events: mpsc::Receiver<MediaEvent>,
+    /// The language the call starts in; `None`: the flow's default.
+    language: Option<String>,
 }
 
 /// A called-back customer whose agent hung up first: they stay on the line, back with the
@@ -208,6 +220,7 @@ pub(super) async fn continue_called_back(
             },
             media,
             media_events,
+            language: None,
         };
         if let Err(e) = drive(&shared, id, leg, brain, true).await {
             warn!(error = %format!("{e:#}"), "call ended with an error");
@@ -233,7 +246,9 @@ async fn drive(
         mut signal,
         media,
         mut media_events,
+        language,
     } = leg;
+    let language = language.unwrap_or_else(|| brain.context().language.clone());
     let (queue_tx, mut queue_rx) = mpsc::unbounded_channel();
     let (callback_tx, mut callback_rx) = mpsc::unbounded_channel();
     let (decode_tx, mut decode_rx) = mpsc::unbounded_channel::<DecodeResult>();
@@ -258,6 +273,7 @@ async fn drive(
         call_start: Instant::now(),
         confirmed: established,
         heard_caller: established,
+        language,
         ring_deadline: None,
     };
     if established {
@@ -285,6 +301,9 @@ async fn drive(
                         pcm.extend(frame.samples.iter().map(|s| *s as f32 / 32768.0));
                         let mut out = Vec::with_capacity(340);
                         if resampler.process(&pcm, &mut out).is_ok() {
+                            if recognizer.language() != Some(call.language.as_str()) {
+                                recognizer.set_language(Some(&call.language));
+                            }
                             recognizer.push_audio(&out);
                         }
                         call.drain_recognizer(&mut recognizer, &decode_tx).await;
@@ -431,7 +450,10 @@ impl Call {
             | Action::OfferCallback
             | Action::SetTimer { .. }
             | Action::CancelTimer { .. } => {}
-            Action::SetLanguage { code } => info!(%code, "language"),
+            Action::SetLanguage { code } => {
+                info!(%code, "language");
+                self.language = code;
+            }
             Action::RouteToAgent { reason, context } => {
                 let after = self
                     .speech_end
@@ -580,7 +602,7 @@ impl Call {
                     let caller_id = Some(self.caller_id.clone()).filter(|c| !c.is_empty());
                     self.feed(Event::CallStarted {
                         caller_id,
-                        language: None,
+                        language: Some(self.language.clone()),
                     })
                     .await;
                     if self.shared.speech.is_none() {

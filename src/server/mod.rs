@@ -16,7 +16,7 @@ use crate::callbacks::CallbackLedger;
 use crate::config::Flow;
 use crate::media::PortRange;
 use crate::sip::{SipConfig, SipEndpoint};
-use crate::speech::{DecodeOptions, DecoderPool, PoolConfig};
+use crate::speech::{DecodeOptions, DecoderPool, LanguageEngines, PoolConfig};
 use crate::storage::SqliteStore;
 use crate::web::{Metrics, SharedLedger, WebState};
 use anyhow::Context;
@@ -100,9 +100,20 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         }
     });
 
-    // The model is loaded before the first call; if it cannot be, calls still get a person.
-    let speech = match crate::speech::WhisperEngine::load(&opts.model, Default::default()) {
-        Ok(engine) => {
+    // The models are loaded before the first call; if the default language's cannot be, calls
+    // still get a person. Each language is heard with its own model (prompts' `[speech]`), or
+    // every language with `--model`. Models are not reloaded with the prompts.
+    let specs = flow.speech_specs(opts.model.as_deref());
+    let (engines, skipped) = LanguageEngines::load_available(
+        &specs,
+        &flow.default_language,
+        crate::speech::EngineOptions::default(),
+    );
+    for (language, e) in &skipped {
+        error!(%language, error = %e, "speech model unavailable: this language is heard with the default language's model");
+    }
+    let speech = match engines {
+        Ok(engines) => {
             let cfg = PoolConfig {
                 workers: opts.decoders,
                 decode: DecodeOptions {
@@ -111,7 +122,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
                 },
                 ..PoolConfig::default()
             };
-            Some(Arc::new(DecoderPool::new(engine, cfg)?))
+            Some(Arc::new(DecoderPool::new(engines, cfg)?))
         }
         Err(e) => {
             error!(error = %e, "speech recognition unavailable: every caller goes straight to a person");
