@@ -7,6 +7,9 @@ placeholders, plus number clips numbers/<n>.wav, so playback can splice in live 
 main <name>.wav says the text with example values. The results are committed: operators
 replace them with studio recordings if they like, and check-config verifies them.
 
+It also makes the hold music (`hold_music` in humanline.toml, looped to a waiting caller
+between announcements): soft sine chords with sox, no language.
+
 Usage: scripts/gen-prompt-audio.py [--prompts DIR] [--only LANG] [--prompt NAME]...
 Needs espeak-ng and sox (scripts/setup.sh installs them).
 """
@@ -26,6 +29,22 @@ def say(text, voice, out):
                         "reverse", "silence", "1", "0.05", "0.5%", "reverse", "pad", "0", "0.15"], check=True)
 
 
+def hold_music(out):
+    """Eight seconds of soft, continuous chords (C, A minor, F, G), faded at the seams so
+    the loop is seamless: never dead air, never loud."""
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    chords = [(261.6, 329.6, 392.0), (220.0, 261.6, 329.6), (174.6, 220.0, 261.6), (196.0, 246.9, 293.7)]
+    with tempfile.TemporaryDirectory() as tmp:
+        parts = []
+        for i, notes in enumerate(chords):
+            part = os.path.join(tmp, f"{i}.wav")
+            synth = ["synth", "2"] + [w for f in notes for w in ("sine", str(f))]
+            subprocess.run(["sox", "-n", "-r", "8000", "-c", "1", "-b", "16", part] + synth +
+                           ["remix", "-", "fade", "q", "0.15", "2", "0.15", "gain", "-n", "-16"], check=True)
+            parts.append(part)
+        subprocess.run(["sox"] + parts + [out], check=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompts", default=os.path.join(os.path.dirname(__file__), "..", "prompts"))
@@ -35,6 +54,9 @@ def main():
     with open(os.path.join(args.prompts, "humanline.toml"), "rb") as f:
         settings = tomllib.load(f)
     audio_dir = os.path.normpath(os.path.join(args.prompts, settings.get("audio_dir", "../audio")))
+    if settings.get("hold_music") and not args.prompt and not args.only:
+        hold_music(os.path.join(audio_dir, settings["hold_music"]))
+        print(os.path.join(audio_dir, settings["hold_music"]), file=sys.stderr)
     for lang in settings["languages"]:
         if args.only and lang != args.only:
             continue

@@ -7,7 +7,10 @@ telephone channel (300-3400 Hz band, mu-law, 8 kHz) and written as 8 kHz 16-bit 
 Writes bench/corpus/<id>.wav and bench/corpus/manifest.tsv (id, kind, voice, rate, text).
 kind: escape (asks for a person), ordinary (must not escape).
 
-Usage: scripts/gen-speech-corpus.py [--out DIR] [--small]
+With --language nl it writes the Dutch corpus (Dutch sentences, espeak-ng's nl voice with
+variants) to bench/corpus-nl/ instead.
+
+Usage: scripts/gen-speech-corpus.py [--language en|nl] [--out DIR] [--small]
 """
 import argparse, os, subprocess, tempfile
 
@@ -58,16 +61,71 @@ ORDINARY = [
 VOICES = ["en-us", "en", "en-us+f3", "en+m3"]
 RATES = [145, 185]
 
+# Dutch callers asking for a person, and ordinary Dutch requests (some near the escape words:
+# "mededeling", "werk", "mensen", "spreekuur", "persoonlijk").
+ESCAPE_NL = [
+    "ik wil een medewerker spreken",
+    "medewerker",
+    "een mens",
+    "mag ik iemand spreken",
+    "klantenservice",
+    "ik wil graag met een mens praten",
+    "verbind me door met een medewerker",
+    "kan ik een medewerker spreken alstublieft",
+    "ik wil iemand spreken",
+    "geef me een echte persoon",
+    "medewerker alstublieft",
+    "ik wil met een persoon praten",
+    "de klantenservice graag",
+    "kan ik met iemand praten",
+    "ik wil een mens aan de lijn",
+    "medewerker medewerker",
+    "operator",
+    "doorverbinden met een medewerker",
+    "ik wil gewoon een mens spreken",
+    "is er iemand die ik kan spreken",
+]
+ORDINARY_NL = [
+    "mijn internet doet het niet",
+    "ik heb een vraag over mijn rekening",
+    "wat zijn jullie openingstijden",
+    "ik wil mijn adres wijzigen",
+    "mijn pakket is nog niet aangekomen",
+    "hoe reset ik mijn wachtwoord",
+    "er is twee keer geld afgeschreven",
+    "ik heb een mededeling ontvangen",
+    "de monteur komt morgen werken",
+    "ik heb een nieuwe router nodig",
+    "de verbinding valt elke avond weg",
+    "wat is mijn saldo",
+    "ik ga volgende week verhuizen",
+    "het scherm van mijn telefoon is kapot",
+    "ik wil mijn abonnement opzeggen",
+    "veel mensen hebben hier last van",
+    "wanneer is het spreekuur",
+    "ik ben mijn klantnummer vergeten",
+    "de televisie heeft geen signaal",
+    "mijn persoonlijke gegevens kloppen niet",
+]
+VOICES_NL = ["nl", "nl+f3", "nl+m3", "nl+f2", "nl+m1", "nl+f4"]
+
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "bench", "corpus"))
+    ap.add_argument("--language", choices=["en", "nl"], default="en")
+    ap.add_argument("--out", default=None)
     ap.add_argument("--small", action="store_true", help="2 voices, 1 rate (for tests)")
     args = ap.parse_args()
-    voices, rates = (VOICES[:2], RATES[:1]) if args.small else (VOICES, RATES)
+    dutch = args.language == "nl"
+    if args.out is None:
+        folder = "corpus-nl" if dutch else "corpus"
+        args.out = os.path.join(os.path.dirname(__file__), "..", "bench", folder)
+    all_voices = VOICES_NL if dutch else VOICES
+    voices, rates = (all_voices[:2], RATES[:1]) if args.small else (all_voices, RATES)
+    sets = (("escape", ESCAPE_NL), ("ordinary", ORDINARY_NL)) if dutch else (("escape", ESCAPE), ("ordinary", ORDINARY))
     os.makedirs(args.out, exist_ok=True)
     rows = []
-    for kind, sentences in (("escape", ESCAPE), ("ordinary", ORDINARY)):
+    for kind, sentences in sets:
         for si, text in enumerate(sentences):
             for voice in voices:
                 for rate in rates:

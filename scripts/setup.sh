@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# cmake builds whisper.cpp; espeak-ng and sox make prompt and test speech.
-PACKAGES=(cmake g++ espeak-ng sox sip-tester baresip-core)
+# cmake builds whisper.cpp; espeak-ng and sox make prompt and test speech; iproute2 (ip, tc)
+# makes the network namespaces of the packet loss test.
+PACKAGES=(cmake g++ espeak-ng sox sip-tester baresip-core iproute2)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

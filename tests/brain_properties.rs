@@ -1,6 +1,7 @@
-//! Properties of the call brain over random event sequences: no action ends a call, an
-//! escape always routes, every state has a way forward, a callback is announced only once
-//! stored.
+//! Properties of the call brain over random event sequences: only the caller ends a call
+//! (hanging up, or losing both media and signalling), a caller whose media comes back is where
+//! they were, a waiting caller never hears dead air, an escape always routes, every state has
+//! a way forward, a callback is announced only once stored.
 
 use humanline::brain::{
     Action, CallBrain, CallbackRequest, CallbackTime, CallbackWhen, Event, Phase, PlayId,
@@ -15,7 +16,8 @@ fn flow() -> Arc<Flow> {
     Arc::new(Flow::embedded().expect("shipped prompts are valid"))
 }
 
-/// Everything a driver might report, except the caller hanging up (the one way a call ends).
+/// Everything a driver might report, except the caller hanging up. Media losses and probe
+/// results are in: a call may end only when both the caller's media and signalling are gone.
 #[derive(Debug, Clone)]
 enum Step {
     Start,
@@ -37,6 +39,12 @@ enum Step {
     Stored,
     StoreFailed,
     Degraded,
+    MediaLost,
+    MediaResumed,
+    /// The probe the brain asked for is answered (only when one is out).
+    ProbeAnswered,
+    /// The probe the brain asked for failed (only when one is out).
+    ProbeFailed,
     Wait(u64),
 }
 
@@ -78,17 +86,37 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::Stored),
         1 => Just(Step::StoreFailed),
         1 => Just(Step::Degraded),
+        1 => Just(Step::MediaLost),
+        1 => Just(Step::MediaResumed),
+        1 => Just(Step::ProbeAnswered),
+        1 => Just(Step::ProbeFailed),
         1 => (1u64..20_000).prop_map(Step::Wait),
     ]
 }
 
-/// A driver that plays along: it remembers the current prompt and the clock.
+/// What the caller hears now, as a driver carrying out the brain's actions would play it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Sound {
+    play: PlayId,
+    /// Hold music: loops until replaced, never finishes.
+    looped: bool,
+    barge_in: bool,
+}
+
+/// A driver that plays along: it plays what the brain says (a play replaces what plays),
+/// keeps the clock, and knows whether the caller's media and signalling are there.
 struct Driver {
     brain: CallBrain,
     now: Instant,
-    current_play: Option<PlayId>,
+    sound: Option<Sound>,
     stale_play: Option<PlayId>,
-    /// (event index, actions) for every step.
+    /// No media from the caller since the last `MediaLost` (and no `MediaResumed`).
+    media_lost: bool,
+    /// The brain asked for a probe and has not heard its result.
+    probe_out: bool,
+    /// A callback is being committed (asked for, no result fed yet).
+    storing: bool,
+    /// (event, actions) for every step.
     log: Vec<(String, Vec<Action>)>,
 }
 
@@ -102,26 +130,87 @@ impl Driver {
         Self {
             brain: CallBrain::new(flow),
             now: t0,
-            current_play: None,
+            sound: None,
             stale_play: None,
+            media_lost: false,
+            probe_out: false,
+            storing: false,
             log: vec![],
         }
     }
 
+    fn current_play(&self) -> Option<PlayId> {
+        self.sound.filter(|s| !s.looped).map(|s| s.play)
+    }
+
     fn feed(&mut self, event: Event) -> Vec<Action> {
         let label = format!("{event:?}");
+        match &event {
+            Event::MediaLost => self.media_lost = true,
+            Event::MediaResumed => self.media_lost = false,
+            Event::ProbeAnswered | Event::ProbeFailed => self.probe_out = false,
+            Event::CallbackStored { .. }
+            | Event::CallbackStoreFailed { .. }
+            | Event::CallbackNumberRefused { .. } => self.storing = false,
+            _ => {}
+        }
         let actions = self.brain.handle(self.now, event);
         for a in &actions {
+            let before = self.sound.map(|s| s.play);
             match a {
-                Action::Play { play, .. } => {
-                    self.stale_play = self.current_play.replace(*play);
+                Action::Play { play, barge_in, .. } => {
+                    self.sound = Some(Sound {
+                        play: *play,
+                        looped: false,
+                        barge_in: *barge_in,
+                    });
                 }
-                Action::StopPlayback => self.stale_play = self.current_play.take(),
-                _ => {}
+                Action::PlayHold { play } => {
+                    self.sound = Some(Sound {
+                        play: *play,
+                        looped: true,
+                        barge_in: false,
+                    });
+                }
+                Action::StopPlayback => self.sound = None,
+                Action::ProbeCaller => self.probe_out = true,
+                Action::StoreCallback(_) => {
+                    self.storing = true;
+                    continue;
+                }
+                _ => continue,
             }
+            if before.is_some() && before != self.sound.map(|s| s.play) {
+                self.stale_play = before;
+            }
+        }
+        if self.brain.phase() == Phase::Ended {
+            // The caller is gone: the driver releases their media.
+            self.sound = None;
         }
         self.log.push((label, actions.clone()));
         actions
+    }
+
+    /// The timer `s` fires, if it fires one that is due (not a stale or early fire).
+    fn due_timer_fired_by(&self, s: &Step) -> Option<TimerKind> {
+        match s {
+            Step::FireDueTimer => self.brain.next_timeout().map(|(k, _)| k),
+            Step::FireTimerEarly(k) => self
+                .brain
+                .deadline(*k)
+                .filter(|at| *at <= self.now)
+                .map(|_| *k),
+            _ => None,
+        }
+    }
+
+    /// Whether the caller is gone by the driver's account: no media, and the probe the
+    /// brain asked for failed, or is still out when its deadline fires.
+    fn caller_gone_after(&self, s: &Step, was_probe_out: bool, fired: Option<TimerKind>) -> bool {
+        self.media_lost
+            && was_probe_out
+            && (matches!(s, Step::ProbeFailed) || fired == Some(TimerKind::MediaProbe))
     }
 
     fn step(&mut self, s: &Step) {
@@ -130,8 +219,11 @@ impl Driver {
                 caller_id: Some("+3120555".into()),
                 language: None,
             },
-            Step::FinishCurrentPrompt => match self.current_play.take() {
-                Some(play) => Event::PromptFinished { play },
+            Step::FinishCurrentPrompt => match self.current_play() {
+                Some(play) => {
+                    self.sound = None;
+                    Event::PromptFinished { play }
+                }
                 None => return,
             },
             Step::FinishStalePrompt => match self.stale_play {
@@ -178,28 +270,17 @@ impl Driver {
                 error: "disk full".into(),
             },
             Step::Degraded => Event::SpeechEngineDegraded,
+            Step::MediaLost => Event::MediaLost,
+            Step::MediaResumed => Event::MediaResumed,
+            Step::ProbeAnswered if self.probe_out => Event::ProbeAnswered,
+            Step::ProbeFailed if self.probe_out => Event::ProbeFailed,
+            Step::ProbeAnswered | Step::ProbeFailed => return,
             Step::Wait(ms) => {
                 self.now += Duration::from_millis(*ms);
                 return;
             }
         };
         self.feed(event);
-    }
-}
-
-/// Compile-time guard: if anyone adds an action, this match must be revisited, and no
-/// variant may end the call.
-fn ends_call(action: &Action) -> bool {
-    match action {
-        Action::Play { .. }
-        | Action::StopPlayback
-        | Action::Listen
-        | Action::SetLanguage { .. }
-        | Action::RouteToAgent { .. }
-        | Action::OfferCallback
-        | Action::StoreCallback(_)
-        | Action::SetTimer { .. }
-        | Action::CancelTimer { .. } => false,
     }
 }
 
@@ -213,17 +294,121 @@ fn routes(actions: &[Action]) -> Option<RouteReason> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
 
+    /// A call ends only when the caller is gone: here (no hang-up in the steps) only when
+    /// their media is lost and the probe failed or went unanswered. A caller with silence
+    /// suppression who answers the probe stays, for as long as they like. An automatic
+    /// callback is made only for a caller who is gone.
     #[test]
-    fn only_the_caller_ends_a_call(steps in prop::collection::vec(step(), 0..60)) {
+    fn only_the_caller_ends_a_call(steps in prop::collection::vec(step(), 0..80)) {
+        let mut d = Driver::new();
+        d.step(&Step::Start);
+        for s in &steps {
+            let was_probe_out = d.probe_out;
+            let fired = d.due_timer_fired_by(s);
+            d.step(s);
+            let ended = d.brain.phase() == Phase::Ended;
+            let gone = d.caller_gone_after(s, was_probe_out, fired);
+            prop_assert_eq!(ended, gone,
+                "after {:?}: ended {}, caller gone {} (media lost {}, probe out {})", s, ended, gone, d.media_lost, was_probe_out);
+            if ended {
+                break;
+            }
+        }
+        for (event, actions) in &d.log {
+            for a in actions {
+                if let Action::StoreCallback(req) = a
+                    && req.automatic
+                {
+                    prop_assert!(
+                        event.starts_with("ProbeFailed") || event.contains("MediaProbe"),
+                        "an automatic callback for a caller still there, on {}", event
+                    );
+                }
+            }
+        }
+    }
+
+    /// A caller whose media stops and comes back (silence suppression, DTX, a tunnel) is
+    /// exactly where they were: same phase, not routed, not promised a callback, not
+    /// re-prompted, and (while queued) still hearing what they heard.
+    #[test]
+    fn a_caller_whose_media_comes_back_is_where_they_were(
+        steps in prop::collection::vec(step(), 0..60),
+        answered in any::<bool>(),
+        reprobes in 0..3u8,
+    ) {
         let mut d = Driver::new();
         d.step(&Step::Start);
         for s in &steps {
             d.step(s);
-            prop_assert_ne!(d.brain.phase(), Phase::Ended, "call ended without the caller after {:?}", s);
         }
-        for (_, actions) in &d.log {
-            prop_assert!(!actions.iter().any(ends_call));
+        prop_assume!(d.brain.phase() != Phase::Ended);
+        d.feed(Event::MediaResumed);
+        let phase = d.brain.phase();
+        let reason = d.brain.route_reason();
+        let context = d.brain.context().clone();
+        let sound = d.sound;
+        let mut during = d.feed(Event::MediaLost);
+        prop_assert!(during.contains(&Action::ProbeCaller), "no probe: {:?}", during);
+        if answered {
+            during.extend(d.feed(Event::ProbeAnswered));
+            for _ in 0..reprobes {
+                // Still quiet: the brain probes again when its timer fires, and is answered.
+                let Some((TimerKind::MediaProbe, at)) = d.brain.next_timeout() else { break };
+                d.now = d.now.max(at);
+                let again = d.feed(Event::TimerFired { timer: TimerKind::MediaProbe });
+                prop_assert!(again.contains(&Action::ProbeCaller), "no second probe: {:?}", again);
+                during.extend(again);
+                during.extend(d.feed(Event::ProbeAnswered));
+            }
         }
+        during.extend(d.feed(Event::MediaResumed));
+        prop_assert_eq!(d.brain.phase(), phase);
+        prop_assert_eq!(d.brain.route_reason(), reason);
+        prop_assert_eq!(d.brain.context(), &context);
+        prop_assert_eq!(d.sound, sound);
+        for a in &during {
+            prop_assert!(
+                matches!(a, Action::ProbeCaller | Action::SetTimer { .. } | Action::CancelTimer { .. }),
+                "the caller noticed their own silence: {:?}", a
+            );
+        }
+        // Nothing is left armed for the lost media.
+        prop_assert!(d.brain.next_timeout().is_none_or(|(k, _)| k != TimerKind::MediaProbe));
+    }
+
+    /// A waiting caller always hears something: a prompt, or the hold music between them
+    /// (except while their callback is being committed).
+    #[test]
+    fn a_waiting_caller_never_hears_dead_air(steps in prop::collection::vec(step(), 0..80)) {
+        let mut d = Driver::new();
+        d.step(&Step::Start);
+        for s in &steps {
+            d.step(s);
+            // While a callback is committed (milliseconds) nothing at all is heard, so
+            // nothing can be taken for its confirmation.
+            if d.brain.phase() == Phase::Queued && !d.storing {
+                prop_assert!(d.sound.is_some(), "dead air in the queue after {:?}", s);
+            }
+        }
+    }
+
+    /// A late "finished" for a prompt that was replaced changes nothing about the one that
+    /// plays: speaking still interrupts it if it may be interrupted.
+    #[test]
+    fn a_stale_prompt_finished_keeps_barge_in(steps in prop::collection::vec(step(), 0..60)) {
+        let mut d = Driver::new();
+        d.step(&Step::Start);
+        for s in &steps {
+            d.step(s);
+        }
+        prop_assume!(d.brain.phase() != Phase::Ended);
+        let (Some(stale), Some(now)) = (d.stale_play, d.sound) else { return Ok(()) };
+        prop_assume!(!now.looped && now.barge_in && stale != now.play);
+        let a = d.feed(Event::PromptFinished { play: stale });
+        prop_assert!(!a.iter().any(|a| matches!(a, Action::StopPlayback | Action::Play { .. })), "{:?}", a);
+        let a = d.feed(Event::SpeechStarted);
+        prop_assert!(a.contains(&Action::StopPlayback), "barge-in lost after a stale finish: {:?}", a);
     }
 
     /// An escape routes in the step it is heard, except a partial transcript whose only
@@ -263,6 +448,9 @@ proptest! {
             {
                 prop_assert_eq!(context.said.last().map(String::as_str), Some(escape));
             }
+        } else if before == Phase::Ended {
+            // The caller is gone: nothing more happens.
+            prop_assert!(actions.is_empty(), "{:?}", actions);
         } else {
             // Already queued or with a person: nothing to route, and never a step back.
             prop_assert!(matches!(before, Phase::Queued | Phase::WithAgent));
@@ -337,6 +525,9 @@ proptest! {
         for s in &steps {
             d.step(s);
         }
+        prop_assume!(d.brain.phase() != Phase::Ended);
+        // Silent, but on the line: their (silent) media flows.
+        d.feed(Event::MediaResumed);
         if d.brain.phase() == Phase::WithAgent {
             // The agent leaves: the caller is back with the IVR, hearing something.
             let actions = d.feed(Event::AgentLeft);
@@ -350,7 +541,7 @@ proptest! {
             }
             d.step(&Step::FinishCurrentPrompt);
             let armed = d.brain.next_timeout();
-            prop_assert!(armed.is_some() || d.current_play.is_some(),
+            prop_assert!(armed.is_some() || d.current_play().is_some(),
                 "stuck in {:?}: nothing playing and no timer armed", d.brain.phase());
             d.step(&Step::FireDueTimer);
         }
@@ -449,12 +640,142 @@ fn a_caller_whose_line_dies_in_the_queue_is_called_back_unasked() {
     let mut d = Driver::new();
     d.step(&Step::Start);
     d.feed(Event::Dtmf { digit: '0' });
-    let actions = d.feed(Event::CallerMediaLost);
+    // The media stops: first the phone is asked whether it is there, and nothing is decided.
+    let probe = d.feed(Event::MediaLost);
+    assert!(probe.contains(&Action::ProbeCaller), "{probe:?}");
+    assert_eq!(d.brain.phase(), Phase::Queued);
+    assert!(
+        !probe.iter().any(|a| matches!(a, Action::StoreCallback(_))),
+        "{probe:?}"
+    );
+    // No answer either: they are gone, and called back.
+    let actions = d.feed(Event::ProbeFailed);
     let Some(Action::StoreCallback(req)) = actions.first() else {
         panic!("no callback: {actions:?}")
     };
     assert!(req.automatic);
     assert_eq!(req.reason, RouteReason::Dtmf);
+    assert_eq!(d.brain.phase(), Phase::Ended);
+
+    // The probe's answer never comes at all: the same when its deadline passes.
+    let mut d = Driver::new();
+    d.step(&Step::Start);
+    d.feed(Event::Dtmf { digit: '0' });
+    d.feed(Event::MediaLost);
+    let (timer, at) = d.brain.next_timeout().expect("the probe deadline");
+    assert_eq!(timer, TimerKind::MediaProbe);
+    d.now = at;
+    let actions = d.feed(Event::TimerFired { timer });
+    assert!(
+        matches!(actions.first(), Some(Action::StoreCallback(r)) if r.automatic),
+        "{actions:?}"
+    );
+    assert_eq!(d.brain.phase(), Phase::Ended);
+}
+
+/// A queued caller with silence suppression: no media, but the phone answers the probe. They
+/// stay in line, are probed again while quiet, and are bridged when an agent answers.
+#[test]
+fn a_quiet_caller_who_answers_the_probe_stays_in_line() {
+    let mut d = Driver::new();
+    d.step(&Step::Start);
+    d.feed(Event::Dtmf { digit: '0' });
+    d.feed(Event::MediaLost);
+    d.feed(Event::ProbeAnswered);
+    for _ in 0..10 {
+        let (timer, at) = d.brain.next_timeout().expect("a timer");
+        d.now = d.now.max(at);
+        let a = d.feed(Event::TimerFired { timer });
+        if a.contains(&Action::ProbeCaller) {
+            d.feed(Event::ProbeAnswered);
+        }
+    }
+    assert_eq!(d.brain.phase(), Phase::Queued);
+    assert!(
+        !d.log
+            .iter()
+            .flat_map(|(_, a)| a)
+            .any(|a| matches!(a, Action::StoreCallback(_))),
+        "a callback for a caller who is there"
+    );
+    d.feed(Event::AgentOffered {
+        agent: "sip:alice@127.0.0.1".into(),
+    });
+    d.feed(Event::AgentAnswered {
+        agent: "sip:alice@127.0.0.1".into(),
+    });
+    assert_eq!(d.brain.phase(), Phase::WithAgent);
+    // Still quiet with the agent, then gone: the call is over (no callback: they were served).
+    let (timer, at) = d.brain.next_timeout().expect("the media probe");
+    assert_eq!(timer, TimerKind::MediaProbe);
+    d.now = at;
+    assert!(
+        d.feed(Event::TimerFired { timer })
+            .contains(&Action::ProbeCaller)
+    );
+    let gone = d.feed(Event::ProbeFailed);
+    assert_eq!(d.brain.phase(), Phase::Ended);
+    assert!(
+        !gone.iter().any(|a| matches!(a, Action::StoreCallback(_))),
+        "{gone:?}"
+    );
+}
+
+/// The brain keeps the call's deadlines: a final transcript that does not come, and an agent
+/// who does not answer.
+#[test]
+fn call_deadlines_are_brain_timers() {
+    let mut d = Driver::new();
+    d.step(&Step::Start);
+    d.feed(Event::SpeechStarted);
+    d.feed(Event::SpeechEnded);
+    let (timer, at) = d.brain.next_timeout().expect("a deadline");
+    assert_eq!(timer, TimerKind::FinalTranscript);
+    d.now = at;
+    let routed = d.feed(Event::TimerFired { timer });
+    assert_eq!(routes(&routed), Some(RouteReason::SpeechUnavailable));
+    // A final in time cancels it.
+    let mut d = Driver::new();
+    d.step(&Step::Start);
+    d.feed(Event::SpeechEnded);
+    let a = d.feed(Event::FinalTranscript {
+        text: "my internet is down".into(),
+    });
+    assert!(a.contains(&Action::CancelTimer {
+        timer: TimerKind::FinalTranscript
+    }));
+    // An agent rings too long: the brain gives up on that agent, the caller stays queued.
+    let mut d = Driver::new();
+    d.step(&Step::Start);
+    d.feed(Event::Dtmf { digit: '0' });
+    d.feed(Event::AgentOffered {
+        agent: "sip:bob@127.0.0.1".into(),
+    });
+    let ring = d
+        .log
+        .last()
+        .and_then(|(_, a)| {
+            a.iter().find_map(|a| match a {
+                Action::SetTimer {
+                    timer: TimerKind::AgentRing,
+                    at,
+                } => Some(*at),
+                _ => None,
+            })
+        })
+        .expect("a ring deadline");
+    assert!(ring > d.now + flow().timers.agent_ring);
+    d.now = ring;
+    let a = d.feed(Event::TimerFired {
+        timer: TimerKind::AgentRing,
+    });
+    assert_eq!(
+        a,
+        vec![Action::StopRinging {
+            agent: "sip:bob@127.0.0.1".into()
+        }]
+    );
+    assert_eq!(d.brain.phase(), Phase::Queued);
 }
 
 #[test]

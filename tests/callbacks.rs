@@ -221,11 +221,16 @@ fn agent_uri(ports: Ports) -> String {
 
 /// A server whose callbacks go out through a trunk at the customer's sipp, retried 2 s apart.
 fn start_server(ports: Ports, dir: &Path) -> Server {
+    start_server_with(ports, dir, "")
+}
+
+/// [`start_server`] with more settings (`extra` is appended to the config file).
+fn start_server_with(ports: Ports, dir: &Path, extra: &str) -> Server {
     let config = dir.join("server.toml");
     std::fs::write(
         &config,
         format!(
-            "trunk = \"sip:trunk@{LOCALHOST}:{}\"\n\n[callback_retry]\nfirst_delay_ms = 2000\nfactor = 1.0\nmax_delay_ms = 2000\nmax_attempts = 4\n",
+            "trunk = \"sip:trunk@{LOCALHOST}:{}\"\n\n[callback_retry]\nfirst_delay_ms = 2000\nfactor = 1.0\nmax_delay_ms = 2000\nmax_attempts = 4\n{extra}",
             customer_sipp(ports).sip
         ),
     )
@@ -248,12 +253,37 @@ fn keying_caller(
     second_after_ms: u64,
     hold_ms: u64,
 ) -> Sipp {
+    keying_caller_from(
+        dir,
+        ports,
+        ear,
+        "caller",
+        "+15550124",
+        second,
+        second_after_ms,
+        hold_ms,
+    )
+}
+
+/// [`keying_caller`] with the caller ID (From user part) `from`.
+#[allow(clippy::too_many_arguments)]
+fn keying_caller_from(
+    dir: &Path,
+    ports: Ports,
+    ear: &Ear,
+    name: &str,
+    from: &str,
+    second: char,
+    second_after_ms: u64,
+    hold_ms: u64,
+) -> Sipp {
     Sipp::start(
         dir,
         SippRun {
-            name: "caller",
+            name,
             scenario: "caller_keys.xml",
             vars: &[
+                ("CALLER", from.to_string()),
                 ("RTP_PORT", ear.port.to_string()),
                 ("KEY1", "0".into()),
                 ("KEY1_AFTER_MS", "1000".into()),
@@ -872,4 +902,138 @@ fn a_called_back_customer_whose_agent_hangs_up_stays_with_the_ivr() {
     );
     let detail = wait_state(&server, id, "completed", Duration::from_secs(10));
     assert_eq!(outcomes(&detail), vec!["completed"], "{detail}");
+}
+
+// --- 6 ------------------------------------------------------------------------------------------
+
+/// A caller whose caller ID is withheld ("anonymous"), and one whose number is not on the
+/// operator's list (a premium-rate number), accept a callback: neither is stored on that
+/// number (the dialer would dial `sip:@trunk`, or a premium line); each is asked for a
+/// number instead.
+#[test]
+fn a_withheld_or_forbidden_caller_id_is_asked_for_a_number_not_stored() {
+    if !peers_available("a_withheld_or_forbidden_caller_id_is_asked_for_a_number_not_stored") {
+        return;
+    }
+    let ports = Ports::claim(5);
+    let dir = tempdir("callback-number");
+    let d = dir.path();
+    let mut server = start_server_with(
+        ports,
+        d,
+        "\n[callback_numbers]\nallowed_prefixes = [\"+1555\"]\n",
+    );
+    // (The second caller's ear takes the agent ear's port: no agent answers here.)
+    for (name, from, ear_port) in [
+        ("anonymous", "anonymous", caller_ear_port(ports)),
+        ("premium", "+19005550100", agent_ear_port(ports)),
+    ] {
+        let mut agent_busy = busy_agent(d, ports);
+        let ear = Ear::start(ear_port, true);
+        let since = Instant::now();
+        let mut caller = keying_caller_from(d, ports, &ear, name, from, '1', 4000, 4000);
+        let asked = eventually(Duration::from_secs(25), || {
+            server
+                .log
+                .find_all(&["prompt=callback_ask_number"])
+                .iter()
+                .any(|(t, _)| *t >= since)
+        });
+        assert!(
+            asked,
+            "caller {from} accepted a callback and was not asked for a number\n{}",
+            story(&server, &[&caller, &agent_busy], &[&ear])
+        );
+        assert_eq!(
+            caller.proc.wait(Duration::from_secs(30)),
+            Some(0),
+            "{}",
+            caller.report()
+        );
+        let _ = agent_busy.proc.wait(Duration::from_secs(5));
+    }
+    assert!(
+        server.log.find(&["committing a callback"]).is_none(),
+        "a callback was committed to a number that cannot be called\n{}",
+        server.story()
+    );
+    let list = callbacks(&server);
+    assert!(list.is_empty(), "promises on undialable numbers: {list:?}");
+    server.assert_alive();
+}
+
+// --- 7 ------------------------------------------------------------------------------------------
+
+/// The caller accepts a callback (the only agent is busy), stays on the line, and the agent
+/// becomes free and answers them: the promise is kept then (completed, "served_by_agent"),
+/// and nobody is called back later.
+#[test]
+fn a_caller_who_reaches_an_agent_is_not_called_back_later() {
+    if !peers_available("a_caller_who_reaches_an_agent_is_not_called_back_later") {
+        return;
+    }
+    let ports = Ports::claim(6);
+    let dir = tempdir("callback-served");
+    let d = dir.path();
+
+    let mut agent_busy = busy_agent(d, ports);
+    let server = start_server(ports, d);
+    let ear = Ear::start(caller_ear_port(ports), true);
+    // Keys 0 at 1 s, accepts with 1 at 5 s, stays 25 s more (the agent's cool-down is 10 s).
+    let mut caller = keying_caller(d, ports, &ear, '1', 4000, 25_000);
+    let (_, line) = server
+        .log
+        .wait_for(&["callback promised"], Duration::from_secs(25))
+        .unwrap_or_else(|| {
+            panic!(
+                "the callback was not stored\n{}",
+                story(&server, &[&caller, &agent_busy], &[&ear])
+            )
+        });
+    let id = promised_id(&line);
+    assert_eq!(
+        agent_busy.proc.wait(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        agent_busy.report()
+    );
+    // Now the agent is free, and takes the waiting caller.
+    // Where the agent's audio goes (a socket must be there; nothing is checked in it).
+    let _agent_ear = Ear::start(agent_ear_port(ports), false);
+    let mut agent = answering_agent(d, ports, "agent", 1);
+    let mut customer = answering_customer(d, ports, "customer", 2000);
+    let kept = server.log.wait_for(
+        &["callback kept: the caller reached a person"],
+        Duration::from_secs(30),
+    );
+    assert!(
+        kept.is_some(),
+        "the caller reached the agent but their callback was not kept\n{}",
+        story(&server, &[&caller, &agent], &[&ear])
+    );
+    let detail = wait_state(&server, id, "completed", Duration::from_secs(5));
+    assert_eq!(
+        detail["promise"]["completed_reason"], "served_by_agent",
+        "{detail}"
+    );
+    assert_eq!(
+        caller.proc.wait(Duration::from_secs(40)),
+        Some(0),
+        "{}",
+        caller.report()
+    );
+    let _ = agent.proc.wait(Duration::from_secs(10));
+    // The dialer had the promise in line; once the agent is free again it must not call.
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(
+        customer.received_request("INVITE").is_none(),
+        "the customer was called back although they had reached a person\n{}",
+        story(&server, &[&customer], &[])
+    );
+    let detail = callback(&server, id);
+    assert!(
+        outcomes(&detail).iter().all(|o| o == "kept_elsewhere"),
+        "{detail}"
+    );
+    customer.proc.kill();
 }

@@ -100,7 +100,7 @@ fn unknown_keys_missing_audio_and_undefined_prompts_are_each_reported_at_their_l
     let (ok, err) = check(dir.path());
     assert!(!ok);
     assert!(
-        err.contains("humanline.toml:13:1: unknown field `no_inptu_ms`"),
+        err.contains("humanline.toml:16:1: unknown field `no_inptu_ms`"),
         "{err}"
     );
     std::fs::write(&settings, text).unwrap();

@@ -14,18 +14,43 @@ const EWMA_WEIGHT: f64 = 0.2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum AgentState {
-    Idle { since: Instant },
-    Ringing,
-    Busy { since: Instant },
-    CoolingDown { until: Instant },
+    Idle {
+        since: Instant,
+    },
+    /// Their phone is ringing for `call`; only the end of that leg (answered, failed,
+    /// finished) or [`RING_LIMIT`] frees them.
+    Ringing {
+        call: u64,
+        since: Instant,
+    },
+    Busy {
+        call: u64,
+        since: Instant,
+    },
+    CoolingDown {
+        until: Instant,
+    },
 }
+
+/// An agent whose leg was never reported ended (a driver bug, a task that died) is
+/// returned to the pool after this long: far longer than any ring timeout, so the leg is
+/// surely over and the agent is never offered two calls at once.
+pub const RING_LIMIT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone)]
 struct Agent {
     uri: String,
     state: AgentState,
+}
+
+impl Agent {
     /// The call this agent is ringing for or talking to.
-    call: Option<u64>,
+    fn call(&self) -> Option<u64> {
+        match self.state {
+            AgentState::Ringing { call, .. } | AgentState::Busy { call, .. } => Some(call),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -57,6 +82,38 @@ pub enum AgentFailure {
     Unreachable,
 }
 
+/// What a call (or the callback dialer) tells the queue. Every `Ring` the queue hands out
+/// is answered by exactly one of `AgentAnswered` or `AgentFailed` for that agent and call,
+/// and an answered one later by `AgentFinished`: whatever way the agent's leg ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueInput {
+    Enqueue {
+        call: u64,
+    },
+    /// The caller left the line (hung up, or gave up waiting).
+    Remove {
+        call: u64,
+    },
+    AgentAnswered {
+        agent: String,
+        call: u64,
+    },
+    AgentFailed {
+        agent: String,
+        call: u64,
+        why: AgentFailure,
+    },
+    AgentFinished {
+        agent: String,
+        call: u64,
+    },
+    /// The driver could not hand a `Ring` to its call (the call is gone): nobody rang.
+    RingUndelivered {
+        agent: String,
+        call: u64,
+    },
+}
+
 /// The agents, the waiting callers, and the statistics that estimate waits.
 #[derive(Debug, Clone)]
 pub struct AgentQueue {
@@ -73,7 +130,6 @@ impl AgentQueue {
             .map(|uri| Agent {
                 uri: uri.into(),
                 state: AgentState::Idle { since: now },
-                call: None,
             })
             .collect();
         Self {
@@ -82,6 +138,40 @@ impl AgentQueue {
             avg_handle: DEFAULT_HANDLE_TIME,
             answered: 0,
         }
+    }
+
+    /// Applies one message from a call.
+    pub fn handle(&mut self, input: QueueInput, now: Instant) {
+        match input {
+            QueueInput::Enqueue { call } => {
+                self.enqueue(call, now);
+            }
+            QueueInput::Remove { call } => self.remove(call, now),
+            QueueInput::AgentAnswered { agent, call } => self.agent_answered(&agent, call, now),
+            QueueInput::AgentFailed { agent, call, why } => {
+                self.agent_failed(&agent, call, why, now)
+            }
+            QueueInput::AgentFinished { agent, call } => self.agent_finished(&agent, call, now),
+            QueueInput::RingUndelivered { agent, call } => {
+                if let Some(a) = self.engaged_with(&agent, call) {
+                    a.state = AgentState::Idle { since: now };
+                    self.stop_ringing(call);
+                }
+            }
+        }
+    }
+
+    /// The caller's agent is no longer ringing: they may be offered the next one.
+    fn stop_ringing(&mut self, call: u64) {
+        if let Some(w) = self.waiting.iter_mut().find(|w| w.call == call) {
+            w.ringing = false;
+        }
+    }
+
+    fn engaged_with(&mut self, agent: &str, call: u64) -> Option<&mut Agent> {
+        self.agents
+            .iter_mut()
+            .find(|a| a.uri == agent && a.call() == Some(call))
     }
 
     /// Adds a caller at the back of the line; returns their 1-based position.
@@ -98,18 +188,10 @@ impl AgentQueue {
         self.waiting.len() as u32
     }
 
-    /// Takes a caller out of the line (they hung up, or an agent took them). Frees an agent
-    /// who was ringing for them.
-    pub fn remove(&mut self, call: u64, now: Instant) {
+    /// Takes a caller out of the line (they hung up, or gave up). An agent ringing for them
+    /// stays engaged until their leg's end is reported: their phone may still be ringing.
+    pub fn remove(&mut self, call: u64, _now: Instant) {
         self.waiting.retain(|w| w.call != call);
-        for a in self
-            .agents
-            .iter_mut()
-            .filter(|a| a.call == Some(call) && a.state == AgentState::Ringing)
-        {
-            a.state = AgentState::Idle { since: now };
-            a.call = None;
-        }
     }
 
     pub fn position(&self, call: u64) -> Option<u32> {
@@ -121,6 +203,35 @@ impl AgentQueue {
 
     pub fn waiting(&self) -> usize {
         self.waiting.len()
+    }
+
+    /// The agents' URIs, for checks that none is ever lost.
+    pub fn agents(&self) -> impl Iterator<Item = &str> {
+        self.agents.iter().map(|a| a.uri.as_str())
+    }
+
+    /// The call an agent is ringing for or talking to, if any.
+    pub fn engaged(&self, agent: &str) -> Option<u64> {
+        self.agents.iter().find(|a| a.uri == agent)?.call()
+    }
+
+    /// Agents free to take a call now.
+    pub fn idle_agents(&self) -> usize {
+        self.agents
+            .iter()
+            .filter(|a| matches!(a.state, AgentState::Idle { .. }))
+            .count()
+    }
+
+    /// Whether the agent can be offered a call now or once their cool-down ends.
+    pub fn available(&self, agent: &str) -> bool {
+        self.agents.iter().any(|a| {
+            a.uri == agent
+                && matches!(
+                    a.state,
+                    AgentState::Idle { .. } | AgentState::CoolingDown { .. }
+                )
+        })
     }
 
     /// Estimated wait for a queued caller: the callers ahead of them (and they themselves)
@@ -141,17 +252,27 @@ impl AgentQueue {
             return Some(Duration::ZERO);
         }
         let rounds = (position - free).div_ceil(staffed);
-        Some(self.avg_handle * rounds)
+        Some(self.avg_handle.saturating_mul(rounds))
     }
 
     /// The next thing to do: ring the longest-idle free agent for the first caller not yet
     /// ringing one. Call repeatedly until `None`.
     pub fn next_assignment(&mut self, now: Instant) -> Option<Assignment> {
         for a in &mut self.agents {
-            if let AgentState::CoolingDown { until } = a.state
-                && until <= now
-            {
-                a.state = AgentState::Idle { since: until };
+            match a.state {
+                AgentState::CoolingDown { until } if until <= now => {
+                    a.state = AgentState::Idle { since: until };
+                }
+                AgentState::Ringing { call, since }
+                    if now.saturating_duration_since(since) >= RING_LIMIT =>
+                {
+                    tracing::warn!(agent = %a.uri, call, "no end was reported for this agent's leg: back in the pool");
+                    a.state = AgentState::Idle { since: now };
+                    if let Some(w) = self.waiting.iter_mut().find(|w| w.call == call) {
+                        w.ringing = false;
+                    }
+                }
+                _ => {}
             }
         }
         let agents = &mut self.agents;
@@ -165,8 +286,10 @@ impl AgentQueue {
                 })
                 .min_by_key(|(since, _)| *since);
             if let Some((_, agent)) = free {
-                agent.state = AgentState::Ringing;
-                agent.call = Some(w.call);
+                agent.state = AgentState::Ringing {
+                    call: w.call,
+                    since: now,
+                };
                 w.ringing = true;
                 w.tried.push(agent.uri.clone());
                 return Some(Assignment::Ring {
@@ -187,6 +310,27 @@ impl AgentQueue {
                 w.tried.clear();
                 return Some(Assignment::NoneAvailable { call: w.call });
             }
+            // The agents not yet tried are all engaged or cooling down, and one tried before
+            // is free again: ring them again rather than leave them idle while the caller
+            // waits.
+            let again = agents
+                .iter_mut()
+                .filter_map(|a| match a.state {
+                    AgentState::Idle { since } => Some((since, a)),
+                    _ => None,
+                })
+                .min_by_key(|(since, _)| *since);
+            if let Some((_, agent)) = again {
+                agent.state = AgentState::Ringing {
+                    call: w.call,
+                    since: now,
+                };
+                w.ringing = true;
+                return Some(Assignment::Ring {
+                    call: w.call,
+                    agent: agent.uri.clone(),
+                });
+            }
         }
         None
     }
@@ -194,46 +338,53 @@ impl AgentQueue {
     /// The agent answered: the caller leaves the line.
     pub fn agent_answered(&mut self, agent: &str, call: u64, now: Instant) {
         if let Some(a) = self.agents.iter_mut().find(|a| a.uri == agent) {
-            a.state = AgentState::Busy { since: now };
-            a.call = Some(call);
+            // Ringing for this call (or returned to the pool by RING_LIMIT meanwhile): they
+            // are talking to this caller now. Engaged with another call: that leg's own end
+            // will be reported; this answer cannot be undone, so it is not a second offer.
+            match a.state {
+                AgentState::Ringing { call: c, .. } | AgentState::Busy { call: c, .. }
+                    if c != call => {}
+                _ => a.state = AgentState::Busy { call, since: now },
+            }
         }
         self.waiting.retain(|w| w.call != call);
     }
 
-    /// The agent did not take the call: they cool down, the caller keeps their place and is
-    /// offered to the next agent.
+    /// The agent did not take the call (or their leg ended before it was answered): they
+    /// cool down, the caller keeps their place and is offered to the next agent.
     pub fn agent_failed(&mut self, agent: &str, call: u64, _why: AgentFailure, now: Instant) {
-        if let Some(a) = self
-            .agents
-            .iter_mut()
-            .find(|a| a.uri == agent && a.call == Some(call))
-        {
+        // A report for a leg that is not this agent's current one is stale: it must not
+        // free the agent, nor let the caller ring a second agent.
+        if let Some(a) = self.engaged_with(agent, call) {
             a.state = AgentState::CoolingDown {
                 until: now + AGENT_COOLDOWN,
             };
-            a.call = None;
-        }
-        if let Some(w) = self.waiting.iter_mut().find(|w| w.call == call) {
-            w.ringing = false;
+            self.stop_ringing(call);
         }
     }
 
     /// The call with this agent ended: they are free again, and their handle time feeds the
-    /// wait estimates.
-    pub fn agent_finished(&mut self, agent: &str, now: Instant) {
-        if let Some(a) = self.agents.iter_mut().find(|a| a.uri == agent) {
-            if let AgentState::Busy { since } = a.state {
-                let took = now.saturating_duration_since(since).as_secs_f64();
-                let avg = if self.answered == 0 {
-                    took
-                } else {
-                    self.avg_handle.as_secs_f64() * (1.0 - EWMA_WEIGHT) + took * EWMA_WEIGHT
-                };
-                self.avg_handle = Duration::from_secs_f64(avg.max(1.0));
-                self.answered += 1;
-            }
-            a.state = AgentState::Idle { since: now };
-            a.call = None;
+    /// wait estimates. A report for another call than the agent's is stale and ignored.
+    pub fn agent_finished(&mut self, agent: &str, call: u64, now: Instant) {
+        let (answered, avg_handle) = (self.answered, self.avg_handle);
+        let Some(a) = self.engaged_with(agent, call) else {
+            return;
+        };
+        let talked = match a.state {
+            AgentState::Busy { since, .. } => Some(now.saturating_duration_since(since)),
+            _ => None,
+        };
+        a.state = AgentState::Idle { since: now };
+        self.stop_ringing(call);
+        if let Some(took) = talked {
+            let took = took.as_secs_f64();
+            let avg = if answered == 0 {
+                took
+            } else {
+                avg_handle.as_secs_f64() * (1.0 - EWMA_WEIGHT) + took * EWMA_WEIGHT
+            };
+            self.avg_handle = Duration::from_secs_f64(avg.clamp(1.0, 86_400.0));
+            self.answered += 1;
         }
     }
 
@@ -253,7 +404,17 @@ mod tests {
     fn longest_idle_agent_rings_first_and_next_agent_on_failure() {
         let t = Instant::now();
         let mut q = AgentQueue::new(["sip:a@h", "sip:b@h"], t);
-        q.agent_finished("sip:a@h", t + Duration::from_secs(5)); // a idle since later
+        // a takes a call and finishes it at t + 5 s: idle since later than b.
+        q.handle(QueueInput::Enqueue { call: 0 }, t);
+        assert_eq!(
+            q.next_assignment(t),
+            Some(Assignment::Ring {
+                call: 0,
+                agent: "sip:a@h".into()
+            })
+        );
+        q.agent_answered("sip:a@h", 0, t);
+        q.agent_finished("sip:a@h", 0, t + Duration::from_secs(5));
         q.enqueue(1, t);
         assert_eq!(
             q.next_assignment(t),
@@ -297,7 +458,7 @@ mod tests {
             panic!()
         };
         q.agent_answered(&agent, 1, t);
-        q.agent_finished(&agent, t + Duration::from_secs(60));
+        q.agent_finished(&agent, 1, t + Duration::from_secs(60));
         let Some(Assignment::Ring { .. }) = ({
             q.enqueue(2, t);
             q.next_assignment(t)

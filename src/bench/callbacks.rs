@@ -43,7 +43,8 @@ fn promise(i: usize, tag: &str) -> NewPromise {
         reason: "bench".into(),
         context: json!({"said": ["I want to talk to a human"], "language": "en"}),
         automatic: false,
-        origin_call: format!("bench-{tag}-{i}"),
+        key: format!("bench-{tag}-{i}"),
+        call_id: format!("bench-{tag}-{i}"),
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod callbacks;
 pub mod speech;
+pub mod verifier;
 
 use crate::escape::normalize;
 use anyhow::Context;

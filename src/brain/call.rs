@@ -6,12 +6,33 @@ use super::{
 };
 use crate::callbacks::{names_time, spoken_number};
 use crate::config::{Flow, Language, render};
+use crate::escape::{EscapeMatch, MatchKind};
+use crate::speech::verifier::{PhraseKind, Verdict};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Failures (no input, not understood) the IVR tolerates before it hands the caller to a
 /// person: never a loop, never a disconnect (GetHuman #8).
 const MAX_FAILURES: u8 = 2;
+/// The SIP layer CANCELs a ringing agent at `agent_ring`; the brain's deadline comes a little
+/// later, for a phone that never even said "ringing" (which cannot be CANCELled).
+const RING_GRACE: Duration = Duration::from_secs(1);
+
+/// What the brain knows of the caller's media. A gap in it is not a hang-up: quiet phones
+/// (silence suppression, DTX) send nothing, so the caller is probed first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallerMedia {
+    Flowing,
+    /// No media, a probe is out: answered by the `MediaProbe` deadline or the caller is gone.
+    Probing,
+    /// No media, but the caller's phone answered: probed again at the `MediaProbe` timer.
+    Quiet,
+}
+/// Digits kept while a caller keys a number (E.164 has at most 15, with a prefix 19): keying
+/// on (or an INFO flood) cannot grow the buffer.
+const MAX_KEYED: usize = 20;
+/// Digits kept in the context for the agent.
+const MAX_DTMF_KEPT: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CallbackState {
@@ -37,17 +58,28 @@ pub struct CallBrain {
     failures: u8,
     next_play: u64,
     playing: Option<(PlayId, String, bool)>,
-    timers: [Option<Instant>; 3],
+    /// Hold music is looping (a waiting caller between prompts).
+    holding: Option<PlayId>,
+    timers: [Option<Instant>; TimerKind::ALL.len()],
+    media: CallerMedia,
+    /// The agent whose phone rings for this caller.
+    ringing: Option<String>,
     queue: Option<(u32, Duration)>,
     callback: CallbackState,
     /// What the caller said when they named a time for the callback.
     callback_when: Option<String>,
     /// Digits keyed while giving a number to call back.
     keyed: String,
+    /// The stored callback's ledger id, once stored.
+    callback_id: Option<String>,
+    /// The caller reached a person while their callback was being stored: keep it once it is.
+    keep_when_stored: bool,
     route_reason: Option<RouteReason>,
     /// A partial that was an escape word alone: routed on when the next partial still has
     /// it, or the final does (`Flow::confirm_lone_word`).
     lone_heard: Option<String>,
+    /// The keyword verifier's verdicts for the transcript that comes next.
+    verified: Vec<Verdict>,
 }
 
 impl CallBrain {
@@ -65,13 +97,19 @@ impl CallBrain {
             failures: 0,
             next_play: 0,
             playing: None,
-            timers: [None; 3],
+            holding: None,
+            timers: [None; TimerKind::ALL.len()],
+            media: CallerMedia::Flowing,
+            ringing: None,
             queue: None,
             callback: CallbackState::NotOffered,
             callback_when: None,
             keyed: String::new(),
+            callback_id: None,
+            keep_when_stored: false,
             route_reason: None,
             lone_heard: None,
+            verified: Vec::new(),
         }
     }
 
@@ -83,6 +121,11 @@ impl CallBrain {
         brain.phase = Phase::WithAgent;
         brain.context.caller_id = caller_id;
         brain
+    }
+
+    /// The flow this call runs on (taken at its start).
+    pub fn flow(&self) -> &Flow {
+        &self.flow
     }
 
     pub fn phase(&self) -> Phase {
@@ -103,6 +146,16 @@ impl CallBrain {
         self.playing.as_ref().map(|(id, p, _)| (*id, p.as_str()))
     }
 
+    /// Hold music is playing (a waiting caller between prompts).
+    pub fn holding(&self) -> bool {
+        self.holding.is_some()
+    }
+
+    /// When `timer` is due, if it is armed.
+    pub fn deadline(&self, timer: TimerKind) -> Option<Instant> {
+        self.timers[timer as usize]
+    }
+
     /// The earliest armed timer: when the driver should next send `TimerFired`.
     pub fn next_timeout(&self) -> Option<(TimerKind, Instant)> {
         TimerKind::ALL
@@ -119,12 +172,18 @@ impl CallBrain {
         if self.phase == Phase::Ended {
             return out;
         }
+        self.on_event(now, event, &mut out);
+        self.settle(&mut out);
+        out
+    }
+
+    fn on_event(&mut self, now: Instant, event: Event, out: &mut Vec<Action>) {
         match event {
             Event::CallStarted {
                 caller_id,
                 language,
-            } => self.on_start(now, caller_id, language, &mut out),
-            Event::PromptFinished { play } => self.on_prompt_finished(now, play, &mut out),
+            } => self.on_start(now, caller_id, language, out),
+            Event::PromptFinished { play } => self.on_prompt_finished(now, play, out),
             Event::SpeechStarted => {
                 if let Some((_, _, true)) = self.playing {
                     // Barge-in fires on the start of speech, not on a transcript.
@@ -134,34 +193,59 @@ impl CallBrain {
                 if self.phase == Phase::Ivr && self.playing.is_none() {
                     // A safety net: should no transcript ever come, the caller is not left
                     // in silence.
-                    self.arm(
-                        TimerKind::NoInput,
-                        now + self.flow.timers.no_input * 3,
-                        &mut out,
-                    );
+                    self.arm(TimerKind::NoInput, now + self.flow.timers.no_input * 3, out);
                 }
             }
             Event::SpeechEnded => {
                 if self.phase == Phase::Ivr && self.playing.is_none() {
+                    self.arm(TimerKind::NoInput, now + self.flow.timers.no_input, out);
+                }
+                if matches!(self.phase, Phase::Ivr | Phase::Queued) {
                     self.arm(
-                        TimerKind::NoInput,
-                        now + self.flow.timers.no_input,
-                        &mut out,
+                        TimerKind::FinalTranscript,
+                        now + self.flow.timers.final_transcript,
+                        out,
                     );
                 }
             }
-            Event::PartialTranscript { text } => self.on_partial(now, text, &mut out),
-            Event::FinalTranscript { text } => self.on_final(now, text, &mut out),
-            Event::Dtmf { digit } => self.on_dtmf(now, digit, &mut out),
-            Event::TimerFired { timer } => self.on_timer(now, timer, &mut out),
-            Event::AgentOffered { .. } | Event::AgentDeclined { .. } => {}
+            Event::Verified { verdicts } => self.verified = verdicts,
+            Event::PartialTranscript { text } => self.on_partial(now, text, out),
+            Event::FinalTranscript { text } => self.on_final(now, text, out),
+            Event::Dtmf { digit } => self.on_dtmf(now, digit, out),
+            Event::TimerFired { timer } => self.on_timer(now, timer, out),
+            Event::AgentOffered { agent } => {
+                if self.phase == Phase::Queued {
+                    self.ringing = Some(agent);
+                    self.arm(
+                        TimerKind::AgentRing,
+                        now + self.flow.timers.agent_ring + RING_GRACE,
+                        out,
+                    );
+                }
+            }
+            Event::AgentDeclined { agent } => {
+                if self.ringing.as_deref() == Some(agent.as_str()) {
+                    self.ringing = None;
+                    self.cancel(TimerKind::AgentRing, out);
+                }
+            }
             Event::AgentAnswered { .. } => {
+                self.ringing = None;
+                self.cancel(TimerKind::AgentRing, out);
                 if self.phase == Phase::Queued {
                     self.phase = Phase::WithAgent;
-                    for t in TimerKind::ALL {
-                        self.cancel(t, &mut out);
+                    // Served now: a callback they were promised is kept, not dialed later.
+                    if let Some(id) = self.callback_id.take() {
+                        out.push(Action::KeepCallback { id });
                     }
-                    self.stop_playing(&mut out);
+                    self.keep_when_stored = self.callback == CallbackState::Storing;
+                    for t in TimerKind::ALL {
+                        // The caller's media is still being looked after with an agent.
+                        if t != TimerKind::MediaProbe {
+                            self.cancel(t, out);
+                        }
+                    }
+                    self.stop_playing(out);
                 }
             }
             Event::AgentLeft => {
@@ -171,13 +255,15 @@ impl CallBrain {
                     self.failures = 0;
                     self.queue = None;
                     self.callback = CallbackState::NotOffered;
-                    self.play("after_agent", &[], &mut out);
+                    self.callback_id = None;
+                    self.callback_when = None;
+                    self.play("after_agent", &[], out);
                     out.push(Action::Listen);
                 }
             }
             Event::NoAgentAvailable => {
                 if self.phase == Phase::Queued && self.callback_offerable() {
-                    self.offer_callback(now, &mut out);
+                    self.offer_callback(now, out);
                 }
             }
             Event::QueueStatus {
@@ -190,19 +276,27 @@ impl CallBrain {
                     if estimated_wait > self.flow.offer_callback_after_wait
                         && self.callback_offerable()
                     {
-                        self.offer_callback(now, &mut out);
+                        self.offer_callback(now, out);
                     } else if first && self.playing.is_none() {
-                        self.announce_queue(now, &mut out);
+                        self.announce_queue(now, out);
                     }
                 }
             }
-            Event::CallbackStored { at, .. } => {
-                if self.callback == CallbackState::Storing {
+            Event::CallbackStored { id, at } => {
+                if std::mem::take(&mut self.keep_when_stored) {
+                    // Stored after the caller reached a person: keep it (never dial it),
+                    // and say nothing into their conversation.
+                    if self.callback == CallbackState::Storing {
+                        self.callback = CallbackState::Stored;
+                    }
+                    out.push(Action::KeepCallback { id });
+                } else if self.callback == CallbackState::Storing {
                     self.callback = CallbackState::Stored;
-                    self.cancel(TimerKind::CallbackReoffer, &mut out);
+                    self.callback_id = Some(id);
+                    self.cancel(TimerKind::CallbackReoffer, out);
                     // The promise is on disk: only now may the caller hear it.
                     match at {
-                        None => self.play("callback_confirmed", &[], &mut out),
+                        None => self.play("callback_confirmed", &[], out),
                         Some(t) => {
                             let prompt = if t.days_from_today == 0 {
                                 "callback_confirmed_at"
@@ -213,41 +307,76 @@ impl CallBrain {
                                 ("hour", t.hour.to_string()),
                                 ("minute", format!("{:02}", t.minute)),
                             ];
-                            self.play(prompt, &vars, &mut out);
+                            self.play(prompt, &vars, out);
                         }
                     }
                 }
             }
             Event::CallbackStoreFailed { .. } => {
-                if self.callback == CallbackState::Storing {
+                self.keep_when_stored = false;
+                if self.callback == CallbackState::Storing && self.phase != Phase::Queued {
+                    // Only the phase that asked hears about it.
                     self.callback = CallbackState::Declined;
-                    self.play("callback_failed", &[], &mut out);
+                } else if self.callback == CallbackState::Storing {
+                    self.callback = CallbackState::Declined;
+                    self.play("callback_failed", &[], out);
                     self.arm(
                         TimerKind::CallbackReoffer,
                         now + self.flow.timers.callback_reoffer_interval,
-                        &mut out,
+                        out,
                     );
                 }
             }
+            Event::CallbackNumberRefused { .. } => {
+                self.keep_when_stored = false;
+                if self.callback == CallbackState::Storing {
+                    if self.phase == Phase::Queued {
+                        // Withheld, not a number, or not one we may call: ask for one.
+                        self.callback_when = None;
+                        self.ask_number(out);
+                    } else {
+                        self.callback = CallbackState::Declined;
+                    }
+                }
+            }
             Event::SpeechEngineDegraded => {
+                self.cancel(TimerKind::FinalTranscript, out);
                 if self.phase == Phase::Ivr {
-                    self.route(now, RouteReason::SpeechUnavailable, &mut out);
+                    self.route(now, RouteReason::SpeechUnavailable, out);
                 }
             }
-            Event::CallerMediaLost => {
-                // They asked for a person and their line died: call them back unasked.
-                if self.phase == Phase::Queued
-                    && self.callback != CallbackState::Stored
-                    && self.callback != CallbackState::Storing
-                    && self.context.caller_id.is_some()
-                {
-                    out.push(self.callback_request(true));
+            Event::MediaLost => {
+                // Quiet or gone? Ask the caller's phone before deciding anything; meanwhile
+                // the caller stays exactly where they are.
+                if self.phase != Phase::NotStarted && self.media == CallerMedia::Flowing {
+                    self.probe(now, out);
                 }
-                self.end(&mut out);
             }
-            Event::CallerHungUp => self.end(&mut out),
+            Event::MediaResumed => {
+                if self.media != CallerMedia::Flowing {
+                    self.media = CallerMedia::Flowing;
+                    self.cancel(TimerKind::MediaProbe, out);
+                }
+            }
+            Event::ProbeAnswered => {
+                if self.media == CallerMedia::Probing {
+                    // Their phone is there, just quiet (silence suppression, DTX): look again
+                    // later, for as long as no media comes.
+                    self.media = CallerMedia::Quiet;
+                    self.arm(
+                        TimerKind::MediaProbe,
+                        now + self.flow.timers.probe_interval,
+                        out,
+                    );
+                }
+            }
+            Event::ProbeFailed => {
+                if self.media == CallerMedia::Probing {
+                    self.dropped(out);
+                }
+            }
+            Event::CallerHungUp => self.end(out),
         }
-        out
     }
 
     fn lang(&self) -> &Language {
@@ -279,11 +408,13 @@ impl CallBrain {
     }
 
     fn on_prompt_finished(&mut self, now: Instant, play: PlayId, out: &mut Vec<Action>) {
-        let Some((current, prompt, _)) = self.playing.take() else {
+        let Some((current, prompt, barge_in)) = self.playing.take() else {
             return;
         };
         if current != play {
-            self.playing = Some((current, prompt, false));
+            // A late "finished" for a prompt that was replaced: the current one plays on,
+            // as interruptible as it was.
+            self.playing = Some((current, prompt, barge_in));
             return;
         }
         match self.phase {
@@ -297,20 +428,38 @@ impl CallBrain {
         }
     }
 
+    /// The verifier's passed verdict of `kind` for this transcript, if any.
+    fn verified(&self, kind: PhraseKind) -> Option<&Verdict> {
+        self.verified.iter().find(|v| v.kind == kind && v.passed())
+    }
+
+    /// An escape the keyword verifier heard, as the match the agent sees.
+    fn verified_escape(&self, text: &str) -> Option<EscapeMatch> {
+        self.verified(PhraseKind::Escape).map(|v| EscapeMatch {
+            phrase: v.phrase.clone(),
+            heard: text.trim().to_string(),
+            kind: MatchKind::Verified,
+            lone_word: false,
+        })
+    }
+
     fn on_partial(&mut self, now: Instant, text: String, out: &mut Vec<Action>) {
+        let heard = self.verified_escape(&text);
+        self.verified.clear();
         if self.phase != Phase::Ivr {
             return;
         }
         // Decide while the caller is still speaking: an escape in a partial routes now.
-        let Some(m) = self.flow.escape.detect(&text) else {
+        let Some(m) = self.flow.escape.detect(&text).or(heard.clone()) else {
             self.lone_heard = None;
             return;
         };
         // Unless the partial is the escape word alone, heard for the first time: Whisper
         // sometimes writes a word of its prompt alone for a moment of other speech. The next
-        // partial (or the final) confirms it.
+        // partial (or the final) confirms it, or the verifier's confident score at once.
         if m.lone_word
             && self.flow.confirm_lone_word
+            && heard.is_none()
             && self.lone_heard.as_deref() != Some(m.phrase.as_str())
         {
             self.lone_heard = Some(m.phrase);
@@ -325,11 +474,13 @@ impl CallBrain {
     fn on_final(&mut self, now: Instant, text: String, out: &mut Vec<Action>) {
         // The final is what the caller said: it decides, whatever a partial ended in.
         self.lone_heard = None;
+        self.cancel(TimerKind::FinalTranscript, out);
         match self.phase {
             Phase::Ivr => self.on_ivr_answer(now, text, out),
             Phase::Queued => self.on_queue_answer(now, text, out),
             _ => {}
         }
+        self.verified.clear();
     }
 
     fn on_ivr_answer(&mut self, now: Instant, text: String, out: &mut Vec<Action>) {
@@ -338,7 +489,13 @@ impl CallBrain {
         if !text.is_empty() {
             self.context.said.push(text.clone());
         }
-        if let Some(m) = self.flow.escape.detect(&text) {
+        // An escape by either the text matcher or the keyword verifier routes.
+        if let Some(m) = self
+            .flow
+            .escape
+            .detect(&text)
+            .or_else(|| self.verified_escape(&text))
+        {
             self.context.escape = Some(m);
             return self.route(now, RouteReason::Keyword, out);
         }
@@ -391,7 +548,21 @@ impl CallBrain {
             self.context.said.push(text.trim().to_string());
         }
         let lang = self.lang();
-        let (yes, no) = (lang.yes.matches(&text), lang.no.matches(&text));
+        let (mut yes, mut no) = (lang.yes.matches(&text), lang.no.matches(&text));
+        // The verifier's answer counts when the words do not say otherwise; heard both, the
+        // better-scoring one wins.
+        if !yes && !no {
+            match (
+                self.verified(PhraseKind::Yes),
+                self.verified(PhraseKind::No),
+            ) {
+                (Some(y), Some(n)) if y.score >= n.score => yes = true,
+                (Some(_), Some(_)) => no = true,
+                (Some(_), None) => yes = true,
+                (None, Some(_)) => no = true,
+                (None, None) => {}
+            }
+        }
         let number = spoken_number(&text);
         match self.callback {
             CallbackState::Offered => {
@@ -414,7 +585,9 @@ impl CallBrain {
     }
 
     fn on_dtmf(&mut self, now: Instant, digit: char, out: &mut Vec<Action>) {
-        self.context.dtmf.push(digit);
+        if self.context.dtmf.len() < MAX_DTMF_KEPT {
+            self.context.dtmf.push(digit);
+        }
         match (self.phase, digit) {
             (Phase::Ivr, '0') => self.route(now, RouteReason::Dtmf, out),
             (Phase::Queued, '1') if self.callback == CallbackState::Offered => {
@@ -430,7 +603,8 @@ impl CallBrain {
                 self.ask_number(out)
             }
             (Phase::Queued, d) if self.callback == CallbackState::AskingNumber => match d {
-                '0'..='9' => self.keyed.push(d),
+                '0'..='9' if self.keyed.len() < MAX_KEYED => self.keyed.push(d),
+                '0'..='9' => {}
                 '#' if self.keyed.len() >= 3 => {
                     let number = std::mem::take(&mut self.keyed);
                     self.store_callback(number, out)
@@ -465,6 +639,21 @@ impl CallBrain {
                 if self.callback_offerable() || self.callback == CallbackState::AskingNumber =>
             {
                 self.offer_callback(now, out)
+            }
+            (TimerKind::MediaProbe, _) => match self.media {
+                // No media and no answer in time: the caller is gone.
+                CallerMedia::Probing => self.dropped(out),
+                CallerMedia::Quiet => self.probe(now, out),
+                CallerMedia::Flowing => {}
+            },
+            // Recognition is behind: a person, rather than a caller left waiting.
+            (TimerKind::FinalTranscript, Phase::Ivr) => {
+                self.route(now, RouteReason::SpeechUnavailable, out)
+            }
+            (TimerKind::AgentRing, _) => {
+                if let Some(agent) = self.ringing.take() {
+                    out.push(Action::StopRinging { agent });
+                }
             }
             _ => {}
         }
@@ -564,9 +753,11 @@ impl CallBrain {
     fn store_callback(&mut self, number: String, out: &mut Vec<Action>) {
         self.callback = CallbackState::Storing;
         self.cancel(TimerKind::CallbackReoffer, out);
-        if self.playing.is_some() {
-            // Nothing about this callback may be heard until it is stored.
+        if self.playing.is_some() || self.holding.is_some() {
+            // Nothing about this callback may be heard until it is stored (nor anything
+            // that could be taken for it).
             self.playing = None;
+            self.holding = None;
             out.push(Action::StopPlayback);
         }
         let mut request = self.callback_request(false);
@@ -598,6 +789,45 @@ impl CallBrain {
         }))
     }
 
+    fn probe(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.media = CallerMedia::Probing;
+        out.push(Action::ProbeCaller);
+        self.arm(
+            TimerKind::MediaProbe,
+            now + self.flow.timers.probe_answer,
+            out,
+        );
+    }
+
+    /// Neither media nor signalling: the caller is gone, though no BYE came.
+    fn dropped(&mut self, out: &mut Vec<Action>) {
+        // They asked for a person and their line died: call them back unasked.
+        if self.phase == Phase::Queued
+            && self.callback != CallbackState::Stored
+            && self.callback != CallbackState::Storing
+            && self.context.caller_id.is_some()
+        {
+            out.push(self.callback_request(true));
+        }
+        self.end(out);
+    }
+
+    /// After every event: a caller waiting in line hears a prompt or the hold music, never
+    /// dead air. Except while their callback is being committed (milliseconds): nothing at
+    /// all is heard then, so nothing can be taken for a confirmation before it is stored.
+    fn settle(&mut self, out: &mut Vec<Action>) {
+        if self.phase == Phase::Queued
+            && self.playing.is_none()
+            && self.holding.is_none()
+            && self.callback != CallbackState::Storing
+        {
+            let play = PlayId(self.next_play);
+            self.next_play += 1;
+            self.holding = Some(play);
+            out.push(Action::PlayHold { play });
+        }
+    }
+
     fn play(&mut self, prompt: &str, vars: &[(&str, String)], out: &mut Vec<Action>) {
         let lang = self.lang();
         // Validation guarantees every prompt the brain names exists; if one is missing anyway,
@@ -618,12 +848,15 @@ impl CallBrain {
                 .collect(),
         };
         self.playing = Some((PlayId(self.next_play), prompt.to_string(), p.barge_in));
+        // A play replaces whatever plays, hold music too.
+        self.holding = None;
         self.next_play += 1;
         out.push(action);
     }
 
     fn stop_playing(&mut self, out: &mut Vec<Action>) {
-        if self.playing.take().is_some() {
+        let holding = self.holding.take().is_some();
+        if self.playing.take().is_some() || holding {
             out.push(Action::StopPlayback);
         }
     }
@@ -645,5 +878,7 @@ impl CallBrain {
             self.cancel(t, out);
         }
         self.playing = None;
+        self.holding = None;
+        self.ringing = None;
     }
 }

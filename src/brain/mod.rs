@@ -11,6 +11,7 @@ mod call;
 pub use call::CallBrain;
 
 use crate::escape::EscapeMatch;
+use crate::speech::verifier::Verdict;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -31,13 +32,24 @@ pub enum TimerKind {
     QueueAnnounce,
     /// Time to offer a waiting caller a callback again.
     CallbackReoffer,
+    /// The caller's media is gone: the probe must be answered by then, or (once answered) it
+    /// is time to probe again.
+    MediaProbe,
+    /// The caller stopped speaking: the final transcript is due by then, or recognition is
+    /// behind and the caller goes to a person rather than wait.
+    FinalTranscript,
+    /// An agent's phone is ringing: it must answer by then, or the next agent is tried.
+    AgentRing,
 }
 
 impl TimerKind {
-    pub const ALL: [TimerKind; 3] = [
+    pub const ALL: [TimerKind; 6] = [
         TimerKind::NoInput,
         TimerKind::QueueAnnounce,
         TimerKind::CallbackReoffer,
+        TimerKind::MediaProbe,
+        TimerKind::FinalTranscript,
+        TimerKind::AgentRing,
     ];
 }
 
@@ -131,6 +143,13 @@ pub enum Event {
     },
     SpeechStarted,
     SpeechEnded,
+    /// What the keyword verifier heard in the decode whose transcript comes next (the
+    /// best phrase of each kind, with its score and threshold). It applies to the next
+    /// `PartialTranscript` or `FinalTranscript` only: a passed escape routes, a passed yes or
+    /// no answers a callback offer, whatever the transcript's words.
+    Verified {
+        verdicts: Vec<Verdict>,
+    },
     PartialTranscript {
         text: String,
     },
@@ -167,17 +186,32 @@ pub enum Event {
     CallbackStoreFailed {
         error: String,
     },
+    /// The number to call back is not one Humanline may dial (withheld, a SIP user name,
+    /// not on the operator's list): nothing was stored, the caller is asked for another.
+    CallbackNumberRefused {
+        why: String,
+    },
     /// Speech recognition failed or is falling behind real time for this call.
     SpeechEngineDegraded,
-    /// The caller's media stopped for long: their network is gone, though no BYE came.
-    CallerMediaLost,
+    /// No media from the caller for long. Their network may be gone (no BYE came), or they
+    /// are just quiet: phones with silence suppression and WebRTC with DTX send nothing while
+    /// the caller says nothing. The brain asks for a probe ([`Action::ProbeCaller`]) before
+    /// deciding anything.
+    MediaLost,
+    /// The caller's media flows again: they are exactly where they were.
+    MediaResumed,
+    /// The caller's phone answered the probe: their signalling is alive.
+    ProbeAnswered,
+    /// The probe failed (no answer, 408, 481, transport error): their signalling is gone too.
+    ProbeFailed,
     CallerHungUp,
 }
 
 /// What the brain asks the drivers to do. No variant ends the call.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    /// Play a prompt (replacing whatever is playing). `text` has its placeholders filled in.
+    /// Play a prompt, replacing whatever is playing (hold music included) at once.
+    /// `text` has its placeholders filled in.
     Play {
         play: PlayId,
         prompt: String,
@@ -190,6 +224,19 @@ pub enum Action {
         barge_in: bool,
     },
     StopPlayback,
+    /// Loop the hold music for a waiting caller until something else is played or playback
+    /// is stopped: a caller in line never hears dead air between announcements.
+    PlayHold {
+        play: PlayId,
+    },
+    /// Ask the caller's phone whether it is still there (an in-dialog OPTIONS), then report
+    /// [`Event::ProbeAnswered`] or [`Event::ProbeFailed`].
+    ProbeCaller,
+    /// Stop ringing this agent (hang up their unanswered leg, tell the queue they did not
+    /// answer): the next agent is tried. The caller's own leg is untouched.
+    StopRinging {
+        agent: String,
+    },
     /// The caller is expected to answer now.
     Listen,
     /// Recognise speech in another language from now on.
@@ -203,8 +250,13 @@ pub enum Action {
     },
     /// A callback is being offered (the prompt follows as a `Play`).
     OfferCallback,
-    /// Commit this callback to the ledger, then report `CallbackStored` or `CallbackStoreFailed`.
+    /// Commit this callback to the ledger, then report `CallbackStored`,
+    /// `CallbackStoreFailed` or `CallbackNumberRefused`.
     StoreCallback(Box<CallbackRequest>),
+    /// The caller reached a person: the stored callback `id` is kept, never dialed.
+    KeepCallback {
+        id: String,
+    },
     SetTimer {
         timer: TimerKind,
         at: Instant,
@@ -224,6 +276,7 @@ pub enum Phase {
     /// Waiting for a person (or ringing one).
     Queued,
     WithAgent,
-    /// The caller hung up, or their media was lost.
+    /// The caller hung up, or both their media and their signalling are gone (the probe went
+    /// unanswered while no media came). Drivers then release what they hold for the call.
     Ended,
 }

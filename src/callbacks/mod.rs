@@ -8,8 +8,8 @@
 mod number;
 mod when;
 
-pub use number::spoken_number;
-pub use when::{local_clock, names_time, resolve_when};
+pub use number::{NumberPolicy, NumberRefused, spoken_number, valid_prefix};
+pub use when::{MAX_AHEAD, UTC_OFFSET_MIN_RANGE, local_clock, names_time, resolve_when};
 
 use serde::{Deserialize, Serialize};
 
@@ -76,6 +76,11 @@ pub enum AttemptOutcome {
     Failed,
     /// Humanline stopped mid-attempt (crash or restart); found on start-up.
     Interrupted,
+    /// The stored number is not one Humanline may dial (withheld, not E.164, not on the
+    /// operator's list): a supervisor must act.
+    BadNumber,
+    /// The promise was kept meanwhile (the caller reached a person): nobody was called.
+    KeptElsewhere,
 }
 
 impl AttemptOutcome {
@@ -89,6 +94,8 @@ impl AttemptOutcome {
             AttemptOutcome::AgentUnavailable => "agent_unavailable",
             AttemptOutcome::Failed => "failed",
             AttemptOutcome::Interrupted => "interrupted",
+            AttemptOutcome::BadNumber => "bad_number",
+            AttemptOutcome::KeptElsewhere => "kept_elsewhere",
         }
     }
 }
@@ -104,8 +111,11 @@ pub struct NewPromise {
     pub context: serde_json::Value,
     /// Made because the call dropped while the caller waited for a person.
     pub automatic: bool,
-    /// The call it was promised on, so a repeated commit of the same promise is one promise.
-    pub origin_call: String,
+    /// Made by the server for this request, so a repeated commit of the same request is one
+    /// promise, and a new request (a second acceptance, a reused Call-ID) a new one.
+    pub key: String,
+    /// The SIP Call-ID of the call it was promised on (the caller's, for the record only).
+    pub call_id: String,
 }
 
 /// A stored promise.
@@ -118,11 +128,15 @@ pub struct Promise {
     pub reason: String,
     pub context: serde_json::Value,
     pub automatic: bool,
-    pub origin_call: String,
+    pub key: String,
+    pub call_id: String,
     pub state: PromiseState,
     pub attempts: u32,
     pub next_attempt_at: UnixMs,
     pub completed_at: Option<UnixMs>,
+    /// How it was kept: `called_back`, or `served_by_agent` (the caller reached a person
+    /// on the call that promised it, or another).
+    pub completed_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -146,7 +160,7 @@ pub enum LedgerError {
 
 /// Where promises live. Every method is one transaction, durable when it returns.
 pub trait LedgerStore: Send {
-    /// Stores a promise (idempotent on `origin_call`: the same call's promise is returned).
+    /// Stores a promise (idempotent on `key`: the same request's promise is returned).
     fn insert(&mut self, p: &NewPromise, now: UnixMs) -> Result<Promise, LedgerError>;
     /// Moves up to `limit` due promises (promised/retrying, `next_attempt_at <= now`), most
     /// overdue first, to `dialing`, opening an attempt for each.
@@ -166,6 +180,8 @@ pub trait LedgerStore: Send {
     ) -> Result<Promise, LedgerError>;
     /// Marks the open attempt connected (customer answered).
     fn mark_connected(&mut self, attempt: i64, now: UnixMs) -> Result<Promise, LedgerError>;
+    /// Marks a promise kept (completed, with why), whatever attempt is open; never reopened.
+    fn complete(&mut self, id: i64, reason: &str, now: UnixMs) -> Result<Promise, LedgerError>;
     /// Attempts left open by a crash: closed as interrupted, their promises due again now.
     fn recover_interrupted(&mut self, now: UnixMs) -> Result<usize, LedgerError>;
     fn get(&mut self, id: i64) -> Result<Promise, LedgerError>;
@@ -204,7 +220,10 @@ impl RetryPolicy {
     /// The delay before attempt number `attempts + 1`, after `attempts` failed ones.
     pub fn delay_after(&self, attempts: u32) -> i64 {
         let exp = self.factor.powi(attempts.saturating_sub(1).min(30) as i32);
-        ((self.first_delay_ms as f64 * exp) as i64).min(self.max_delay_ms)
+        // `as` saturates (NaN is 0); never negative, whatever the policy says.
+        ((self.first_delay_ms as f64 * exp) as i64)
+            .min(self.max_delay_ms)
+            .max(0)
     }
 }
 
@@ -251,12 +270,16 @@ impl<S: LedgerStore> CallbackLedger<S> {
             return Err(LedgerError::StaleAttempt(attempt));
         }
         let (state, next) = match outcome {
-            AttemptOutcome::Completed => (PromiseState::Completed, p.next_attempt_at),
+            AttemptOutcome::Completed | AttemptOutcome::KeptElsewhere => {
+                (PromiseState::Completed, p.next_attempt_at)
+            }
+            // No retry can dial a number we may not dial: a person must look.
+            AttemptOutcome::BadNumber => (PromiseState::Escalated, p.next_attempt_at),
             AttemptOutcome::Connected => return self.store.mark_connected(attempt, now),
             _ => {
-                let next = now + self.policy.delay_after(p.attempts);
+                let next = now.saturating_add(self.policy.delay_after(p.attempts));
                 if p.attempts >= self.policy.max_attempts
-                    || next - p.created_at > self.policy.window_ms
+                    || next.saturating_sub(p.created_at) > self.policy.window_ms
                 {
                     (PromiseState::Escalated, next)
                 } else {
@@ -266,6 +289,12 @@ impl<S: LedgerStore> CallbackLedger<S> {
         };
         self.store
             .finish_attempt(attempt, outcome, state, next, now)
+    }
+
+    /// The caller reached a person: the promise is kept, never dialed (an attempt already
+    /// open finds it kept before it calls the customer).
+    pub fn keep(&mut self, id: i64, reason: &str, now: UnixMs) -> Result<Promise, LedgerError> {
+        self.store.complete(id, reason, now)
     }
 
     /// On start-up: attempts a crash left open become interrupted; their promises are due.

@@ -67,9 +67,156 @@ pub fn spoken_number(said: &str) -> Option<String> {
     (digits >= MIN_DIGITS && plus_only_at_start).then_some(best)
 }
 
+/// Why a number is not one Humanline may call back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NumberRefused {
+    /// Withheld ("anonymous"), a SIP user name, or anything else that is not digits.
+    #[error("`{0}` is not a phone number")]
+    NotANumber(String),
+    /// A national number ("06 ...") and no `country_code` to make it international.
+    #[error("`{0}` is not an international (E.164) number")]
+    NotInternational(String),
+    /// Not on the operator's list (`allowed_prefixes`): e.g. a premium-rate number.
+    #[error("{0} is not a number this centre calls")]
+    NotAllowed(String),
+}
+
+/// E.164 allows at most 15 digits after the `+`.
+const E164_MAX_DIGITS: usize = 15;
+/// Fewer than this after the `+` is no callable number (a country code and a few digits).
+const E164_MIN_DIGITS: usize = 8;
+
+/// Which numbers Humanline may call back: E.164 only, and, when the operator lists
+/// prefixes (`[callback_numbers] allowed_prefixes`), only numbers that start with one, so a
+/// caller cannot have a premium-rate or foreign number dialed at the centre's cost.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NumberPolicy {
+    /// E.164 prefixes ("+31", "+1555"); empty allows every E.164 number.
+    pub allowed_prefixes: Vec<String>,
+    /// The centre's country code ("+31"): a national number ("06...") is taken as in that
+    /// country, an international one ("0031...") as such. Without it only "+..." is taken.
+    pub country_code: Option<String>,
+}
+
+/// Whether `s` is a prefix an operator may list: "+" and 1 to 15 digits, not starting with 0.
+pub fn valid_prefix(s: &str) -> bool {
+    s.strip_prefix('+').is_some_and(|d| {
+        (1..=E164_MAX_DIGITS).contains(&d.len())
+            && d.bytes().all(|b| b.is_ascii_digit())
+            && !d.starts_with('0')
+    })
+}
+
+impl NumberPolicy {
+    /// The number to dial for what a caller gave (caller ID, keyed or spoken), in E.164,
+    /// or why there is none.
+    pub fn dialable(&self, raw: &str) -> Result<String, NumberRefused> {
+        let not_a_number = || NumberRefused::NotANumber(raw.chars().take(40).collect());
+        let mut digits = String::new();
+        let mut plus = false;
+        for (i, c) in raw.trim().chars().enumerate() {
+            match c {
+                '0'..='9' => digits.push(c),
+                '+' if i == 0 => plus = true,
+                ' ' | '-' | '.' | '(' | ')' => {}
+                _ => return Err(not_a_number()),
+            }
+            if digits.len() > E164_MAX_DIGITS + 4 {
+                return Err(not_a_number());
+            }
+        }
+        if digits.is_empty() {
+            return Err(not_a_number());
+        }
+        let e164 = if plus {
+            format!("+{digits}")
+        } else if let Some(intl) = digits.strip_prefix("00") {
+            format!("+{intl}")
+        } else if let (Some(national), Some(cc)) = (digits.strip_prefix('0'), &self.country_code) {
+            format!("{cc}{national}")
+        } else {
+            return Err(NumberRefused::NotInternational(digits));
+        };
+        let body = &e164[1..];
+        if !(E164_MIN_DIGITS..=E164_MAX_DIGITS).contains(&body.len()) || body.starts_with('0') {
+            return Err(NumberRefused::NotInternational(e164));
+        }
+        if !self.allowed_prefixes.is_empty()
+            && !self
+                .allowed_prefixes
+                .iter()
+                .any(|p| e164.starts_with(p.as_str()))
+        {
+            return Err(NumberRefused::NotAllowed(e164));
+        }
+        Ok(e164)
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::spoken_number;
+    use super::{NumberPolicy, NumberRefused, spoken_number, valid_prefix};
+
+    #[test]
+    fn only_e164_numbers_on_the_operators_list_are_dialable() {
+        let open = NumberPolicy::default();
+        assert_eq!(open.dialable("+15550124").as_deref(), Ok("+15550124"));
+        assert_eq!(
+            open.dialable("+31 20 555-0100").as_deref(),
+            Ok("+31205550100")
+        );
+        assert_eq!(
+            open.dialable("0031205550100").as_deref(),
+            Ok("+31205550100")
+        );
+        for withheld in [
+            "anonymous",
+            "Anonymous",
+            "alice",
+            "",
+            "+",
+            "sip:bob@x",
+            "12ab",
+        ] {
+            assert!(
+                matches!(open.dialable(withheld), Err(NumberRefused::NotANumber(_))),
+                "{withheld}"
+            );
+        }
+        // National without a country code, too short, too long, a leading zero after "+".
+        assert!(open.dialable("0612345678").is_err());
+        assert!(open.dialable("+1555").is_err());
+        assert!(open.dialable("+1234567890123456").is_err());
+        assert!(open.dialable("+0612345678").is_err());
+        assert!(open.dialable(&"9".repeat(10_000)).is_err());
+
+        let dutch = NumberPolicy {
+            allowed_prefixes: vec!["+316".into(), "+3120".into()],
+            country_code: Some("+31".into()),
+        };
+        assert_eq!(dutch.dialable("0612345678").as_deref(), Ok("+31612345678"));
+        assert_eq!(
+            dutch.dialable("020 555 0100").as_deref(),
+            Ok("+31205550100")
+        );
+        // A premium-rate number (0900) and a foreign one are refused: toll fraud.
+        assert_eq!(
+            dutch.dialable("0900 123 4567"),
+            Err(NumberRefused::NotAllowed("+319001234567".into()))
+        );
+        assert!(matches!(
+            dutch.dialable("+15550124"),
+            Err(NumberRefused::NotAllowed(_))
+        ));
+    }
+
+    #[test]
+    fn prefixes_are_plus_and_digits() {
+        assert!(valid_prefix("+31") && valid_prefix("+1555"));
+        for bad in ["31", "+", "+0", "+31a", "+1234567890123456", " +31"] {
+            assert!(!valid_prefix(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn reads_numbers_as_callers_say_them() {

@@ -7,6 +7,10 @@ use crate::escape::normalize;
 const MINUTE: i64 = 60_000;
 const HOUR: i64 = 60 * MINUTE;
 const DAY: i64 = 24 * HOUR;
+/// The furthest ahead a caller may ask to be called back.
+pub const MAX_AHEAD: i64 = 14 * DAY;
+/// Time zones run from UTC-12:00 to UTC+14:00.
+pub const UTC_OFFSET_MIN_RANGE: std::ops::RangeInclusive<i64> = -720..=840;
 
 const NUMBERS: &[(&str, i64)] = &[
     ("one", 1),
@@ -49,11 +53,18 @@ fn number(word: &str) -> Option<i64> {
         .or_else(|| NUMBERS.iter().find(|(w, _)| *w == word).map(|(_, n)| *n))
 }
 
+/// The offset in milliseconds, within the time zones that exist (configuration is checked;
+/// this keeps the arithmetic safe whatever a caller passes).
+fn offset_ms(utc_offset_min: i64) -> i64 {
+    utc_offset_min.clamp(*UTC_OFFSET_MIN_RANGE.start(), *UTC_OFFSET_MIN_RANGE.end()) * MINUTE
+}
+
 /// `at` as the caller should hear it: (days from today, hour, minute), local time.
 pub fn local_clock(at: UnixMs, now: UnixMs, utc_offset_min: i64) -> (u32, u8, u8) {
-    let local = at + utc_offset_min * MINUTE;
-    let local_now = now + utc_offset_min * MINUTE;
-    let days = (local.div_euclid(DAY) - local_now.div_euclid(DAY)).max(0);
+    let offset = offset_ms(utc_offset_min);
+    let local = at.saturating_add(offset);
+    let local_now = now.saturating_add(offset);
+    let days = (local.div_euclid(DAY) - local_now.div_euclid(DAY)).clamp(0, u32::MAX as i64);
     let in_day = local.rem_euclid(DAY);
     (
         days as u32,
@@ -73,23 +84,32 @@ pub fn names_time(said: &str) -> bool {
 pub fn resolve_when(said: &str, now: UnixMs, utc_offset_min: i64) -> Option<UnixMs> {
     let w = normalize::words(said);
     let has = |x: &str| w.iter().any(|v| v == x);
-    let local_now = now + utc_offset_min * MINUTE;
+    let offset = offset_ms(utc_offset_min);
+    let local_now = now.checked_add(offset)?;
     let midnight = local_now - local_now.rem_euclid(DAY);
-    let to_utc = |local: i64| local - utc_offset_min * MINUTE;
+    let to_utc = |local: i64| local.checked_sub(offset);
 
     // "in ten minutes", "in an hour", "in half an hour", "over een uur".
     if let Some(i) = w.iter().position(|v| v == "in" || v == "over") {
         let rest = &w[i + 1..];
         if rest.first().map(String::as_str) == Some("half") {
-            return Some(now + 30 * MINUTE);
+            return now.checked_add(30 * MINUTE);
         }
         if let (Some(n), Some(unit)) = (rest.first().and_then(|x| number(x)), rest.get(1)) {
             let unit = unit.as_str();
-            if unit.starts_with("minute") || unit.starts_with("minuten") {
-                return Some(now + n * MINUTE);
-            }
-            if unit.starts_with("hour") || unit == "uur" {
-                return Some(now + n * HOUR);
+            let unit_ms = if unit.starts_with("minute") || unit.starts_with("minuten") {
+                Some(MINUTE)
+            } else if unit.starts_with("hour") || unit == "uur" {
+                Some(HOUR)
+            } else {
+                None
+            };
+            // "in 99999999999999 minutes" is no time we can keep: not a time at all.
+            if let Some(unit_ms) = unit_ms {
+                return n
+                    .checked_mul(unit_ms)
+                    .filter(|ahead| (0..=MAX_AHEAD).contains(ahead))
+                    .and_then(|ahead| now.checked_add(ahead));
             }
         }
     }
@@ -151,15 +171,15 @@ pub fn resolve_when(said: &str, now: UnixMs, utc_offset_min: i64) -> Option<Unix
         (None, None) if tomorrow => (9, 0),
         (None, None) => return None,
     };
-    let mut local = midnight + h * HOUR + m * MINUTE;
+    let mut local = midnight.checked_add(h * HOUR + m * MINUTE)?;
     if tomorrow {
-        local += DAY;
+        local = local.checked_add(DAY)?;
     } else if local <= local_now {
         // "this morning" said in the afternoon: as soon as possible.
         at?;
-        local += DAY;
+        local = local.checked_add(DAY)?;
     }
-    Some(to_utc(local))
+    to_utc(local)
 }
 
 #[cfg(test)]
@@ -209,5 +229,29 @@ mod tests {
         assert_eq!(local_clock(NOW + 20 * MINUTE, NOW, 0), (0, 10, 20));
         // In a zone one hour east, "at three" is 14:00 UTC.
         assert_eq!(hm(resolve_when("at three", NOW, 60).unwrap()), (0, 14, 0));
+    }
+
+    #[test]
+    fn absurd_times_are_no_time_and_never_overflow() {
+        for said in [
+            "call me back in 99999999999999 minutes",
+            "in 99999999999999 hours",
+            "in 9223372036854775807 minutes",
+            "in 153722867280912931 minutes",
+            "in 15 days of hours",
+            "in 337 hours",
+        ] {
+            assert_eq!(resolve_when(said, NOW, 0), None, "{said}");
+            assert!(!names_time(said), "{said}");
+        }
+        assert_eq!(resolve_when("in 336 hours", NOW, 0), Some(NOW + MAX_AHEAD));
+        // Extreme clocks and offsets do not overflow either.
+        for now in [i64::MIN, i64::MAX, 0] {
+            for offset in [i64::MIN, -720, 840, i64::MAX] {
+                let _ = resolve_when("tomorrow at half past four", now, offset);
+                let _ = resolve_when("in 20 minutes", now, offset);
+                let _ = local_clock(now, 0, offset);
+            }
+        }
     }
 }

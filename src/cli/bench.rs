@@ -58,6 +58,33 @@ enum BenchWhat {
         #[arg(long)]
         holdout_voice: Option<String>,
     },
+    /// The keyword verifier against the text matcher on the same decodes: recall, false
+    /// escapes and added time, with the escape threshold calibrated on the tuning voices.
+    Verifier {
+        /// Corpus folder with manifest.tsv (id, kind, voice, ..., text).
+        #[arg(long, default_value = "bench/corpus")]
+        corpus: PathBuf,
+        /// The corpus's language (its phrases and thresholds come from the prompts).
+        #[arg(long, default_value = "en")]
+        language: String,
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long)]
+        prompts: Option<PathBuf>,
+        /// Voices that set the threshold (comma-separated); the others are held out.
+        #[arg(long, value_delimiter = ',')]
+        tune_voices: Vec<String>,
+        #[arg(long, default_value_t = 1)]
+        every: usize,
+        /// Threads per decode.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Initial prompt instead of the live default ("" for none).
+        #[arg(long)]
+        prompt: Option<String>,
+        #[arg(long, default_value = "bench/results/verifier.json")]
+        out: PathBuf,
+    },
     /// Callbacks: commit latency of a promise with fsync (and without, as the baseline),
     /// under concurrent committers, and the dialer's claim among many pending promises.
     Callbacks(CallbacksArgs),
@@ -96,6 +123,27 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             dir: a.dir,
             out: a.out,
             seed: a.seed,
+        }),
+        BenchWhat::Verifier {
+            corpus,
+            language,
+            model,
+            prompts,
+            tune_voices,
+            every,
+            threads,
+            prompt,
+            out,
+        } => bench::verifier::run(bench::verifier::VerifierRun {
+            corpus,
+            language,
+            model: crate::speech::models::model_path(model.as_deref()),
+            prompts,
+            tune_voices,
+            every,
+            threads,
+            prompt,
+            out,
         }),
         BenchWhat::Speech {
             corpus,

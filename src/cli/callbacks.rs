@@ -65,7 +65,7 @@ pub fn run(args: CallbacksArgs) -> anyhow::Result<()> {
                         p.number,
                         p.attempts,
                         p.reason,
-                        p.origin_call
+                        p.call_id
                     );
                 }
             }

@@ -80,6 +80,7 @@ pub fn run_turn(
     let mut rec = StreamingRecognizer::new(stream, config)?;
     rec.set_language(language);
     let (tx, rx) = mpsc::channel::<DecodeResult>();
+    let no_cancel = std::sync::atomic::AtomicBool::new(false);
     // Fast mode: results waiting for their (virtual) arrival time; the decoder is busy until.
     let mut arriving: Vec<(u64, DecodeResult)> = Vec::new();
     let mut busy_until = 0u64;
@@ -125,10 +126,15 @@ pub fn run_turn(
                     match &decoding {
                         Decoding::Fast { engine, opts } => {
                             let began = Instant::now();
-                            let outcome = engine.transcribe(
+                            let heard = engine.transcribe_heard(
                                 &job.audio,
                                 &opts.for_language(job.language.as_deref()),
+                                &no_cancel,
                             );
+                            let (outcome, verdicts) = match heard {
+                                Ok(h) => (Ok(h.text), h.verdicts),
+                                Err(e) => (Err(e), Vec::new()),
+                            };
                             let decode_ms = began.elapsed().as_millis() as u64;
                             let start = t.max(busy_until);
                             busy_until = start + decode_ms;
@@ -139,6 +145,7 @@ pub fn run_turn(
                                 decode_ms,
                                 audio_ms,
                                 queue_ms: start - t,
+                                verdicts,
                             };
                             arriving.push((busy_until, result));
                         }
@@ -162,15 +169,23 @@ pub fn run_turn(
                 }
                 RecognizerOutput::SpeechStarted { .. } => Event::SpeechStarted,
                 RecognizerOutput::SpeechEnded { .. } => Event::SpeechEnded,
-                RecognizerOutput::Partial { text, .. } => {
+                RecognizerOutput::Partial { text, verdicts, .. } => {
                     stats.partials += 1;
+                    if !verdicts.is_empty() && emit(t, Event::Verified { verdicts }).is_break() {
+                        stats.stopped_at_ms = Some(t);
+                        return Ok(stats);
+                    }
                     Event::PartialTranscript {
                         text: collapse_repeats(&text),
                     }
                 }
-                RecognizerOutput::Final { text, .. } => {
+                RecognizerOutput::Final { text, verdicts, .. } => {
                     let text = collapse_repeats(&text);
                     stats.finals.push(text.clone());
+                    if !verdicts.is_empty() && emit(t, Event::Verified { verdicts }).is_break() {
+                        stats.stopped_at_ms = Some(t);
+                        return Ok(stats);
+                    }
                     Event::FinalTranscript { text }
                 }
                 RecognizerOutput::DecodeFailed {

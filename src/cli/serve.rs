@@ -53,21 +53,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(path) => ServerFile::load(path)?,
         None => ServerFile::default(),
     };
-    if let Some(r) = &file.callback_retry
-        && (r.first_delay_ms < 0 || r.max_delay_ms < 0 || r.window_ms < 0 || r.max_attempts == 0)
-    {
-        anyhow::bail!(
-            "{}: [callback_retry]: delays and window must not be negative, max_attempts at least 1",
-            args.config
-                .as_deref()
-                .unwrap_or(std::path::Path::new("config"))
-                .display()
-        );
-    }
     // One decode on an otherwise idle 2-core machine takes 157 ms with 2 threads and 256 ms
     // with 1 (BENCHMARKS.md): give each decoder its share of the cores.
     let decoders = args.decoders.or(file.decoders).unwrap_or(1).max(1);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (utc_offset_min, callback_retry, callback_numbers) = (
+        file.utc_offset_min(),
+        file.callback_retry(),
+        file.number_policy(),
+    );
+    let no_media_timeout = file.no_media_timeout();
     let mut agents = file.agents.clone();
     agents.extend(args.agents.iter().cloned());
     let rtp = args
@@ -100,10 +95,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| (cores / decoders).max(1))
             .max(1),
         agents,
+        utc_offset_min,
+        callback_retry,
+        callback_numbers,
         trunk: args.trunk.or(file.trunk),
-        utc_offset_min: file.utc_offset_min.unwrap_or(0),
-        callback_retry: file.callback_retry.unwrap_or_default(),
         partials: !args.no_partials,
+        no_media_timeout,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

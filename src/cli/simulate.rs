@@ -103,6 +103,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
             anyhow::ensure!(f.is_file(), "caller recording {} not found", f.display());
         }
         let engine = load_languages(&flow, args.model.as_deref())?;
+        engine.install_verifiers(&flow)?;
         let opts = DecodeOptions::default().with_escape_prompt();
         let pool = if args.fast {
             None
@@ -158,6 +159,11 @@ impl<W: Write> Sim<W> {
         self.pending.push((self.now + after, self.seq, what));
     }
 
+    /// Feeds `event` once the current batch of actions is carried out.
+    fn feed_later(&mut self, event: Event) {
+        self.schedule(Duration::ZERO, Pending::Caller(event));
+    }
+
     fn feed(&mut self, event: Event) -> anyhow::Result<()> {
         let now = self.start + self.now;
         let actions = self.brain.handle(now, event);
@@ -199,6 +205,17 @@ impl<W: Write> Sim<W> {
                     .retain(|(_, _, p)| !matches!(p, Pending::PromptFinished(_)));
                 self.emit(json!({"event": "stop_playback"}))?;
             }
+            Action::PlayHold { .. } => {
+                // Loops until something else plays: it never finishes.
+                self.pending
+                    .retain(|(_, _, p)| !matches!(p, Pending::PromptFinished(_)));
+                self.emit(json!({"event": "hold_music"}))?;
+            }
+            // The simulated caller's media never stops, and there are no agents to ring.
+            Action::ProbeCaller => self.feed_later(Event::ProbeAnswered),
+            Action::StopRinging { agent } => {
+                self.emit(json!({"event": "stop_ringing", "agent": agent}))?
+            }
             Action::Listen => self.awaiting_answer = true,
             Action::SetLanguage { code } => {
                 self.emit(json!({"event": "language", "code": code}))?;
@@ -220,6 +237,9 @@ impl<W: Write> Sim<W> {
             Action::OfferCallback => self.emit(json!({"event": "offer_callback"}))?,
             Action::StoreCallback(req) => {
                 self.emit(json!({"event": "store_callback", "request": req}))?
+            }
+            Action::KeepCallback { id } => {
+                self.emit(json!({"event": "keep_callback", "id": id}))?
             }
             Action::SetTimer { .. } | Action::CancelTimer { .. } => {}
         }

@@ -25,6 +25,9 @@ pub struct SettingsFile {
     pub repetition: RepetitionFile,
     #[serde(default)]
     pub callback: CallbackFile,
+    /// Recording looped to a waiting caller between announcements, relative to the audio
+    /// folder.
+    pub hold_music: Option<Spanned<String>>,
 }
 
 fn default_audio_dir() -> String {
@@ -119,6 +122,9 @@ pub struct LanguageFile {
     pub answers: AnswersFile,
     #[serde(default)]
     pub topics: Vec<TopicFile>,
+    /// The keyword verifier's thresholds for this language (`[verifier]`).
+    #[serde(default)]
+    pub verifier: Option<Spanned<crate::speech::verifier::VerifierSettings>>,
     #[serde(default)]
     pub speech: SpeechFile,
 }

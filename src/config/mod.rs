@@ -7,6 +7,7 @@
 mod files;
 
 use crate::escape::{EscapeDetector, EscapeThresholds, PhraseSet, RepetitionDetector, normalize};
+use crate::speech::verifier::{PhraseKind, VerifierSettings};
 use files::{LanguageFile, SettingsFile};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -46,6 +47,9 @@ const EMBEDDED: &[(&str, &str)] = &[
     ("en.toml", include_str!("../../prompts/en.toml")),
     ("nl.toml", include_str!("../../prompts/nl.toml")),
 ];
+
+/// The longest a flow timer may be (no input, queue announcements, callback re-offers).
+pub const MAX_TIMER_MS: u64 = 3_600_000;
 
 /// One problem in the operator's files, at a position a text editor can jump to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +115,10 @@ pub struct Language {
     pub no: PhraseSet,
     pub repetition: RepetitionDetector,
     pub topics: Vec<Topic>,
+    /// What the keyword verifier scores in this language: the escape phrases and requests,
+    /// and the yes/no answers.
+    pub verifier_phrases: Vec<(String, PhraseKind)>,
+    pub verifier: VerifierSettings,
     pub speech: SpeechSettings,
 }
 
@@ -138,6 +146,26 @@ pub struct Timers {
     pub no_input: Duration,
     pub queue_announce_interval: Duration,
     pub callback_reoffer_interval: Duration,
+    /// From the end of the caller's speech to its final transcript; later, recognition is
+    /// behind and the caller goes to a person instead of waiting.
+    pub final_transcript: Duration,
+    /// How long an agent's phone may ring.
+    pub agent_ring: Duration,
+    /// How long the caller's phone has to answer a probe when their media stopped.
+    pub probe_answer: Duration,
+    /// While a caller who answered the probe still sends no media (silence suppression,
+    /// DTX), how often they are probed again.
+    pub probe_interval: Duration,
+}
+
+impl Timers {
+    /// Deadlines that are the server's, not the operator's: how long recognition and phones
+    /// may take.
+    pub const FINAL_TRANSCRIPT: Duration = Duration::from_secs(3);
+    pub const AGENT_RING: Duration = Duration::from_secs(20);
+    /// An OPTIONS over UDP is retransmitted at 0.5, 1, 2 and 4 s: 8 s gives it four tries.
+    pub const PROBE_ANSWER: Duration = Duration::from_secs(8);
+    pub const PROBE_INTERVAL: Duration = Duration::from_secs(20);
 }
 
 /// The validated flow: what every call runs on. Shared read-only (`Arc<Flow>`).
@@ -156,6 +184,9 @@ pub struct Flow {
     /// Where the languages' Whisper models are (`models_dir`, relative to the prompts
     /// folder; `models/` in the working directory for the embedded prompts).
     pub models_dir: PathBuf,
+    /// Looped to a waiting caller between announcements (`hold_music`); without one the
+    /// drivers play a soft comfort tone, never dead air.
+    pub hold_music: Option<PathBuf>,
 }
 
 impl Flow {
@@ -300,8 +331,13 @@ impl Loader<'_> {
                 "timers.callback_reoffer_interval_ms",
             ),
         ] {
-            if *value.get_ref() < 500 {
-                problems.push(sp(value.span(), format!("{name} must be at least 500 ms")));
+            // Timers are added to the clock: an unbounded one overflows it (a panic), and
+            // one of hours is a caller left waiting for nothing.
+            if !(500..=MAX_TIMER_MS).contains(value.get_ref()) {
+                problems.push(sp(
+                    value.span(),
+                    format!("{name} must be between 500 and {MAX_TIMER_MS} ms (one hour)"),
+                ));
             }
         }
         if settings.languages.get_ref().is_empty() {
@@ -329,6 +365,16 @@ impl Loader<'_> {
             || PathBuf::from(crate::speech::models::MODELS_DIR),
             |d| d.join(&settings.models_dir),
         );
+        let hold_music = match (&settings.hold_music, &audio_root) {
+            (Some(file), Some(root)) => {
+                let path = root.join(file.get_ref());
+                if let Err(m) = check_wav(&path) {
+                    problems.push(sp(file.span(), m));
+                }
+                Some(path)
+            }
+            _ => None,
+        };
         let mut languages = BTreeMap::new();
         let mut escape_phrases = Vec::new();
         let mut sounds_like = Vec::new();
@@ -499,6 +545,23 @@ impl Loader<'_> {
             }
             escape_phrases.extend(file.escape.phrases.get_ref().iter().cloned());
             let answers = &file.answers;
+            let verifier = match &file.verifier {
+                Some(v) => {
+                    if let Err(e) = v.get_ref().validate() {
+                        problems.push(lp(v.span(), e));
+                    }
+                    v.get_ref().clone()
+                }
+                None => VerifierSettings::default(),
+            };
+            let escapes = file.escape.phrases.get_ref().iter();
+            let whole_requests = file.escape.requests.iter().map(|r| r.get_ref());
+            let verifier_phrases = escapes
+                .chain(whole_requests)
+                .map(|p| (p.clone(), PhraseKind::Escape))
+                .chain(answers.yes.iter().map(|p| (p.clone(), PhraseKind::Yes)))
+                .chain(answers.no.iter().map(|p| (p.clone(), PhraseKind::No)))
+                .collect();
             languages.insert(
                 code.clone(),
                 Language {
@@ -517,6 +580,8 @@ impl Loader<'_> {
                         model,
                         decoder_prompt,
                     },
+                    verifier_phrases,
+                    verifier,
                 },
             );
         }
@@ -548,7 +613,12 @@ impl Loader<'_> {
                 callback_reoffer_interval: Duration::from_millis(
                     *settings.timers.callback_reoffer_interval_ms.get_ref(),
                 ),
+                final_transcript: Timers::FINAL_TRANSCRIPT,
+                agent_ring: Timers::AGENT_RING,
+                probe_answer: Timers::PROBE_ANSWER,
+                probe_interval: Timers::PROBE_INTERVAL,
             },
+            hold_music,
             offer_callback_after_wait: Duration::from_millis(
                 settings.callback.offer_when_wait_exceeds_ms,
             ),
@@ -633,6 +703,36 @@ mod tests {
         assert_eq!(line_col("a\nbc\nd", 0), (1, 1));
         assert_eq!(line_col("a\nbc\nd", 3), (2, 2));
         assert_eq!(line_col("a\nbc\nd", 99), (3, 2));
+    }
+
+    #[test]
+    fn timers_are_bounded_and_reported_at_their_line() {
+        let settings = embedded("humanline.toml");
+        for (key, value) in [
+            ("no_input_ms = 7000", "no_input_ms = 99999999999999"),
+            (
+                "callback_reoffer_interval_ms = 120000",
+                "callback_reoffer_interval_ms = 3600001",
+            ),
+            (
+                "queue_announce_interval_ms = 30000",
+                "queue_announce_interval_ms = 10",
+            ),
+        ] {
+            let bad = settings.replace(key, value);
+            assert_ne!(bad, settings, "humanline.toml sets {key}");
+            let Err(ConfigError::Invalid(problems)) = load_with(&[("humanline.toml", bad.clone())])
+            else {
+                panic!("{value} accepted")
+            };
+            let line = bad.lines().position(|l| l == value).unwrap() + 1;
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert_eq!(problems[0].line, line, "{problems:?}");
+            assert!(
+                problems[0].message.contains("between 500 and"),
+                "{problems:?}"
+            );
+        }
     }
 
     #[test]

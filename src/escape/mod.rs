@@ -44,6 +44,9 @@ pub enum MatchKind {
     Exact,
     SoundsLike,
     Fuzzy,
+    /// Heard by the keyword verifier (the model scored the phrase on the audio), whatever
+    /// the transcript's words.
+    Verified,
 }
 
 /// A detected request for a person: which lexicon phrase, and the words it was heard in.

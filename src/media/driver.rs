@@ -110,6 +110,12 @@ pub enum Command {
         id: PlaybackId,
         clips: Vec<Clip>,
     },
+    /// Play (or loop) clips now, replacing whatever plays or waits.
+    PlayNow {
+        id: PlaybackId,
+        clips: Vec<Clip>,
+        looped: bool,
+    },
     /// Barge-in: stop playback now.
     StopPlayout,
     SendDtmf(String),
@@ -150,6 +156,26 @@ impl MediaHandle {
 
     pub async fn play_loop(&self, id: PlaybackId, clips: Vec<Clip>) -> Result<(), DriverError> {
         self.send(Command::PlayLoop { id, clips }).await
+    }
+
+    /// Plays `clips` at once, replacing whatever plays (see [`Command::PlayNow`]).
+    pub async fn play_now(&self, id: PlaybackId, clips: Vec<Clip>) -> Result<(), DriverError> {
+        self.send(Command::PlayNow {
+            id,
+            clips,
+            looped: false,
+        })
+        .await
+    }
+
+    /// Loops `clips` (hold music) at once, replacing whatever plays.
+    pub async fn hold(&self, id: PlaybackId, clips: Vec<Clip>) -> Result<(), DriverError> {
+        self.send(Command::PlayNow {
+            id,
+            clips,
+            looped: true,
+        })
+        .await
     }
 
     pub async fn stop_playout(&self) -> Result<(), DriverError> {
@@ -296,6 +322,7 @@ impl Driver {
         match command {
             Command::Play { id, clips } => self.session.play(id, clips),
             Command::PlayLoop { id, clips } => self.session.play_loop(id, clips),
+            Command::PlayNow { id, clips, looped } => self.session.play_now(id, clips, looped),
             Command::StopPlayout => {
                 self.session.stop_playout();
             }

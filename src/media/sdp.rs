@@ -403,6 +403,72 @@ pub fn offer(local: &LocalMedia, direction: Direction) -> String {
     session.to_string()
 }
 
+/// Our side of one leg's SDP over the whole dialog. RFC 3264 §8: every SDP we send after
+/// the first keeps the `o=` line's session id and address, and its version grows by one
+/// when the SDP changed, and only then (an unchanged SDP repeats the version it had).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalSdp {
+    local: LocalMedia,
+    /// The last SDP we sent, without its `o=` line.
+    last: Option<String>,
+}
+
+impl LocalSdp {
+    /// Nothing sent yet: the first SDP carries `local.session_version`.
+    pub fn new(local: LocalMedia) -> LocalSdp {
+        LocalSdp { local, last: None }
+    }
+
+    /// After our offer for this leg was sent (by whoever placed the call): the next SDP we
+    /// send is compared with that offer.
+    pub fn after_offer(local: LocalMedia) -> LocalSdp {
+        let mut sdp = LocalSdp::new(local);
+        sdp.last = Some(without_origin(&offer(&local, Direction::SendRecv)));
+        sdp
+    }
+
+    pub fn local(&self) -> LocalMedia {
+        self.local
+    }
+
+    /// [`answer`] with this leg's `o=` line.
+    pub fn answer(&mut self, offer: &str) -> Result<Answer, SdpError> {
+        let mut out = answer(offer, &self.local)?;
+        if self.stamp(&out.sdp) {
+            out = answer(offer, &self.local)?;
+        }
+        Ok(out)
+    }
+
+    /// [`offer`] with this leg's `o=` line.
+    pub fn offer(&mut self, direction: Direction) -> String {
+        let text = offer(&self.local, direction);
+        if self.stamp(&text) {
+            return offer(&self.local, direction);
+        }
+        text
+    }
+
+    /// Records `sdp` as sent; true if it differs from the last one, so the version grew and
+    /// the SDP must be written again.
+    fn stamp(&mut self, sdp: &str) -> bool {
+        let body = without_origin(sdp);
+        let changed = self.last.as_ref().is_some_and(|last| *last != body);
+        if changed {
+            self.local.session_version = self.local.session_version.wrapping_add(1);
+        }
+        self.last = Some(body);
+        changed
+    }
+}
+
+fn without_origin(sdp: &str) -> String {
+    sdp.lines()
+        .filter(|l| !l.starts_with("o="))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Read the answer to our [`offer`] (or a re-INVITE offer, to see hold and new addresses):
 /// the first audio stream the remote accepted, with its first codec we know.
 pub fn parse_answer(sdp: &str) -> Result<RemoteMedia, SdpError> {
@@ -485,6 +551,42 @@ mod tests {
         a=fmtp:101 0-16\r\n\
         a=ptime:20\r\n\
         a=sendrecv\r\n";
+
+    fn origin_of(sdp: &str) -> (String, u64) {
+        let o = sdp.lines().find(|l| l.starts_with("o=")).expect("o= line");
+        let f: Vec<&str> = o.split_whitespace().collect();
+        (f[1].to_string(), f[2].parse().expect("version"))
+    }
+
+    /// RFC 3264 §8: the session id stays, the version grows by one for a changed SDP and
+    /// only then, and an unchanged SDP is the same SDP again.
+    #[test]
+    fn o_line_versions_follow_rfc_3264() {
+        let mut ours = LocalSdp::new(local());
+        let first = ours.answer(PHONE_OFFER).expect("answer").sdp;
+        assert_eq!(origin_of(&first), ("42".into(), 1));
+        // The same offer again (a session refresh): the very same answer.
+        let again = ours.answer(PHONE_OFFER).expect("answer").sdp;
+        assert_eq!(again, first);
+        // Hold: our answer changes (recvonly), so its version grows by one.
+        let hold = PHONE_OFFER.replace("a=sendrecv", "a=sendonly");
+        let held = ours.answer(&hold).expect("answer").sdp;
+        assert!(held.contains("a=recvonly"), "{held}");
+        assert_eq!(origin_of(&held), ("42".into(), 2));
+        assert_eq!(origin_of(&ours.answer(&hold).expect("answer").sdp).1, 2);
+        // Unhold: changed again.
+        let back = ours.answer(PHONE_OFFER).expect("answer").sdp;
+        assert_eq!(origin_of(&back), ("42".into(), 3));
+        // A leg we offered on: an answer like the offer keeps the version, a changed one
+        // grows it.
+        let mut placed = LocalSdp::after_offer(local());
+        let o = placed.offer(Direction::SendRecv);
+        assert_eq!(origin_of(&o), ("42".into(), 1));
+        assert_eq!(
+            origin_of(&placed.offer(Direction::SendOnly)),
+            ("42".into(), 2)
+        );
+    }
 
     #[test]
     fn answer_picks_pcmu_and_keeps_101() {

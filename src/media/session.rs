@@ -125,6 +125,12 @@ impl SessionConfig {
             bridge_max_delay: Duration::from_millis(100),
         }
     }
+
+    /// Report [`MediaEvent::MediaStopped`] after this long without a packet.
+    pub fn with_no_media_timeout(mut self, timeout: Duration) -> SessionConfig {
+        self.no_media_timeout = timeout;
+        self
+    }
 }
 
 /// What drives the session.
@@ -339,6 +345,17 @@ impl RtpSession {
     /// Loop clips (hold music) until stopped or until something else is played.
     pub fn play_loop(&mut self, id: PlaybackId, clips: Vec<Clip>) {
         self.playout.play_loop(id, clips);
+    }
+
+    /// Play clips now, replacing whatever plays or waits (each reported interrupted): what a
+    /// call brain means by "play" ("connecting" must not wait behind a prompt).
+    pub fn play_now(&mut self, id: PlaybackId, clips: Vec<Clip>, looped: bool) {
+        self.stop_playout();
+        if looped {
+            self.play_loop(id, clips);
+        } else {
+            self.play(id, clips);
+        }
     }
 
     /// Barge-in: stop all playback now. Returns true if something was playing.
@@ -790,6 +807,45 @@ mod tests {
         let p = rtp::parse(&all[0].bytes).expect("parse");
         assert!(p.payload.iter().all(|&b| b == 0xFF), "PCMU silence");
         assert_eq!(all[0].to, src());
+    }
+
+    /// A brain's "play" replaces: the prompt before is cut off (reported interrupted) and the
+    /// new one is on the wire in the next packet, not after the old one.
+    #[test]
+    fn play_now_replaces_what_plays() {
+        let t = Instant::now();
+        let mut s = session(t, Codec::Pcma);
+        s.play(1, vec![Clip::from_8k(vec![1000i16; 8000])]);
+        s.handle_input(t, Input::Timeout);
+        drain(&mut s);
+        s.play_now(2, vec![Clip::from_8k(vec![-3000i16; 8000])], false);
+        s.handle_input(t + Duration::from_millis(20), Input::Timeout);
+        let (sent, events, _) = drain(&mut s);
+        assert!(events.contains(&MediaEvent::PlaybackEnded(PlaybackEnded {
+            id: 1,
+            interrupted: true
+        })));
+        let code = Codec::Pcma.encode_sample(-3000);
+        let last = sent.last().expect("a packet");
+        let payload = rtp::parse(&last.bytes).expect("rtp").payload.to_vec();
+        assert!(payload.iter().all(|&b| b == code), "still the old prompt");
+        // Hold music loops, and the next play_now replaces it too.
+        s.play_now(3, vec![Clip::from_8k(vec![500i16; 160])], true);
+        for i in 2..6u32 {
+            s.handle_input(t + Duration::from_millis(20) * i, Input::Timeout);
+        }
+        let (_, events, _) = drain(&mut s);
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, MediaEvent::PlaybackEnded(p) if p.id == 3))
+        );
+        s.play_now(4, vec![Clip::from_8k(vec![1i16; 160])], false);
+        let (_, events, _) = drain(&mut s);
+        assert!(events.contains(&MediaEvent::PlaybackEnded(PlaybackEnded {
+            id: 3,
+            interrupted: true
+        })));
     }
 
     #[test]

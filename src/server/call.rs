@@ -5,11 +5,12 @@
 //! caller's leg stays up whatever happens to the agent's. Nothing here can send BYE to a
 //! caller (the SIP types have no such method for an inbound leg).
 
-use super::Shared;
 use super::queue::{QueueMsg, ToCall};
-use crate::agents::AgentFailure;
+use super::{PromptAudio, Shared};
+use crate::agents::{AgentFailure, QueueInput};
 use crate::brain::{
-    Action, CallBrain, CallbackRequest, CallbackTime, CallbackWhen, Event, PlayId, RouteReason,
+    Action, CallBrain, CallbackRequest, CallbackTime, CallbackWhen, Event, Phase, PlayId,
+    RouteReason, TimerKind,
 };
 use crate::callbacks::{NewPromise, local_clock, resolve_when, with_ledger};
 use crate::escape::normalize::collapse_repeats;
@@ -17,23 +18,17 @@ use crate::media::{
     self, LocalMedia, MediaEvent, MediaHandle, PlaybackId, SessionConfig, StreamIds, sdp,
 };
 use crate::sip::{
-    FailReason, InboundEvent, InboundEvents, IncomingCall, OutboundCall, OutboundEvent,
-    OutboundEvents, OutboundInvite, RejectStatus,
+    FailReason, InboundCall, InboundEvent, InboundEvents, IncomingCall, OutboundCall,
+    OutboundEvent, OutboundEvents, OutboundInvite, RejectStatus,
 };
 use crate::speech::{
-    DecodeKind, DecodeResult, RecognizerOutput, StreamResampler, StreamingRecognizer,
+    DecodeKind, DecodeResult, RecognizerOutput, StreamResampler, StreamingRecognizer, Verdict,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, info_span, warn};
-
-/// A final transcript later than this after the end of speech means recognition is not
-/// keeping up: the caller goes to a person instead of waiting.
-const FINAL_DEADLINE: Duration = Duration::from_secs(3);
-/// How long an agent's phone may ring.
-const AGENT_RING_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub async fn run(shared: Arc<Shared>, incoming: IncomingCall) {
     let id = shared
@@ -59,7 +54,8 @@ struct AgentLeg {
     call: OutboundCall,
     events: OutboundEvents,
     media: Option<(MediaHandle, mpsc::Receiver<MediaEvent>)>,
-    local: LocalMedia,
+    /// Our SDP on this leg, versioned per RFC 3264 §8.
+    sdp: sdp::LocalSdp,
     socket: Option<tokio::net::UdpSocket>,
 }
 
@@ -69,25 +65,51 @@ struct Call {
     sip_call_id: String,
     caller_id: String,
     brain: CallBrain,
+    /// The recordings the call started with: a reload mid-call changes nothing under it.
+    audio: Arc<PromptAudio>,
     media: MediaHandle,
+    /// Our SDP on the caller's leg, versioned per RFC 3264 §8.
+    sdp: sdp::LocalSdp,
+    /// Asks the caller's phone whether it is still there.
+    prober: Prober,
     plays: HashMap<PlaybackId, PlayId>,
     next_playback: u64,
-    queue_tx: mpsc::UnboundedSender<ToCall>,
-    callback_tx: mpsc::UnboundedSender<Event>,
+    queue_tx: mpsc::Sender<ToCall>,
+    /// Events for the brain from tasks of this call: ledger results (one store or refusal
+    /// in flight per call at most) and probe results (one probe at most).
+    callback_tx: mpsc::Sender<Event>,
+    /// Callbacks requested on this call so far, for their keys.
+    promises_made: u32,
     queued: bool,
     agent: Option<AgentLeg>,
     /// End of the caller's latest speech (stream audio time) and the wall time it maps to.
     speech_end: Option<Instant>,
-    awaiting_final: Option<Instant>,
     call_start: Instant,
     /// The caller's ACK came: the call is real (a forged INVITE never gets this far).
     confirmed: bool,
     /// Audio has arrived from the caller at least once.
     heard_caller: bool,
-    /// The agent's phone must answer by then, or the next agent is tried.
-    ring_deadline: Option<Instant>,
     /// The language the caller is heard in (the brain's; changed by `SetLanguage`).
     language: String,
+    /// This call has a speech recognizer (else the caller goes to a person at once).
+    speech_ok: bool,
+}
+
+/// The caller's dialog, for in-dialog OPTIONS probes (RFC 3261 §11; any answer but 408/481
+/// means the phone is there).
+#[derive(Clone)]
+enum Prober {
+    Inbound(InboundCall),
+    CalledBack(OutboundCall),
+}
+
+impl Prober {
+    async fn probe(&self) -> bool {
+        match self {
+            Prober::Inbound(call) => call.probe().await,
+            Prober::CalledBack(call) => call.probe().await,
+        }
+    }
 }
 
 async fn run_inner(shared: &Arc<Shared>, id: u64, incoming: IncomingCall) -> anyhow::Result<()> {
@@ -109,8 +131,14 @@ async fn run_inner(shared: &Arc<Shared>, id: u64, incoming: IncomingCall) -> any
             return Err(e.into());
         }
     };
-    let local = local_media(shared, &socket)?;
-    let answer = match sdp::answer(&offer_sdp, &local) {
+    let mut local_sdp = match local_media(shared, &socket) {
+        Ok(l) => sdp::LocalSdp::new(l),
+        Err(e) => {
+            inbound.reject(RejectStatus::ServiceUnavailable)?;
+            return Err(e);
+        }
+    };
+    let answer = match local_sdp.answer(&offer_sdp) {
         Ok(a) => a,
         Err(e) => {
             info!(error = %e, "offer not acceptable");
@@ -118,11 +146,24 @@ async fn run_inner(shared: &Arc<Shared>, id: u64, incoming: IncomingCall) -> any
             return Ok(());
         }
     };
-    inbound.answer(&answer.sdp)?;
-    let (media, media_events) = media::spawn(
+    // Everything that can fail is done before the 200 OK: after it, the caller is in the
+    // call and only a person (or the IVR) may follow, never an abandoned line.
+    let (media, media_events) = match media::spawn(
         socket,
-        SessionConfig::new(&answer.remote, StreamIds::random()),
-    )?;
+        SessionConfig::new(&answer.remote, StreamIds::random())
+            .with_no_media_timeout(shared.no_media_timeout),
+    ) {
+        Ok(m) => m,
+        Err(e) => {
+            inbound.reject(RejectStatus::ServiceUnavailable)?;
+            return Err(e.into());
+        }
+    };
+    if let Err(e) = inbound.answer(&answer.sdp) {
+        // The caller cancelled meanwhile: there is no call to serve.
+        media.close().await;
+        return Err(e.into());
+    }
     info!(rtp = %media.local_addr(), codec = ?answer.remote.codec, "answered");
 
     // A call to a language's code (sip:nl@...) starts in that language.
@@ -135,11 +176,15 @@ async fn run_inner(shared: &Arc<Shared>, id: u64, incoming: IncomingCall) -> any
         sip_call_id: call_id,
         caller_id: from.caller_id().to_string(),
         signal: CallerSignal::Inbound(events),
+        prober: Prober::Inbound(inbound),
+        sdp: local_sdp,
         media,
         media_events,
         language,
     };
-    drive(shared, id, leg, CallBrain::new(shared.flow()), false).await
+    let (flow, audio) = shared.flow_and_audio();
+    drive(shared, id, leg, CallBrain::new(flow), audio, false).await;
+    Ok(())
 }
 
 /// The caller's signalling, whichever side placed the call. Either way Humanline never ends
@@ -188,6 +233,8 @@ pub(super) struct CallerLeg {
     sip_call_id: String,
     caller_id: String,
     signal: CallerSignal,
+    prober: Prober,
+    sdp: sdp::LocalSdp,
     media: MediaHandle,
     media_events: mpsc::Receiver<MediaEvent>,
     /// The language the call starts in; `None`: the flow's default.
@@ -200,6 +247,7 @@ pub(super) async fn continue_called_back(
     shared: Arc<Shared>,
     customer: OutboundCall,
     events: OutboundEvents,
+    local: LocalMedia,
     media: MediaHandle,
     media_events: mpsc::Receiver<MediaEvent>,
     number: String,
@@ -210,72 +258,98 @@ pub(super) async fn continue_called_back(
     let span = info_span!("call", call = id, sip = %customer.call_id(), caller = %number);
     async move {
         shared.metrics.active_calls.inc();
-        let brain = CallBrain::after_agent(shared.flow(), Some(number.clone()));
+        let (flow, audio) = shared.flow_and_audio();
+        let brain = CallBrain::after_agent(flow, Some(number.clone()));
         let leg = CallerLeg {
             sip_call_id: customer.call_id().to_string(),
             caller_id: number,
+            prober: Prober::CalledBack(customer.clone()),
             signal: CallerSignal::CalledBack {
                 _leg: customer,
                 events,
             },
+            sdp: sdp::LocalSdp::after_offer(local),
             media,
             media_events,
             language: None,
         };
-        if let Err(e) = drive(&shared, id, leg, brain, true).await {
-            warn!(error = %format!("{e:#}"), "call ended with an error");
-        }
+        drive(&shared, id, leg, brain, audio, true).await;
         shared.metrics.active_calls.dec();
     }
     .instrument(span)
     .await
 }
 
-/// Runs a caller's call until they hang up. `established`: the call is already up (a
-/// called-back customer), so the brain is told at once that their agent left.
+/// Runs a caller's call until they hang up (or both their media and signalling are gone).
+/// `established`: the call is already up (a called-back customer), so the brain is told at
+/// once that their agent left. Nothing here may fail the call: the caller is answered, so a
+/// failure routes them to a person instead.
 async fn drive(
     shared: &Arc<Shared>,
     id: u64,
     leg: CallerLeg,
     brain: CallBrain,
+    audio: Arc<PromptAudio>,
     established: bool,
-) -> anyhow::Result<()> {
+) {
     let CallerLeg {
         sip_call_id,
         caller_id,
         mut signal,
+        prober,
+        sdp,
         media,
         mut media_events,
         language,
     } = leg;
     let language = language.unwrap_or_else(|| brain.context().language.clone());
-    let (queue_tx, mut queue_rx) = mpsc::unbounded_channel();
-    let (callback_tx, mut callback_rx) = mpsc::unbounded_channel();
+    let (queue_tx, mut queue_rx) = super::queue::to_call_channel();
+    let (callback_tx, mut callback_rx) = mpsc::channel(4);
     let (decode_tx, mut decode_rx) = mpsc::unbounded_channel::<DecodeResult>();
-    let mut recognizer = StreamingRecognizer::new(id, shared.recognizer.clone())?;
-    let mut resampler = StreamResampler::telephone_to_16k()?;
-    let mut pcm = Vec::with_capacity(320);
+    // Without a recognizer the call goes on: the caller is routed to a person at once.
+    let speech = match (
+        StreamingRecognizer::new(id, shared.recognizer.clone()),
+        StreamResampler::telephone_to_16k(),
+    ) {
+        (Ok(r), Ok(s)) => Some((r, s)),
+        (r, s) => {
+            let error = r
+                .err()
+                .map(|e| e.to_string())
+                .or(s.err().map(|e| e.to_string()));
+            warn!(error = ?error, "speech recognition unavailable for this call: routing to a person");
+            None
+        }
+    };
     let mut call = Call {
         shared: shared.clone(),
         id,
         sip_call_id,
         caller_id,
         brain,
+        audio,
         media,
+        sdp,
+        prober,
         plays: HashMap::new(),
         next_playback: 0,
         queue_tx,
         callback_tx,
+        promises_made: 0,
         queued: false,
         agent: None,
         speech_end: None,
-        awaiting_final: None,
         call_start: Instant::now(),
         confirmed: established,
         heard_caller: established,
         language,
-        ring_deadline: None,
+        speech_ok: speech.is_some(),
     };
+    let (mut recognizer, mut resampler) = match speech {
+        Some((r, s)) => (Some(r), Some(s)),
+        None => (None, None),
+    };
+    let mut pcm = Vec::with_capacity(320);
     if established {
         call.feed(Event::AgentLeft).await;
     }
@@ -297,32 +371,54 @@ async fn drive(
                             continue;
                         }
                         call.heard_caller |= !frame.concealed;
+                        let (Some(rec), Some(res)) = (recognizer.as_mut(), resampler.as_mut()) else {
+                            continue;
+                        };
                         pcm.clear();
                         pcm.extend(frame.samples.iter().map(|s| *s as f32 / 32768.0));
                         let mut out = Vec::with_capacity(340);
-                        if resampler.process(&pcm, &mut out).is_ok() {
-                            if recognizer.language() != Some(call.language.as_str()) {
-                                recognizer.set_language(Some(&call.language));
+                        if res.process(&pcm, &mut out).is_ok() {
+                            if rec.language() != Some(call.language.as_str()) {
+                                rec.set_language(Some(&call.language));
                             }
-                            recognizer.push_audio(&out);
+                            rec.push_audio(&out);
                         }
-                        call.drain_recognizer(&mut recognizer, &decode_tx).await;
+                        call.drain_recognizer(rec, &decode_tx).await;
                     }
                     other => call.on_media(other).await,
                 }
             }
             Some(r) = decode_rx.recv() => {
-                recognizer.on_result(&r);
-                call.drain_recognizer(&mut recognizer, &decode_tx).await;
+                if let Some(rec) = recognizer.as_mut() {
+                    rec.on_result(&r);
+                    call.drain_recognizer(rec, &decode_tx).await;
+                }
             }
             Some(msg) = queue_rx.recv() => call.on_queue(msg).await,
             Some(ev) = callback_rx.recv() => call.feed(ev).await,
             ev = next_agent_event(&mut call.agent) => call.on_agent(ev).await,
             _ = sleep_until(timeout) => call.on_deadline().await,
         }
+        if call.brain.phase() == Phase::Ended {
+            // Both the caller's media and signalling are gone (a hang-up ends the loop above).
+            info!("caller gone: no media and no answer to the probe");
+            break;
+        }
+    }
+    // A `Ring` the queue sent that this call never acted on would hold that agent for good:
+    // no more may come, and the ones that did go back to the pool.
+    queue_rx.close();
+    while let Ok(msg) = queue_rx.try_recv() {
+        if let ToCall::Ring { agent } = msg {
+            let _ = shared
+                .queue
+                .send(QueueMsg::Call(QueueInput::RingUndelivered {
+                    agent,
+                    call: id,
+                }));
+        }
     }
     call.finish().await;
-    Ok(())
 }
 
 async fn next_agent_event(agent: &mut Option<AgentLeg>) -> AgentEvent {
@@ -372,43 +468,19 @@ fn unix_ms() -> i64 {
 }
 
 impl Call {
+    /// Every deadline of the call is one of the brain's timers.
     fn next_deadline(&self) -> Option<Instant> {
-        let brain = self.brain.next_timeout().map(|(_, at)| at);
-        [
-            brain,
-            self.awaiting_final.map(|t| t + FINAL_DEADLINE),
-            self.ring_deadline,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        self.brain.next_timeout().map(|(_, at)| at)
     }
 
     async fn on_deadline(&mut self) {
         let now = Instant::now();
-        if self.ring_deadline.is_some_and(|t| t <= now) {
-            self.ring_deadline = None;
-            // An agent that does not even say "ringing" cannot be CANCELled; give up on it
-            // here rather than keep the caller waiting for the transaction to time out.
-            if let Some(leg) = &self.agent
-                && leg.media.is_none()
-            {
-                info!(agent = %leg.agent, "agent did not answer in time");
-                let _ = leg.call.hangup().await;
-                self.agent_failed(AgentFailure::NoAnswer).await;
-            }
-        }
-        if self
-            .awaiting_final
-            .is_some_and(|t| t + FINAL_DEADLINE <= now)
-        {
-            self.awaiting_final = None;
-            warn!("no final transcript in time: recognition is behind");
-            self.feed(Event::SpeechEngineDegraded).await;
-        }
         if let Some((timer, at)) = self.brain.next_timeout()
             && at <= now
         {
+            if timer == TimerKind::FinalTranscript {
+                warn!("no final transcript in time: recognition is behind");
+            }
             self.feed(Event::TimerFired { timer }).await;
         }
     }
@@ -433,18 +505,61 @@ impl Call {
                 vars,
                 ..
             } => {
-                let clips = self
-                    .shared
-                    .prompt_audio()
-                    .clips(&language, &prompt, &text, &vars);
-                let id: PlaybackId = self.next_playback;
-                self.next_playback += 1;
-                self.plays.insert(id, play);
+                let clips = self.audio.clips(&language, &prompt, &text, &vars);
+                let id = self.playback_for(play);
                 info!(%prompt, "play");
-                let _ = self.media.play(id, clips).await;
+                // The brain's play replaces what plays: "connecting" never waits behind a
+                // prompt.
+                let _ = self.media.play_now(id, clips).await;
+            }
+            Action::PlayHold { play } => {
+                let id = self.playback_for(play);
+                debug!("hold music");
+                let _ = self.media.hold(id, self.audio.hold()).await;
             }
             Action::StopPlayback => {
                 let _ = self.media.stop_playout().await;
+            }
+            Action::ProbeCaller => {
+                info!("no media from the caller: probing with OPTIONS");
+                let prober = self.prober.clone();
+                let tx = self.callback_tx.clone();
+                tokio::spawn(
+                    async move {
+                        let answered = prober.probe().await;
+                        info!(answered, "probe done");
+                        let result = if answered {
+                            Event::ProbeAnswered
+                        } else {
+                            Event::ProbeFailed
+                        };
+                        // Waits for room rather than lose the result (the deadline would
+                        // then drop a caller who is there).
+                        let _ = tx.send(result).await;
+                    }
+                    .instrument(tracing::Span::current()),
+                );
+            }
+            Action::StopRinging { agent } => {
+                if let Some(leg) = &self.agent
+                    && leg.agent == agent
+                    && leg.media.is_none()
+                {
+                    // An agent that does not even say "ringing" cannot be CANCELled by the
+                    // SIP layer's ring timeout: give up on it here.
+                    info!(%agent, "agent did not answer in time");
+                    let _ = leg.call.hangup().await;
+                    // The brain knows already (it asked): only the queue is told.
+                    self.agent = None;
+                    let _ = self
+                        .shared
+                        .queue
+                        .send(QueueMsg::Call(QueueInput::AgentFailed {
+                            agent,
+                            call: self.id,
+                            why: AgentFailure::NoAnswer,
+                        }));
+                }
             }
             Action::Listen
             | Action::OfferCallback
@@ -478,17 +593,40 @@ impl Call {
                 }
             }
             Action::StoreCallback(req) => self.store_callback(*req),
+            Action::KeepCallback { id } => self.keep_callback(id),
         }
     }
 
+    /// A media playback id for the brain's play, so its end is reported for that play only.
+    fn playback_for(&mut self, play: PlayId) -> PlaybackId {
+        let id: PlaybackId = self.next_playback;
+        self.next_playback += 1;
+        self.plays.insert(id, play);
+        id
+    }
+
     /// Commits a callback off the async runtime (SQLite fsyncs); the brain hears
-    /// `CallbackStored` only once it is on disk.
+    /// `CallbackStored` only once it is on disk, and the confirmation says what was stored.
+    /// A number Humanline may not dial is refused before anything is stored.
     fn store_callback(&mut self, req: CallbackRequest) {
-        let Some(number) = req.number.clone() else {
-            let _ = self.callback_tx.send(Event::CallbackStoreFailed {
-                error: "no number to call".into(),
-            });
-            return;
+        let number = match req
+            .number
+            .as_deref()
+            .map(|n| self.shared.numbers.dialable(n))
+        {
+            Some(Ok(n)) => n,
+            refused => {
+                let why = match refused {
+                    Some(Err(e)) => e.to_string(),
+                    _ => "no number to call".into(),
+                };
+                info!(%why, "callback number refused; asking for one");
+                // The channel has room: one store is in flight per call at most.
+                let _ = self
+                    .callback_tx
+                    .try_send(Event::CallbackNumberRefused { why });
+                return;
+            }
         };
         let now = unix_ms();
         let offset = self.shared.utc_offset_min;
@@ -496,33 +634,40 @@ impl Call {
             CallbackWhen::Asap => None,
             CallbackWhen::Requested(said) => resolve_when(said, now, offset),
         };
-        let not_before = chosen.unwrap_or(now);
-        let at = chosen.map(|t| {
-            let (days_from_today, hour, minute) = local_clock(t, now, offset);
-            CallbackTime {
-                days_from_today,
-                hour,
-                minute,
-            }
-        });
+        self.promises_made += 1;
         let promise = NewPromise {
             number,
-            not_before,
+            not_before: chosen.unwrap_or(now),
             reason: req.reason.as_str().into(),
             context: serde_json::to_value(&req.context).unwrap_or_default(),
             automatic: req.automatic,
-            origin_call: self.sip_call_id.clone(),
+            // Ours, not the caller's Call-ID: a reused Call-ID is a new promise.
+            key: format!(
+                "{}-{}-{}",
+                self.shared.instance, self.id, self.promises_made
+            ),
+            call_id: self.sip_call_id.clone(),
         };
         let ledger = self.shared.ledger.clone();
         let tx = self.callback_tx.clone();
         let metrics = self.shared.metrics.clone();
-        info!(number = %promise.number, not_before, "committing a callback");
+        info!(number = %promise.number, not_before = promise.not_before, "committing a callback");
         tokio::spawn(
             async move {
                 let event = match with_ledger(&ledger, move |l| l.promise(&promise, now)).await {
                     Ok(p) => {
                         metrics.callbacks_promised.inc();
-                        info!(id = p.id, "callback promised");
+                        info!(id = p.id, number = %p.number, not_before = p.not_before, "callback promised");
+                        // What the caller hears is what is stored.
+                        let at = chosen.map(|_| {
+                            let (days_from_today, hour, minute) =
+                                local_clock(p.not_before, now, offset);
+                            CallbackTime {
+                                days_from_today,
+                                hour,
+                                minute,
+                            }
+                        });
                         Event::CallbackStored {
                             id: p.id.to_string(),
                             at,
@@ -535,9 +680,39 @@ impl Call {
                         }
                     }
                 };
-                let _ = tx.send(event);
+                let _ = tx.send(event).await;
             }
             // The commit's log lines belong to this call, like the rest of its story.
+            .instrument(tracing::Span::current()),
+        );
+    }
+
+    /// The keyword verifier's verdicts go to the brain just before their transcript.
+    async fn feed_verdicts(&mut self, verdicts: Vec<Verdict>) {
+        if let Some(v) = verdicts.iter().find(|v| v.passed()) {
+            info!(kind = v.kind.as_str(), phrase = %v.phrase, score = v.score, threshold = v.threshold, "verified");
+        }
+        if !verdicts.is_empty() {
+            self.feed(Event::Verified { verdicts }).await;
+        }
+    }
+
+    /// The caller reached a person: their stored callback is kept, never dialed.
+    fn keep_callback(&self, id: String) {
+        let Ok(id) = id.parse::<i64>() else { return };
+        let ledger = self.shared.ledger.clone();
+        tokio::spawn(
+            async move {
+                match with_ledger(&ledger, move |l| l.keep(id, "served_by_agent", unix_ms())).await
+                {
+                    Ok(p) => info!(
+                        id,
+                        state = p.state.as_str(),
+                        "callback kept: the caller reached a person"
+                    ),
+                    Err(e) => warn!(id, error = %e, "could not mark the callback kept"),
+                }
+            }
             .instrument(tracing::Span::current()),
         );
     }
@@ -565,16 +740,18 @@ impl Call {
                 RecognizerOutput::SpeechStarted { .. } => Event::SpeechStarted,
                 RecognizerOutput::SpeechEnded { .. } => {
                     self.speech_end = Some(Instant::now());
-                    self.awaiting_final = Some(Instant::now());
                     Event::SpeechEnded
                 }
-                RecognizerOutput::Partial { text, .. } => Event::PartialTranscript {
-                    text: collapse_repeats(&text),
-                },
-                RecognizerOutput::Final { text, .. } => {
+                RecognizerOutput::Partial { text, verdicts, .. } => {
+                    self.feed_verdicts(verdicts).await;
+                    Event::PartialTranscript {
+                        text: collapse_repeats(&text),
+                    }
+                }
+                RecognizerOutput::Final { text, verdicts, .. } => {
                     let text = collapse_repeats(&text);
-                    self.awaiting_final = None;
                     info!(%text, "heard");
+                    self.feed_verdicts(verdicts).await;
                     Event::FinalTranscript { text }
                 }
                 RecognizerOutput::DecodeFailed {
@@ -582,7 +759,6 @@ impl Call {
                     error,
                     ..
                 } => {
-                    self.awaiting_final = None;
                     warn!(%error, "final decode failed");
                     Event::SpeechEngineDegraded
                 }
@@ -599,13 +775,16 @@ impl Call {
                 // played, routed or promised for an INVITE nobody completes.
                 if !self.confirmed {
                     self.confirmed = true;
-                    let caller_id = Some(self.caller_id.clone()).filter(|c| !c.is_empty());
+                    // Only a number we may call back is a caller ID to the brain: withheld
+                    // ("anonymous"), a SIP user name or a number off the operator's list
+                    // means asking the caller for one.
+                    let caller_id = self.shared.numbers.dialable(&self.caller_id).ok();
                     self.feed(Event::CallStarted {
                         caller_id,
                         language: Some(self.language.clone()),
                     })
                     .await;
-                    if self.shared.speech.is_none() {
+                    if self.shared.speech.is_none() || !self.speech_ok {
                         // Without speech recognition only a person can help: route now.
                         self.feed(Event::SpeechEngineDegraded).await;
                     }
@@ -617,13 +796,7 @@ impl Call {
             }
             InboundEvent::ReInvite { sdp: offer, reply } => {
                 // Hold / unhold or a new address: follow it, answer with our media.
-                let local = LocalMedia {
-                    ip: self.shared.media_ip,
-                    port: self.media.local_addr().port(),
-                    session_id: 1,
-                    session_version: unix_ms() as u64,
-                };
-                match sdp::answer(&offer, &local) {
+                match self.sdp.answer(&offer) {
                     Ok(answer) => {
                         let _ = self.media.update_remote(answer.remote).await;
                         let _ = reply.accept(&answer.sdp).await;
@@ -652,12 +825,14 @@ impl Call {
             }
             MediaEvent::MediaStopped if self.heard_caller => {
                 warn!("caller's media stopped");
-                self.feed(Event::CallerMediaLost).await;
+                self.feed(Event::MediaLost).await;
             }
             MediaEvent::MediaStopped => debug!("no media from the caller yet"),
-            MediaEvent::Audio(_)
-            | MediaEvent::MediaResumed
-            | MediaEvent::RemoteAddressChanged(_) => {}
+            MediaEvent::MediaResumed => {
+                info!("caller's media resumed");
+                self.feed(Event::MediaResumed).await;
+            }
+            MediaEvent::Audio(_) | MediaEvent::RemoteAddressChanged(_) => {}
         }
     }
 
@@ -677,11 +852,14 @@ impl Call {
             ToCall::Ring { agent } => {
                 if let Err(e) = self.ring_agent(&agent).await {
                     warn!(%agent, error = %format!("{e:#}"), "could not ring agent");
-                    let _ = self.shared.queue.send(QueueMsg::AgentFailed {
-                        agent: agent.clone(),
-                        call: self.id,
-                        why: AgentFailure::Unreachable,
-                    });
+                    let _ = self
+                        .shared
+                        .queue
+                        .send(QueueMsg::Call(QueueInput::AgentFailed {
+                            agent: agent.clone(),
+                            call: self.id,
+                            why: AgentFailure::Unreachable,
+                        }));
                     self.feed(Event::AgentDeclined { agent }).await;
                 }
             }
@@ -691,7 +869,8 @@ impl Call {
     /// Rings an agent with the caller's context in the INVITE, so they never ask again.
     async fn ring_agent(&mut self, agent: &str) -> anyhow::Result<()> {
         let socket = media::bind_rtp_socket(self.shared.media_ip, self.shared.rtp_ports).await?;
-        let local = local_media(&self.shared, &socket)?;
+        let mut local_sdp = sdp::LocalSdp::new(local_media(&self.shared, &socket)?);
+        let ring_timeout = self.brain.flow().timers.agent_ring;
         let context = self.brain.context();
         let said = context.said.join(" | ");
         let mut headers = vec![
@@ -711,10 +890,10 @@ impl Call {
         }
         let invite = OutboundInvite {
             target_uri: agent.to_string(),
-            offer_sdp: sdp::offer(&local, media::Direction::SendRecv),
+            offer_sdp: local_sdp.offer(media::Direction::SendRecv),
             extra_headers: headers,
             from_user: Some(self.caller_id.clone()).filter(|c| !c.is_empty()),
-            ring_timeout: Some(AGENT_RING_TIMEOUT),
+            ring_timeout: Some(ring_timeout),
             ..Default::default()
         };
         let (call, events) = self.shared.sip.invite_with(invite).await?;
@@ -724,10 +903,9 @@ impl Call {
             call,
             events,
             media: None,
-            local,
+            sdp: local_sdp,
             socket: Some(socket),
         });
-        self.ring_deadline = Some(Instant::now() + AGENT_RING_TIMEOUT + Duration::from_secs(1));
         self.feed(Event::AgentOffered {
             agent: agent.to_string(),
         })
@@ -766,12 +944,14 @@ impl Call {
                             warn!(error = %e, "bridge failed");
                         }
                         leg.media = Some((handle, rx));
-                        self.ring_deadline = None;
                         info!(%agent, "agent answered; bridged");
-                        let _ = self.shared.queue.send(QueueMsg::AgentAnswered {
-                            agent: agent.clone(),
-                            call: self.id,
-                        });
+                        let _ = self
+                            .shared
+                            .queue
+                            .send(QueueMsg::Call(QueueInput::AgentAnswered {
+                                agent: agent.clone(),
+                                call: self.id,
+                            }));
                         self.queued = false;
                         self.feed(Event::AgentAnswered { agent }).await;
                     }
@@ -796,18 +976,25 @@ impl Call {
             }
             AgentEvent::Sip(Some(OutboundEvent::Bye | OutboundEvent::Ended { .. }) | None) => {
                 let answered = leg.media.is_some();
-                self.drop_agent_leg().await;
                 if answered {
+                    self.drop_agent_leg().await;
                     info!(%agent, "agent left; caller back with the IVR");
-                    let _ = self.shared.queue.send(QueueMsg::AgentFinished { agent });
+                    let _ = self
+                        .shared
+                        .queue
+                        .send(QueueMsg::Call(QueueInput::AgentFinished {
+                            agent,
+                            call: self.id,
+                        }));
                     self.feed(Event::AgentLeft).await;
                 } else {
+                    // The leg ended before it was answered: the queue must hear of it, or
+                    // the agent stays "ringing" for good (`agent_failed` takes the leg).
                     self.agent_failed(AgentFailure::Unreachable).await;
                 }
             }
             AgentEvent::Sip(Some(OutboundEvent::ReInvite { sdp: offer, reply })) => {
-                let local = leg.local;
-                match sdp::answer(&offer, &local) {
+                match leg.sdp.answer(&offer) {
                     Ok(answer) => {
                         if let Some((h, _)) = &leg.media {
                             let _ = h.update_remote(answer.remote).await;
@@ -830,13 +1017,15 @@ impl Call {
     }
 
     async fn agent_failed(&mut self, why: AgentFailure) {
-        self.ring_deadline = None;
         let Some(leg) = self.agent.take() else { return };
-        let _ = self.shared.queue.send(QueueMsg::AgentFailed {
-            agent: leg.agent.clone(),
-            call: self.id,
-            why,
-        });
+        let _ = self
+            .shared
+            .queue
+            .send(QueueMsg::Call(QueueInput::AgentFailed {
+                agent: leg.agent.clone(),
+                call: self.id,
+                why,
+            }));
         self.feed(Event::AgentDeclined { agent: leg.agent }).await;
     }
 
@@ -853,20 +1042,30 @@ impl Call {
     /// agent's leg for them), leave the queue.
     async fn finish(mut self) {
         if self.queued {
-            let _ = self.shared.queue.send(QueueMsg::Remove { call: self.id });
+            let _ = self
+                .shared
+                .queue
+                .send(QueueMsg::Call(QueueInput::Remove { call: self.id }));
         }
         if let Some(leg) = self.agent.take() {
             let _ = leg.call.hangup().await;
             if leg.media.is_some() {
-                let _ = self.shared.queue.send(QueueMsg::AgentFinished {
-                    agent: leg.agent.clone(),
-                });
+                let _ = self
+                    .shared
+                    .queue
+                    .send(QueueMsg::Call(QueueInput::AgentFinished {
+                        agent: leg.agent.clone(),
+                        call: self.id,
+                    }));
             } else {
-                let _ = self.shared.queue.send(QueueMsg::AgentFailed {
-                    agent: leg.agent.clone(),
-                    call: self.id,
-                    why: AgentFailure::NoAnswer,
-                });
+                let _ = self
+                    .shared
+                    .queue
+                    .send(QueueMsg::Call(QueueInput::AgentFailed {
+                        agent: leg.agent.clone(),
+                        call: self.id,
+                        why: AgentFailure::NoAnswer,
+                    }));
             }
             if let Some((handle, _)) = leg.media {
                 handle.close().await;

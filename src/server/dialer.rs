@@ -6,7 +6,7 @@
 
 use super::Shared;
 use super::queue::{QueueMsg, ToCall};
-use crate::agents::AgentFailure;
+use crate::agents::{AgentFailure, QueueInput};
 use crate::callbacks::{AttemptOutcome, Promise, with_ledger};
 use crate::media::{self, MediaEvent, MediaHandle, SessionConfig, StreamIds, sdp};
 use crate::sip::{FailReason, OutboundCall, OutboundEvent, OutboundEvents, OutboundInvite};
@@ -113,6 +113,8 @@ pub fn customer_uri(trunk: &str, number: &str) -> String {
 struct Leg {
     call: OutboundCall,
     events: OutboundEvents,
+    /// Our media as offered: its SDP version goes on from there on a re-INVITE.
+    local: media::LocalMedia,
     media: MediaHandle,
     media_events: mpsc::Receiver<MediaEvent>,
 }
@@ -152,13 +154,25 @@ async fn dial(
     loop {
         match events.recv().await {
             Some(OutboundEvent::Answered { answer_sdp }) => {
-                let remote = sdp::parse_answer(&answer_sdp).map_err(|_| AttemptOutcome::Failed)?;
-                let (media, media_events) =
-                    media::spawn(socket, SessionConfig::new(&remote, StreamIds::random()))
-                        .map_err(|_| AttemptOutcome::Failed)?;
+                // An answered leg we cannot use is hung up, not left up at the far end.
+                let spawned = sdp::parse_answer(&answer_sdp)
+                    .map_err(|e| e.to_string())
+                    .and_then(|remote| {
+                        media::spawn(socket, SessionConfig::new(&remote, StreamIds::random()))
+                            .map_err(|e| e.to_string())
+                    });
+                let (media, media_events) = match spawned {
+                    Ok(m) => m,
+                    Err(error) => {
+                        warn!(%uri, %error, "answer unusable: hanging up that leg");
+                        let _ = call.hangup().await;
+                        return Err(AttemptOutcome::Failed);
+                    }
+                };
                 return Ok(Leg {
                     call,
                     events,
+                    local,
                     media,
                     media_events,
                 });
@@ -185,8 +199,17 @@ async fn attempt_callback(
     promise: &Promise,
     attempt: i64,
 ) -> AttemptOutcome {
+    // A number we may not dial (withheld, a SIP name, off the operator's list: an old
+    // ledger may hold one) is never dialed: a supervisor must act.
+    let number = match shared.numbers.dialable(&promise.number) {
+        Ok(n) => n,
+        Err(e) => {
+            warn!(error = %e, "the promised number cannot be dialed; escalating");
+            return AttemptOutcome::BadNumber;
+        }
+    };
     let queue_id = CALLBACK_ID_BASE + promise.id as u64;
-    let (to_call, mut from_queue) = mpsc::unbounded_channel();
+    let (to_call, mut from_queue) = super::queue::to_call_channel();
     let _ = shared.queue.send(QueueMsg::Enqueue {
         call: queue_id,
         to_call,
@@ -225,6 +248,19 @@ async fn attempt_callback(
         };
         match msg {
             Some(ToCall::Ring { agent }) => {
+                if kept_meanwhile(shared, promise.id).await {
+                    info!("the caller reached a person meanwhile: nobody is called back");
+                    let _ = shared
+                        .queue
+                        .send(QueueMsg::Call(QueueInput::RingUndelivered {
+                            agent,
+                            call: queue_id,
+                        }));
+                    let _ = shared
+                        .queue
+                        .send(QueueMsg::Call(QueueInput::Remove { call: queue_id }));
+                    return AttemptOutcome::KeptElsewhere;
+                }
                 info!(%agent, "ringing agent for a callback");
                 match dial(
                     shared,
@@ -235,10 +271,10 @@ async fn attempt_callback(
                 .await
                 {
                     Ok(leg) => {
-                        let _ = shared.queue.send(QueueMsg::AgentAnswered {
+                        let _ = shared.queue.send(QueueMsg::Call(QueueInput::AgentAnswered {
                             agent: agent.clone(),
                             call: queue_id,
-                        });
+                        }));
                         break (agent, leg);
                     }
                     Err(why) => {
@@ -248,23 +284,47 @@ async fn attempt_callback(
                             AttemptOutcome::NoAnswer => AgentFailure::NoAnswer,
                             _ => AgentFailure::Unreachable,
                         };
-                        let _ = shared.queue.send(QueueMsg::AgentFailed {
+                        let _ = shared.queue.send(QueueMsg::Call(QueueInput::AgentFailed {
                             agent,
                             call: queue_id,
                             why: failure,
-                        });
+                        }));
                     }
                 }
             }
             Some(_) => {}
             None => {
-                let _ = shared.queue.send(QueueMsg::Remove { call: queue_id });
+                let _ = shared
+                    .queue
+                    .send(QueueMsg::Call(QueueInput::Remove { call: queue_id }));
+                // A `Ring` already on its way would hold that agent: give it back.
+                from_queue.close();
+                while let Ok(msg) = from_queue.try_recv() {
+                    if let ToCall::Ring { agent } = msg {
+                        let _ = shared
+                            .queue
+                            .send(QueueMsg::Call(QueueInput::RingUndelivered {
+                                agent,
+                                call: queue_id,
+                            }));
+                    }
+                }
                 return AttemptOutcome::AgentUnavailable;
             }
         }
     };
-    // Then the customer.
-    let uri = customer_uri(trunk, &promise.number);
+    // Then the customer, unless they reached a person while the agent's phone rang.
+    if kept_meanwhile(shared, promise.id).await {
+        info!("the caller reached a person meanwhile: the customer is not called");
+        let _ = agent_leg.call.hangup().await;
+        agent_leg.media.close().await;
+        let _ = shared.queue.send(QueueMsg::Call(QueueInput::AgentFinished {
+            agent,
+            call: queue_id,
+        }));
+        return AttemptOutcome::KeptElsewhere;
+    }
+    let uri = customer_uri(trunk, &number);
     info!(%uri, "calling the customer");
     let customer = match dial(
         shared,
@@ -278,7 +338,10 @@ async fn attempt_callback(
         Err(why) => {
             let _ = agent_leg.call.hangup().await;
             agent_leg.media.close().await;
-            let _ = shared.queue.send(QueueMsg::AgentFinished { agent });
+            let _ = shared.queue.send(QueueMsg::Call(QueueInput::AgentFinished {
+                agent,
+                call: queue_id,
+            }));
             return why;
         }
     };
@@ -291,6 +354,7 @@ async fn attempt_callback(
     let Leg {
         call: customer_call,
         events: mut customer_events,
+        local: customer_local,
         media: customer_media,
         media_events: customer_media_events,
     } = customer;
@@ -303,13 +367,17 @@ async fn attempt_callback(
     };
     let _ = media::unbridge(&customer_media, &agent_leg.media).await;
     agent_leg.media.close().await;
-    let _ = shared.queue.send(QueueMsg::AgentFinished { agent });
+    let _ = shared.queue.send(QueueMsg::Call(QueueInput::AgentFinished {
+        agent,
+        call: queue_id,
+    }));
     if agent_left {
         info!("the agent hung up; the customer is back with the IVR");
         tokio::spawn(super::call::continue_called_back(
             shared.clone(),
             customer_call,
             customer_events,
+            customer_local,
             customer_media,
             customer_media_events,
             promise.number.clone(),
@@ -319,6 +387,13 @@ async fn attempt_callback(
         customer_media.close().await;
     }
     AttemptOutcome::Completed
+}
+
+/// Whether the promise was kept while this attempt waited (the caller reached a person).
+async fn kept_meanwhile(shared: &Shared, id: i64) -> bool {
+    with_ledger(&shared.ledger, move |l| l.get(id))
+        .await
+        .is_ok_and(|p| p.state == crate::callbacks::PromiseState::Completed)
 }
 
 async fn until_final(events: &mut OutboundEvents) {

@@ -34,6 +34,8 @@ pub struct Shared {
     pub(crate) media_ip: IpAddr,
     pub(crate) rtp_ports: PortRange,
     pub(crate) speech: Option<Arc<DecoderPool>>,
+    /// The model behind `speech`, to re-tokenize the verifier's phrases on a prompt reload.
+    pub(crate) engine: Option<Arc<crate::speech::LanguageEngines>>,
     pub(crate) queue: tokio::sync::mpsc::UnboundedSender<queue::QueueMsg>,
     pub(crate) ledger: SharedLedger,
     pub(crate) metrics: Metrics,
@@ -41,6 +43,12 @@ pub struct Shared {
     pub(crate) utc_offset_min: i64,
     pub(crate) agent_count: usize,
     pub(crate) recognizer: crate::speech::RecognizerConfig,
+    /// Silence from a caller after which their phone is probed (`no_media_timeout_ms`).
+    pub(crate) no_media_timeout: Duration,
+    /// Which numbers callbacks may go to.
+    pub(crate) numbers: crate::callbacks::NumberPolicy,
+    /// This server run, in the keys of the promises it makes (unique across restarts).
+    pub(crate) instance: String,
 }
 
 impl Shared {
@@ -52,11 +60,14 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner().0.clone())
     }
 
-    pub fn prompt_audio(&self) -> Arc<PromptAudio> {
+    /// The flow and its recordings, taken together at a call's start: the call keeps both
+    /// whatever is reloaded meanwhile.
+    pub fn flow_and_audio(&self) -> (Arc<Flow>, Arc<PromptAudio>) {
+        let pair = |g: &(Arc<Flow>, Arc<PromptAudio>)| (g.0.clone(), g.1.clone());
         self.flow
             .read()
-            .map(|g| g.1.clone())
-            .unwrap_or_else(|p| p.into_inner().1.clone())
+            .map(|g| pair(&g))
+            .unwrap_or_else(|p| pair(&p.into_inner()))
     }
 }
 
@@ -112,8 +123,12 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     for (language, e) in &skipped {
         error!(%language, error = %e, "speech model unavailable: this language is heard with the default language's model");
     }
+    let mut engine_for_reload = None;
     let speech = match engines {
         Ok(engines) => {
+            // The keyword verifier of each language, from the prompts' phrases and thresholds.
+            engines.install_verifiers(&flow)?;
+            engine_for_reload = Some(engines.clone());
             let cfg = PoolConfig {
                 workers: opts.decoders,
                 decode: DecodeOptions {
@@ -149,12 +164,16 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         media_ip,
         rtp_ports: opts.rtp_ports,
         speech,
+        engine: engine_for_reload,
         queue,
         ledger,
         metrics,
         next_call: AtomicU64::new(1),
         utc_offset_min: opts.utc_offset_min,
         agent_count: opts.agents.len(),
+        no_media_timeout: opts.no_media_timeout,
+        numbers: opts.callback_numbers.clone(),
+        instance: format!("{:x}-{:x}", unix_ms(), std::process::id()),
         recognizer: if opts.partials {
             crate::speech::RecognizerConfig::default()
         } else {
@@ -252,6 +271,12 @@ async fn watch_prompts(shared: Arc<Shared>, dir: PathBuf) {
         .await;
         match loaded {
             Ok(Ok((flow, audio))) => {
+                if let Some(engine) = &shared.engine
+                    && let Err(e) = engine.install_verifiers(&flow)
+                {
+                    error!(error = %e, "prompts not reloaded: the verifier's phrases do not tokenize");
+                    continue;
+                }
                 if let Ok(mut g) = shared.flow.write() {
                     *g = (Arc::new(flow), Arc::new(audio));
                 }

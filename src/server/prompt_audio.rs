@@ -17,6 +17,8 @@ pub struct PromptAudio {
     /// Parts between placeholders, in order (None where a part is empty).
     parts: HashMap<(String, String), Vec<Option<Clip>>>,
     numbers: HashMap<(String, u64), Clip>,
+    /// Looped to waiting callers (the flow's `hold_music`, else a soft comfort tone).
+    hold: Option<Clip>,
 }
 
 fn stem(path: &Path) -> PathBuf {
@@ -28,6 +30,10 @@ impl PromptAudio {
     /// one) gives an empty library: prompts are then silent pauses of their spoken length.
     pub fn load(flow: &Flow) -> anyhow::Result<Self> {
         let mut lib = PromptAudio::default();
+        if let Some(path) = &flow.hold_music {
+            lib.hold =
+                Some(Clip::load_wav(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?);
+        }
         for (code, lang) in &flow.languages {
             let mut templated = false;
             for (id, prompt) in &lang.prompts {
@@ -66,6 +72,11 @@ impl PromptAudio {
         Ok(lib)
     }
 
+    /// What a waiting caller hears between announcements, looped.
+    pub fn hold(&self) -> Vec<Clip> {
+        vec![self.hold.clone().unwrap_or_else(comfort_tone)]
+    }
+
     /// The clips that say `prompt` in `language` with these placeholder values.
     pub fn clips(
         &self,
@@ -100,4 +111,19 @@ impl PromptAudio {
             ))],
         }
     }
+}
+
+/// Without hold music: a soft 425 Hz tone swelling gently (four seconds, looped), so a
+/// waiting caller hears the line is alive: never dead air, quiet enough not to annoy.
+fn comfort_tone() -> Clip {
+    const RATE: f32 = 8000.0;
+    let samples: Vec<i16> = (0..(4.0 * RATE) as usize)
+        .map(|i| {
+            let t = i as f32 / RATE;
+            // Between 60% and 100% of 1500, one swell per loop: seamless at the seam.
+            let swell = 0.8 - 0.2 * (2.0 * std::f32::consts::PI * t / 4.0).cos();
+            ((2.0 * std::f32::consts::PI * 425.0 * t).sin() * 1500.0 * swell) as i16
+        })
+        .collect();
+    Clip::from_8k(samples)
 }

@@ -1,39 +1,36 @@
 //! The agent-queue task: owns the [`AgentQueue`], tells calls which agent to ring and where
-//! they stand in line. Each call rings its agent itself and reports back.
+//! they stand in line. Each call rings its agent itself and reports back (every leg's end,
+//! whatever it was, so no agent drops out of the pool).
 
-use crate::agents::{AgentFailure, AgentQueue, Assignment};
+use crate::agents::{AgentQueue, Assignment, QueueInput};
 use crate::web::Metrics;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 
 /// How often waiting callers are told their position and wait (only when it changed, or
 /// every `STATUS_REFRESH`).
 const TICK: Duration = Duration::from_millis(500);
 const STATUS_REFRESH: Duration = Duration::from_secs(15);
+/// Messages the queue may have waiting for one call. A call reads them as they come; one
+/// that is stuck loses status updates (the next one replaces them), never a `Ring`.
+pub const TO_CALL_CAPACITY: usize = 16;
 
 /// From a call to the queue.
+///
+/// The channel is unbounded on purpose, and input cannot grow it: a call enqueues itself
+/// once per route to a person, and every other message reports the end of an agent leg
+/// the queue itself started with a `Ring`. A bounded channel would make a call wait (or a
+/// leg's end be lost, and with it an agent) while the queue is busy.
 #[derive(Debug)]
 pub enum QueueMsg {
     Enqueue {
         call: u64,
-        to_call: mpsc::UnboundedSender<ToCall>,
+        to_call: mpsc::Sender<ToCall>,
     },
-    Remove {
-        call: u64,
-    },
-    AgentAnswered {
-        agent: String,
-        call: u64,
-    },
-    AgentFailed {
-        agent: String,
-        call: u64,
-        why: AgentFailure,
-    },
-    AgentFinished {
-        agent: String,
-    },
+    /// Everything else a call reports, applied to the queue as it is.
+    Call(QueueInput),
 }
 
 /// From the queue to a call.
@@ -49,8 +46,13 @@ pub enum ToCall {
     },
 }
 
+/// The channel a call receives the queue's messages on.
+pub fn to_call_channel() -> (mpsc::Sender<ToCall>, mpsc::Receiver<ToCall>) {
+    mpsc::channel(TO_CALL_CAPACITY)
+}
+
 struct Waiter {
-    to_call: mpsc::UnboundedSender<ToCall>,
+    to_call: mpsc::Sender<ToCall>,
     last: Option<(u32, Duration)>,
     sent_at: Instant,
 }
@@ -73,19 +75,15 @@ async fn run(agents: Vec<String>, mut rx: mpsc::UnboundedReceiver<QueueMsg>, met
                 let now = Instant::now();
                 match msg {
                     QueueMsg::Enqueue { call, to_call } => {
-                        queue.enqueue(call, now);
+                        queue.handle(QueueInput::Enqueue { call }, now);
                         waiters.insert(call, Waiter { to_call, last: None, sent_at: now });
                     }
-                    QueueMsg::Remove { call } => {
-                        queue.remove(call, now);
-                        waiters.remove(&call);
+                    QueueMsg::Call(input) => {
+                        if let QueueInput::Remove { call } | QueueInput::AgentAnswered { call, .. } = &input {
+                            waiters.remove(call);
+                        }
+                        queue.handle(input, now);
                     }
-                    QueueMsg::AgentAnswered { agent, call } => {
-                        queue.agent_answered(&agent, call, now);
-                        waiters.remove(&call);
-                    }
-                    QueueMsg::AgentFailed { agent, call, why } => queue.agent_failed(&agent, call, why, now),
-                    QueueMsg::AgentFinished { agent } => queue.agent_finished(&agent, now),
                 }
             }
             _ = tick.tick() => {}
@@ -96,12 +94,25 @@ async fn run(agents: Vec<String>, mut rx: mpsc::UnboundedReceiver<QueueMsg>, met
                 Assignment::Ring { call, agent } => (call, ToCall::Ring { agent }),
                 Assignment::NoneAvailable { call } => (call, ToCall::NoneAvailable),
             };
-            if let Some(w) = waiters.get(&call)
-                && w.to_call.send(msg).is_err()
-            {
-                // The call task is gone without saying so: forget it.
-                queue.remove(call, now);
-                waiters.remove(&call);
+            let sent = match waiters.get(&call) {
+                Some(w) => w.to_call.try_send(msg.clone()),
+                None => Err(TrySendError::Closed(msg.clone())),
+            };
+            if let Err(e) = sent {
+                // Nobody will ring this agent: they go straight back to the pool.
+                if let ToCall::Ring { agent } = msg {
+                    queue.handle(QueueInput::RingUndelivered { agent, call }, now);
+                }
+                match e {
+                    TrySendError::Closed(_) => {
+                        // The call task is gone without saying so: forget it.
+                        queue.remove(call, now);
+                        waiters.remove(&call);
+                    }
+                    // The call is not reading: offer it again at the next tick, not in a
+                    // loop now.
+                    TrySendError::Full(_) => break,
+                }
             }
         }
         metrics.queue_length.set(queue.waiting() as i64);
@@ -114,7 +125,8 @@ async fn run(agents: Vec<String>, mut rx: mpsc::UnboundedReceiver<QueueMsg>, met
             if w.last != Some(status) || now.duration_since(w.sent_at) >= STATUS_REFRESH {
                 w.last = Some(status);
                 w.sent_at = now;
-                let _ = w.to_call.send(ToCall::Status {
+                // A full channel drops this status: the next one supersedes it.
+                let _ = w.to_call.try_send(ToCall::Status {
                     position,
                     estimated_wait: wait,
                 });

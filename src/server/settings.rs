@@ -1,12 +1,13 @@
 //! Server settings: a TOML file (`--config`) and command-line flags, flags winning. Defaults
 //! serve on a laptop as they are: everything on 127.0.0.1, data under `data/`.
 
-use crate::callbacks::RetryPolicy;
+use crate::callbacks::{NumberPolicy, RetryPolicy, UTC_OFFSET_MIN_RANGE, valid_prefix};
 use crate::config::{ConfigError, ConfigProblem, line_col};
 use crate::media::PortRange;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use toml::Spanned;
 
 /// `--config FILE`: every key optional.
 #[derive(Debug, Default, Deserialize)]
@@ -30,12 +31,218 @@ pub struct ServerFile {
     /// Where callbacks are dialed out: the request URI carries the number.
     pub trunk: Option<String>,
     /// Local time zone, minutes east of UTC, for callers' "call me at three".
-    pub utc_offset_min: Option<i64>,
+    pub utc_offset_min: Option<Spanned<i64>>,
     /// How failed callback attempts are retried before a supervisor is asked to act.
-    pub callback_retry: Option<RetryPolicy>,
+    #[serde(default)]
+    pub callback_retry: RetryFile,
+    /// Which numbers may be called back.
+    #[serde(default)]
+    pub callback_numbers: NumbersFile,
+    /// Silence from a caller's media after which their phone is probed (an in-dialog OPTIONS)
+    /// to tell a quiet phone (silence suppression, DTX) from a dead line [default: 30000].
+    pub no_media_timeout_ms: Option<Spanned<u64>>,
 }
 
+/// `[callback_retry]`: every key optional, each checked against its bounds at its line.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryFile {
+    pub first_delay_ms: Option<Spanned<i64>>,
+    pub factor: Option<Spanned<f64>>,
+    pub max_delay_ms: Option<Spanned<i64>>,
+    pub max_attempts: Option<Spanned<u32>>,
+    pub window_ms: Option<Spanned<i64>>,
+}
+
+/// `[callback_numbers]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NumbersFile {
+    /// E.164 prefixes a callback may go to ("+31", "+1555"); none listed allows any.
+    #[serde(default)]
+    pub allowed_prefixes: Vec<Spanned<String>>,
+    /// The centre's country code, for national numbers callers say or key ("+31").
+    pub country_code: Option<Spanned<String>>,
+}
+
+const SECOND_MS: i64 = 1_000;
+const DAY_MS: i64 = 86_400_000;
+/// Bounds of the retry settings: a delay under a second is a retry storm (a negative one
+/// an immediate loop), and delays, windows or counts beyond these keep no promise better.
+const FIRST_DELAY_MS: std::ops::RangeInclusive<i64> = SECOND_MS..=DAY_MS;
+const MAX_DELAY_MS: i64 = 7 * DAY_MS;
+const FACTOR: std::ops::RangeInclusive<f64> = 1.0..=10.0;
+const MAX_ATTEMPTS: std::ops::RangeInclusive<u32> = 1..=100;
+const WINDOW_MS: std::ops::RangeInclusive<i64> = 60 * SECOND_MS..=30 * DAY_MS;
+/// How long a caller's media may be silent before their phone is probed.
+const NO_MEDIA_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 1_000..=600_000;
+const NO_MEDIA_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+
 impl ServerFile {
+    /// The retry policy: the file's values over the defaults (checked by `load`).
+    pub fn callback_retry(&self) -> RetryPolicy {
+        let d = RetryPolicy::default();
+        let r = &self.callback_retry;
+        RetryPolicy {
+            first_delay_ms: r
+                .first_delay_ms
+                .as_ref()
+                .map_or(d.first_delay_ms, |v| *v.get_ref()),
+            factor: r.factor.as_ref().map_or(d.factor, |v| *v.get_ref()),
+            max_delay_ms: r
+                .max_delay_ms
+                .as_ref()
+                .map_or(d.max_delay_ms, |v| *v.get_ref()),
+            max_attempts: r
+                .max_attempts
+                .as_ref()
+                .map_or(d.max_attempts, |v| *v.get_ref()),
+            window_ms: r.window_ms.as_ref().map_or(d.window_ms, |v| *v.get_ref()),
+        }
+    }
+
+    /// Silence from a caller after which their phone is probed.
+    pub fn no_media_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.no_media_timeout_ms
+                .as_ref()
+                .map_or(NO_MEDIA_TIMEOUT_MS_DEFAULT, |v| *v.get_ref()),
+        )
+    }
+
+    pub fn utc_offset_min(&self) -> i64 {
+        self.utc_offset_min.as_ref().map_or(0, |v| *v.get_ref())
+    }
+
+    pub fn number_policy(&self) -> NumberPolicy {
+        NumberPolicy {
+            allowed_prefixes: self
+                .callback_numbers
+                .allowed_prefixes
+                .iter()
+                .map(|p| p.get_ref().clone())
+                .collect(),
+            country_code: self
+                .callback_numbers
+                .country_code
+                .as_ref()
+                .map(|c| c.get_ref().clone()),
+        }
+    }
+
+    /// Every value out of bounds, with where it is.
+    fn check(&self) -> Vec<(std::ops::Range<usize>, String)> {
+        let mut out = Vec::new();
+        let r = &self.callback_retry;
+        let policy = self.callback_retry();
+        if let Some(v) = &r.first_delay_ms
+            && !FIRST_DELAY_MS.contains(v.get_ref())
+        {
+            out.push((
+                v.span(),
+                format!(
+                    "callback_retry.first_delay_ms must be between {} and {} ms",
+                    FIRST_DELAY_MS.start(),
+                    FIRST_DELAY_MS.end()
+                ),
+            ));
+        }
+        if let Some(v) = &r.factor
+            && !FACTOR.contains(v.get_ref())
+        {
+            out.push((
+                v.span(),
+                format!(
+                    "callback_retry.factor must be between {} and {}",
+                    FACTOR.start(),
+                    FACTOR.end()
+                ),
+            ));
+        }
+        if let Some(v) = &r.max_delay_ms
+            && !(policy.first_delay_ms..=MAX_DELAY_MS).contains(v.get_ref())
+        {
+            out.push((
+                v.span(),
+                format!(
+                    "callback_retry.max_delay_ms must be between first_delay_ms ({}) and {MAX_DELAY_MS} ms",
+                    policy.first_delay_ms
+                ),
+            ));
+        }
+        if let Some(v) = &r.max_attempts
+            && !MAX_ATTEMPTS.contains(v.get_ref())
+        {
+            out.push((
+                v.span(),
+                format!(
+                    "callback_retry.max_attempts must be between {} and {}",
+                    MAX_ATTEMPTS.start(),
+                    MAX_ATTEMPTS.end()
+                ),
+            ));
+        }
+        if let Some(v) = &r.window_ms
+            && !WINDOW_MS.contains(v.get_ref())
+        {
+            out.push((
+                v.span(),
+                format!(
+                    "callback_retry.window_ms must be between {} and {} ms",
+                    WINDOW_MS.start(),
+                    WINDOW_MS.end()
+                ),
+            ));
+        }
+        if let Some(v) = &self.utc_offset_min
+            && !UTC_OFFSET_MIN_RANGE.contains(v.get_ref())
+        {
+            out.push((
+                v.span(),
+                format!(
+                    "utc_offset_min must be between {} and {} (UTC-12:00 to UTC+14:00)",
+                    UTC_OFFSET_MIN_RANGE.start(),
+                    UTC_OFFSET_MIN_RANGE.end()
+                ),
+            ));
+        }
+        if let Some(v) = &self.no_media_timeout_ms
+            && !NO_MEDIA_TIMEOUT_MS.contains(v.get_ref())
+        {
+            out.push((
+                v.span(),
+                format!(
+                    "no_media_timeout_ms must be between {} and {} ms",
+                    NO_MEDIA_TIMEOUT_MS.start(),
+                    NO_MEDIA_TIMEOUT_MS.end()
+                ),
+            ));
+        }
+        for p in &self.callback_numbers.allowed_prefixes {
+            if !valid_prefix(p.get_ref()) {
+                out.push((
+                    p.span(),
+                    format!(
+                        "callback_numbers.allowed_prefixes: `{}` is not an E.164 prefix (\"+\" and digits, e.g. \"+31\")",
+                        p.get_ref()
+                    ),
+                ));
+            }
+        }
+        if let Some(c) = &self.callback_numbers.country_code
+            && !(valid_prefix(c.get_ref()) && c.get_ref().len() <= 4)
+        {
+            out.push((
+                c.span(),
+                format!(
+                    "callback_numbers.country_code: `{}` is not a country code (\"+\" and 1 to 3 digits)",
+                    c.get_ref()
+                ),
+            ));
+        }
+        out
+    }
+
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigError::Invalid(vec![ConfigProblem {
@@ -45,15 +252,38 @@ impl ServerFile {
                 message: format!("cannot read: {e}"),
             }])
         })?;
-        toml::from_str(&text).map_err(|e| {
-            let (line, col) = line_col(&text, e.span().map_or(0, |s| s.start));
+        Self::parse(path, &text)
+    }
+
+    /// Reads a server file's text; `path` is only for the messages.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let file: Self = toml::from_str(text).map_err(|e| {
+            let (line, col) = line_col(text, e.span().map_or(0, |s| s.start));
             ConfigError::Invalid(vec![ConfigProblem {
                 file: path.into(),
                 line,
                 col,
                 message: e.message().trim().to_string(),
             }])
-        })
+        })?;
+        let problems: Vec<ConfigProblem> = file
+            .check()
+            .into_iter()
+            .map(|(span, message)| {
+                let (line, col) = line_col(text, span.start);
+                ConfigProblem {
+                    file: path.into(),
+                    line,
+                    col,
+                    message,
+                }
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(file)
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
     }
 }
 
@@ -74,8 +304,12 @@ pub struct ServeOptions {
     pub trunk: Option<String>,
     pub utc_offset_min: i64,
     pub callback_retry: RetryPolicy,
+    /// Which numbers callbacks may go to.
+    pub callback_numbers: NumberPolicy,
     /// Decode partial transcripts while the caller speaks (off only for baselines).
     pub partials: bool,
+    /// Silence from a caller's media after which their phone is probed.
+    pub no_media_timeout: std::time::Duration,
 }
 
 pub fn parse_port_range(s: &str) -> anyhow::Result<PortRange> {
@@ -91,4 +325,44 @@ pub fn parse_port_range(s: &str) -> anyhow::Result<PortRange> {
         .parse()
         .map_err(|_| anyhow::anyhow!("rtp ports `{s}`: bad high port"))?;
     PortRange::new(low, high).map_err(|e| anyhow::anyhow!("rtp ports `{s}`: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<ConfigProblem> {
+        match ServerFile::parse(Path::new("server.toml"), text) {
+            Ok(_) => vec![],
+            Err(ConfigError::Invalid(p)) => p,
+        }
+    }
+
+    #[test]
+    fn retry_and_number_settings_are_bounded_and_reported_at_their_line() {
+        let good = "trunk = \"sip:gw@127.0.0.1\"\nutc_offset_min = 60\n\n[callback_retry]\nfirst_delay_ms = 2000\nfactor = 1.0\nmax_delay_ms = 2000\nmax_attempts = 4\nwindow_ms = 259200000\n\n[callback_numbers]\nallowed_prefixes = [\"+31\", \"+1555\"]\ncountry_code = \"+31\"\n";
+        assert!(problems(good).is_empty(), "{:?}", problems(good));
+        let file = ServerFile::parse(Path::new("s"), good).unwrap();
+        assert_eq!(file.callback_retry().max_attempts, 4);
+        assert_eq!(file.number_policy().allowed_prefixes, vec!["+31", "+1555"]);
+        for (from, to) in [
+            ("first_delay_ms = 2000", "first_delay_ms = -5"),
+            ("first_delay_ms = 2000", "first_delay_ms = 0"),
+            ("factor = 1.0", "factor = 1e300"),
+            ("factor = 1.0", "factor = nan"),
+            ("max_delay_ms = 2000", "max_delay_ms = 1000"),
+            ("max_attempts = 4", "max_attempts = 0"),
+            ("max_attempts = 4", "max_attempts = 4000000"),
+            ("window_ms = 259200000", "window_ms = -1"),
+            ("utc_offset_min = 60", "utc_offset_min = 99999999999"),
+            ("\"+1555\"]", "\"0900\"]"),
+            ("country_code = \"+31\"", "country_code = \"31\""),
+        ] {
+            let bad = good.replace(from, to);
+            let p = problems(&bad);
+            let line = bad.lines().position(|l| l.contains(to)).unwrap() + 1;
+            assert_eq!(p.len(), 1, "{to}: {p:?}");
+            assert_eq!(p[0].line, line, "{to}: {p:?}");
+        }
+    }
 }

@@ -257,6 +257,13 @@ impl InboundCall {
         Ok(())
     }
 
+    /// Asks the caller's phone whether it is still there: an in-dialog OPTIONS (RFC 3261
+    /// §11). True for any final answer but 408 and 481 (RFC 5057: the dialog is gone); false
+    /// for those, for no answer within the transaction's timeout, and before the ACK.
+    pub async fn probe(&self) -> bool {
+        probe_dialog(&self.inner.dialog, &self.inner.call_id).await
+    }
+
     /// Rejects the INVITE (only before answering): for offers we cannot serve, never as a
     /// hang-up.
     pub fn reject(&self, status: RejectStatus) -> SipResult<()> {
@@ -268,6 +275,35 @@ impl InboundCall {
         self.inner.dialog.reject(Some(status.to_stack()), None)?;
         info!(call_id = %self.inner.call_id, status = status.code(), "rejected");
         Ok(())
+    }
+}
+
+/// An in-dialog OPTIONS on either side's dialog; see [`InboundCall::probe`].
+pub(crate) async fn probe_dialog(dialog: &InviteDialog, call_id: &str) -> bool {
+    if !dialog.state().is_confirmed() {
+        return false;
+    }
+    match dialog
+        .request(
+            Method::Options,
+            Some(vec![Header::Allow(ALLOW.into())]),
+            None,
+        )
+        .await
+    {
+        Ok(Some(resp)) => {
+            let code = resp.status_code.code();
+            debug!(call_id, code, "probe answered");
+            code != 408 && code != 481
+        }
+        Ok(None) => {
+            debug!(call_id, "probe unanswered");
+            false
+        }
+        Err(e) => {
+            debug!(call_id, error = %e, "probe failed");
+            false
+        }
     }
 }
 

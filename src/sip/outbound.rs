@@ -162,6 +162,13 @@ impl OutboundCall {
         Ok(())
     }
 
+    /// Asks the remote phone whether it is still there (an in-dialog OPTIONS); see
+    /// [`super::InboundCall::probe`].
+    pub async fn probe(&self) -> bool {
+        *self.phase.borrow() == Phase::Answered
+            && super::inbound::probe_dialog(&self.dialog, &self.call_id).await
+    }
+
     /// CANCEL before the answer, BYE after it; no-op once over.
     pub async fn hangup(&self) -> SipResult<()> {
         let phase = *self.phase.borrow();

@@ -2,6 +2,7 @@
 //! settings ([`DecodeOptions`]), and [`DecoderPool`], the worker threads that run decodes off
 //! the async runtime.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -15,6 +16,9 @@ use whisper_rs::{
 };
 
 use super::recognizer::{DecodeJob, DecodeKind, JobId};
+use super::verifier::{
+    Hypothesis, KeywordVerifier, PhraseKind, StepRecorder, Verdict, VerifierSettings,
+};
 use super::{SAMPLE_RATE, SpeechError, samples_to_ms};
 
 /// Anything that turns 16 kHz mono audio into text. The Whisper engine implements it; tests
@@ -32,6 +36,21 @@ pub trait Transcriber: Send + Sync {
     ) -> Result<String, SpeechError> {
         let _ = cancel;
         self.transcribe(audio_16k, opts)
+    }
+
+    /// Like [`Transcriber::transcribe_cancellable`], with the keyword verifier's verdicts
+    /// for the decode's language when the transcriber has one ([`WhisperEngine`] does once
+    /// [`WhisperEngine::install_verifiers`] ran). The pool calls this.
+    fn transcribe_heard(
+        &self,
+        audio_16k: &[f32],
+        opts: &DecodeOptions,
+        cancel: &AtomicBool,
+    ) -> Result<Heard, SpeechError> {
+        Ok(Heard {
+            text: self.transcribe_cancellable(audio_16k, opts, cancel)?,
+            verdicts: Vec::new(),
+        })
     }
 
     /// Called once per pool worker before it starts, to allocate per-worker decoder state
@@ -89,6 +108,9 @@ pub struct DecodeOptions {
     pub no_repeat_ngram: u32,
     /// Emit no timestamp tokens (faster; we never use timestamps).
     pub no_timestamps: bool,
+    /// Run the keyword verifier of the decode's language after the free decode (Adaptive
+    /// only; a no-op when the engine has no verifier for the language).
+    pub verify: bool,
 }
 
 impl Default for DecodeOptions {
@@ -110,6 +132,7 @@ impl Default for DecodeOptions {
             extra_tokens: 6,
             no_repeat_ngram: 3,
             no_timestamps: true,
+            verify: true,
         }
     }
 }
@@ -213,6 +236,8 @@ pub struct WhisperEngine {
     opts: EngineOptions,
     idle_states: Mutex<Vec<WhisperState>>,
     prompt_tokens: Mutex<HashMap<String, Arc<Vec<i32>>>>,
+    /// Keyword verifiers by language code, tokenized for this model.
+    verifiers: Mutex<HashMap<String, Arc<KeywordVerifier>>>,
 }
 
 impl std::fmt::Debug for WhisperEngine {
@@ -279,6 +304,7 @@ impl WhisperEngine {
             opts,
             idle_states: Mutex::new(Vec::new()),
             prompt_tokens: Mutex::new(HashMap::new()),
+            verifiers: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -320,20 +346,27 @@ impl WhisperEngine {
         Ok(tokens)
     }
 
+    /// A free decode of `audio`. With `verifier`, the decode's logits are recorded and the
+    /// verifier's phrases scored against it afterwards (see [`super::verifier`]).
     fn decode(
         &self,
         state: &mut WhisperState,
         audio: &[f32],
         opts: &DecodeOptions,
         cancel: Option<&AtomicBool>,
-    ) -> Result<String, SpeechError> {
+        verifier: Option<&KeywordVerifier>,
+    ) -> Result<Heard, SpeechError> {
         let prompt = match &opts.initial_prompt {
             Some(p) if !p.trim().is_empty() => Some(self.prompt_tokens(p)?),
             _ => None,
         };
+        let verifying =
+            verifier.is_some_and(|v| !v.is_empty()) && opts.strategy == DecodeStrategy::Adaptive;
+        let recorder = verifying.then(|| RefCell::new(StepRecorder::new(self.ctx.token_eot())));
         let ngram = NgramFilter {
             n: opts.no_repeat_ngram as usize,
             n_vocab: usize::try_from(self.ctx.n_vocab()).unwrap_or(0),
+            recorder: recorder.as_ref(),
         };
         let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
         let threads = opts.threads.unwrap_or(self.opts.threads).max(1);
@@ -374,7 +407,7 @@ impl WhisperEngine {
             DecodeStrategy::Adaptive => {
                 params.set_single_segment(true);
                 params.set_no_timestamps(opts.no_timestamps);
-                if opts.no_repeat_ngram >= 2 {
+                if opts.no_repeat_ngram >= 2 || ngram.recorder.is_some() {
                     // SAFETY: `ngram` outlives the whisper_full call below (it is declared
                     // before `params` in this function), and the callback stays within the
                     // buffers whisper.cpp hands it.
@@ -406,13 +439,95 @@ impl WhisperEngine {
                 .map_err(|e| SpeechError::Decode(e.to_string()))?;
             text.push_str(&piece);
         }
-        Ok(clean_transcript(&text))
+        let text = clean_transcript(&text);
+        let (Some(verifier), Some(recorder)) = (verifier, recorder) else {
+            return Ok(Heard {
+                text,
+                verdicts: Vec::new(),
+            });
+        };
+        let recorder = recorder.into_inner();
+        let eot = self.ctx.token_eot();
+        let mut tokens = Vec::new();
+        let mut pieces = Vec::new();
+        for segment in state.as_iter() {
+            for i in 0..segment.n_tokens() {
+                if let Some(t) = segment.get_token(i)
+                    && t.token_id() < eot
+                {
+                    tokens.push(t.token_id());
+                    pieces.push(t.to_str_lossy().map(|c| c.into_owned()).unwrap_or_default());
+                }
+            }
+        }
+        // The decoder's KV cache holds: the previous-text marker and the prompt, then
+        // start-of-transcript, (language, task,) no-timestamps, then the hypothesis.
+        let prefix_len = prompt.as_ref().map_or(0, |p| 1 + p.len())
+            + 1
+            + if self.ctx.is_multilingual() { 2 } else { 0 }
+            + usize::from(opts.no_timestamps);
+        let hyp = Hypothesis {
+            tokens: &tokens,
+            pieces: &pieces,
+            prefix_len,
+            recorder: &recorder,
+            eot,
+        };
+        let scores = verifier.score(state, &hyp, threads, cancel)?;
+        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(SpeechError::Superseded);
+        }
+        let verdicts = verifier.verdicts(&scores);
+        Ok(Heard { text, verdicts })
+    }
+
+    /// Score each language's escape phrases and yes/no answers on every decode in that
+    /// language from now on (replacing verifiers installed before).
+    pub fn install_verifiers(&self, flow: &crate::config::Flow) -> Result<(), SpeechError> {
+        let mut all = HashMap::new();
+        for (code, lang) in &flow.languages {
+            let phrases = lang.verifier_phrases.iter().map(|(p, k)| (p.as_str(), *k));
+            let verifier = self.keyword_verifier(phrases, lang.verifier.clone())?;
+            all.insert(code.clone(), Arc::new(verifier));
+        }
+        *lock(&self.verifiers) = all;
+        Ok(())
+    }
+
+    /// The verifier for decodes with `opts`, if any.
+    fn verifier_for(&self, opts: &DecodeOptions) -> Option<Arc<KeywordVerifier>> {
+        if !opts.verify || opts.strategy != DecodeStrategy::Adaptive {
+            return None;
+        }
+        let code = opts.language.as_deref().unwrap_or("en");
+        lock(&self.verifiers).get(code).cloned()
+    }
+
+    /// A verifier of `phrases` for this model's vocabulary.
+    pub fn keyword_verifier<'a>(
+        &self,
+        phrases: impl IntoIterator<Item = (&'a str, PhraseKind)>,
+        settings: VerifierSettings,
+    ) -> Result<KeywordVerifier, SpeechError> {
+        KeywordVerifier::new(&self.ctx, phrases, settings)
+    }
+
+    /// Decode `audio` and score `verifier`'s phrases on it: the transcript and every phrase's
+    /// score (best over anchors).
+    pub fn transcribe_verified(
+        &self,
+        audio_16k: &[f32],
+        opts: &DecodeOptions,
+        verifier: &KeywordVerifier,
+        cancel: Option<&AtomicBool>,
+    ) -> Result<Heard, SpeechError> {
+        self.transcribe_with(audio_16k, opts, cancel, Some(verifier))
     }
 }
 
 impl Transcriber for WhisperEngine {
     fn transcribe(&self, audio_16k: &[f32], opts: &DecodeOptions) -> Result<String, SpeechError> {
-        self.transcribe_with(audio_16k, opts, None)
+        Ok(self.transcribe_with(audio_16k, opts, None, None)?.text)
     }
 
     fn transcribe_cancellable(
@@ -421,7 +536,19 @@ impl Transcriber for WhisperEngine {
         opts: &DecodeOptions,
         cancel: &AtomicBool,
     ) -> Result<String, SpeechError> {
-        self.transcribe_with(audio_16k, opts, Some(cancel))
+        Ok(self
+            .transcribe_with(audio_16k, opts, Some(cancel), None)?
+            .text)
+    }
+
+    fn transcribe_heard(
+        &self,
+        audio_16k: &[f32],
+        opts: &DecodeOptions,
+        cancel: &AtomicBool,
+    ) -> Result<Heard, SpeechError> {
+        let verifier = self.verifier_for(opts);
+        self.transcribe_with(audio_16k, opts, Some(cancel), verifier.as_deref())
     }
 
     fn prepare_worker(&self) -> Result<(), SpeechError> {
@@ -437,9 +564,10 @@ impl WhisperEngine {
         audio_16k: &[f32],
         opts: &DecodeOptions,
         cancel: Option<&AtomicBool>,
-    ) -> Result<String, SpeechError> {
+        verifier: Option<&KeywordVerifier>,
+    ) -> Result<Heard, SpeechError> {
         if audio_16k.is_empty() {
-            return Ok(String::new());
+            return Ok(Heard::default());
         }
         // whisper.cpp refuses input under 100 ms; pad very short clips with silence.
         let min = SAMPLE_RATE as usize / 5;
@@ -453,7 +581,7 @@ impl WhisperEngine {
             audio_16k
         };
         let mut state = self.take_state()?;
-        let result = self.decode(&mut state, audio, opts, cancel);
+        let result = self.decode(&mut state, audio, opts, cancel, verifier);
         lock(&self.idle_states).push(state);
         result
     }
@@ -473,9 +601,19 @@ unsafe extern "C" fn abort_if_set(data: *mut std::ffi::c_void) -> bool {
 }
 
 /// Settings the n-gram filter reads through whisper.cpp's user-data pointer.
-struct NgramFilter {
+struct NgramFilter<'a> {
     n: usize,
     n_vocab: usize,
+    /// Records each step's logits (before the ban) for the keyword verifier.
+    recorder: Option<&'a RefCell<StepRecorder>>,
+}
+
+/// A decode's transcript and, when verified, the best phrase of each kind the verifier
+/// scored (passed or not: [`Verdict::passed`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Heard {
+    pub text: String,
+    pub verdicts: Vec<Verdict>,
 }
 
 /// whisper.cpp logits filter: forbid any token that would complete an n-gram (n = the user
@@ -504,6 +642,11 @@ unsafe extern "C" fn no_repeat_ngram_filter(
             std::slice::from_raw_parts_mut(logits, f.n_vocab),
         )
     };
+    // SAFETY: as above, the NgramFilter (and the recorder it borrows) outlive whisper_full,
+    // which calls this on its own thread, one call at a time with one decoder.
+    if let Some(rec) = unsafe { (*filter).recorder } {
+        rec.borrow_mut().record(len, logits);
+    }
     if n < 2 || len < n {
         return;
     }
@@ -553,6 +696,8 @@ pub struct DecodeResult {
     pub audio_ms: u64,
     /// Time the job waited in the queue.
     pub queue_ms: u64,
+    /// The keyword verifier's best phrase of each kind (empty when not verified).
+    pub verdicts: Vec<Verdict>,
 }
 
 impl DecodeResult {
@@ -889,6 +1034,7 @@ fn reply_now(q: Queued, outcome: Result<String, SpeechError>, now: Instant) {
         outcome,
         decode_ms: 0,
         queue_ms: now.saturating_duration_since(q.enqueued).as_millis() as u64,
+        verdicts: Vec::new(),
     });
 }
 
@@ -921,14 +1067,18 @@ fn worker_loop(shared: &PoolShared) {
         };
         let queue_ms = started.duration_since(q.enqueued).as_millis() as u64;
         // A panic inside a decode must not take the worker (and every later call) with it.
-        let mut outcome = catch_unwind(AssertUnwindSafe(|| {
-            shared.transcriber.transcribe_cancellable(
+        let heard = catch_unwind(AssertUnwindSafe(|| {
+            shared.transcriber.transcribe_heard(
                 &q.job.audio,
                 &shared.decode.for_language(q.job.language.as_deref()),
                 &cancel,
             )
         }))
         .unwrap_or_else(|_| Err(SpeechError::Decode("decoder panicked".into())));
+        let (mut outcome, verdicts) = match heard {
+            Ok(h) => (Ok(h.text), h.verdicts),
+            Err(e) => (Err(e), Vec::new()),
+        };
         if cancel.load(Ordering::Relaxed) {
             outcome = Err(SpeechError::Superseded);
         }
@@ -958,6 +1108,7 @@ fn worker_loop(shared: &PoolShared) {
             decode_ms,
             audio_ms,
             queue_ms,
+            verdicts,
         });
     }
 }

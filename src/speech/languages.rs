@@ -140,6 +140,15 @@ impl LanguageEngines {
             .map(|(c, h)| (c.as_str(), h.engine.path()))
     }
 
+    /// Installs the keyword verifier of every language on each model (see
+    /// [`WhisperEngine::install_verifiers`]).
+    pub fn install_verifiers(&self, flow: &crate::config::Flow) -> Result<(), SpeechError> {
+        for e in &self.engines {
+            e.install_verifiers(flow)?;
+        }
+        Ok(())
+    }
+
     pub fn default_language(&self) -> &str {
         &self.default
     }

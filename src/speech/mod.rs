@@ -47,6 +47,7 @@ pub mod languages;
 pub mod models;
 pub mod recognizer;
 pub mod vad;
+pub mod verifier;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -56,7 +57,7 @@ pub use audio::{
     load_wav_mono_16k, mulaw_decode, mulaw_encode, resample,
 };
 pub use engine::{
-    DecodeOptions, DecodeResult, DecodeStrategy, DecoderPool, ESCAPE_PROMPT, EngineOptions,
+    DecodeOptions, DecodeResult, DecodeStrategy, DecoderPool, ESCAPE_PROMPT, EngineOptions, Heard,
     PoolConfig, PoolStats, Transcriber, WhisperEngine, clean_transcript, is_language_code,
 };
 pub use languages::{LanguageEngines, LanguageSpec};
@@ -67,6 +68,7 @@ pub use vad::{
     EarshotScorer, EnergyScorer, FRAME_MS, FRAME_SAMPLES, Vad, VadConfig, VadEvent, VadFrame,
     VadGate, VoiceScorer,
 };
+pub use verifier::{KeywordVerifier, PhraseKind, Verdict, VerifierSettings};
 
 /// Everything that can go wrong in the speech engine.
 #[derive(Debug, thiserror::Error)]

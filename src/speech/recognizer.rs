@@ -26,6 +26,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::vad::{FRAME_SAMPLES, Vad, VadConfig, VadEvent, VoiceScorer, level_dbfs_of_power};
+use super::verifier::Verdict;
 use super::{SpeechError, ms_to_samples, samples_to_ms};
 
 /// Whether a decode is of the utterance so far (may be superseded) or of the whole utterance.
@@ -83,9 +84,15 @@ pub enum RecognizerOutput {
         utterance: u64,
         seq: u64,
         text: String,
+        /// The keyword verifier's verdicts on this audio (empty when not verified).
+        verdicts: Vec<Verdict>,
     },
     /// Transcript of the whole utterance (may be empty: noise with no words in it).
-    Final { utterance: u64, text: String },
+    Final {
+        utterance: u64,
+        text: String,
+        verdicts: Vec<Verdict>,
+    },
     /// A decode failed (not merely superseded). For a final this is the last word on the
     /// utterance: the driver should not wait for a transcript.
     DecodeFailed {
@@ -331,7 +338,7 @@ impl StreamingRecognizer {
     /// Feed back a pool result (text, failure, or superseded).
     pub fn on_result(&mut self, result: &super::DecodeResult) {
         match &result.outcome {
-            Ok(text) => self.on_decoded(result.job, text),
+            Ok(text) => self.on_heard(result.job, text, &result.verdicts),
             Err(SpeechError::Superseded) => self.on_superseded(result.job),
             Err(e) => self.on_decode_failed(result.job, &e.to_string()),
         }
@@ -339,6 +346,13 @@ impl StreamingRecognizer {
 
     /// A decode finished with `text`.
     pub fn on_decoded(&mut self, job: JobId, text: &str) {
+        self.on_heard(job, text, &[]);
+    }
+
+    /// A decode finished with `text` and the keyword verifier's `verdicts`. A partial whose
+    /// text is unchanged is still reported when a verdict passed: the verifier may hear what
+    /// the transcript does not say.
+    pub fn on_heard(&mut self, job: JobId, text: &str, verdicts: &[Verdict]) {
         if job.stream != self.stream {
             return;
         }
@@ -358,13 +372,16 @@ impl StreamingRecognizer {
                 // Stale: after the final, or older than a partial already shown.
                 let stale =
                     track.final_done || track.last_partial_seq.is_some_and(|s| s >= job.seq);
-                if !stale && !text.is_empty() && text != track.last_partial_text {
+                let news = (!text.is_empty() && text != track.last_partial_text)
+                    || verdicts.iter().any(Verdict::passed);
+                if !stale && news {
                     track.last_partial_seq = Some(job.seq);
                     track.last_partial_text = text.to_string();
                     self.outputs.push_back(RecognizerOutput::Partial {
                         utterance: job.utterance,
                         seq: job.seq,
                         text: text.to_string(),
+                        verdicts: verdicts.to_vec(),
                     });
                 }
                 // The decoder is free again: catch up if speech piled up meanwhile.
@@ -377,6 +394,7 @@ impl StreamingRecognizer {
                     self.outputs.push_back(RecognizerOutput::Final {
                         utterance: job.utterance,
                         text: text.to_string(),
+                        verdicts: verdicts.to_vec(),
                     });
                 }
             }
@@ -532,6 +550,7 @@ impl StreamingRecognizer {
             self.outputs.push_back(RecognizerOutput::Final {
                 utterance: u.id,
                 text: String::new(),
+                verdicts: Vec::new(),
             });
             return;
         }

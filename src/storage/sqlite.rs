@@ -7,7 +7,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::path::Path;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE callbacks (
     id              INTEGER PRIMARY KEY,
     created_at      INTEGER NOT NULL,
@@ -31,7 +32,19 @@ CREATE TABLE callback_attempts (
     outcome     TEXT
 );
 CREATE INDEX callback_attempts_by_callback ON callback_attempts (callback_id);
-"#];
+"#,
+    // Promises are keyed on an id the server makes per request, not on the SIP Call-ID the
+    // caller controls (a reused Call-ID or a second acceptance is a new promise); the Call-ID
+    // is kept beside it. A promise kept otherwise (the caller reached a person) says why.
+    // Existing keys are old Call-IDs: still unique, still readable.
+    r#"
+ALTER TABLE callbacks RENAME COLUMN origin_call TO promise_key;
+ALTER TABLE callbacks ADD COLUMN call_id TEXT NOT NULL DEFAULT '';
+UPDATE callbacks SET call_id = promise_key;
+ALTER TABLE callbacks ADD COLUMN completed_reason TEXT;
+UPDATE callbacks SET completed_reason = 'called_back' WHERE state = 'completed';
+"#,
+];
 
 pub struct SqliteStore {
     conn: Connection,
@@ -41,8 +54,8 @@ fn db(e: rusqlite::Error) -> LedgerError {
     LedgerError::Storage(e.to_string())
 }
 
-const PROMISE_COLUMNS: &str = "id, created_at, number, not_before, reason, context, automatic, origin_call, \
-     state, attempts, next_attempt_at, completed_at";
+const PROMISE_COLUMNS: &str = "id, created_at, number, not_before, reason, context, automatic, promise_key, \
+     state, attempts, next_attempt_at, completed_at, call_id, completed_reason";
 
 fn promise_from(row: &Row<'_>) -> rusqlite::Result<Promise> {
     let context: String = row.get(5)?;
@@ -55,7 +68,9 @@ fn promise_from(row: &Row<'_>) -> rusqlite::Result<Promise> {
         reason: row.get(4)?,
         context: serde_json::from_str(&context).unwrap_or(serde_json::Value::Null),
         automatic: row.get(6)?,
-        origin_call: row.get(7)?,
+        key: row.get(7)?,
+        call_id: row.get(12)?,
+        completed_reason: row.get(13)?,
         // An unknown state (a newer version wrote it) reads as escalated: a person looks.
         state: PromiseState::parse(&state).unwrap_or(PromiseState::Escalated),
         attempts: row.get(9)?,
@@ -76,6 +91,8 @@ fn outcome_from(s: Option<String>) -> Option<AttemptOutcome> {
         AgentUnavailable,
         Failed,
         Interrupted,
+        BadNumber,
+        KeptElsewhere,
     ]
     .into_iter()
     .find(|o| o.as_str() == s)
@@ -170,8 +187,8 @@ impl LedgerStore for SqliteStore {
         let tx = self.write_tx()?;
         let existing: Option<i64> = tx
             .query_row(
-                "SELECT id FROM callbacks WHERE origin_call = ?1",
-                [&p.origin_call],
+                "SELECT id FROM callbacks WHERE promise_key = ?1",
+                [&p.key],
                 |r| r.get(0),
             )
             .optional()
@@ -181,7 +198,7 @@ impl LedgerStore for SqliteStore {
             None => {
                 tx.execute(
                     "INSERT INTO callbacks (created_at, number, not_before, reason, context, automatic, \
-                     origin_call, state, next_attempt_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'promised', ?8)",
+                     promise_key, state, next_attempt_at, call_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'promised', ?8, ?9)",
                     params![
                         now,
                         p.number,
@@ -189,8 +206,9 @@ impl LedgerStore for SqliteStore {
                         p.reason,
                         p.context.to_string(),
                         p.automatic,
-                        p.origin_call,
-                        p.not_before.max(now)
+                        p.key,
+                        p.not_before.max(now),
+                        p.call_id
                     ],
                 )
                 .map_err(db)?;
@@ -269,11 +287,12 @@ impl LedgerStore for SqliteStore {
         )
         .map_err(db)?;
         let completed_at = (state == PromiseState::Completed).then_some(now);
+        let completed_reason = (state == PromiseState::Completed).then_some("called_back");
         // A completed promise is never reopened, whatever a late attempt reports.
         tx.execute(
-            "UPDATE callbacks SET state = ?2, next_attempt_at = ?3, completed_at = COALESCE(completed_at, ?4) \
-             WHERE id = ?1 AND state != 'completed'",
-            params![promise_id, state.as_str(), next_attempt_at, completed_at],
+            "UPDATE callbacks SET state = ?2, next_attempt_at = ?3, completed_at = COALESCE(completed_at, ?4), \
+             completed_reason = COALESCE(completed_reason, ?5) WHERE id = ?1 AND state != 'completed'",
+            params![promise_id, state.as_str(), next_attempt_at, completed_at, completed_reason],
         )
         .map_err(db)?;
         let p = Self::get_in(&tx, promise_id)?;
@@ -304,6 +323,19 @@ impl LedgerStore for SqliteStore {
         .map_err(db)?;
         let _ = now;
         let p = Self::get_in(&tx, promise_id)?;
+        tx.commit().map_err(db)?;
+        Ok(p)
+    }
+
+    fn complete(&mut self, id: i64, reason: &str, now: UnixMs) -> Result<Promise, LedgerError> {
+        let tx = self.write_tx()?;
+        tx.execute(
+            "UPDATE callbacks SET state = 'completed', completed_at = ?2, completed_reason = ?3 \
+             WHERE id = ?1 AND state != 'completed'",
+            params![id, now, reason],
+        )
+        .map_err(db)?;
+        let p = Self::get_in(&tx, id)?;
         tx.commit().map_err(db)?;
         Ok(p)
     }
@@ -376,14 +408,15 @@ mod tests {
     use super::*;
     use crate::callbacks::{CallbackLedger, RetryPolicy};
 
-    fn promise(call: &str, not_before: i64) -> NewPromise {
+    fn promise(key: &str, not_before: i64) -> NewPromise {
         NewPromise {
             number: "+31205550100".into(),
             not_before,
             reason: "keyword".into(),
             context: serde_json::json!({"said": ["my internet is down", "human"]}),
             automatic: false,
-            origin_call: call.into(),
+            key: key.into(),
+            call_id: "sip-call-id".into(),
         }
     }
 
@@ -437,6 +470,52 @@ mod tests {
         assert!(l.finish(a.id, AttemptOutcome::Failed, 61_000).is_err());
         assert!(l.claim_due(i64::MAX / 2, 10).unwrap().is_empty());
         assert_eq!(l.get(p.id).unwrap().state, PromiseState::Completed);
+    }
+
+    #[test]
+    fn a_promise_kept_by_an_agent_is_never_dialed_and_says_why() {
+        let mut l = CallbackLedger::new(SqliteStore::in_memory().unwrap(), RetryPolicy::default());
+        let p = l.promise(&promise("k-1", 0), 0).unwrap();
+        // The same Call-ID, another request: another promise.
+        let q = l.promise(&promise("k-2", 0), 0).unwrap();
+        assert_ne!(p.id, q.id);
+        assert_eq!(p.call_id, q.call_id);
+        let kept = l.keep(p.id, "served_by_agent", 10).unwrap();
+        assert_eq!(kept.state, PromiseState::Completed);
+        assert_eq!(kept.completed_reason.as_deref(), Some("served_by_agent"));
+        let claimed = l.claim_due(20, 10).unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].0.id, q.id);
+    }
+
+    /// A ledger written before promises had server-made keys opens, reads and is kept.
+    #[test]
+    fn a_ledger_from_before_promise_keys_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO callbacks (created_at, number, not_before, reason, context, automatic, \
+                 origin_call, state, next_attempt_at) VALUES (5, '+15550124', 5, 'keyword', '{}', 0, 'abc@host', 'promised', 5)",
+                [],
+            )
+            .unwrap();
+        }
+        let mut l = CallbackLedger::new(SqliteStore::open(&path).unwrap(), RetryPolicy::default());
+        let old = l.list(None).unwrap();
+        assert_eq!(old.len(), 1);
+        assert_eq!(
+            (old[0].key.as_str(), old[0].call_id.as_str()),
+            ("abc@host", "abc@host")
+        );
+        // The old Call-ID reused by a new request is a new promise.
+        let mut again = promise("new-key", 0);
+        again.call_id = "abc@host".into();
+        assert_ne!(l.promise(&again, 10).unwrap().id, old[0].id);
+        assert_eq!(l.claim_due(10, 10).unwrap().len(), 2);
     }
 
     #[test]

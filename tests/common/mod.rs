@@ -352,13 +352,25 @@ impl Server {
     /// With more `serve` flags (`--trunk`, `--config`, ...). The ledger lives in `dir/data`, so
     /// a server started again on the same `dir` finds the promises of the one before.
     pub fn start_with(ports: Ports, dir: &Path, agents: &[String], extra: &[String]) -> Server {
-        Server::start_inner(ports, dir, agents, extra, true)
+        Server::start_inner(ports, dir, agents, extra, &[], true)
     }
 
     /// With the default set-up's speech: each language's own model from the prompts'
     /// `[speech]` (no `--model`, `$HUMANLINE_MODEL` not passed on).
     pub fn start_with_language_models(ports: Ports, dir: &Path, agents: &[String]) -> Server {
-        Server::start_inner(ports, dir, agents, &[], false)
+        Server::start_inner(ports, dir, agents, &[], &[], false)
+    }
+
+    /// Run through `wrapper` (e.g. `ip netns exec NS`). The HTTP listener is then out of the
+    /// test's reach, so readiness is the log line only.
+    pub fn start_wrapped(
+        ports: Ports,
+        dir: &Path,
+        agents: &[String],
+        extra: &[String],
+        wrapper: &[String],
+    ) -> Server {
+        Server::start_inner(ports, dir, agents, extra, wrapper, true)
     }
 
     fn start_inner(
@@ -366,6 +378,7 @@ impl Server {
         dir: &Path,
         agents: &[String],
         extra: &[String],
+        wrapper: &[String],
         one_model: bool,
     ) -> Server {
         let data = dir.join("data");
@@ -377,7 +390,14 @@ impl Server {
             })
             .find(|p| !p.exists())
             .expect("a free log name");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_humanline"));
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(env!("CARGO_BIN_EXE_humanline"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_humanline")),
+        };
         cmd.arg("serve")
             .arg("--sip-listen")
             .arg(ports.sip_addr().to_string())
@@ -386,9 +406,7 @@ impl Server {
             .arg("--rtp-ports")
             .arg(ports.rtp_range())
             .arg("--data-dir")
-            .arg(&data)
-            .arg("--prompts")
-            .arg(repo().join("prompts"));
+            .arg(&data);
         if one_model {
             cmd.arg("--model").arg(model_path());
         } else {
@@ -398,6 +416,10 @@ impl Server {
             // Two tests run at once on CI's 2 cores: one thread per decode keeps each server's
             // speech from spin-waiting on the other's cores.
             .args(["--decode-threads", "1"]);
+        // The shipped prompts, unless the test brings its own.
+        if !extra.iter().any(|a| a == "--prompts") {
+            cmd.arg("--prompts").arg(repo().join("prompts"));
+        }
         for a in agents {
             cmd.arg("--agent").arg(a);
         }
@@ -437,8 +459,10 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let (status, body) = server.get("/healthz");
-        assert_eq!(status, 200, "/healthz right after ready: {body}");
+        if wrapper.is_empty() {
+            let (status, body) = server.get("/healthz");
+            assert_eq!(status, 200, "/healthz right after ready: {body}");
+        }
         server
     }
 
@@ -528,6 +552,11 @@ pub struct SippRun<'a> {
 
 impl Sipp {
     pub fn start(dir: &Path, run: SippRun<'_>) -> Sipp {
+        Sipp::start_wrapped(dir, run, &[])
+    }
+
+    /// Run through `wrapper` (e.g. `ip netns exec NS`).
+    pub fn start_wrapped(dir: &Path, run: SippRun<'_>, wrapper: &[String]) -> Sipp {
         let template = std::fs::read_to_string(sipp_dir().join(run.scenario))
             .unwrap_or_else(|e| panic!("reading tests/sipp/{}: {e}", run.scenario));
         let mut text = template;
@@ -542,7 +571,14 @@ impl Sipp {
         }
         let scenario = dir.join(format!("{}.xml", run.name));
         std::fs::write(&scenario, text).expect("write scenario");
-        let mut cmd = Command::new("sipp");
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg("sipp");
+                c
+            }
+            None => Command::new("sipp"),
+        };
         if let Some(r) = run.remote {
             cmd.arg(r.to_string());
         }
@@ -1045,5 +1081,101 @@ pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
             return false;
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+// --- RTP capture ------------------------------------------------------------------------------
+
+/// Packets as they arrived: (arrival, samples at 8 kHz).
+type Arrivals = Arc<Mutex<Vec<(Instant, Vec<i16>)>>>;
+
+/// A caller's media port played by the test itself: records the PCMU audio Humanline sends
+/// there, each packet with the instant it arrived.
+pub struct RtpListener {
+    pub port: u16,
+    packets: Arrivals,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl RtpListener {
+    /// Listens on 127.0.0.1:`port` for at most `limit`.
+    pub fn start(port: u16, limit: Duration) -> RtpListener {
+        let sock = UdpSocket::bind((LOCALHOST, port)).expect("RTP listener port");
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("read timeout");
+        let packets: Arrivals = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (sink, halt) = (packets.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + limit;
+            let mut buf = [0u8; 2048];
+            while Instant::now() < deadline && !halt.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((n, _)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                let Ok(p) = humanline::media::rtp::parse(&buf[..n]) else {
+                    continue;
+                };
+                if p.header.payload_type != 0 {
+                    continue;
+                }
+                let samples = humanline::media::Codec::Pcmu.decode(p.payload);
+                sink.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((Instant::now(), samples));
+            }
+        });
+        RtpListener {
+            port,
+            packets,
+            stop,
+        }
+    }
+
+    /// Every packet so far: (arrival, samples at 8 kHz).
+    pub fn packets(&self) -> Vec<(Instant, Vec<i16>)> {
+        self.packets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Waits until packets have arrived for `span` after the first one (or `limit` passed).
+    pub fn wait_for_span(&self, span: Duration, limit: Duration) -> bool {
+        eventually(limit, || {
+            let p = self.packets();
+            match (p.first(), p.last()) {
+                (Some((a, _)), Some((b, _))) => b.duration_since(*a) >= span,
+                _ => false,
+            }
+        })
+    }
+
+    /// RMS (of full scale) of the audio in each `win` window from `from` to `to` after the
+    /// first packet, by arrival time.
+    pub fn loudness(&self, from: Duration, to: Duration, win: Duration) -> Vec<f32> {
+        let p = self.packets();
+        let Some((t0, _)) = p.first().map(|(t, s)| (*t, s.len())) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut start = from;
+        while start + win <= to {
+            let (a, b) = (t0 + start, t0 + start + win);
+            let samples: Vec<f32> = p
+                .iter()
+                .filter(|(t, _)| *t >= a && *t < b)
+                .flat_map(|(_, s)| s.iter().map(|v| *v as f32 / 32768.0))
+                .collect();
+            out.push(rms(&samples, 8000, 0.0, samples.len() as f32 / 8000.0));
+            start += win;
+        }
+        out
+    }
+}
+
+impl Drop for RtpListener {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }

@@ -1,0 +1,234 @@
+//! `humanline bench verifier`: the keyword verifier against the text matcher, on the same
+//! decodes of the same audio. Each utterance is decoded once the live way (adaptive window,
+//! the language's prompt) without the verifier, then again with it: the text matcher reads the
+//! transcript, the verifier scores the phrases. The escape threshold is calibrated on the
+//! tuning voices (at most 1% of their ordinary utterances may escape) and reported on the
+//! others, beside the threshold in the language file.
+
+use super::{loadavg, percentile, summary, write_json};
+use crate::config::Flow;
+use crate::speech::{
+    DecodeOptions, PhraseKind, Transcriber, Verdict, WhisperEngine, load_wav_mono_16k,
+};
+use anyhow::Context;
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Instant;
+
+pub struct VerifierRun {
+    pub corpus: PathBuf,
+    pub language: String,
+    pub model: PathBuf,
+    pub prompts: Option<PathBuf>,
+    /// Voices whose utterances set the threshold; the rest are held out.
+    pub tune_voices: Vec<String>,
+    pub every: usize,
+    pub threads: usize,
+    /// The decode's initial prompt instead of the live default ("" for none).
+    pub prompt: Option<String>,
+    pub out: PathBuf,
+}
+
+/// One utterance's outcome.
+struct Row {
+    id: String,
+    kind: String,
+    voice: String,
+    text: String,
+    heard: String,
+    text_escape: bool,
+    escape: Option<Verdict>,
+    plain_ms: f64,
+    verified_ms: f64,
+}
+
+/// Fraction of false escapes allowed on the tuning voices.
+const MAX_FALSE: f64 = 0.01;
+
+/// The lowest threshold under which at most `MAX_FALSE` of `ordinary` scores pass.
+fn calibrate(ordinary: &[f32]) -> Option<f32> {
+    let mut v: Vec<f32> = ordinary.to_vec();
+    v.sort_by(|a, b| b.total_cmp(a));
+    let allowed = (MAX_FALSE * v.len() as f64).floor() as usize;
+    // Just above the first score that must not pass.
+    v.get(allowed).map(|s| s + 0.01)
+}
+
+pub fn run(r: VerifierRun) -> anyhow::Result<()> {
+    let flow = Flow::load_dir_or_embedded(r.prompts.as_deref())?;
+    let lang = flow
+        .language(&r.language)
+        .with_context(|| format!("unknown language `{}`", r.language))?;
+    let engine = WhisperEngine::load(&r.model, Default::default())
+        .with_context(|| format!("loading {}", r.model.display()))?;
+    let phrases = lang.verifier_phrases.iter().map(|(p, k)| (p.as_str(), *k));
+    let verifier = engine.keyword_verifier(phrases, lang.verifier.clone())?;
+    let mut opts = DecodeOptions {
+        threads: Some(r.threads),
+        language: Some(r.language.clone()),
+        ..DecodeOptions::default()
+    };
+    if let Some(p) = &r.prompt {
+        opts.initial_prompt = (!p.trim().is_empty()).then(|| p.clone());
+    }
+    let plain_opts = DecodeOptions {
+        verify: false,
+        ..opts.clone()
+    };
+    let manifest_path = r.corpus.join("manifest.tsv");
+    let manifest = std::fs::read_to_string(&manifest_path)
+        .with_context(|| format!("reading {}", manifest_path.display()))?;
+    let mut rows = Vec::new();
+    for (i, line) in manifest.lines().skip(1).enumerate() {
+        if i % r.every.max(1) != 0 {
+            continue;
+        }
+        let cols: Vec<&str> = line.split('\t').collect();
+        let [id, kind, voice, ..] = cols[..] else {
+            continue;
+        };
+        let text = cols.last().copied().unwrap_or("").to_string();
+        let audio = load_wav_mono_16k(r.corpus.join(format!("{id}.wav")))?;
+        let t = Instant::now();
+        let heard = engine.transcribe(&audio, &plain_opts)?;
+        let plain_ms = t.elapsed().as_secs_f64() * 1000.0;
+        let t = Instant::now();
+        let verified = engine.transcribe_verified(&audio, &opts, &verifier, None)?;
+        let verified_ms = t.elapsed().as_secs_f64() * 1000.0;
+        let escape = verified
+            .verdicts
+            .iter()
+            .find(|v| v.kind == PhraseKind::Escape)
+            .cloned();
+        let text_escape = flow.escape.detect(&heard).is_some();
+        println!(
+            "{id:36} {kind:8} {plain_ms:6.0} +{:5.0} ms text {} verifier {:>6} {:16} {heard:?}",
+            verified_ms - plain_ms,
+            u8::from(text_escape),
+            escape
+                .as_ref()
+                .map_or("-".into(), |e| format!("{:.2}", e.score)),
+            escape.as_ref().map_or("", |e| e.phrase.as_str()),
+        );
+        rows.push(Row {
+            id: id.to_string(),
+            kind: kind.to_string(),
+            voice: voice.to_string(),
+            text,
+            heard,
+            text_escape,
+            escape,
+            plain_ms,
+            verified_ms,
+        });
+    }
+    anyhow::ensure!(
+        !rows.is_empty(),
+        "no utterances in {}",
+        manifest_path.display()
+    );
+    let tuning = |row: &Row| r.tune_voices.iter().any(|v| v == &row.voice);
+    let score = |row: &Row| row.escape.as_ref().map_or(f32::NEG_INFINITY, |e| e.score);
+    let tune_ordinary: Vec<f32> = rows
+        .iter()
+        .filter(|x| tuning(x) && x.kind != "escape")
+        .map(score)
+        .collect();
+    let calibrated = calibrate(&tune_ordinary);
+    let configured = lang.verifier.escape_threshold;
+    let report = |part: &str, pick: &dyn Fn(&Row) -> bool| {
+        let sel: Vec<&Row> = rows.iter().filter(|x| pick(x)).collect();
+        let escapes: Vec<&&Row> = sel.iter().filter(|x| x.kind == "escape").collect();
+        let others: Vec<&&Row> = sel.iter().filter(|x| x.kind != "escape").collect();
+        let rate = |set: &[&&Row], f: &dyn Fn(&Row) -> bool| {
+            (!set.is_empty()).then(|| set.iter().filter(|x| f(x)).count() as f64 / set.len() as f64)
+        };
+        let at = |th: f32| {
+            json!({
+                "threshold": th,
+                "verifier": {"recall": rate(&escapes, &|x| score(x) >= th),
+                             "false_escapes": rate(&others, &|x| score(x) >= th)},
+                "either": {"recall": rate(&escapes, &|x| x.text_escape || score(x) >= th),
+                           "false_escapes": rate(&others, &|x| x.text_escape || score(x) >= th)},
+                "missed": escapes.iter().filter(|x| !x.text_escape && score(x) < th)
+                    .map(|x| json!({"id": x.id, "heard": x.heard, "score": score(x)}))
+                    .collect::<Vec<_>>(),
+                "false": others.iter().filter(|x| x.text_escape || score(x) >= th)
+                    .map(|x| json!({"id": x.id, "heard": x.heard, "score": score(x),
+                                    "text_escape": x.text_escape}))
+                    .collect::<Vec<_>>(),
+            })
+        };
+        let added: Vec<f64> = sel.iter().map(|x| x.verified_ms - x.plain_ms).collect();
+        let plain: Vec<f64> = sel.iter().map(|x| x.plain_ms).collect();
+        let line = |name: &str, th: f32| {
+            let v = at(th);
+            println!(
+                "{part:8} {name:10} threshold {th:6.2}: verifier recall {} false {} | text recall {} false {} | either recall {} false {}",
+                fmt(&v["verifier"]["recall"]),
+                fmt(&v["verifier"]["false_escapes"]),
+                fmt(&rate(&escapes, &|x| x.text_escape).into()),
+                fmt(&rate(&others, &|x| x.text_escape).into()),
+                fmt(&v["either"]["recall"]),
+                fmt(&v["either"]["false_escapes"]),
+            );
+            v
+        };
+        json!({
+            "escapes": escapes.len(), "others": others.len(),
+            "text_matcher": {"recall": rate(&escapes, &|x| x.text_escape),
+                             "false_escapes": rate(&others, &|x| x.text_escape)},
+            "at_configured": line("configured", configured),
+            "at_calibrated": calibrated.map(|c| line("calibrated", c)),
+            "plain_decode_ms": summary(&plain),
+            "verifier_added_ms": summary(&added),
+        })
+    };
+    let tuned = report("tuning", &|x| tuning(x));
+    let held = report("held-out", &|x| !tuning(x));
+    let added: Vec<f64> = rows.iter().map(|x| x.verified_ms - x.plain_ms).collect();
+    println!(
+        "verifier added per decode: median {:.0} ms, p95 {:.0} ms ({} threads; load {})",
+        percentile(&added, 50.0).unwrap_or(0.0),
+        percentile(&added, 95.0).unwrap_or(0.0),
+        r.threads,
+        loadavg()
+    );
+    let value = json!({
+        "corpus": r.corpus, "language": r.language, "model": r.model, "threads": r.threads,
+        "every": r.every, "tune_voices": r.tune_voices, "loadavg": loadavg(),
+        "prompt": opts.initial_prompt,
+        "configured_threshold": configured, "calibrated_threshold": calibrated,
+        "tuning": tuned, "held_out": held,
+        "utterances": rows.iter().map(|x| json!({
+            "id": x.id, "kind": x.kind, "voice": x.voice, "text": x.text, "heard": x.heard,
+            "text_escape": x.text_escape, "verdict": x.escape,
+            "plain_ms": x.plain_ms, "verified_ms": x.verified_ms,
+        })).collect::<Vec<_>>(),
+    });
+    write_json(&r.out, &value)?;
+    println!("wrote {}", r.out.display());
+    Ok(())
+}
+
+fn fmt(v: &serde_json::Value) -> String {
+    v.as_f64().map_or("-".into(), |x| format!("{x:.3}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calibration_lets_at_most_one_percent_through() {
+        let mut scores: Vec<f32> = (0..200).map(|i| -(i as f32) / 10.0).collect();
+        scores.reverse();
+        let t = calibrate(&scores).expect("threshold");
+        let passed = scores.iter().filter(|&&s| s >= t).count();
+        assert_eq!(passed, 2, "threshold {t}");
+        assert_eq!(calibrate(&[]), None);
+        // Fewer than 100: none may pass.
+        let t = calibrate(&[-3.0, -1.0, -2.0]).expect("threshold");
+        assert!(t > -1.0);
+    }
+}

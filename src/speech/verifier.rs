@@ -1,0 +1,603 @@
+//! The keyword verifier: ask the model about the phrases that matter, instead of reading its
+//! free transcript.
+//!
+//! Free transcription followed by text matching cannot hear Dutch escapes on the phone band
+//! (recall 0.55 with 5% false escapes; base's WER on real Dutch phone speech is near 68%). The
+//! model often *does* give the phrase a good probability where the caller said it, even when
+//! its greedy transcript writes something else. So after the free decode (which encodes the
+//! audio once), each phrase of the call's language is scored as a forced token sequence, at
+//! word boundaries of the free hypothesis, against what the hypothesis itself wrote there: a
+//! length-normalised log-likelihood ratio
+//!
+//! ```text
+//! llr(p, k) = mean_j log P(p_j | prefix, hyp[..k], p[..j])  -  mean_j log P(hyp[k+j] | prefix, hyp[..k+j])
+//! ```
+//!
+//! 0 means "as likely as what the model wrote"; ordinary speech scores far below. The score
+//! of a phrase is its best over anchors.
+//!
+//! Cost is kept bounded:
+//! - the free decode's own logits rows are recorded as it runs ([`StepRecorder`], through
+//!   whisper.cpp's logits filter callback), so every phrase's first token is screened at every
+//!   anchor for free, and one-token phrases are scored entirely from them;
+//! - only the best `max_candidates` (anchor, phrase) pairs are scored in full, one token per
+//!   decode (after a multi-token decode whisper.cpp's logits row is not the last token's), on
+//!   the KV cache the free decode left: `decode` drops KV beyond `n_past`, so the hypothesis
+//!   prefix is shared by every phrase at an anchor and re-extended (one batch) to the next.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::Serialize;
+use whisper_rs::{WhisperContext, WhisperState};
+
+use super::SpeechError;
+
+/// What a phrase means when the caller says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PhraseKind {
+    /// A request for a person.
+    Escape,
+    /// Yes (to a callback offer).
+    Yes,
+    /// No.
+    No,
+}
+
+impl PhraseKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PhraseKind::Escape => "escape",
+            PhraseKind::Yes => "yes",
+            PhraseKind::No => "no",
+        }
+    }
+}
+
+/// A phrase the verifier heard: the best-scoring phrase of a kind, with the threshold it was
+/// held to. Only verdicts whose score reaches the threshold are acted on ([`Verdict::passed`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Verdict {
+    pub kind: PhraseKind,
+    pub phrase: String,
+    /// Length-normalised log-likelihood ratio against the free hypothesis (nats per token).
+    pub score: f32,
+    pub threshold: f32,
+}
+
+impl Verdict {
+    pub fn passed(&self) -> bool {
+        self.score >= self.threshold
+    }
+}
+
+/// Verifier settings of one language.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VerifierSettings {
+    /// An escape phrase scoring at least this routes (calibrated per language for at most 1%
+    /// false escapes on ordinary speech of the tuning voices).
+    pub escape_threshold: f32,
+    /// A yes or no scoring at least this counts as the answer.
+    pub answer_threshold: f32,
+    /// Screening: a phrase whose first token is this much (nats) less likely than the
+    /// hypothesis's token at an anchor is not scored further there.
+    pub screen_margin: f32,
+    /// Most (anchor, phrase) pairs scored in full per decode: bounds the cost.
+    pub max_candidates: usize,
+}
+
+impl Default for VerifierSettings {
+    fn default() -> Self {
+        VerifierSettings {
+            escape_threshold: -1.0,
+            answer_threshold: -1.0,
+            screen_margin: 4.0,
+            max_candidates: 8,
+        }
+    }
+}
+
+impl VerifierSettings {
+    pub fn validate(&self) -> Result<(), String> {
+        let finite = |x: f32| x.is_finite() && (-20.0..=5.0).contains(&x);
+        if !finite(self.escape_threshold) || !finite(self.answer_threshold) {
+            return Err("verifier thresholds must be between -20 and 5 (nats per token)".into());
+        }
+        if !(self.screen_margin.is_finite() && self.screen_margin > 0.0) {
+            return Err("verifier screen_margin must be a positive number".into());
+        }
+        if self.max_candidates > 64 {
+            return Err("verifier max_candidates must be at most 64".into());
+        }
+        Ok(())
+    }
+}
+
+/// One spelling of a phrase as tokens (" medewerker", " Medewerker").
+#[derive(Debug, Clone)]
+struct Variant {
+    tokens: Vec<i32>,
+}
+
+#[derive(Debug, Clone)]
+struct Phrase {
+    text: String,
+    kind: PhraseKind,
+    variants: Vec<Variant>,
+}
+
+/// The phrases of one language, tokenized for one model, with their settings.
+#[derive(Debug, Clone)]
+pub struct KeywordVerifier {
+    phrases: Vec<Phrase>,
+    settings: VerifierSettings,
+}
+
+/// The score of every phrase (best over anchors and spellings), for calibration and reports.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PhraseScore {
+    pub kind: PhraseKind,
+    pub phrase: String,
+    pub score: f32,
+}
+
+/// Logits rows of the free decode, one per step, captured by the logits filter callback.
+#[derive(Debug, Default)]
+pub struct StepRecorder {
+    /// Row i: log-softmax over text tokens and end-of-text of the logits before token i.
+    rows: Vec<Vec<f32>>,
+    used: usize,
+    eot: usize,
+}
+
+impl StepRecorder {
+    pub fn new(eot: i32) -> Self {
+        StepRecorder {
+            rows: Vec::new(),
+            used: 0,
+            eot: usize::try_from(eot).unwrap_or(0),
+        }
+    }
+
+    /// Forget the previous decode's rows (keeps the buffers).
+    pub fn reset(&mut self) {
+        self.used = 0;
+    }
+
+    /// Record the logits whisper.cpp is about to sample step `step` from.
+    pub fn record(&mut self, step: usize, logits: &[f32]) {
+        if step > self.used || step > 448 {
+            return; // A step was missed (should not happen): keep what is consistent.
+        }
+        if self.rows.len() <= step {
+            self.rows.resize_with(step + 1, Vec::new);
+        }
+        let row = &mut self.rows[step];
+        row.clear();
+        row.extend_from_slice(logits);
+        log_softmax_text(row, self.eot);
+        self.used = step + 1;
+    }
+
+    fn rows(&self) -> &[Vec<f32>] {
+        &self.rows[..self.used]
+    }
+}
+
+/// Log-softmax in place over the text tokens and end-of-text; special tokens (sot, language,
+/// timestamps) are set to -inf: a caller's words never contain them.
+fn log_softmax_text(row: &mut [f32], eot: usize) {
+    let n = row.len().min(eot + 1);
+    for x in row.iter_mut().skip(n) {
+        *x = f32::NEG_INFINITY;
+    }
+    let max = row[..n]
+        .iter()
+        .copied()
+        .filter(|x| x.is_finite())
+        .fold(f32::NEG_INFINITY, f32::max);
+    if !max.is_finite() {
+        return;
+    }
+    let sum: f32 = row[..n]
+        .iter()
+        .filter(|x| x.is_finite())
+        .map(|x| (x - max).exp())
+        .sum();
+    let lse = max + sum.ln();
+    for x in row[..n].iter_mut() {
+        *x -= lse;
+    }
+}
+
+/// What the free decode left behind, for scoring.
+pub struct Hypothesis<'a> {
+    /// The hypothesis's text tokens (no special tokens).
+    pub tokens: &'a [i32],
+    /// Text of each token (to find word boundaries).
+    pub pieces: &'a [String],
+    /// Number of tokens before the hypothesis in the decoder's KV cache (previous-text marker,
+    /// prompt, start-of-transcript, language, task, no-timestamps).
+    pub prefix_len: usize,
+    pub recorder: &'a StepRecorder,
+    pub eot: i32,
+}
+
+impl KeywordVerifier {
+    /// Tokenize `phrases` (text, kind) for `ctx`'s vocabulary. Each phrase is scored as said
+    /// mid-sentence (" medewerker") and as a transcript's first word (" Medewerker").
+    pub fn new<'a>(
+        ctx: &WhisperContext,
+        phrases: impl IntoIterator<Item = (&'a str, PhraseKind)>,
+        settings: VerifierSettings,
+    ) -> Result<Self, SpeechError> {
+        settings.validate().map_err(SpeechError::InvalidConfig)?;
+        let mut out: Vec<Phrase> = Vec::new();
+        for (text, kind) in phrases {
+            let text = text.trim().to_lowercase();
+            if text.is_empty() || out.iter().any(|p| p.text == text && p.kind == kind) {
+                continue;
+            }
+            let mut spellings = vec![format!(" {text}")];
+            let mut chars = text.chars();
+            if let Some(first) = chars.next() {
+                let capital: String = first.to_uppercase().chain(chars).collect();
+                spellings.push(format!(" {capital}"));
+            }
+            let mut variants: Vec<Variant> = Vec::new();
+            for s in spellings {
+                let tokens = ctx.tokenize(&s, s.len() + 8).map_err(|e| {
+                    SpeechError::InvalidConfig(format!("cannot tokenize phrase {s:?}: {e}"))
+                })?;
+                if !tokens.is_empty() && !variants.iter().any(|v| v.tokens == tokens) {
+                    variants.push(Variant { tokens });
+                }
+            }
+            if !variants.is_empty() {
+                out.push(Phrase {
+                    text,
+                    kind,
+                    variants,
+                });
+            }
+        }
+        Ok(KeywordVerifier {
+            phrases: out,
+            settings,
+        })
+    }
+
+    pub fn settings(&self) -> &VerifierSettings {
+        &self.settings
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.phrases.is_empty()
+    }
+
+    fn threshold(&self, kind: PhraseKind) -> f32 {
+        match kind {
+            PhraseKind::Escape => self.settings.escape_threshold,
+            PhraseKind::Yes | PhraseKind::No => self.settings.answer_threshold,
+        }
+    }
+
+    /// The best phrase of each kind, with its threshold.
+    pub fn verdicts(&self, scores: &[PhraseScore]) -> Vec<Verdict> {
+        let mut best: Vec<Verdict> = Vec::new();
+        for s in scores {
+            match best.iter_mut().find(|v| v.kind == s.kind) {
+                Some(v) if v.score >= s.score => {}
+                Some(v) => {
+                    v.phrase = s.phrase.clone();
+                    v.score = s.score;
+                }
+                None => best.push(Verdict {
+                    kind: s.kind,
+                    phrase: s.phrase.clone(),
+                    score: s.score,
+                    threshold: self.threshold(s.kind),
+                }),
+            }
+        }
+        best
+    }
+
+    /// Score every phrase against the free hypothesis in `state` (which `full()` just left:
+    /// encoder output and the hypothesis's KV cache). Gives up (with what it has) once
+    /// `cancel` is set.
+    pub fn score(
+        &self,
+        state: &mut WhisperState,
+        hyp: &Hypothesis<'_>,
+        threads: usize,
+        cancel: Option<&AtomicBool>,
+    ) -> Result<Vec<PhraseScore>, SpeechError> {
+        let rows = hyp.recorder.rows();
+        let n = hyp.tokens.len();
+        // The recorder saw one row per hypothesis token, and one more if the decode ended on
+        // end-of-text. Anything else means the callback did not follow this decode: no verdict.
+        if rows.len() < n || rows.len() > n + 1 || self.phrases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let eot = usize::try_from(hyp.eot).unwrap_or(0);
+        let lp = |row: &[f32], t: i32| -> f32 {
+            usize::try_from(t)
+                .ok()
+                .and_then(|i| row.get(i).copied())
+                .unwrap_or(f32::NEG_INFINITY)
+        };
+        // Log-probability of what the hypothesis wrote at each step (end-of-text last).
+        let mut hyp_lp: Vec<f32> = (0..n).map(|i| lp(&rows[i], hyp.tokens[i])).collect();
+        if rows.len() == n + 1 {
+            hyp_lp.push(rows[n].get(eot).copied().unwrap_or(0.0));
+        }
+        let hyp_mean = |k: usize, m: usize| -> f32 {
+            // Past the end, compare with the hypothesis's last known step.
+            let vals: Vec<f32> = (k..k + m)
+                .map(|i| hyp_lp.get(i.min(hyp_lp.len().saturating_sub(1))).copied())
+                .map(|v| v.unwrap_or(0.0))
+                .collect();
+            vals.iter().sum::<f32>() / m.max(1) as f32
+        };
+        // Anchors: before the first token, before every token that starts a word, and after
+        // the last one if the decode ended there.
+        let anchors: Vec<usize> = (0..rows.len())
+            .filter(|&k| {
+                k == 0
+                    || k == n
+                    || hyp
+                        .pieces
+                        .get(k)
+                        .is_some_and(|p| p.starts_with(' ') || p.starts_with('-'))
+            })
+            .collect();
+
+        let mut best: Vec<f32> = vec![f32::NEG_INFINITY; self.phrases.len()];
+        // (screen value, anchor, phrase, variant) of multi-token phrases worth scoring.
+        let mut candidates: Vec<(f32, usize, usize, usize)> = Vec::new();
+        for &k in &anchors {
+            let row = &rows[k];
+            let here = hyp_lp.get(k).copied().unwrap_or(0.0);
+            for (pi, p) in self.phrases.iter().enumerate() {
+                for (vi, v) in p.variants.iter().enumerate() {
+                    let first = lp(row, v.tokens[0]);
+                    if v.tokens.len() == 1 {
+                        best[pi] = best[pi].max(first - hyp_mean(k, 1));
+                    } else if first - here >= -self.settings.screen_margin {
+                        candidates.push((first - here, k, pi, vi));
+                    }
+                }
+            }
+        }
+        candidates.sort_by(|a, b| b.0.total_cmp(&a.0));
+        candidates.truncate(self.settings.max_candidates);
+        candidates.sort_by_key(|c| (c.1, c.2, c.3));
+
+        // Positions of the KV cache that hold the prefix and hypothesis as decoded: row i
+        // came from decoding token i-1, so tokens before the last row are in the cache.
+        let mut valid = hyp.prefix_len + rows.len().saturating_sub(1);
+        let threads = threads.max(1);
+        let decode = |state: &mut WhisperState, tokens: &[i32], n_past: usize| {
+            state
+                .decode(tokens, n_past, threads)
+                .map_err(|e| SpeechError::Decode(format!("verifier decode: {e}")))
+        };
+        let mut logits = Vec::new();
+        for &(_, k, pi, vi) in &candidates {
+            if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+                break;
+            }
+            let at = hyp.prefix_len + k;
+            if valid < at {
+                // Re-extend the shared hypothesis prefix (logits of this batch are not needed).
+                let from = valid - hyp.prefix_len;
+                decode(state, &hyp.tokens[from..k], valid)?;
+            }
+            let tokens = &self.phrases[pi].variants[vi].tokens;
+            let mut sum = lp(&rows[k], tokens[0]);
+            for j in 1..tokens.len() {
+                // One token per decode: only then is the logits row the one we want.
+                decode(state, &tokens[j - 1..j], at + j - 1)?;
+                logits.clear();
+                logits.extend_from_slice(
+                    state
+                        .get_logits()
+                        .map_err(|e| SpeechError::Decode(format!("verifier logits: {e}")))?,
+                );
+                log_softmax_text(&mut logits, eot);
+                sum += lp(&logits, tokens[j]);
+            }
+            valid = at;
+            let m = tokens.len();
+            best[pi] = best[pi].max(sum / m as f32 - hyp_mean(k, m));
+        }
+        Ok(self
+            .phrases
+            .iter()
+            .zip(best)
+            .filter(|(_, s)| s.is_finite())
+            .map(|(p, score)| PhraseScore {
+                kind: p.kind,
+                phrase: p.text.clone(),
+                score,
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod explore {
+    //! Measurements on the corpora (ignored tests; run with --release --ignored --nocapture).
+    use super::*;
+    use crate::speech::engine::{DecodeOptions, EngineOptions, WhisperEngine};
+    use std::io::Write;
+    use std::time::Instant;
+
+    /// Scores of every corpus utterance, to a TSV: id, kind, voice, ms, text, phrase:score...
+    /// Env: VERIFY_MODEL, VERIFY_CORPUS (dir with manifest.tsv), VERIFY_LANG, VERIFY_OUT,
+    /// VERIFY_PROMPT (initial prompt; empty for none), VERIFY_THREADS, VERIFY_EVERY.
+    #[test]
+    #[ignore]
+    fn score_corpus() {
+        let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
+        let model = env("VERIFY_MODEL", "/work/coord/ggml-base.bin");
+        let corpus = std::path::PathBuf::from(env("VERIFY_CORPUS", "bench/corpus-nl"));
+        let lang = env("VERIFY_LANG", "nl");
+        let out = env("VERIFY_OUT", "/tmp/verify.tsv");
+        let prompt = env("VERIFY_PROMPT", "");
+        let threads: usize = env("VERIFY_THREADS", "1").parse().unwrap_or(1);
+        let every: usize = env("VERIFY_EVERY", "1").parse().unwrap_or(1);
+        let engine = WhisperEngine::load(&model, EngineOptions::default()).expect("model");
+        let flow = crate::config::Flow::load_dir(std::path::Path::new("prompts")).expect("prompts");
+        let language = flow.languages.get(&lang).expect("language");
+        let phrases = language
+            .verifier_phrases
+            .iter()
+            .map(|(p, k)| (p.as_str(), *k));
+        let settings = VerifierSettings {
+            max_candidates: env("VERIFY_CANDIDATES", "8").parse().unwrap_or(8),
+            ..VerifierSettings::default()
+        };
+        let verifier = engine
+            .keyword_verifier(phrases, settings)
+            .expect("verifier");
+        let opts = DecodeOptions {
+            language: Some(lang.clone()),
+            initial_prompt: (!prompt.is_empty()).then_some(prompt),
+            threads: Some(threads),
+            ..DecodeOptions::default()
+        };
+        let manifest = std::fs::read_to_string(corpus.join("manifest.tsv")).expect("manifest");
+        let mut f = std::fs::File::create(&out).expect("out");
+        for (i, line) in manifest.lines().skip(1).enumerate() {
+            if i % every != 0 {
+                continue;
+            }
+            let cols: Vec<&str> = line.split('\t').collect();
+            let audio = crate::speech::load_wav_mono_16k(corpus.join(format!("{}.wav", cols[0])))
+                .expect("wav");
+            let t = Instant::now();
+            let plain = crate::speech::Transcriber::transcribe(engine.as_ref(), &audio, &opts)
+                .expect("decode");
+            let plain_ms = t.elapsed().as_millis();
+            let t = Instant::now();
+            let heard = engine
+                .transcribe_verified(&audio, &opts, &verifier, None)
+                .expect("verify");
+            let ms = t.elapsed().as_millis();
+            assert_eq!(plain, heard.text);
+            let scores: Vec<String> = heard
+                .verdicts
+                .iter()
+                .map(|s| format!("{}:{}:{:.3}", s.kind.as_str(), s.phrase, s.score))
+                .collect();
+            writeln!(
+                f,
+                "{}\t{}\t{}\t{plain_ms}\t{ms}\t{}\t{}\t{}",
+                cols[0],
+                cols[1],
+                cols[2],
+                cols.get(4).unwrap_or(&""),
+                heard.text,
+                scores.join("|")
+            )
+            .expect("write");
+            eprintln!("{} {plain_ms} {ms} {:?}", cols[0], heard.text);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::speech::testutil::{engine, phone_speech, silence};
+    use crate::speech::{DecodeOptions, Transcriber};
+
+    /// The English verifier of the shipped prompts, for the test model.
+    fn english(engine: &crate::speech::WhisperEngine) -> KeywordVerifier {
+        let flow = crate::config::Flow::embedded().expect("prompts");
+        let lang = flow.language("en").expect("en");
+        let phrases = lang.verifier_phrases.iter().map(|(p, k)| (p.as_str(), *k));
+        engine
+            .keyword_verifier(phrases, lang.verifier.clone())
+            .expect("verifier")
+    }
+
+    fn escape_verdict(heard: &crate::speech::Heard) -> Option<&Verdict> {
+        heard.verdicts.iter().find(|v| v.kind == PhraseKind::Escape)
+    }
+
+    #[test]
+    fn a_said_escape_passes_and_an_ordinary_request_does_not() {
+        let Some(engine) = engine() else { return };
+        let verifier = english(&engine);
+        let opts = DecodeOptions::default();
+        for (text, escape) in [
+            ("I want to talk to a human", true),
+            ("operator please", true),
+            ("I need to check my account balance", false),
+            ("my internet is not working", false),
+        ] {
+            let Some(audio) = phone_speech(text, "en-us", 165) else {
+                return;
+            };
+            let heard = engine
+                .transcribe_verified(&audio, &opts, &verifier, None)
+                .expect("decode");
+            // The verifier never changes the transcript.
+            assert_eq!(heard.text, engine.transcribe(&audio, &opts).expect("plain"));
+            let v = escape_verdict(&heard).expect("an escape score");
+            assert_eq!(v.passed(), escape, "{text:?} heard {heard:?}");
+        }
+    }
+
+    #[test]
+    fn silence_and_empty_audio_give_no_verdict_that_passes() {
+        let Some(engine) = engine() else { return };
+        let verifier = english(&engine);
+        let opts = DecodeOptions::default();
+        let empty = engine
+            .transcribe_verified(&[], &opts, &verifier, None)
+            .expect("empty");
+        assert!(
+            empty.verdicts.is_empty() && empty.text.is_empty(),
+            "{empty:?}"
+        );
+        for audio in [silence(50), silence(1_500)] {
+            let heard = engine
+                .transcribe_verified(&audio, &opts, &verifier, None)
+                .expect("silence");
+            assert!(!heard.verdicts.iter().any(Verdict::passed), "{heard:?}");
+        }
+    }
+
+    #[test]
+    fn log_softmax_ignores_special_tokens() {
+        let mut row = vec![1.0, 1.0, f32::NEG_INFINITY, 1.0, 50.0];
+        log_softmax_text(&mut row, 3);
+        let p: f32 = row[..4]
+            .iter()
+            .filter(|x| x.is_finite())
+            .map(|x| x.exp())
+            .sum();
+        assert!((p - 1.0).abs() < 1e-5, "{row:?}");
+        assert_eq!(row[4], f32::NEG_INFINITY);
+    }
+
+    #[test]
+    fn settings_are_validated() {
+        assert!(VerifierSettings::default().validate().is_ok());
+        let bad = VerifierSettings {
+            escape_threshold: f32::NAN,
+            ..VerifierSettings::default()
+        };
+        assert!(bad.validate().is_err());
+        let bad = VerifierSettings {
+            max_candidates: 1000,
+            ..VerifierSettings::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+}
