@@ -1025,3 +1025,91 @@ fn an_invite_never_acknowledged_promises_no_callback() {
         server.story()
     );
 }
+
+/// A Dutch caller who dials the Dutch line (sip:nl@...) and asks for a person reaches an
+/// agent, with the default set-up's speech: Dutch heard by the multilingual base model in Dutch
+/// with the Dutch prompt (no `--model`). The caller asks for "een medewerker" and then "iemand":
+/// free transcription of espeak-ng Dutch over RTP often misses "medewerker" (the keyword
+/// verifier of issue 10 is meant to fix that), so the test asserts the route, not which ask.
+#[test]
+fn a_dutch_caller_asking_for_a_medewerker_reaches_an_agent() {
+    if !peers_available("a_dutch_caller_asking_for_a_medewerker_reaches_an_agent") {
+        return;
+    }
+    let base = repo().join("models/ggml-base.bin");
+    if !base.is_file() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "{} missing (scripts/fetch-model.sh)",
+            base.display()
+        );
+        eprintln!("SKIP: {} missing (scripts/fetch-model.sh)", base.display());
+        return;
+    }
+    let _speech = speech_lock();
+    let ports = Ports::claim(5);
+    let dir = tempdir("dutch");
+    let d = dir.path();
+
+    let mut agent = answering_agent(d, ports, "u1", Duration::from_secs(80));
+    let server = Server::start_with_language_models(ports, d, &[agent_uri(ports.agent_sipp().sip)]);
+    let (audio, secs) = caller_audio(
+        d,
+        "caller",
+        &[
+            Part::SayAs("nl", "Ik wil graag een medewerker spreken"),
+            Part::Silence(4.0),
+            Part::SayAs("nl", "Mag ik iemand spreken"),
+            Part::Silence(8.0),
+        ],
+    );
+    // The shared caller scenario, dialling the Dutch line instead of sip:ivr@.
+    let scenario = std::fs::read_to_string(sipp_dir().join("caller_speaks.xml"))
+        .expect("caller scenario")
+        .replace("sip:ivr@", "sip:nl@");
+    let scenario_path = d.join("caller_speaks_nl.xml");
+    std::fs::write(&scenario_path, scenario).expect("write scenario");
+    let hold_ms = (secs * 1000.0) as u64 + 2000;
+    let mut caller = Sipp::start(
+        d,
+        SippRun {
+            name: "caller",
+            scenario: scenario_path.to_str().expect("utf-8 path"),
+            vars: &[
+                ("AUDIO", audio.display().to_string()),
+                ("HOLD_MS", hold_ms.to_string()),
+            ],
+            remote: Some(ports.sip_addr()),
+            transport: "u1",
+            ports: ports.caller_sipp(),
+            timeout: Duration::from_millis(hold_ms) + Duration::from_secs(40),
+            calls: 1,
+        },
+    );
+
+    let bridged = server
+        .log
+        .wait_for(&["agent answered; bridged"], Duration::from_secs(60));
+    assert!(
+        bridged.is_some(),
+        "the agent was never bridged\n{}",
+        context(&server, &[&caller, &agent])
+    );
+    assert!(
+        server.log.find(&["dialled language", "nl"]).is_some(),
+        "the call did not start in Dutch\n{}",
+        context(&server, &[&caller])
+    );
+    assert!(
+        server.log.find(&["code=nl", "language"]).is_some(),
+        "the recognizer was never switched to Dutch\n{}",
+        context(&server, &[&caller])
+    );
+    assert_speech_route(&server, "keyword", &[&caller, &agent]);
+    let code = caller
+        .proc
+        .wait(Duration::from_millis(hold_ms) + Duration::from_secs(30));
+    assert_sipp_ok("caller", code, &server, &[&caller, &agent]);
+    let code = agent.proc.wait(Duration::from_secs(15));
+    assert_sipp_ok("agent", code, &server, &[&caller, &agent]);
+}

@@ -172,10 +172,17 @@ fn record(u: &Utterance, engine: &dyn Transcriber, setup: &Setup) -> anyhow::Res
         engine,
         opts: &setup.opts,
     };
-    let stats = run_turn(&u.audio, 1, setup.recognizer.clone(), decoding, |at, e| {
-        events.extend(Heard::from_event(at, e));
-        ControlFlow::Continue(())
-    })?;
+    let stats = run_turn(
+        &u.audio,
+        1,
+        None,
+        setup.recognizer.clone(),
+        decoding,
+        |at, e| {
+            events.extend(Heard::from_event(at, e));
+            ControlFlow::Continue(())
+        },
+    )?;
     Ok(Recording {
         id: u.id.clone(),
         kind: u.kind.clone(),

@@ -71,12 +71,14 @@ pub fn speech_end_ms(audio: &[f32]) -> u64 {
 pub fn run_turn(
     audio: &[f32],
     stream: u64,
+    language: Option<&str>,
     config: RecognizerConfig,
     decoding: Decoding<'_>,
     mut emit: impl FnMut(u64, Event) -> ControlFlow<()>,
 ) -> Result<TurnStats, SpeechError> {
     let mut stats = TurnStats::default();
     let mut rec = StreamingRecognizer::new(stream, config)?;
+    rec.set_language(language);
     let (tx, rx) = mpsc::channel::<DecodeResult>();
     let no_cancel = std::sync::atomic::AtomicBool::new(false);
     // Fast mode: results waiting for their (virtual) arrival time; the decoder is busy until.
@@ -260,6 +262,32 @@ pub fn load_engine(model: &std::path::Path) -> anyhow::Result<Arc<crate::speech:
     Ok(engine)
 }
 
+/// Loads each language's model for a command: `--model` (or `$HUMANLINE_MODEL`) for every
+/// language when given, else each language's `[speech] model` from the models folder.
+pub fn load_languages(
+    flow: &crate::config::Flow,
+    model: Option<&std::path::Path>,
+) -> anyhow::Result<Arc<crate::speech::LanguageEngines>> {
+    use crate::speech::models;
+    use anyhow::Context;
+    let every = models::explicit_model(model);
+    let specs = flow.speech_specs(every.as_deref());
+    for s in &specs {
+        anyhow::ensure!(
+            s.model.is_file(),
+            "the speech model {} for language `{}` is missing (scripts/fetch-model.sh fetches it)",
+            s.model.display(),
+            s.code
+        );
+    }
+    crate::speech::LanguageEngines::load(
+        &specs,
+        &flow.default_language,
+        crate::speech::EngineOptions::default(),
+    )
+    .context("loading the speech models (scripts/setup.sh fetches them)")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,6 +342,7 @@ mod tests {
                     run_turn(
                         &audio,
                         stream,
+                        None,
                         RecognizerConfig::default(),
                         decoding,
                         |t, e| {

@@ -56,9 +56,13 @@ enum Command {
     },
     /// Transcribe recordings (any WAV rate and channel count) as a live call would hear them.
     Transcribe {
-        /// Whisper model (ggml); default $HUMANLINE_MODEL or models/ggml-tiny.en.bin.
+        /// Whisper model (ggml); default $HUMANLINE_MODEL, else the language's own
+        /// (`[speech] model` in the prompts).
         #[arg(long)]
         model: Option<PathBuf>,
+        /// Language spoken (a code from humanline.toml); default: the configured one.
+        #[arg(long)]
+        language: Option<String>,
         /// Decode with Whisper's full 30 s window instead of a window sized to the audio.
         #[arg(long)]
         full_window: bool,
@@ -81,11 +85,12 @@ pub fn main() -> ExitCode {
         Command::Callbacks(args) => report("callbacks", callbacks::run(args)),
         Command::Transcribe {
             model,
+            language,
             full_window,
             files,
         } => report(
             "transcribe",
-            transcribe(model.as_deref(), full_window, &files),
+            transcribe(model.as_deref(), language, full_window, &files),
         ),
         Command::Bench(args) => report("bench", bench::run(args)),
         Command::ConvertModel {
@@ -211,15 +216,25 @@ fn convert_model(
 
 fn transcribe(
     model: Option<&std::path::Path>,
+    language: Option<String>,
     full_window: bool,
     files: &[PathBuf],
 ) -> anyhow::Result<()> {
     use crate::speech::DecodeOptions;
-    let engine = caller_turn::load_engine(&crate::speech::models::model_path(model))?;
-    let opts = if full_window {
-        DecodeOptions::full_window()
-    } else {
-        DecodeOptions::default()
+    let flow = load_flow(None)?;
+    let language = language.unwrap_or_else(|| flow.default_language.clone());
+    anyhow::ensure!(
+        flow.language(&language).is_some(),
+        "unknown language `{language}`"
+    );
+    let engine = caller_turn::load_languages(&flow, model)?;
+    let opts = DecodeOptions {
+        language: Some(language),
+        ..if full_window {
+            DecodeOptions::full_window()
+        } else {
+            DecodeOptions::default()
+        }
     };
     let mut failed = 0;
     for file in files {

@@ -31,7 +31,8 @@ pub struct ServeArgs {
     /// Outbound target for callbacks (the request URI carries the number).
     #[arg(long)]
     trunk: Option<String>,
-    /// Whisper model (ggml) [default: $HUMANLINE_MODEL or models/ggml-tiny.en.bin].
+    /// Whisper model (ggml) for every language [default: $HUMANLINE_MODEL, else each
+    /// language's own `[speech] model` in the models folder].
     #[arg(long)]
     model: Option<PathBuf>,
     /// Decide only at the end of speech (no partial transcripts): the baseline benchmarks
@@ -86,7 +87,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .data_dir
             .or(file.data_dir)
             .unwrap_or_else(|| "data".into()),
-        model: crate::speech::models::model_path(args.model.or(file.model).as_deref()),
+        model: crate::speech::models::explicit_model(args.model.or(file.model).as_deref()),
         decoders,
         decode_threads: args
             .decode_threads

@@ -5,10 +5,10 @@
 //! the brain's timers fire. Time is simulated, so a call of minutes runs in milliseconds and
 //! every run prints the same lines.
 
-use super::caller_turn::{Decoding, load_engine, run_turn, speech_end_ms};
+use super::caller_turn::{Decoding, load_languages, run_turn, speech_end_ms};
 use crate::brain::{Action, CallBrain, Event, Phase, PlayId, RouteReason};
 use crate::speech::{
-    DecodeOptions, DecoderPool, PoolConfig, RecognizerConfig, WhisperEngine, load_wav_mono_16k,
+    DecodeOptions, DecoderPool, LanguageEngines, PoolConfig, RecognizerConfig, load_wav_mono_16k,
 };
 use anyhow::Context;
 use serde_json::{Value, json};
@@ -35,7 +35,8 @@ pub struct SimulateArgs {
     /// time it would have arrived.
     #[arg(long)]
     fast: bool,
-    /// Whisper model (ggml) for --caller; default $HUMANLINE_MODEL or models/ggml-tiny.en.bin.
+    /// Whisper model (ggml) for --caller, for every language; default $HUMANLINE_MODEL, else
+    /// each language's own (`[speech] model` in its prompts file, in models/).
     #[arg(long)]
     model: Option<PathBuf>,
     /// Language to start in (a code from humanline.toml); default: the configured one.
@@ -66,7 +67,7 @@ enum Pending {
 
 /// Speech recognition for recorded turns.
 struct Speech {
-    engine: Arc<WhisperEngine>,
+    engine: Arc<LanguageEngines>,
     pool: Option<DecoderPool>,
     opts: DecodeOptions,
     config: RecognizerConfig,
@@ -84,6 +85,8 @@ struct Sim<W: Write> {
     /// End of the caller's latest utterance, for the route's `after_speech_end_ms`.
     speech_end: Option<Duration>,
     awaiting_answer: bool,
+    /// The call's language, as the brain last set it: recordings are heard in it.
+    language: String,
 }
 
 pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
@@ -99,7 +102,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         for f in &args.caller {
             anyhow::ensure!(f.is_file(), "caller recording {} not found", f.display());
         }
-        let engine = load_engine(&crate::speech::models::model_path(args.model.as_deref()))?;
+        let engine = load_languages(&flow, args.model.as_deref())?;
         engine.install_verifiers(&flow)?;
         let opts = DecodeOptions::default().with_escape_prompt();
         let pool = if args.fast {
@@ -118,6 +121,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
             config: RecognizerConfig::default(),
         })
     };
+    let language = flow.default_language.clone();
     let mut sim = Sim {
         brain: CallBrain::new(flow),
         start: Instant::now(),
@@ -129,6 +133,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         out: std::io::stdout().lock(),
         speech_end: None,
         awaiting_answer: false,
+        language,
     };
     sim.emit(json!({"event": "call_started", "caller_id": args.caller_id}))?;
     sim.feed(Event::CallStarted {
@@ -213,7 +218,8 @@ impl<W: Write> Sim<W> {
             }
             Action::Listen => self.awaiting_answer = true,
             Action::SetLanguage { code } => {
-                self.emit(json!({"event": "language", "code": code}))?
+                self.emit(json!({"event": "language", "code": code}))?;
+                self.language = code;
             }
             Action::RouteToAgent { reason, context } => {
                 // Only a decision on what the caller said has a "speech end" to measure from.
@@ -280,7 +286,9 @@ impl<W: Write> Sim<W> {
             },
         };
         let mut failure = None;
-        let stats = run_turn(&audio, 1, speech.config.clone(), decoding, |at, event| {
+        let language = self.language.clone();
+        let config = speech.config.clone();
+        let stats = run_turn(&audio, 1, Some(&language), config, decoding, |at, event| {
             self.now = start + Duration::from_millis(at);
             let label = match &event {
                 Event::PartialTranscript { text } => {

@@ -14,6 +14,9 @@ pub struct SettingsFile {
     /// Folder of the prompt recordings, relative to the prompts folder.
     #[serde(default = "default_audio_dir")]
     pub audio_dir: String,
+    /// Folder of the Whisper models, relative to the prompts folder.
+    #[serde(default = "default_models_dir")]
+    pub models_dir: String,
     #[serde(default)]
     pub timers: TimersFile,
     #[serde(default)]
@@ -29,6 +32,10 @@ pub struct SettingsFile {
 
 fn default_audio_dir() -> String {
     "../audio".into()
+}
+
+fn default_models_dir() -> String {
+    "../models".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -118,6 +125,18 @@ pub struct LanguageFile {
     /// The keyword verifier's thresholds for this language (`[verifier]`).
     #[serde(default)]
     pub verifier: Option<Spanned<crate::speech::verifier::VerifierSettings>>,
+    #[serde(default)]
+    pub speech: SpeechFile,
+}
+
+/// `[speech]` of a language file: how this language is heard.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpeechFile {
+    /// Whisper model file, in the models folder (scripts/fetch-model.sh writes them there).
+    pub model: Option<Spanned<String>>,
+    /// Text the decoder is primed with: the escape words as this model should write them.
+    pub decoder_prompt: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

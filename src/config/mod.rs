@@ -119,6 +119,26 @@ pub struct Language {
     /// and the yes/no answers.
     pub verifier_phrases: Vec<(String, PhraseKind)>,
     pub verifier: VerifierSettings,
+    pub speech: SpeechSettings,
+}
+
+/// How a language is heard (`[speech]` of its file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpeechSettings {
+    /// Whisper model file name, in the models folder.
+    pub model: String,
+    /// Decoder prompt; `None`: the recognizer's own ([`crate::speech::ESCAPE_PROMPT`]).
+    pub decoder_prompt: Option<String>,
+}
+
+/// The model a language uses when its file names none: English-only tiny.en for English
+/// (fastest, and as accurate there: BENCHMARKS.md), the multilingual base for the rest.
+pub fn default_model(code: &str) -> &'static str {
+    if code == "en" {
+        crate::speech::models::TINY_EN_FILE
+    } else {
+        crate::speech::models::BASE_FILE
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -161,6 +181,9 @@ pub struct Flow {
     pub confirm_lone_word: bool,
     pub timers: Timers,
     pub offer_callback_after_wait: Duration,
+    /// Where the languages' Whisper models are (`models_dir`, relative to the prompts
+    /// folder; `models/` in the working directory for the embedded prompts).
+    pub models_dir: PathBuf,
     /// Looped to a waiting caller between announcements (`hold_music`); without one the
     /// drivers play a soft comfort tone, never dead air.
     pub hold_music: Option<PathBuf>,
@@ -247,6 +270,23 @@ impl Flow {
             }
             None => Flow::embedded(),
         }
+    }
+
+    /// What each language is heard with: its `[speech]` model in the models folder
+    /// (`$HUMANLINE_MODELS_DIR` if set, else `models_dir`) and its decoder prompt, or the one
+    /// model `every` for all languages (a `--model` flag).
+    pub fn speech_specs(&self, every: Option<&Path>) -> Vec<crate::speech::LanguageSpec> {
+        let models_dir =
+            crate::speech::models::models_dir_override().unwrap_or_else(|| self.models_dir.clone());
+        let models_dir = models_dir.as_path();
+        self.languages
+            .values()
+            .map(|l| crate::speech::LanguageSpec {
+                code: l.code.clone(),
+                model: every.map_or_else(|| models_dir.join(&l.speech.model), Path::to_path_buf),
+                prompt: l.speech.decoder_prompt.clone(),
+            })
+            .collect()
     }
 
     pub fn language(&self, code: &str) -> Option<&Language> {
@@ -345,6 +385,10 @@ impl Loader<'_> {
         }
 
         let audio_root = self.dir.map(|d| d.join(&settings.audio_dir));
+        let models_dir = self.dir.map_or_else(
+            || PathBuf::from(crate::speech::models::MODELS_DIR),
+            |d| d.join(&settings.models_dir),
+        );
         let hold_music = match (&settings.hold_music, &audio_root) {
             (Some(file), Some(root)) => {
                 let path = root.join(file.get_ref());
@@ -451,6 +495,45 @@ impl Loader<'_> {
                     prompt: t.prompt.get_ref().clone(),
                 });
             }
+            if !crate::speech::is_language_code(code) {
+                problems.push(sp(
+                    settings.languages.span(),
+                    format!(
+                        "language code `{code}` must be two or three lowercase letters (ISO 639, as Whisper names languages)"
+                    ),
+                ));
+            }
+            let model = match &file.speech.model {
+                Some(m) => {
+                    let name = m.get_ref();
+                    if name.trim().is_empty() || !name.ends_with(".bin") {
+                        problems.push(lp(
+                            m.span(),
+                            format!("speech model `{name}` must name a ggml model file (ending in .bin) in the models folder"),
+                        ));
+                    } else if code != "en" && crate::speech::models::is_english_only(name) {
+                        problems.push(lp(
+                            m.span(),
+                            format!(
+                                "speech model `{name}` is English-only; language `{code}` needs a multilingual model such as `{}`",
+                                crate::speech::models::BASE_FILE
+                            ),
+                        ));
+                    }
+                    name.clone()
+                }
+                None => default_model(code).to_string(),
+            };
+            let decoder_prompt = file.speech.decoder_prompt.as_ref().map(|p| {
+                let words = p.get_ref().split_whitespace().count();
+                if words == 0 || words > 60 {
+                    problems.push(lp(
+                        p.span(),
+                        "decoder_prompt must have between 1 and 60 words".into(),
+                    ));
+                }
+                p.get_ref().clone()
+            });
             if file.escape.phrases.get_ref().is_empty() {
                 problems.push(lp(
                     file.escape.phrases.span(),
@@ -517,6 +600,10 @@ impl Loader<'_> {
                         repetition_threshold,
                     ),
                     topics,
+                    speech: SpeechSettings {
+                        model,
+                        decoder_prompt,
+                    },
                     verifier_phrases,
                     verifier,
                 },
@@ -559,6 +646,7 @@ impl Loader<'_> {
             offer_callback_after_wait: Duration::from_millis(
                 settings.callback.offer_when_wait_exceeds_ms,
             ),
+            models_dir,
         })
     }
 }

@@ -93,6 +93,8 @@ struct Call {
     confirmed: bool,
     /// Audio has arrived from the caller at least once.
     heard_caller: bool,
+    /// The language the caller is heard in (the brain's; changed by `SetLanguage`).
+    language: String,
     /// This call has a speech recognizer (else the caller goes to a person at once).
     speech_ok: bool,
 }
@@ -118,6 +120,7 @@ async fn run_inner(shared: &Arc<Shared>, id: u64, incoming: IncomingCall) -> any
     let IncomingCall {
         call_id,
         from,
+        to,
         offer_sdp,
         call: inbound,
         events,
@@ -167,6 +170,12 @@ async fn run_inner(shared: &Arc<Shared>, id: u64, incoming: IncomingCall) -> any
     }
     info!(rtp = %media.local_addr(), codec = ?answer.remote.codec, "answered");
 
+    // A call to a language's code (sip:nl@...) starts in that language.
+    let flow = shared.flow();
+    let language = to
+        .user
+        .filter(|u| flow.language(u).is_some())
+        .inspect(|l| info!(language = %l, "dialled language"));
     let leg = CallerLeg {
         sip_call_id: call_id,
         caller_id: from.caller_id().to_string(),
@@ -175,6 +184,7 @@ async fn run_inner(shared: &Arc<Shared>, id: u64, incoming: IncomingCall) -> any
         sdp: local_sdp,
         media,
         media_events,
+        language,
     };
     let (flow, audio) = shared.flow_and_audio();
     drive(shared, id, leg, CallBrain::new(flow), audio, false).await;
@@ -231,6 +241,8 @@ pub(super) struct CallerLeg {
     sdp: sdp::LocalSdp,
     media: MediaHandle,
     media_events: mpsc::Receiver<MediaEvent>,
+    /// The language the call starts in; `None`: the flow's default.
+    language: Option<String>,
 }
 
 /// A called-back customer whose agent hung up first: they stay on the line, back with the
@@ -263,6 +275,7 @@ pub(super) async fn continue_called_back(
             sdp: sdp::LocalSdp::after_offer(local),
             media,
             media_events,
+            language: None,
         };
         drive(&shared, id, leg, brain, audio, true).await;
         shared.metrics.active_calls.dec();
@@ -291,7 +304,9 @@ async fn drive(
         sdp,
         media,
         mut media_events,
+        language,
     } = leg;
+    let language = language.unwrap_or_else(|| brain.context().language.clone());
     let (queue_tx, mut queue_rx) = super::queue::to_call_channel();
     let (callback_tx, mut callback_rx) = mpsc::channel(4);
     let (decode_tx, mut decode_rx) = mpsc::unbounded_channel::<DecodeResult>();
@@ -332,6 +347,7 @@ async fn drive(
         call_start: Instant::now(),
         confirmed: established,
         heard_caller: established,
+        language,
         speech_ok: speech.is_some(),
     };
     let (mut recognizer, mut resampler) = match speech {
@@ -367,6 +383,9 @@ async fn drive(
                         pcm.extend(frame.samples.iter().map(|s| *s as f32 / 32768.0));
                         let mut out = Vec::with_capacity(340);
                         if res.process(&pcm, &mut out).is_ok() {
+                            if rec.language() != Some(call.language.as_str()) {
+                                rec.set_language(Some(&call.language));
+                            }
                             rec.push_audio(&out);
                         }
                         call.drain_recognizer(rec, &decode_tx).await;
@@ -551,7 +570,10 @@ impl Call {
             | Action::OfferCallback
             | Action::SetTimer { .. }
             | Action::CancelTimer { .. } => {}
-            Action::SetLanguage { code } => info!(%code, "language"),
+            Action::SetLanguage { code } => {
+                info!(%code, "language");
+                self.language = code;
+            }
             Action::RouteToAgent { reason, context } => {
                 let after = self
                     .speech_end
@@ -782,7 +804,7 @@ impl Call {
                     let caller_id = self.shared.numbers.dialable(&self.caller_id).ok();
                     self.feed(Event::CallStarted {
                         caller_id,
-                        language: None,
+                        language: Some(self.language.clone()),
                     })
                     .await;
                     if self.shared.speech.is_none() || !self.speech_ok {

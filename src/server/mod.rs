@@ -16,7 +16,7 @@ use crate::callbacks::CallbackLedger;
 use crate::config::Flow;
 use crate::media::PortRange;
 use crate::sip::{SipConfig, SipEndpoint};
-use crate::speech::{DecodeOptions, DecoderPool, PoolConfig};
+use crate::speech::{DecodeOptions, DecoderPool, LanguageEngines, PoolConfig};
 use crate::storage::SqliteStore;
 use crate::web::{Metrics, SharedLedger, WebState};
 use anyhow::Context;
@@ -35,7 +35,7 @@ pub struct Shared {
     pub(crate) rtp_ports: PortRange,
     pub(crate) speech: Option<Arc<DecoderPool>>,
     /// The model behind `speech`, to re-tokenize the verifier's phrases on a prompt reload.
-    pub(crate) engine: Option<Arc<crate::speech::WhisperEngine>>,
+    pub(crate) engine: Option<Arc<crate::speech::LanguageEngines>>,
     pub(crate) queue: tokio::sync::mpsc::UnboundedSender<queue::QueueMsg>,
     pub(crate) ledger: SharedLedger,
     pub(crate) metrics: Metrics,
@@ -111,13 +111,24 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         }
     });
 
-    // The model is loaded before the first call; if it cannot be, calls still get a person.
+    // The models are loaded before the first call; if the default language's cannot be, calls
+    // still get a person. Each language is heard with its own model (prompts' `[speech]`), or
+    // every language with `--model`. Models are not reloaded with the prompts.
+    let specs = flow.speech_specs(opts.model.as_deref());
+    let (engines, skipped) = LanguageEngines::load_available(
+        &specs,
+        &flow.default_language,
+        crate::speech::EngineOptions::default(),
+    );
+    for (language, e) in &skipped {
+        error!(%language, error = %e, "speech model unavailable: this language is heard with the default language's model");
+    }
     let mut engine_for_reload = None;
-    let speech = match crate::speech::WhisperEngine::load(&opts.model, Default::default()) {
-        Ok(engine) => {
+    let speech = match engines {
+        Ok(engines) => {
             // The keyword verifier of each language, from the prompts' phrases and thresholds.
-            engine.install_verifiers(&flow)?;
-            engine_for_reload = Some(engine.clone());
+            engines.install_verifiers(&flow)?;
+            engine_for_reload = Some(engines.clone());
             let cfg = PoolConfig {
                 workers: opts.decoders,
                 decode: DecodeOptions {
@@ -126,7 +137,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
                 },
                 ..PoolConfig::default()
             };
-            let pool = Arc::new(DecoderPool::new(engine, cfg)?);
+            let pool = Arc::new(DecoderPool::new(engines, cfg)?);
             let watched = Arc::downgrade(&pool);
             metrics.watch_speech(move || watched.upgrade().map(|p| p.stats()).unwrap_or_default());
             Some(pool)

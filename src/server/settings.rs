@@ -20,6 +20,7 @@ pub struct ServerFile {
     pub http_listen: Option<SocketAddr>,
     pub prompts: Option<PathBuf>,
     pub data_dir: Option<PathBuf>,
+    /// One Whisper model for every language; unset: each language's own `[speech] model`.
     pub model: Option<PathBuf>,
     /// Decoder threads for speech recognition.
     pub decoders: Option<usize>,
@@ -351,7 +352,8 @@ pub struct ServeOptions {
     pub http_listen: SocketAddr,
     pub prompts: PathBuf,
     pub data_dir: PathBuf,
-    pub model: PathBuf,
+    /// One model for every language (`--model`); `None`: each language's `[speech] model`.
+    pub model: Option<PathBuf>,
     pub decoders: usize,
     /// Threads each decode uses.
     pub decode_threads: usize,

@@ -15,6 +15,8 @@
 //! - [`engine`]: [`WhisperEngine`] (the model, loaded once) implementing [`Transcriber`], the
 //!   decode settings ([`DecodeOptions`]) and [`DecoderPool`], a bounded set of worker threads that
 //!   drops superseded partial decodes and reports how far behind it is.
+//! - [`languages`]: [`LanguageEngines`], a model and a decoder prompt per language, chosen per
+//!   decode from the call's language.
 //! - [`models`]: where models come from: CTranslate2 to ggml conversion ([`models::convert`])
 //!   and which model file a command uses.
 //! - [`scheduler`]: the pool's queue policy (finals first, partials shed first, a final that
@@ -44,6 +46,7 @@
 
 pub mod audio;
 pub mod engine;
+pub mod languages;
 pub mod models;
 pub mod recognizer;
 pub mod scheduler;
@@ -60,8 +63,9 @@ pub use audio::{
 };
 pub use engine::{
     DecodeOptions, DecodeResult, DecodeStrategy, DecoderPool, ESCAPE_PROMPT, EngineOptions, Heard,
-    PoolConfig, PoolStats, Transcriber, WhisperEngine, clean_transcript,
+    PoolConfig, PoolStats, Transcriber, WhisperEngine, clean_transcript, is_language_code,
 };
+pub use languages::{LanguageEngines, LanguageSpec};
 pub use recognizer::{
     DecodeJob, DecodeKind, JobId, RecognizerConfig, RecognizerOutput, StreamingRecognizer,
 };

@@ -352,7 +352,13 @@ impl Server {
     /// With more `serve` flags (`--trunk`, `--config`, ...). The ledger lives in `dir/data`, so
     /// a server started again on the same `dir` finds the promises of the one before.
     pub fn start_with(ports: Ports, dir: &Path, agents: &[String], extra: &[String]) -> Server {
-        Server::start_wrapped(ports, dir, agents, extra, &[])
+        Server::start_inner(ports, dir, agents, extra, &[], true)
+    }
+
+    /// With the default set-up's speech: each language's own model from the prompts'
+    /// `[speech]` (no `--model`, `$HUMANLINE_MODEL` not passed on).
+    pub fn start_with_language_models(ports: Ports, dir: &Path, agents: &[String]) -> Server {
+        Server::start_inner(ports, dir, agents, &[], &[], false)
     }
 
     /// Run through `wrapper` (e.g. `ip netns exec NS`). The HTTP listener is then out of the
@@ -363,6 +369,17 @@ impl Server {
         agents: &[String],
         extra: &[String],
         wrapper: &[String],
+    ) -> Server {
+        Server::start_inner(ports, dir, agents, extra, wrapper, true)
+    }
+
+    fn start_inner(
+        ports: Ports,
+        dir: &Path,
+        agents: &[String],
+        extra: &[String],
+        wrapper: &[String],
+        one_model: bool,
     ) -> Server {
         let data = dir.join("data");
         // A restarted server keeps the earlier one's log: humanline.log, humanline.2.log, ...
@@ -389,9 +406,13 @@ impl Server {
             .arg("--rtp-ports")
             .arg(ports.rtp_range())
             .arg("--data-dir")
-            .arg(&data)
-            .arg("--model")
-            .arg(model_path())
+            .arg(&data);
+        if one_model {
+            cmd.arg("--model").arg(model_path());
+        } else {
+            cmd.env_remove("HUMANLINE_MODEL");
+        }
+        cmd
             // Two tests run at once on CI's 2 cores: one thread per decode keeps each server's
             // speech from spin-waiting on the other's cores.
             .args(["--decode-threads", "1"]);
@@ -891,6 +912,8 @@ impl Ctrl {
 
 pub enum Part<'a> {
     Say(&'a str),
+    /// Said by this espeak-ng voice ("nl" for Dutch).
+    SayAs(&'a str, &'a str),
     Silence(f32),
 }
 
@@ -910,11 +933,15 @@ pub fn caller_audio(dir: &Path, name: &str, parts: &[Part<'_>]) -> (PathBuf, f32
     for (i, part) in parts.iter().enumerate() {
         let piece = dir.join(format!("{name}.{i}.wav"));
         match part {
-            Part::Say(text) => {
+            Part::Say(text) | Part::SayAs(_, text) => {
+                let voice = match part {
+                    Part::SayAs(voice, _) => voice,
+                    _ => "en-us",
+                };
                 let raw = dir.join(format!("{name}.{i}.espeak.wav"));
                 run_tool(
                     Command::new("espeak-ng")
-                        .args(["-v", "en-us", "-s", "145", "-w"])
+                        .args(["-v", voice, "-s", "145", "-w"])
                         .arg(&raw)
                         .arg(text),
                 );

@@ -25,3 +25,30 @@ pub fn model_path(explicit: Option<&Path>) -> PathBuf {
         .or_else(|| std::env::var_os("HUMANLINE_MODEL").map(Into::into))
         .unwrap_or_else(|| Path::new(MODELS_DIR).join(TINY_EN_FILE))
 }
+
+/// One model for every language, when the operator names one: `explicit` (a `--model` flag
+/// or config key), else `$HUMANLINE_MODEL`. `None`: each language's own model
+/// (`[speech] model` in its prompts file).
+pub fn explicit_model(explicit: Option<&Path>) -> Option<PathBuf> {
+    explicit.map(Path::to_path_buf).or_else(|| {
+        std::env::var_os("HUMANLINE_MODEL")
+            .filter(|m| !m.is_empty())
+            .map(Into::into)
+    })
+}
+
+/// The multilingual base model (Dutch and 98 other languages).
+pub const BASE_FILE: &str = "ggml-base.bin";
+
+/// Whether a model file name is one of Whisper's English-only models (`*.en.bin`, as
+/// whisper.cpp names them): those cannot hear another language.
+pub fn is_english_only(file_name: &str) -> bool {
+    file_name.ends_with(".en.bin")
+}
+
+/// `$HUMANLINE_MODELS_DIR`: a models folder that wins over the prompts' `models_dir`.
+pub fn models_dir_override() -> Option<PathBuf> {
+    std::env::var_os("HUMANLINE_MODELS_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+}
