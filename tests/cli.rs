@@ -99,8 +99,16 @@ fn unknown_keys_missing_audio_and_undefined_prompts_are_each_reported_at_their_l
     .unwrap();
     let (ok, err) = check(dir.path());
     assert!(!ok);
+    // The misspelt key stands on the line after `no_input_ms`, wherever that is in the file.
+    let typo_line = text
+        .lines()
+        .position(|l| l.trim() == "no_input_ms = 7000")
+        .expect("the shipped settings set no_input_ms")
+        + 2;
     assert!(
-        err.contains("humanline.toml:16:1: unknown field `no_inptu_ms`"),
+        err.contains(&format!(
+            "humanline.toml:{typo_line}:1: unknown field `no_inptu_ms`"
+        )),
         "{err}"
     );
     std::fs::write(&settings, text).unwrap();
