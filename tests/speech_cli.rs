@@ -97,8 +97,10 @@ fn a_caller_asking_for_a_human_on_a_phone_line_is_routed_while_speaking_or_just_
         let events = simulate(&model, &[&wav]);
         let r = route(&events).unwrap_or_else(|| panic!("not routed for {text:?}: {events:?}"));
         assert_eq!(r["reason"], "keyword", "{text:?}: {r}");
-        // Decided within a quarter second of the end of speech (typically before it).
-        assert!(r["after_speech_end_ms"].as_i64().unwrap() <= 1000, "{r}");
+        // Decided soon after the end of speech. Measured 620-740 ms on these phrases with this
+        // build and with 63d5c0a alike (simulate --fast, quiet machine), 1140 ms once in a full
+        // run: the bound catches a route that waits for a timer (3 s), not a tuning target.
+        assert!(r["after_speech_end_ms"].as_i64().unwrap() <= 1500, "{r}");
     }
 }
 
