@@ -17,7 +17,6 @@ use crate::config::Flow;
 use crate::media::PortRange;
 use crate::sip::{SipConfig, SipEndpoint};
 use crate::speech::{DecodeOptions, DecoderPool, LanguageEngines, PoolConfig};
-use crate::storage::SqliteStore;
 use crate::web::{Metrics, SharedLedger, WebState};
 use anyhow::Context;
 use std::net::IpAddr;
@@ -83,9 +82,12 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
 
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("creating {}", opts.data_dir.display()))?;
-    let ledger_path = opts.data_dir.join("callbacks.db");
-    let store = SqliteStore::open(&ledger_path)
-        .with_context(|| format!("opening {}", ledger_path.display()))?;
+    // This server run: in the keys of the promises it makes and in a shared ledger's claims.
+    let instance = format!("{:x}-{:x}", unix_ms(), std::process::id());
+    let store = opts
+        .store
+        .open(&opts.data_dir, &instance)
+        .with_context(|| format!("opening {}", opts.store.describe(&opts.data_dir)))?;
     let mut ledger = CallbackLedger::new(store, opts.callback_retry);
     let recovered = ledger.recover(unix_ms())?;
     if recovered > 0 {
@@ -177,7 +179,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         agent_count: opts.agents.len(),
         no_media_timeout: opts.no_media_timeout,
         numbers: opts.callback_numbers.clone(),
-        instance: format!("{:x}-{:x}", unix_ms(), std::process::id()),
+        instance,
         recognizer: if opts.partials {
             crate::speech::RecognizerConfig::default()
         } else {

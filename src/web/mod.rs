@@ -2,8 +2,8 @@
 
 pub mod metrics;
 
+use crate::callbacks::LedgerStore;
 use crate::callbacks::{LedgerError, PromiseState, with_ledger};
-use crate::storage::SqliteStore;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -14,7 +14,8 @@ use serde::Deserialize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-pub type SharedLedger = crate::callbacks::SharedLedger<SqliteStore>;
+/// The ledger in whichever store the configuration chose.
+pub type SharedLedger = crate::callbacks::SharedLedger<Box<dyn LedgerStore>>;
 
 #[derive(Clone)]
 pub struct WebState {
