@@ -2,12 +2,16 @@
 //! promise is on disk (fsynced) when its insert returns, so a crash right after cannot lose it.
 //! Several nodes share one PostgreSQL database instead (`store = "postgres://..."`), with
 //! `synchronous_commit = on`: a promise is in the server's WAL, flushed, when its commit returns.
+//! The users who log in live in the SQLite database, on a connection of their own (also when
+//! the ledger is in PostgreSQL: users there are not built yet).
 
 mod postgres;
 mod sqlite;
+mod users;
 
 pub use postgres::{DEFAULT_LEASE_MS, PostgresStore};
 pub use sqlite::SqliteStore;
+pub use users::SqliteUsers;
 
 use crate::callbacks::{LedgerError, LedgerStore, PromiseState};
 use std::path::Path;
