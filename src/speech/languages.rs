@@ -200,19 +200,6 @@ impl Transcriber for LanguageEngines {
             .transcribe_cancellable(audio_16k, &opts, cancel)
     }
 
-    /// The language's model with its verifier: without this the pool's decodes through
-    /// `LanguageEngines` (serve, simulate) were never verified.
-    fn transcribe_heard(
-        &self,
-        audio_16k: &[f32],
-        opts: &DecodeOptions,
-        cancel: &AtomicBool,
-    ) -> Result<super::engine::Heard, SpeechError> {
-        let opts = self.options_for(opts);
-        self.engine(opts.language.as_deref())
-            .transcribe_heard(audio_16k, &opts, cancel)
-    }
-
     fn prepare_worker(&self) -> Result<(), SpeechError> {
         for e in &self.engines {
             e.prepare_worker()?;
