@@ -1,11 +1,12 @@
 //! `humanline bench callbacks`: how long a promise takes to become durable (with fsync, side by
 //! side with the same commit without fsync), under concurrent committers, and how fast the
-//! dialer finds the due promises among many. `--seed` writes a ledger full of overdue promises
+//! dialer finds the due promises among many. With `--postgres URL` the same commits are timed on
+//! PostgreSQL too, beside SQLite in the same run. `--seed` writes a ledger full of overdue promises
 //! for `bench/callback_recovery.py`.
 
 use super::{loadavg, percentile, write_json};
-use crate::callbacks::{CallbackLedger, NewPromise, RetryPolicy, UnixMs};
-use crate::storage::SqliteStore;
+use crate::callbacks::{CallbackLedger, LedgerStore, NewPromise, RetryPolicy, UnixMs};
+use crate::storage::{PostgresStore, SqliteStore};
 use anyhow::Context;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -27,6 +28,9 @@ pub struct CallbacksBench {
     pub out: PathBuf,
     /// Only write a ledger at this path holding `pending` overdue promises, then exit.
     pub seed: Option<PathBuf>,
+    /// Also time the commits on this PostgreSQL database (its ledger tables are created; the
+    /// promises written are tagged with the run and left there).
+    pub postgres: Option<String>,
 }
 
 fn now_ms() -> UnixMs {
@@ -58,8 +62,8 @@ fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-fn commit_many(
-    ledger: &mut CallbackLedger<SqliteStore>,
+fn commit_many<S: LedgerStore>(
+    ledger: &mut CallbackLedger<S>,
     range: std::ops::Range<usize>,
     tag: &str,
 ) -> anyhow::Result<Vec<f64>> {
@@ -151,26 +155,13 @@ fn measure(args: &CallbacksBench, dir: &Path) -> anyhow::Result<serde_json::Valu
     let shared_db = dir.join("concurrent.db");
     // Created (and migrated) once, before the committers race.
     drop(SqliteStore::open(&shared_db)?);
-    let per = count.div_ceil(writers);
-    let concurrent: Vec<f64> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..writers)
-            .map(|w| {
-                let db = shared_db.clone();
-                s.spawn(move || -> anyhow::Result<Vec<f64>> {
-                    let mut l = CallbackLedger::new(SqliteStore::open(&db)?, policy);
-                    commit_many(&mut l, w * per..((w + 1) * per).min(count), "conc")
-                })
-            })
-            .collect();
-        let mut all = Vec::new();
-        for h in handles {
-            let part = h
-                .join()
-                .map_err(|_| anyhow::anyhow!("a committer panicked"))??;
-            all.extend(part);
-        }
-        Ok::<_, anyhow::Error>(all)
+    let concurrent = commit_concurrently(count, writers, "conc", || {
+        Ok(CallbackLedger::new(SqliteStore::open(&shared_db)?, policy))
     })?;
+    let postgres = match &args.postgres {
+        Some(url) => Some(measure_postgres(url, count, writers)?),
+        None => None,
+    };
 
     let pending = args.pending;
     eprintln!("bench callbacks: claiming due promises among {pending} pending");
@@ -198,7 +189,8 @@ fn measure(args: &CallbacksBench, dir: &Path) -> anyhow::Result<serde_json::Valu
     let p50 = |v: &[f64]| percentile(v, 50.0).unwrap_or(0.0);
     let ratio = p50(&with_fsync) / p50(&without_fsync).max(1e-6);
     let report = json!({
-        "command": format!("humanline bench callbacks --count {count} --writers {writers} --pending {pending}"),
+        "command": format!("humanline bench callbacks --count {count} --writers {writers} --pending {pending}{}",
+            if args.postgres.is_some() { " --postgres URL" } else { "" }),
         "disk": dir.canonicalize().unwrap_or(dir.to_path_buf()).display().to_string(),
         "machine": {"cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
                     "loadavg_at_start": load_at_start, "loadavg_at_end": loadavg()},
@@ -209,6 +201,64 @@ fn measure(args: &CallbacksBench, dir: &Path) -> anyhow::Result<serde_json::Valu
         "claim_most_overdue": {"pending": pending, "latency": summary(&claim),
                                "most_overdue_first": in_order},
         "recover_after_crash": {"open_attempts_closed": recovered, "ms": round3(recover_ms)},
+        "postgres": postgres,
     });
     Ok(report)
+}
+
+/// `count` commits split over `writers` threads at once, each with its own ledger from `open`.
+fn commit_concurrently<S: LedgerStore>(
+    count: usize,
+    writers: usize,
+    tag: &str,
+    open: impl Fn() -> anyhow::Result<CallbackLedger<S>> + Sync,
+) -> anyhow::Result<Vec<f64>> {
+    let per = count.div_ceil(writers);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..writers)
+            .map(|w| {
+                let open = &open;
+                s.spawn(move || -> anyhow::Result<Vec<f64>> {
+                    let mut l = open()?;
+                    commit_many(&mut l, w * per..((w + 1) * per).min(count), tag)
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for h in handles {
+            let part = h
+                .join()
+                .map_err(|_| anyhow::anyhow!("a committer panicked"))??;
+            all.extend(part);
+        }
+        Ok(all)
+    })
+}
+
+/// The same commits on PostgreSQL: with `synchronous_commit = on` (what the server runs), and
+/// off as the baseline (the commit returns before the server flushes its WAL).
+fn measure_postgres(url: &str, count: usize, writers: usize) -> anyhow::Result<serde_json::Value> {
+    let policy = RetryPolicy::default();
+    // Keys unique to this run: a rerun on the same database commits new promises too.
+    let run = format!("{:x}", now_ms());
+    let open = || -> anyhow::Result<PostgresStore> {
+        PostgresStore::connect(url, "bench").context("connecting to PostgreSQL")
+    };
+    eprintln!("bench callbacks: {count} sequential commits on PostgreSQL");
+    let mut on = CallbackLedger::new(open()?, policy);
+    let with_flush = commit_many(&mut on, 0..count, &format!("pg-{run}"))?;
+    drop(on);
+    eprintln!("bench callbacks: {count} sequential commits on PostgreSQL without flush (baseline)");
+    let mut off = CallbackLedger::new(open()?.without_flush()?, policy);
+    let without_flush = commit_many(&mut off, 0..count, &format!("pg-off-{run}"))?;
+    drop(off);
+    eprintln!("bench callbacks: {count} commits on PostgreSQL from {writers} committers at once");
+    let concurrent = commit_concurrently(count, writers, &format!("pg-conc-{run}"), || {
+        Ok(CallbackLedger::new(open()?, policy))
+    })?;
+    Ok(json!({
+        "commit": summary(&with_flush),
+        "commit_without_flush_baseline": summary(&without_flush),
+        "commit_concurrent": {"writers": writers, "latency": summary(&concurrent)},
+    }))
 }

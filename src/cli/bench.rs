@@ -139,6 +139,10 @@ pub struct CallbacksArgs {
     /// line), then exit.
     #[arg(long, value_name = "DB")]
     seed: Option<PathBuf>,
+    /// Also time the commits on this PostgreSQL database, beside SQLite
+    /// ("postgres://user@host:port/database").
+    #[arg(long, value_name = "URL")]
+    postgres: Option<String>,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -150,6 +154,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             dir: a.dir,
             out: a.out,
             seed: a.seed,
+            postgres: a.postgres,
         }),
         BenchWhat::Verifier {
             corpus,

@@ -172,6 +172,16 @@ impl PostgresStore {
         self
     }
 
+    /// Commits without waiting for the server's flush (`synchronous_commit = off`). Only for
+    /// measuring what durability costs (`humanline bench callbacks`): the server never uses
+    /// it, and a reconnect turns it back on.
+    pub fn without_flush(mut self) -> Result<Self, LedgerError> {
+        self.client()?
+            .batch_execute("SET synchronous_commit = off")
+            .map_err(db)?;
+        Ok(self)
+    }
+
     fn session(config: &Config) -> Result<Client, LedgerError> {
         let mut client = config.connect(NoTls).map_err(db)?;
         // The durability promise: a commit returns once flushed on the server, whatever the
