@@ -187,6 +187,10 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             }
         },
     });
+    let watched = Arc::downgrade(&shared);
+    shared
+        .metrics
+        .watch_sip(move || watched.upgrade().map(|s| s.sip.stats()).unwrap_or_default());
     tokio::spawn(watch_prompts(shared.clone(), opts.prompts.clone()));
     match &opts.trunk {
         Some(trunk) => dialer::spawn(shared.clone(), trunk.clone()),
