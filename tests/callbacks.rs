@@ -377,13 +377,13 @@ fn story(server: &Server, peers: &[&Sipp], ears: &[&Ear]) -> String {
 }
 
 fn callbacks(server: &Server) -> Vec<serde_json::Value> {
-    let (status, body) = server.get("/api/callbacks");
+    let (status, body) = server.api_get("/api/callbacks");
     assert_eq!(status, 200, "/api/callbacks: {body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("/api/callbacks: {e}: {body}"))
 }
 
 fn callback(server: &Server, id: i64) -> serde_json::Value {
-    let (status, body) = server.get(&format!("/api/callbacks/{id}"));
+    let (status, body) = server.api_get(&format!("/api/callbacks/{id}"));
     assert_eq!(status, 200, "/api/callbacks/{id}: {body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("/api/callbacks/{id}: {e}: {body}"))
 }

@@ -107,6 +107,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .as_ref()
             .and_then(|a| a.limits().ok())
             .unwrap_or_default(),
+        auth: file.auth.config(),
+        registrar: file.registrar.settings(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

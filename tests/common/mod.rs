@@ -389,6 +389,10 @@ pub struct Server {
     pub log: Lines,
     pub ports: Ports,
     pub log_file: PathBuf,
+    /// Its `--data-dir` (the ledger and the users).
+    pub data_dir: PathBuf,
+    /// The supervisor `api_get` logs in as, once made.
+    supervisor: Mutex<Option<Login>>,
 }
 
 impl Server {
@@ -487,6 +491,8 @@ impl Server {
             log,
             ports,
             log_file,
+            data_dir: data,
+            supervisor: Mutex::new(None),
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -517,6 +523,47 @@ impl Server {
 
     pub fn get(&self, path: &str) -> (u16, String) {
         http_get(self.ports.http(), path).unwrap_or_else(|e| (0, format!("GET {path} failed: {e}")))
+    }
+
+    /// `humanline users add` on this server's data (it reads users as they are now).
+    pub fn add_user(&self, name: &str, role: &str, password: &str) {
+        add_user(&self.data_dir, name, role, password);
+    }
+
+    /// `POST /login`; panics unless it succeeds.
+    pub fn login(&self, name: &str, password: &str) -> Login {
+        let r = self.request(
+            "POST",
+            "/login",
+            &[("Content-Type", "application/json")],
+            &login_body(name, password),
+        );
+        assert_eq!(r.status, 200, "login as {name}: {}", r.body);
+        Login::from_reply(&r)
+    }
+
+    /// A request to this server's HTTP listener.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> HttpReply {
+        http_request(self.ports.http(), method, path, headers, body)
+            .unwrap_or_else(|e| panic!("{method} {path} failed: {e}"))
+    }
+
+    /// A GET under `/api`, logged in as a supervisor made for the purpose.
+    pub fn api_get(&self, path: &str) -> (u16, String) {
+        let mut sup = self.supervisor.lock().unwrap_or_else(|p| p.into_inner());
+        if sup.is_none() {
+            self.add_user("test-supervisor", "supervisor", "supervisor-password");
+            *sup = Some(self.login("test-supervisor", "supervisor-password"));
+        }
+        let login = sup.as_ref().expect("logged in");
+        let r = self.request("GET", path, &[("Cookie", &login.cookie)], "");
+        (r.status, r.body)
     }
 
     pub fn metrics(&self) -> String {
@@ -611,28 +658,116 @@ pub fn metric_falls_to(server: &Server, series: &str, want: f64, limit: Duration
 
 /// A minimal HTTP/1.1 GET (Connection: close): status and body.
 pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(port, "GET", path, &[], "").map(|r| (r.status, r.body))
+}
+
+/// An HTTP answer: status, headers (names lowercased) and body.
+#[derive(Debug, Clone)]
+pub struct HttpReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A minimal HTTP/1.1 request (Connection: close; Host is 127.0.0.1:PORT, Content-Length set
+/// for a body). Chunked answers are not decoded (axum sends Content-Length for these).
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<HttpReply> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
     s.set_write_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {LOCALHOST}:{port}\r\nConnection: close\r\n\r\n"
-    )?;
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {LOCALHOST}:{port}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method != "GET" {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes())?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text
-        .lines()
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
         .next()
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok(HttpReply {
+        status,
+        headers,
+        body: body.to_string(),
+    })
+}
+
+/// A logged-in session: the `Cookie` header to send and the CSRF token for changes.
+#[derive(Debug, Clone)]
+pub struct Login {
+    pub cookie: String,
+    pub csrf: String,
+    /// The whole Set-Cookie the server sent.
+    pub set_cookie: String,
+}
+
+impl Login {
+    pub fn from_reply(r: &HttpReply) -> Login {
+        let set_cookie = r.header("set-cookie").unwrap_or_default().to_string();
+        let cookie = set_cookie.split(';').next().unwrap_or_default().to_string();
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+        Login {
+            cookie,
+            csrf: v["csrf"].as_str().unwrap_or_default().to_string(),
+            set_cookie,
+        }
+    }
+}
+
+pub fn login_body(name: &str, password: &str) -> String {
+    serde_json::json!({"name": name, "password": password}).to_string()
+}
+
+/// `humanline users add NAME --role ROLE --data-dir DIR`, the password on stdin.
+pub fn add_user(data_dir: &Path, name: &str, role: &str, password: &str) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_humanline"))
+        .args(["users", "add", name, "--role", role, "--data-dir"])
+        .arg(data_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning humanline users add");
+    if let Some(mut stdin) = child.stdin.take() {
+        writeln!(stdin, "{password}").expect("password to stdin");
+    }
+    let out = child.wait_with_output().expect("humanline users add");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() || stderr.contains("already exists"),
+        "humanline users add {name}: {stderr}"
+    );
 }
 
 // --- sipp ---------------------------------------------------------------------------------------
@@ -955,6 +1090,42 @@ impl Baresip {
         play: &Path,
         run_for: Duration,
     ) -> Baresip {
+        let account = format!(
+            "<sip:{user}@{LOCALHOST}:{}>;regint=0;answermode=auto;audio_codecs=PCMU",
+            ports.sip
+        );
+        Baresip::start_with_account(dir, name, user, &account, ports, play, run_for)
+    }
+
+    /// A phone that registers with Humanline (`registrar`) as `user` with `password`
+    /// (digest authentication), every minute, and answers what it is called with.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_registered(
+        dir: &Path,
+        name: &str,
+        user: &str,
+        password: &str,
+        registrar: SocketAddr,
+        ports: BaresipPorts,
+        play: &Path,
+        run_for: Duration,
+    ) -> Baresip {
+        let account = format!(
+            "<sip:{user}@{registrar}>;auth_pass={password};regint=60;answermode=auto;audio_codecs=PCMU"
+        );
+        Baresip::start_with_account(dir, name, user, &account, ports, play, run_for)
+    }
+
+    /// With the `accounts` line given.
+    fn start_with_account(
+        dir: &Path,
+        name: &str,
+        user: &str,
+        account: &str,
+        ports: BaresipPorts,
+        play: &Path,
+        run_for: Duration,
+    ) -> Baresip {
         let home = dir.join(name);
         let rec = home.join("rec");
         std::fs::create_dir_all(&rec).expect("baresip dirs");
@@ -982,14 +1153,7 @@ impl Baresip {
             ctrl = ports.control,
         );
         std::fs::write(home.join("config"), config).expect("baresip config");
-        std::fs::write(
-            home.join("accounts"),
-            format!(
-                "<sip:{user}@{LOCALHOST}:{}>;regint=0;answermode=auto;audio_codecs=PCMU\n",
-                ports.sip
-            ),
-        )
-        .expect("baresip accounts");
+        std::fs::write(home.join("accounts"), format!("{account}\n")).expect("baresip accounts");
         let trace = home.join("trace.log");
         let mut cmd = Command::new("baresip");
         cmd.arg("-f")
