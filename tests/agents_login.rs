@@ -111,18 +111,7 @@ fn registered_phones_take_calls_and_an_agent_set_away_is_not_offered_one() {
     );
 
     // Ann goes away from the console's API.
-    let origin = format!("http://{LOCALHOST}:{}", ports.http());
-    let r = server.request(
-        "POST",
-        "/api/me/presence",
-        &[
-            ("Cookie", &ann.cookie),
-            ("Origin", &origin),
-            ("X-CSRF-Token", &ann.csrf),
-            ("Content-Type", "application/json"),
-        ],
-        r#"{"presence": "away"}"#,
-    );
+    let r = server.change(&ann, "/api/me/presence", r#"{"presence": "away"}"#);
     assert_eq!(r.status, 200, "setting away: {}", r.body);
     let me: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
     assert_eq!(me["presence"], "away", "{}", r.body);

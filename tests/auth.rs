@@ -156,11 +156,7 @@ fn nothing_under_api_answers_without_a_login_and_roles_are_kept() {
     assert_eq!((r.status, r.body.as_str()), (200, "[]"));
 
     // A removed user's session ends at once.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_humanline"))
-        .args(["users", "remove", "ann", "--data-dir"])
-        .arg(&server.data_dir)
-        .output()
-        .unwrap();
+    let out = users_command(&server.data_dir, &["remove", "ann"], "");
     assert!(
         out.status.success(),
         "{}",
@@ -236,29 +232,9 @@ fn a_change_needs_the_csrf_token_and_humanlines_own_origin() {
         r#"{"presence": "away"}"#,
     );
     assert_eq!(r.status, 403, "presence without CSRF token: {}", r.body);
-    let r = server.request(
-        "POST",
-        "/api/me/presence",
-        &[
-            ("Cookie", &ann.cookie),
-            ("Origin", &origin),
-            ("X-CSRF-Token", &ann.csrf),
-            json,
-        ],
-        r#"{"presence": "away"}"#,
-    );
+    let r = server.change(&ann, "/api/me/presence", r#"{"presence": "away"}"#);
     assert_eq!(r.status, 200, "own presence: {}", r.body);
-    let r = server.request(
-        "POST",
-        "/api/agents/bob/presence",
-        &[
-            ("Cookie", &ann.cookie),
-            ("Origin", &origin),
-            ("X-CSRF-Token", &ann.csrf),
-            json,
-        ],
-        r#"{"presence": "away"}"#,
-    );
+    let r = server.change(&ann, "/api/agents/bob/presence", r#"{"presence": "away"}"#);
     assert_eq!(
         r.status, 403,
         "an agent set a colleague's presence: {}",
@@ -277,16 +253,7 @@ fn a_change_needs_the_csrf_token_and_humanlines_own_origin() {
     // None of that logged her out; her own page can.
     let r = server.request("GET", "/api/session", &[("Cookie", &ann.cookie)], "");
     assert_eq!(r.status, 200, "{}", r.body);
-    let r = server.request(
-        "POST",
-        "/logout",
-        &[
-            ("Cookie", &ann.cookie),
-            ("Origin", &origin),
-            ("X-CSRF-Token", &ann.csrf),
-        ],
-        "",
-    );
+    let r = server.change(&ann, "/logout", "");
     assert_eq!(r.status, 204, "logout: {}", r.body);
     let r = server.request("GET", "/api/session", &[("Cookie", &ann.cookie)], "");
     assert_eq!(r.status, 401, "still logged in after logout: {}", r.body);

@@ -161,6 +161,29 @@ pub struct WaitingView {
     pub ringing: Option<String>,
 }
 
+/// Where an agent takes calls, read from the queue's ring target. Today a SIP URI (a
+/// configured agent, or a registered phone's Contact). The seam for agents who answer in the
+/// console: a browser leg is `browser:NAME`, and the call bridges it like a SIP agent's leg
+/// once WebRTC media exists (until then it is reported unreachable and the next agent rung).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentTarget {
+    Sip(String),
+    Browser { agent: String },
+}
+
+impl AgentTarget {
+    pub const BROWSER_PREFIX: &'static str = "browser:";
+
+    pub fn parse(target: &str) -> AgentTarget {
+        match target.strip_prefix(Self::BROWSER_PREFIX) {
+            Some(agent) => AgentTarget::Browser {
+                agent: agent.to_string(),
+            },
+            None => AgentTarget::Sip(target.to_string()),
+        }
+    }
+}
+
 /// Why a caller came and what they said: shown to agents before they answer.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct CallerInfo {
@@ -781,6 +804,20 @@ mod tests {
             views
                 .iter()
                 .any(|v| v.agent == "bob" && v.state == "busy" && !v.reachable)
+        );
+    }
+
+    #[test]
+    fn ring_targets_are_sip_uris_or_browser_legs() {
+        assert_eq!(
+            AgentTarget::parse("sip:bob-0x1@127.0.0.1:5070"),
+            AgentTarget::Sip("sip:bob-0x1@127.0.0.1:5070".into())
+        );
+        assert_eq!(
+            AgentTarget::parse("browser:ann"),
+            AgentTarget::Browser {
+                agent: "ann".into()
+            }
         );
     }
 

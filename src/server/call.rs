@@ -925,6 +925,13 @@ impl Call {
     /// Rings an agent with the caller's context in the INVITE, so they never ask again.
     /// `agent` is the queue's name for them, `target` where their phone is now.
     async fn ring_agent(&mut self, agent: &str, target: &str) -> anyhow::Result<()> {
+        let uri = match crate::agents::AgentTarget::parse(target) {
+            crate::agents::AgentTarget::Sip(uri) => uri,
+            // The seam for agents answering in the console: their leg needs WebRTC media.
+            crate::agents::AgentTarget::Browser { agent } => anyhow::bail!(
+                "{agent} takes calls in the browser, which needs browser media (not built in yet)"
+            ),
+        };
         let socket = media::bind_rtp_socket(self.shared.media_ip, self.shared.rtp_ports).await?;
         let mut local_sdp = sdp::LocalSdp::new(local_media(&self.shared, &socket)?);
         let ring_timeout = self.brain.flow().timers.agent_ring;
@@ -946,7 +953,7 @@ impl Call {
             headers.push(("X-Humanline-Topics".into(), context.topics.join(", ")));
         }
         let invite = OutboundInvite {
-            target_uri: target.to_string(),
+            target_uri: uri,
             offer_sdp: local_sdp.offer(media::Direction::SendRecv),
             extra_headers: headers,
             from_user: Some(self.caller_id.clone()).filter(|c| !c.is_empty()),

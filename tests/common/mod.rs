@@ -530,6 +530,23 @@ impl Server {
         add_user(&self.data_dir, name, role, password);
     }
 
+    /// A change as Humanline's own page makes it: POST with the session cookie, the CSRF
+    /// token, Humanline's origin and a JSON body.
+    pub fn change(&self, login: &Login, path: &str, body: &str) -> HttpReply {
+        let origin = format!("http://{LOCALHOST}:{}", self.ports.http());
+        self.request(
+            "POST",
+            path,
+            &[
+                ("Cookie", &login.cookie),
+                ("Origin", &origin),
+                ("X-CSRF-Token", &login.csrf),
+                ("Content-Type", "application/json"),
+            ],
+            body,
+        )
+    }
+
     /// `POST /login`; panics unless it succeeds.
     pub fn login(&self, name: &str, password: &str) -> Login {
         let r = self.request(
@@ -749,20 +766,31 @@ pub fn login_body(name: &str, password: &str) -> String {
     serde_json::json!({"name": name, "password": password}).to_string()
 }
 
-/// `humanline users add NAME --role ROLE --data-dir DIR`, the password on stdin.
-pub fn add_user(data_dir: &Path, name: &str, role: &str, password: &str) {
+/// `humanline users ARGS... --data-dir DIR` with `stdin`.
+pub fn users_command(data_dir: &Path, args: &[&str], stdin: &str) -> std::process::Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_humanline"))
-        .args(["users", "add", name, "--role", role, "--data-dir"])
+        .arg("users")
+        .args(args)
+        .arg("--data-dir")
         .arg(data_dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawning humanline users add");
-    if let Some(mut stdin) = child.stdin.take() {
-        writeln!(stdin, "{password}").expect("password to stdin");
+        .expect("spawning humanline users");
+    if let Some(mut input) = child.stdin.take() {
+        input.write_all(stdin.as_bytes()).expect("stdin");
     }
-    let out = child.wait_with_output().expect("humanline users add");
+    child.wait_with_output().expect("humanline users")
+}
+
+/// `humanline users add NAME --role ROLE --data-dir DIR`, the password on stdin.
+pub fn add_user(data_dir: &Path, name: &str, role: &str, password: &str) {
+    let out = users_command(
+        data_dir,
+        &["add", name, "--role", role],
+        &format!("{password}\n"),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success() || stderr.contains("already exists"),
