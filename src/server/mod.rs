@@ -1,8 +1,9 @@
 //! `humanline serve`: the IVR server. SIP in (UDP and TCP), RTP media, live speech
 //! recognition, the call brain per call, the agent queue, the callback ledger, and the HTTP
-//! listener (health, metrics, callbacks API). Prompts reload when their files change; an
+//! listener (health, metrics, callbacks API, browser callers over WebRTC). Prompts reload when their files change; an
 //! invalid change is reported and the running prompts stay.
 
+mod browser;
 mod call;
 mod dialer;
 mod prompt_audio;
@@ -18,7 +19,7 @@ use crate::media::PortRange;
 use crate::sip::{SipConfig, SipEndpoint};
 use crate::speech::{DecodeOptions, DecoderPool, LanguageEngines, PoolConfig};
 use crate::storage::SqliteStore;
-use crate::web::{Metrics, SharedLedger, WebState};
+use crate::web::{BrowserEndpoint, Metrics, SharedLedger, WebState};
 use anyhow::Context;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -99,14 +100,20 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let http = tokio::net::TcpListener::bind(opts.http_listen)
         .await
         .with_context(|| format!("binding HTTP on {}", opts.http_listen))?;
+    let (browser_endpoint, browser_requests) =
+        BrowserEndpoint::new(opts.browser.allowed_origins.clone());
     let web = WebState {
         ready: ready.clone(),
         metrics: metrics.clone(),
         ledger: ledger.clone(),
+        browser: browser_endpoint,
     };
     info!(addr = %opts.http_listen, "HTTP listening");
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(http, crate::web::router(web)).await {
+        // The peer's address is a browser caller's limit key.
+        let app =
+            crate::web::router(web).into_make_service_with_connect_info::<std::net::SocketAddr>();
+        if let Err(e) = axum::serve(http, app).await {
             error!(error = %e, "HTTP server stopped");
         }
     });
@@ -188,6 +195,11 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         },
     });
     tokio::spawn(watch_prompts(shared.clone(), opts.prompts.clone()));
+    tokio::spawn(browser::serve(
+        shared.clone(),
+        opts.browser.clone(),
+        browser_requests,
+    ));
     match &opts.trunk {
         Some(trunk) => dialer::spawn(shared.clone(), trunk.clone()),
         None => {

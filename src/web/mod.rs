@@ -1,5 +1,8 @@
-//! The HTTP listener: health, metrics, and the callbacks API (the web console grows here).
+//! The HTTP listener: health, metrics, the callbacks API, and browser callers (`/call`, the
+//! caller page `/call.html`).
 
+pub mod call;
+pub mod limits;
 pub mod metrics;
 
 use crate::callbacks::{LedgerError, PromiseState, with_ledger};
@@ -9,6 +12,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+pub use call::{
+    BrowserClient, BrowserEndpoint, BrowserRequest, BrowserSettings, StartRefused, StartedCall,
+    normalize_origin,
+};
+pub use limits::{BrowserAdmission, BrowserLimits};
 pub use metrics::Metrics;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -21,6 +29,8 @@ pub struct WebState {
     pub ready: Arc<AtomicBool>,
     pub metrics: Metrics,
     pub ledger: SharedLedger,
+    /// Browser callers' requests, served by the server.
+    pub browser: BrowserEndpoint,
 }
 
 pub fn router(state: WebState) -> Router {
@@ -29,6 +39,7 @@ pub fn router(state: WebState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/callbacks", get(list_callbacks))
         .route("/api/callbacks/{id}", get(show_callback))
+        .merge(call::routes())
         .with_state(state)
 }
 
