@@ -23,19 +23,6 @@ const LOUD: f32 = 0.01;
 /// An ear stops by itself after this long, whatever happens to the test.
 const EAR_LIMIT: Duration = Duration::from_secs(240);
 
-fn tempdir(test: &str) -> tempfile::TempDir {
-    let keep = std::env::var_os("HUMANLINE_KEEP_TEST_DIRS").is_some();
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("humanline-{test}-"))
-        .disable_cleanup(keep)
-        .tempdir()
-        .expect("tempdir");
-    if keep {
-        eprintln!("{test}: keeping {}", dir.path().display());
-    }
-    dir
-}
-
 fn ulaw_to_linear(b: u8) -> f32 {
     let u = !b;
     let exp = (u >> 4) & 7;
@@ -398,13 +385,13 @@ fn story(server: &Server, peers: &[&Sipp], ears: &[&Ear]) -> String {
 }
 
 fn callbacks(server: &Server) -> Vec<serde_json::Value> {
-    let (status, body) = server.get("/api/callbacks");
+    let (status, body) = server.api_get("/api/callbacks");
     assert_eq!(status, 200, "/api/callbacks: {body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("/api/callbacks: {e}: {body}"))
 }
 
 fn callback(server: &Server, id: i64) -> serde_json::Value {
-    let (status, body) = server.get(&format!("/api/callbacks/{id}"));
+    let (status, body) = server.api_get(&format!("/api/callbacks/{id}"));
     assert_eq!(status, 200, "/api/callbacks/{id}: {body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("/api/callbacks/{id}: {e}: {body}"))
 }

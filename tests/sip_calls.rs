@@ -18,40 +18,6 @@ use std::time::{Duration, Instant};
 
 const DTMF_0: &str = "/usr/share/sip-tester/dtmf_2833_0.pcap";
 
-/// The test's folder (logs, scenarios, recordings); kept when `HUMANLINE_KEEP_TEST_DIRS` is set.
-fn tempdir(test: &str) -> tempfile::TempDir {
-    let keep = std::env::var_os("HUMANLINE_KEEP_TEST_DIRS").is_some();
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("humanline-{test}-"))
-        .disable_cleanup(keep)
-        .tempdir()
-        .expect("tempdir");
-    if keep {
-        eprintln!("{test}: keeping {}", dir.path().display());
-    }
-    dir
-}
-
-/// A caller (sipp, UAC) who streams `audio` and hangs up `hold_ms` after starting it.
-fn speaking_caller(dir: &Path, ports: Ports, audio: &Path, hold_ms: u64, transport: &str) -> Sipp {
-    Sipp::start(
-        dir,
-        SippRun {
-            name: "caller",
-            scenario: "caller_speaks.xml",
-            vars: &[
-                ("AUDIO", audio.display().to_string()),
-                ("HOLD_MS", hold_ms.to_string()),
-            ],
-            remote: Some(ports.sip_addr()),
-            transport,
-            ports: ports.caller_sipp(),
-            timeout: Duration::from_millis(hold_ms) + Duration::from_secs(40),
-            calls: 1,
-        },
-    )
-}
-
 /// A caller (sipp, UAC) who streams silence, presses 0 after `dtmf_after_ms` (RFC 4733 from a
 /// pcap, or SIP INFO), stays `hold_ms` more, and hangs up.
 fn dtmf_caller(

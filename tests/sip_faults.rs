@@ -13,19 +13,6 @@ use common::*;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-fn tempdir(test: &str) -> tempfile::TempDir {
-    let keep = std::env::var_os("HUMANLINE_KEEP_TEST_DIRS").is_some();
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("humanline-{test}-"))
-        .disable_cleanup(keep)
-        .tempdir()
-        .expect("tempdir");
-    if keep {
-        eprintln!("{test}: keeping {}", dir.path().display());
-    }
-    dir
-}
-
 fn agent_uri(port: u16) -> String {
     format!("sip:agent@{LOCALHOST}:{port}")
 }

@@ -1,7 +1,13 @@
 //! Agents and the queue of callers waiting for them. Pure logic (no I/O, time passed in), so
-//! the rules — longest-idle agent first, next agent on busy / decline / no answer, a caller
-//! keeps their place, wait estimates from live statistics — are testable on their own.
+//! the rules — only available agents are offered calls, longest-idle first, next agent on
+//! busy / decline / no answer, a caller keeps their place, wait estimates from live
+//! statistics — are testable on their own.
+//!
+//! Agents are either configured (a fixed SIP URI, always reachable) or log in: their phone
+//! REGISTERs (until its registration expires) and they set themselves available or away.
+//! Busy is not set by anyone: an agent ringing or in a call is busy.
 
+use serde::Serialize;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -37,13 +43,68 @@ enum AgentState {
 /// surely over and the agent is never offered two calls at once.
 pub const RING_LIMIT: Duration = Duration::from_secs(120);
 
+/// Whether an agent wants calls: they say so in the console (or through the API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Presence {
+    Available,
+    Away,
+}
+
+impl Presence {
+    pub fn parse(s: &str) -> Option<Presence> {
+        match s {
+            "available" => Some(Presence::Available),
+            "away" => Some(Presence::Away),
+            _ => None,
+        }
+    }
+}
+
+/// How an agent is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    /// A URI from the configuration: always there.
+    Configured,
+    /// A phone registered until then.
+    Registered { until: Instant },
+    /// No phone: never registered, unregistered, or the registration expired.
+    Offline,
+}
+
+/// What changes about agents themselves (not about a call).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentInput {
+    /// A phone registered (or refreshed its registration) for `agent` until `until`; their
+    /// calls ring `target` (the phone's Contact). A new agent starts available.
+    Registered {
+        agent: String,
+        target: String,
+        until: Instant,
+    },
+    /// Their phone unregistered.
+    Unregistered { agent: String },
+    /// The agent (or a supervisor) set their presence. Kept across registrations.
+    SetPresence { agent: String, presence: Presence },
+}
+
 #[derive(Debug, Clone)]
 struct Agent {
+    /// The agent's name in the queue: a configured URI, or a user name.
     uri: String,
+    /// Where their calls ring now.
+    target: String,
+    reach: Reach,
+    presence: Presence,
     state: AgentState,
 }
 
 impl Agent {
+    /// May be offered calls (when idle): available and reachable.
+    fn offerable(&self) -> bool {
+        self.presence == Presence::Available && self.reach != Reach::Offline
+    }
+
     /// The call this agent is ringing for or talking to.
     fn call(&self) -> Option<u64> {
         match self.state {
@@ -71,6 +132,80 @@ pub enum Assignment {
     /// Every agent has been tried for this caller and none is free: tell the caller (the
     /// brain offers a callback); the caller stays queued and is tried again later.
     NoneAvailable { call: u64 },
+}
+
+/// An agent as the console shows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AgentView {
+    pub agent: String,
+    pub presence: Presence,
+    /// A configured URI (always reachable), not a login.
+    pub configured: bool,
+    /// Configured, or their phone's registration is current.
+    pub reachable: bool,
+    /// `idle`, `ringing`, `busy` (in a call) or `cooling_down` (just missed one).
+    pub state: &'static str,
+    pub call: Option<u64>,
+    /// How long they have been free to take a call, whole seconds (longest is offered first).
+    pub idle_s: Option<u64>,
+}
+
+/// A caller in line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WaitingView {
+    pub call: u64,
+    pub position: u32,
+    /// Whole seconds (the view changes at most once a second).
+    pub waiting_s: u64,
+    /// The agent being rung for them now.
+    pub ringing: Option<String>,
+}
+
+/// Where an agent takes calls, read from the queue's ring target. Today a SIP URI (a
+/// configured agent, or a registered phone's Contact). The seam for agents who answer in the
+/// console: a browser leg is `browser:NAME`, and the call bridges it like a SIP agent's leg
+/// once WebRTC media exists (until then it is reported unreachable and the next agent rung).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentTarget {
+    Sip(String),
+    Browser { agent: String },
+}
+
+impl AgentTarget {
+    pub const BROWSER_PREFIX: &'static str = "browser:";
+
+    pub fn parse(target: &str) -> AgentTarget {
+        match target.strip_prefix(Self::BROWSER_PREFIX) {
+            Some(agent) => AgentTarget::Browser {
+                agent: agent.to_string(),
+            },
+            None => AgentTarget::Sip(target.to_string()),
+        }
+    }
+}
+
+/// Why a caller came and what they said: shown to agents before they answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CallerInfo {
+    pub reason: String,
+    pub said: Vec<String>,
+    pub language: String,
+}
+
+/// A caller in line with what they said.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WaitingCaller {
+    #[serde(flatten)]
+    pub place: WaitingView,
+    #[serde(flatten)]
+    pub caller: CallerInfo,
+}
+
+/// The agents and the line, as the console shows them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DeskView {
+    pub agents: Vec<AgentView>,
+    pub waiting: Vec<WaitingCaller>,
 }
 
 /// Why an agent did not take a call.
@@ -127,9 +262,15 @@ impl AgentQueue {
     pub fn new<S: Into<String>>(agents: impl IntoIterator<Item = S>, now: Instant) -> Self {
         let agents = agents
             .into_iter()
-            .map(|uri| Agent {
-                uri: uri.into(),
-                state: AgentState::Idle { since: now },
+            .map(|uri| {
+                let uri = uri.into();
+                Agent {
+                    target: uri.clone(),
+                    uri,
+                    reach: Reach::Configured,
+                    presence: Presence::Available,
+                    state: AgentState::Idle { since: now },
+                }
             })
             .collect();
         Self {
@@ -157,6 +298,97 @@ impl AgentQueue {
                     a.state = AgentState::Idle { since: now };
                     self.stop_ringing(call);
                 }
+            }
+        }
+    }
+
+    /// Applies a change to an agent: registration, presence.
+    pub fn agent_input(&mut self, input: AgentInput, now: Instant) {
+        let (name, reach, target, presence) = match input {
+            AgentInput::Registered {
+                agent,
+                target,
+                until,
+            } => (agent, Some(Reach::Registered { until }), Some(target), None),
+            AgentInput::Unregistered { agent } => (agent, Some(Reach::Offline), None, None),
+            AgentInput::SetPresence { agent, presence } => (agent, None, None, Some(presence)),
+        };
+        let i = match self.agents.iter().position(|a| a.uri == name) {
+            Some(i) => i,
+            None => {
+                self.agents.push(Agent {
+                    target: name.clone(),
+                    uri: name,
+                    reach: Reach::Offline,
+                    presence: Presence::Available,
+                    state: AgentState::Idle { since: now },
+                });
+                self.agents.len() - 1
+            }
+        };
+        let a = &mut self.agents[i];
+        // A configured agent stays reachable whatever registers under its name.
+        if a.reach == Reach::Configured {
+            if let Some(p) = presence {
+                a.presence = p;
+            }
+            return;
+        }
+        let was = a.offerable();
+        if let Some(r) = reach {
+            a.reach = r;
+        }
+        if let Some(t) = target {
+            a.target = t;
+        }
+        if let Some(p) = presence {
+            a.presence = p;
+        }
+        // Idle time counts from when they could take calls.
+        if !was
+            && a.offerable()
+            && let AgentState::Idle { since } = &mut a.state
+        {
+            *since = now;
+        }
+    }
+
+    /// Where an agent's calls ring now (their phone's Contact, or their configured URI).
+    pub fn target(&self, agent: &str) -> Option<&str> {
+        self.agents
+            .iter()
+            .find(|a| a.uri == agent)
+            .map(|a| a.target.as_str())
+    }
+
+    /// Agents who may be offered calls now or when free: available and reachable.
+    pub fn staffed(&self) -> usize {
+        self.agents.iter().filter(|a| a.offerable()).count()
+    }
+
+    /// Time-driven changes: cool-downs ending, legs never reported, registrations expiring.
+    fn settle(&mut self, now: Instant) {
+        for a in &mut self.agents {
+            if let Reach::Registered { until } = a.reach
+                && until <= now
+            {
+                tracing::info!(agent = %a.uri, "registration expired");
+                a.reach = Reach::Offline;
+            }
+            match a.state {
+                AgentState::CoolingDown { until } if until <= now => {
+                    a.state = AgentState::Idle { since: until };
+                }
+                AgentState::Ringing { call, since }
+                    if now.saturating_duration_since(since) >= RING_LIMIT =>
+                {
+                    tracing::warn!(agent = %a.uri, call, "no end was reported for this agent's leg: back in the pool");
+                    a.state = AgentState::Idle { since: now };
+                    if let Some(w) = self.waiting.iter_mut().find(|w| w.call == call) {
+                        w.ringing = false;
+                    }
+                }
+                _ => {}
             }
         }
     }
@@ -215,11 +447,11 @@ impl AgentQueue {
         self.agents.iter().find(|a| a.uri == agent)?.call()
     }
 
-    /// Agents free to take a call now.
+    /// Agents free to take a call now (idle, available, reachable).
     pub fn idle_agents(&self) -> usize {
         self.agents
             .iter()
-            .filter(|a| matches!(a.state, AgentState::Idle { .. }))
+            .filter(|a| a.offerable() && matches!(a.state, AgentState::Idle { .. }))
             .count()
     }
 
@@ -227,6 +459,7 @@ impl AgentQueue {
     pub fn available(&self, agent: &str) -> bool {
         self.agents.iter().any(|a| {
             a.uri == agent
+                && a.offerable()
                 && matches!(
                     a.state,
                     AgentState::Idle { .. } | AgentState::CoolingDown { .. }
@@ -242,12 +475,8 @@ impl AgentQueue {
             // Their agent's phone is ringing now.
             return Some(Duration::ZERO);
         }
-        let staffed = self.agents.len().max(1) as u32;
-        let free = self
-            .agents
-            .iter()
-            .filter(|a| matches!(a.state, AgentState::Idle { .. }))
-            .count() as u32;
+        let staffed = self.staffed().max(1) as u32;
+        let free = self.idle_agents() as u32;
         if position <= free {
             return Some(Duration::ZERO);
         }
@@ -258,28 +487,13 @@ impl AgentQueue {
     /// The next thing to do: ring the longest-idle free agent for the first caller not yet
     /// ringing one. Call repeatedly until `None`.
     pub fn next_assignment(&mut self, now: Instant) -> Option<Assignment> {
-        for a in &mut self.agents {
-            match a.state {
-                AgentState::CoolingDown { until } if until <= now => {
-                    a.state = AgentState::Idle { since: until };
-                }
-                AgentState::Ringing { call, since }
-                    if now.saturating_duration_since(since) >= RING_LIMIT =>
-                {
-                    tracing::warn!(agent = %a.uri, call, "no end was reported for this agent's leg: back in the pool");
-                    a.state = AgentState::Idle { since: now };
-                    if let Some(w) = self.waiting.iter_mut().find(|w| w.call == call) {
-                        w.ringing = false;
-                    }
-                }
-                _ => {}
-            }
-        }
+        self.settle(now);
         let agents = &mut self.agents;
+        let staffed = agents.iter().any(Agent::offerable);
         for w in self.waiting.iter_mut().filter(|w| !w.ringing) {
             let free = agents
                 .iter_mut()
-                .filter(|a| !w.tried.contains(&a.uri))
+                .filter(|a| a.offerable() && !w.tried.contains(&a.uri))
                 .filter_map(|a| match a.state {
                     AgentState::Idle { since } => Some((since, a)),
                     _ => None,
@@ -297,16 +511,23 @@ impl AgentQueue {
                     agent: agent.uri.clone(),
                 });
             }
-            if agents.is_empty() {
-                // Nobody staffed at all: say so once per caller (the marker is never an agent).
-                if w.tried.is_empty() {
+            if !staffed {
+                // Nobody available at all: say so once per caller (the marker is never an
+                // agent), until someone is.
+                if !w.tried.iter().any(String::is_empty) {
+                    w.tried.clear();
                     w.tried.push(String::new());
                     return Some(Assignment::NoneAvailable { call: w.call });
                 }
                 continue;
             }
-            // Every agent tried this round and none can take it: say so once, start a new round.
-            if agents.iter().all(|a| w.tried.contains(&a.uri)) {
+            // Every available agent tried this round and none can take it: say so once,
+            // start a new round.
+            if agents
+                .iter()
+                .filter(|a| a.offerable())
+                .all(|a| w.tried.contains(&a.uri))
+            {
                 w.tried.clear();
                 return Some(Assignment::NoneAvailable { call: w.call });
             }
@@ -315,6 +536,7 @@ impl AgentQueue {
             // waits.
             let again = agents
                 .iter_mut()
+                .filter(|a| a.offerable())
                 .filter_map(|a| match a.state {
                     AgentState::Idle { since } => Some((since, a)),
                     _ => None,
@@ -386,6 +608,53 @@ impl AgentQueue {
             self.avg_handle = Duration::from_secs_f64(avg.clamp(1.0, 86_400.0));
             self.answered += 1;
         }
+    }
+
+    /// The agents, as the console shows them.
+    pub fn agent_views(&self, now: Instant) -> Vec<AgentView> {
+        self.agents
+            .iter()
+            .map(|a| {
+                let (state, idle) = match a.state {
+                    AgentState::Idle { since } => ("idle", Some(since)),
+                    AgentState::Ringing { .. } => ("ringing", None),
+                    AgentState::Busy { .. } => ("busy", None),
+                    AgentState::CoolingDown { .. } => ("cooling_down", None),
+                };
+                AgentView {
+                    agent: a.uri.clone(),
+                    presence: a.presence,
+                    configured: a.reach == Reach::Configured,
+                    reachable: a.reach != Reach::Offline,
+                    state,
+                    call: a.call(),
+                    idle_s: idle
+                        .filter(|_| a.offerable())
+                        .map(|s| now.saturating_duration_since(s).as_secs()),
+                }
+            })
+            .collect()
+    }
+
+    /// The callers in line, first first.
+    pub fn waiting_views(&self, now: Instant) -> Vec<WaitingView> {
+        self.waiting
+            .iter()
+            .enumerate()
+            .map(|(i, w)| WaitingView {
+                call: w.call,
+                position: i as u32 + 1,
+                waiting_s: now.saturating_duration_since(w.since).as_secs(),
+                ringing: if w.ringing {
+                    self.agents
+                        .iter()
+                        .find(|a| matches!(a.state, AgentState::Ringing { call, .. } if call == w.call))
+                        .map(|a| a.uri.clone())
+                } else {
+                    None
+                },
+            })
+            .collect()
     }
 
     /// How long the longest-waiting caller has waited.
@@ -471,6 +740,85 @@ mod tests {
         assert_eq!(q.position(4), Some(2));
         assert_eq!(q.estimated_wait(3), Some(Duration::from_secs(60)));
         assert_eq!(q.estimated_wait(4), Some(Duration::from_secs(120)));
+    }
+
+    #[test]
+    fn only_available_reachable_agents_are_offered_longest_idle_first() {
+        let t = Instant::now();
+        let at = |s| t + Duration::from_secs(s);
+        let mut q = AgentQueue::new(Vec::<String>::new(), t);
+        let reg = |agent: &str, until| AgentInput::Registered {
+            agent: agent.into(),
+            target: format!("sip:{agent}-phone@h"),
+            until,
+        };
+        q.agent_input(reg("ann", at(100)), at(1));
+        q.agent_input(reg("bob", at(100)), at(2));
+        q.agent_input(
+            AgentInput::SetPresence {
+                agent: "ann".into(),
+                presence: Presence::Away,
+            },
+            at(3),
+        );
+        q.enqueue(1, at(4));
+        // Ann is away though idle longest: Bob, at his phone's Contact.
+        assert_eq!(
+            q.next_assignment(at(4)),
+            Some(Assignment::Ring {
+                call: 1,
+                agent: "bob".into()
+            })
+        );
+        assert_eq!(q.target("bob"), Some("sip:bob-phone@h"));
+        q.agent_answered("bob", 1, at(5));
+        q.enqueue(2, at(6));
+        // Bob busy, Ann away: the caller waits.
+        assert_eq!(q.next_assignment(at(6)), None);
+        // Ann back: offered at once.
+        q.agent_input(
+            AgentInput::SetPresence {
+                agent: "ann".into(),
+                presence: Presence::Available,
+            },
+            at(8),
+        );
+        assert_eq!(
+            q.next_assignment(at(8)),
+            Some(Assignment::Ring {
+                call: 2,
+                agent: "ann".into()
+            })
+        );
+        q.agent_failed("ann", 2, AgentFailure::NoAnswer, at(9));
+        // Both registrations expire: nobody can be offered the caller, who is told once.
+        assert_eq!(
+            q.next_assignment(at(101)),
+            Some(Assignment::NoneAvailable { call: 2 })
+        );
+        assert_eq!(q.next_assignment(at(102)), None);
+        assert!(!q.available("ann"));
+        let views = q.agent_views(at(101));
+        assert!(views.iter().any(|v| v.agent == "ann" && !v.reachable));
+        assert!(
+            views
+                .iter()
+                .any(|v| v.agent == "bob" && v.state == "busy" && !v.reachable)
+        );
+    }
+
+    #[test]
+    fn ring_targets_are_sip_uris_or_browser_legs() {
+        assert_eq!(
+            AgentTarget::parse("sip:bob-0x1@127.0.0.1:5070"),
+            AgentTarget::Sip("sip:bob-0x1@127.0.0.1:5070".into())
+        );
+        assert_eq!(
+            AgentTarget::parse("browser:ann"),
+            AgentTarget::Browser {
+                agent: "ann".into()
+            }
+        );
     }
 
     #[test]

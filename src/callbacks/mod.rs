@@ -18,6 +18,13 @@ use serde::{Deserialize, Serialize};
 /// Milliseconds since the Unix epoch.
 pub type UnixMs = i64;
 
+/// The wall clock now, in [`UnixMs`] (0 for a clock before 1970).
+pub fn unix_now() -> UnixMs {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PromiseState {

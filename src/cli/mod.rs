@@ -5,6 +5,7 @@ mod callbacks;
 pub(crate) mod caller_turn;
 mod serve;
 mod simulate;
+mod users;
 
 use crate::config::{ConfigError, Flow};
 use clap::{Parser, Subcommand};
@@ -73,6 +74,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// The callback ledger: every promise, its state and attempts.
     Callbacks(callbacks::CallbacksArgs),
+    /// Who may log in (console, API, SIP phones): add the first user here.
+    Users(users::UsersArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -83,6 +86,7 @@ pub fn main() -> ExitCode {
         Command::Simulate(args) => report("simulate", simulate::run(args)),
         Command::Serve(args) => report("serve", serve::run(args)),
         Command::Callbacks(args) => report("callbacks", callbacks::run(args)),
+        Command::Users(args) => report("users", users::run(args)),
         Command::Transcribe {
             model,
             language,

@@ -113,6 +113,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .as_ref()
             .and_then(|b| b.settings().ok())
             .unwrap_or_default(),
+        auth: file.auth.config(),
+        registrar: file.registrar.settings(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

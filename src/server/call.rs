@@ -486,7 +486,7 @@ async fn drive(
     // no more may come, and the ones that did go back to the pool.
     queue_rx.close();
     while let Ok(msg) = queue_rx.try_recv() {
-        if let ToCall::Ring { agent } = msg {
+        if let ToCall::Ring { agent, .. } = msg {
             let _ = shared
                 .queue
                 .send(QueueMsg::Call(QueueInput::RingUndelivered {
@@ -663,9 +663,16 @@ impl Call {
                 }
                 if !self.queued {
                     self.queued = true;
+                    let context = self.brain.context();
+                    let caller = crate::agents::CallerInfo {
+                        reason: self.route_reason(),
+                        said: context.said.clone(),
+                        language: context.language.clone(),
+                    };
                     let _ = self.shared.queue.send(QueueMsg::Enqueue {
                         call: self.id,
                         to_call: self.queue_tx.clone(),
+                        caller,
                     });
                 }
             }
@@ -947,8 +954,8 @@ impl Call {
                 .await
             }
             ToCall::NoneAvailable => self.feed(Event::NoAgentAvailable).await,
-            ToCall::Ring { agent } => {
-                if let Err(e) = self.ring_agent(&agent).await {
+            ToCall::Ring { agent, target } => {
+                if let Err(e) = self.ring_agent(&agent, &target).await {
                     warn!(%agent, error = %format!("{e:#}"), "could not ring agent");
                     let _ = self
                         .shared
@@ -965,7 +972,15 @@ impl Call {
     }
 
     /// Rings an agent with the caller's context in the INVITE, so they never ask again.
-    async fn ring_agent(&mut self, agent: &str) -> anyhow::Result<()> {
+    /// `agent` is the queue's name for them, `target` where their phone is now.
+    async fn ring_agent(&mut self, agent: &str, target: &str) -> anyhow::Result<()> {
+        let uri = match crate::agents::AgentTarget::parse(target) {
+            crate::agents::AgentTarget::Sip(uri) => uri,
+            // The seam for agents answering in the console: their leg needs WebRTC media.
+            crate::agents::AgentTarget::Browser { agent } => anyhow::bail!(
+                "{agent} takes calls in the browser, which needs browser media (not built in yet)"
+            ),
+        };
         let socket = media::bind_rtp_socket(self.shared.media_ip, self.shared.rtp_ports).await?;
         let mut local_sdp = sdp::LocalSdp::new(local_media(&self.shared, &socket)?);
         let ring_timeout = self.brain.flow().timers.agent_ring;
@@ -987,7 +1002,7 @@ impl Call {
             headers.push(("X-Humanline-Topics".into(), context.topics.join(", ")));
         }
         let invite = OutboundInvite {
-            target_uri: agent.to_string(),
+            target_uri: uri,
             offer_sdp: local_sdp.offer(media::Direction::SendRecv),
             extra_headers: headers,
             from_user: Some(self.caller_id.clone()).filter(|c| !c.is_empty()),
@@ -995,7 +1010,7 @@ impl Call {
             ..Default::default()
         };
         let (call, events) = self.shared.sip.invite_with(invite).await?;
-        info!(%agent, "ringing agent");
+        info!(%agent, %target, "ringing agent");
         self.agent = Some(AgentLeg {
             agent: agent.to_string(),
             call,

@@ -41,7 +41,10 @@ async fn run(shared: Arc<Shared>, trunk: String) {
         }
         // One attempt per agent at a time, at most.
         let busy = in_progress.lock().map(|s| s.len()).unwrap_or(usize::MAX);
-        let room = shared.agent_count.saturating_sub(busy);
+        let staffed = shared
+            .agents_staffed
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let room = staffed.saturating_sub(busy);
         if room == 0 {
             continue;
         }
@@ -211,14 +214,25 @@ async fn attempt_callback(
     let mut agent_leg: Option<(String, Leg)> = None;
     let mut customer: Option<Leg> = None;
     let mut queue_open = true;
+    // Where each agent the queue offered rings (their phone's Contact).
+    let mut targets: std::collections::HashMap<String, String> = Default::default();
     let mut pending: VecDeque<AttemptAction> = machine.start(Instant::now()).into();
     loop {
         while let Some(action) = pending.pop_front() {
             let event = match action {
                 AttemptAction::Enqueue => {
+                    let caller = crate::agents::CallerInfo {
+                        reason: format!("callback ({})", promise.reason),
+                        said: promise_said(promise),
+                        language: promise.context["language"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                    };
                     let _ = shared.queue.send(QueueMsg::Enqueue {
                         call: queue_id,
                         to_call: to_call.clone(),
+                        caller,
                     });
                     None
                 }
@@ -244,10 +258,14 @@ async fn attempt_callback(
                     None
                 }
                 AttemptAction::RingAgent { agent } => {
-                    info!(%agent, "ringing agent for a callback");
+                    let target = targets
+                        .get(&agent)
+                        .cloned()
+                        .unwrap_or_else(|| agent.clone());
+                    info!(%agent, %target, "ringing agent for a callback");
                     let headers = agent_headers(promise);
                     Some(
-                        match dial(shared, &agent, headers, Some(promise.number.clone())).await {
+                        match dial(shared, &target, headers, Some(promise.number.clone())).await {
                             Ok(leg) => {
                                 agent_leg = Some((agent, leg));
                                 AttemptEvent::AgentAnswered
@@ -353,7 +371,7 @@ async fn attempt_callback(
                     // A `Ring` already on its way would hold that agent: give it back.
                     from_queue.close();
                     while let Ok(msg) = from_queue.try_recv() {
-                        if let ToCall::Ring { agent } = msg {
+                        if let ToCall::Ring { agent, .. } = msg {
                             let _ =
                                 shared
                                     .queue
@@ -373,7 +391,10 @@ async fn attempt_callback(
         }
         let event = tokio::select! {
             msg = from_queue.recv(), if queue_open => match msg {
-                Some(ToCall::Ring { agent }) => AttemptEvent::AgentOffered { agent },
+                Some(ToCall::Ring { agent, target }) => {
+                    targets.insert(agent.clone(), target);
+                    AttemptEvent::AgentOffered { agent }
+                }
                 Some(_) => continue,
                 None => {
                     queue_open = false;
@@ -388,18 +409,23 @@ async fn attempt_callback(
     }
 }
 
-/// What the agent's phone shows for a callback: why, what the customer said, who.
-fn agent_headers(promise: &Promise) -> Vec<(String, String)> {
-    let said = promise
+/// What the customer said when they asked for the callback.
+fn promise_said(promise: &Promise) -> Vec<String> {
+    promise
         .context
         .get("said")
         .and_then(|s| s.as_array())
         .map(|a| {
             a.iter()
-                .filter_map(|v| v.as_str())
-                .collect::<Vec<_>>()
-                .join(" | ")
-        });
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What the agent's phone shows for a callback: why, what the customer said, who.
+fn agent_headers(promise: &Promise) -> Vec<(String, String)> {
+    let said = Some(promise_said(promise).join(" | "));
     vec![
         (
             "X-Humanline-Reason".to_string(),

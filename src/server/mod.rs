@@ -8,18 +8,23 @@ mod call;
 mod dialer;
 mod prompt_audio;
 mod queue;
+mod registrations;
 mod settings;
 
 pub use prompt_audio::PromptAudio;
-pub use settings::{ServeOptions, ServerFile, parse_port_range as settings_port_range};
+pub use settings::{
+    DEFAULT_REALM, RegistrarSettings, ServeOptions, ServerFile,
+    parse_port_range as settings_port_range,
+};
 
 use crate::callbacks::CallbackLedger;
 use crate::config::Flow;
 use crate::media::PortRange;
 use crate::sip::{SipConfig, SipEndpoint};
 use crate::speech::{DecodeOptions, DecoderPool, LanguageEngines, PoolConfig};
-use crate::storage::SqliteStore;
-use crate::web::{BrowserEndpoint, Metrics, SharedLedger, WebState};
+use crate::storage::{SqliteStore, SqliteUsers};
+use crate::web::auth::{Auth, SharedUsers, with_users};
+use crate::web::{BrowserEndpoint, Desk, Metrics, SharedLedger, WebState};
 use anyhow::Context;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -38,11 +43,12 @@ pub struct Shared {
     /// The model behind `speech`, to re-tokenize the verifier's phrases on a prompt reload.
     pub(crate) engine: Option<Arc<crate::speech::LanguageEngines>>,
     pub(crate) queue: tokio::sync::mpsc::UnboundedSender<queue::QueueMsg>,
+    /// Agents who may be offered calls now or when free (the dialer's room).
+    pub(crate) agents_staffed: Arc<std::sync::atomic::AtomicUsize>,
     pub(crate) ledger: SharedLedger,
     pub(crate) metrics: Metrics,
     pub(crate) next_call: AtomicU64,
     pub(crate) utc_offset_min: i64,
-    pub(crate) agent_count: usize,
     pub(crate) recognizer: crate::speech::RecognizerConfig,
     /// Silence from a caller after which their phone is probed (`no_media_timeout_ms`).
     pub(crate) no_media_timeout: Duration,
@@ -96,7 +102,23 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         );
     }
     let ledger: SharedLedger = Arc::new(Mutex::new(ledger));
+    let users = SqliteUsers::open(&ledger_path)
+        .with_context(|| format!("opening the users in {}", ledger_path.display()))?;
+    let users: SharedUsers = Arc::new(Mutex::new(users));
+    match with_users(&users, |u| u.list()).await {
+        Ok(list) if list.is_empty() => warn!(
+            "no users yet: nobody can log in to the console or the API, and no phone can register (add one with `humanline users add NAME --role operator`)"
+        ),
+        Ok(list) => {
+            for u in list.iter().filter(|u| u.sip_realm != opts.registrar.realm) {
+                warn!(user = %u.name, realm = %u.sip_realm, "this user's SIP password was set for another realm: their phone cannot register until it is set again");
+            }
+        }
+        Err(e) => return Err(e).context("reading users"),
+    }
 
+    let queue = queue::spawn(opts.agents.clone(), metrics.clone());
+    let auth = Auth::new(users.clone(), opts.auth.clone());
     let http = tokio::net::TcpListener::bind(opts.http_listen)
         .await
         .with_context(|| format!("binding HTTP on {}", opts.http_listen))?;
@@ -107,10 +129,15 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         ledger: ledger.clone(),
         browser: browser_endpoint,
+        auth: auth.clone(),
+        desk: Desk {
+            view: queue.desk.clone(),
+            agents: queue.agents.clone(),
+        },
     };
     info!(addr = %opts.http_listen, "HTTP listening");
     tokio::spawn(async move {
-        // The peer's address is a browser caller's limit key.
+        // The client's address, for the login rate limit and a browser caller's limits.
         let app =
             crate::web::router(web).into_make_service_with_connect_info::<std::net::SocketAddr>();
         if let Err(e) = axum::serve(http, app).await {
@@ -158,12 +185,24 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let mut sip_config = SipConfig::new(opts.sip_listen);
     sip_config.user_agent = format!("Humanline/{}", env!("CARGO_PKG_VERSION"));
     sip_config.admission = opts.admission;
+    let (registered_tx, registered_rx) = tokio::sync::mpsc::channel(registrations::CHANNEL);
+    sip_config.registrar = Some(crate::sip::RegistrarConfig {
+        realm: opts.registrar.realm.clone(),
+        min_expires_s: opts.registrar.min_expires_s,
+        max_expires_s: opts.registrar.max_expires_s,
+        credentials: Arc::new(registrations::UserCredentials {
+            users: users.clone(),
+            auth,
+        }),
+        events: registered_tx,
+        nonce_secret: crate::web::auth::password::random_bytes(),
+    });
+    registrations::spawn(registered_rx, queue.agents.clone());
     let (sip, mut incoming) = SipEndpoint::bind_with(sip_config)
         .await
         .context("starting SIP")?;
     info!(addr = %sip.local_addr(), agents = ?opts.agents, "SIP listening (UDP and TCP)");
 
-    let queue = queue::spawn(opts.agents.clone(), metrics.clone());
     let media_ip = if opts.sip_listen.ip().is_unspecified() {
         local_ip_guess()
     } else {
@@ -176,12 +215,12 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         rtp_ports: opts.rtp_ports,
         speech,
         engine: engine_for_reload,
-        queue,
+        queue: queue.calls,
+        agents_staffed: queue.staffed,
         ledger,
         metrics,
         next_call: AtomicU64::new(1),
         utc_offset_min: opts.utc_offset_min,
-        agent_count: opts.agents.len(),
         no_media_timeout: opts.no_media_timeout,
         numbers: opts.callback_numbers.clone(),
         instance: format!("{:x}-{:x}", unix_ms(), std::process::id()),
@@ -251,10 +290,7 @@ async fn shutdown_signal() {
 }
 
 fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    crate::callbacks::unix_now()
 }
 
 /// The address peers can send media to when SIP listens on a wildcard address.

@@ -2,12 +2,17 @@
 //! they stand in line. Each call rings its agent itself and reports back (every leg's end,
 //! whatever it was, so no agent drops out of the pool).
 
-use crate::agents::{AgentQueue, Assignment, QueueInput};
+use crate::agents::{
+    AgentInput, AgentQueue, Assignment, CallerInfo, DeskView, QueueInput, WaitingCaller,
+};
 use crate::web::Metrics;
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::watch;
 
 /// How often waiting callers are told their position and wait (only when it changed, or
 /// every `STATUS_REFRESH`).
@@ -28,6 +33,8 @@ pub enum QueueMsg {
     Enqueue {
         call: u64,
         to_call: mpsc::Sender<ToCall>,
+        /// Shown in the console while they wait (and to the agent offered the call).
+        caller: CallerInfo,
     },
     /// Everything else a call reports, applied to the queue as it is.
     Call(QueueInput),
@@ -36,8 +43,10 @@ pub enum QueueMsg {
 /// From the queue to a call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ToCall {
+    /// Ring `target` (the agent's phone); report back under `agent`.
     Ring {
         agent: String,
+        target: String,
     },
     NoneAvailable,
     Status {
@@ -55,28 +64,67 @@ struct Waiter {
     to_call: mpsc::Sender<ToCall>,
     last: Option<(u32, Duration)>,
     sent_at: Instant,
+    caller: CallerInfo,
 }
 
-pub fn spawn(agents: Vec<String>, metrics: Metrics) -> mpsc::UnboundedSender<QueueMsg> {
+/// The queue task's ends: calls' messages, agents' changes (registrations, presence), what
+/// the console sees, and how many agents are staffed (for the callback dialer).
+pub struct QueueHandles {
+    pub calls: mpsc::UnboundedSender<QueueMsg>,
+    /// Unbounded like `calls`: each message is a registration that passed digest
+    /// authentication or a presence change by a logged-in user.
+    pub agents: mpsc::UnboundedSender<AgentInput>,
+    pub desk: watch::Receiver<DeskView>,
+    pub staffed: Arc<AtomicUsize>,
+}
+
+pub fn spawn(agents: Vec<String>, metrics: Metrics) -> QueueHandles {
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(agents, rx, metrics));
-    tx
+    let (agents_tx, agents_rx) = mpsc::unbounded_channel();
+    let (desk_tx, desk) = watch::channel(DeskView::default());
+    let staffed = Arc::new(AtomicUsize::new(agents.len()));
+    tokio::spawn(run(
+        agents,
+        rx,
+        agents_rx,
+        desk_tx,
+        staffed.clone(),
+        metrics,
+    ));
+    QueueHandles {
+        calls: tx,
+        agents: agents_tx,
+        desk,
+        staffed,
+    }
 }
 
-async fn run(agents: Vec<String>, mut rx: mpsc::UnboundedReceiver<QueueMsg>, metrics: Metrics) {
+async fn run(
+    agents: Vec<String>,
+    mut rx: mpsc::UnboundedReceiver<QueueMsg>,
+    mut agents_rx: mpsc::UnboundedReceiver<AgentInput>,
+    desk: watch::Sender<DeskView>,
+    staffed: Arc<AtomicUsize>,
+    metrics: Metrics,
+) {
     let mut queue = AgentQueue::new(agents, Instant::now());
     let mut waiters: HashMap<u64, Waiter> = HashMap::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut agents_open = true;
     loop {
         tokio::select! {
+            input = agents_rx.recv(), if agents_open => match input {
+                Some(input) => queue.agent_input(input, Instant::now()),
+                None => agents_open = false,
+            },
             msg = rx.recv() => {
                 let Some(msg) = msg else { return };
                 let now = Instant::now();
                 match msg {
-                    QueueMsg::Enqueue { call, to_call } => {
+                    QueueMsg::Enqueue { call, to_call, caller } => {
                         queue.handle(QueueInput::Enqueue { call }, now);
-                        waiters.insert(call, Waiter { to_call, last: None, sent_at: now });
+                        waiters.insert(call, Waiter { to_call, last: None, sent_at: now, caller });
                     }
                     QueueMsg::Call(input) => {
                         if let QueueInput::Remove { call } | QueueInput::AgentAnswered { call, .. } = &input {
@@ -91,7 +139,10 @@ async fn run(agents: Vec<String>, mut rx: mpsc::UnboundedReceiver<QueueMsg>, met
         let now = Instant::now();
         while let Some(a) = queue.next_assignment(now) {
             let (call, msg) = match a {
-                Assignment::Ring { call, agent } => (call, ToCall::Ring { agent }),
+                Assignment::Ring { call, agent } => {
+                    let target = queue.target(&agent).unwrap_or(&agent).to_string();
+                    (call, ToCall::Ring { agent, target })
+                }
                 Assignment::NoneAvailable { call } => (call, ToCall::NoneAvailable),
             };
             let sent = match waiters.get(&call) {
@@ -100,7 +151,7 @@ async fn run(agents: Vec<String>, mut rx: mpsc::UnboundedReceiver<QueueMsg>, met
             };
             if let Err(e) = sent {
                 // Nobody will ring this agent: they go straight back to the pool.
-                if let ToCall::Ring { agent } = msg {
+                if let ToCall::Ring { agent, .. } = msg {
                     queue.handle(QueueInput::RingUndelivered { agent, call }, now);
                 }
                 match e {
@@ -116,6 +167,29 @@ async fn run(agents: Vec<String>, mut rx: mpsc::UnboundedReceiver<QueueMsg>, met
             }
         }
         metrics.queue_length.set(queue.waiting() as i64);
+        staffed.store(queue.staffed(), Ordering::Relaxed);
+        let view = DeskView {
+            agents: queue.agent_views(now),
+            waiting: queue
+                .waiting_views(now)
+                .into_iter()
+                .map(|place| WaitingCaller {
+                    caller: waiters
+                        .get(&place.call)
+                        .map(|w| w.caller.clone())
+                        .unwrap_or_default(),
+                    place,
+                })
+                .collect(),
+        };
+        // Watchers (the console's event streams) wake only for a change.
+        desk.send_if_modified(|old| {
+            let changed = *old != view;
+            if changed {
+                *old = view;
+            }
+            changed
+        });
         for (call, w) in &mut waiters {
             let (Some(position), Some(wait)) = (queue.position(*call), queue.estimated_wait(*call))
             else {

@@ -5,10 +5,12 @@ use crate::callbacks::{NumberPolicy, RetryPolicy, UTC_OFFSET_MIN_RANGE, valid_pr
 use crate::config::{ConfigError, ConfigProblem, line_col};
 use crate::media::PortRange;
 use crate::sip::AdmissionLimits;
+use crate::web::auth::{AuthConfig, LoginLimits};
 use crate::web::{BrowserLimits, BrowserSettings};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use toml::Spanned;
 
 /// `--config FILE`: every key optional.
@@ -47,6 +49,228 @@ pub struct ServerFile {
     pub admission: Option<AdmissionFile>,
     /// Browser callers (`POST /call`): which web sites may place calls, and limits.
     pub browser: Option<BrowserFile>,
+    /// Login: cookies, sessions, the login rate limit, allowed origins.
+    #[serde(default)]
+    pub auth: AuthFile,
+    /// Agents' phones registering (SIP REGISTER with digest authentication).
+    #[serde(default)]
+    pub registrar: RegistrarFile,
+}
+
+/// `[auth]`: every key optional (defaults in [`AuthConfig::default`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthFile {
+    /// Mark the session cookie Secure: set it when the console is reached over HTTPS.
+    pub secure_cookie: Option<bool>,
+    /// A session unused this long ends [default: 8 hours].
+    pub session_idle_ms: Option<Spanned<u64>>,
+    /// A session ends this long after login, however used [default: 24 hours].
+    pub session_max_age_ms: Option<Spanned<u64>>,
+    /// Failed logins for one user name within `failed_login_window_ms` that lock it.
+    pub max_failed_logins_per_user: Option<Spanned<u32>>,
+    /// Failed logins from one address within the window that lock it.
+    pub max_failed_logins_per_ip: Option<Spanned<u32>>,
+    pub failed_login_window_ms: Option<Spanned<u64>>,
+    /// Origins besides Humanline's own allowed to make changes ("https://host[:port]").
+    #[serde(default)]
+    pub allowed_origins: Vec<Spanned<String>>,
+}
+
+/// `[registrar]`: every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrarFile {
+    /// The digest realm phones authenticate in [default: "humanline"]. Passwords set for
+    /// another realm do not work for SIP (set them again with `humanline users add`).
+    pub realm: Option<Spanned<String>>,
+    /// Shortest registration accepted, seconds (shorter: 423 with Min-Expires) [default: 60].
+    pub min_expires_s: Option<Spanned<u32>>,
+    /// Longest registration granted, seconds (longer requests get this) [default: 3600].
+    pub max_expires_s: Option<Spanned<u32>>,
+}
+
+/// What `[registrar]` resolves to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrarSettings {
+    pub realm: String,
+    pub min_expires_s: u32,
+    pub max_expires_s: u32,
+}
+
+impl Default for RegistrarSettings {
+    fn default() -> Self {
+        Self {
+            realm: DEFAULT_REALM.into(),
+            min_expires_s: 60,
+            max_expires_s: 3600,
+        }
+    }
+}
+
+pub const DEFAULT_REALM: &str = "humanline";
+const SESSION_MS: std::ops::RangeInclusive<u64> = 60_000..=30 * DAY_MS as u64;
+const FAILED_LOGINS: std::ops::RangeInclusive<u32> = 1..=1000;
+const LOGIN_WINDOW_MS: std::ops::RangeInclusive<u64> = 1_000..=DAY_MS as u64;
+const EXPIRES_S: std::ops::RangeInclusive<u32> = 10..=86_400;
+
+impl AuthFile {
+    pub fn config(&self) -> AuthConfig {
+        let d = AuthConfig::default();
+        let ms = |v: &Option<Spanned<u64>>, d: Duration| {
+            v.as_ref()
+                .map_or(d, |v| Duration::from_millis(*v.get_ref()))
+        };
+        let n = |v: &Option<Spanned<u32>>, d: u32| v.as_ref().map_or(d, |v| *v.get_ref());
+        AuthConfig {
+            secure_cookie: self.secure_cookie.unwrap_or(d.secure_cookie),
+            session_idle: ms(&self.session_idle_ms, d.session_idle),
+            session_max_age: ms(&self.session_max_age_ms, d.session_max_age),
+            limits: LoginLimits {
+                per_user: n(&self.max_failed_logins_per_user, d.limits.per_user),
+                per_ip: n(&self.max_failed_logins_per_ip, d.limits.per_ip),
+                window: ms(&self.failed_login_window_ms, d.limits.window),
+            },
+            allowed_origins: self
+                .allowed_origins
+                .iter()
+                .map(|o| o.get_ref().trim_end_matches('/').to_string())
+                .collect(),
+        }
+    }
+
+    fn check(&self, out: &mut Vec<(std::ops::Range<usize>, String)>) {
+        for (key, v) in [
+            ("session_idle_ms", &self.session_idle_ms),
+            ("session_max_age_ms", &self.session_max_age_ms),
+        ] {
+            if let Some(v) = v
+                && !SESSION_MS.contains(v.get_ref())
+            {
+                out.push((
+                    v.span(),
+                    format!(
+                        "auth.{key} must be between {} and {} ms",
+                        SESSION_MS.start(),
+                        SESSION_MS.end()
+                    ),
+                ));
+            }
+        }
+        for (key, v) in [
+            (
+                "max_failed_logins_per_user",
+                &self.max_failed_logins_per_user,
+            ),
+            ("max_failed_logins_per_ip", &self.max_failed_logins_per_ip),
+        ] {
+            if let Some(v) = v
+                && !FAILED_LOGINS.contains(v.get_ref())
+            {
+                out.push((
+                    v.span(),
+                    format!(
+                        "auth.{key} must be between {} and {}",
+                        FAILED_LOGINS.start(),
+                        FAILED_LOGINS.end()
+                    ),
+                ));
+            }
+        }
+        if let Some(v) = &self.failed_login_window_ms
+            && !LOGIN_WINDOW_MS.contains(v.get_ref())
+        {
+            out.push((
+                v.span(),
+                format!(
+                    "auth.failed_login_window_ms must be between {} and {} ms",
+                    LOGIN_WINDOW_MS.start(),
+                    LOGIN_WINDOW_MS.end()
+                ),
+            ));
+        }
+        for o in &self.allowed_origins {
+            let v = o.get_ref().trim_end_matches('/');
+            let rest = v
+                .strip_prefix("https://")
+                .or_else(|| v.strip_prefix("http://"));
+            let ok =
+                rest.is_some_and(|h| !h.is_empty() && !h.contains(['/', '?', '#', ' ', '@', '*']));
+            if !ok {
+                out.push((
+                    o.span(),
+                    format!(
+                        "auth.allowed_origins: `{}` is not an origin (\"https://host[:port]\", no path)",
+                        o.get_ref()
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+impl RegistrarFile {
+    pub fn settings(&self) -> RegistrarSettings {
+        let d = RegistrarSettings::default();
+        RegistrarSettings {
+            realm: self.realm.as_ref().map_or(d.realm, |r| r.get_ref().clone()),
+            min_expires_s: self
+                .min_expires_s
+                .as_ref()
+                .map_or(d.min_expires_s, |v| *v.get_ref()),
+            max_expires_s: self
+                .max_expires_s
+                .as_ref()
+                .map_or(d.max_expires_s, |v| *v.get_ref()),
+        }
+    }
+
+    fn check(&self, out: &mut Vec<(std::ops::Range<usize>, String)>) {
+        if let Some(r) = &self.realm {
+            let v = r.get_ref();
+            if v.is_empty()
+                || v.len() > 64
+                || !v
+                    .chars()
+                    .all(|c| c.is_ascii_graphic() && c != '"' && c != '\\')
+            {
+                out.push((
+                    r.span(),
+                    "registrar.realm must be 1 to 64 printable ASCII characters without quotes or backslashes".into(),
+                ));
+            }
+        }
+        let s = self.settings();
+        for (key, v) in [
+            ("min_expires_s", &self.min_expires_s),
+            ("max_expires_s", &self.max_expires_s),
+        ] {
+            if let Some(v) = v
+                && !EXPIRES_S.contains(v.get_ref())
+            {
+                out.push((
+                    v.span(),
+                    format!(
+                        "registrar.{key} must be between {} and {} s",
+                        EXPIRES_S.start(),
+                        EXPIRES_S.end()
+                    ),
+                ));
+            }
+        }
+        if let Some(v) = &self.max_expires_s
+            && EXPIRES_S.contains(v.get_ref())
+            && s.max_expires_s < s.min_expires_s
+        {
+            out.push((
+                v.span(),
+                format!(
+                    "registrar.max_expires_s must be at least min_expires_s ({})",
+                    s.min_expires_s
+                ),
+            ));
+        }
+    }
 }
 
 /// `[browser]`: every key optional (see `crate::web::BrowserLimits` for the defaults).
@@ -392,6 +616,8 @@ impl ServerFile {
         if let Some(Err(problems)) = self.browser.as_ref().map(BrowserFile::settings) {
             out.extend(problems);
         }
+        self.auth.check(&mut out);
+        self.registrar.check(&mut out);
         out
     }
 
@@ -466,6 +692,8 @@ pub struct ServeOptions {
     pub admission: AdmissionLimits,
     /// Browser callers: allowed origins, limits, the ICE candidate's address.
     pub browser: BrowserSettings,
+    pub auth: AuthConfig,
+    pub registrar: RegistrarSettings,
 }
 
 pub fn parse_port_range(s: &str) -> anyhow::Result<PortRange> {
@@ -526,6 +754,39 @@ mod tests {
         assert!(p[2].message.contains("path"), "{p:?}");
         assert!(!problems("[browser]\ncandidate_ip = \"nowhere\"\n").is_empty());
         assert!(!problems("[browser]\nallowed_origin = []\n").is_empty());
+    }
+
+    #[test]
+    fn auth_and_registrar_settings_are_bounded_and_reported_at_their_line() {
+        let good = "[auth]\nsecure_cookie = true\nsession_idle_ms = 600000\nmax_failed_logins_per_user = 3\nmax_failed_logins_per_ip = 10\nfailed_login_window_ms = 60000\nallowed_origins = [\"https://console.example:8443\"]\n\n[registrar]\nrealm = \"callcentre\"\nmin_expires_s = 30\nmax_expires_s = 600\n";
+        assert!(problems(good).is_empty(), "{:?}", problems(good));
+        let file = ServerFile::parse(Path::new("s"), good).unwrap();
+        let auth = file.auth.config();
+        assert!(auth.secure_cookie);
+        assert_eq!(auth.limits.per_user, 3);
+        assert_eq!(auth.allowed_origins, ["https://console.example:8443"]);
+        assert_eq!(file.registrar.settings().realm, "callcentre");
+        for (from, to) in [
+            ("session_idle_ms = 600000", "session_idle_ms = 5"),
+            (
+                "max_failed_logins_per_user = 3",
+                "max_failed_logins_per_user = 0",
+            ),
+            (
+                "failed_login_window_ms = 60000",
+                "failed_login_window_ms = 1",
+            ),
+            ("\"https://console.example:8443\"", "\"console.example/x\""),
+            ("realm = \"callcentre\"", "realm = \"a\\\"b\""),
+            ("min_expires_s = 30", "min_expires_s = 1"),
+            ("max_expires_s = 600", "max_expires_s = 20"),
+        ] {
+            let bad = good.replace(from, to);
+            let p = problems(&bad);
+            let line = bad.lines().position(|l| l.contains(to)).unwrap() + 1;
+            assert_eq!(p.len(), 1, "{to}: {p:?}");
+            assert_eq!(p[0].line, line, "{to}: {p:?}");
+        }
     }
 
     #[test]

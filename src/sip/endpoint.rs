@@ -20,12 +20,14 @@ use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, debug, info, warn};
 
 use super::admission::{Admission, AdmissionLimits, Admitter};
+use super::digest::{Nonces, challenge};
 use super::error::{SipError, SipResult};
 use super::filter::{FilterCounters, FilteredUdpSocket, install_stream_filter};
 use super::inbound::{IncomingCall, start_inbound};
 use super::outbound::{
     OutboundCall, OutboundEvents, OutboundInvite, OutboundJob, Phase, supervise_outbound,
 };
+use super::registrar::{RegisterReply, RegisterRequest, RegistrarConfig, Registration, decide};
 use super::types::{
     MAX_HEADER_VALUE_BYTES, SipTransport, sanitize_header_value, validate_header_name,
 };
@@ -54,6 +56,8 @@ pub struct SipConfig {
     pub max_header_value_bytes: usize,
     /// When new calls are refused with 503 and Retry-After (before any answer).
     pub admission: AdmissionLimits,
+    /// Agents' phones may REGISTER (digest authentication); `None`: REGISTER gets 405.
+    pub registrar: Option<RegistrarConfig>,
 }
 
 impl SipConfig {
@@ -68,6 +72,7 @@ impl SipConfig {
             tcp_idle_timeout: Duration::from_secs(4 * 3600),
             max_header_value_bytes: MAX_HEADER_VALUE_BYTES,
             admission: AdmissionLimits::default(),
+            registrar: None,
         }
     }
 }
@@ -102,6 +107,8 @@ pub(crate) struct Shared {
     /// Inbound calls in progress; each call's event pump holds one [`InboundSlot`].
     pub(crate) inbound_calls: Arc<AtomicUsize>,
     refused_503: AtomicU64,
+    /// The registrar's nonces, when REGISTER is on.
+    nonces: Option<Nonces>,
 }
 
 /// One admitted inbound call, counted until its event pump ends.
@@ -225,7 +232,12 @@ impl SipEndpoint {
 
         let (calls_tx, calls_rx) = mpsc::channel(config.incoming_queue.max(1));
         let admitter = std::sync::Mutex::new(Admitter::new(config.admission));
+        let nonces = config
+            .registrar
+            .as_ref()
+            .map(|r| Nonces::new(r.nonce_secret, super::registrar::NONCE_LIFETIME_MS));
         let shared = Arc::new(Shared {
+            nonces,
             dialogs,
             cancel: cancel.clone(),
             config,
@@ -506,6 +518,7 @@ async fn route(
             .await?;
             Ok(())
         }
+        Method::Register if shared.config.registrar.is_some() => register(&shared, tx).await,
         Method::Ack => Ok(()),
         Method::Bye | Method::Info | Method::Cancel | Method::PRack | Method::Update => {
             tx.reply(StatusCode::CallTransactionDoesNotExist).await?;
@@ -521,6 +534,107 @@ async fn route(
             Ok(())
         }
     }
+}
+
+/// A REGISTER: challenged, checked and bound (see [`super::registrar`]).
+async fn register(shared: &Shared, mut tx: Transaction) -> SipResult<()> {
+    let (Some(cfg), Some(nonces)) = (&shared.config.registrar, &shared.nonces) else {
+        return Ok(());
+    };
+    let mut req = RegisterRequest {
+        to_user: super::inbound::party_of(tx.original.to_header().ok().map(|h| h.value())).user,
+        ..Default::default()
+    };
+    for h in tx.original.headers.iter() {
+        let slot = match h {
+            Header::Authorization(_) => &mut req.authorization,
+            Header::Contact(_) => &mut req.contact,
+            Header::Expires(_) => &mut req.expires,
+            _ => continue,
+        };
+        slot.get_or_insert_with(|| h.value().to_string());
+    }
+    let ip = remote_of(&tx).map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+    let claimed = req
+        .authorization
+        .as_deref()
+        .and_then(super::digest::parse_authorization)
+        .map(|c| c.username);
+    if let Some(user) = &claimed
+        && cfg.credentials.locked(user, ip)
+    {
+        info!(%user, %ip, "REGISTER refused: too many failed attempts");
+        tx.reply_with(
+            StatusCode::Forbidden,
+            vec![Header::Warning(
+                "399 humanline \"too many failed attempts\"".into(),
+            )],
+            None,
+        )
+        .await?;
+        return Ok(());
+    }
+    let now_ms = crate::callbacks::unix_now();
+    let warning = |why: &str| Header::Warning(format!("399 humanline \"{why}\"").into());
+    match decide(&req, cfg, nonces, now_ms) {
+        RegisterReply::Challenge { stale } => {
+            let value = challenge(&cfg.realm, &nonces.issue(now_ms), stale);
+            tx.reply_with(
+                StatusCode::Unauthorized,
+                vec![Header::WwwAuthenticate(value.into())],
+                None,
+            )
+            .await?;
+        }
+        RegisterReply::Forbidden(why) => {
+            let user = claimed.unwrap_or_default();
+            info!(%user, %ip, why, "REGISTER refused");
+            cfg.credentials.failed(&user, ip);
+            tx.reply_with(StatusCode::Forbidden, vec![warning(why)], None)
+                .await?;
+        }
+        RegisterReply::IntervalTooBrief { min_expires_s } => {
+            tx.reply_with(
+                StatusCode::IntervalTooBrief,
+                vec![Header::MinExpires(min_expires_s.to_string().into())],
+                None,
+            )
+            .await?;
+        }
+        RegisterReply::BadRequest(why) => {
+            tx.reply_with(StatusCode::BadRequest, vec![warning(why)], None)
+                .await?;
+        }
+        RegisterReply::Bound {
+            user,
+            contact,
+            expires_s,
+        } => {
+            info!(%user, %contact, expires_s, "registered");
+            let headers = vec![
+                Header::Contact(format!("<{contact}>;expires={expires_s}").into()),
+                Header::Expires(expires_s.to_string().into()),
+            ];
+            let event = Registration::Bound {
+                user,
+                contact,
+                expires: Duration::from_secs(u64::from(expires_s)),
+            };
+            if cfg.events.try_send(event).is_err() {
+                warn!("registration not passed on: the application is not reading them");
+            }
+            tx.reply_with(StatusCode::OK, headers, None).await?;
+        }
+        RegisterReply::Unbound { user } => {
+            info!(%user, "unregistered");
+            if cfg.events.try_send(Registration::Unbound { user }).is_err() {
+                warn!("registration not passed on: the application is not reading them");
+            }
+            tx.reply(StatusCode::OK).await?;
+        }
+        RegisterReply::Queried => tx.reply(StatusCode::OK).await?,
+    }
+    Ok(())
 }
 
 async fn new_call(

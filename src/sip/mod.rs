@@ -49,11 +49,13 @@
 //! ```
 
 mod admission;
+pub mod digest;
 mod endpoint;
 mod error;
 mod filter;
 mod inbound;
 mod outbound;
+mod registrar;
 mod types;
 
 pub use admission::{Admission, AdmissionLimits, Admitter};
@@ -61,6 +63,10 @@ pub use endpoint::{ALLOW, IncomingCalls, SipConfig, SipEndpoint, SipStats};
 pub use error::{SipError, SipResult};
 pub use inbound::{InboundCall, InboundEvent, InboundEvents, IncomingCall, ReInviteReply};
 pub use outbound::{FailReason, OutboundCall, OutboundEvent, OutboundEvents, OutboundInvite};
+pub use registrar::{
+    Credentials, NONCE_LIFETIME_MS, RegisterReply, RegisterRequest, RegistrarConfig, Registration,
+    decide as decide_register,
+};
 pub use types::{
     DtmfInfo, HeaderList, MAX_HEADER_VALUE_BYTES, RejectStatus, SipParty, SipTransport,
     header_value, parse_dtmf_info, sanitize_header_value, validate_header_name,

@@ -7,7 +7,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::path::Path;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     r#"
 CREATE TABLE callbacks (
     id              INTEGER PRIMARY KEY,
@@ -44,10 +44,49 @@ UPDATE callbacks SET call_id = promise_key;
 ALTER TABLE callbacks ADD COLUMN completed_reason TEXT;
 UPDATE callbacks SET completed_reason = 'called_back' WHERE state = 'completed';
 "#,
+    // People who log in (console, API, SIP phones). The password is kept as an argon2 hash;
+    // SIP digest authentication (RFC 2617/8760) cannot use that, so beside it is HA1 =
+    // MD5(name:realm:password) for the realm it was set for. Ledgers from before have no
+    // users: the first is added with `humanline users add`.
+    r#"
+CREATE TABLE users (
+    id            INTEGER PRIMARY KEY,
+    name          TEXT    NOT NULL UNIQUE,
+    role          TEXT    NOT NULL,
+    password_hash TEXT    NOT NULL,
+    sip_realm     TEXT    NOT NULL,
+    sip_ha1       TEXT    NOT NULL,
+    created_at    INTEGER NOT NULL
+);
+"#,
 ];
 
 pub struct SqliteStore {
     conn: Connection,
+}
+
+/// Sets a connection up as every store here uses it and brings the schema up to date: WAL
+/// lets readers (the console, `callbacks list`, the users table) run beside the dialer;
+/// synchronous=FULL fsyncs every commit, so a promise survives power loss.
+pub(super) fn prepare(mut conn: Connection) -> rusqlite::Result<Connection> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let done: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
+        // Immediate: another process migrating at the same time waits instead of failing.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
 }
 
 fn db(e: rusqlite::Error) -> LedgerError {
@@ -142,32 +181,9 @@ impl SqliteStore {
     }
 
     fn init(conn: Connection) -> Result<Self, LedgerError> {
-        // WAL lets readers (the console, `callbacks list`) run beside the dialer;
-        // synchronous=FULL fsyncs every commit: a promise survives power loss.
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(db)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(db)?;
-        conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(db)?;
-        let mut store = Self { conn };
-        store.migrate()?;
-        Ok(store)
-    }
-
-    fn migrate(&mut self) -> Result<(), LedgerError> {
-        let done: usize = self
-            .conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(db)?;
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
-            let tx = self.write_tx()?;
-            tx.execute_batch(sql).map_err(db)?;
-            tx.pragma_update(None, "user_version", i + 1).map_err(db)?;
-            tx.commit().map_err(db)?;
-        }
-        Ok(())
+        Ok(Self {
+            conn: prepare(conn).map_err(db)?,
+        })
     }
 
     fn get_in(conn: &Connection, id: i64) -> Result<Promise, LedgerError> {

@@ -1,16 +1,24 @@
-//! The HTTP listener: health, metrics, the callbacks API, and browser callers (`/call`, the
-//! caller page `/call.html`).
+//! The HTTP listener: health and metrics (open), login, the API behind it (the web console
+//! grows here), and browser callers (`/call`, the caller page `/call.html`). Everything under
+//! `/api` needs a login; see [`auth`].
 
+pub mod auth;
 pub mod call;
+mod console;
+mod desk;
 pub mod limits;
 pub mod metrics;
 
+pub use desk::Desk;
+
 use crate::callbacks::{LedgerError, PromiseState, with_ledger};
 use crate::storage::SqliteStore;
+use auth::{Auth, Role};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 pub use call::{
     BrowserClient, BrowserEndpoint, BrowserRequest, BrowserSettings, StartRefused, StartedCall,
@@ -31,16 +39,49 @@ pub struct WebState {
     pub ledger: SharedLedger,
     /// Browser callers' requests, served by the server.
     pub browser: BrowserEndpoint,
+    pub auth: Auth,
+    pub desk: Desk,
+}
+
+impl axum::extract::FromRef<WebState> for Auth {
+    fn from_ref(s: &WebState) -> Auth {
+        s.auth.clone()
+    }
 }
 
 pub fn router(state: WebState) -> Router {
+    let auth = state.auth.clone();
+    // Callers' numbers and words: supervisors.
+    let supervisor = Router::new()
+        .route("/callbacks", get(list_callbacks))
+        .route("/callbacks/{id}", get(show_callback))
+        .route("/agents/{name}/presence", post(desk::set_agent_presence))
+        .route_layer(from_fn_with_state(Role::Supervisor, auth::require_role));
+    let api = Router::new()
+        .route("/session", get(auth::whoami))
+        .route("/desk", get(desk::view))
+        .route("/desk/events", get(desk::events))
+        .route("/me/presence", post(desk::set_own_presence))
+        .merge(supervisor)
+        // An unknown path under /api says nothing without a login either.
+        .fallback(api_not_found)
+        .layer(from_fn_with_state(auth.clone(), auth::require_login));
+    let logout = Router::new()
+        .route("/logout", post(auth::logout))
+        .route_layer(from_fn_with_state(auth, auth::require_login));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .route("/api/callbacks", get(list_callbacks))
-        .route("/api/callbacks/{id}", get(show_callback))
+        .route("/login", get(console::login_page).post(auth::login))
+        .route("/console", get(console::console_page))
+        .merge(logout)
+        .nest("/api", api)
         .merge(call::routes())
         .with_state(state)
+}
+
+async fn api_not_found() -> Response {
+    api_error(StatusCode::NOT_FOUND, "no such resource")
 }
 
 async fn healthz(State(s): State<WebState>) -> Response {
@@ -67,7 +108,8 @@ struct ListQuery {
     state: Option<String>,
 }
 
-fn api_error(status: StatusCode, message: impl Into<String>) -> Response {
+/// An error answer: `{"error": message}`.
+pub(crate) fn api_error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({"error": message.into()}))).into_response()
 }
 

@@ -342,6 +342,10 @@ pub struct Server {
     pub log: Lines,
     pub ports: Ports,
     pub log_file: PathBuf,
+    /// Its `--data-dir` (the ledger and the users).
+    pub data_dir: PathBuf,
+    /// The supervisor `api_get` logs in as, once made.
+    supervisor: Mutex<Option<Login>>,
 }
 
 impl Server {
@@ -438,6 +442,8 @@ impl Server {
             log,
             ports,
             log_file,
+            data_dir: data,
+            supervisor: Mutex::new(None),
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -470,6 +476,64 @@ impl Server {
         http_get(self.ports.http(), path).unwrap_or_else(|e| (0, format!("GET {path} failed: {e}")))
     }
 
+    /// `humanline users add` on this server's data (it reads users as they are now).
+    pub fn add_user(&self, name: &str, role: &str, password: &str) {
+        add_user(&self.data_dir, name, role, password);
+    }
+
+    /// A change as Humanline's own page makes it: POST with the session cookie, the CSRF
+    /// token, Humanline's origin and a JSON body.
+    pub fn change(&self, login: &Login, path: &str, body: &str) -> HttpReply {
+        let origin = format!("http://{LOCALHOST}:{}", self.ports.http());
+        self.request(
+            "POST",
+            path,
+            &[
+                ("Cookie", &login.cookie),
+                ("Origin", &origin),
+                ("X-CSRF-Token", &login.csrf),
+                ("Content-Type", "application/json"),
+            ],
+            body,
+        )
+    }
+
+    /// `POST /login`; panics unless it succeeds.
+    pub fn login(&self, name: &str, password: &str) -> Login {
+        let r = self.request(
+            "POST",
+            "/login",
+            &[("Content-Type", "application/json")],
+            &login_body(name, password),
+        );
+        assert_eq!(r.status, 200, "login as {name}: {}", r.body);
+        Login::from_reply(&r)
+    }
+
+    /// A request to this server's HTTP listener.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> HttpReply {
+        http_request(self.ports.http(), method, path, headers, body)
+            .unwrap_or_else(|e| panic!("{method} {path} failed: {e}"))
+    }
+
+    /// A GET under `/api`, logged in as a supervisor made for the purpose.
+    pub fn api_get(&self, path: &str) -> (u16, String) {
+        let mut sup = self.supervisor.lock().unwrap_or_else(|p| p.into_inner());
+        if sup.is_none() {
+            self.add_user("test-supervisor", "supervisor", "supervisor-password");
+            *sup = Some(self.login("test-supervisor", "supervisor-password"));
+        }
+        let login = sup.as_ref().expect("logged in");
+        let r = self.request("GET", path, &[("Cookie", &login.cookie)], "");
+        (r.status, r.body)
+    }
+
     pub fn metrics(&self) -> String {
         let (status, body) = self.get("/metrics");
         assert_eq!(status, 200, "/metrics: {body}");
@@ -499,31 +563,170 @@ impl Server {
 
 /// A minimal HTTP/1.1 GET (Connection: close): status and body.
 pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(port, "GET", path, &[], "").map(|r| (r.status, r.body))
+}
+
+/// An HTTP answer: status, headers (names lowercased) and body.
+#[derive(Debug, Clone)]
+pub struct HttpReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A minimal HTTP/1.1 request (Connection: close; Host is 127.0.0.1:PORT, Content-Length set
+/// for a body). Chunked answers are not decoded (axum sends Content-Length for these).
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<HttpReply> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
     s.set_write_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {LOCALHOST}:{port}\r\nConnection: close\r\n\r\n"
-    )?;
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {LOCALHOST}:{port}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method != "GET" {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes())?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text
-        .lines()
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
         .next()
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok(HttpReply {
+        status,
+        headers,
+        body: body.to_string(),
+    })
+}
+
+/// A logged-in session: the `Cookie` header to send and the CSRF token for changes.
+#[derive(Debug, Clone)]
+pub struct Login {
+    pub cookie: String,
+    pub csrf: String,
+    /// The whole Set-Cookie the server sent.
+    pub set_cookie: String,
+}
+
+impl Login {
+    pub fn from_reply(r: &HttpReply) -> Login {
+        let set_cookie = r.header("set-cookie").unwrap_or_default().to_string();
+        let cookie = set_cookie.split(';').next().unwrap_or_default().to_string();
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+        Login {
+            cookie,
+            csrf: v["csrf"].as_str().unwrap_or_default().to_string(),
+            set_cookie,
+        }
+    }
+}
+
+pub fn login_body(name: &str, password: &str) -> String {
+    serde_json::json!({"name": name, "password": password}).to_string()
+}
+
+/// `humanline users ARGS... --data-dir DIR` with `stdin`.
+pub fn users_command(data_dir: &Path, args: &[&str], stdin: &str) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_humanline"))
+        .arg("users")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning humanline users");
+    if let Some(mut input) = child.stdin.take() {
+        input.write_all(stdin.as_bytes()).expect("stdin");
+    }
+    child.wait_with_output().expect("humanline users")
+}
+
+/// `humanline users add NAME --role ROLE --data-dir DIR`, the password on stdin.
+pub fn add_user(data_dir: &Path, name: &str, role: &str, password: &str) {
+    let out = users_command(
+        data_dir,
+        &["add", name, "--role", role],
+        &format!("{password}\n"),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() || stderr.contains("already exists"),
+        "humanline users add {name}: {stderr}"
+    );
 }
 
 // --- sipp ---------------------------------------------------------------------------------------
+
+/// The test's folder (logs, scenarios, recordings); kept when `HUMANLINE_KEEP_TEST_DIRS` is set.
+pub fn tempdir(test: &str) -> tempfile::TempDir {
+    let keep = std::env::var_os("HUMANLINE_KEEP_TEST_DIRS").is_some();
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("humanline-{test}-"))
+        .disable_cleanup(keep)
+        .tempdir()
+        .expect("tempdir");
+    if keep {
+        eprintln!("{test}: keeping {}", dir.path().display());
+    }
+    dir
+}
+
+/// A caller (sipp, UAC) who streams `audio` and hangs up `hold_ms` after starting it.
+pub fn speaking_caller(
+    dir: &Path,
+    ports: Ports,
+    audio: &Path,
+    hold_ms: u64,
+    transport: &str,
+) -> Sipp {
+    Sipp::start(
+        dir,
+        SippRun {
+            name: "caller",
+            scenario: "caller_speaks.xml",
+            vars: &[
+                ("AUDIO", audio.display().to_string()),
+                ("HOLD_MS", hold_ms.to_string()),
+            ],
+            remote: Some(ports.sip_addr()),
+            transport,
+            ports: ports.caller_sipp(),
+            timeout: Duration::from_millis(hold_ms) + Duration::from_secs(40),
+            calls: 1,
+        },
+    )
+}
 
 /// One sipp run (`-m 1`) on fixed ports, with its message and error logs in the test's folder.
 pub struct Sipp {
@@ -701,6 +904,42 @@ impl Baresip {
         play: &Path,
         run_for: Duration,
     ) -> Baresip {
+        let account = format!(
+            "<sip:{user}@{LOCALHOST}:{}>;regint=0;answermode=auto;audio_codecs=PCMU",
+            ports.sip
+        );
+        Baresip::start_with_account(dir, name, user, &account, ports, play, run_for)
+    }
+
+    /// A phone that registers with Humanline (`registrar`) as `user` with `password`
+    /// (digest authentication), every minute, and answers what it is called with.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_registered(
+        dir: &Path,
+        name: &str,
+        user: &str,
+        password: &str,
+        registrar: SocketAddr,
+        ports: BaresipPorts,
+        play: &Path,
+        run_for: Duration,
+    ) -> Baresip {
+        let account = format!(
+            "<sip:{user}@{registrar}>;auth_pass={password};regint=60;answermode=auto;audio_codecs=PCMU"
+        );
+        Baresip::start_with_account(dir, name, user, &account, ports, play, run_for)
+    }
+
+    /// With the `accounts` line given.
+    fn start_with_account(
+        dir: &Path,
+        name: &str,
+        user: &str,
+        account: &str,
+        ports: BaresipPorts,
+        play: &Path,
+        run_for: Duration,
+    ) -> Baresip {
         let home = dir.join(name);
         let rec = home.join("rec");
         std::fs::create_dir_all(&rec).expect("baresip dirs");
@@ -728,14 +967,7 @@ impl Baresip {
             ctrl = ports.control,
         );
         std::fs::write(home.join("config"), config).expect("baresip config");
-        std::fs::write(
-            home.join("accounts"),
-            format!(
-                "<sip:{user}@{LOCALHOST}:{}>;regint=0;answermode=auto;audio_codecs=PCMU\n",
-                ports.sip
-            ),
-        )
-        .expect("baresip accounts");
+        std::fs::write(home.join("accounts"), format!("{account}\n")).expect("baresip accounts");
         let trace = home.join("trace.log");
         let mut cmd = Command::new("baresip");
         cmd.arg("-f")

@@ -1,0 +1,44 @@
+//! The agent console's pages: `/login` (the form; `POST /login` is the JSON login itself) and
+//! `/console`, which without a session sends the browser to `/login`. The pages hold no data:
+//! everything they show comes from `/api` with the session.
+
+use super::auth::Auth;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+const LOGIN: &str = include_str!("pages/login.html");
+const CONSOLE: &str = include_str!("pages/console.html");
+
+/// Pages may not be framed by another site (clickjacking) and load nothing from elsewhere.
+fn page(html: &'static str) -> Response {
+    let mut r = (StatusCode::OK, html).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
+        ),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// `GET /login`.
+pub async fn login_page() -> Response {
+    page(LOGIN)
+}
+
+/// `GET /console`.
+pub async fn console_page(State(auth): State<Auth>, req: Request) -> Response {
+    if auth.logged_in(req.headers()).await {
+        page(CONSOLE)
+    } else {
+        (StatusCode::SEE_OTHER, [(header::LOCATION, "/login")]).into_response()
+    }
+}

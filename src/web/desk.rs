@@ -1,0 +1,129 @@
+//! The agents' desk over HTTP: the line (each caller's reason, words, language, time
+//! waiting), the agents and their presence, as JSON and as a server-sent event stream, and
+//! setting presence (available / away). The queue task owns the state; this only reads its
+//! published view and sends it changes.
+
+use super::api_error as error;
+use super::auth::Session;
+use crate::agents::{AgentInput, DeskView, Presence};
+use axum::Json;
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// What the console sees of agents and the line, and where presence changes go.
+#[derive(Clone)]
+pub struct Desk {
+    pub view: watch::Receiver<DeskView>,
+    pub agents: mpsc::UnboundedSender<AgentInput>,
+}
+
+impl axum::extract::FromRef<super::WebState> for Desk {
+    fn from_ref(s: &super::WebState) -> Desk {
+        s.desk.clone()
+    }
+}
+
+/// How long a presence change waits to be seen in the desk view before it is answered.
+const PRESENCE_SETTLE: Duration = Duration::from_secs(2);
+
+/// `GET /api/desk`.
+pub async fn view(State(desk): State<Desk>) -> Response {
+    Json(desk.view.borrow().clone()).into_response()
+}
+
+/// `GET /api/desk/events`: the desk view now, then again at each change (at most about once
+/// a second: waiting times are whole seconds), with keep-alives between.
+pub async fn events(State(desk): State<Desk>) -> Response {
+    let stream = futures_util::stream::unfold((desk.view, true), |(mut rx, first)| async move {
+        if !first && rx.changed().await.is_err() {
+            return None;
+        }
+        let json = serde_json::to_string(&*rx.borrow_and_update()).unwrap_or_default();
+        Some((
+            Ok::<_, std::convert::Infallible>(Event::default().event("desk").data(json)),
+            (rx, false),
+        ))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct PresenceBody {
+    presence: String,
+}
+
+async fn set_presence(desk: &Desk, agent: String, body: &[u8]) -> Response {
+    let Ok(PresenceBody { presence }) = serde_json::from_slice::<PresenceBody>(body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "expected JSON {\"presence\": \"available\" | \"away\"}",
+        );
+    };
+    let Some(presence) = Presence::parse(&presence) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("unknown presence `{presence}` (available or away)"),
+        );
+    };
+    let input = AgentInput::SetPresence {
+        agent: agent.clone(),
+        presence,
+    };
+    if desk.agents.send(input).is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the queue is not running");
+    }
+    // Answer once the queue has applied it, so that what the caller of this sees next
+    // (and the next call offered) already follows it.
+    let mut rx = desk.view.clone();
+    let seen = tokio::time::timeout(
+        PRESENCE_SETTLE,
+        rx.wait_for(|v| {
+            v.agents
+                .iter()
+                .any(|a| a.agent == agent && a.presence == presence)
+        }),
+    )
+    .await;
+    match seen {
+        Ok(Ok(v)) => {
+            let me = v.agents.iter().find(|a| a.agent == agent).cloned();
+            Json(me).into_response()
+        }
+        _ => error(StatusCode::SERVICE_UNAVAILABLE, "the queue did not answer"),
+    }
+}
+
+const MAX_BODY: usize = 1024;
+
+/// `POST /api/me/presence` `{"presence": "available" | "away"}`: the logged-in agent's own.
+pub async fn set_own_presence(State(desk): State<Desk>, req: Request) -> Response {
+    let Some(user) = req.extensions().get::<Session>().map(|s| s.user.clone()) else {
+        return error(StatusCode::UNAUTHORIZED, "log in first");
+    };
+    let Ok(body) = axum::body::to_bytes(req.into_body(), MAX_BODY).await else {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
+    };
+    set_presence(&desk, user, &body).await
+}
+
+/// `POST /api/agents/{name}/presence`: a supervisor sets someone's.
+pub async fn set_agent_presence(
+    State(desk): State<Desk>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Response {
+    if !super::auth::valid_name(&name) {
+        return error(StatusCode::BAD_REQUEST, "not a user name");
+    }
+    let Ok(body) = axum::body::to_bytes(req.into_body(), MAX_BODY).await else {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
+    };
+    set_presence(&desk, name, &body).await
+}
