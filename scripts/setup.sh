@@ -5,9 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # cmake builds whisper.cpp; espeak-ng and sox make prompt and test speech; iproute2 (ip, tc)
-# makes the network namespaces of the packet loss test; chromium is the browser caller of the
-# WebRTC tests (driven by playwright-core from tests/browser, never a downloaded browser).
-PACKAGES=(cmake g++ espeak-ng sox sip-tester baresip-core iproute2 chromium)
+# makes the network namespaces of the packet loss test; postgresql is the shared ledger of
+# several nodes (the tests start a private cluster of their own); chromium is the browser
+# caller of the WebRTC tests (driven by playwright-core from tests/browser, never a
+# downloaded browser).
+PACKAGES=(cmake g++ espeak-ng sox sip-tester baresip-core iproute2 postgresql chromium)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -43,6 +43,20 @@ pub fn word_errors(reference: &str, hypothesis: &str) -> (usize, usize) {
     (prev[h.len()], r.len())
 }
 
+/// A transcript with at least this many times the reference's words (plus one) has written
+/// the sentence twice: the live decode's defect on real voices (issue 10, item 3, "Press 0 for
+/// help. Press 0 to help.").
+const WRITTEN_TWICE: f64 = 1.5;
+
+/// Whether `heard` looks like `reference` written twice (see [`WRITTEN_TWICE`]).
+pub fn written_twice(reference: &str, heard: &str) -> bool {
+    let (r, h) = (
+        normalize::words(reference).len(),
+        normalize::words(heard).len(),
+    );
+    r > 0 && h as f64 >= WRITTEN_TWICE * r as f64 + 1.0
+}
+
 /// The machine's load averages (/proc/loadavg), recorded with every result: other work
 /// shares the cores.
 pub fn loadavg() -> String {

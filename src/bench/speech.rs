@@ -1,15 +1,18 @@
 //! `humanline bench speech`: how fast and how well Humanline hears a caller ask for a person,
 //! side by side with the naive baseline (Whisper's full 30 s window, decoded once at the end of
-//! speech), on the phone-band corpus `scripts/gen-speech-corpus.py` makes.
+//! speech), on the phone-band corpora: synthetic voices (`scripts/gen-speech-corpus.py`,
+//! English and `--language nl`) and real recorded people (`scripts/gen-real-corpus.py`). Every
+//! figure is reported per language and per corpus kind (synthetic, real).
 
-use super::{loadavg, percentile, summary, word_errors, write_json};
+use super::{loadavg, percentile, summary, word_errors, write_json, written_twice};
 use crate::brain::{Action, CallBrain, Event, Phase, RouteReason};
-use crate::cli::caller_turn::{Decoding, load_engine, run_turn, speech_end_ms};
+use crate::cli::caller_turn::{Decoding, load_languages, run_turn, speech_end_ms};
 use crate::config::Flow;
 use crate::escape::EscapeDetector;
 use crate::speech::{
-    DecodeOptions, DecodeResult, DecoderPool, PoolConfig, RecognitionWatch, RecognizerConfig,
-    RecognizerOutput, StreamingRecognizer, Transcriber, load_wav_mono_16k, watch,
+    DecodeOptions, DecodeResult, DecoderPool, LanguageEngines, PoolConfig, RecognitionWatch,
+    RecognizerConfig, RecognizerOutput, StreamingRecognizer, Transcriber, Verdict,
+    load_wav_mono_16k, watch,
 };
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -19,41 +22,132 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-struct Utterance {
-    id: String,
-    kind: String,
-    voice: String,
-    text: String,
-    audio: Vec<f32>,
+/// What kind of voices a corpus holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VoiceKind {
+    /// espeak-ng voices (`scripts/gen-speech-corpus.py`).
+    Synthetic,
+    /// Recorded people (`scripts/gen-real-corpus.py`).
+    Real,
 }
 
-fn load_corpus(dir: &Path, every: usize) -> anyhow::Result<Vec<Utterance>> {
+impl VoiceKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            VoiceKind::Synthetic => "synthetic",
+            VoiceKind::Real => "real",
+        }
+    }
+}
+
+/// Which utterances of a real corpus to use: its speakers are split once, in the corpus
+/// script, into those settings may be tuned on and those figures are reported on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    Tune,
+    Report,
+    All,
+}
+
+impl std::str::FromStr for Split {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tune" => Ok(Split::Tune),
+            "report" => Ok(Split::Report),
+            "all" => Ok(Split::All),
+            _ => Err(format!("`{s}`: expected tune, report or all")),
+        }
+    }
+}
+
+pub(crate) struct Utterance {
+    pub id: String,
+    /// "escape" or "ordinary".
+    pub kind: String,
+    pub voice: String,
+    pub text: String,
+    pub language: String,
+    pub voices: VoiceKind,
+    /// The text has an escape word without asking for a person ("for an operator, press
+    /// zero"): a caller saying it is rightly routed, so it is counted apart.
+    pub mentions_escape_word: bool,
+    pub audio: Vec<f32>,
+}
+
+/// Reads a corpus folder's manifest.tsv, whichever script wrote it (told by its header):
+/// synthetic `id kind voice rate text` (the language from the voice: nl* is Dutch), or real
+/// `id language kind speaker split is_escape mentions_escape_word text`. Keeps every
+/// `every`th line, then only `language` (when given) and, for a real corpus, `split`.
+pub(crate) fn load_corpus(
+    dir: &Path,
+    every: usize,
+    language: Option<&str>,
+    split: Split,
+) -> anyhow::Result<Vec<Utterance>> {
     let manifest = dir.join("manifest.tsv");
     let text = std::fs::read_to_string(&manifest).with_context(|| {
         format!(
-            "reading {} (make it with scripts/gen-speech-corpus.py)",
+            "reading {} (make it with scripts/gen-speech-corpus.py or scripts/gen-real-corpus.py)",
             manifest.display()
         )
     })?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split('\t').collect();
+    let real = header.get(1) == Some(&"language");
     let mut out = Vec::new();
-    for (i, line) in text.lines().skip(1).enumerate() {
+    for (i, line) in lines.enumerate() {
         if i % every.max(1) != 0 {
             continue;
         }
         let f: Vec<&str> = line.split('\t').collect();
-        let [id, kind, voice, _rate, sentence] = f[..] else {
-            anyhow::bail!(
-                "{}:{}: expected 5 tab-separated fields",
+        let bad = || {
+            anyhow::anyhow!(
+                "{}:{}: expected {} tab-separated fields",
                 manifest.display(),
-                i + 2
+                i + 2,
+                header.len()
             )
         };
+        let (id, kind, voice, lang, text, mentions, in_split) = if real {
+            let [id, lang, _kind, speaker, sp, is_escape, mentions, sentence] = f[..] else {
+                return Err(bad());
+            };
+            let kind = if is_escape == "1" {
+                "escape"
+            } else {
+                "ordinary"
+            };
+            let in_split = match split {
+                Split::All => true,
+                Split::Tune => sp == "tune",
+                Split::Report => sp == "report",
+            };
+            (id, kind, speaker, lang, sentence, mentions == "1", in_split)
+        } else {
+            let [id, kind, voice, _rate, sentence] = f[..] else {
+                return Err(bad());
+            };
+            let lang = if voice.starts_with("nl") { "nl" } else { "en" };
+            (id, kind, voice, lang, sentence, false, true)
+        };
+        if !in_split || language.is_some_and(|l| l != lang) {
+            continue;
+        }
         let audio = load_wav_mono_16k(dir.join(format!("{id}.wav")))?;
         out.push(Utterance {
             id: id.into(),
             kind: kind.into(),
             voice: voice.into(),
-            text: sentence.into(),
+            text: text.into(),
+            language: lang.into(),
+            voices: if real {
+                VoiceKind::Real
+            } else {
+                VoiceKind::Synthetic
+            },
+            mentions_escape_word: mentions,
             audio,
         });
     }
@@ -85,14 +179,15 @@ fn setups() -> Vec<Setup> {
     ]
 }
 
-/// A caller at the question, hearing nothing else: the brain as a live call has it.
-fn listening_brain(flow: &Arc<Flow>, t0: Instant) -> CallBrain {
+/// A caller at the question, hearing nothing else: the brain as a live call has it, in the
+/// caller's language.
+fn listening_brain(flow: &Arc<Flow>, t0: Instant, language: &str) -> CallBrain {
     let mut brain = CallBrain::new(flow.clone());
     let actions = brain.handle(
         t0,
         Event::CallStarted {
             caller_id: Some("+15550100".into()),
-            language: None,
+            language: Some(language.to_string()),
         },
     );
     if let Some(Action::Play { play, .. }) =
@@ -107,11 +202,28 @@ fn listening_brain(flow: &Arc<Flow>, t0: Instant) -> CallBrain {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 enum Heard {
-    SpeechStarted { t: u64 },
-    SpeechEnded { t: u64 },
-    Partial { t: u64, text: String },
-    Final { t: u64, text: String },
-    Degraded { t: u64 },
+    SpeechStarted {
+        t: u64,
+    },
+    SpeechEnded {
+        t: u64,
+    },
+    Partial {
+        t: u64,
+        text: String,
+    },
+    Final {
+        t: u64,
+        text: String,
+    },
+    /// The keyword verifier's verdicts on a partial or final.
+    Verified {
+        t: u64,
+        verdicts: Vec<Verdict>,
+    },
+    Degraded {
+        t: u64,
+    },
 }
 
 impl Heard {
@@ -122,6 +234,7 @@ impl Heard {
             Event::PartialTranscript { text } => Heard::Partial { t, text },
             Event::FinalTranscript { text } => Heard::Final { t, text },
             Event::SpeechEngineDegraded => Heard::Degraded { t },
+            Event::Verified { verdicts } => Heard::Verified { t, verdicts },
             _ => return None,
         })
     }
@@ -133,6 +246,7 @@ impl Heard {
             Heard::Partial { t, text } => (t, Event::PartialTranscript { text }),
             Heard::Final { t, text } => (t, Event::FinalTranscript { text }),
             Heard::Degraded { t } => (t, Event::SpeechEngineDegraded),
+            Heard::Verified { t, verdicts } => (t, Event::Verified { verdicts }),
         }
     }
 }
@@ -144,12 +258,27 @@ struct Recording {
     kind: String,
     voice: String,
     text: String,
+    #[serde(default = "english")]
+    language: String,
+    #[serde(default = "synthetic")]
+    voices: VoiceKind,
+    #[serde(default)]
+    mentions_escape_word: bool,
     /// End of speech in the recording, and its length (ms).
     end_ms: u64,
     len_ms: u64,
     events: Vec<Heard>,
     final_decode_ms: Vec<u64>,
     partial_decode_ms: Vec<u64>,
+}
+
+/// Transcripts saved before the real corpus existed are English espeak-ng.
+fn english() -> String {
+    "en".into()
+}
+
+fn synthetic() -> VoiceKind {
+    VoiceKind::Synthetic
 }
 
 impl Recording {
@@ -175,7 +304,7 @@ fn record(u: &Utterance, engine: &dyn Transcriber, setup: &Setup) -> anyhow::Res
     let stats = run_turn(
         &u.audio,
         1,
-        None,
+        Some(&u.language),
         setup.recognizer.clone(),
         decoding,
         |at, e| {
@@ -188,6 +317,9 @@ fn record(u: &Utterance, engine: &dyn Transcriber, setup: &Setup) -> anyhow::Res
         kind: u.kind.clone(),
         voice: u.voice.clone(),
         text: u.text.clone(),
+        language: u.language.clone(),
+        voices: u.voices,
+        mentions_escape_word: u.mentions_escape_word,
         end_ms: speech_end_ms(&u.audio),
         len_ms: u.audio.len() as u64 * 1000 / 16_000,
         events,
@@ -207,7 +339,8 @@ struct CallResult {
 /// a prompt. Every turn runs to its final, as on a live call.
 fn replay(flow: &Arc<Flow>, turns: &[&Recording]) -> CallResult {
     let t0 = Instant::now();
-    let mut brain = listening_brain(flow, t0);
+    let language = turns.first().map_or("en", |u| u.language.as_str());
+    let mut brain = listening_brain(flow, t0, language);
     let mut result = CallResult::default();
     let mut turn_start = 0u64;
     for u in turns {
@@ -238,14 +371,33 @@ struct Tally {
     recalled: usize,
     ordinary: usize,
     false_escapes: usize,
+    /// Ordinary utterances with an escape word in them ("for an operator, press zero"),
+    /// apart: routing them is right for a caller who says so.
+    mentions: usize,
+    mentions_routed: usize,
 }
 
 impl Tally {
+    fn add(&mut self, u: &Recording, routed: bool) {
+        if u.kind == "escape" {
+            self.escapes += 1;
+            self.recalled += usize::from(routed);
+        } else if u.mentions_escape_word {
+            self.mentions += 1;
+            self.mentions_routed += usize::from(routed);
+        } else {
+            self.ordinary += 1;
+            self.false_escapes += usize::from(routed);
+        }
+    }
+
     fn json(&self) -> serde_json::Value {
+        let rate = |k: usize, n: usize| (n > 0).then(|| k as f64 / n as f64);
         json!({"escape": self.escapes, "ordinary": self.ordinary,
-            "escape_recall": self.recalled as f64 / self.escapes.max(1) as f64,
-            "false_escape_rate": self.false_escapes as f64 / self.ordinary.max(1) as f64,
-            "recalled": self.recalled, "false_escapes": self.false_escapes})
+            "escape_recall": rate(self.recalled, self.escapes),
+            "false_escape_rate": rate(self.false_escapes, self.ordinary),
+            "recalled": self.recalled, "false_escapes": self.false_escapes,
+            "mentions_escape_word": {"n": self.mentions, "routed": self.mentions_routed}})
     }
 }
 
@@ -261,6 +413,7 @@ fn score(
         (Tally::default(), Tally::default(), Tally::default());
     let mut by_voice: std::collections::BTreeMap<&str, Tally> = Default::default();
     let mut misses = Vec::new();
+    let mut twice = Vec::new();
     for u in recordings {
         let r = replay(flow, &[u]);
         final_ms.extend(u.final_decode_ms.iter().map(|&v| v as f64));
@@ -269,6 +422,9 @@ fn score(
         let (e, n) = word_errors(&u.text, &heard);
         word_err += e;
         words += n;
+        if written_twice(&u.text, &heard) {
+            twice.push(json!({"id": u.id, "text": u.text, "heard": heard}));
+        }
         let keyword = matches!(r.route, Some((RouteReason::Keyword, _, _)));
         let voice = by_voice.entry(u.voice.as_str()).or_default();
         let split = if holdout_voice == Some(u.voice.as_str()) {
@@ -277,13 +433,7 @@ fn score(
             &mut tuning
         };
         for t in [&mut all, split, voice] {
-            if u.kind == "escape" {
-                t.escapes += 1;
-                t.recalled += usize::from(keyword);
-            } else {
-                t.ordinary += 1;
-                t.false_escapes += usize::from(keyword);
-            }
+            t.add(u, keyword);
         }
         if u.kind == "escape" {
             if let Some((RouteReason::Keyword, after, partial)) = r.route {
@@ -293,7 +443,8 @@ fn score(
                 misses.push(json!({"id": u.id, "heard": heard}));
             }
         } else if keyword {
-            misses.push(json!({"id": u.id, "false_escape": heard}));
+            misses.push(json!({"id": u.id, "false_escape": heard,
+                "mentions_escape_word": u.mentions_escape_word}));
         }
     }
     // Repetition: the same request by two voices in a row should route; two different
@@ -323,12 +474,18 @@ fn score(
         "decode_ms_final": summary(&final_ms),
         "decode_ms_partial": summary(&partial_ms),
         "route_after_speech_end_ms": summary(&route_ms),
-        "escape_recall": all.recalled as f64 / all.escapes.max(1) as f64,
-        "false_escape_rate": all.false_escapes as f64 / all.ordinary.max(1) as f64,
+        "utterances": recordings.len(),
+        "escape_recall": all.json()["escape_recall"],
+        "false_escape_rate": all.json()["false_escape_rate"],
+        "false_escapes": all.false_escapes,
+        "ordinary": all.ordinary,
+        "mentions_escape_word": all.json()["mentions_escape_word"],
         "escapes_decided_on_a_partial": format!("{on_partial}/{}", all.recalled),
         "repetition_detected": format!("{rep_hit}/{rep_pairs}"),
         "repetition_false": format!("{rep_false}/{diff_pairs}"),
         "word_error_rate": word_err as f64 / words.max(1) as f64,
+        "written_twice": twice.len(),
+        "written_twice_list": twice,
         "by_voice": by_voice.iter().map(|(v, t)| (v.to_string(), t.json())).collect::<serde_json::Map<_, _>>(),
         "misses": misses,
     });
@@ -342,7 +499,13 @@ fn score(
 /// What `bench speech` runs (the command line's flags, resolved).
 #[derive(Debug, Clone)]
 pub struct SpeechRun {
-    pub corpus: PathBuf,
+    /// Corpus folders (synthetic and real manifests both read).
+    pub corpora: Vec<PathBuf>,
+    /// Only this language's utterances.
+    pub language: Option<String>,
+    /// Which part of a real corpus (synthetic corpora are read whole).
+    pub split: Split,
+    /// One model for every language; default each language's own (`[speech] model`).
     pub model: Option<PathBuf>,
     pub out: PathBuf,
     pub transcripts: PathBuf,
@@ -353,11 +516,72 @@ pub struct SpeechRun {
     pub capacity: CapacityRun,
     /// Threads per decode for the setups' decodes.
     pub threads: usize,
+    /// No partials in the humanline setup: its finals (the live decode, as `humanline
+    /// transcribe` runs it) only, for word error rates at a fraction of the cost. Route times
+    /// are then those of a decision on the final.
+    pub finals_only: bool,
+    /// Decode settings to try in the humanline setup, as JSON fields of `DecodeOptions`
+    /// over its defaults (`{"no_repeat_ngram":0}`).
+    pub decode_overrides: Option<String>,
+}
+
+/// `base` with the fields of the JSON object `overrides` replaced.
+fn override_options(base: &DecodeOptions, overrides: &str) -> anyhow::Result<DecodeOptions> {
+    let mut value = serde_json::to_value(base)?;
+    let changes: serde_json::Value =
+        serde_json::from_str(overrides).context("--decode-options is not JSON")?;
+    let (Some(fields), Some(changes)) = (value.as_object_mut(), changes.as_object()) else {
+        anyhow::bail!("--decode-options must be a JSON object");
+    };
+    for (k, v) in changes {
+        anyhow::ensure!(fields.contains_key(k), "--decode-options: no field `{k}`");
+        fields.insert(k.clone(), v.clone());
+    }
+    serde_json::from_value(value).context("--decode-options")
+}
+
+/// The figures of every setup for each language and corpus kind ("en/real"), side by side.
+fn by_corpus(
+    flow: &Arc<Flow>,
+    setups: &[(String, Vec<Recording>)],
+    holdout_voice: Option<&str>,
+) -> serde_json::Value {
+    let mut groups: std::collections::BTreeSet<(String, VoiceKind)> = Default::default();
+    for (_, recordings) in setups {
+        groups.extend(recordings.iter().map(|r| (r.language.clone(), r.voices)));
+    }
+    let mut out = serde_json::Map::new();
+    for (language, voices) in groups {
+        let name = format!("{language}/{}", voices.as_str());
+        let mut group = serde_json::Map::new();
+        for (setup, recordings) in setups {
+            let mine: Vec<Recording> = recordings
+                .iter()
+                .filter(|r| r.language == language && r.voices == voices)
+                .cloned()
+                .collect();
+            let figures = score(flow, &mine, holdout_voice);
+            eprintln!(
+                "{name:13} {setup:9} n {:3}  WER {:.3}  written twice {:2}  recall {}  false escapes {}/{}  (mentions routed {})  decode final median {} ms",
+                mine.len(),
+                figures["word_error_rate"].as_f64().unwrap_or(0.0),
+                figures["written_twice"],
+                figures["escape_recall"],
+                figures["false_escapes"],
+                figures["ordinary"],
+                figures["mentions_escape_word"]["routed"],
+                figures["decode_ms_final"]["median"],
+            );
+            group.insert(setup.clone(), figures);
+        }
+        out.insert(name, serde_json::Value::Object(group));
+    }
+    serde_json::Value::Object(out)
 }
 
 pub fn speech(args: SpeechRun) -> anyhow::Result<()> {
     // `none`: only the capacity search.
-    let chosen: Vec<Setup> = setups()
+    let mut chosen: Vec<Setup> = setups()
         .into_iter()
         .filter(|s| args.setups.is_empty() || args.setups.iter().any(|n| n == s.name))
         .map(|mut s| {
@@ -372,27 +596,51 @@ pub fn speech(args: SpeechRun) -> anyhow::Result<()> {
     {
         anyhow::bail!("unknown setup `{unknown}` (humanline, baseline, none)");
     }
+    for s in chosen.iter_mut().filter(|s| s.name == "humanline") {
+        if args.finals_only {
+            s.recognizer.partial_interval_ms = 0;
+        }
+        if let Some(o) = &args.decode_overrides {
+            s.opts = override_options(&s.opts, o)?;
+        }
+    }
     let flow = Arc::new(Flow::load_dir_or_embedded(None)?);
-    let corpus = load_corpus(&args.corpus, args.every)?;
-    let engine = load_engine(&crate::speech::models::model_path(args.model.as_deref()))?;
+    let mut corpus = Vec::new();
+    for dir in &args.corpora {
+        corpus.extend(load_corpus(
+            dir,
+            args.every,
+            args.language.as_deref(),
+            args.split,
+        )?);
+    }
+    anyhow::ensure!(!corpus.is_empty(), "no utterances in {:?}", args.corpora);
+    let engine = load_languages(&flow, args.model.as_deref())?;
+    engine.install_verifiers(&flow)?;
     let escapes = corpus.iter().filter(|u| u.kind == "escape").count();
     let ordinary = corpus.iter().filter(|u| u.kind == "ordinary").count();
+    let models: Vec<String> = engine
+        .models()
+        .map(|(l, p)| format!("{l}: {}", p.display()))
+        .collect();
     eprintln!(
-        "bench speech: {escapes} escape and {ordinary} ordinary utterances, model {}",
-        engine.path().display()
+        "bench speech: {escapes} escape and {ordinary} ordinary utterances, models {models:?}"
     );
     let mut report = serde_json::Map::new();
     report.insert(
         "corpus".into(),
-        json!({"escape": escapes, "ordinary": ordinary,
-        "channel": "espeak-ng voices, 300-3400 Hz, mu-law 8 kHz"}),
+        json!({"folders": args.corpora, "escape": escapes, "ordinary": ordinary,
+        "language": args.language, "real_split": format!("{:?}", args.split).to_lowercase(),
+        "channel": "300-3400 Hz, mu-law 8 kHz"}),
     );
+    report.insert("models".into(), json!(models));
     report.insert(
         "machine".into(),
         json!({"cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             "loadavg_at_start": loadavg(), "threads_per_decode": args.threads}),
     );
     let mut saved = serde_json::Map::new();
+    let mut all = Vec::new();
     for setup in &chosen {
         let started = Instant::now();
         let mut recordings = Vec::new();
@@ -405,14 +653,20 @@ pub fn speech(args: SpeechRun) -> anyhow::Result<()> {
         let mut figures = score(&flow, &recordings, args.holdout_voice.as_deref());
         figures["wall_s"] = json!(started.elapsed().as_secs());
         figures["loadavg_after"] = json!(loadavg());
-        eprintln!("{}: {}", setup.name, figures);
+        figures["decode_options"] = serde_json::to_value(&setup.opts)?;
+        figures["partials"] = json!(setup.recognizer.partial_interval_ms > 0);
         report.insert(setup.name.into(), figures);
         saved.insert(setup.name.into(), serde_json::to_value(&recordings)?);
+        all.push((setup.name.to_string(), recordings));
     }
+    report.insert(
+        "by_corpus".into(),
+        by_corpus(&flow, &all, args.holdout_voice.as_deref()),
+    );
     if !args.no_capacity {
         report.insert(
             "capacity".into(),
-            capacity(&engine, &flow.escape, &corpus, &args.capacity)?,
+            capacity(engine.clone(), &flow, &corpus, &args.capacity)?,
         );
     }
     report.insert("loadavg_at_end".into(), json!(loadavg()));
@@ -424,12 +678,10 @@ pub fn speech(args: SpeechRun) -> anyhow::Result<()> {
     );
     write_json(
         &args.transcripts,
-        &json!({"command": command, "model": engine.path().display().to_string(),
-            "setups": saved}),
+        &json!({"command": command, "models": models, "setups": saved}),
     )?;
     let report = serde_json::Value::Object(report);
     write_json(&args.out, &report)?;
-    println!("{}", serde_json::to_string_pretty(&report)?);
     eprintln!(
         "bench speech: written to {} (transcripts: {})",
         args.out.display(),
@@ -455,11 +707,14 @@ pub fn rescore(
     let mut report = serde_json::Map::new();
     report.insert("rescored".into(), json!(transcripts.display().to_string()));
     report.insert("decoded_by".into(), saved["command"].clone());
+    let mut all = Vec::new();
     for (name, recordings) in setups {
         let recordings: Vec<Recording> = serde_json::from_value(recordings.clone())
             .with_context(|| format!("{}: setup `{name}`", transcripts.display()))?;
         report.insert(name.clone(), score(&flow, &recordings, holdout_voice));
+        all.push((name.clone(), recordings));
     }
+    report.insert("by_corpus".into(), by_corpus(&flow, &all, holdout_voice));
     report.insert(
         "command".into(),
         json!(std::env::args().collect::<Vec<_>>().join(" ")),
@@ -497,11 +752,18 @@ const MAX_OVERLOAD_SHARE: f64 = 0.05;
 /// 5% of its utterances so routed is not within capacity. Every utterance must end in a
 /// transcript or a person within the watch's deadline: the longest wait is reported.
 fn capacity(
-    engine: &Arc<crate::speech::WhisperEngine>,
-    escape: &EscapeDetector,
+    engine: Arc<LanguageEngines>,
+    flow: &Flow,
     corpus: &[Utterance],
     run: &CapacityRun,
 ) -> anyhow::Result<serde_json::Value> {
+    // The callers all speak the first utterance's language, heard in it.
+    let language = corpus
+        .first()
+        .map_or("en", |u| u.language.as_str())
+        .to_string();
+    let corpus: Vec<&Utterance> = corpus.iter().filter(|u| u.language == language).collect();
+    let escape = &flow.escape;
     let mut runs = Vec::new();
     let (mut best, mut within_1s, mut all_within_300) = (0, 0, true);
     for &callers in &run.callers {
@@ -519,6 +781,7 @@ fn capacity(
         for c in 0..callers {
             let pool = pool.clone();
             let escape = escape.clone();
+            let language = language.clone();
             // Each caller: an utterance, then silence twice its length (30% talking), repeated.
             let mut stream = Vec::new();
             let mut ends = Vec::new();
@@ -536,7 +799,7 @@ fn capacity(
                 stream.extend(std::iter::repeat_n(0.0f32, u.audio.len() * 2));
             }
             handles.push(std::thread::spawn(move || {
-                stream_caller(c as u64, &stream, &ends, &pool, &escape)
+                stream_caller(c as u64, &language, &stream, &ends, &pool, &escape)
             }));
         }
         let mut total = CallerTally::default();
@@ -619,12 +882,14 @@ impl CallerTally {
 /// through [`RecognitionWatch`]).
 fn stream_caller(
     id: u64,
+    language: &str,
     audio: &[f32],
     utterances: &[(u64, u64, bool)],
     pool: &DecoderPool,
     escape: &EscapeDetector,
 ) -> anyhow::Result<CallerTally> {
     let mut rec = StreamingRecognizer::new(id, RecognizerConfig::default())?;
+    rec.set_language(Some(language));
     let (tx, rx) = std::sync::mpsc::channel::<DecodeResult>();
     let start = Instant::now();
     let mut watch = RecognitionWatch::default();
@@ -721,4 +986,59 @@ fn stream_caller(
         }
     }
     Ok(tally)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_overrides_replace_only_the_fields_given() {
+        let base = DecodeOptions::default();
+        let o = override_options(&base, r#"{"no_repeat_ngram":3,"initial_prompt":null}"#)
+            .expect("overrides");
+        assert_eq!(o.no_repeat_ngram, 3);
+        assert_eq!(o.initial_prompt, None);
+        assert_eq!(o.ctx_margin, base.ctx_margin);
+        assert!(override_options(&base, r#"{"no_such_field":1}"#).is_err());
+        assert!(override_options(&base, "[1]").is_err());
+    }
+
+    #[test]
+    fn both_manifests_are_read_with_language_kind_and_split() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/real-voices");
+        let all = load_corpus(&dir, 1, None, Split::All).expect("real");
+        assert_eq!(all.len(), 5);
+        assert!(all.iter().all(|u| u.language == "en"
+            && u.voices == VoiceKind::Real
+            && u.kind == "ordinary"
+            && !u.text.is_empty()
+            && !u.audio.is_empty()));
+        // The fixture is all tune split.
+        assert!(
+            load_corpus(&dir, 1, None, Split::Report)
+                .expect("real")
+                .is_empty()
+        );
+        assert!(
+            load_corpus(&dir, 1, Some("nl"), Split::All)
+                .expect("real")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_sentence_written_twice_is_told_from_small_insertions() {
+        use crate::bench::written_twice;
+        assert!(written_twice(
+            "You have entered an invalid option.",
+            "You have entered an invalid option. You have enter in invalid option"
+        ));
+        assert!(written_twice(
+            "We're sorry.",
+            "We are sorry. We are so sorry."
+        ));
+        assert!(!written_twice("Call forwarding.", "Call flow reading."));
+        assert!(!written_twice("", "anything at all"));
+    }
 }

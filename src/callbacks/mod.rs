@@ -3,7 +3,7 @@
 //!
 //! The ledger reads no clock: every call takes `now` (Unix milliseconds), so the retry rules
 //! are testable without waiting. Storage is behind [`LedgerStore`]; `storage::SqliteStore` is
-//! the embedded default.
+//! the embedded default, `storage::PostgresStore` the ledger several nodes share.
 
 mod attempt;
 mod number;
@@ -93,6 +93,23 @@ pub enum AttemptOutcome {
 }
 
 impl AttemptOutcome {
+    pub const ALL: [AttemptOutcome; 10] = [
+        AttemptOutcome::Completed,
+        AttemptOutcome::Connected,
+        AttemptOutcome::Busy,
+        AttemptOutcome::Declined,
+        AttemptOutcome::NoAnswer,
+        AttemptOutcome::AgentUnavailable,
+        AttemptOutcome::Failed,
+        AttemptOutcome::Interrupted,
+        AttemptOutcome::BadNumber,
+        AttemptOutcome::KeptElsewhere,
+    ];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             AttemptOutcome::Completed => "completed",
@@ -192,12 +209,69 @@ pub trait LedgerStore: Send {
     /// Marks a promise kept (completed, with why), whatever attempt is open; never reopened.
     fn complete(&mut self, id: i64, reason: &str, now: UnixMs) -> Result<Promise, LedgerError>;
     /// Attempts left open by a crash: closed as interrupted, their promises due again now.
+    /// A store shared by several nodes recovers only attempts whose lease has expired (their
+    /// node stopped renewing it), never those of a node still running.
     fn recover_interrupted(&mut self, now: UnixMs) -> Result<usize, LedgerError>;
+    /// Called by the dialer on every tick: renews the leases of this node's open attempts and
+    /// makes the promises of attempts whose lease expired (a dead node's) due again; returns
+    /// how many were recovered. A store only one node uses has nothing to renew.
+    fn keep_claims(&mut self, now: UnixMs) -> Result<usize, LedgerError> {
+        let _ = now;
+        Ok(0)
+    }
     fn get(&mut self, id: i64) -> Result<Promise, LedgerError>;
     fn attempts(&mut self, id: i64) -> Result<Vec<Attempt>, LedgerError>;
     fn list(&mut self, state: Option<PromiseState>) -> Result<Vec<Promise>, LedgerError>;
     /// The open attempt's promise, for `finish_attempt` validation.
     fn attempt(&mut self, attempt: i64) -> Result<Attempt, LedgerError>;
+}
+
+/// The store chosen by configuration (`storage::open_store`) is a boxed one.
+impl<S: LedgerStore + ?Sized> LedgerStore for Box<S> {
+    fn insert(&mut self, p: &NewPromise, now: UnixMs) -> Result<Promise, LedgerError> {
+        (**self).insert(p, now)
+    }
+    fn claim_due(
+        &mut self,
+        now: UnixMs,
+        limit: usize,
+    ) -> Result<Vec<(Promise, Attempt)>, LedgerError> {
+        (**self).claim_due(now, limit)
+    }
+    fn finish_attempt(
+        &mut self,
+        attempt: i64,
+        outcome: AttemptOutcome,
+        state: PromiseState,
+        next_attempt_at: UnixMs,
+        now: UnixMs,
+    ) -> Result<Promise, LedgerError> {
+        (**self).finish_attempt(attempt, outcome, state, next_attempt_at, now)
+    }
+    fn mark_connected(&mut self, attempt: i64, now: UnixMs) -> Result<Promise, LedgerError> {
+        (**self).mark_connected(attempt, now)
+    }
+    fn complete(&mut self, id: i64, reason: &str, now: UnixMs) -> Result<Promise, LedgerError> {
+        (**self).complete(id, reason, now)
+    }
+    fn recover_interrupted(&mut self, now: UnixMs) -> Result<usize, LedgerError> {
+        (**self).recover_interrupted(now)
+    }
+    fn keep_claims(&mut self, now: UnixMs) -> Result<usize, LedgerError> {
+        (**self).keep_claims(now)
+    }
+    fn get(&mut self, id: i64) -> Result<Promise, LedgerError> {
+        (**self).get(id)
+    }
+    fn attempts(&mut self, id: i64) -> Result<Vec<Attempt>, LedgerError> {
+        (**self).attempts(id)
+    }
+    fn list(&mut self, state: Option<PromiseState>) -> Result<Vec<Promise>, LedgerError> {
+        (**self).list(state)
+    }
+    fn attempt(&mut self, attempt: i64) -> Result<Attempt, LedgerError> {
+        (**self).attempt(attempt)
+    }
 }
 
 /// When to try again, and when to stop trying and escalate to a person.
@@ -309,6 +383,11 @@ impl<S: LedgerStore> CallbackLedger<S> {
     /// On start-up: attempts a crash left open become interrupted; their promises are due.
     pub fn recover(&mut self, now: UnixMs) -> Result<usize, LedgerError> {
         self.store.recover_interrupted(now)
+    }
+
+    /// On every dialer tick: this node's claims renewed, a dead node's made due again.
+    pub fn keep_claims(&mut self, now: UnixMs) -> Result<usize, LedgerError> {
+        self.store.keep_claims(now)
     }
 
     pub fn get(&mut self, id: i64) -> Result<Promise, LedgerError> {

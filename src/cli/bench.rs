@@ -14,11 +14,29 @@ enum BenchWhat {
     /// Speech: decode time, time to route after the end of speech, escape recall and false
     /// escapes, repetition, word error rate, and concurrent-caller capacity.
     Speech {
-        /// Corpus folder with manifest.tsv (scripts/gen-speech-corpus.py).
+        /// Corpus folder with manifest.tsv: synthetic (scripts/gen-speech-corpus.py, English
+        /// or --language nl) or real recorded voices (scripts/gen-real-corpus.py). Repeat for
+        /// several; figures are reported per language and corpus kind.
         #[arg(long, default_value = "bench/corpus")]
-        corpus: PathBuf,
+        corpus: Vec<PathBuf>,
+        /// Only utterances in this language.
+        #[arg(long)]
+        language: Option<String>,
+        /// Which utterances of a real corpus: its report speakers (the default; never tuned
+        /// on), its tune speakers, or all.
+        #[arg(long, default_value = "report")]
+        split: bench::speech::Split,
+        /// One model for every language; default each language's own (`[speech] model`).
         #[arg(long)]
         model: Option<PathBuf>,
+        /// The humanline setup without partials: its live decode of each utterance only (as
+        /// `humanline transcribe`), for word error rates at a fraction of the time.
+        #[arg(long)]
+        finals_only: bool,
+        /// Decode settings to try in the humanline setup: a JSON object of DecodeOptions
+        /// fields over its defaults, e.g. '{"no_repeat_ngram":0}'.
+        #[arg(long)]
+        decode_options: Option<String>,
         /// Where to write the figures (JSON).
         #[arg(long, default_value = "bench/results/speech.json")]
         out: PathBuf,
@@ -156,7 +174,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }),
         BenchWhat::Speech {
             corpus,
+            language,
+            split,
             model,
+            finals_only,
+            decode_options,
             out,
             transcripts,
             every,
@@ -168,8 +190,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             capacity_callers,
             decode_threads,
         } => bench::speech::speech(bench::speech::SpeechRun {
-            corpus,
+            corpora: corpus,
+            language,
+            split,
             model,
+            finals_only,
+            decode_overrides: decode_options,
             transcripts: transcripts.unwrap_or_else(|| out.with_extension("transcripts.json")),
             out,
             every,

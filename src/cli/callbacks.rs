@@ -1,7 +1,7 @@
 //! `humanline callbacks list|show`: the ledger from the terminal, for supervisors.
 
 use crate::callbacks::{CallbackLedger, PromiseState, RetryPolicy};
-use crate::storage::SqliteStore;
+use crate::storage::StoreSetting;
 use anyhow::Context;
 use std::path::PathBuf;
 
@@ -10,6 +10,10 @@ pub struct CallbacksArgs {
     /// Folder of the server's data (the ledger is `callbacks.db` in it).
     #[arg(long, default_value = "data", global = true)]
     data_dir: PathBuf,
+    /// The ledger's store, as the server's `store` setting: "sqlite" (in the data folder) or
+    /// a "postgres://..." URL.
+    #[arg(long, default_value = "sqlite", global = true, value_parser = StoreSetting::parse)]
+    store: StoreSetting,
     #[command(subcommand)]
     command: CallbacksCommand,
 }
@@ -34,14 +38,20 @@ pub fn ledger_path(data_dir: &std::path::Path) -> PathBuf {
 }
 
 pub fn run(args: CallbacksArgs) -> anyhow::Result<()> {
-    let path = ledger_path(&args.data_dir);
-    anyhow::ensure!(
-        path.is_file(),
-        "no callback ledger at {} (start `humanline serve --data-dir {}` first)",
-        path.display(),
-        args.data_dir.display()
-    );
-    let store = SqliteStore::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    if args.store == StoreSetting::Sqlite {
+        let path = ledger_path(&args.data_dir);
+        anyhow::ensure!(
+            path.is_file(),
+            "no callback ledger at {} (start `humanline serve --data-dir {}` first)",
+            path.display(),
+            args.data_dir.display()
+        );
+    }
+    // Reading only: the node name is never written (this process claims nothing).
+    let store = args
+        .store
+        .open(&args.data_dir, "callbacks-cli")
+        .with_context(|| format!("opening {}", args.store.describe(&args.data_dir)))?;
     let mut ledger = CallbackLedger::new(store, RetryPolicy::default());
     match args.command {
         CallbacksCommand::List { state, json } => {

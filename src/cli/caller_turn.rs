@@ -249,19 +249,6 @@ pub fn run_turn(
     }
 }
 
-/// Loads a model for a command, with the path explained when it is missing.
-pub fn load_engine(model: &std::path::Path) -> anyhow::Result<Arc<crate::speech::WhisperEngine>> {
-    use anyhow::Context;
-    let engine = crate::speech::WhisperEngine::load(model, crate::speech::EngineOptions::default())
-        .with_context(|| {
-            format!(
-                "loading the speech model {} (scripts/setup.sh fetches it)",
-                model.display()
-            )
-        })?;
-    Ok(engine)
-}
-
 /// Loads each language's model for a command: `--model` (or `$HUMANLINE_MODEL`) for every
 /// language when given, else each language's `[speech] model` from the models folder.
 pub fn load_languages(

@@ -1,6 +1,7 @@
 //! `humanline serve`: flags, the optional `--config` file, and the runtime.
 
 use crate::server::{ServeOptions, ServerFile, settings_port_range};
+use crate::storage::StoreSetting;
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,6 +27,10 @@ pub struct ServeArgs {
     /// Folder for the callback ledger [default: data].
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Where the callback ledger lives: "sqlite" (in the data folder) or a
+    /// "postgres://user@host:port/database" URL shared by several nodes [default: sqlite].
+    #[arg(long, value_parser = StoreSetting::parse)]
+    store: Option<StoreSetting>,
     /// An agent's SIP URI (repeatable); added to the config file's agents.
     #[arg(long = "agent", value_name = "SIP-URI")]
     agents: Vec<String>,
@@ -64,6 +69,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         file.number_policy(),
     );
     let no_media_timeout = file.no_media_timeout();
+    let store = args.store.unwrap_or_else(|| file.store());
     let mut agents = file.agents.clone();
     agents.extend(args.agents.iter().cloned());
     let rtp = args
@@ -88,6 +94,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .data_dir
             .or(file.data_dir)
             .unwrap_or_else(|| "data".into()),
+        store,
         model: crate::speech::models::explicit_model(args.model.or(file.model).as_deref()),
         decoders,
         decode_threads: args

@@ -39,6 +39,16 @@ async fn run(shared: Arc<Shared>, trunk: String) {
             _ = tick.tick() => {}
             _ = attempt_ended.notified() => {}
         }
+        // Before anything else, busy or not: this node's claims on a shared ledger stay
+        // renewed while it lives, and a dead node's run-out claims are taken back.
+        match with_ledger(&shared.ledger, |l| l.keep_claims(unix_ms())).await {
+            Ok(0) => {}
+            Ok(recovered) => warn!(
+                recovered,
+                "callbacks a stopped node left unfinished are due again"
+            ),
+            Err(e) => warn!(error = %e, "cannot renew callback claims"),
+        }
         // One attempt per agent at a time, at most.
         let busy = in_progress.lock().map(|s| s.len()).unwrap_or(usize::MAX);
         let staffed = shared

@@ -22,7 +22,7 @@ use crate::config::Flow;
 use crate::media::PortRange;
 use crate::sip::{SipConfig, SipEndpoint};
 use crate::speech::{DecodeOptions, DecoderPool, LanguageEngines, PoolConfig};
-use crate::storage::{SqliteStore, SqliteUsers};
+use crate::storage::SqliteUsers;
 use crate::web::auth::{Auth, SharedUsers, with_users};
 use crate::web::{BrowserEndpoint, Desk, Metrics, SharedLedger, WebState};
 use anyhow::Context;
@@ -90,9 +90,12 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
 
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("creating {}", opts.data_dir.display()))?;
-    let ledger_path = opts.data_dir.join("callbacks.db");
-    let store = SqliteStore::open(&ledger_path)
-        .with_context(|| format!("opening {}", ledger_path.display()))?;
+    // This server run: in the keys of the promises it makes and in a shared ledger's claims.
+    let instance = format!("{:x}-{:x}", unix_ms(), std::process::id());
+    let store = opts
+        .store
+        .open(&opts.data_dir, &instance)
+        .with_context(|| format!("opening {}", opts.store.describe(&opts.data_dir)))?;
     let mut ledger = CallbackLedger::new(store, opts.callback_retry);
     let recovered = ledger.recover(unix_ms())?;
     if recovered > 0 {
@@ -102,6 +105,9 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         );
     }
     let ledger: SharedLedger = Arc::new(Mutex::new(ledger));
+    // The users stay in SQLite in the data folder whatever store the ledger is in: each node
+    // has its own until they move to PostgreSQL too.
+    let ledger_path = opts.data_dir.join("callbacks.db");
     let users = SqliteUsers::open(&ledger_path)
         .with_context(|| format!("opening the users in {}", ledger_path.display()))?;
     let users: SharedUsers = Arc::new(Mutex::new(users));
@@ -223,7 +229,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         utc_offset_min: opts.utc_offset_min,
         no_media_timeout: opts.no_media_timeout,
         numbers: opts.callback_numbers.clone(),
-        instance: format!("{:x}-{:x}", unix_ms(), std::process::id()),
+        instance,
         recognizer: if opts.partials {
             crate::speech::RecognizerConfig::default()
         } else {

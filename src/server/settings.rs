@@ -5,6 +5,7 @@ use crate::callbacks::{NumberPolicy, RetryPolicy, UTC_OFFSET_MIN_RANGE, valid_pr
 use crate::config::{ConfigError, ConfigProblem, line_col};
 use crate::media::PortRange;
 use crate::sip::AdmissionLimits;
+use crate::storage::StoreSetting;
 use crate::web::auth::{AuthConfig, LoginLimits};
 use crate::web::{BrowserLimits, BrowserSettings};
 use serde::Deserialize;
@@ -23,6 +24,9 @@ pub struct ServerFile {
     pub http_listen: Option<SocketAddr>,
     pub prompts: Option<PathBuf>,
     pub data_dir: Option<PathBuf>,
+    /// Where the callback ledger lives: "sqlite" (`callbacks.db` in `data_dir`, the default)
+    /// or a "postgres://user@host:port/database" URL several nodes share.
+    pub store: Option<Spanned<String>>,
     /// One Whisper model for every language; unset: each language's own `[speech] model`.
     pub model: Option<PathBuf>,
     /// Decoder threads for speech recognition.
@@ -471,6 +475,14 @@ impl ServerFile {
         }
     }
 
+    /// The ledger's store (checked by `load`).
+    pub fn store(&self) -> StoreSetting {
+        self.store
+            .as_ref()
+            .and_then(|s| StoreSetting::parse(s.get_ref()).ok())
+            .unwrap_or_default()
+    }
+
     /// Silence from a caller after which their phone is probed.
     pub fn no_media_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_millis(
@@ -610,6 +622,11 @@ impl ServerFile {
                 ),
             ));
         }
+        if let Some(s) = &self.store
+            && let Err(message) = StoreSetting::parse(s.get_ref())
+        {
+            out.push((s.span(), message));
+        }
         if let Some(Err(problems)) = self.admission.as_ref().map(AdmissionFile::limits) {
             out.extend(problems);
         }
@@ -673,6 +690,8 @@ pub struct ServeOptions {
     pub http_listen: SocketAddr,
     pub prompts: PathBuf,
     pub data_dir: PathBuf,
+    /// Where the callback ledger lives.
+    pub store: StoreSetting,
     /// One model for every language (`--model`); `None`: each language's `[speech] model`.
     pub model: Option<PathBuf>,
     pub decoders: usize,
@@ -754,6 +773,26 @@ mod tests {
         assert!(p[2].message.contains("path"), "{p:?}");
         assert!(!problems("[browser]\ncandidate_ip = \"nowhere\"\n").is_empty());
         assert!(!problems("[browser]\nallowed_origin = []\n").is_empty());
+    }
+
+    #[test]
+    fn the_store_is_sqlite_or_a_postgres_url_reported_at_its_line() {
+        assert_eq!(
+            ServerFile::parse(Path::new("s"), "").unwrap().store(),
+            StoreSetting::Sqlite
+        );
+        let url = "postgres://humanline@127.0.0.1:5432/humanline";
+        let f = ServerFile::parse(Path::new("s"), &format!("store = \"{url}\"\n")).unwrap();
+        assert_eq!(f.store(), StoreSetting::Postgres(url.into()));
+        for bad in [
+            "store = \"mysql://x\"",
+            "store = \"postgres://h:notaport/db\"",
+        ] {
+            let p = problems(&format!("trunk = \"sip:gw@127.0.0.1\"\n\n{bad}\n"));
+            assert_eq!(p.len(), 1, "{bad}: {p:?}");
+            assert_eq!((p[0].line, p[0].col), (3, 9), "{bad}: {p:?}");
+            assert!(p[0].message.contains("store"), "{bad}: {p:?}");
+        }
     }
 
     #[test]

@@ -56,7 +56,7 @@ impl PhraseKind {
 
 /// A phrase the verifier heard: the best-scoring phrase of a kind, with the threshold it was
 /// held to. Only verdicts whose score reaches the threshold are acted on ([`Verdict::passed`]).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Verdict {
     pub kind: PhraseKind,
     pub phrase: String,

@@ -1,9 +1,78 @@
 //! Durable storage. The embedded default is SQLite in WAL mode with `synchronous=FULL`: a
 //! promise is on disk (fsynced) when its insert returns, so a crash right after cannot lose it.
-//! The users who log in live in the same database, on a connection of their own.
+//! Several nodes share one PostgreSQL database instead (`store = "postgres://..."`), with
+//! `synchronous_commit = on`: a promise is in the server's WAL, flushed, when its commit returns.
+//! The users who log in live in the SQLite database, on a connection of their own (also when
+//! the ledger is in PostgreSQL: users there are not built yet).
 
+mod postgres;
 mod sqlite;
 mod users;
 
+pub use postgres::{DEFAULT_LEASE_MS, PostgresStore};
 pub use sqlite::SqliteStore;
 pub use users::SqliteUsers;
+
+use crate::callbacks::{LedgerError, LedgerStore, PromiseState};
+use std::path::Path;
+
+/// Where the callback ledger lives (`store` in the server file, `--store`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum StoreSetting {
+    /// `callbacks.db` in the data folder: one node.
+    #[default]
+    Sqlite,
+    /// A PostgreSQL connection URL (`postgres://user@host:port/db`): shared by several nodes.
+    Postgres(String),
+}
+
+impl StoreSetting {
+    /// `"sqlite"`, or a `postgres://` / `postgresql://` URL the client can read.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s == "sqlite" {
+            return Ok(Self::Sqlite);
+        }
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            return s
+                .parse::<::postgres::Config>()
+                .map(|_| Self::Postgres(s.to_string()))
+                .map_err(|e| format!("store: not a PostgreSQL URL: {e}"));
+        }
+        Err(format!(
+            "store must be \"sqlite\" or a \"postgres://user@host:port/database\" URL, not `{s}`"
+        ))
+    }
+
+    /// Opens the ledger store. `node` names this server run in a shared store's claims.
+    pub fn open(&self, data_dir: &Path, node: &str) -> Result<Box<dyn LedgerStore>, LedgerError> {
+        Ok(match self {
+            Self::Sqlite => Box::new(SqliteStore::open(&data_dir.join("callbacks.db"))?),
+            Self::Postgres(url) => Box::new(PostgresStore::connect(url, node)?),
+        })
+    }
+
+    /// What to name in messages: never the password in a URL.
+    pub fn describe(&self, data_dir: &Path) -> String {
+        match self {
+            Self::Sqlite => data_dir.join("callbacks.db").display().to_string(),
+            Self::Postgres(url) => match url.parse::<::postgres::Config>() {
+                Ok(c) => format!(
+                    "PostgreSQL database {} on {:?}",
+                    c.get_dbname().unwrap_or("(default)"),
+                    c.get_hosts()
+                ),
+                Err(_) => "PostgreSQL".into(),
+            },
+        }
+    }
+}
+
+/// A stored context reads back as JSON; a damaged one as null rather than losing the promise.
+fn read_context(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or(serde_json::Value::Null)
+}
+
+/// An unknown state (a newer version wrote it) reads as escalated: a person looks.
+fn read_state(text: &str) -> PromiseState {
+    PromiseState::parse(text).unwrap_or(PromiseState::Escalated)
+}

@@ -11,8 +11,8 @@ pub mod metrics;
 
 pub use desk::Desk;
 
+use crate::callbacks::LedgerStore;
 use crate::callbacks::{LedgerError, PromiseState, with_ledger};
-use crate::storage::SqliteStore;
 use auth::{Auth, Role};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -30,7 +30,8 @@ use serde::Deserialize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-pub type SharedLedger = crate::callbacks::SharedLedger<SqliteStore>;
+/// The ledger in whichever store the configuration chose.
+pub type SharedLedger = crate::callbacks::SharedLedger<Box<dyn LedgerStore>>;
 
 #[derive(Clone)]
 pub struct WebState {

@@ -1,0 +1,460 @@
+//! The callback ledger in PostgreSQL, shared by several nodes.
+//!
+//! Every method is one transaction; with `synchronous_commit = on` its commit returns only once
+//! the server has flushed it, so a promise confirmed to a caller survives a crash of the node
+//! and of the database server. Nodes never dial the same promise: `claim_due` locks the due
+//! rows it takes (`FOR UPDATE SKIP LOCKED`, so another node's claim skips them rather than
+//! waiting) and each attempt carries a lease that its node renews on every dialer tick. When a
+//! node dies its leases run out, and any other node makes those promises due again.
+
+use crate::callbacks::{
+    Attempt, AttemptOutcome, LedgerError, LedgerStore, NewPromise, Promise, PromiseState, UnixMs,
+};
+use ::postgres::{Client, Config, GenericClient, NoTls, Row, Transaction};
+use std::time::Duration;
+
+/// How long a claim holds without renewal. The dialer renews every second; a dead node's
+/// promises are due again this long after its last renewal.
+pub const DEFAULT_LEASE_MS: i64 = 30_000;
+/// A database that does not answer within this is reported, not waited for.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Key of the advisory lock that serializes migrations of nodes starting together.
+const MIGRATION_LOCK: i64 = 0x4855_4d41_4e4c; // "HUMANL"
+/// Which component's migrations `humanline_schema` counts (other tables keep their own).
+const COMPONENT: &str = "callbacks";
+
+/// Schema migrations of the ledger, applied in order; `humanline_schema` records how many ran.
+/// Times are Unix milliseconds, as in SQLite.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE callbacks (
+    id               BIGSERIAL PRIMARY KEY,
+    created_at       BIGINT  NOT NULL,
+    number           TEXT    NOT NULL,
+    not_before       BIGINT  NOT NULL,
+    reason           TEXT    NOT NULL,
+    context          TEXT    NOT NULL,
+    automatic        BOOLEAN NOT NULL,
+    promise_key      TEXT    NOT NULL UNIQUE,
+    call_id          TEXT    NOT NULL,
+    state            TEXT    NOT NULL,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  BIGINT  NOT NULL,
+    completed_at     BIGINT,
+    completed_reason TEXT
+);
+CREATE INDEX callbacks_due ON callbacks (state, next_attempt_at);
+-- An attempt is open while ended_at is NULL (a connected one too); `node` holds it until
+-- `lease_until`, renewed while the node lives.
+CREATE TABLE callback_attempts (
+    id          BIGSERIAL PRIMARY KEY,
+    callback_id BIGINT NOT NULL REFERENCES callbacks (id),
+    started_at  BIGINT NOT NULL,
+    ended_at    BIGINT,
+    outcome     TEXT,
+    node        TEXT   NOT NULL,
+    lease_until BIGINT NOT NULL
+);
+CREATE INDEX callback_attempts_by_callback ON callback_attempts (callback_id);
+CREATE INDEX callback_attempts_open ON callback_attempts (lease_until) WHERE ended_at IS NULL;
+"#];
+
+pub struct PostgresStore {
+    client: Client,
+    config: Config,
+    /// This node, in the attempts it claims.
+    node: String,
+    lease_ms: i64,
+}
+
+fn db(e: ::postgres::Error) -> LedgerError {
+    LedgerError::Storage(format!("postgres: {e}"))
+}
+
+fn promise_from(row: &Row) -> Result<Promise, LedgerError> {
+    let context: String = row.try_get("context").map_err(db)?;
+    let state: String = row.try_get("state").map_err(db)?;
+    let attempts: i32 = row.try_get("attempts").map_err(db)?;
+    Ok(Promise {
+        id: row.try_get("id").map_err(db)?,
+        created_at: row.try_get("created_at").map_err(db)?,
+        number: row.try_get("number").map_err(db)?,
+        not_before: row.try_get("not_before").map_err(db)?,
+        reason: row.try_get("reason").map_err(db)?,
+        context: super::read_context(&context),
+        automatic: row.try_get("automatic").map_err(db)?,
+        key: row.try_get("promise_key").map_err(db)?,
+        call_id: row.try_get("call_id").map_err(db)?,
+        state: super::read_state(&state),
+        attempts: u32::try_from(attempts).unwrap_or(0),
+        next_attempt_at: row.try_get("next_attempt_at").map_err(db)?,
+        completed_at: row.try_get("completed_at").map_err(db)?,
+        completed_reason: row.try_get("completed_reason").map_err(db)?,
+    })
+}
+
+fn attempt_from(row: &Row) -> Result<Attempt, LedgerError> {
+    let outcome: Option<String> = row.try_get("outcome").map_err(db)?;
+    Ok(Attempt {
+        id: row.try_get("id").map_err(db)?,
+        promise_id: row.try_get("callback_id").map_err(db)?,
+        started_at: row.try_get("started_at").map_err(db)?,
+        ended_at: row.try_get("ended_at").map_err(db)?,
+        outcome: outcome.as_deref().and_then(AttemptOutcome::parse),
+    })
+}
+
+const ATTEMPT_COLUMNS: &str = "id, callback_id, started_at, ended_at, outcome";
+
+fn get_in(c: &mut impl GenericClient, id: i64) -> Result<Promise, LedgerError> {
+    c.query_opt("SELECT * FROM callbacks WHERE id = $1", &[&id])
+        .map_err(db)?
+        .as_ref()
+        .map(promise_from)
+        .transpose()?
+        .ok_or(LedgerError::NotFound(id))
+}
+
+/// The open attempt's promise, locked until the transaction ends (so a node recovering an
+/// expired lease and the node finishing it take turns); stale when closed meanwhile.
+fn open_attempt_promise(tx: &mut Transaction<'_>, attempt: i64) -> Result<i64, LedgerError> {
+    tx.query_opt(
+        "SELECT callback_id FROM callback_attempts WHERE id = $1 AND ended_at IS NULL \
+         AND (outcome IS NULL OR outcome = 'connected') FOR UPDATE",
+        &[&attempt],
+    )
+    .map_err(db)?
+    .map(|r| r.try_get(0).map_err(db))
+    .transpose()?
+    .ok_or(LedgerError::StaleAttempt(attempt))
+}
+
+/// Closes open attempts whose lease ran out (their node stopped renewing) as interrupted; their
+/// promises are due now. Concurrent callers each close a given attempt at most once: the
+/// update locks the row and re-checks `ended_at`.
+fn recover_expired(tx: &mut Transaction<'_>, now: UnixMs) -> Result<usize, LedgerError> {
+    let n = tx
+        .execute(
+            "WITH expired AS ( \
+               UPDATE callback_attempts SET ended_at = $1, outcome = 'interrupted' \
+               WHERE ended_at IS NULL AND lease_until < $1 RETURNING callback_id) \
+             UPDATE callbacks SET state = 'retrying', next_attempt_at = LEAST(next_attempt_at, $1) \
+             WHERE id IN (SELECT callback_id FROM expired) AND state IN ('dialing', 'connected')",
+            &[&now],
+        )
+        .map_err(db)?;
+    Ok(usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+impl PostgresStore {
+    /// Connects (`postgres://user@host:port/database`) and brings the ledger's tables up to
+    /// date. `node` names this node in its claims (unique per server run).
+    pub fn connect(url: &str, node: &str) -> Result<Self, LedgerError> {
+        let mut config: Config = url
+            .parse()
+            .map_err(|e| LedgerError::Storage(format!("postgres URL: {e}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        let client = Self::session(&config)?;
+        let mut store = Self {
+            client,
+            config,
+            node: node.to_string(),
+            lease_ms: DEFAULT_LEASE_MS,
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// How long a claim holds without renewal (tests shorten it).
+    pub fn with_lease(mut self, lease_ms: i64) -> Self {
+        self.lease_ms = lease_ms.max(1);
+        self
+    }
+
+    fn session(config: &Config) -> Result<Client, LedgerError> {
+        let mut client = config.connect(NoTls).map_err(db)?;
+        // The durability promise: a commit returns once flushed on the server, whatever the
+        // server's default. A lock held elsewhere is waited for 5 s, like SQLite's busy timeout.
+        client
+            .batch_execute("SET synchronous_commit = on; SET lock_timeout = '5s'")
+            .map_err(db)?;
+        Ok(client)
+    }
+
+    /// The connection, reopened if the server closed it (a restart, a failover).
+    fn client(&mut self) -> Result<&mut Client, LedgerError> {
+        if self.client.is_closed() {
+            self.client = Self::session(&self.config)?;
+        }
+        Ok(&mut self.client)
+    }
+
+    fn migrate(&mut self) -> Result<(), LedgerError> {
+        let mut tx = self.client()?.transaction().map_err(db)?;
+        // Nodes starting together migrate one after the other.
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .map_err(db)?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS humanline_schema (\
+               component TEXT PRIMARY KEY, version INTEGER NOT NULL)",
+        )
+        .map_err(db)?;
+        let done: i32 = tx
+            .query_opt(
+                "SELECT version FROM humanline_schema WHERE component = $1",
+                &[&COMPONENT],
+            )
+            .map_err(db)?
+            .map(|r| r.try_get(0).map_err(db))
+            .transpose()?
+            .unwrap_or(0);
+        let done = usize::try_from(done).unwrap_or(0);
+        if done > MIGRATIONS.len() {
+            return Err(LedgerError::Storage(format!(
+                "postgres: the ledger's schema is version {done}, newer than this Humanline \
+                 knows ({}): upgrade this node",
+                MIGRATIONS.len()
+            )));
+        }
+        for sql in MIGRATIONS.iter().skip(done) {
+            tx.batch_execute(sql).map_err(db)?;
+        }
+        let version = i32::try_from(MIGRATIONS.len()).unwrap_or(i32::MAX);
+        tx.execute(
+            "INSERT INTO humanline_schema (component, version) VALUES ($1, $2) \
+             ON CONFLICT (component) DO UPDATE SET version = EXCLUDED.version",
+            &[&COMPONENT, &version],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)
+    }
+}
+
+impl LedgerStore for PostgresStore {
+    fn insert(&mut self, p: &NewPromise, now: UnixMs) -> Result<Promise, LedgerError> {
+        let mut tx = self.client()?.transaction().map_err(db)?;
+        // Two nodes committing the same request's promise store it once.
+        tx.execute(
+            "INSERT INTO callbacks (created_at, number, not_before, reason, context, automatic, \
+             promise_key, state, next_attempt_at, call_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'promised', $8, $9) \
+             ON CONFLICT (promise_key) DO NOTHING",
+            &[
+                &now,
+                &p.number,
+                &p.not_before,
+                &p.reason,
+                &p.context.to_string(),
+                &p.automatic,
+                &p.key,
+                &p.not_before.max(now),
+                &p.call_id,
+            ],
+        )
+        .map_err(db)?;
+        let row = tx
+            .query_one("SELECT * FROM callbacks WHERE promise_key = $1", &[&p.key])
+            .map_err(db)?;
+        let promise = promise_from(&row)?;
+        tx.commit().map_err(db)?;
+        Ok(promise)
+    }
+
+    fn claim_due(
+        &mut self,
+        now: UnixMs,
+        limit: usize,
+    ) -> Result<Vec<(Promise, Attempt)>, LedgerError> {
+        let lease_until = now.saturating_add(self.lease_ms);
+        let node = self.node.clone();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut tx = self.client()?.transaction().map_err(db)?;
+        // Rows another node is claiming right now are skipped, not waited for; a row it has
+        // claimed is `dialing` once its transaction commits, and no longer due.
+        let rows = tx
+            .query(
+                "WITH due AS ( \
+                   SELECT id FROM callbacks WHERE state IN ('promised', 'retrying') \
+                   AND next_attempt_at <= $1 ORDER BY next_attempt_at, id LIMIT $2 \
+                   FOR UPDATE SKIP LOCKED) \
+                 UPDATE callbacks c SET state = 'dialing', attempts = c.attempts + 1 \
+                 FROM due WHERE c.id = due.id RETURNING c.*",
+                &[&now, &limit],
+            )
+            .map_err(db)?;
+        let mut due = rows
+            .iter()
+            .map(promise_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        due.sort_by_key(|p| (p.next_attempt_at, p.id));
+        let mut claimed = Vec::with_capacity(due.len());
+        for p in due {
+            let id: i64 = tx
+                .query_one(
+                    "INSERT INTO callback_attempts (callback_id, started_at, node, lease_until) \
+                     VALUES ($1, $2, $3, $4) RETURNING id",
+                    &[&p.id, &now, &node, &lease_until],
+                )
+                .map_err(db)?
+                .try_get(0)
+                .map_err(db)?;
+            let attempt = Attempt {
+                id,
+                promise_id: p.id,
+                started_at: now,
+                ended_at: None,
+                outcome: None,
+            };
+            claimed.push((p, attempt));
+        }
+        tx.commit().map_err(db)?;
+        Ok(claimed)
+    }
+
+    fn finish_attempt(
+        &mut self,
+        attempt: i64,
+        outcome: AttemptOutcome,
+        state: PromiseState,
+        next_attempt_at: UnixMs,
+        now: UnixMs,
+    ) -> Result<Promise, LedgerError> {
+        let mut tx = self.client()?.transaction().map_err(db)?;
+        let promise_id = open_attempt_promise(&mut tx, attempt)?;
+        tx.execute(
+            "UPDATE callback_attempts SET ended_at = $2, outcome = $3 WHERE id = $1",
+            &[&attempt, &now, &outcome.as_str()],
+        )
+        .map_err(db)?;
+        let completed_at = (state == PromiseState::Completed).then_some(now);
+        let completed_reason = (state == PromiseState::Completed).then_some("called_back");
+        // A completed promise is never reopened, whatever a late attempt reports.
+        tx.execute(
+            "UPDATE callbacks SET state = $2, next_attempt_at = $3, \
+             completed_at = COALESCE(completed_at, $4), \
+             completed_reason = COALESCE(completed_reason, $5) \
+             WHERE id = $1 AND state != 'completed'",
+            &[
+                &promise_id,
+                &state.as_str(),
+                &next_attempt_at,
+                &completed_at,
+                &completed_reason,
+            ],
+        )
+        .map_err(db)?;
+        let p = get_in(&mut tx, promise_id)?;
+        tx.commit().map_err(db)?;
+        Ok(p)
+    }
+
+    fn mark_connected(&mut self, attempt: i64, _now: UnixMs) -> Result<Promise, LedgerError> {
+        let mut tx = self.client()?.transaction().map_err(db)?;
+        let promise_id = tx
+            .query_opt(
+                "SELECT callback_id FROM callback_attempts WHERE id = $1 AND ended_at IS NULL \
+                 AND outcome IS NULL FOR UPDATE",
+                &[&attempt],
+            )
+            .map_err(db)?
+            .map(|r| r.try_get::<_, i64>(0).map_err(db))
+            .transpose()?
+            .ok_or(LedgerError::StaleAttempt(attempt))?;
+        tx.execute(
+            "UPDATE callback_attempts SET outcome = 'connected' WHERE id = $1",
+            &[&attempt],
+        )
+        .map_err(db)?;
+        tx.execute(
+            "UPDATE callbacks SET state = 'connected' WHERE id = $1 AND state = 'dialing'",
+            &[&promise_id],
+        )
+        .map_err(db)?;
+        let p = get_in(&mut tx, promise_id)?;
+        tx.commit().map_err(db)?;
+        Ok(p)
+    }
+
+    fn complete(&mut self, id: i64, reason: &str, now: UnixMs) -> Result<Promise, LedgerError> {
+        let mut tx = self.client()?.transaction().map_err(db)?;
+        tx.execute(
+            "UPDATE callbacks SET state = 'completed', completed_at = $2, completed_reason = $3 \
+             WHERE id = $1 AND state != 'completed'",
+            &[&id, &now, &reason],
+        )
+        .map_err(db)?;
+        let p = get_in(&mut tx, id)?;
+        tx.commit().map_err(db)?;
+        Ok(p)
+    }
+
+    /// At start-up other nodes may be dialing: only expired leases are recovered (this node's
+    /// previous run included, once its lease runs out).
+    fn recover_interrupted(&mut self, now: UnixMs) -> Result<usize, LedgerError> {
+        let mut tx = self.client()?.transaction().map_err(db)?;
+        let n = recover_expired(&mut tx, now)?;
+        tx.commit().map_err(db)?;
+        Ok(n)
+    }
+
+    fn keep_claims(&mut self, now: UnixMs) -> Result<usize, LedgerError> {
+        let lease_until = now.saturating_add(self.lease_ms);
+        let node = self.node.clone();
+        let mut tx = self.client()?.transaction().map_err(db)?;
+        // Renewed first: this node's own live claims never expire under it.
+        tx.execute(
+            "UPDATE callback_attempts SET lease_until = GREATEST(lease_until, $2) \
+             WHERE node = $1 AND ended_at IS NULL",
+            &[&node, &lease_until],
+        )
+        .map_err(db)?;
+        let n = recover_expired(&mut tx, now)?;
+        tx.commit().map_err(db)?;
+        Ok(n)
+    }
+
+    fn get(&mut self, id: i64) -> Result<Promise, LedgerError> {
+        get_in(self.client()?, id)
+    }
+
+    fn attempts(&mut self, id: i64) -> Result<Vec<Attempt>, LedgerError> {
+        self.client()?
+            .query(
+                &format!(
+                    "SELECT {ATTEMPT_COLUMNS} FROM callback_attempts WHERE callback_id = $1 ORDER BY id"
+                ),
+                &[&id],
+            )
+            .map_err(db)?
+            .iter()
+            .map(attempt_from)
+            .collect()
+    }
+
+    fn list(&mut self, state: Option<PromiseState>) -> Result<Vec<Promise>, LedgerError> {
+        let state = state.map(|s| s.as_str());
+        self.client()?
+            .query(
+                "SELECT * FROM callbacks WHERE $1::TEXT IS NULL OR state = $1 ORDER BY id",
+                &[&state],
+            )
+            .map_err(db)?
+            .iter()
+            .map(promise_from)
+            .collect()
+    }
+
+    fn attempt(&mut self, attempt: i64) -> Result<Attempt, LedgerError> {
+        self.client()?
+            .query_opt(
+                &format!("SELECT {ATTEMPT_COLUMNS} FROM callback_attempts WHERE id = $1"),
+                &[&attempt],
+            )
+            .map_err(db)?
+            .as_ref()
+            .map(attempt_from)
+            .transpose()?
+            .ok_or(LedgerError::StaleAttempt(attempt))
+    }
+}

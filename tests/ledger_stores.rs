@@ -1,0 +1,361 @@
+//! The callback ledger's rules, run against every store: embedded SQLite and a real
+//! PostgreSQL (a private cluster on 127.0.0.1, started here; SKIP without the package, except in
+//! CI). Then what only a shared store must do: two nodes claiming from one database never claim
+//! the same promise, and a dead node's promise is kept by the other after its lease, once.
+
+mod common;
+
+use common::postgres::{Cluster, cluster};
+use humanline::callbacks::{
+    AttemptOutcome, CallbackLedger, LedgerError, LedgerStore, NewPromise, PromiseState, RetryPolicy,
+};
+use humanline::storage::{DEFAULT_LEASE_MS, PostgresStore, SqliteStore};
+use std::collections::HashSet;
+use std::sync::{Arc, Barrier};
+
+/// One ledger, reopened as often as a test likes (a restart, or another node).
+enum Backend {
+    Sqlite(tempfile::TempDir),
+    /// The cluster is held so that it runs as long as the ledger is used.
+    Postgres {
+        _cluster: Arc<Cluster>,
+        url: String,
+    },
+}
+
+impl Backend {
+    fn sqlite() -> Backend {
+        Backend::Sqlite(tempfile::tempdir().expect("temp dir"))
+    }
+
+    fn postgres(test: &str) -> Option<Backend> {
+        let c = cluster(test)?;
+        let url = c.database();
+        Some(Backend::Postgres { _cluster: c, url })
+    }
+
+    /// A new connection to the ledger, as `node`.
+    fn open(&self, node: &str) -> Box<dyn LedgerStore> {
+        match self {
+            Backend::Sqlite(dir) => {
+                Box::new(SqliteStore::open(&dir.path().join("ledger.db")).expect("open sqlite"))
+            }
+            Backend::Postgres { url, .. } => {
+                Box::new(PostgresStore::connect(url, node).expect("connect postgres"))
+            }
+        }
+    }
+
+    fn ledger(&self, node: &str, policy: RetryPolicy) -> CallbackLedger<Box<dyn LedgerStore>> {
+        CallbackLedger::new(self.open(node), policy)
+    }
+}
+
+fn promise(key: &str, not_before: i64) -> NewPromise {
+    NewPromise {
+        number: "+31205550100".into(),
+        not_before,
+        reason: "keyword".into(),
+        context: serde_json::json!({"said": ["my internet is down", "human"]}),
+        automatic: false,
+        key: key.into(),
+        call_id: "sip-call-id".into(),
+    }
+}
+
+/// Each case as a test on each store: `sqlite::CASE` and `postgres::CASE`.
+macro_rules! on_every_store {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[test] fn $case() { super::$case(&super::Backend::sqlite()) } )*
+        }
+        mod postgres {
+            $( #[test] fn $case() {
+                if let Some(b) = super::Backend::postgres(stringify!($case)) {
+                    super::$case(&b)
+                }
+            } )*
+        }
+    };
+}
+
+on_every_store!(
+    a_promise_is_retried_with_backoff_then_escalated_never_dropped,
+    a_chosen_time_is_honoured_and_completion_is_final,
+    a_promise_kept_by_an_agent_is_never_dialed_and_says_why,
+    a_crash_mid_dial_leaves_the_promise_due_again,
+);
+
+fn a_promise_is_retried_with_backoff_then_escalated_never_dropped(b: &Backend) {
+    let policy = RetryPolicy {
+        first_delay_ms: 1000,
+        factor: 2.0,
+        max_delay_ms: 10_000,
+        max_attempts: 3,
+        window_ms: 1 << 40,
+    };
+    let mut l = b.ledger("node-a", policy);
+    let p = l.promise(&promise("call-1", 0), 100).unwrap();
+    assert_eq!(p.state, PromiseState::Promised);
+    assert_eq!(p.context["said"][1], "human");
+    // Committing the same request's promise again is the same promise.
+    assert_eq!(l.promise(&promise("call-1", 0), 200).unwrap().id, p.id);
+    let mut now = 100;
+    for n in 1..=3 {
+        let claimed = l.claim_due(now, 10).unwrap();
+        assert_eq!(claimed.len(), 1, "attempt {n}");
+        assert!(l.claim_due(now, 10).unwrap().is_empty(), "claimed twice");
+        let after = l
+            .finish(claimed[0].1.id, AttemptOutcome::Busy, now)
+            .unwrap();
+        if n < 3 {
+            assert_eq!(after.state, PromiseState::Retrying);
+            assert_eq!(after.next_attempt_at, now + 1000 * (1 << (n - 1)));
+            now = after.next_attempt_at;
+        } else {
+            assert_eq!(after.state, PromiseState::Escalated);
+        }
+    }
+    assert_eq!(l.list(Some(PromiseState::Escalated)).unwrap().len(), 1);
+    assert_eq!(l.list(None).unwrap().len(), 1);
+    let attempts = l.attempts(p.id).unwrap();
+    assert_eq!(attempts.len(), 3);
+    assert!(
+        attempts
+            .iter()
+            .all(|a| a.outcome == Some(AttemptOutcome::Busy))
+    );
+}
+
+fn a_chosen_time_is_honoured_and_completion_is_final(b: &Backend) {
+    let mut l = b.ledger("node-a", RetryPolicy::default());
+    l.promise(&promise("call-2", 50_000), 0).unwrap();
+    assert!(l.claim_due(49_999, 10).unwrap().is_empty());
+    let (p, a) = l.claim_due(50_000, 10).unwrap().remove(0);
+    assert_eq!(
+        l.connected(a.id, 50_100).unwrap().state,
+        PromiseState::Connected
+    );
+    let done = l.finish(a.id, AttemptOutcome::Completed, 60_000).unwrap();
+    assert_eq!(
+        (done.state, done.completed_at),
+        (PromiseState::Completed, Some(60_000))
+    );
+    assert_eq!(done.completed_reason.as_deref(), Some("called_back"));
+    // A late report for the same attempt cannot reopen it, and it is never claimed again.
+    assert!(matches!(
+        l.finish(a.id, AttemptOutcome::Failed, 61_000),
+        Err(LedgerError::StaleAttempt(_))
+    ));
+    assert!(l.claim_due(i64::MAX / 2, 10).unwrap().is_empty());
+    assert_eq!(l.get(p.id).unwrap().state, PromiseState::Completed);
+    assert!(matches!(l.get(p.id + 1000), Err(LedgerError::NotFound(_))));
+}
+
+fn a_promise_kept_by_an_agent_is_never_dialed_and_says_why(b: &Backend) {
+    let mut l = b.ledger("node-a", RetryPolicy::default());
+    let p = l.promise(&promise("k-1", 0), 0).unwrap();
+    // The same Call-ID, another request: another promise.
+    let q = l.promise(&promise("k-2", 0), 0).unwrap();
+    assert_ne!(p.id, q.id);
+    assert_eq!(p.call_id, q.call_id);
+    let kept = l.keep(p.id, "served_by_agent", 10).unwrap();
+    assert_eq!(kept.state, PromiseState::Completed);
+    assert_eq!(kept.completed_reason.as_deref(), Some("served_by_agent"));
+    let claimed = l.claim_due(20, 10).unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].0.id, q.id);
+}
+
+/// A node stopped with attempts open (one ringing, one connected): after the restart both
+/// promises are due again, their attempts recorded as interrupted. On a shared store that
+/// waits for the lease, since another node might still be dialing.
+fn a_crash_mid_dial_leaves_the_promise_due_again(b: &Backend) {
+    {
+        let mut l = b.ledger("run-1", RetryPolicy::default());
+        l.promise(&promise("call-3", 0), 0).unwrap();
+        l.promise(&promise("call-4", 0), 0).unwrap();
+        let claimed = l.claim_due(10, 10).unwrap();
+        assert_eq!(claimed.len(), 2);
+        l.connected(claimed[1].1.id, 20).unwrap();
+        // "Crash": dropped with both attempts open.
+    }
+    let after_lease = 10 + DEFAULT_LEASE_MS + 1;
+    let mut l = b.ledger("run-2", RetryPolicy::default());
+    assert_eq!(l.recover(after_lease).unwrap(), 2);
+    assert_eq!(l.recover(after_lease).unwrap(), 0, "recovered twice");
+    let due = l.claim_due(after_lease, 10).unwrap();
+    assert_eq!(due.len(), 2);
+    for (p, _) in due {
+        assert_eq!(p.attempts, 2);
+        let attempts = l.attempts(p.id).unwrap();
+        assert_eq!(attempts[0].outcome, Some(AttemptOutcome::Interrupted));
+        assert_eq!(attempts[1].outcome, None);
+    }
+}
+
+// --- only a shared store ----------------------------------------------------------------------
+
+/// Two nodes' dialers on one database, claiming at the same moment in small batches, 300
+/// promises: every promise is claimed, and by exactly one node, once.
+#[test]
+fn two_nodes_claiming_at_once_claim_each_promise_exactly_once() {
+    let Some(b) = Backend::postgres("two_nodes_claiming") else {
+        return;
+    };
+    const PROMISES: usize = 300;
+    let mut setup = b.ledger("setup", RetryPolicy::default());
+    for i in 0..PROMISES {
+        setup.promise(&promise(&format!("p-{i}"), 0), 0).unwrap();
+    }
+    let b = Arc::new(b);
+    let start = Arc::new(Barrier::new(2));
+    let nodes: Vec<_> = ["node-a", "node-b"]
+        .into_iter()
+        .map(|node| {
+            let (b, start) = (b.clone(), start.clone());
+            std::thread::spawn(move || {
+                let mut l = b.ledger(node, RetryPolicy::default());
+                let mut mine = Vec::new();
+                start.wait();
+                loop {
+                    let claimed = l.claim_due(1_000, 3).unwrap();
+                    if claimed.is_empty() {
+                        return mine;
+                    }
+                    for (p, a) in claimed {
+                        l.finish(a.id, AttemptOutcome::Completed, 1_001).unwrap();
+                        mine.push(p.id);
+                    }
+                }
+            })
+        })
+        .collect();
+    let claims: Vec<Vec<i64>> = nodes.into_iter().map(|n| n.join().unwrap()).collect();
+    let (a, b_ids): (HashSet<i64>, HashSet<i64>) = (
+        claims[0].iter().copied().collect(),
+        claims[1].iter().copied().collect(),
+    );
+    assert_eq!(a.len(), claims[0].len(), "node a claimed a promise twice");
+    assert_eq!(
+        b_ids.len(),
+        claims[1].len(),
+        "node b claimed a promise twice"
+    );
+    assert!(a.is_disjoint(&b_ids), "a promise claimed by both nodes");
+    assert_eq!(a.len() + b_ids.len(), PROMISES, "promises left unclaimed");
+    // Both really took part (else this proved nothing about concurrency).
+    assert!(
+        !a.is_empty() && !b_ids.is_empty(),
+        "one node claimed all: {} / {}",
+        a.len(),
+        b_ids.len()
+    );
+    let done = setup.list(Some(PromiseState::Completed)).unwrap();
+    assert_eq!(done.len(), PROMISES);
+    assert!(
+        done.iter().all(|p| p.attempts == 1),
+        "a promise dialed twice"
+    );
+}
+
+/// Node A claims two promises and dies mid-attempt. While A's lease runs, node B leaves them
+/// alone; after it, B makes them due and keeps them. A's late report (a node thought dead)
+/// cannot reopen them, and a live node's renewed claims are never taken, however long.
+#[test]
+fn a_dead_nodes_promise_is_kept_by_the_other_after_its_lease_once() {
+    let Some(b) = Backend::postgres("a_dead_nodes_promise") else {
+        return;
+    };
+    let Backend::Postgres { url, .. } = &b else {
+        unreachable!()
+    };
+    let lease = 1_000;
+    let node = |name: &str| {
+        CallbackLedger::new(
+            PostgresStore::connect(url, name).unwrap().with_lease(lease),
+            RetryPolicy::default(),
+        )
+    };
+    let (mut a, mut b) = (node("node-a"), node("node-b"));
+    a.promise(&promise("dies-1", 0), 0).unwrap();
+    a.promise(&promise("dies-2", 0), 0).unwrap();
+    let a_claims = a.claim_due(0, 10).unwrap();
+    assert_eq!(a_claims.len(), 2);
+    a.connected(a_claims[1].1.id, 100).unwrap();
+    // A lives a while, renewing on its ticks: B takes nothing, even past the first lease.
+    for t in [500, 1_400, 2_300] {
+        assert_eq!(a.keep_claims(t).unwrap(), 0);
+        assert_eq!(
+            b.keep_claims(t + 100).unwrap(),
+            0,
+            "a live node's claim taken"
+        );
+        assert!(b.claim_due(t + 100, 10).unwrap().is_empty());
+    }
+    // A dies (last renewal at 2300: lease until 3300).
+    drop(a);
+    assert_eq!(
+        b.keep_claims(3_300).unwrap(),
+        0,
+        "taken before the lease ran out"
+    );
+    assert_eq!(b.keep_claims(3_301).unwrap(), 2);
+    assert_eq!(b.keep_claims(3_302).unwrap(), 0, "recovered twice");
+    let b_claims = b.claim_due(3_301, 10).unwrap();
+    assert_eq!(b_claims.len(), 2);
+    for (_, attempt) in &b_claims {
+        b.finish(attempt.id, AttemptOutcome::Completed, 4_000)
+            .unwrap();
+    }
+    // A was only slow, not dead: its reports come too late to change anything.
+    let mut zombie = node("node-a");
+    for (_, attempt) in &a_claims {
+        assert!(matches!(
+            zombie.finish(attempt.id, AttemptOutcome::Completed, 4_100),
+            Err(LedgerError::StaleAttempt(_))
+        ));
+    }
+    for (p, _) in &b_claims {
+        let p = b.get(p.id).unwrap();
+        assert_eq!(p.state, PromiseState::Completed);
+        assert_eq!(p.attempts, 2);
+        let outcomes: Vec<_> = b
+            .attempts(p.id)
+            .unwrap()
+            .iter()
+            .map(|a| a.outcome)
+            .collect();
+        assert_eq!(
+            outcomes,
+            vec![
+                Some(AttemptOutcome::Interrupted),
+                Some(AttemptOutcome::Completed)
+            ]
+        );
+    }
+    assert!(b.claim_due(i64::MAX / 2, 10).unwrap().is_empty());
+}
+
+/// Two nodes starting together migrate one database once, and a promise committed by one is
+/// read by the other at once (no cache between them).
+#[test]
+fn nodes_starting_together_share_one_schema() {
+    let Some(b) = Backend::postgres("nodes_starting_together") else {
+        return;
+    };
+    let b = Arc::new(b);
+    let opened: Vec<_> = (0..3)
+        .map(|i| {
+            let b = b.clone();
+            std::thread::spawn(move || b.ledger(&format!("n{i}"), RetryPolicy::default()))
+        })
+        .collect();
+    let mut ledgers: Vec<_> = opened.into_iter().map(|t| t.join().unwrap()).collect();
+    let p = ledgers[0].promise(&promise("shared", 0), 0).unwrap();
+    assert_eq!(ledgers[2].get(p.id).unwrap().key, "shared");
+    assert_eq!(
+        ledgers[1].promise(&promise("shared", 0), 5).unwrap().id,
+        p.id
+    );
+}
