@@ -119,7 +119,22 @@ impl Prober {
             Prober::Browser(state) => *state.borrow() == PeerState::Connected,
         }
     }
+
+    /// The phone is gone (no media, no answer to the probe, no BYE): its dialog is dropped
+    /// without a word to it, so a vanished caller leaves nothing in the SIP stack.
+    fn release(&self) {
+        match self {
+            Prober::Inbound(call) => call.release(),
+            Prober::CalledBack(call) => call.release(),
+        }
+    }
 }
+
+/// Decode results a call may leave unread. A call has at most one partial and one final per
+/// utterance in the pool, and the pool's queue is bounded, so this is not reached; if it
+/// were, a result is dropped rather than grow the queue or block a decoder thread, and the
+/// caller goes to a person (a dropped final would otherwise leave them waiting on it).
+const DECODE_RESULTS: usize = 64;
 
 async fn run_inner(shared: &Arc<Shared>, id: u64, incoming: IncomingCall) -> anyhow::Result<()> {
     let IncomingCall {
@@ -381,7 +396,8 @@ async fn drive(
     let language = language.unwrap_or_else(|| brain.context().language.clone());
     let (queue_tx, mut queue_rx) = super::queue::to_call_channel();
     let (callback_tx, mut callback_rx) = mpsc::channel(4);
-    let (decode_tx, mut decode_rx) = mpsc::unbounded_channel::<DecodeResult>();
+    let (decode_tx, mut decode_rx) = mpsc::channel::<DecodeResult>(DECODE_RESULTS);
+    let results_lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // Without a recognizer the call goes on: the caller is routed to a person at once.
     let speech = match (
         StreamingRecognizer::new(id, shared.recognizer.clone()),
@@ -460,15 +476,19 @@ async fn drive(
                             }
                             rec.push_audio(&out);
                         }
-                        call.drain_recognizer(rec, &decode_tx).await;
+                        call.drain_recognizer(rec, &decode_tx, &results_lost).await;
                     }
                     other => call.on_media(other).await,
                 }
             }
             Some(r) = decode_rx.recv() => {
+                if results_lost.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                    warn!(queue = DECODE_RESULTS, "decode results lost: routing to a person");
+                    call.feed(Event::SpeechEngineDegraded).await;
+                }
                 if let Some(rec) = recognizer.as_mut() {
                     rec.on_result(&r);
-                    call.drain_recognizer(rec, &decode_tx).await;
+                    call.drain_recognizer(rec, &decode_tx, &results_lost).await;
                 }
             }
             Some(msg) = queue_rx.recv() => call.on_queue(msg).await,
@@ -479,6 +499,7 @@ async fn drive(
         if call.brain.phase() == Phase::Ended {
             // Both the caller's media and signalling are gone (a hang-up ends the loop above).
             info!("caller gone: no media and no answer to the probe");
+            call.prober.release();
             break;
         }
     }
@@ -804,7 +825,8 @@ impl Call {
     async fn drain_recognizer(
         &mut self,
         rec: &mut StreamingRecognizer,
-        decode_tx: &mpsc::UnboundedSender<DecodeResult>,
+        decode_tx: &mpsc::Sender<DecodeResult>,
+        results_lost: &Arc<std::sync::atomic::AtomicBool>,
     ) {
         while let Some(out) = rec.poll_output() {
             let event = match out {
@@ -813,9 +835,13 @@ impl Call {
                         continue;
                     };
                     let tx = decode_tx.clone();
+                    let lost = results_lost.clone();
                     let kind = job.id.kind;
                     if let Err(e) = pool.submit(job, move |r| {
-                        let _ = tx.send(r);
+                        // A decoder thread never waits for a call (see DECODE_RESULTS).
+                        if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(r) {
+                            lost.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
                     }) {
                         debug!(error = %e, ?kind, "decode refused");
                         let verdict = self.watch.refused(kind, &e);

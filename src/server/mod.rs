@@ -239,6 +239,10 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             }
         },
     });
+    let watched = Arc::downgrade(&shared);
+    shared
+        .metrics
+        .watch_sip(move || watched.upgrade().map(|s| s.sip.stats()).unwrap_or_default());
     tokio::spawn(watch_prompts(shared.clone(), opts.prompts.clone()));
     tokio::spawn(browser::serve(
         shared.clone(),
