@@ -126,6 +126,8 @@ impl Prober {
         match self {
             Prober::Inbound(call) => call.release(),
             Prober::CalledBack(call) => call.release(),
+            // The media task closes the peer connection when the call ends.
+            Prober::Browser(_) => {}
         }
     }
 }
