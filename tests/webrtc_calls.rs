@@ -23,19 +23,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn tempdir(test: &str) -> tempfile::TempDir {
-    let keep = std::env::var_os("HUMANLINE_KEEP_TEST_DIRS").is_some();
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("humanline-{test}-"))
-        .disable_cleanup(keep)
-        .tempdir()
-        .expect("tempdir");
-    if keep {
-        eprintln!("{test}: keeping {}", dir.path().display());
-    }
-    dir
-}
-
 /// An HTTP/1.1 answer: status, headers (lower-case names), body.
 struct Reply {
     status: u16,
