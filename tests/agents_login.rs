@@ -127,7 +127,7 @@ fn registered_phones_take_calls_and_an_agent_set_away_is_not_offered_one() {
         ],
     );
     let hold_ms = (secs * 1000.0) as u64 + 4000;
-    let mut caller = speaking_caller(d, ports, &audio, hold_ms, "u1");
+    let mut caller = speaking_caller(d, ports, ports.sip_addr(), &audio, hold_ms, "u1");
     let bridged = server
         .log
         .wait_for(&["agent answered; bridged"], Duration::from_secs(45));

@@ -186,24 +186,16 @@ impl Drop for Ear {
     }
 }
 
-/// Port layout on top of `common::Ports`: the customer's sipp and the ears use the block's
-/// baresip ports (no baresip here).
+/// Port layout on top of `common::Ports`: the customer's sipp is the block's spare one, the
+/// ears use baresip's RTP ports (no baresip here).
 fn customer_sipp(ports: Ports) -> SippPorts {
-    SippPorts {
-        sip: ports.base + 30,
-        media: ports.base + 32,
-        control: ports.base + 38,
-    }
+    ports.spare_sipp()
 }
 fn caller_ear_port(ports: Ports) -> u16 {
     ports.base + 40
 }
 fn agent_ear_port(ports: Ports) -> u16 {
     ports.base + 42
-}
-
-fn agent_uri(ports: Ports) -> String {
-    format!("sip:agent@{LOCALHOST}:{}", ports.agent_sipp().sip)
 }
 
 /// A server whose callbacks go out through a trunk at the customer's sipp, retried 2 s apart.
@@ -225,7 +217,7 @@ fn start_server_with(ports: Ports, dir: &Path, extra: &str) -> Server {
     Server::start_with(
         ports,
         dir,
-        &[agent_uri(ports)],
+        &[agent_uri(ports.agent_sipp().sip)],
         &["--config".into(), config.display().to_string()],
     )
 }
@@ -307,7 +299,7 @@ fn busy_agent(dir: &Path, ports: Ports) -> Sipp {
 
 /// The agent's phone for the callback: answers `calls` calls; what the agent hears goes to
 /// the agent ear.
-fn answering_agent(dir: &Path, ports: Ports, name: &str, calls: u32) -> Sipp {
+fn agent_with_ear(dir: &Path, ports: Ports, name: &str, calls: u32) -> Sipp {
     Sipp::start(
         dir,
         SippRun {
@@ -434,6 +426,43 @@ fn promised_id(line: &str) -> i64 {
         .unwrap_or_else(|| panic!("no id in {line:?}"))
 }
 
+/// How most callback tests begin: the only agent is busy, the caller keys 0 (to a person) and
+/// accepts the callback with 1 after 5 s, then stays `hold_ms` more. Returns once the promise
+/// is stored: when, and its id.
+struct Promised {
+    agent_busy: Sipp,
+    server: Server,
+    ear: Ear,
+    caller: Sipp,
+    at: Instant,
+    id: i64,
+}
+
+fn promise_with_busy_agent(d: &Path, ports: Ports, hold_ms: u64) -> Promised {
+    let agent_busy = busy_agent(d, ports);
+    let server = start_server(ports, d);
+    let ear = Ear::start(caller_ear_port(ports), true);
+    let caller = keying_caller(d, ports, &ear, '1', 4000, hold_ms);
+    let (at, line) = server
+        .log
+        .wait_for(&["callback promised"], Duration::from_secs(25))
+        .unwrap_or_else(|| {
+            panic!(
+                "the callback was not stored\n{}",
+                story(&server, &[&caller, &agent_busy], &[&ear])
+            )
+        });
+    let id = promised_id(&line);
+    Promised {
+        agent_busy,
+        server,
+        ear,
+        caller,
+        at,
+        id,
+    }
+}
+
 /// The INVITE a phone received, from its message log.
 fn invite(phone: &Sipp) -> String {
     phone.received_request("INVITE").unwrap_or_default()
@@ -518,7 +547,7 @@ fn an_accepted_callback_is_retried_when_busy_then_bridged_to_an_agent() {
 
     // The callback: the agent answers twice (one per attempt).
     let agent_ear = Ear::start(agent_ear_port(ports), false);
-    let mut agent = answering_agent(d, ports, "agent", 2);
+    let mut agent = agent_with_ear(d, ports, "agent", 2);
     let code = customer_busy.proc.wait(Duration::from_secs(60));
     assert_eq!(
         code,
@@ -646,7 +675,7 @@ fn a_time_the_caller_chose_is_honoured() {
         "the customer was called before the time they chose\n{}",
         customer.report()
     );
-    let mut agent = answering_agent(d, ports, "agent", 1);
+    let mut agent = agent_with_ear(d, ports, "agent", 1);
     let code = customer.proc.wait(Duration::from_secs(40));
     assert_eq!(
         code,
@@ -685,20 +714,14 @@ fn a_promise_survives_sigkill_right_after_it_is_confirmed() {
     let dir = tempdir("callback-sigkill");
     let d = dir.path();
 
-    let mut agent_busy = busy_agent(d, ports);
-    let mut server = start_server(ports, d);
-    let ear = Ear::start(caller_ear_port(ports), true);
-    let mut caller = keying_caller(d, ports, &ear, '1', 4000, 30_000);
-    let (promised, line) = server
-        .log
-        .wait_for(&["callback promised"], Duration::from_secs(25))
-        .unwrap_or_else(|| {
-            panic!(
-                "the callback was not stored\n{}",
-                story(&server, &[&caller, &agent_busy], &[&ear])
-            )
-        });
-    let id = promised_id(&line);
+    let Promised {
+        mut agent_busy,
+        mut server,
+        ear,
+        mut caller,
+        at: promised,
+        id,
+    } = promise_with_busy_agent(d, ports, 30_000);
     let heard = ear.wait_loud_after(promised, Duration::from_secs(5));
     assert!(
         heard.is_some(),
@@ -715,7 +738,7 @@ fn a_promise_survives_sigkill_right_after_it_is_confirmed() {
     );
 
     let agent_ear = Ear::start(agent_ear_port(ports), false);
-    let mut agent = answering_agent(d, ports, "agent", 1);
+    let mut agent = agent_with_ear(d, ports, "agent", 1);
     let mut customer = answering_customer(d, ports, "customer", 2000);
     let server = start_server(ports, d);
     let code = customer.proc.wait(Duration::from_secs(60));
@@ -824,20 +847,14 @@ fn a_called_back_customer_whose_agent_hangs_up_stays_with_the_ivr() {
     let dir = tempdir("callback-agent-leaves");
     let d = dir.path();
 
-    let mut agent_busy = busy_agent(d, ports);
-    let server = start_server(ports, d);
-    let ear = Ear::start(caller_ear_port(ports), true);
-    let mut caller = keying_caller(d, ports, &ear, '1', 4000, 3000);
-    let (_, line) = server
-        .log
-        .wait_for(&["callback promised"], Duration::from_secs(25))
-        .unwrap_or_else(|| {
-            panic!(
-                "the callback was not stored\n{}",
-                story(&server, &[&caller, &agent_busy], &[&ear])
-            )
-        });
-    let id = promised_id(&line);
+    let Promised {
+        mut agent_busy,
+        server,
+        ear: _ear,
+        mut caller,
+        at: _,
+        id,
+    } = promise_with_busy_agent(d, ports, 3000);
     assert_eq!(
         caller.proc.wait(Duration::from_secs(30)),
         Some(0),
@@ -963,21 +980,15 @@ fn a_caller_who_reaches_an_agent_is_not_called_back_later() {
     let dir = tempdir("callback-served");
     let d = dir.path();
 
-    let mut agent_busy = busy_agent(d, ports);
-    let server = start_server(ports, d);
-    let ear = Ear::start(caller_ear_port(ports), true);
     // Keys 0 at 1 s, accepts with 1 at 5 s, stays 25 s more (the agent's cool-down is 10 s).
-    let mut caller = keying_caller(d, ports, &ear, '1', 4000, 25_000);
-    let (_, line) = server
-        .log
-        .wait_for(&["callback promised"], Duration::from_secs(25))
-        .unwrap_or_else(|| {
-            panic!(
-                "the callback was not stored\n{}",
-                story(&server, &[&caller, &agent_busy], &[&ear])
-            )
-        });
-    let id = promised_id(&line);
+    let Promised {
+        mut agent_busy,
+        server,
+        ear,
+        mut caller,
+        at: _,
+        id,
+    } = promise_with_busy_agent(d, ports, 25_000);
     assert_eq!(
         agent_busy.proc.wait(Duration::from_secs(10)),
         Some(0),
@@ -987,7 +998,7 @@ fn a_caller_who_reaches_an_agent_is_not_called_back_later() {
     // Now the agent is free, and takes the waiting caller.
     // Where the agent's audio goes (a socket must be there; nothing is checked in it).
     let _agent_ear = Ear::start(agent_ear_port(ports), false);
-    let mut agent = answering_agent(d, ports, "agent", 1);
+    let mut agent = agent_with_ear(d, ports, "agent", 1);
     let mut customer = answering_customer(d, ports, "customer", 2000);
     let kept = server.log.wait_for(
         &["callback kept: the caller reached a person"],
@@ -1023,4 +1034,92 @@ fn a_caller_who_reaches_an_agent_is_not_called_back_later() {
         "{detail}"
     );
     customer.proc.kill();
+}
+
+// --- 8 ------------------------------------------------------------------------------------------
+
+/// Issue 11, defect 7 (dialer): the agent rung for a callback answers with an SDP nobody can
+/// use (audio port 0). Humanline ACKs and hangs that leg up with BYE instead of leaving it up
+/// at the agent (before the fix the dialer dropped the leg without a word), the promise waits
+/// for the next agent, and is kept when one answers properly. No dialog is left behind.
+#[test]
+fn an_agent_answering_a_callback_with_an_unusable_sdp_is_hung_up_and_the_promise_kept_later() {
+    let test =
+        "an_agent_answering_a_callback_with_an_unusable_sdp_is_hung_up_and_the_promise_kept_later";
+    if !peers_available(test) {
+        return;
+    }
+    let ports = Ports::claim(7);
+    let dir = tempdir("callback-bad-sdp");
+    let d = dir.path();
+
+    let Promised {
+        mut agent_busy,
+        server,
+        ear: _ear,
+        mut caller,
+        at: _,
+        id,
+    } = promise_with_busy_agent(d, ports, 3000);
+    assert_eq!(
+        agent_busy.proc.wait(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        agent_busy.report()
+    );
+    // The dialer rings the agent for the callback (after their cool-down): they answer, but
+    // with audio port 0.
+    let mut bad = unusable_agent(
+        d,
+        "agent-bad-sdp",
+        ports.agent_sipp(),
+        "m=audio 0 RTP/AVP 0\n      a=rtpmap:0 PCMU/8000",
+        1,
+    );
+    assert_eq!(
+        caller.proc.wait(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        caller.report()
+    );
+    let code = bad.proc.wait(Duration::from_secs(60));
+    assert_eq!(
+        code,
+        Some(0),
+        "{test}: the agent whose answer was unusable was not ACKed and hung up with BYE\n{}",
+        story(&server, &[&bad], &[])
+    );
+    let detail = callback(&server, id);
+    assert_ne!(
+        detail["promise"]["state"], "completed",
+        "{test}: the promise was closed on an unusable leg: {detail}"
+    );
+    // The next try finds a working agent: the customer is called and bridged.
+    let _agent_ear = Ear::start(agent_ear_port(ports), false);
+    let mut agent = agent_with_ear(d, ports, "agent", 1);
+    let mut customer = answering_customer(d, ports, "customer", 2000);
+    wait_state(&server, id, "completed", Duration::from_secs(60));
+    assert_eq!(
+        customer.proc.wait(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        customer.report()
+    );
+    assert_eq!(
+        agent.proc.wait(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        agent.report()
+    );
+    assert!(
+        metric_falls_to(
+            &server,
+            "humanline_sip_dialogs",
+            0.0,
+            Duration::from_secs(10)
+        ),
+        "{test}: dialogs left in the SIP stack: {:?}\n{}",
+        metric(&server.metrics(), "humanline_sip_dialogs"),
+        server.story()
+    );
 }

@@ -13,86 +13,7 @@ mod common;
 use common::*;
 use std::io::{Read, Write};
 use std::net::{TcpStream, UdpSocket};
-use std::path::Path;
 use std::time::{Duration, Instant};
-
-const DTMF_0: &str = "/usr/share/sip-tester/dtmf_2833_0.pcap";
-
-/// A caller (sipp, UAC) who streams silence, presses 0 after `dtmf_after_ms` (RFC 4733 from a
-/// pcap, or SIP INFO), stays `hold_ms` more, and hangs up.
-fn dtmf_caller(
-    dir: &Path,
-    ports: Ports,
-    info: bool,
-    dtmf_after_ms: u64,
-    hold_ms: u64,
-    transport: &str,
-) -> Sipp {
-    assert!(
-        Path::new(DTMF_0).is_file() || info,
-        "{DTMF_0} is missing (package sip-tester ships it)"
-    );
-    let silence = dir.join("silence.pcmu");
-    silence_pcmu(&silence, 1.0);
-    let mut vars = vec![
-        ("AUDIO", silence.display().to_string()),
-        ("DTMF_AFTER_MS", dtmf_after_ms.to_string()),
-        ("HOLD_MS", hold_ms.to_string()),
-    ];
-    if info {
-        vars.push(("DIGIT", "0".into()));
-    } else {
-        vars.push(("DTMF_PCAP", DTMF_0.into()));
-    }
-    Sipp::start(
-        dir,
-        SippRun {
-            name: "caller",
-            scenario: if info {
-                "caller_info.xml"
-            } else {
-                "caller_dtmf.xml"
-            },
-            vars: &vars,
-            remote: Some(ports.sip_addr()),
-            transport,
-            ports: ports.caller_sipp(),
-            timeout: Duration::from_millis(dtmf_after_ms + hold_ms) + Duration::from_secs(25),
-            calls: 1,
-        },
-    )
-}
-
-/// An agent's phone (sipp, UAS) that answers and stays until Humanline hangs up its leg.
-fn answering_agent(dir: &Path, ports: Ports, transport: &str, timeout: Duration) -> Sipp {
-    Sipp::start(
-        dir,
-        SippRun {
-            name: "agent",
-            scenario: "agent_answers.xml",
-            vars: &[],
-            remote: None,
-            transport,
-            ports: ports.agent_sipp(),
-            timeout,
-            calls: 1,
-        },
-    )
-}
-
-fn agent_uri(port: u16) -> String {
-    format!("sip:agent@{LOCALHOST}:{port}")
-}
-
-/// Everything useful when a test fails.
-fn context(server: &Server, peers: &[&Sipp]) -> String {
-    let mut out = format!("--- humanline log (tail) ---\n{}\n", server.story());
-    for p in peers {
-        out.push_str(&p.report());
-        out.push('\n');
-    }
-    out
-}
 
 fn route_line(server: &Server) -> String {
     server
@@ -110,8 +31,7 @@ fn assert_speech_route(server: &Server, want: &str, peers: &[&Sipp]) -> String {
     if route.contains(&format!("reason=\"{want}\"")) {
         return route;
     }
-    let behind = server.log.find_all(&["recognition is behind"]).len()
-        + server.log.find_all(&["slower than real time"]).len();
+    let behind = recognition_behind(server);
     let hint = if behind > 0 {
         format!(
             "\nNOTE: speech recognition fell behind real time {behind} time(s) — the CPU is probably saturated by \
@@ -125,17 +45,6 @@ fn assert_speech_route(server: &Server, want: &str, peers: &[&Sipp]) -> String {
     };
     panic!(
         "routed, but not for {want}: {route}{hint}\n{}",
-        context(server, peers)
-    );
-}
-
-/// The caller's sipp must end cleanly: no BYE from Humanline (that fails the scenario), no
-/// timeout.
-fn assert_sipp_ok(name: &str, code: Option<i32>, server: &Server, peers: &[&Sipp]) {
-    assert_eq!(
-        code,
-        Some(0),
-        "{name} sipp did not complete cleanly (exit {code:?})\n{}",
         context(server, peers)
     );
 }
@@ -184,7 +93,7 @@ fn asking_for_a_human_rings_an_agent_who_hears_the_caller() {
         ],
     );
     let hold_ms = (secs * 1000.0) as u64 + 2000;
-    let mut caller = speaking_caller(d, ports, &audio, hold_ms, "u1");
+    let mut caller = speaking_caller(d, ports, ports.sip_addr(), &audio, hold_ms, "u1");
 
     let bridged = server
         .log
@@ -283,7 +192,7 @@ fn a_repeated_request_reaches_an_agent() {
         ],
     );
     let hold_ms = (secs * 1000.0) as u64 + 1000;
-    let mut caller = speaking_caller(d, ports, &audio, hold_ms, "u1");
+    let mut caller = speaking_caller(d, ports, ports.sip_addr(), &audio, hold_ms, "u1");
 
     let bridged = server
         .log
@@ -704,24 +613,6 @@ fn tcp_callers_and_agents_work_too() {
 
 // --- 7 ------------------------------------------------------------------------------------------
 
-/// A small xorshift generator: the junk is the same on every run.
-struct Junk(u64);
-
-impl Junk {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
-
 fn invite_text(
     port: u16,
     i: usize,
@@ -739,7 +630,7 @@ fn invite_text(
 /// responses for dialogs that do not exist. None of them is a valid new call. (Two kinds that
 /// Humanline wrongly answers are left out here and shown in
 /// `invites_with_a_bad_version_or_header_line_are_refused`.)
-fn junk_datagram(rng: &mut Junk, port: u16, i: usize) -> Vec<u8> {
+fn junk_datagram(rng: &mut impair::SeededRng, port: u16, i: usize) -> Vec<u8> {
     let via = format!("Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKjunk{i}\r\n");
     let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 9 RTP/AVP 0\r\n";
     let whole = invite_text(port, i, &via, "", &sdp.len().to_string(), sdp);
@@ -763,7 +654,7 @@ fn junk_datagram(rng: &mut Junk, port: u16, i: usize) -> Vec<u8> {
             let mut b = whole.into_bytes();
             for _ in 0..20 {
                 let at = rng.below(b.len());
-                b[at] = rng.next() as u8; // NULs, non-UTF-8, broken CRLFs
+                b[at] = rng.next_u64() as u8; // NULs, non-UTF-8, broken CRLFs
             }
             b
         }
@@ -796,7 +687,7 @@ fn a_burst_of_malformed_sip_does_not_disturb_a_good_call() {
     let burst = std::thread::spawn(move || {
         let sock = UdpSocket::bind("127.0.0.1:0").expect("junk socket");
         sock.set_nonblocking(true).ok();
-        let mut rng = Junk(0x9E37_79B9_7F4A_7C15);
+        let mut rng = impair::SeededRng::new(0x9E37_79B9_7F4A_7C15);
         let mut sent = 0usize;
         for i in 0..400 {
             let d = junk_datagram(&mut rng, sip_port, i);
@@ -1075,8 +966,7 @@ fn a_dutch_caller_asking_for_a_medewerker_reaches_an_agent() {
     // caller is then routed as speech_unavailable (a person, by design). Say so loudly: the
     // Dutch "routed on the words" promise is not met when that happens (issue 10).
     let route = route_line(&server);
-    let behind = server.log.find_all(&["recognition is behind"]).len()
-        + server.log.find_all(&["slower than real time"]).len();
+    let behind = recognition_behind(&server);
     if route.contains("reason=\"speech_unavailable\"") && behind > 0 {
         eprintln!("NOTE: Dutch recognition fell behind real time; routed as speech_unavailable");
     } else {

@@ -13,37 +13,7 @@
 mod common;
 
 use common::*;
-use std::path::Path;
 use std::time::{Duration, Instant};
-
-fn agent_uri(port: u16) -> String {
-    format!("sip:agent@{LOCALHOST}:{port}")
-}
-
-fn answering_agent(dir: &Path, ports: Ports, timeout: Duration) -> Sipp {
-    Sipp::start(
-        dir,
-        SippRun {
-            name: "agent",
-            scenario: "agent_answers.xml",
-            vars: &[],
-            remote: None,
-            transport: "u1",
-            ports: ports.agent_sipp(),
-            timeout,
-            calls: 1,
-        },
-    )
-}
-
-fn context(server: &Server, peers: &[&Sipp]) -> String {
-    let mut out = format!("--- humanline log (tail) ---\n{}\n", server.story());
-    for p in peers {
-        out.push_str(&p.report());
-        out.push('\n');
-    }
-    out
-}
 
 /// Requests of `method` in a sipp message trace (sent and received).
 fn count_requests(trace: &str, method: &str) -> usize {
@@ -65,7 +35,7 @@ fn a_reinvite_never_acked_does_not_end_the_call() {
     let ports = Ports::claim(1);
     let dir = tempdir("reinvite-no-ack");
     let d = dir.path();
-    let mut agent = answering_agent(d, ports, Duration::from_secs(75));
+    let mut agent = answering_agent(d, ports, "u1", Duration::from_secs(75));
     let server = Server::start(ports, d, &[agent_uri(ports.agent_sipp().sip)]);
     let silence = d.join("silence.pcmu");
     silence_pcmu(&silence, 1.0);
@@ -172,7 +142,7 @@ fn an_invite_flood_is_refused_with_503_while_a_caller_still_reaches_a_person() {
         "[admission]\nmax_calls = 20\nmax_new_calls_per_second = 10\n",
     )
     .expect("config");
-    let mut agent = answering_agent(d, ports, Duration::from_secs(80));
+    let mut agent = answering_agent(d, ports, "u1", Duration::from_secs(80));
     let mut server = Server::start_with(
         ports,
         d,
@@ -189,22 +159,7 @@ fn an_invite_flood_is_refused_with_503_while_a_caller_still_reaches_a_person() {
         ],
     );
     let hold_ms = (secs * 1000.0) as u64 + 3000;
-    let mut caller = Sipp::start(
-        d,
-        SippRun {
-            name: "caller",
-            scenario: "caller_speaks.xml",
-            vars: &[
-                ("AUDIO", audio.display().to_string()),
-                ("HOLD_MS", hold_ms.to_string()),
-            ],
-            remote: Some(ports.sip_addr()),
-            transport: "u1",
-            ports: ports.caller_sipp(),
-            timeout: Duration::from_millis(hold_ms) + Duration::from_secs(40),
-            calls: 1,
-        },
-    );
+    let mut caller = speaking_caller(d, ports, ports.sip_addr(), &audio, hold_ms, "u1");
     assert!(
         server
             .log

@@ -20,7 +20,8 @@ pub struct ServeArgs {
     /// RTP port range LOW-HIGH [default: 20000-20999].
     #[arg(long)]
     rtp_ports: Option<String>,
-    /// HTTP address for /healthz, /metrics and /api [default: 127.0.0.1:8080].
+    /// HTTP address for /healthz, /metrics, /api and browser callers (/call.html)
+    /// [default: 127.0.0.1:8080].
     #[arg(long)]
     http_listen: Option<SocketAddr>,
     /// Folder for the callback ledger [default: data].
@@ -113,6 +114,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .admission
             .as_ref()
             .and_then(|a| a.limits().ok())
+            .unwrap_or_default(),
+        browser: file
+            .browser
+            .as_ref()
+            .and_then(|b| b.settings().ok())
             .unwrap_or_default(),
         auth: file.auth.config(),
         registrar: file.registrar.settings(),

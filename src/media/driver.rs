@@ -223,12 +223,38 @@ pub fn spawn(
     config: SessionConfig,
 ) -> Result<(MediaHandle, mpsc::Receiver<MediaEvent>), DriverError> {
     let local_addr = socket.local_addr()?;
+    let session = RtpSession::new(Instant::now(), config);
+    Ok(spawn_task(local_addr, move |channels| {
+        run(socket, session, channels)
+    }))
+}
+
+/// A media task's side of its channels, whatever carries its packets (a plain UDP socket
+/// here, a WebRTC peer connection in [`super::webrtc`]).
+pub(super) struct TaskChannels {
+    pub(super) commands: mpsc::Receiver<Command>,
+    pub(super) bridge: mpsc::Receiver<Vec<i16>>,
+    pub(super) events: mpsc::Sender<MediaEvent>,
+}
+
+/// Spawns `task` with fresh channels and returns the program's side of them.
+pub(super) fn spawn_task<F, Fut>(
+    local_addr: SocketAddr,
+    task: F,
+) -> (MediaHandle, mpsc::Receiver<MediaEvent>)
+where
+    F: FnOnce(TaskChannels) -> Fut,
+    Fut: std::future::Future<Output = SessionStats> + Send + 'static,
+{
     let (cmd_tx, cmd_rx) = mpsc::channel(32);
     let (bridge_tx, bridge_rx) = mpsc::channel(BRIDGE_CHANNEL);
     let (event_tx, event_rx) = mpsc::channel(EVENT_CHANNEL);
-    let session = RtpSession::new(Instant::now(), config);
-    let task = tokio::spawn(run(socket, session, cmd_rx, bridge_rx, event_tx));
-    Ok((
+    let task = tokio::spawn(task(TaskChannels {
+        commands: cmd_rx,
+        bridge: bridge_rx,
+        events: event_tx,
+    }));
+    (
         MediaHandle {
             local_addr,
             commands: cmd_tx,
@@ -236,30 +262,26 @@ pub fn spawn(
             task,
         },
         event_rx,
-    ))
+    )
 }
 
-struct Driver {
-    session: RtpSession,
+/// What every media task keeps beside its session: events waiting for the consumer and the
+/// bridge to another leg.
+pub(super) struct Driver {
+    pub(super) session: RtpSession,
     pending: VecDeque<MediaEvent>,
     bridge_out: Option<mpsc::Sender<Vec<i16>>>,
     dropped_audio: u64,
 }
 
 #[tracing::instrument(name = "media", skip_all, fields(local = ?socket.local_addr().ok()))]
-async fn run(
-    socket: UdpSocket,
-    session: RtpSession,
-    mut commands: mpsc::Receiver<Command>,
-    mut bridge_rx: mpsc::Receiver<Vec<i16>>,
-    events: mpsc::Sender<MediaEvent>,
-) -> SessionStats {
-    let mut d = Driver {
-        session,
-        pending: VecDeque::new(),
-        bridge_out: None,
-        dropped_audio: 0,
-    };
+async fn run(socket: UdpSocket, session: RtpSession, channels: TaskChannels) -> SessionStats {
+    let TaskChannels {
+        mut commands,
+        bridge: mut bridge_rx,
+        events,
+    } = channels;
+    let mut d = Driver::new(session);
     let mut buf = vec![0u8; RECV_BUFFER];
     tracing::debug!("media task started");
     loop {
@@ -296,29 +318,54 @@ async fn run(
             () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
                 d.session.handle_input(Instant::now(), Input::Timeout);
             }
-            permit = events.reserve(), if !d.pending.is_empty() => {
-                if let (Ok(permit), Some(e)) = (permit, d.pending.pop_front()) {
-                    permit.send(e);
-                } else {
-                    // Nobody listens any more; keep the media running, drop the events.
-                    d.pending.clear();
-                }
-            }
+            permit = events.reserve(), if d.has_pending() => d.send_reserved(permit),
         }
     }
-    if d.dropped_audio > 0 {
-        tracing::warn!(
-            frames = d.dropped_audio,
-            "audio events dropped: consumer too slow"
-        );
-    }
-    let stats = d.session.stats();
-    tracing::debug!(?stats, "media task ended");
-    stats
+    d.finish()
 }
 
 impl Driver {
-    fn apply(&mut self, command: Command) {
+    pub(super) fn new(session: RtpSession) -> Driver {
+        Driver {
+            session,
+            pending: VecDeque::new(),
+            bridge_out: None,
+            dropped_audio: 0,
+        }
+    }
+
+    /// Whether events wait for room in the consumer's channel.
+    pub(super) fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// The `reserve` branch of a task's select: hand over one waiting event.
+    pub(super) fn send_reserved(
+        &mut self,
+        permit: Result<mpsc::Permit<'_, MediaEvent>, mpsc::error::SendError<()>>,
+    ) {
+        if let (Ok(permit), Some(e)) = (permit, self.pending.pop_front()) {
+            permit.send(e);
+        } else {
+            // Nobody listens any more; keep the media running, drop the events.
+            self.pending.clear();
+        }
+    }
+
+    /// The task ends: its counters.
+    pub(super) fn finish(&self) -> SessionStats {
+        if self.dropped_audio > 0 {
+            tracing::warn!(
+                frames = self.dropped_audio,
+                "audio events dropped: consumer too slow"
+            );
+        }
+        let stats = self.session.stats();
+        tracing::debug!(?stats, "media task ended");
+        stats
+    }
+
+    pub(super) fn apply(&mut self, command: Command) {
         match command {
             Command::Play { id, clips } => self.session.play(id, clips),
             Command::PlayLoop { id, clips } => self.session.play_loop(id, clips),
@@ -341,7 +388,7 @@ impl Driver {
         }
     }
 
-    fn dispatch(&mut self, event: MediaEvent) {
+    pub(super) fn dispatch(&mut self, event: MediaEvent) {
         if let (MediaEvent::Audio(frame), Some(tx)) = (&event, &self.bridge_out) {
             match tx.try_send(frame.samples.clone()) {
                 Ok(()) => {}
@@ -369,7 +416,7 @@ impl Driver {
 
     /// Hand over what the channel has room for without waiting; the rest waits in `pending`
     /// for the `reserve` branch.
-    fn flush_events(&mut self, events: &mpsc::Sender<MediaEvent>) {
+    pub(super) fn flush_events(&mut self, events: &mpsc::Sender<MediaEvent>) {
         while let Some(e) = self.pending.pop_front() {
             match events.try_send(e) {
                 Ok(()) => {}

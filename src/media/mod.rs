@@ -1,4 +1,5 @@
-//! Media layer: RTP audio for SIP calls (G.711 PCMU/PCMA, RFC 4733 DTMF).
+//! Media layer: RTP audio for SIP calls and browser callers (G.711 PCMU/PCMA, RFC 4733 DTMF;
+//! WebRTC's DTLS-SRTP around the same RTP session in [`webrtc`]).
 //!
 //! Sans-IO at its core, like str0m: [`session::RtpSession`] takes inputs with a timestamp
 //! and produces outputs (datagrams to send, events, the next timeout); no sockets or clocks
@@ -18,6 +19,7 @@ pub mod playout;
 pub mod rtp;
 pub mod sdp;
 pub mod session;
+pub mod webrtc;
 
 #[cfg(test)]
 mod udp_tests;

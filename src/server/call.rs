@@ -14,6 +14,7 @@ use crate::brain::{
 };
 use crate::callbacks::{NewPromise, local_clock, resolve_when, with_ledger};
 use crate::escape::normalize::collapse_repeats;
+use crate::media::webrtc::PeerState;
 use crate::media::{
     self, LocalMedia, MediaEvent, MediaHandle, PlaybackId, SessionConfig, StreamIds, sdp,
 };
@@ -69,8 +70,9 @@ struct Call {
     /// The recordings the call started with: a reload mid-call changes nothing under it.
     audio: Arc<PromptAudio>,
     media: MediaHandle,
-    /// Our SDP on the caller's leg, versioned per RFC 3264 §8.
-    sdp: sdp::LocalSdp,
+    /// Our SDP on the caller's leg, versioned per RFC 3264 §8 (`None` for a browser caller,
+    /// whose leg is never renegotiated).
+    sdp: Option<sdp::LocalSdp>,
     /// Asks the caller's phone whether it is still there.
     prober: Prober,
     plays: HashMap<PlaybackId, PlayId>,
@@ -105,6 +107,8 @@ struct Call {
 enum Prober {
     Inbound(InboundCall),
     CalledBack(OutboundCall),
+    /// A browser is there while its ICE consent checks keep succeeding.
+    Browser(tokio::sync::watch::Receiver<PeerState>),
 }
 
 impl Prober {
@@ -112,9 +116,27 @@ impl Prober {
         match self {
             Prober::Inbound(call) => call.probe().await,
             Prober::CalledBack(call) => call.probe().await,
+            Prober::Browser(state) => *state.borrow() == PeerState::Connected,
+        }
+    }
+
+    /// The phone is gone (no media, no answer to the probe, no BYE): its dialog is dropped
+    /// without a word to it, so a vanished caller leaves nothing in the SIP stack.
+    fn release(&self) {
+        match self {
+            Prober::Inbound(call) => call.release(),
+            Prober::CalledBack(call) => call.release(),
+            // The media task closes the peer connection when the call ends.
+            Prober::Browser(_) => {}
         }
     }
 }
+
+/// Decode results a call may leave unread. A call has at most one partial and one final per
+/// utterance in the pool, and the pool's queue is bounded, so this is not reached; if it
+/// were, a result is dropped rather than grow the queue or block a decoder thread, and the
+/// caller goes to a person (a dropped final would otherwise leave them waiting on it).
+const DECODE_RESULTS: usize = 64;
 
 async fn run_inner(shared: &Arc<Shared>, id: u64, incoming: IncomingCall) -> anyhow::Result<()> {
     let IncomingCall {
@@ -181,7 +203,7 @@ async fn run_inner(shared: &Arc<Shared>, id: u64, incoming: IncomingCall) -> any
         caller_id: from.caller_id().to_string(),
         signal: CallerSignal::Inbound(events),
         prober: Prober::Inbound(inbound),
-        sdp: local_sdp,
+        sdp: Some(local_sdp),
         media,
         media_events,
         language,
@@ -200,6 +222,11 @@ enum CallerSignal {
     CalledBack {
         _leg: OutboundCall,
         events: OutboundEvents,
+    },
+    /// A browser caller: its connection's state, and its `DELETE /call/{id}`.
+    Browser {
+        state: tokio::sync::watch::Receiver<PeerState>,
+        hang_up: mpsc::Receiver<()>,
     },
 }
 
@@ -228,8 +255,70 @@ impl CallerSignal {
                     | OutboundEvent::Answered { .. } => continue,
                 });
             },
+            CallerSignal::Browser { state, hang_up } => loop {
+                tokio::select! {
+                    changed = state.changed() => {
+                        if changed.is_err() {
+                            return Some(InboundEvent::Ended { reason: "browser media ended".into() });
+                        }
+                        // Connected is the browser's ACK: the IVR starts (once; the brain
+                        // ignores a second one after a reconnect).
+                        match *state.borrow_and_update() {
+                            PeerState::Connected => return Some(InboundEvent::Confirmed),
+                            PeerState::Gone => return Some(InboundEvent::Ended {
+                                reason: "browser connection closed".into(),
+                            }),
+                            PeerState::Connecting | PeerState::Disconnected => continue,
+                        }
+                    }
+                    Some(()) = hang_up.recv() => return Some(InboundEvent::Bye),
+                }
+            },
         }
     }
+}
+
+/// A browser caller whose offer is answered and whose media task runs (see `super::browser`).
+pub(super) struct BrowserCaller {
+    /// The `/call/{id}` resource, also the call's "Call-ID" in logs and promises.
+    pub(super) resource: String,
+    pub(super) media: MediaHandle,
+    pub(super) media_events: mpsc::Receiver<MediaEvent>,
+    pub(super) state: tokio::sync::watch::Receiver<PeerState>,
+    pub(super) hang_up: mpsc::Receiver<()>,
+}
+
+/// Runs a browser caller's call: from the moment their connection is up the IVR greets them,
+/// exactly as a SIP caller after the ACK.
+pub(super) async fn run_browser(shared: Arc<Shared>, caller: BrowserCaller) {
+    let id = shared
+        .next_call
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let span = info_span!("call", call = id, browser = %caller.resource);
+    async move {
+        shared.metrics.calls.inc();
+        shared.metrics.active_calls.inc();
+        info!(rtp = %caller.media.local_addr(), "browser caller answered");
+        let leg = CallerLeg {
+            sip_call_id: caller.resource,
+            // Not a number: a callback asks the caller for one.
+            caller_id: "browser".into(),
+            prober: Prober::Browser(caller.state.clone()),
+            signal: CallerSignal::Browser {
+                state: caller.state,
+                hang_up: caller.hang_up,
+            },
+            sdp: None,
+            media: caller.media,
+            media_events: caller.media_events,
+            language: None,
+        };
+        let (flow, audio) = shared.flow_and_audio();
+        drive(&shared, id, leg, CallBrain::new(flow), audio, false).await;
+        shared.metrics.active_calls.dec();
+    }
+    .instrument(span)
+    .await
 }
 
 /// A caller's leg, answered and with media running.
@@ -238,7 +327,7 @@ pub(super) struct CallerLeg {
     caller_id: String,
     signal: CallerSignal,
     prober: Prober,
-    sdp: sdp::LocalSdp,
+    sdp: Option<sdp::LocalSdp>,
     media: MediaHandle,
     media_events: mpsc::Receiver<MediaEvent>,
     /// The language the call starts in; `None`: the flow's default.
@@ -272,7 +361,7 @@ pub(super) async fn continue_called_back(
                 _leg: customer,
                 events,
             },
-            sdp: sdp::LocalSdp::after_offer(local),
+            sdp: Some(sdp::LocalSdp::after_offer(local)),
             media,
             media_events,
             language: None,
@@ -309,7 +398,8 @@ async fn drive(
     let language = language.unwrap_or_else(|| brain.context().language.clone());
     let (queue_tx, mut queue_rx) = super::queue::to_call_channel();
     let (callback_tx, mut callback_rx) = mpsc::channel(4);
-    let (decode_tx, mut decode_rx) = mpsc::unbounded_channel::<DecodeResult>();
+    let (decode_tx, mut decode_rx) = mpsc::channel::<DecodeResult>(DECODE_RESULTS);
+    let results_lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // Without a recognizer the call goes on: the caller is routed to a person at once.
     let speech = match (
         StreamingRecognizer::new(id, shared.recognizer.clone()),
@@ -388,15 +478,19 @@ async fn drive(
                             }
                             rec.push_audio(&out);
                         }
-                        call.drain_recognizer(rec, &decode_tx).await;
+                        call.drain_recognizer(rec, &decode_tx, &results_lost).await;
                     }
                     other => call.on_media(other).await,
                 }
             }
             Some(r) = decode_rx.recv() => {
+                if results_lost.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                    warn!(queue = DECODE_RESULTS, "decode results lost: routing to a person");
+                    call.feed(Event::SpeechEngineDegraded).await;
+                }
                 if let Some(rec) = recognizer.as_mut() {
                     rec.on_result(&r);
-                    call.drain_recognizer(rec, &decode_tx).await;
+                    call.drain_recognizer(rec, &decode_tx, &results_lost).await;
                 }
             }
             Some(msg) = queue_rx.recv() => call.on_queue(msg).await,
@@ -407,6 +501,7 @@ async fn drive(
         if call.brain.phase() == Phase::Ended {
             // Both the caller's media and signalling are gone (a hang-up ends the loop above).
             info!("caller gone: no media and no answer to the probe");
+            call.prober.release();
             break;
         }
     }
@@ -732,7 +827,8 @@ impl Call {
     async fn drain_recognizer(
         &mut self,
         rec: &mut StreamingRecognizer,
-        decode_tx: &mpsc::UnboundedSender<DecodeResult>,
+        decode_tx: &mpsc::Sender<DecodeResult>,
+        results_lost: &Arc<std::sync::atomic::AtomicBool>,
     ) {
         while let Some(out) = rec.poll_output() {
             let event = match out {
@@ -741,9 +837,13 @@ impl Call {
                         continue;
                     };
                     let tx = decode_tx.clone();
+                    let lost = results_lost.clone();
                     let kind = job.id.kind;
                     if let Err(e) = pool.submit(job, move |r| {
-                        let _ = tx.send(r);
+                        // A decoder thread never waits for a call (see DECODE_RESULTS).
+                        if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(r) {
+                            lost.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
                     }) {
                         debug!(error = %e, ?kind, "decode refused");
                         let verdict = self.watch.refused(kind, &e);
@@ -826,7 +926,10 @@ impl Call {
             }
             InboundEvent::ReInvite { sdp: offer, reply } => {
                 // Hold / unhold or a new address: follow it, answer with our media.
-                match self.sdp.answer(&offer) {
+                let Some(local) = self.sdp.as_mut() else {
+                    return;
+                };
+                match local.answer(&offer) {
                     Ok(answer) => {
                         let _ = self.media.update_remote(answer.remote).await;
                         let _ = reply.accept(&answer.sdp).await;

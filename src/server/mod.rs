@@ -1,8 +1,9 @@
 //! `humanline serve`: the IVR server. SIP in (UDP and TCP), RTP media, live speech
 //! recognition, the call brain per call, the agent queue, the callback ledger, and the HTTP
-//! listener (health, metrics, callbacks API). Prompts reload when their files change; an
+//! listener (health, metrics, callbacks API, browser callers over WebRTC). Prompts reload when their files change; an
 //! invalid change is reported and the running prompts stay.
 
+mod browser;
 mod call;
 mod dialer;
 mod prompt_audio;
@@ -23,7 +24,7 @@ use crate::sip::{SipConfig, SipEndpoint};
 use crate::speech::{DecodeOptions, DecoderPool, LanguageEngines, PoolConfig};
 use crate::storage::SqliteUsers;
 use crate::web::auth::{Auth, SharedUsers, with_users};
-use crate::web::{Desk, Metrics, SharedLedger, WebState};
+use crate::web::{BrowserEndpoint, Desk, Metrics, SharedLedger, WebState};
 use anyhow::Context;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -127,10 +128,13 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let http = tokio::net::TcpListener::bind(opts.http_listen)
         .await
         .with_context(|| format!("binding HTTP on {}", opts.http_listen))?;
+    let (browser_endpoint, browser_requests) =
+        BrowserEndpoint::new(opts.browser.allowed_origins.clone());
     let web = WebState {
         ready: ready.clone(),
         metrics: metrics.clone(),
         ledger: ledger.clone(),
+        browser: browser_endpoint,
         auth: auth.clone(),
         desk: Desk {
             view: queue.desk.clone(),
@@ -139,7 +143,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     };
     info!(addr = %opts.http_listen, "HTTP listening");
     tokio::spawn(async move {
-        // The client's address, for the login rate limit.
+        // The client's address, for the login rate limit and a browser caller's limits.
         let app =
             crate::web::router(web).into_make_service_with_connect_info::<std::net::SocketAddr>();
         if let Err(e) = axum::serve(http, app).await {
@@ -235,7 +239,16 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             }
         },
     });
+    let watched = Arc::downgrade(&shared);
+    shared
+        .metrics
+        .watch_sip(move || watched.upgrade().map(|s| s.sip.stats()).unwrap_or_default());
     tokio::spawn(watch_prompts(shared.clone(), opts.prompts.clone()));
+    tokio::spawn(browser::serve(
+        shared.clone(),
+        opts.browser.clone(),
+        browser_requests,
+    ));
     match &opts.trunk {
         Some(trunk) => dialer::spawn(shared.clone(), trunk.clone()),
         None => {

@@ -7,6 +7,7 @@ use crate::media::PortRange;
 use crate::sip::AdmissionLimits;
 use crate::storage::StoreSetting;
 use crate::web::auth::{AuthConfig, LoginLimits};
+use crate::web::{BrowserLimits, BrowserSettings};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -50,6 +51,8 @@ pub struct ServerFile {
     pub no_media_timeout_ms: Option<Spanned<u64>>,
     /// When new calls are refused with 503 and Retry-After.
     pub admission: Option<AdmissionFile>,
+    /// Browser callers (`POST /call`): which web sites may place calls, and limits.
+    pub browser: Option<BrowserFile>,
     /// Login: cookies, sessions, the login rate limit, allowed origins.
     #[serde(default)]
     pub auth: AuthFile,
@@ -270,6 +273,95 @@ impl RegistrarFile {
                     s.min_expires_s
                 ),
             ));
+        }
+    }
+}
+
+/// `[browser]`: every key optional (see `crate::web::BrowserLimits` for the defaults).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrowserFile {
+    /// Origins (`https://www.example.com`) whose pages may place calls, besides Humanline's
+    /// own caller page; `"*"` allows any.
+    #[serde(default)]
+    pub allowed_origins: Vec<Spanned<String>>,
+    pub max_calls: Option<Spanned<usize>>,
+    pub max_new_calls_per_second: Option<Spanned<u32>>,
+    pub max_calls_per_client: Option<Spanned<usize>>,
+    pub max_new_calls_per_second_per_client: Option<Spanned<u32>>,
+    /// The address in our ICE candidate [default: the address the media socket is bound to];
+    /// set it to the public address when Humanline is behind a 1:1 NAT.
+    pub candidate_ip: Option<std::net::IpAddr>,
+}
+
+impl BrowserFile {
+    /// The settings, or the problems (with the span of each bad value).
+    pub fn settings(&self) -> Result<BrowserSettings, Vec<(std::ops::Range<usize>, String)>> {
+        let mut problems = Vec::new();
+        let mut limits = BrowserLimits::default();
+        let mut count = |v: &Option<Spanned<usize>>, name: &str, into: &mut usize| {
+            if let Some(v) = v {
+                if BrowserLimits::MAX_CALLS.contains(v.get_ref()) {
+                    *into = *v.get_ref();
+                } else {
+                    problems.push((
+                        v.span(),
+                        format!(
+                            "browser.{name} must be within {}..={}",
+                            BrowserLimits::MAX_CALLS.start(),
+                            BrowserLimits::MAX_CALLS.end()
+                        ),
+                    ));
+                }
+            }
+        };
+        count(&self.max_calls, "max_calls", &mut limits.max_calls);
+        count(
+            &self.max_calls_per_client,
+            "max_calls_per_client",
+            &mut limits.max_calls_per_client,
+        );
+        let mut rate = |v: &Option<Spanned<u32>>, name: &str, into: &mut u32| {
+            if let Some(v) = v {
+                if BrowserLimits::MAX_NEW_CALLS_PER_SECOND.contains(v.get_ref()) {
+                    *into = *v.get_ref();
+                } else {
+                    problems.push((
+                        v.span(),
+                        format!(
+                            "browser.{name} must be within {}..={}",
+                            BrowserLimits::MAX_NEW_CALLS_PER_SECOND.start(),
+                            BrowserLimits::MAX_NEW_CALLS_PER_SECOND.end()
+                        ),
+                    ));
+                }
+            }
+        };
+        rate(
+            &self.max_new_calls_per_second,
+            "max_new_calls_per_second",
+            &mut limits.max_new_calls_per_second,
+        );
+        rate(
+            &self.max_new_calls_per_second_per_client,
+            "max_new_calls_per_second_per_client",
+            &mut limits.max_new_calls_per_second_per_client,
+        );
+        let mut origins = Vec::new();
+        for o in &self.allowed_origins {
+            match crate::web::normalize_origin(o.get_ref()) {
+                Ok(origin) => origins.push(origin),
+                Err(why) => problems.push((o.span(), format!("browser.allowed_origins: {why}"))),
+            }
+        }
+        if problems.is_empty() {
+            Ok(BrowserSettings {
+                allowed_origins: origins,
+                limits,
+                candidate_ip: self.candidate_ip,
+            })
+        } else {
+            Err(problems)
         }
     }
 }
@@ -538,6 +630,9 @@ impl ServerFile {
         if let Some(Err(problems)) = self.admission.as_ref().map(AdmissionFile::limits) {
             out.extend(problems);
         }
+        if let Some(Err(problems)) = self.browser.as_ref().map(BrowserFile::settings) {
+            out.extend(problems);
+        }
         self.auth.check(&mut out);
         self.registrar.check(&mut out);
         out
@@ -614,6 +709,8 @@ pub struct ServeOptions {
     pub no_media_timeout: std::time::Duration,
     /// When new calls are refused with 503 and Retry-After.
     pub admission: AdmissionLimits,
+    /// Browser callers: allowed origins, limits, the ICE candidate's address.
+    pub browser: BrowserSettings,
     pub auth: AuthConfig,
     pub registrar: RegistrarSettings,
 }
@@ -656,6 +753,26 @@ mod tests {
         let lines: Vec<usize> = p.iter().map(|p| p.line).collect();
         assert_eq!(lines, vec![2, 4], "{p:?}");
         assert!(!problems("[admission]\nmax_calls = -1\n").is_empty());
+    }
+
+    #[test]
+    fn browser_settings_are_checked_at_their_line() {
+        let text = "[browser]\nallowed_origins = [\"https://Shop.Example:443\", \"http://127.0.0.1:8080\"]\nmax_calls_per_client = 3\ncandidate_ip = \"127.0.0.1\"\n";
+        let f = ServerFile::parse(Path::new("s"), text).expect("valid");
+        let b = f.browser.expect("table").settings().expect("valid");
+        assert_eq!(
+            b.allowed_origins,
+            vec!["https://shop.example", "http://127.0.0.1:8080"]
+        );
+        assert_eq!(b.limits.max_calls_per_client, 3);
+        let p = problems(
+            "[browser]\nmax_calls = 0\n\nallowed_origins = [\"https://ok.example\",\n  \"https://shop.example/path\"]\nmax_new_calls_per_second_per_client = 0\n",
+        );
+        let lines: Vec<usize> = p.iter().map(|p| p.line).collect();
+        assert_eq!(lines, vec![2, 6, 5], "{p:?}");
+        assert!(p[2].message.contains("path"), "{p:?}");
+        assert!(!problems("[browser]\ncandidate_ip = \"nowhere\"\n").is_empty());
+        assert!(!problems("[browser]\nallowed_origin = []\n").is_empty());
     }
 
     #[test]

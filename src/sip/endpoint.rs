@@ -363,9 +363,10 @@ impl SipEndpoint {
         let (state_tx, state_rx) = shared.dialogs.new_dialog_state_channel();
         let (dialog, job) = shared.dialogs.do_invite_async(option, state_tx)?;
         let call_id = dialog.id().call_id.clone();
-        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let (ev_tx, ev_rx) = mpsc::channel(super::inbound::EVENT_QUEUE);
         let (phase_tx, phase_rx) = watch::channel(Phase::Inviting);
         let cancel_requested = Arc::new(tokio::sync::Notify::new());
+        let released = CancellationToken::new();
         let span = tracing::info_span!("sip_call", call_id = %call_id, dir = "out");
         span.in_scope(|| info!(target = %req.target_uri, "INVITE sent"));
         tokio::spawn(
@@ -377,6 +378,7 @@ impl SipEndpoint {
                 events: ev_tx,
                 phase: phase_tx,
                 cancel_requested: cancel_requested.clone(),
+                released: released.clone(),
                 ring_timeout: req.ring_timeout.unwrap_or(shared.config.ring_timeout),
             })
             .instrument(span),
@@ -387,6 +389,7 @@ impl SipEndpoint {
                 call_id,
                 phase: phase_rx,
                 cancel_requested,
+                released,
             },
             OutboundEvents { rx: ev_rx },
         ))

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use rsipstack::dialog::dialog::{DialogState, TerminatedReason, TransactionHandle};
 use rsipstack::dialog::invite_dialog::InviteDialog;
+use rsipstack::platform::CancellationToken;
 use rsipstack::sip::prelude::HeadersExt;
 use rsipstack::sip::{Header, Method, StatusCode};
 use tokio::sync::mpsc;
@@ -79,10 +80,17 @@ impl InboundEvent {
     }
 }
 
+/// How many events a call may leave unread. Input cannot grow the queue past it: an INFO that
+/// finds it full is answered 200 but its key is dropped (a caller cannot key faster than a call
+/// takes keys; the SIP stack's loop never waits for a call), a re-INVITE is answered 500 with
+/// Retry-After (RFC 3261 §14.2), and the events that change the call (ACK, hang-up) wait for
+/// room in this call's own task, never in the stack's.
+pub(crate) const EVENT_QUEUE: usize = 64;
+
 /// Receiver of [`InboundEvent`]s. `recv` returns `None` after the final event.
 #[derive(Debug)]
 pub struct InboundEvents {
-    pub(crate) rx: mpsc::UnboundedReceiver<InboundEvent>,
+    pub(crate) rx: mpsc::Receiver<InboundEvent>,
 }
 
 impl InboundEvents {
@@ -134,6 +142,20 @@ impl ReInviteReply {
             .map_err(|_| self.gone())
     }
 
+    /// 500 with Retry-After: the call cannot take the request now (RFC 3261 §14.2).
+    pub(crate) async fn busy(mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle
+                .respond(
+                    StatusCode::ServerInternalError,
+                    Some(vec![Header::RetryAfter("1".to_string().into())]),
+                    None,
+                )
+                .await
+                .ok();
+        }
+    }
+
     fn used(&self) -> SipError {
         SipError::InvalidState {
             call_id: self.call_id.clone(),
@@ -181,6 +203,8 @@ struct InboundInner {
     dialog: InviteDialog,
     call_id: String,
     decision: AtomicU8,
+    /// Set by [`InboundCall::release`]: the call is over for Humanline, its dialog is dropped.
+    released: CancellationToken,
 }
 
 impl Drop for InboundInner {
@@ -264,6 +288,14 @@ impl InboundCall {
         probe_dialog(&self.inner.dialog, &self.inner.call_id).await
     }
 
+    /// Forgets a call whose caller is gone without a BYE (no media and no answer to the
+    /// probe): the stack drops the dialog and its event pump ends, so a vanished phone leaves
+    /// nothing behind. Nothing is sent to the caller (no BYE: Humanline never hangs up); a
+    /// request that still comes on the dialog is answered 481, as for any unknown dialog.
+    pub fn release(&self) {
+        self.inner.released.cancel();
+    }
+
     /// Rejects the INVITE (only before answering): for offers we cannot serve, never as a
     /// hang-up.
     pub fn reject(&self, status: RejectStatus) -> SipResult<()> {
@@ -319,8 +351,9 @@ pub(crate) fn start_inbound(
     transport: SipTransport,
     call_id: String,
 ) -> (IncomingCall, tokio::sync::oneshot::Receiver<()>) {
-    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let released = CancellationToken::new();
     let span = tracing::info_span!("sip_call", call_id = %call_id, dir = "in");
     tokio::spawn(
         pump_inbound(
@@ -331,6 +364,7 @@ pub(crate) fn start_inbound(
             ev_tx,
             call_id.clone(),
             started_tx,
+            released.clone(),
         )
         .instrument(span),
     );
@@ -351,6 +385,7 @@ pub(crate) fn start_inbound(
                 dialog,
                 call_id: call_id.clone(),
                 decision: AtomicU8::new(UNDECIDED),
+                released,
             }),
         },
         events: InboundEvents { rx: ev_rx },
@@ -386,9 +421,10 @@ async fn pump_inbound(
     _slot: InboundSlot,
     dialog: InviteDialog,
     mut state_rx: rsipstack::dialog::dialog::DialogStateReceiver,
-    events: mpsc::UnboundedSender<InboundEvent>,
+    events: mpsc::Sender<InboundEvent>,
     call_id: String,
     started: tokio::sync::oneshot::Sender<()>,
+    released: CancellationToken,
 ) {
     let mut started = Some(started);
     let mut confirmed = false;
@@ -397,7 +433,11 @@ async fn pump_inbound(
         let state = tokio::select! {
             s = state_rx.recv() => s,
             _ = cancel.cancelled() => {
-                events.send(InboundEvent::Ended { reason: "endpoint shut down".into() }).ok();
+                events.send(InboundEvent::Ended { reason: "endpoint shut down".into() }).await.ok();
+                break;
+            }
+            _ = released.cancelled() => {
+                info!("caller gone without a BYE: dialog released");
                 break;
             }
         };
@@ -406,6 +446,7 @@ async fn pump_inbound(
                 .send(InboundEvent::Ended {
                     reason: "dialog closed".into(),
                 })
+                .await
                 .ok();
             break;
         };
@@ -414,7 +455,7 @@ async fn pump_inbound(
                 if !confirmed {
                     confirmed = true;
                     debug!("ACK received, call confirmed");
-                    events.send(InboundEvent::Confirmed).ok();
+                    events.send(InboundEvent::Confirmed).await.ok();
                 }
             }
             DialogState::Updated(_, req, handle) => {
@@ -422,10 +463,7 @@ async fn pump_inbound(
                     let sdp = String::from_utf8_lossy(&req.body).into_owned();
                     info!("re-INVITE received");
                     let reply = ReInviteReply::new(handle, call_id.clone());
-                    if let Err(e) = events.send(InboundEvent::ReInvite { sdp, reply }) {
-                        // nobody listens: the reply drops and answers 488
-                        drop(e);
-                    }
+                    offer_reinvite(&events, InboundEvent::ReInvite { sdp, reply });
                 } else {
                     // UPDATE: not offered in Allow
                     handle
@@ -446,13 +484,14 @@ async fn pump_inbound(
                 });
                 let dtmf = parse_dtmf_info(content_type.as_deref(), &req.body);
                 debug!(?dtmf, "INFO received");
-                events
-                    .send(InboundEvent::Info {
+                offer_info(
+                    &events,
+                    InboundEvent::Info {
                         content_type,
                         body: req.body.clone(),
                         dtmf,
-                    })
-                    .ok();
+                    },
+                );
             }
             DialogState::Options(_, _, handle) => {
                 handle
@@ -492,7 +531,7 @@ async fn pump_inbound(
                     },
                 };
                 info!(event = ?ev, "inbound call ended");
-                events.send(ev).ok();
+                events.send(ev).await.ok();
                 shared.dialogs.remove_dialog(&id);
                 break;
             }
@@ -507,4 +546,63 @@ async fn pump_inbound(
         }
     }
     shared.dialogs.remove_dialog(&dialog.id());
+}
+
+/// An INFO for a call that has `EVENT_QUEUE` events unread is dropped (it was answered 200:
+/// a caller flooding keys loses the excess, the call and the stack carry on).
+pub(crate) fn offer_info<T>(events: &mpsc::Sender<T>, ev: T) {
+    if let Err(mpsc::error::TrySendError::Full(_)) = events.try_send(ev) {
+        warn!(
+            queue = EVENT_QUEUE,
+            "the call is behind on its events: INFO dropped"
+        );
+    }
+}
+
+/// A re-INVITE for a call that is behind is answered 500 with Retry-After (RFC 3261 §14.2)
+/// rather than queued without bound; nobody listening answers 488 (the reply's drop).
+pub(crate) fn offer_reinvite<T: ReInviteCarrier>(events: &mpsc::Sender<T>, ev: T) {
+    if let Err(mpsc::error::TrySendError::Full(ev)) = events.try_send(ev)
+        && let Some(reply) = ev.into_reply()
+    {
+        warn!(
+            queue = EVENT_QUEUE,
+            "the call is behind on its events: re-INVITE answered 500"
+        );
+        tokio::spawn(reply.busy());
+    }
+}
+
+/// An event that may carry a re-INVITE's reply (inbound or outbound).
+pub(crate) trait ReInviteCarrier {
+    fn into_reply(self) -> Option<ReInviteReply>;
+}
+
+impl ReInviteCarrier for InboundEvent {
+    fn into_reply(self) -> Option<ReInviteReply> {
+        match self {
+            InboundEvent::ReInvite { reply, .. } => Some(reply),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A flood of INFO into a call that reads nothing neither blocks nor grows the queue.
+    #[tokio::test]
+    async fn an_info_flood_never_blocks_and_never_grows_the_queue() {
+        let (tx, mut rx) = mpsc::channel::<u32>(EVENT_QUEUE);
+        for i in 0..(EVENT_QUEUE as u32 * 10) {
+            offer_info(&tx, i);
+        }
+        let mut kept = Vec::new();
+        while let Ok(v) = rx.try_recv() {
+            kept.push(v);
+        }
+        // The first ones are kept in order; the excess was dropped, not queued.
+        assert_eq!(kept, (0..EVENT_QUEUE as u32).collect::<Vec<_>>());
+    }
 }

@@ -11,7 +11,7 @@ use tracing::{debug, info, warn};
 
 use super::endpoint::{ALLOW, Shared};
 use super::error::{SipError, SipResult};
-use super::inbound::ReInviteReply;
+use super::inbound::{ReInviteCarrier, ReInviteReply, offer_info, offer_reinvite};
 use super::types::{DtmfInfo, parse_dtmf_info};
 
 /// Why an outbound INVITE did not lead to a call.
@@ -73,9 +73,11 @@ impl OutboundEvent {
 }
 
 /// Receiver of [`OutboundEvent`]s; `recv` returns `None` after the final event.
+/// Bounded like an inbound call's (see `inbound::EVENT_QUEUE`): a far end flooding INFO or
+/// re-INVITEs cannot grow it.
 #[derive(Debug)]
 pub struct OutboundEvents {
-    pub(crate) rx: mpsc::UnboundedReceiver<OutboundEvent>,
+    pub(crate) rx: mpsc::Receiver<OutboundEvent>,
 }
 
 impl OutboundEvents {
@@ -115,6 +117,7 @@ pub struct OutboundCall {
     pub(crate) call_id: String,
     pub(crate) phase: watch::Receiver<Phase>,
     pub(crate) cancel_requested: Arc<tokio::sync::Notify>,
+    pub(crate) released: rsipstack::platform::CancellationToken,
 }
 
 impl std::fmt::Debug for OutboundCall {
@@ -169,6 +172,13 @@ impl OutboundCall {
             && super::inbound::probe_dialog(&self.dialog, &self.call_id).await
     }
 
+    /// Forgets an answered leg whose far end is gone without a BYE (no media, no answer to the
+    /// probe): the stack drops the dialog and nothing is sent (a called-back customer is never
+    /// hung up on).
+    pub fn release(&self) {
+        self.released.cancel();
+    }
+
     /// CANCEL before the answer, BYE after it; no-op once over.
     pub async fn hangup(&self) -> SipResult<()> {
         let phase = *self.phase.borrow();
@@ -207,9 +217,10 @@ pub(crate) struct OutboundJob {
     pub(crate) dialog: InviteDialog,
     pub(crate) state_rx: DialogStateReceiver,
     pub(crate) invite: tokio::task::JoinHandle<rsipstack::dialog::invitation::InviteAsyncResult>,
-    pub(crate) events: mpsc::UnboundedSender<OutboundEvent>,
+    pub(crate) events: mpsc::Sender<OutboundEvent>,
     pub(crate) phase: watch::Sender<Phase>,
     pub(crate) cancel_requested: Arc<tokio::sync::Notify>,
+    pub(crate) released: rsipstack::platform::CancellationToken,
     pub(crate) ring_timeout: Duration,
 }
 
@@ -217,7 +228,7 @@ pub(crate) struct OutboundJob {
 struct Supervisor {
     shared: Arc<Shared>,
     dialog: InviteDialog,
-    events: mpsc::UnboundedSender<OutboundEvent>,
+    events: mpsc::Sender<OutboundEvent>,
     phase: watch::Sender<Phase>,
     /// Set when we decided the INVITE's fate (no answer / cancel) before its final response.
     our_failure: Option<FailReason>,
@@ -229,20 +240,21 @@ impl Supervisor {
         *self.phase.borrow()
     }
 
-    fn send(&self, ev: OutboundEvent) {
-        self.events.send(ev).ok();
+    /// Events that change the call wait for room in this leg's own task (never the stack's).
+    async fn send(&self, ev: OutboundEvent) {
+        self.events.send(ev).await.ok();
     }
 
-    fn finish(&mut self, ev: OutboundEvent) {
+    async fn finish(&mut self, ev: OutboundEvent) {
         self.phase.send_replace(Phase::Over);
         if !self.final_sent {
             self.final_sent = true;
             info!(event = ?ev, "outbound call over");
-            self.events.send(ev).ok();
+            self.events.send(ev).await.ok();
         }
     }
 
-    fn fail(&mut self, status: Option<&StatusCode>, phrase: Option<String>) {
+    async fn fail(&mut self, status: Option<&StatusCode>, phrase: Option<String>) {
         let (code, mut reason, default_phrase) = failure_of(status);
         if let Some(ours) = self.our_failure
             && (reason == FailReason::Cancelled || code.is_none())
@@ -253,18 +265,22 @@ impl Supervisor {
             status: code,
             reason,
             phrase: phrase.unwrap_or(default_phrase),
-        });
+        })
+        .await;
     }
 
     /// Handles one dialog state; returns true when the call is over for good.
     async fn on_state(&mut self, state: DialogState, invite_done: bool) -> bool {
         let allow = || Some(vec![Header::Allow(ALLOW.into())]);
         match state {
-            DialogState::Trying(_) => self.send(OutboundEvent::Trying),
-            DialogState::Early(_, resp) => self.send(OutboundEvent::Ringing {
-                status: resp.status_code.code(),
-                early_sdp: body_string(&resp),
-            }),
+            DialogState::Trying(_) => self.send(OutboundEvent::Trying).await,
+            DialogState::Early(_, resp) => {
+                self.send(OutboundEvent::Ringing {
+                    status: resp.status_code.code(),
+                    early_sdp: body_string(&resp),
+                })
+                .await
+            }
             DialogState::Confirmed(_, resp) => {
                 if self.phase() == Phase::Inviting
                     && resp.status_code.kind() == StatusCodeKind::Successful
@@ -273,14 +289,15 @@ impl Supervisor {
                     info!("answered");
                     self.send(OutboundEvent::Answered {
                         answer_sdp: body_string(&resp).unwrap_or_default(),
-                    });
+                    })
+                    .await;
                 }
             }
             DialogState::Updated(_, req, handle) => {
                 if req.method == Method::Invite {
                     let sdp = String::from_utf8_lossy(&req.body).into_owned();
                     let reply = ReInviteReply::new(handle, self.dialog.id().call_id.clone());
-                    self.send(OutboundEvent::ReInvite { sdp, reply });
+                    offer_reinvite(&self.events, OutboundEvent::ReInvite { sdp, reply });
                 } else {
                     handle
                         .respond(StatusCode::MethodNotAllowed, allow(), None)
@@ -295,11 +312,14 @@ impl Supervisor {
                     _ => None,
                 });
                 let dtmf = parse_dtmf_info(content_type.as_deref(), &req.body);
-                self.send(OutboundEvent::Info {
-                    content_type,
-                    body: req.body.clone(),
-                    dtmf,
-                });
+                offer_info(
+                    &self.events,
+                    OutboundEvent::Info {
+                        content_type,
+                        body: req.body.clone(),
+                        dtmf,
+                    },
+                );
             }
             DialogState::Options(_, _, handle) => {
                 handle.respond(StatusCode::OK, allow(), None).await.ok();
@@ -317,23 +337,31 @@ impl Supervisor {
                 let was = self.phase();
                 self.shared.dialogs.remove_dialog(&id);
                 match (was, reason) {
-                    (Phase::Answered, TerminatedReason::UasBye) => self.finish(OutboundEvent::Bye),
+                    (Phase::Answered, TerminatedReason::UasBye) => {
+                        self.finish(OutboundEvent::Bye).await
+                    }
                     (Phase::Answered, TerminatedReason::UacBye) => {
                         self.finish(OutboundEvent::Ended {
                             reason: "we sent BYE".into(),
                         })
+                        .await
                     }
-                    (Phase::Answered, other) => self.finish(OutboundEvent::Ended {
-                        reason: format!("{other:?}"),
-                    }),
+                    (Phase::Answered, other) => {
+                        self.finish(OutboundEvent::Ended {
+                            reason: format!("{other:?}"),
+                        })
+                        .await
+                    }
                     (_, TerminatedReason::UacCancel) => {
                         let status = StatusCode::RequestTerminated;
-                        self.fail(Some(&status), Some("cancelled".into()));
+                        self.fail(Some(&status), Some("cancelled".into())).await;
                     }
                     (_, TerminatedReason::UasOther(status))
                     | (_, TerminatedReason::UacOther(status))
-                    | (_, TerminatedReason::ProxyError(status)) => self.fail(Some(&status), None),
-                    (_, other) => self.fail(None, Some(format!("{other:?}"))),
+                    | (_, TerminatedReason::ProxyError(status)) => {
+                        self.fail(Some(&status), None).await
+                    }
+                    (_, other) => self.fail(None, Some(format!("{other:?}"))).await,
                 }
                 // Before the answer, wait for the INVITE task too (it ACKs the final response).
                 return was == Phase::Answered || invite_done;
@@ -344,7 +372,7 @@ impl Supervisor {
     }
 
     /// Handles the end of the INVITE task; returns true when the call is over for good.
-    fn on_invite_done(
+    async fn on_invite_done(
         &mut self,
         res: Result<rsipstack::dialog::invitation::InviteAsyncResult, tokio::task::JoinError>,
     ) -> bool {
@@ -356,16 +384,17 @@ impl Supervisor {
             }
             Ok(Ok((_, resp))) => {
                 // A non-2xx final response, or none at all (Timer B).
-                self.fail(resp.as_ref().map(|r| &r.status_code), None);
+                self.fail(resp.as_ref().map(|r| &r.status_code), None).await;
                 true
             }
             Ok(Err(e)) => {
                 warn!(error = %e, "INVITE failed");
-                self.fail(None, Some(e.to_string()));
+                self.fail(None, Some(e.to_string())).await;
                 true
             }
             Err(e) => {
-                self.fail(None, Some(format!("INVITE task failed: {e}")));
+                self.fail(None, Some(format!("INVITE task failed: {e}")))
+                    .await;
                 true
             }
         }
@@ -382,6 +411,7 @@ pub(crate) async fn supervise_outbound(job: OutboundJob) {
         events,
         phase,
         cancel_requested,
+        released,
         ring_timeout,
     } = job;
     let shutdown = shared.cancel.clone();
@@ -413,7 +443,7 @@ pub(crate) async fn supervise_outbound(job: OutboundJob) {
             }
             res = invite_done => {
                 invite = None;
-                if sup.on_invite_done(res) {
+                if sup.on_invite_done(res).await {
                     break;
                 }
             }
@@ -431,7 +461,12 @@ pub(crate) async fn supervise_outbound(job: OutboundJob) {
                 }
             }
             _ = shutdown.cancelled() => {
-                sup.finish(OutboundEvent::Ended { reason: "endpoint shut down".into() });
+                sup.finish(OutboundEvent::Ended { reason: "endpoint shut down".into() }).await;
+                break;
+            }
+            _ = released.cancelled(), if !inviting => {
+                info!("far end gone without a BYE: dialog released");
+                sup.finish(OutboundEvent::Ended { reason: "released".into() }).await;
                 break;
             }
         }
@@ -439,8 +474,18 @@ pub(crate) async fn supervise_outbound(job: OutboundJob) {
     if !sup.final_sent {
         sup.finish(OutboundEvent::Ended {
             reason: "dialog closed".into(),
-        });
+        })
+        .await;
     }
     sup.phase.send_replace(Phase::Over);
     sup.shared.dialogs.remove_dialog(&sup.dialog.id());
+}
+
+impl ReInviteCarrier for OutboundEvent {
+    fn into_reply(self) -> Option<ReInviteReply> {
+        match self {
+            OutboundEvent::ReInvite { reply, .. } => Some(reply),
+            _ => None,
+        }
+    }
 }

@@ -200,10 +200,62 @@ impl Transcriber for LanguageEngines {
             .transcribe_cancellable(audio_16k, &opts, cancel)
     }
 
+    // Forwarded explicitly: the trait's default would drop the verifier's verdicts, and the
+    // pool calls this one, so without it no live call was ever verified.
+    fn transcribe_heard(
+        &self,
+        audio_16k: &[f32],
+        opts: &DecodeOptions,
+        cancel: &AtomicBool,
+    ) -> Result<super::engine::Heard, SpeechError> {
+        let opts = self.options_for(opts);
+        self.engine(opts.language.as_deref())
+            .transcribe_heard(audio_16k, &opts, cancel)
+    }
+
     fn prepare_worker(&self) -> Result<(), SpeechError> {
         for e in &self.engines {
             e.prepare_worker()?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::speech::testutil;
+
+    /// The decoder pool asks a [`LanguageEngines`] for `transcribe_heard`; the trait's default
+    /// answers with no verdicts, so this is what keeps the keyword verifier on live calls.
+    #[test]
+    fn verdicts_reach_the_pool_through_the_language_engines() {
+        if testutil::engine().is_none() || !testutil::have_tools() {
+            return;
+        }
+        let Some(audio) = testutil::phone_speech("I want to talk to a human", "en-us", 150) else {
+            return;
+        };
+        let spec = LanguageSpec {
+            code: "en".into(),
+            model: testutil::model_path(),
+            prompt: None,
+        };
+        let engines =
+            LanguageEngines::load(&[spec], "en", EngineOptions::default()).expect("tiny.en loads");
+        let flow = crate::config::Flow::embedded().expect("embedded flow");
+        engines.install_verifiers(&flow).expect("verifiers install");
+        let opts = DecodeOptions {
+            language: Some("en".into()),
+            ..DecodeOptions::default().with_escape_prompt()
+        };
+        let heard = engines
+            .transcribe_heard(&audio, &opts, &AtomicBool::new(false))
+            .expect("decodes");
+        assert!(
+            !heard.verdicts.is_empty(),
+            "no verifier verdicts through LanguageEngines (heard {:?})",
+            heard.text
+        );
     }
 }

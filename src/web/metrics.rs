@@ -11,6 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::sip::SipStats;
 use crate::speech::PoolStats;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -29,95 +30,46 @@ pub struct Metrics {
     pub time_to_route: Histogram,
     pub queue_length: Gauge,
     pub callbacks_promised: Counter,
-    speech: SpeechSource,
+    speech: Source<PoolStats>,
+    sip: Source<SipStats>,
     registry: std::sync::Arc<Registry>,
 }
 
-/// Where the decoder pool's figures come from, read at each scrape (set once the model loads).
-type SpeechSource = std::sync::Arc<std::sync::OnceLock<Box<dyn Fn() -> PoolStats + Send + Sync>>>;
+/// Where a part of the server's figures come from, read at each scrape (set once that part is
+/// up: the decoder pool once the model loads, the SIP stack once it listens).
+type Source<S> = std::sync::Arc<std::sync::OnceLock<Box<dyn Fn() -> S + Send + Sync>>>;
 
-/// Encodes the decoder pool's load at scrape time.
-struct SpeechCollector(SpeechSource);
+type Encode<S> = fn(&S, &mut DescriptorEncoder) -> Result<(), std::fmt::Error>;
 
-impl std::fmt::Debug for SpeechCollector {
+/// Encodes one source's figures at scrape time; nothing before the source is set.
+struct Watched<S> {
+    source: Source<S>,
+    encode: Encode<S>,
+}
+
+impl<S> std::fmt::Debug for Watched<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SpeechCollector")
+        f.write_str("Watched")
     }
 }
 
-impl Collector for SpeechCollector {
+impl<S: 'static> Collector for Watched<S> {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Some(stats) = self.0.get().map(|f| f()) else {
-            return Ok(());
-        };
-        let secs = |ms: Option<u64>| ms.unwrap_or(0) as f64 / 1000.0;
-        let workers = stats.workers.max(1) as f64;
-        let gauges: [(&str, &str, f64); 7] = [
-            ("speech_workers", "Decoder workers", stats.workers as f64),
-            (
-                "speech_decoding",
-                "Decodes running now",
-                stats.running as f64,
-            ),
-            (
-                "speech_queued",
-                "Decodes waiting (finals and partials)",
-                stats.queued as f64,
-            ),
-            (
-                "speech_queued_finals",
-                "Finals waiting: callers who stopped talking",
-                stats.queued_finals as f64,
-            ),
-            (
-                "speech_queue_age_seconds",
-                "How long the oldest waiting decode has waited",
-                secs(stats.oldest_queued_ms),
-            ),
-            (
-                "speech_final_queue_age_seconds",
-                "How long the oldest waiting final has waited",
-                secs(stats.oldest_queued_final_ms),
-            ),
-            (
-                "speech_load",
-                "Decodes running and waiting per worker (above 1: falling behind)",
-                (stats.running + stats.queued) as f64 / workers,
-            ),
-        ];
-        for (name, help, value) in gauges {
-            let gauge = ConstGauge::new(value);
-            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        match self.source.get().map(|f| f()) {
+            Some(stats) => (self.encode)(&stats, &mut encoder),
+            None => Ok(()),
         }
-        let counters: [(&str, &str, f64); 6] = [
-            (
-                "speech_busy_seconds",
-                "Time spent decoding, all workers (its rate per worker is the utilisation)",
-                stats.busy_ms as f64 / 1000.0,
-            ),
-            (
-                "speech_decoded",
-                "Decodes completed",
-                stats.completed as f64,
-            ),
-            ("speech_failed", "Decodes that failed", stats.failed as f64),
-            (
-                "speech_superseded",
-                "Partials replaced, shed or aborted, and decodes of calls that hung up",
-                stats.superseded as f64,
-            ),
-            (
-                "speech_rejected",
-                "Decodes refused: queue full",
-                stats.rejected as f64,
-            ),
-            (
-                "speech_behind",
-                "Finals not decoded in time: those callers went to a person",
-                stats.behind as f64,
-            ),
-        ];
-        for (name, help, value) in counters {
+    }
+}
+
+/// (name, help, value) rows as gauges, or as counters.
+fn encode_rows(
+    encoder: &mut DescriptorEncoder,
+    rows: &[(&str, &str, f64)],
+    counters: bool,
+) -> Result<(), std::fmt::Error> {
+    for &(name, help, value) in rows {
+        if counters {
             let counter = ConstCounter::new(value);
             counter.encode(encoder.encode_descriptor(
                 name,
@@ -125,9 +77,101 @@ impl Collector for SpeechCollector {
                 None,
                 counter.metric_type(),
             )?)?;
+        } else {
+            let gauge = ConstGauge::new(value);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
         }
-        Ok(())
     }
+    Ok(())
+}
+
+/// The decoder pool's load.
+fn encode_speech(
+    stats: &PoolStats,
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    let secs = |ms: Option<u64>| ms.unwrap_or(0) as f64 / 1000.0;
+    let workers = stats.workers.max(1) as f64;
+    let gauges = [
+        ("speech_workers", "Decoder workers", stats.workers as f64),
+        (
+            "speech_decoding",
+            "Decodes running now",
+            stats.running as f64,
+        ),
+        (
+            "speech_queued",
+            "Decodes waiting (finals and partials)",
+            stats.queued as f64,
+        ),
+        (
+            "speech_queued_finals",
+            "Finals waiting: callers who stopped talking",
+            stats.queued_finals as f64,
+        ),
+        (
+            "speech_queue_age_seconds",
+            "How long the oldest waiting decode has waited",
+            secs(stats.oldest_queued_ms),
+        ),
+        (
+            "speech_final_queue_age_seconds",
+            "How long the oldest waiting final has waited",
+            secs(stats.oldest_queued_final_ms),
+        ),
+        (
+            "speech_load",
+            "Decodes running and waiting per worker (above 1: falling behind)",
+            (stats.running + stats.queued) as f64 / workers,
+        ),
+    ];
+    encode_rows(encoder, &gauges, false)?;
+    let counters = [
+        (
+            "speech_busy_seconds",
+            "Time spent decoding, all workers (its rate per worker is the utilisation)",
+            stats.busy_ms as f64 / 1000.0,
+        ),
+        (
+            "speech_decoded",
+            "Decodes completed",
+            stats.completed as f64,
+        ),
+        ("speech_failed", "Decodes that failed", stats.failed as f64),
+        (
+            "speech_superseded",
+            "Partials replaced, shed or aborted, and decodes of calls that hung up",
+            stats.superseded as f64,
+        ),
+        (
+            "speech_rejected",
+            "Decodes refused: queue full",
+            stats.rejected as f64,
+        ),
+        (
+            "speech_behind",
+            "Finals not decoded in time: those callers went to a person",
+            stats.behind as f64,
+        ),
+    ];
+    encode_rows(encoder, &counters, true)
+}
+
+/// What the SIP stack holds: a dialog count that only grows is a leak.
+fn encode_sip(stats: &SipStats, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let gauges = [
+        (
+            "sip_dialogs",
+            "Dialogs the SIP stack holds (callers' and agents' legs)",
+            stats.dialogs as f64,
+        ),
+        (
+            "sip_inbound_calls",
+            "Inbound calls admitted and not ended",
+            stats.inbound_calls as f64,
+        ),
+    ];
+    encode_rows(encoder, &gauges, false)
 }
 
 impl Default for Metrics {
@@ -167,10 +211,19 @@ impl Metrics {
             "Callbacks committed to the ledger",
             callbacks_promised.clone(),
         );
-        let speech = SpeechSource::default();
-        registry.register_collector(Box::new(SpeechCollector(speech.clone())));
+        let speech = Source::<PoolStats>::default();
+        registry.register_collector(Box::new(Watched {
+            source: speech.clone(),
+            encode: encode_speech,
+        }));
+        let sip = Source::<SipStats>::default();
+        registry.register_collector(Box::new(Watched {
+            source: sip.clone(),
+            encode: encode_sip,
+        }));
         Self {
             speech,
+            sip,
             calls,
             active_calls,
             routes,
@@ -193,6 +246,11 @@ impl Metrics {
     /// first source set stays.
     pub fn watch_speech(&self, stats: impl Fn() -> PoolStats + Send + Sync + 'static) {
         let _ = self.speech.set(Box::new(stats));
+    }
+
+    /// Report the SIP stack's dialogs and calls from now on; the first source set stays.
+    pub fn watch_sip(&self, stats: impl Fn() -> SipStats + Send + Sync + 'static) {
+        let _ = self.sip.set(Box::new(stats));
     }
 
     /// The Prometheus text exposition.
@@ -253,5 +311,19 @@ mod tests {
             text.contains("# TYPE humanline_speech_load gauge"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn metrics_expose_the_sip_stacks_dialogs() {
+        let m = Metrics::new();
+        assert!(!m.render().contains("sip_"), "nothing before SIP is up");
+        m.watch_sip(|| SipStats {
+            dialogs: 3,
+            inbound_calls: 2,
+            ..SipStats::default()
+        });
+        let text = m.render();
+        assert_eq!(value(&text, "humanline_sip_dialogs"), Some(3.0), "{text}");
+        assert_eq!(value(&text, "humanline_sip_inbound_calls"), Some(2.0));
     }
 }

@@ -1,9 +1,12 @@
-//! The HTTP listener: health and metrics (open), login, and the API behind it (the web
-//! console grows here). Everything under `/api` needs a login; see [`auth`].
+//! The HTTP listener: health and metrics (open), login, the API behind it (the web console
+//! grows here), and browser callers (`/call`, the caller page `/call.html`). Everything under
+//! `/api` needs a login; see [`auth`].
 
 pub mod auth;
+pub mod call;
 mod console;
 mod desk;
+pub mod limits;
 pub mod metrics;
 
 pub use desk::Desk;
@@ -17,6 +20,11 @@ use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+pub use call::{
+    BrowserClient, BrowserEndpoint, BrowserRequest, BrowserSettings, StartRefused, StartedCall,
+    normalize_origin,
+};
+pub use limits::{BrowserAdmission, BrowserLimits};
 pub use metrics::Metrics;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -30,6 +38,8 @@ pub struct WebState {
     pub ready: Arc<AtomicBool>,
     pub metrics: Metrics,
     pub ledger: SharedLedger,
+    /// Browser callers' requests, served by the server.
+    pub browser: BrowserEndpoint,
     pub auth: Auth,
     pub desk: Desk,
 }
@@ -67,6 +77,7 @@ pub fn router(state: WebState) -> Router {
         .route("/console", get(console::console_page))
         .merge(logout)
         .nest("/api", api)
+        .merge(call::routes())
         .with_state(state)
 }
 

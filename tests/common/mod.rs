@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod impair;
 pub mod postgres;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -23,6 +24,38 @@ pub fn repo() -> &'static Path {
 
 pub fn sipp_dir() -> PathBuf {
     repo().join("tests/sipp")
+}
+
+/// The server under test: this build's `humanline`, or `$HUMANLINE_TEST_SERVER` (another
+/// build, e.g. one from before a fix, to show that a test fails on it).
+pub fn server_bin() -> PathBuf {
+    match std::env::var_os("HUMANLINE_TEST_SERVER") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_humanline")),
+    }
+}
+
+/// The prompts a test server runs with unless the test brings its own: the shipped ones, or
+/// `$HUMANLINE_TEST_PROMPTS` (an older build's, for `$HUMANLINE_TEST_SERVER`).
+pub fn prompts_dir() -> PathBuf {
+    match std::env::var_os("HUMANLINE_TEST_PROMPTS") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => repo().join("prompts"),
+    }
+}
+
+/// A test's folder (logs, scenarios, recordings); kept when `HUMANLINE_KEEP_TEST_DIRS` is set.
+pub fn tempdir(test: &str) -> tempfile::TempDir {
+    let keep = std::env::var_os("HUMANLINE_KEEP_TEST_DIRS").is_some();
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("humanline-{test}-"))
+        .disable_cleanup(keep)
+        .tempdir()
+        .expect("tempdir");
+    if keep {
+        eprintln!("{test}: keeping {}", dir.path().display());
+    }
+    dir
 }
 
 /// The Whisper model: `$HUMANLINE_MODEL`, else `models/ggml-tiny.en.bin`.
@@ -97,7 +130,8 @@ pub fn speech_lock() -> MutexGuard<'static, ()> {
 ///
 /// Layout: +0 Humanline SIP (UDP and TCP), +1 HTTP; +10/+12/+18 caller sipp SIP/media/control;
 /// +20/+22/+28 agent sipp SIP/media/control; +29 never bound (a dead agent); +30 baresip SIP
-/// (+31 its TLS), +33 baresip control, +40..+49 baresip RTP; +50..+99 Humanline RTP.
+/// (+31 its TLS), +33 baresip control, +40..+49 baresip RTP; +50..+99 Humanline RTP. Tests
+/// without baresip may use its ports for a third sipp (+30/+32/+38) and a relay (+34, +36).
 #[derive(Debug, Clone, Copy)]
 pub struct Ports {
     pub base: u16,
@@ -141,6 +175,18 @@ impl Ports {
     /// A port nothing listens on.
     pub fn dead(&self) -> u16 {
         self.base + 29
+    }
+    /// A third sipp (a second agent, a called-back customer), on baresip's ports.
+    pub fn spare_sipp(&self) -> SippPorts {
+        SippPorts {
+            sip: self.base + 30,
+            media: self.base + 32,
+            control: self.base + 38,
+        }
+    }
+    /// The impairing relay's SIP and RTP ports (`impair::ImpairedPath`), on baresip's.
+    pub fn relay(&self) -> (u16, u16) {
+        (self.base + 34, self.base + 36)
     }
     pub fn baresip(&self) -> BaresipPorts {
         BaresipPorts {
@@ -399,20 +445,22 @@ impl Server {
         let mut cmd = match wrapper.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
-                c.args(rest).arg(env!("CARGO_BIN_EXE_humanline"));
+                c.args(rest).arg(server_bin());
                 c
             }
-            None => Command::new(env!("CARGO_BIN_EXE_humanline")),
+            None => Command::new(server_bin()),
         };
         cmd.arg("serve")
             .arg("--sip-listen")
             .arg(ports.sip_addr().to_string())
             .arg("--http-listen")
             .arg(format!("{LOCALHOST}:{}", ports.http()))
-            .arg("--rtp-ports")
-            .arg(ports.rtp_range())
             .arg("--data-dir")
             .arg(&data);
+        // The block's RTP ports, unless the test narrows them.
+        if !extra.iter().any(|a| a == "--rtp-ports") {
+            cmd.arg("--rtp-ports").arg(ports.rtp_range());
+        }
         if one_model {
             cmd.arg("--model").arg(model_path());
         } else {
@@ -424,7 +472,7 @@ impl Server {
             .args(["--decode-threads", "1"]);
         // The shipped prompts, unless the test brings its own.
         if !extra.iter().any(|a| a == "--prompts") {
-            cmd.arg("--prompts").arg(repo().join("prompts"));
+            cmd.arg("--prompts").arg(prompts_dir());
         }
         for a in agents {
             cmd.arg("--agent").arg(a);
@@ -563,6 +611,69 @@ impl Server {
     }
 }
 
+/// Everything useful when a test fails: the server's story and each sipp's report.
+pub fn context(server: &Server, peers: &[&Sipp]) -> String {
+    let mut out = format!("--- humanline log (tail) ---\n{}\n", server.story());
+    for p in peers {
+        out.push_str(&p.report());
+        out.push('\n');
+    }
+    out
+}
+
+/// How often speech recognition fell behind real time in this server's log. The server then
+/// routes with reason `speech_unavailable` by design: on a saturated machine that caller went
+/// to a person, it is not a failure to hear them.
+pub fn recognition_behind(server: &Server) -> usize {
+    server.log.find_all(&["recognition is behind"]).len()
+        + server.log.find_all(&["slower than real time"]).len()
+}
+
+/// Whether a caller routed with `reason` was routed on their words (`want`), or, with
+/// recognition behind real time, as `speech_unavailable` (printed as a NOTE).
+pub fn routed_on_words_or_behind(server: &Server, test: &str, reason: &str, want: &str) -> bool {
+    if reason == want {
+        return true;
+    }
+    let behind = recognition_behind(server);
+    if reason == "speech_unavailable" && behind > 0 {
+        eprintln!(
+            "NOTE {test}: speech recognition fell behind real time {behind} time(s) (loadavg {}): \
+             routed as speech_unavailable, not on the words",
+            std::fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .trim()
+        );
+        return true;
+    }
+    false
+}
+
+/// The caller's sipp must end cleanly: no BYE from Humanline (that fails the scenario), no
+/// timeout.
+pub fn assert_sipp_ok(name: &str, code: Option<i32>, server: &Server, peers: &[&Sipp]) {
+    assert_eq!(
+        code,
+        Some(0),
+        "{name} sipp did not complete cleanly (exit {code:?})\n{}",
+        context(server, peers)
+    );
+}
+
+/// The metric reaches `want` or more within `limit` (polled over HTTP).
+pub fn metric_reaches(server: &Server, series: &str, want: f64, limit: Duration) -> bool {
+    eventually(limit, || {
+        metric(&server.metrics(), series).is_some_and(|v| v >= want)
+    })
+}
+
+/// The metric falls to `want` or less within `limit` (polled over HTTP).
+pub fn metric_falls_to(server: &Server, series: &str, want: f64, limit: Duration) -> bool {
+    eventually(limit, || {
+        metric(&server.metrics(), series).is_some_and(|v| v <= want)
+    })
+}
+
 /// A minimal HTTP/1.1 GET (Connection: close): status and body.
 pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     http_request(port, "GET", path, &[], "").map(|r| (r.status, r.body))
@@ -690,46 +801,6 @@ pub fn add_user(data_dir: &Path, name: &str, role: &str, password: &str) {
 
 // --- sipp ---------------------------------------------------------------------------------------
 
-/// The test's folder (logs, scenarios, recordings); kept when `HUMANLINE_KEEP_TEST_DIRS` is set.
-pub fn tempdir(test: &str) -> tempfile::TempDir {
-    let keep = std::env::var_os("HUMANLINE_KEEP_TEST_DIRS").is_some();
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("humanline-{test}-"))
-        .disable_cleanup(keep)
-        .tempdir()
-        .expect("tempdir");
-    if keep {
-        eprintln!("{test}: keeping {}", dir.path().display());
-    }
-    dir
-}
-
-/// A caller (sipp, UAC) who streams `audio` and hangs up `hold_ms` after starting it.
-pub fn speaking_caller(
-    dir: &Path,
-    ports: Ports,
-    audio: &Path,
-    hold_ms: u64,
-    transport: &str,
-) -> Sipp {
-    Sipp::start(
-        dir,
-        SippRun {
-            name: "caller",
-            scenario: "caller_speaks.xml",
-            vars: &[
-                ("AUDIO", audio.display().to_string()),
-                ("HOLD_MS", hold_ms.to_string()),
-            ],
-            remote: Some(ports.sip_addr()),
-            transport,
-            ports: ports.caller_sipp(),
-            timeout: Duration::from_millis(hold_ms) + Duration::from_secs(40),
-            calls: 1,
-        },
-    )
-}
-
 /// One sipp run (`-m 1`) on fixed ports, with its message and error logs in the test's folder.
 pub struct Sipp {
     pub proc: Proc,
@@ -843,6 +914,148 @@ impl Sipp {
     pub fn received_request(&self, method: &str) -> Option<String> {
         first_request(&self.messages(), method)
     }
+}
+
+pub fn agent_uri(port: u16) -> String {
+    format!("sip:agent@{LOCALHOST}:{port}")
+}
+
+/// An agent's phone (sipp, UAS, `agent_answers.xml`) that answers and stays until Humanline
+/// hangs up its leg.
+pub fn answering_agent(dir: &Path, ports: Ports, transport: &str, timeout: Duration) -> Sipp {
+    answering_agent_wrapped(dir, ports, transport, timeout, &[])
+}
+
+/// [`answering_agent`] run through `wrapper` (e.g. `ip netns exec NS`).
+pub fn answering_agent_wrapped(
+    dir: &Path,
+    ports: Ports,
+    transport: &str,
+    timeout: Duration,
+    wrapper: &[String],
+) -> Sipp {
+    Sipp::start_wrapped(
+        dir,
+        SippRun {
+            name: "agent",
+            scenario: "agent_answers.xml",
+            vars: &[],
+            remote: None,
+            transport,
+            ports: ports.agent_sipp(),
+            timeout,
+            calls: 1,
+        },
+        wrapper,
+    )
+}
+
+/// An agent's phone (`agent_answers_unusable_sdp.xml`) whose 200 OK cannot carry audio
+/// (`media` is its SDP media section); it completes only when ACKed and then sent BYE.
+pub fn unusable_agent(dir: &Path, name: &str, ports: SippPorts, media: &str, calls: u32) -> Sipp {
+    Sipp::start(
+        dir,
+        SippRun {
+            name,
+            scenario: "agent_answers_unusable_sdp.xml",
+            vars: &[("MEDIA", media.to_string())],
+            remote: None,
+            transport: "u1",
+            ports,
+            timeout: Duration::from_secs(90),
+            calls,
+        },
+    )
+}
+
+/// A caller (sipp, UAC, `caller_speaks.xml`) who streams `audio` and hangs up `hold_ms` after
+/// starting it, calling `remote`.
+pub fn speaking_caller(
+    dir: &Path,
+    ports: Ports,
+    remote: SocketAddr,
+    audio: &Path,
+    hold_ms: u64,
+    transport: &str,
+) -> Sipp {
+    speaking_caller_wrapped(dir, ports, remote, audio, hold_ms, transport, &[])
+}
+
+/// [`speaking_caller`] run through `wrapper` (e.g. `ip netns exec NS`).
+pub fn speaking_caller_wrapped(
+    dir: &Path,
+    ports: Ports,
+    remote: SocketAddr,
+    audio: &Path,
+    hold_ms: u64,
+    transport: &str,
+    wrapper: &[String],
+) -> Sipp {
+    Sipp::start_wrapped(
+        dir,
+        SippRun {
+            name: "caller",
+            scenario: "caller_speaks.xml",
+            vars: &[
+                ("AUDIO", audio.display().to_string()),
+                ("HOLD_MS", hold_ms.to_string()),
+            ],
+            remote: Some(remote),
+            transport,
+            ports: ports.caller_sipp(),
+            timeout: Duration::from_millis(hold_ms) + Duration::from_secs(40),
+            calls: 1,
+        },
+        wrapper,
+    )
+}
+
+/// RFC 4733 key 0 as sipp plays it (package sip-tester ships it).
+pub const DTMF_0: &str = "/usr/share/sip-tester/dtmf_2833_0.pcap";
+
+/// A caller (sipp, UAC) who streams silence, presses 0 after `dtmf_after_ms` (RFC 4733 from a
+/// pcap, or SIP INFO), stays `hold_ms` more, and hangs up.
+pub fn dtmf_caller(
+    dir: &Path,
+    ports: Ports,
+    info: bool,
+    dtmf_after_ms: u64,
+    hold_ms: u64,
+    transport: &str,
+) -> Sipp {
+    assert!(
+        Path::new(DTMF_0).is_file() || info,
+        "{DTMF_0} is missing (package sip-tester ships it)"
+    );
+    let silence = dir.join("silence.pcmu");
+    silence_pcmu(&silence, 1.0);
+    let mut vars = vec![
+        ("AUDIO", silence.display().to_string()),
+        ("DTMF_AFTER_MS", dtmf_after_ms.to_string()),
+        ("HOLD_MS", hold_ms.to_string()),
+    ];
+    if info {
+        vars.push(("DIGIT", "0".into()));
+    } else {
+        vars.push(("DTMF_PCAP", DTMF_0.into()));
+    }
+    Sipp::start(
+        dir,
+        SippRun {
+            name: "caller",
+            scenario: if info {
+                "caller_info.xml"
+            } else {
+                "caller_dtmf.xml"
+            },
+            vars: &vars,
+            remote: Some(ports.sip_addr()),
+            transport,
+            ports: ports.caller_sipp(),
+            timeout: Duration::from_millis(dtmf_after_ms + hold_ms) + Duration::from_secs(25),
+            calls: 1,
+        },
+    )
 }
 
 /// An `@NAME@` left in a scenario (SIP URIs have single `@`s between lowercase text).
