@@ -517,3 +517,268 @@ fn a_browser_caller_who_asks_for_a_human_reaches_a_sip_agent() {
         started.elapsed().as_secs_f32()
     );
 }
+
+// --- agents who answer in the console ---------------------------------------------------------
+
+/// The stats lines of one page (`agent` or `caller`) of desk.mjs's report.
+fn page_stats<'a>(
+    report: &'a [serde_json::Value],
+    page: &'a str,
+) -> impl Iterator<Item = &'a serde_json::Value> + 'a {
+    report
+        .iter()
+        .filter(move |v| v["event"] == "stats" && v["page"] == page)
+}
+
+/// Audio energy a page received between two moments (ms since desk.mjs started): the growth
+/// of Chromium's cumulative `totalAudioEnergy` (silence adds nothing).
+fn energy_between(report: &[serde_json::Value], page: &str, from_ms: u64, to_ms: u64) -> f64 {
+    let points: Vec<f64> = page_stats(report, page)
+        .filter(|v| {
+            v["t_ms"]
+                .as_u64()
+                .is_some_and(|t| t >= from_ms && t <= to_ms)
+        })
+        .filter_map(|v| v.pointer("/inbound/totalAudioEnergy")?.as_f64())
+        .collect();
+    match (points.first(), points.last()) {
+        (Some(a), Some(b)) => b - a,
+        _ => 0.0,
+    }
+}
+
+fn event<'a>(report: &'a [serde_json::Value], name: &str) -> Option<&'a serde_json::Value> {
+    report.iter().find(|v| v["event"] == name)
+}
+
+fn event_ms(report: &[serde_json::Value], name: &str) -> u64 {
+    event(report, name)
+        .and_then(|v| v["t_ms"].as_u64())
+        .unwrap_or_else(|| panic!("no {name} event in the browser's report"))
+}
+
+/// desk.mjs in one Chromium: the agent `ann` logs in and answers in the console (her voice a
+/// tone), and with `browser_caller` a browser caller whose microphone plays `mic` calls too.
+fn start_desk(
+    d: &Path,
+    http_port: u16,
+    mic: &Path,
+    browser_caller: bool,
+    talk_s: u32,
+    after_s: u32,
+) -> Proc {
+    let config = serde_json::json!({
+        "base": format!("http://{LOCALHOST}:{http_port}"),
+        "wav": mic.display().to_string(),
+        "user": "ann",
+        "password": "ann-password-1",
+        "caller": browser_caller,
+        "talk_s": talk_s,
+        "after_s": after_s,
+        "timeout_s": 50,
+    });
+    Proc::spawn(
+        "chromium desk",
+        Command::new("node")
+            .arg(browser_dir().join("desk.mjs"))
+            .arg(config.to_string())
+            .current_dir(browser_dir())
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(d.join("desk.jsonl")).expect("out"))
+            .stderr(std::fs::File::create(d.join("desk.stderr")).expect("err")),
+    )
+}
+
+/// desk.mjs's JSON lines so far, and the story for a failure.
+fn desk_report(d: &Path, server: &Server) -> (Vec<serde_json::Value>, String) {
+    let text = std::fs::read_to_string(d.join("desk.jsonl")).unwrap_or_default();
+    let story = format!(
+        "--- browser ---\n{}\n{}\n--- humanline ---\n{}",
+        tail(&text, 40),
+        tail(
+            &std::fs::read_to_string(d.join("desk.stderr")).unwrap_or_default(),
+            30
+        ),
+        server.story()
+    );
+    (browser_report(&text), story)
+}
+
+/// The caller's voice for the console tests: the request, then talk for the agent to hear.
+fn console_caller_audio(d: &Path) -> PathBuf {
+    let mut parts = vec![Part::Silence(2.0), Part::Say("I want to talk to a human")];
+    parts.push(Part::Silence(2.5));
+    for _ in 0..3 {
+        for s in [
+            "my account number is four five six",
+            "I am calling about my last bill",
+            "it was much higher than usual",
+            "can you please tell me why",
+        ] {
+            parts.push(Part::Say(s));
+            parts.push(Part::Silence(0.7));
+        }
+    }
+    caller_audio(d, "caller", &parts);
+    d.join("caller.wav")
+}
+
+fn mic_48k(d: &Path, wav: &Path) -> PathBuf {
+    let mic = d.join("mic.wav");
+    let converted = Command::new("sox")
+        .arg(wav)
+        .args(["-r", "48000", "-c", "1", "-b", "16"])
+        .arg(&mic)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(converted, "sox could not make the microphone file");
+    mic
+}
+
+/// The offer as the agent saw it before answering: the caller's words and the reason.
+fn assert_offer_shows_the_caller(report: &[serde_json::Value], story: &str) {
+    let offer = event(report, "offer").unwrap_or_else(|| panic!("no offer shown\n{story}"));
+    let shown = offer["shown"].as_str().unwrap_or_default().to_lowercase();
+    assert!(
+        shown.contains("human"),
+        "the console showed {shown:?}\n{story}"
+    );
+    assert_eq!(offer["reason"], "keyword", "{offer}\n{story}");
+    assert!(
+        offer["language"].as_str().is_some_and(|l| !l.is_empty()),
+        "{offer}"
+    );
+    assert!(offer["waiting_s"].as_u64().is_some(), "{offer}");
+}
+
+/// A browser caller says "I want to talk to a human"; the call is offered to ann, logged in
+/// to the console in another browser, with the transcript shown before she answers; she
+/// accepts; each hears the other (the caller her tone, she the caller's words, in Chromium's
+/// own audio statistics); she hangs up; the caller is back with the IVR (its "anything
+/// else?" reaches the caller's browser) and still connected.
+#[test]
+fn a_browser_caller_reaches_a_browser_agent_and_is_back_with_the_ivr_when_she_hangs_up() {
+    let test =
+        "a_browser_caller_reaches_a_browser_agent_and_is_back_with_the_ivr_when_she_hangs_up";
+    if !peers_available(test) || !browser_available(test) {
+        return;
+    }
+    let _browser = browser_lock();
+    let _speech = speech_lock();
+    let started = Instant::now();
+    let ports = Ports::claim(8);
+    let dir = tempdir("webrtc-browser-agent");
+    let d = dir.path();
+    let server = Server::start(ports, d, &[]);
+    server.add_user("ann", "agent", "ann-password-1");
+    let mic = mic_48k(d, &console_caller_audio(d));
+
+    let mut desk = start_desk(d, ports.http(), &mic, true, 7, 7);
+    let code = desk.wait(Duration::from_secs(120));
+    let (report, story) = desk_report(d, &server);
+    assert_eq!(code, Some(0), "the browsers failed\n{story}");
+    assert_offer_shows_the_caller(&report, &story);
+    assert!(
+        server
+            .log
+            .find(&["agent answered in the console; bridged"])
+            .is_some(),
+        "{story}"
+    );
+    let connected = event_ms(&report, "agent_connected");
+    let hung_up = event_ms(&report, "agent_hung_up");
+    let end = report
+        .iter()
+        .filter_map(|v| v["t_ms"].as_u64())
+        .max()
+        .unwrap_or(0);
+    // Each side hears the other while bridged (the first half second is the bridge coming up).
+    let agent_heard = energy_between(&report, "agent", connected + 500, hung_up);
+    let caller_heard = energy_between(&report, "caller", connected + 500, hung_up);
+    assert!(
+        agent_heard > 0.01,
+        "the agent heard silence ({agent_heard})\n{story}"
+    );
+    assert!(
+        caller_heard > 0.01,
+        "the caller did not hear the agent ({caller_heard})\n{story}"
+    );
+    // The agent hung up: the caller is back with the IVR, not cut off.
+    let left = server.log.wait_for(
+        &["agent left; caller back with the IVR"],
+        Duration::from_secs(5),
+    );
+    assert!(left.is_some(), "{story}");
+    let back = server.log.find(&["play", "prompt=after_agent"]);
+    assert!(back.is_some(), "the IVR did not speak again\n{story}");
+    let ivr_again = energy_between(&report, "caller", hung_up + 300, end);
+    assert!(
+        ivr_again > 0.01,
+        "the caller heard nothing after the agent left ({ivr_again})\n{story}"
+    );
+    let status = event(&report, "caller_status").map(|v| v["status"].clone());
+    assert_eq!(
+        status,
+        Some(serde_json::json!("connected")),
+        "the caller was cut off\n{story}"
+    );
+    eprintln!(
+        "browser agent: agent heard {agent_heard:.3}, caller heard {caller_heard:.3}, then the IVR {ivr_again:.3}; {:.1} s",
+        started.elapsed().as_secs_f32()
+    );
+}
+
+/// A SIP caller (sipp) who says "human" is offered to ann in the console, who accepts and
+/// hears them, then hangs up: the caller is back with the IVR (sipp fails on a BYE).
+#[test]
+fn a_sip_caller_reaches_a_browser_agent() {
+    let test = "a_sip_caller_reaches_a_browser_agent";
+    if !peers_available(test) || !browser_available(test) {
+        return;
+    }
+    let _browser = browser_lock();
+    let _speech = speech_lock();
+    let ports = Ports::claim(9);
+    let dir = tempdir("webrtc-sip-to-browser-agent");
+    let d = dir.path();
+    let server = Server::start(ports, d, &[]);
+    server.add_user("ann", "agent", "ann-password-1");
+    // Chromium's fake microphone needs a file: silence (the agent speaks a tone anyway).
+    let quiet = d.join("quiet.wav");
+    silence_wav(&quiet, 1.0);
+    let mic = mic_48k(d, &quiet);
+    let audio = console_caller_audio(d);
+    let pcmu = audio.with_extension("pcmu");
+
+    // The console first (so the agent is there), then the caller.
+    let mut desk = start_desk(d, ports.http(), &mic, false, 7, 3);
+    let ready = eventually(Duration::from_secs(30), || {
+        std::fs::read_to_string(d.join("desk.jsonl")).is_ok_and(|t| t.contains("console_ready"))
+    });
+    assert!(
+        ready,
+        "the console never came up\n{}",
+        desk_report(d, &server).1
+    );
+    let mut caller = speaking_caller(d, ports, ports.sip_addr(), &pcmu, 40_000, "u1");
+    let code = desk.wait(Duration::from_secs(120));
+    let (report, story) = desk_report(d, &server);
+    assert_eq!(code, Some(0), "the console failed\n{story}");
+    assert_offer_shows_the_caller(&report, &story);
+    let connected = event_ms(&report, "agent_connected");
+    let hung_up = event_ms(&report, "agent_hung_up");
+    let agent_heard = energy_between(&report, "agent", connected + 500, hung_up);
+    assert!(
+        agent_heard > 0.01,
+        "the agent heard silence ({agent_heard})\n{story}"
+    );
+    assert!(
+        server
+            .log
+            .wait_for(&["play", "prompt=after_agent"], Duration::from_secs(5))
+            .is_some(),
+        "the IVR did not take the caller back\n{story}"
+    );
+    let caller_code = caller.proc.wait(Duration::from_secs(60));
+    assert_sipp_ok("caller", caller_code, &server, &[&caller]);
+}

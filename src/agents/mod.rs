@@ -86,6 +86,11 @@ pub enum AgentInput {
     Unregistered { agent: String },
     /// The agent (or a supervisor) set their presence. Kept across registrations.
     SetPresence { agent: String, presence: Presence },
+    /// A console of theirs that answers calls in the browser opened: while one is open their
+    /// calls are offered there (`browser:NAME`), not on their phone.
+    ConsoleOpened { agent: String },
+    /// That console closed (the page went away, or stopped answering calls).
+    ConsoleClosed { agent: String },
 }
 
 #[derive(Debug, Clone)]
@@ -95,14 +100,32 @@ struct Agent {
     /// Where their calls ring now.
     target: String,
     reach: Reach,
+    /// Consoles open that answer calls in the browser (an agent may have several tabs).
+    consoles: u32,
     presence: Presence,
     state: AgentState,
 }
 
 impl Agent {
+    fn new(uri: String, reach: Reach, now: Instant) -> Agent {
+        Agent {
+            target: uri.clone(),
+            uri,
+            reach,
+            consoles: 0,
+            presence: Presence::Available,
+            state: AgentState::Idle { since: now },
+        }
+    }
+
+    /// Reachable at all: a configured URI, a current registration, or a console open.
+    fn reachable(&self) -> bool {
+        self.reach != Reach::Offline || self.consoles > 0
+    }
+
     /// May be offered calls (when idle): available and reachable.
     fn offerable(&self) -> bool {
-        self.presence == Presence::Available && self.reach != Reach::Offline
+        self.presence == Presence::Available && self.reachable()
     }
 
     /// The call this agent is ringing for or talking to.
@@ -143,6 +166,8 @@ pub struct AgentView {
     pub configured: bool,
     /// Configured, or their phone's registration is current.
     pub reachable: bool,
+    /// A console of theirs answers calls in the browser (their calls are offered there).
+    pub browser: bool,
     /// `idle`, `ringing`, `busy` (in a call) or `cooling_down` (just missed one).
     pub state: &'static str,
     pub call: Option<u64>,
@@ -161,10 +186,9 @@ pub struct WaitingView {
     pub ringing: Option<String>,
 }
 
-/// Where an agent takes calls, read from the queue's ring target. Today a SIP URI (a
-/// configured agent, or a registered phone's Contact). The seam for agents who answer in the
-/// console: a browser leg is `browser:NAME`, and the call bridges it like a SIP agent's leg
-/// once WebRTC media exists (until then it is reported unreachable and the next agent rung).
+/// Where an agent takes calls, read from the queue's ring target: a SIP URI (a configured
+/// agent, or a registered phone's Contact), or `browser:NAME` while a console of theirs
+/// answers calls (the call is offered there and bridged like a SIP agent's leg).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentTarget {
     Sip(String),
@@ -262,16 +286,7 @@ impl AgentQueue {
     pub fn new<S: Into<String>>(agents: impl IntoIterator<Item = S>, now: Instant) -> Self {
         let agents = agents
             .into_iter()
-            .map(|uri| {
-                let uri = uri.into();
-                Agent {
-                    target: uri.clone(),
-                    uri,
-                    reach: Reach::Configured,
-                    presence: Presence::Available,
-                    state: AgentState::Idle { since: now },
-                }
-            })
+            .map(|uri| Agent::new(uri.into(), Reach::Configured, now))
             .collect();
         Self {
             agents,
@@ -304,6 +319,7 @@ impl AgentQueue {
 
     /// Applies a change to an agent: registration, presence.
     pub fn agent_input(&mut self, input: AgentInput, now: Instant) {
+        let mut consoles: i32 = 0;
         let (name, reach, target, presence) = match input {
             AgentInput::Registered {
                 agent,
@@ -312,22 +328,25 @@ impl AgentQueue {
             } => (agent, Some(Reach::Registered { until }), Some(target), None),
             AgentInput::Unregistered { agent } => (agent, Some(Reach::Offline), None, None),
             AgentInput::SetPresence { agent, presence } => (agent, None, None, Some(presence)),
+            AgentInput::ConsoleOpened { agent } => {
+                consoles = 1;
+                (agent, None, None, None)
+            }
+            AgentInput::ConsoleClosed { agent } => {
+                consoles = -1;
+                (agent, None, None, None)
+            }
         };
         let i = match self.agents.iter().position(|a| a.uri == name) {
             Some(i) => i,
             None => {
-                self.agents.push(Agent {
-                    target: name.clone(),
-                    uri: name,
-                    reach: Reach::Offline,
-                    presence: Presence::Available,
-                    state: AgentState::Idle { since: now },
-                });
+                self.agents.push(Agent::new(name, Reach::Offline, now));
                 self.agents.len() - 1
             }
         };
         let a = &mut self.agents[i];
-        // A configured agent stays reachable whatever registers under its name.
+        // A configured agent stays reachable (at its URI) whatever registers or opens a
+        // console under its name.
         if a.reach == Reach::Configured {
             if let Some(p) = presence {
                 a.presence = p;
@@ -335,6 +354,11 @@ impl AgentQueue {
             return;
         }
         let was = a.offerable();
+        a.consoles = match consoles {
+            1 => a.consoles.saturating_add(1),
+            -1 => a.consoles.saturating_sub(1),
+            _ => a.consoles,
+        };
         if let Some(r) = reach {
             a.reach = r;
         }
@@ -353,12 +377,16 @@ impl AgentQueue {
         }
     }
 
-    /// Where an agent's calls ring now (their phone's Contact, or their configured URI).
-    pub fn target(&self, agent: &str) -> Option<&str> {
-        self.agents
-            .iter()
-            .find(|a| a.uri == agent)
-            .map(|a| a.target.as_str())
+    /// Where an agent's calls ring now: their console (`browser:NAME`) while one answers
+    /// calls, else their phone's Contact, or their configured URI.
+    pub fn target(&self, agent: &str) -> Option<String> {
+        self.agents.iter().find(|a| a.uri == agent).map(|a| {
+            if a.consoles > 0 {
+                format!("{}{}", AgentTarget::BROWSER_PREFIX, a.uri)
+            } else {
+                a.target.clone()
+            }
+        })
     }
 
     /// Agents who may be offered calls now or when free: available and reachable.
@@ -625,7 +653,8 @@ impl AgentQueue {
                     agent: a.uri.clone(),
                     presence: a.presence,
                     configured: a.reach == Reach::Configured,
-                    reachable: a.reach != Reach::Offline,
+                    reachable: a.reachable(),
+                    browser: a.consoles > 0,
                     state,
                     call: a.call(),
                     idle_s: idle
@@ -770,7 +799,7 @@ mod tests {
                 agent: "bob".into()
             })
         );
-        assert_eq!(q.target("bob"), Some("sip:bob-phone@h"));
+        assert_eq!(q.target("bob").as_deref(), Some("sip:bob-phone@h"));
         q.agent_answered("bob", 1, at(5));
         q.enqueue(2, at(6));
         // Bob busy, Ann away: the caller waits.
@@ -819,6 +848,60 @@ mod tests {
                 agent: "ann".into()
             }
         );
+    }
+
+    #[test]
+    fn an_open_console_makes_an_agent_reachable_in_the_browser_until_it_closes() {
+        let t = Instant::now();
+        let at = |s| t + Duration::from_secs(s);
+        let mut q = AgentQueue::new(Vec::<String>::new(), t);
+        let console = |agent: &str| AgentInput::ConsoleOpened {
+            agent: agent.into(),
+        };
+        let closed = |agent: &str| AgentInput::ConsoleClosed {
+            agent: agent.into(),
+        };
+        // Two tabs; no phone.
+        q.agent_input(console("ann"), at(1));
+        q.agent_input(console("ann"), at(1));
+        assert_eq!(q.target("ann").as_deref(), Some("browser:ann"));
+        q.enqueue(1, at(2));
+        assert_eq!(
+            q.next_assignment(at(2)),
+            Some(Assignment::Ring {
+                call: 1,
+                agent: "ann".into()
+            })
+        );
+        let view = q.agent_views(at(2));
+        assert!(
+            view.iter()
+                .any(|v| v.agent == "ann" && v.browser && v.reachable)
+        );
+        q.agent_failed("ann", 1, AgentFailure::Declined, at(3));
+        // One tab closed: still in the browser. A phone registers: the console still wins.
+        q.agent_input(closed("ann"), at(4));
+        q.agent_input(
+            AgentInput::Registered {
+                agent: "ann".into(),
+                target: "sip:ann-phone@h".into(),
+                until: at(100),
+            },
+            at(4),
+        );
+        assert_eq!(q.target("ann").as_deref(), Some("browser:ann"));
+        // The last tab closed: the phone again; the phone gone too: nobody to offer.
+        q.agent_input(closed("ann"), at(5));
+        q.agent_input(closed("ann"), at(5));
+        assert_eq!(q.target("ann").as_deref(), Some("sip:ann-phone@h"));
+        q.agent_input(
+            AgentInput::Unregistered {
+                agent: "ann".into(),
+            },
+            at(6),
+        );
+        assert_eq!(q.staffed(), 0);
+        assert!(!q.available("ann"));
     }
 
     #[test]

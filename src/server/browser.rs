@@ -4,8 +4,8 @@
 
 use super::Shared;
 use super::call::{BrowserCaller, run_browser};
-use crate::media::webrtc::{self, WebRtcError};
-use crate::media::{self, StreamIds};
+use crate::media::webrtc::{self, PeerState, WebRtcError};
+use crate::media::{self, MediaEvent, MediaHandle, SessionConfig, StreamIds};
 use crate::sip::Admission;
 use crate::web::{
     BrowserAdmission, BrowserClient, BrowserRequest, BrowserSettings, StartRefused, StartedCall,
@@ -15,7 +15,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 /// The calls in progress (by resource id) and the admission state.
@@ -41,7 +41,7 @@ pub(super) async fn serve(
                 client,
                 reply,
             } => {
-                let result = start(&shared, &settings, &registry, &offer, client).await;
+                let result = start(&shared, &registry, &offer, client).await;
                 if let Err(refused) = &result {
                     info!(?refused, "browser call refused");
                 }
@@ -66,7 +66,6 @@ fn lock(registry: &Mutex<Registry>) -> std::sync::MutexGuard<'_, Registry> {
 
 async fn start(
     shared: &Arc<Shared>,
-    settings: &BrowserSettings,
     registry: &Arc<Mutex<Registry>>,
     offer: &str,
     client: BrowserClient,
@@ -90,26 +89,19 @@ async fn start(
         keys,
         resource: None,
     };
-    let socket = media::bind_rtp_socket(shared.media_ip, shared.rtp_ports)
-        .await
-        .map_err(|e| StartRefused::Unavailable(e.to_string()))?;
-    let bound = socket
-        .local_addr()
-        .map_err(|e| StartRefused::Unavailable(e.to_string()))?;
-    let candidate = SocketAddr::new(settings.candidate_ip.unwrap_or(bound.ip()), bound.port());
-    let negotiated = webrtc::negotiate(offer, candidate, StreamIds::random(), Instant::now())
-        .map_err(|e| match e {
-            WebRtcError::BadOffer(_) | WebRtcError::NoAcceptableCodec => {
-                StartRefused::BadOffer(e.to_string())
-            }
-            other => StartRefused::Unavailable(other.to_string()),
-        })?;
-    let answer_sdp = negotiated.answer_sdp.clone();
     let no_media_timeout = shared.no_media_timeout;
-    let (media, media_events, state) = webrtc::spawn(socket, negotiated, |c| {
-        c.with_no_media_timeout(no_media_timeout)
-    })
-    .map_err(|e| StartRefused::Unavailable(e.to_string()))?;
+    let answered = answer_offer(shared, offer, |c| c.with_no_media_timeout(no_media_timeout))
+        .await
+        .map_err(|e| match e {
+            LegRefused::BadOffer(why) => StartRefused::BadOffer(why),
+            LegRefused::Unavailable(why) => StartRefused::Unavailable(why),
+        })?;
+    let BrowserLeg {
+        answer_sdp,
+        media,
+        media_events,
+        state,
+    } = answered;
     let resource = resource_id();
     let (hang_up_tx, hang_up) = mpsc::channel(1);
     lock(registry).hang_ups.insert(resource.clone(), hang_up_tx);
@@ -129,6 +121,58 @@ async fn start(
     Ok(StartedCall {
         resource,
         answer_sdp,
+    })
+}
+
+/// A browser's WebRTC leg, answered and with its media task running: a browser caller's, or
+/// an agent's who accepted a call in the console.
+pub(super) struct BrowserLeg {
+    pub(super) answer_sdp: String,
+    pub(super) media: MediaHandle,
+    pub(super) media_events: mpsc::Receiver<MediaEvent>,
+    pub(super) state: watch::Receiver<PeerState>,
+}
+
+/// Why a browser's offer got no leg.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum LegRefused {
+    /// Malformed, or nothing we can answer (a 400 for the browser).
+    BadOffer(String),
+    /// No media port, or another failure on our side.
+    Unavailable(String),
+}
+
+/// Answers a browser's offer on a media port of ours (the ICE candidate carries
+/// `[browser] candidate_ip` when set) and starts its media task.
+pub(super) async fn answer_offer(
+    shared: &Shared,
+    offer: &str,
+    config: impl FnOnce(SessionConfig) -> SessionConfig,
+) -> Result<BrowserLeg, LegRefused> {
+    let unavailable = |e: &dyn std::fmt::Display| LegRefused::Unavailable(e.to_string());
+    let socket = media::bind_rtp_socket(shared.media_ip, shared.rtp_ports)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let bound = socket.local_addr().map_err(|e| unavailable(&e))?;
+    let candidate = SocketAddr::new(
+        shared.browser_candidate_ip.unwrap_or(bound.ip()),
+        bound.port(),
+    );
+    let negotiated = webrtc::negotiate(offer, candidate, StreamIds::random(), Instant::now())
+        .map_err(|e| match e {
+            WebRtcError::BadOffer(_) | WebRtcError::NoAcceptableCodec => {
+                LegRefused::BadOffer(e.to_string())
+            }
+            other => unavailable(&other),
+        })?;
+    let answer_sdp = negotiated.answer_sdp.clone();
+    let (media, media_events, state) =
+        webrtc::spawn(socket, negotiated, config).map_err(|e| unavailable(&e))?;
+    Ok(BrowserLeg {
+        answer_sdp,
+        media,
+        media_events,
+        state,
     })
 }
 

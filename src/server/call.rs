@@ -26,6 +26,7 @@ use crate::speech::{
     DecodeKind, DecodeResult, RecognitionWatch, RecognizerOutput, StreamResampler,
     StreamingRecognizer, Verdict, watch,
 };
+use crate::web::offers::{AcceptRefused, ConsoleRequest, OfferHandle};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -50,15 +51,46 @@ pub async fn run(shared: Arc<Shared>, incoming: IncomingCall) {
     .await
 }
 
-/// The agent's leg while it exists.
+/// The agent's leg while it exists: on their SIP phone, or in their browser console.
 struct AgentLeg {
     agent: String,
-    call: OutboundCall,
-    events: OutboundEvents,
+    /// Bridged to the caller: the SIP agent answered, or the browser agent's connection is up.
+    answered: bool,
     media: Option<(MediaHandle, mpsc::Receiver<MediaEvent>)>,
-    /// Our SDP on this leg, versioned per RFC 3264 §8.
-    sdp: sdp::LocalSdp,
-    socket: Option<tokio::net::UdpSocket>,
+    way: AgentWay,
+}
+
+/// How the agent's leg is signalled.
+enum AgentWay {
+    Sip {
+        call: OutboundCall,
+        events: OutboundEvents,
+        /// Our SDP on this leg, versioned per RFC 3264 §8.
+        sdp: sdp::LocalSdp,
+        socket: Option<tokio::net::UdpSocket>,
+    },
+    /// Offered in the agent's console (`super::super::web::offers`): they accept with their
+    /// browser's WebRTC offer, decline, or hang up from there.
+    Browser {
+        offer: OfferHandle,
+        /// The console's requests can still arrive (the offer was not replaced).
+        requests_open: bool,
+        /// Once accepted: the agent's browser connection.
+        state: Option<tokio::sync::watch::Receiver<PeerState>>,
+    },
+}
+
+impl AgentLeg {
+    /// Ends the agent's side of a leg that is not bridged: a SIP agent's phone is CANCELled
+    /// (or sent BYE), a browser agent's connection closed and the offer withdrawn.
+    async fn close(self) {
+        if let AgentWay::Sip { call, .. } = &self.way {
+            let _ = call.hangup().await;
+        }
+        if let Some((handle, _)) = self.media {
+            handle.close().await;
+        }
+    }
 }
 
 struct Call {
@@ -522,22 +554,58 @@ async fn drive(
 }
 
 async fn next_agent_event(agent: &mut Option<AgentLeg>) -> AgentEvent {
-    let Some(leg) = agent else {
+    let Some(AgentLeg { media, way, .. }) = agent else {
         return std::future::pending().await;
     };
-    if let Some((_, rx)) = &mut leg.media {
-        tokio::select! {
-            ev = leg.events.recv() => AgentEvent::Sip(ev),
-            ev = rx.recv() => AgentEvent::Media(ev),
+    let media = async {
+        match media {
+            Some((_, rx)) => rx.recv().await,
+            None => std::future::pending().await,
         }
-    } else {
-        AgentEvent::Sip(leg.events.recv().await)
+    };
+    match way {
+        AgentWay::Sip { events, .. } => tokio::select! {
+            ev = events.recv() => AgentEvent::Sip(ev),
+            ev = media => AgentEvent::Media(ev),
+        },
+        AgentWay::Browser {
+            offer,
+            requests_open,
+            state,
+        } => {
+            let requests = async {
+                if *requests_open {
+                    offer.requests.recv().await
+                } else {
+                    std::future::pending().await
+                }
+            };
+            let connection = async {
+                match state {
+                    Some(s) => match s.changed().await {
+                        Ok(()) => *s.borrow_and_update(),
+                        // The media task is over: so is the connection.
+                        Err(_) => PeerState::Gone,
+                    },
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = requests => AgentEvent::Console(r),
+                c = connection => AgentEvent::Browser(c),
+                ev = media => AgentEvent::Media(ev),
+            }
+        }
     }
 }
 
 enum AgentEvent {
     Sip(Option<OutboundEvent>),
     Media(Option<MediaEvent>),
+    /// From the agent's console; `None`: the offer was replaced, no more will come.
+    Console(Option<ConsoleRequest>),
+    /// The agent's browser connection changed.
+    Browser(PeerState),
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -643,14 +711,16 @@ impl Call {
             Action::StopRinging { agent } => {
                 if let Some(leg) = &self.agent
                     && leg.agent == agent
-                    && leg.media.is_none()
+                    && !leg.answered
                 {
                     // An agent that does not even say "ringing" cannot be CANCELled by the
-                    // SIP layer's ring timeout: give up on it here.
+                    // SIP layer's ring timeout (nor can a console that never answers): give
+                    // up on it here.
                     info!(%agent, "agent did not answer in time");
-                    let _ = leg.call.hangup().await;
+                    if let Some(leg) = self.agent.take() {
+                        leg.close().await;
+                    }
                     // The brain knows already (it asked): only the queue is told.
-                    self.agent = None;
                     let _ = self
                         .shared
                         .queue
@@ -1004,10 +1074,27 @@ impl Call {
     async fn ring_agent(&mut self, agent: &str, target: &str) -> anyhow::Result<()> {
         let uri = match crate::agents::AgentTarget::parse(target) {
             crate::agents::AgentTarget::Sip(uri) => uri,
-            // The seam for agents answering in the console: their leg needs WebRTC media.
-            crate::agents::AgentTarget::Browser { agent } => anyhow::bail!(
-                "{agent} takes calls in the browser, which needs browser media (not built in yet)"
-            ),
+            crate::agents::AgentTarget::Browser { .. } => {
+                // The console shows the caller's words, reason, language and wait (the
+                // queue's view) with Accept and Decline.
+                let offer = self.shared.offers.offer(agent, self.id);
+                info!(%agent, "offering the call in the agent's console");
+                self.agent = Some(AgentLeg {
+                    agent: agent.to_string(),
+                    answered: false,
+                    media: None,
+                    way: AgentWay::Browser {
+                        offer,
+                        requests_open: true,
+                        state: None,
+                    },
+                });
+                self.feed(Event::AgentOffered {
+                    agent: agent.to_string(),
+                })
+                .await;
+                return Ok(());
+            }
         };
         let socket = media::bind_rtp_socket(self.shared.media_ip, self.shared.rtp_ports).await?;
         let mut local_sdp = sdp::LocalSdp::new(local_media(&self.shared, &socket)?);
@@ -1041,11 +1128,14 @@ impl Call {
         info!(%agent, %target, "ringing agent");
         self.agent = Some(AgentLeg {
             agent: agent.to_string(),
-            call,
-            events,
+            answered: false,
             media: None,
-            sdp: local_sdp,
-            socket: Some(socket),
+            way: AgentWay::Sip {
+                call,
+                events,
+                sdp: local_sdp,
+                socket: Some(socket),
+            },
         });
         self.feed(Event::AgentOffered {
             agent: agent.to_string(),
@@ -1068,37 +1158,28 @@ impl Call {
         let agent = leg.agent.clone();
         match ev {
             AgentEvent::Sip(Some(OutboundEvent::Answered { answer_sdp })) => {
+                let AgentWay::Sip { call, socket, .. } = &mut leg.way else {
+                    return;
+                };
                 let remote = match sdp::parse_answer(&answer_sdp) {
                     Ok(r) => r,
                     Err(e) => {
                         warn!(%agent, error = %e, "agent's answer unusable");
-                        let _ = leg.call.hangup().await;
+                        let _ = call.hangup().await;
                         return self.agent_failed(AgentFailure::Unreachable).await;
                     }
                 };
-                let Some(socket) = leg.socket.take() else {
+                let Some(socket) = socket.take() else {
                     return;
                 };
                 match media::spawn(socket, SessionConfig::new(&remote, StreamIds::random())) {
-                    Ok((handle, rx)) => {
-                        if let Err(e) = media::bridge(&self.media, &handle).await {
-                            warn!(error = %e, "bridge failed");
-                        }
-                        leg.media = Some((handle, rx));
-                        info!(%agent, "agent answered; bridged");
-                        let _ = self
-                            .shared
-                            .queue
-                            .send(QueueMsg::Call(QueueInput::AgentAnswered {
-                                agent: agent.clone(),
-                                call: self.id,
-                            }));
-                        self.queued = false;
-                        self.feed(Event::AgentAnswered { agent }).await;
+                    Ok(media) => {
+                        leg.media = Some(media);
+                        self.bridge_agent("agent answered; bridged").await;
                     }
                     Err(e) => {
                         warn!(error = %e, "agent media failed");
-                        let _ = leg.call.hangup().await;
+                        let _ = call.hangup().await;
                         self.agent_failed(AgentFailure::Unreachable).await;
                     }
                 }
@@ -1116,18 +1197,8 @@ impl Call {
                 self.agent_failed(why).await;
             }
             AgentEvent::Sip(Some(OutboundEvent::Bye | OutboundEvent::Ended { .. }) | None) => {
-                let answered = leg.media.is_some();
-                if answered {
-                    self.drop_agent_leg().await;
-                    info!(%agent, "agent left; caller back with the IVR");
-                    let _ = self
-                        .shared
-                        .queue
-                        .send(QueueMsg::Call(QueueInput::AgentFinished {
-                            agent,
-                            call: self.id,
-                        }));
-                    self.feed(Event::AgentLeft).await;
+                if leg.answered {
+                    self.agent_left().await;
                 } else {
                     // The leg ended before it was answered: the queue must hear of it, or
                     // the agent stays "ringing" for good (`agent_failed` takes the leg).
@@ -1135,7 +1206,10 @@ impl Call {
                 }
             }
             AgentEvent::Sip(Some(OutboundEvent::ReInvite { sdp: offer, reply })) => {
-                match leg.sdp.answer(&offer) {
+                let AgentWay::Sip { sdp, .. } = &mut leg.way else {
+                    return;
+                };
+                match sdp.answer(&offer) {
                     Ok(answer) => {
                         if let Some((h, _)) = &leg.media {
                             let _ = h.update_remote(answer.remote).await;
@@ -1148,6 +1222,72 @@ impl Call {
                 }
             }
             AgentEvent::Sip(Some(_)) => {}
+            AgentEvent::Console(Some(ConsoleRequest::Accept { offer, reply })) => {
+                let AgentWay::Browser { state, .. } = &mut leg.way else {
+                    return;
+                };
+                if state.is_some() {
+                    let _ = reply.send(Err(AcceptRefused::Gone(
+                        "this call is being answered already".into(),
+                    )));
+                    return;
+                }
+                match super::browser::answer_offer(&self.shared, &offer, |c| c).await {
+                    Ok(answered) => {
+                        leg.media = Some((answered.media, answered.media_events));
+                        *state = Some(answered.state);
+                        if reply.send(Ok(answered.answer_sdp)).is_ok() {
+                            info!(%agent, "agent accepted in the console; connecting");
+                        }
+                        // An accept whose answer never reached the console: its browser
+                        // cannot connect, and the ring timeout ends the offer.
+                    }
+                    Err(why) => {
+                        info!(%agent, ?why, "the console's offer was not usable");
+                        let _ = reply.send(Err(match why {
+                            super::browser::LegRefused::BadOffer(w) => AcceptRefused::BadOffer(w),
+                            super::browser::LegRefused::Unavailable(w) => {
+                                AcceptRefused::Unavailable(w)
+                            }
+                        }));
+                    }
+                }
+            }
+            AgentEvent::Console(Some(ConsoleRequest::Decline | ConsoleRequest::HangUp))
+                if leg.answered =>
+            {
+                info!(%agent, "agent hung up in the console");
+                self.agent_left().await;
+            }
+            AgentEvent::Console(Some(ConsoleRequest::Decline | ConsoleRequest::HangUp)) => {
+                info!(%agent, "agent declined in the console");
+                self.agent_failed(AgentFailure::Declined).await;
+            }
+            AgentEvent::Console(None) => {
+                if let AgentWay::Browser { requests_open, .. } = &mut leg.way {
+                    *requests_open = false;
+                }
+                if !leg.answered {
+                    self.agent_failed(AgentFailure::Unreachable).await;
+                }
+            }
+            AgentEvent::Browser(PeerState::Connected) => {
+                if !leg.answered {
+                    self.bridge_agent("agent answered in the console; bridged")
+                        .await;
+                }
+            }
+            AgentEvent::Browser(PeerState::Gone) => {
+                if leg.answered {
+                    info!(%agent, "agent's browser connection closed");
+                    self.agent_left().await;
+                } else {
+                    info!(%agent, "agent's browser never connected");
+                    self.agent_failed(AgentFailure::Unreachable).await;
+                }
+            }
+            // ICE consent failing: the browser may come back; its end is `Gone`.
+            AgentEvent::Browser(PeerState::Connecting | PeerState::Disconnected) => {}
             AgentEvent::Media(Some(_)) => {}
             AgentEvent::Media(None) => {
                 if let Some(leg) = self.agent.as_mut() {
@@ -1157,17 +1297,66 @@ impl Call {
         }
     }
 
+    /// The agent's leg has media and the agent is there: bridge it to the caller, exactly
+    /// alike for a SIP phone and a browser console. The queue and the brain hear of it.
+    async fn bridge_agent(&mut self, what: &'static str) {
+        let Some(leg) = self.agent.as_mut() else {
+            return;
+        };
+        let Some((handle, _)) = &leg.media else {
+            return;
+        };
+        if let Err(e) = media::bridge(&self.media, handle).await {
+            warn!(error = %e, "bridge failed");
+        }
+        leg.answered = true;
+        let agent = leg.agent.clone();
+        info!(%agent, "{what}");
+        let _ = self
+            .shared
+            .queue
+            .send(QueueMsg::Call(QueueInput::AgentAnswered {
+                agent: agent.clone(),
+                call: self.id,
+            }));
+        self.queued = false;
+        self.feed(Event::AgentAnswered { agent }).await;
+    }
+
+    /// The agent hung up (or their browser went away) after answering: the caller is back
+    /// with the IVR, never cut off.
+    async fn agent_left(&mut self) {
+        let Some(agent) = self.agent.as_ref().map(|l| l.agent.clone()) else {
+            return;
+        };
+        self.drop_agent_leg().await;
+        info!(%agent, "agent left; caller back with the IVR");
+        let _ = self
+            .shared
+            .queue
+            .send(QueueMsg::Call(QueueInput::AgentFinished {
+                agent,
+                call: self.id,
+            }));
+        self.feed(Event::AgentLeft).await;
+    }
+
     async fn agent_failed(&mut self, why: AgentFailure) {
         let Some(leg) = self.agent.take() else { return };
+        let agent = leg.agent.clone();
         let _ = self
             .shared
             .queue
             .send(QueueMsg::Call(QueueInput::AgentFailed {
-                agent: leg.agent.clone(),
+                agent: agent.clone(),
                 call: self.id,
                 why,
             }));
-        self.feed(Event::AgentDeclined { agent: leg.agent }).await;
+        // A browser leg accepted but never connected still has its media task.
+        if let Some((handle, _)) = leg.media {
+            handle.close().await;
+        }
+        self.feed(Event::AgentDeclined { agent }).await;
     }
 
     async fn drop_agent_leg(&mut self) {
@@ -1196,28 +1385,23 @@ impl Call {
                 .send(QueueMsg::Call(QueueInput::Remove { call: self.id }));
         }
         if let Some(leg) = self.agent.take() {
-            let _ = leg.call.hangup().await;
-            if leg.media.is_some() {
-                let _ = self
-                    .shared
-                    .queue
-                    .send(QueueMsg::Call(QueueInput::AgentFinished {
-                        agent: leg.agent.clone(),
-                        call: self.id,
-                    }));
+            let (agent, answered) = (leg.agent.clone(), leg.answered);
+            // Hung up before the agent is free again: never offered a call while still on
+            // this one.
+            leg.close().await;
+            let input = if answered {
+                QueueInput::AgentFinished {
+                    agent,
+                    call: self.id,
+                }
             } else {
-                let _ = self
-                    .shared
-                    .queue
-                    .send(QueueMsg::Call(QueueInput::AgentFailed {
-                        agent: leg.agent.clone(),
-                        call: self.id,
-                        why: AgentFailure::NoAnswer,
-                    }));
-            }
-            if let Some((handle, _)) = leg.media {
-                handle.close().await;
-            }
+                QueueInput::AgentFailed {
+                    agent,
+                    call: self.id,
+                    why: AgentFailure::NoAnswer,
+                }
+            };
+            let _ = self.shared.queue.send(QueueMsg::Call(input));
         }
         let stats = self.media.close().await;
         info!(

@@ -272,22 +272,32 @@ async fn attempt_callback(
                         .get(&agent)
                         .cloned()
                         .unwrap_or_else(|| agent.clone());
-                    info!(%agent, %target, "ringing agent for a callback");
                     let headers = agent_headers(promise);
                     Some(
-                        match dial(shared, &target, headers, Some(promise.number.clone())).await {
-                            Ok(leg) => {
-                                agent_leg = Some((agent, leg));
-                                AttemptEvent::AgentAnswered
+                        if target.starts_with(crate::agents::AgentTarget::BROWSER_PREFIX) {
+                            // Callbacks ring an agent's phone; one answering in the console is
+                            // passed over (the next agent is tried).
+                            info!(%agent, "agent answers in the browser: not rung for a callback");
+                            AttemptEvent::AgentFailed {
+                                why: AgentFailure::Unreachable,
                             }
-                            Err(why) => AttemptEvent::AgentFailed {
-                                why: match why {
-                                    AttemptOutcome::Busy => AgentFailure::Busy,
-                                    AttemptOutcome::Declined => AgentFailure::Declined,
-                                    AttemptOutcome::NoAnswer => AgentFailure::NoAnswer,
-                                    _ => AgentFailure::Unreachable,
+                        } else {
+                            info!(%agent, %target, "ringing agent for a callback");
+                            match dial(shared, &target, headers, Some(promise.number.clone())).await
+                            {
+                                Ok(leg) => {
+                                    agent_leg = Some((agent, leg));
+                                    AttemptEvent::AgentAnswered
+                                }
+                                Err(why) => AttemptEvent::AgentFailed {
+                                    why: match why {
+                                        AttemptOutcome::Busy => AgentFailure::Busy,
+                                        AttemptOutcome::Declined => AgentFailure::Declined,
+                                        AttemptOutcome::NoAnswer => AgentFailure::NoAnswer,
+                                        _ => AgentFailure::Unreachable,
+                                    },
                                 },
-                            },
+                            }
                         },
                     )
                 }

@@ -24,6 +24,7 @@ use crate::sip::{SipConfig, SipEndpoint};
 use crate::speech::{DecodeOptions, DecoderPool, LanguageEngines, PoolConfig};
 use crate::storage::SqliteUsers;
 use crate::web::auth::{Auth, SharedUsers, with_users};
+use crate::web::offers::ConsoleOffers;
 use crate::web::{BrowserEndpoint, Desk, Metrics, SharedLedger, WebState};
 use anyhow::Context;
 use std::net::IpAddr;
@@ -56,6 +57,11 @@ pub struct Shared {
     pub(crate) numbers: crate::callbacks::NumberPolicy,
     /// This server run, in the keys of the promises it makes (unique across restarts).
     pub(crate) instance: String,
+    /// The address in our ICE candidates for browsers (`[browser] candidate_ip`); `None`:
+    /// the media socket's own.
+    pub(crate) browser_candidate_ip: Option<IpAddr>,
+    /// Calls offered to agents who answer in the console.
+    pub(crate) offers: ConsoleOffers,
 }
 
 impl Shared {
@@ -130,6 +136,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         .with_context(|| format!("binding HTTP on {}", opts.http_listen))?;
     let (browser_endpoint, browser_requests) =
         BrowserEndpoint::new(opts.browser.allowed_origins.clone());
+    let offers = ConsoleOffers::default();
     let web = WebState {
         ready: ready.clone(),
         metrics: metrics.clone(),
@@ -139,6 +146,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         desk: Desk {
             view: queue.desk.clone(),
             agents: queue.agents.clone(),
+            offers: offers.clone(),
         },
     };
     info!(addr = %opts.http_listen, "HTTP listening");
@@ -230,6 +238,8 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         no_media_timeout: opts.no_media_timeout,
         numbers: opts.callback_numbers.clone(),
         instance,
+        browser_candidate_ip: opts.browser.candidate_ip,
+        offers,
         recognizer: if opts.partials {
             crate::speech::RecognizerConfig::default()
         } else {

@@ -140,7 +140,7 @@ async fn run(
         while let Some(a) = queue.next_assignment(now) {
             let (call, msg) = match a {
                 Assignment::Ring { call, agent } => {
-                    let target = queue.target(&agent).unwrap_or(&agent).to_string();
+                    let target = queue.target(&agent).unwrap_or_else(|| agent.clone());
                     (call, ToCall::Ring { agent, target })
                 }
                 Assignment::NoneAvailable { call } => (call, ToCall::NoneAvailable),

@@ -15,11 +15,13 @@ use serde::Deserialize;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
-/// What the console sees of agents and the line, and where presence changes go.
+/// What the console sees of agents and the line, where presence changes go, and the calls
+/// offered to agents answering in the browser.
 #[derive(Clone)]
 pub struct Desk {
     pub view: watch::Receiver<DeskView>,
     pub agents: mpsc::UnboundedSender<AgentInput>,
+    pub offers: super::offers::ConsoleOffers,
 }
 
 impl axum::extract::FromRef<super::WebState> for Desk {
@@ -36,21 +38,72 @@ pub async fn view(State(desk): State<Desk>) -> Response {
     Json(desk.view.borrow().clone()).into_response()
 }
 
-/// `GET /api/desk/events`: the desk view now, then again at each change (at most about once
-/// a second: waiting times are whole seconds), with keep-alives between.
-pub async fn events(State(desk): State<Desk>) -> Response {
-    let stream = futures_util::stream::unfold((desk.view, true), |(mut rx, first)| async move {
-        if !first && rx.changed().await.is_err() {
-            return None;
+/// Keep-alives on the event stream; also how soon a console that vanished without closing
+/// its connection is noticed (the write fails) and stops being offered calls.
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    /// `browser`: this console answers calls (the agent is offered calls here while the
+    /// stream is open).
+    answer: Option<String>,
+}
+
+/// While a console that answers calls is connected: the agent is reachable in the browser.
+struct ConsoleOpen {
+    agents: mpsc::UnboundedSender<AgentInput>,
+    agent: String,
+}
+
+impl Drop for ConsoleOpen {
+    fn drop(&mut self) {
+        let _ = self.agents.send(AgentInput::ConsoleClosed {
+            agent: std::mem::take(&mut self.agent),
+        });
+    }
+}
+
+/// `GET /api/desk/events[?answer=browser]`: the desk view now, then again at each change (at
+/// most about once a second: waiting times are whole seconds), with keep-alives between.
+/// With `answer=browser` the logged-in agent takes calls in this console while it is open.
+pub async fn events(State(desk): State<Desk>, req: Request) -> Response {
+    let answers = axum::extract::Query::<EventsQuery>::try_from_uri(req.uri())
+        .is_ok_and(|q| q.answer.as_deref() == Some("browser"));
+    let console = match req.extensions().get::<Session>() {
+        Some(s) if answers => {
+            let open = ConsoleOpen {
+                agents: desk.agents.clone(),
+                agent: s.user.clone(),
+            };
+            if open
+                .agents
+                .send(AgentInput::ConsoleOpened {
+                    agent: s.user.clone(),
+                })
+                .is_err()
+            {
+                return error(StatusCode::SERVICE_UNAVAILABLE, "the queue is not running");
+            }
+            tracing::info!(agent = %s.user, "console answers calls");
+            Some(open)
         }
-        let json = serde_json::to_string(&*rx.borrow_and_update()).unwrap_or_default();
-        Some((
-            Ok::<_, std::convert::Infallible>(Event::default().event("desk").data(json)),
-            (rx, false),
-        ))
-    });
+        _ => None,
+    };
+    let stream = futures_util::stream::unfold(
+        (desk.view, true, console),
+        |(mut rx, first, console)| async move {
+            if !first && rx.changed().await.is_err() {
+                return None;
+            }
+            let json = serde_json::to_string(&*rx.borrow_and_update()).unwrap_or_default();
+            Some((
+                Ok::<_, std::convert::Infallible>(Event::default().event("desk").data(json)),
+                (rx, false, console),
+            ))
+        },
+    );
     Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response()
 }
 

@@ -8,6 +8,7 @@ mod console;
 mod desk;
 pub mod limits;
 pub mod metrics;
+pub mod offers;
 
 pub use desk::Desk;
 
@@ -63,6 +64,9 @@ pub fn router(state: WebState) -> Router {
         .route("/desk", get(desk::view))
         .route("/desk/events", get(desk::events))
         .route("/me/presence", post(desk::set_own_presence))
+        .route("/me/calls/{call}/accept", post(offers::accept))
+        .route("/me/calls/{call}/decline", post(offers::decline))
+        .route("/me/calls/{call}/hangup", post(offers::hang_up))
         .merge(supervisor)
         // An unknown path under /api says nothing without a login either.
         .fallback(api_not_found)
