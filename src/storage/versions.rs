@@ -189,7 +189,7 @@ mod tests {
             lines: vec![],
         };
         let v2 = store
-            .add_version(2, "bob", "second", &snap, &[change.clone()])
+            .add_version(2, "bob", "second", &snap, std::slice::from_ref(&change))
             .unwrap();
         assert!(v2 > v1);
         let latest = store.latest().unwrap().unwrap();
