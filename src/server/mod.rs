@@ -7,6 +7,7 @@ mod browser;
 mod call;
 mod dialer;
 mod flow_files;
+mod nodes;
 mod prompt_audio;
 mod queue;
 mod registrations;
@@ -15,7 +16,7 @@ mod settings;
 pub use prompt_audio::PromptAudio;
 pub use settings::{
     DEFAULT_REALM, RegistrarSettings, ServeOptions, ServerFile,
-    parse_port_range as settings_port_range,
+    parse_port_range as settings_port_range, valid_node_name,
 };
 
 use crate::callbacks::CallbackLedger;
@@ -56,7 +57,8 @@ pub struct Shared {
     pub(crate) no_media_timeout: Duration,
     /// Which numbers callbacks may go to.
     pub(crate) numbers: crate::callbacks::NumberPolicy,
-    /// This server run, in the keys of the promises it makes (unique across restarts).
+    /// This server run, in the keys of the promises it makes (unique across restarts), in a
+    /// shared store's claims and in its heartbeat.
     pub(crate) instance: String,
     /// Whether the prompt files on disk are the running flow (`/healthz`).
     pub(crate) prompts_health: PromptsHealth,
@@ -94,11 +96,17 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
 
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("creating {}", opts.data_dir.display()))?;
-    // This server run: in the keys of the promises it makes and in a shared ledger's claims.
-    let instance = format!("{:x}-{:x}", unix_ms(), std::process::id());
+    // This server run: in the keys of the promises it makes, in a shared ledger's claims and
+    // in its heartbeat; it starts with the node's name when one is configured.
+    let run = format!("{:x}-{:x}", unix_ms(), std::process::id());
+    let instance = match &opts.node {
+        Some(name) => format!("{name}-{run}"),
+        None => run,
+    };
+    let node_name = opts.node.clone().unwrap_or_else(|| instance.clone());
     let store = opts
         .store
-        .open(&opts.data_dir, &instance)
+        .open(&opts.data_dir, &instance, opts.node_timeout.timeout_ms)
         .with_context(|| format!("opening {}", opts.store.describe(&opts.data_dir)))?;
     let mut ledger = CallbackLedger::new(store, opts.callback_retry);
     let recovered = ledger.recover(unix_ms())?;
@@ -108,6 +116,11 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             "callbacks interrupted by the last stop are due again"
         );
     }
+    // Alive before the first call is taken: no other node may think this one dead.
+    ledger
+        .beat(&instance, &node_name, unix_ms())
+        .context("registering this node's heartbeat")?;
+    info!(node = %node_name, run = %instance, timeout_ms = opts.node_timeout.timeout_ms, "node registered");
     let ledger: SharedLedger = Arc::new(Mutex::new(ledger));
     // The users stay in SQLite in the data folder whatever store the ledger is in: each node
     // has its own until they move to PostgreSQL too.
@@ -278,6 +291,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         opts.browser.clone(),
         browser_requests,
     ));
+    nodes::spawn(shared.clone(), node_name, opts.node_timeout);
     match &opts.trunk {
         Some(trunk) => dialer::spawn(shared.clone(), trunk.clone()),
         None => {
