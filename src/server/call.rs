@@ -1150,6 +1150,7 @@ impl Call {
                 // queue's view) with Accept and Decline.
                 let offer = self.shared.offers.offer(agent, self.id);
                 info!(%agent, "offering the call in the agent's console");
+                self.hold(HeldState::Connecting);
                 self.agent = Some(AgentLeg {
                     agent: agent.to_string(),
                     answered: false,
@@ -1245,28 +1246,9 @@ impl Call {
                     return;
                 };
                 match media::spawn(socket, SessionConfig::new(&remote, StreamIds::random())) {
-<<<<<<< HEAD
                     Ok(media) => {
                         leg.media = Some(media);
                         self.bridge_agent("agent answered; bridged").await;
-=======
-                    Ok((handle, rx)) => {
-                        if let Err(e) = media::bridge(&self.media, &handle).await {
-                            warn!(error = %e, "bridge failed");
-                        }
-                        leg.media = Some((handle, rx));
-                        info!(%agent, "agent answered; bridged");
-                        let _ = self
-                            .shared
-                            .queue
-                            .send(QueueMsg::Call(QueueInput::AgentAnswered {
-                                agent: agent.clone(),
-                                call: self.id,
-                            }));
-                        self.queued = false;
-                        self.release_held(true);
-                        self.feed(Event::AgentAnswered { agent }).await;
->>>>>>> main
                     }
                     Err(e) => {
                         warn!(error = %e, "agent media failed");
@@ -1411,6 +1393,7 @@ impl Call {
                 call: self.id,
             }));
         self.queued = false;
+        self.release_held(true);
         self.feed(Event::AgentAnswered { agent }).await;
     }
 
