@@ -408,7 +408,8 @@ impl Server {
     }
 
     /// With the default set-up's speech: each language's own model from the prompts'
-    /// `[speech]` (no `--model`, `$HUMANLINE_MODEL` not passed on).
+    /// `[speech]` (no `--model`, `$HUMANLINE_MODEL` not passed on) and the default decode
+    /// threads. Hold [`speech_lock`].
     pub fn start_with_language_models(ports: Ports, dir: &Path, agents: &[String]) -> Server {
         Server::start_inner(ports, dir, agents, &[], &[], false)
     }
@@ -463,13 +464,14 @@ impl Server {
         }
         if one_model {
             cmd.arg("--model").arg(model_path());
-        } else {
-            cmd.env_remove("HUMANLINE_MODEL");
-        }
-        cmd
             // Two tests run at once on CI's 2 cores: one thread per decode keeps each server's
             // speech from spin-waiting on the other's cores.
-            .args(["--decode-threads", "1"]);
+            cmd.args(["--decode-threads", "1"]);
+        } else {
+            // The default set-up, decode threads included (the cores for one decoder): the
+            // test holds the speech lock, so no other test's speech shares the cores.
+            cmd.env_remove("HUMANLINE_MODEL");
+        }
         // The shipped prompts, unless the test brings its own.
         if !extra.iter().any(|a| a == "--prompts") {
             cmd.arg("--prompts").arg(prompts_dir());
