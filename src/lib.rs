@@ -14,6 +14,7 @@ pub mod escape;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod media;
+pub mod nodes;
 pub mod server;
 pub mod sip;
 pub mod speech;

@@ -9,6 +9,7 @@ use common::postgres::{Cluster, cluster};
 use humanline::callbacks::{
     AttemptOutcome, CallbackLedger, LedgerError, LedgerStore, NewPromise, PromiseState, RetryPolicy,
 };
+use humanline::nodes::{HeldCall, HeldState, Liveness, REASON_NODE_DIED};
 use humanline::storage::{DEFAULT_LEASE_MS, PostgresStore, SqliteStore};
 use std::collections::HashSet;
 use std::sync::{Arc, Barrier};
@@ -84,6 +85,8 @@ on_every_store!(
     a_chosen_time_is_honoured_and_completion_is_final,
     a_promise_kept_by_an_agent_is_never_dialed_and_says_why,
     a_crash_mid_dial_leaves_the_promise_due_again,
+    a_dead_nodes_waiting_callers_become_promises_once,
+    a_node_thought_dead_that_serves_its_caller_keeps_the_promise_made_for_them,
 );
 
 fn a_promise_is_retried_with_backoff_then_escalated_never_dropped(b: &Backend) {
@@ -358,4 +361,252 @@ fn nodes_starting_together_share_one_schema() {
         ledgers[1].promise(&promise("shared", 0), 5).unwrap().id,
         p.id
     );
+}
+
+// --- nodes: the callers each node holds ---------------------------------------------------------
+
+const TIMEOUT: Liveness = Liveness { timeout_ms: 3_000 };
+
+/// A caller on `node`'s call number `call` who asked for a person and said something.
+fn held(node: &str, call: u64, number: &str, state: HeldState) -> HeldCall {
+    HeldCall {
+        key: HeldCall::key_for(node, call),
+        node: node.into(),
+        number: number.into(),
+        call_id: format!("sip-{node}-{call}"),
+        reason: "keyword".into(),
+        context: serde_json::json!({"said": [format!("my order {call}"), "human"], "language": "en"}),
+        state,
+        since: 100 + call as i64,
+    }
+}
+
+/// Node A holds four callers: two waiting (one with an agent ringing), one who already has a
+/// promise from their call, one served (released). A dies. While its beat is fresh nobody takes
+/// anything; once it is older than the timeout, B turns exactly the two into promises (reason
+/// node_died, their number and words), once, whoever else looks; a live node's caller is
+/// never taken; and every promise is dialed once.
+fn a_dead_nodes_waiting_callers_become_promises_once(b: &Backend) {
+    let mut a = b.ledger("a-run", RetryPolicy::default());
+    let mut node_b = b.ledger("b-run", RetryPolicy::default());
+    assert!(!a.beat("a-run", "a", 0).unwrap());
+    assert!(!node_b.beat("b-run", "b", 0).unwrap());
+    a.hold(&held("a-run", 1, "+31205550101", HeldState::Waiting))
+        .unwrap();
+    a.hold(&held("a-run", 2, "+31205550102", HeldState::Waiting))
+        .unwrap();
+    // The agent's phone rings for caller 2: the same record, further along.
+    a.hold(&held("a-run", 2, "+31205550102", HeldState::Connecting))
+        .unwrap();
+    a.hold(&held("a-run", 3, "+31205550103", HeldState::Waiting))
+        .unwrap();
+    a.hold(&held("a-run", 4, "+31205550104", HeldState::Waiting))
+        .unwrap();
+    // Caller 3 accepted a callback and kept waiting: their promise is keyed on their call.
+    let mut own = promise("a-run-3-1", 0);
+    own.number = "+31205550103".into();
+    let own = a.promise(&own, 150).unwrap();
+    a.release(&HeldCall::key_for("a-run", 4), true, 160)
+        .unwrap();
+    node_b
+        .hold(&held("b-run", 1, "+31205550201", HeldState::Waiting))
+        .unwrap();
+    assert_eq!(a.held_calls().unwrap().len(), 4);
+
+    // A dies after its beat at 1000; B keeps beating.
+    assert!(!a.beat("a-run", "a", 1_000).unwrap());
+    drop(a);
+    assert!(!node_b.beat("b-run", "b", 3_900).unwrap());
+    assert!(
+        node_b
+            .adopt_dead_nodes("b-run", TIMEOUT, 4_000)
+            .unwrap()
+            .is_empty(),
+        "taken at the timeout, not after it"
+    );
+    let made = node_b.adopt_dead_nodes("b-run", TIMEOUT, 4_001).unwrap();
+    let mut numbers: Vec<&str> = made.iter().map(|p| p.number.as_str()).collect();
+    numbers.sort();
+    assert_eq!(numbers, ["+31205550101", "+31205550102"], "{made:?}");
+    for p in &made {
+        assert_eq!(p.reason, REASON_NODE_DIED);
+        assert!(p.automatic);
+        assert_eq!(p.state, PromiseState::Promised);
+        assert_eq!(p.next_attempt_at, 4_001);
+        assert_eq!(p.context["said"][1], "human");
+        assert_eq!(p.context["node_died"], "a-run");
+    }
+    assert!(
+        node_b
+            .adopt_dead_nodes("b-run", TIMEOUT, 4_002)
+            .unwrap()
+            .is_empty(),
+        "twice"
+    );
+    // A third node looking later finds nothing either, and B (alive) is not taken.
+    let mut c = b.ledger("c-run", RetryPolicy::default());
+    c.beat("c-run", "c", 4_500).unwrap();
+    node_b.beat("b-run", "b", 4_600).unwrap();
+    assert!(
+        c.adopt_dead_nodes("c-run", TIMEOUT, 5_000)
+            .unwrap()
+            .is_empty()
+    );
+    let still: Vec<String> = c.held_calls().unwrap().into_iter().map(|h| h.key).collect();
+    assert_eq!(still, ["b-run-1"], "A's held callers are gone, B's stay");
+    let nodes = c.nodes().unwrap();
+    let a_row = nodes.iter().find(|n| n.node == "a-run").unwrap();
+    assert_eq!(
+        (a_row.name.as_str(), a_row.adopted_by.as_deref()),
+        ("a", Some("b-run"))
+    );
+    assert!(
+        nodes
+            .iter()
+            .filter(|n| n.node != "a-run")
+            .all(|n| n.adopted_by.is_none())
+    );
+
+    // The dialers keep all three promises, each once.
+    let mut dialed = Vec::new();
+    for l in [&mut node_b, &mut c] {
+        for (p, attempt) in l.claim_due(5_000, 10).unwrap() {
+            l.finish(attempt.id, AttemptOutcome::Completed, 5_100)
+                .unwrap();
+            dialed.push(p.number);
+        }
+    }
+    dialed.sort();
+    assert_eq!(dialed, ["+31205550101", "+31205550102", "+31205550103"]);
+    assert!(c.claim_due(i64::MAX / 2, 10).unwrap().is_empty());
+    assert_eq!(c.get(own.id).unwrap().attempts, 1);
+    assert_eq!(c.list(None).unwrap().len(), 3, "one promise per caller");
+}
+
+/// A was only slow: B took its caller over, then A's caller reached an agent on A. The
+/// promise B made is kept (served by an agent), never dialed; A hears it was given up for dead.
+fn a_node_thought_dead_that_serves_its_caller_keeps_the_promise_made_for_them(b: &Backend) {
+    let mut a = b.ledger("slow-a", RetryPolicy::default());
+    let mut node_b = b.ledger("b", RetryPolicy::default());
+    a.beat("slow-a", "a", 0).unwrap();
+    a.hold(&held("slow-a", 9, "+31205550109", HeldState::Waiting))
+        .unwrap();
+    node_b.beat("b", "b", 3_500).unwrap();
+    let made = node_b.adopt_dead_nodes("b", TIMEOUT, 3_500).unwrap();
+    assert_eq!(made.len(), 1);
+    assert!(
+        a.beat("slow-a", "a", 3_600).unwrap(),
+        "A is not told it was given up"
+    );
+    assert!(!a.beat("slow-a", "a", 3_700).unwrap(), "told twice");
+    a.release(&HeldCall::key_for("slow-a", 9), true, 3_800)
+        .unwrap();
+    let p = node_b.get(made[0].id).unwrap();
+    assert_eq!(p.state, PromiseState::Completed);
+    assert_eq!(p.completed_reason.as_deref(), Some("served_by_agent"));
+    assert!(node_b.claim_due(10_000, 10).unwrap().is_empty());
+    // A beats again: it is alive, and nothing of it is taken now.
+    node_b.beat("b", "b", 5_000).unwrap();
+    assert!(
+        node_b
+            .adopt_dead_nodes("b", TIMEOUT, 5_000)
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// The whole of a node's death on the shared store: node A holds 40 waiting callers, has
+/// promises not yet due, due and undialed, and one it is dialing; it is SIGKILLed (dropped).
+/// Two survivors look at the same moment: each caller becomes one promise (by one of them),
+/// A's dialing attempt comes back after its lease, and every promise is dialed exactly once.
+#[test]
+fn two_survivors_take_a_dead_nodes_callers_and_promises_over_once() {
+    let Some(b) = Backend::postgres("two_survivors") else {
+        return;
+    };
+    let Backend::Postgres { url, .. } = &b else {
+        unreachable!()
+    };
+    let url = url.clone();
+    let node = move |name: &str| {
+        CallbackLedger::new(
+            PostgresStore::connect(&url, name)
+                .unwrap()
+                .with_lease(TIMEOUT.timeout_ms),
+            RetryPolicy::default(),
+        )
+    };
+    const CALLERS: u64 = 40;
+    let mut a = node("a");
+    a.beat("a", "a", 0).unwrap();
+    for call in 0..CALLERS {
+        a.hold(&held(
+            "a",
+            call,
+            &format!("+3120555{call:04}"),
+            HeldState::Waiting,
+        ))
+        .unwrap();
+    }
+    a.promise(&promise("a-later", 60_000), 0).unwrap();
+    a.promise(&promise("a-due", 0), 0).unwrap();
+    a.promise(&promise("a-dialing", 0), 0).unwrap();
+    let dialing = a.claim_due(0, 1).unwrap();
+    assert_eq!(dialing.len(), 1);
+    a.beat("a", "a", 1_000).unwrap();
+    a.keep_claims(1_000).unwrap();
+    drop(a);
+
+    let start = Arc::new(Barrier::new(2));
+    let survivors: Vec<_> = ["b", "c"]
+        .into_iter()
+        .map(|name| {
+            let (start, mut l) = (start.clone(), node(name));
+            std::thread::spawn(move || {
+                l.beat(name, name, 4_001).unwrap();
+                start.wait();
+                let made = l.adopt_dead_nodes(name, TIMEOUT, 4_001).unwrap();
+                (l, made.into_iter().map(|p| p.id).collect::<Vec<_>>())
+            })
+        })
+        .collect();
+    let mut ledgers = Vec::new();
+    let mut made = Vec::new();
+    for s in survivors {
+        let (l, ids) = s.join().unwrap();
+        ledgers.push(l);
+        made.extend(ids);
+    }
+    let unique: HashSet<i64> = made.iter().copied().collect();
+    assert_eq!(unique.len(), made.len(), "a caller promised twice");
+    assert_eq!(made.len() as u64, CALLERS, "callers left without a promise");
+    // Before A's lease (1000 + 3000) ran out its attempt stays A's; after, it is due again.
+    assert_eq!(ledgers[0].keep_claims(4_000).unwrap(), 0);
+    assert_eq!(ledgers[0].keep_claims(4_001).unwrap(), 1);
+    let mut dialed: Vec<String> = Vec::new();
+    let mut t = 4_001;
+    while t <= 70_000 {
+        for l in ledgers.iter_mut() {
+            for (p, attempt) in l.claim_due(t, 7).unwrap() {
+                l.finish(attempt.id, AttemptOutcome::Completed, t).unwrap();
+                dialed.push(p.key);
+            }
+        }
+        t += 1_000;
+    }
+    let keys: HashSet<&String> = dialed.iter().collect();
+    assert_eq!(
+        keys.len(),
+        dialed.len(),
+        "a promise dialed twice: {dialed:?}"
+    );
+    assert_eq!(dialed.len() as u64, CALLERS + 3, "{dialed:?}");
+    for k in ["a-later", "a-due", "a-dialing"] {
+        assert!(keys.contains(&k.to_string()), "{k} not kept");
+    }
+    let all = ledgers[0].list(None).unwrap();
+    assert!(all.iter().all(|p| p.state == PromiseState::Completed));
+    let redialed = ledgers[0].attempts(dialing[0].0.id).unwrap();
+    assert_eq!(redialed.len(), 2, "{redialed:?}");
+    assert_eq!(redialed[0].outcome, Some(AttemptOutcome::Interrupted));
 }

@@ -13,6 +13,7 @@ pub use attempt::{AGENT_WAIT_LIMIT, AttemptAction, AttemptEvent, CallbackAttempt
 pub use number::{NumberPolicy, NumberRefused, spoken_number, valid_prefix};
 pub use when::{MAX_AHEAD, UTC_OFFSET_MIN_RANGE, local_clock, names_time, resolve_when};
 
+use crate::nodes::{HeldCall, Liveness, NodeBeat};
 use serde::{Deserialize, Serialize};
 
 /// Milliseconds since the Unix epoch.
@@ -224,6 +225,31 @@ pub trait LedgerStore: Send {
     fn list(&mut self, state: Option<PromiseState>) -> Result<Vec<Promise>, LedgerError>;
     /// The open attempt's promise, for `finish_attempt` validation.
     fn attempt(&mut self, attempt: i64) -> Result<Attempt, LedgerError>;
+
+    // --- nodes (src/nodes): the callers each node holds, and taking a dead node's over ---
+
+    /// Renews `node`'s heartbeat (its first beat registers it under `name`). Returns whether
+    /// other nodes had given it up for dead meanwhile (and taken its held callers over).
+    fn beat(&mut self, node: &str, name: &str, now: UnixMs) -> Result<bool, LedgerError>;
+    /// Records a call held by its node whose caller asked for a person, or updates it.
+    fn hold_call(&mut self, call: &HeldCall) -> Result<(), LedgerError>;
+    /// The call is no longer held. `served`: the caller reached a person, so a promise another
+    /// node made for them meanwhile (it thought this node dead) is kept as well.
+    fn release_call(&mut self, key: &str, served: bool, now: UnixMs) -> Result<(), LedgerError>;
+    /// As `me`: each other node whose last beat is before `dead_before` and that nobody took
+    /// over yet is taken over, once (row locks): each of its held callers who has no promise
+    /// from that call becomes one ([`HeldCall::promise_after_node_died`]), in one transaction.
+    /// Returns the promises made.
+    fn adopt_dead_nodes(
+        &mut self,
+        me: &str,
+        dead_before: UnixMs,
+        now: UnixMs,
+    ) -> Result<Vec<Promise>, LedgerError>;
+    /// Every call held now, on every node, oldest first.
+    fn held_calls(&mut self) -> Result<Vec<HeldCall>, LedgerError>;
+    /// Every node that ever beat, in the order they started.
+    fn nodes(&mut self) -> Result<Vec<NodeBeat>, LedgerError>;
 }
 
 /// The store chosen by configuration (`storage::open_store`) is a boxed one.
@@ -271,6 +297,29 @@ impl<S: LedgerStore + ?Sized> LedgerStore for Box<S> {
     }
     fn attempt(&mut self, attempt: i64) -> Result<Attempt, LedgerError> {
         (**self).attempt(attempt)
+    }
+    fn beat(&mut self, node: &str, name: &str, now: UnixMs) -> Result<bool, LedgerError> {
+        (**self).beat(node, name, now)
+    }
+    fn hold_call(&mut self, call: &HeldCall) -> Result<(), LedgerError> {
+        (**self).hold_call(call)
+    }
+    fn release_call(&mut self, key: &str, served: bool, now: UnixMs) -> Result<(), LedgerError> {
+        (**self).release_call(key, served, now)
+    }
+    fn adopt_dead_nodes(
+        &mut self,
+        me: &str,
+        dead_before: UnixMs,
+        now: UnixMs,
+    ) -> Result<Vec<Promise>, LedgerError> {
+        (**self).adopt_dead_nodes(me, dead_before, now)
+    }
+    fn held_calls(&mut self) -> Result<Vec<HeldCall>, LedgerError> {
+        (**self).held_calls()
+    }
+    fn nodes(&mut self) -> Result<Vec<NodeBeat>, LedgerError> {
+        (**self).nodes()
     }
 }
 
@@ -400,6 +449,41 @@ impl<S: LedgerStore> CallbackLedger<S> {
 
     pub fn list(&mut self, state: Option<PromiseState>) -> Result<Vec<Promise>, LedgerError> {
         self.store.list(state)
+    }
+
+    /// This node is alive (see [`LedgerStore::beat`]).
+    pub fn beat(&mut self, node: &str, name: &str, now: UnixMs) -> Result<bool, LedgerError> {
+        self.store.beat(node, name, now)
+    }
+
+    /// A caller on this node asked for a person: recorded, so that another node calls them
+    /// back if this one dies while they wait.
+    pub fn hold(&mut self, call: &HeldCall) -> Result<(), LedgerError> {
+        self.store.hold_call(call)
+    }
+
+    /// The caller is no longer waiting for a person here (served, or gone).
+    pub fn release(&mut self, key: &str, served: bool, now: UnixMs) -> Result<(), LedgerError> {
+        self.store.release_call(key, served, now)
+    }
+
+    /// As `me`: the callers of nodes dead by `liveness` at `now` become promises, once.
+    pub fn adopt_dead_nodes(
+        &mut self,
+        me: &str,
+        liveness: Liveness,
+        now: UnixMs,
+    ) -> Result<Vec<Promise>, LedgerError> {
+        self.store
+            .adopt_dead_nodes(me, liveness.dead_before(now), now)
+    }
+
+    pub fn held_calls(&mut self) -> Result<Vec<HeldCall>, LedgerError> {
+        self.store.held_calls()
+    }
+
+    pub fn nodes(&mut self) -> Result<Vec<NodeBeat>, LedgerError> {
+        self.store.nodes()
     }
 }
 

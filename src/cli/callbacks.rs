@@ -50,7 +50,11 @@ pub fn run(args: CallbacksArgs) -> anyhow::Result<()> {
     // Reading only: the node name is never written (this process claims nothing).
     let store = args
         .store
-        .open(&args.data_dir, "callbacks-cli")
+        .open(
+            &args.data_dir,
+            "callbacks-cli",
+            crate::storage::DEFAULT_LEASE_MS,
+        )
         .with_context(|| format!("opening {}", args.store.describe(&args.data_dir)))?;
     let mut ledger = CallbackLedger::new(store, RetryPolicy::default());
     match args.command {

@@ -31,6 +31,10 @@ pub struct ServeArgs {
     /// "postgres://user@host:port/database" URL shared by several nodes [default: sqlite].
     #[arg(long, value_parser = StoreSetting::parse)]
     store: Option<StoreSetting>,
+    /// This node's name among several sharing one store [default: the file's `node`, else
+    /// one made for each run].
+    #[arg(long, value_parser = node_name)]
+    node: Option<String>,
     /// An agent's SIP URI (repeatable); added to the config file's agents.
     #[arg(long = "agent", value_name = "SIP-URI")]
     agents: Vec<String>,
@@ -54,6 +58,14 @@ pub struct ServeArgs {
     decode_threads: Option<usize>,
 }
 
+fn node_name(s: &str) -> Result<String, String> {
+    if crate::server::valid_node_name(s) {
+        Ok(s.to_string())
+    } else {
+        Err("a node name is 1 to 64 letters, digits, `.`, `_` or `-`".into())
+    }
+}
+
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let file = match &args.config {
         Some(path) => ServerFile::load(path)?,
@@ -68,6 +80,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     let no_media_timeout = file.no_media_timeout();
     let store = args.store.unwrap_or_else(|| file.store());
+    let node = args
+        .node
+        .clone()
+        .or_else(|| file.node.as_ref().map(|n| n.get_ref().clone()));
+    let node_timeout = file.node_liveness();
     let mut agents = file.agents.clone();
     agents.extend(args.agents.iter().cloned());
     let rtp = args
@@ -93,6 +110,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .or(file.data_dir)
             .unwrap_or_else(|| "data".into()),
         store,
+        node,
+        node_timeout,
         model: crate::speech::models::explicit_model(args.model.or(file.model).as_deref()),
         decoders,
         decode_threads: args

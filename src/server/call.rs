@@ -12,12 +12,15 @@ use crate::brain::{
     Action, CallBrain, CallbackRequest, CallbackTime, CallbackWhen, Event, Phase, PlayId,
     RouteReason, TimerKind,
 };
-use crate::callbacks::{NewPromise, local_clock, resolve_when, with_ledger};
+use crate::callbacks::{
+    CallbackLedger, LedgerError, LedgerStore, NewPromise, local_clock, resolve_when, with_ledger,
+};
 use crate::escape::normalize::collapse_repeats;
 use crate::media::webrtc::PeerState;
 use crate::media::{
     self, LocalMedia, MediaEvent, MediaHandle, PlaybackId, SessionConfig, StreamIds, sdp,
 };
+use crate::nodes::{HeldCall, HeldState};
 use crate::sip::{
     FailReason, InboundCall, InboundEvent, InboundEvents, IncomingCall, OutboundCall,
     OutboundEvent, OutboundEvents, OutboundInvite, RejectStatus,
@@ -84,6 +87,12 @@ struct Call {
     /// Callbacks requested on this call so far, for their keys.
     promises_made: u32,
     queued: bool,
+    /// The caller is recorded in the store as held here, waiting for a person (src/nodes):
+    /// if this node dies, another calls them back.
+    held: bool,
+    /// The latest write of that record; each waits for the one before, so the store sees
+    /// hold, connecting and release in the order they happened.
+    held_write: Option<tokio::task::JoinHandle<()>>,
     agent: Option<AgentLeg>,
     /// End of the caller's latest speech (stream audio time) and the wall time it maps to.
     speech_end: Option<Instant>,
@@ -431,6 +440,8 @@ async fn drive(
         callback_tx,
         promises_made: 0,
         queued: false,
+        held: false,
+        held_write: None,
         agent: None,
         speech_end: None,
         watch: RecognitionWatch::default(),
@@ -607,7 +618,7 @@ impl Call {
             } => {
                 let clips = self.audio.clips(&language, &prompt, &text, &vars);
                 let id = self.playback_for(play);
-                info!(%prompt, "play");
+                info!(%prompt, %text, "play");
                 // The brain's play replaces what plays: "connecting" never waits behind a
                 // prompt.
                 let _ = self.media.play_now(id, clips).await;
@@ -697,6 +708,7 @@ impl Call {
                         to_call: self.queue_tx.clone(),
                         caller,
                     });
+                    self.hold(HeldState::Waiting);
                 }
             }
             Action::StoreCallback(req) => self.store_callback(*req),
@@ -748,11 +760,17 @@ impl Call {
             reason: req.reason.as_str().into(),
             context: serde_json::to_value(&req.context).unwrap_or_default(),
             automatic: req.automatic,
-            // Ours, not the caller's Call-ID: a reused Call-ID is a new promise.
-            key: format!(
-                "{}-{}-{}",
-                self.shared.instance, self.id, self.promises_made
-            ),
+            // Ours, not the caller's Call-ID: a reused Call-ID is a new promise. A held
+            // caller whose line died gets the key another node would give them if it took
+            // this node for dead: one promise for them either way.
+            key: if req.automatic && self.held {
+                crate::nodes::adopted_key(&HeldCall::key_for(&self.shared.instance, self.id))
+            } else {
+                format!(
+                    "{}-{}-{}",
+                    self.shared.instance, self.id, self.promises_made
+                )
+            },
             call_id: self.sip_call_id.clone(),
         };
         let ledger = self.shared.ledger.clone();
@@ -802,6 +820,59 @@ impl Call {
         if !verdicts.is_empty() {
             self.feed(Event::Verified { verdicts }).await;
         }
+    }
+
+    /// Records (or updates) the caller as held here, waiting for a person, with what they said.
+    fn hold(&mut self, state: HeldState) {
+        let context = self.brain.context();
+        let call = HeldCall {
+            key: HeldCall::key_for(&self.shared.instance, self.id),
+            node: self.shared.instance.clone(),
+            number: self.caller_id.clone(),
+            call_id: self.sip_call_id.clone(),
+            reason: self.route_reason(),
+            context: serde_json::to_value(context).unwrap_or_default(),
+            state,
+            since: unix_ms(),
+        };
+        self.held = true;
+        self.write_held("record the caller as held", move |l| l.hold(&call));
+    }
+
+    /// The caller no longer waits for a person here: `served` (they reached one) or gone.
+    fn release_held(&mut self, served: bool) {
+        if !std::mem::take(&mut self.held) {
+            return;
+        }
+        let key = HeldCall::key_for(&self.shared.instance, self.id);
+        self.write_held("release the held caller", move |l| {
+            l.release(&key, served, unix_ms())
+        });
+    }
+
+    /// Runs a write of this call's held record after the one before it, off the call's loop
+    /// (a commit must not delay what the caller hears). A failure is logged: the caller is
+    /// served as ever, only a node failure would not be covered for them.
+    fn write_held(
+        &mut self,
+        what: &'static str,
+        op: impl FnOnce(&mut CallbackLedger<Box<dyn LedgerStore>>) -> Result<(), LedgerError>
+        + Send
+        + 'static,
+    ) {
+        let before = self.held_write.take();
+        let ledger = self.shared.ledger.clone();
+        self.held_write = Some(tokio::spawn(
+            async move {
+                if let Some(before) = before {
+                    let _ = before.await;
+                }
+                if let Err(e) = with_ledger(&ledger, op).await {
+                    warn!(error = %e, "could not {what}");
+                }
+            }
+            .instrument(tracing::Span::current()),
+        ));
     }
 
     /// The caller reached a person: their stored callback is kept, never dialed.
@@ -1039,6 +1110,7 @@ impl Call {
         };
         let (call, events) = self.shared.sip.invite_with(invite).await?;
         info!(%agent, %target, "ringing agent");
+        self.hold(HeldState::Connecting);
         self.agent = Some(AgentLeg {
             agent: agent.to_string(),
             call,
@@ -1094,6 +1166,7 @@ impl Call {
                                 call: self.id,
                             }));
                         self.queued = false;
+                        self.release_held(true);
                         self.feed(Event::AgentAnswered { agent }).await;
                     }
                     Err(e) => {
@@ -1194,6 +1267,12 @@ impl Call {
                 .shared
                 .queue
                 .send(QueueMsg::Call(QueueInput::Remove { call: self.id }));
+        }
+        // The call is over here (a caller whose line died has their promise already): this
+        // node no longer holds them. Waited for, so that nothing of the call outlives it.
+        self.release_held(false);
+        if let Some(write) = self.held_write.take() {
+            let _ = write.await;
         }
         if let Some(leg) = self.agent.take() {
             let _ = leg.call.hangup().await;

@@ -4,6 +4,7 @@
 use crate::callbacks::{NumberPolicy, RetryPolicy, UTC_OFFSET_MIN_RANGE, valid_prefix};
 use crate::config::{ConfigError, ConfigProblem, line_col};
 use crate::media::PortRange;
+use crate::nodes::Liveness;
 use crate::sip::AdmissionLimits;
 use crate::storage::StoreSetting;
 use crate::web::auth::{AuthConfig, LoginLimits};
@@ -27,6 +28,12 @@ pub struct ServerFile {
     /// Where the callback ledger lives: "sqlite" (`callbacks.db` in `data_dir`, the default)
     /// or a "postgres://user@host:port/database" URL several nodes share.
     pub store: Option<Spanned<String>>,
+    /// This node's name among several sharing one store (letters, digits, `.`, `_`, `-`);
+    /// unset: each run is named by its start time and process id.
+    pub node: Option<Spanned<String>>,
+    /// A node not heard from for this long is dead: the others call its waiting callers back
+    /// and take over its callback attempts [default: 30000].
+    pub node_timeout_ms: Option<Spanned<i64>>,
     /// One Whisper model for every language; unset: each language's own `[speech] model`.
     pub model: Option<PathBuf>,
     /// Decoder threads for speech recognition.
@@ -451,6 +458,17 @@ const WINDOW_MS: std::ops::RangeInclusive<i64> = 60 * SECOND_MS..=30 * DAY_MS;
 /// How long a caller's media may be silent before their phone is probed.
 const NO_MEDIA_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 1_000..=600_000;
 const NO_MEDIA_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// A node timeout under 2 s would take a node for dead on one slow commit (it beats every
+/// second); over 10 minutes a dead node's callers wait too long for their callback.
+const NODE_TIMEOUT_MS: std::ops::RangeInclusive<i64> = 2_000..=600_000;
+
+/// Whether `name` may name a node: it goes into promise keys and log lines.
+pub fn valid_node_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
 
 impl ServerFile {
     /// The retry policy: the file's values over the defaults (checked by `load`).
@@ -481,6 +499,16 @@ impl ServerFile {
             .as_ref()
             .and_then(|s| StoreSetting::parse(s.get_ref()).ok())
             .unwrap_or_default()
+    }
+
+    /// When a node counts as dead (checked by `load`).
+    pub fn node_liveness(&self) -> Liveness {
+        Liveness {
+            timeout_ms: self
+                .node_timeout_ms
+                .as_ref()
+                .map_or(crate::storage::DEFAULT_LEASE_MS, |v| *v.get_ref()),
+        }
     }
 
     /// Silence from a caller after which their phone is probed.
@@ -627,6 +655,26 @@ impl ServerFile {
         {
             out.push((s.span(), message));
         }
+        if let Some(n) = &self.node
+            && !valid_node_name(n.get_ref())
+        {
+            out.push((
+                n.span(),
+                "node must be 1 to 64 letters, digits, `.`, `_` or `-`".into(),
+            ));
+        }
+        if let Some(v) = &self.node_timeout_ms
+            && !NODE_TIMEOUT_MS.contains(v.get_ref())
+        {
+            out.push((
+                v.span(),
+                format!(
+                    "node_timeout_ms must be between {} and {} ms",
+                    NODE_TIMEOUT_MS.start(),
+                    NODE_TIMEOUT_MS.end()
+                ),
+            ));
+        }
         if let Some(Err(problems)) = self.admission.as_ref().map(AdmissionFile::limits) {
             out.extend(problems);
         }
@@ -692,6 +740,10 @@ pub struct ServeOptions {
     pub data_dir: PathBuf,
     /// Where the callback ledger lives.
     pub store: StoreSetting,
+    /// This node's name (`node`), if it has one.
+    pub node: Option<String>,
+    /// When a node counts as dead; also how long its callback claims hold.
+    pub node_timeout: Liveness,
     /// One model for every language (`--model`); `None`: each language's `[speech] model`.
     pub model: Option<PathBuf>,
     pub decoders: usize,
@@ -792,6 +844,33 @@ mod tests {
             assert_eq!(p.len(), 1, "{bad}: {p:?}");
             assert_eq!((p[0].line, p[0].col), (3, 9), "{bad}: {p:?}");
             assert!(p[0].message.contains("store"), "{bad}: {p:?}");
+        }
+    }
+
+    #[test]
+    fn the_node_name_and_timeout_are_checked_at_their_line() {
+        let f = ServerFile::parse(
+            Path::new("s"),
+            "node = \"a-1.east\"\nnode_timeout_ms = 3000\n",
+        )
+        .expect("valid");
+        assert_eq!(f.node_liveness().timeout_ms, 3000);
+        assert_eq!(
+            ServerFile::parse(Path::new("s"), "")
+                .unwrap()
+                .node_liveness()
+                .timeout_ms,
+            crate::storage::DEFAULT_LEASE_MS
+        );
+        for bad in [
+            "node = \"a b\"",
+            "node = \"\"",
+            "node_timeout_ms = 500",
+            "node_timeout_ms = -1",
+        ] {
+            let p = problems(&format!("trunk = \"sip:gw@127.0.0.1\"\n\n{bad}\n"));
+            assert_eq!(p.len(), 1, "{bad}: {p:?}");
+            assert_eq!(p[0].line, 3, "{bad}: {p:?}");
         }
     }
 

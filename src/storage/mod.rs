@@ -8,10 +8,12 @@
 mod postgres;
 mod sqlite;
 mod users;
+mod versions;
 
 pub use postgres::{DEFAULT_LEASE_MS, PostgresStore};
 pub use sqlite::SqliteStore;
 pub use users::SqliteUsers;
+pub use versions::SqliteVersions;
 
 use crate::callbacks::{LedgerError, LedgerStore, PromiseState};
 use std::path::Path;
@@ -43,11 +45,19 @@ impl StoreSetting {
         ))
     }
 
-    /// Opens the ledger store. `node` names this server run in a shared store's claims.
-    pub fn open(&self, data_dir: &Path, node: &str) -> Result<Box<dyn LedgerStore>, LedgerError> {
+    /// Opens the ledger store. `node` names this server run in a shared store's claims, which
+    /// hold `lease_ms` without renewal (the node timeout).
+    pub fn open(
+        &self,
+        data_dir: &Path,
+        node: &str,
+        lease_ms: i64,
+    ) -> Result<Box<dyn LedgerStore>, LedgerError> {
         Ok(match self {
             Self::Sqlite => Box::new(SqliteStore::open(&data_dir.join("callbacks.db"))?),
-            Self::Postgres(url) => Box::new(PostgresStore::connect(url, node)?),
+            Self::Postgres(url) => {
+                Box::new(PostgresStore::connect(url, node)?.with_lease(lease_ms))
+            }
         })
     }
 

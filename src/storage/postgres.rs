@@ -10,6 +10,7 @@
 use crate::callbacks::{
     Attempt, AttemptOutcome, LedgerError, LedgerStore, NewPromise, Promise, PromiseState, UnixMs,
 };
+use crate::nodes::{HeldCall, HeldState, NodeBeat, adopted_key};
 use ::postgres::{Client, Config, GenericClient, NoTls, Row, Transaction};
 use std::time::Duration;
 
@@ -25,7 +26,8 @@ const COMPONENT: &str = "callbacks";
 
 /// Schema migrations of the ledger, applied in order; `humanline_schema` records how many ran.
 /// Times are Unix milliseconds, as in SQLite.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE callbacks (
     id               BIGSERIAL PRIMARY KEY,
     created_at       BIGINT  NOT NULL,
@@ -56,7 +58,33 @@ CREATE TABLE callback_attempts (
 );
 CREATE INDEX callback_attempts_by_callback ON callback_attempts (callback_id);
 CREATE INDEX callback_attempts_open ON callback_attempts (lease_until) WHERE ended_at IS NULL;
-"#];
+"#,
+    // Nodes (src/nodes): each server run beats in `humanline_nodes`; the callers it holds who
+    // asked for a person are in `held_calls` until served or gone. A node found dead is marked
+    // adopted by the node that turned its held callers into promises (its row locked meanwhile,
+    // so that two survivors never both do).
+    r#"
+CREATE TABLE humanline_nodes (
+    node       TEXT   PRIMARY KEY,
+    name       TEXT   NOT NULL,
+    started_at BIGINT NOT NULL,
+    beat_at    BIGINT NOT NULL,
+    adopted_by TEXT,
+    adopted_at BIGINT
+);
+CREATE TABLE held_calls (
+    call_key TEXT   PRIMARY KEY,
+    node     TEXT   NOT NULL,
+    number   TEXT   NOT NULL,
+    call_id  TEXT   NOT NULL,
+    reason   TEXT   NOT NULL,
+    context  TEXT   NOT NULL,
+    state    TEXT   NOT NULL,
+    since    BIGINT NOT NULL
+);
+CREATE INDEX held_calls_by_node ON held_calls (node);
+"#,
+];
 
 pub struct PostgresStore {
     client: Client,
@@ -143,6 +171,73 @@ fn recover_expired(tx: &mut Transaction<'_>, now: UnixMs) -> Result<usize, Ledge
         )
         .map_err(db)?;
     Ok(usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+/// Stores a promise unless one with its key exists (another node committing the same
+/// request's); returns it, and whether it is new.
+fn insert_in(
+    c: &mut impl GenericClient,
+    p: &NewPromise,
+    now: UnixMs,
+) -> Result<(Promise, bool), LedgerError> {
+    let inserted = c
+        .query_opt(
+            "INSERT INTO callbacks (created_at, number, not_before, reason, context, automatic, \
+             promise_key, state, next_attempt_at, call_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'promised', $8, $9) \
+             ON CONFLICT (promise_key) DO NOTHING RETURNING *",
+            &[
+                &now,
+                &p.number,
+                &p.not_before,
+                &p.reason,
+                &p.context.to_string(),
+                &p.automatic,
+                &p.key,
+                &p.not_before.max(now),
+                &p.call_id,
+            ],
+        )
+        .map_err(db)?;
+    if let Some(row) = inserted {
+        return Ok((promise_from(&row)?, true));
+    }
+    let row = c
+        .query_one("SELECT * FROM callbacks WHERE promise_key = $1", &[&p.key])
+        .map_err(db)?;
+    Ok((promise_from(&row)?, false))
+}
+
+const HELD_COLUMNS: &str = "call_key, node, number, call_id, reason, context, state, since";
+
+fn held_from(row: &Row) -> Result<HeldCall, LedgerError> {
+    let context: String = row.try_get("context").map_err(db)?;
+    let state: String = row.try_get("state").map_err(db)?;
+    Ok(HeldCall {
+        key: row.try_get("call_key").map_err(db)?,
+        node: row.try_get("node").map_err(db)?,
+        number: row.try_get("number").map_err(db)?,
+        call_id: row.try_get("call_id").map_err(db)?,
+        reason: row.try_get("reason").map_err(db)?,
+        context: super::read_context(&context),
+        state: HeldState::parse(&state),
+        since: row.try_get("since").map_err(db)?,
+    })
+}
+
+/// The held calls of `node` (all nodes: `None`), oldest first.
+fn held_in(c: &mut impl GenericClient, node: Option<&str>) -> Result<Vec<HeldCall>, LedgerError> {
+    c.query(
+        &format!(
+            "SELECT {HELD_COLUMNS} FROM held_calls WHERE $1::TEXT IS NULL OR node = $1 \
+             ORDER BY since, call_key"
+        ),
+        &[&node],
+    )
+    .map_err(db)?
+    .iter()
+    .map(held_from)
+    .collect()
 }
 
 impl PostgresStore {
@@ -245,28 +340,7 @@ impl LedgerStore for PostgresStore {
     fn insert(&mut self, p: &NewPromise, now: UnixMs) -> Result<Promise, LedgerError> {
         let mut tx = self.client()?.transaction().map_err(db)?;
         // Two nodes committing the same request's promise store it once.
-        tx.execute(
-            "INSERT INTO callbacks (created_at, number, not_before, reason, context, automatic, \
-             promise_key, state, next_attempt_at, call_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'promised', $8, $9) \
-             ON CONFLICT (promise_key) DO NOTHING",
-            &[
-                &now,
-                &p.number,
-                &p.not_before,
-                &p.reason,
-                &p.context.to_string(),
-                &p.automatic,
-                &p.key,
-                &p.not_before.max(now),
-                &p.call_id,
-            ],
-        )
-        .map_err(db)?;
-        let row = tx
-            .query_one("SELECT * FROM callbacks WHERE promise_key = $1", &[&p.key])
-            .map_err(db)?;
-        let promise = promise_from(&row)?;
+        let (promise, _) = insert_in(&mut tx, p, now)?;
         tx.commit().map_err(db)?;
         Ok(promise)
     }
@@ -466,5 +540,145 @@ impl LedgerStore for PostgresStore {
             .map(attempt_from)
             .transpose()?
             .ok_or(LedgerError::StaleAttempt(attempt))
+    }
+
+    fn beat(&mut self, node: &str, name: &str, now: UnixMs) -> Result<bool, LedgerError> {
+        let mut tx = self.client()?.transaction().map_err(db)?;
+        let adopted: Option<String> = tx
+            .query_opt(
+                "SELECT adopted_by FROM humanline_nodes WHERE node = $1 FOR UPDATE",
+                &[&node],
+            )
+            .map_err(db)?
+            .map(|r| r.try_get::<_, Option<String>>(0).map_err(db))
+            .transpose()?
+            .flatten();
+        tx.execute(
+            "INSERT INTO humanline_nodes (node, name, started_at, beat_at) VALUES ($1, $2, $3, $3) \
+             ON CONFLICT (node) DO UPDATE SET \
+             beat_at = GREATEST(humanline_nodes.beat_at, EXCLUDED.beat_at), \
+             adopted_by = NULL, adopted_at = NULL",
+            &[&node, &name, &now],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(adopted.is_some())
+    }
+
+    fn hold_call(&mut self, c: &HeldCall) -> Result<(), LedgerError> {
+        let context = c.context.to_string();
+        self.client()?
+            .execute(
+                &format!(
+                    "INSERT INTO held_calls ({HELD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                     ON CONFLICT (call_key) DO UPDATE SET number = EXCLUDED.number, \
+                     reason = EXCLUDED.reason, context = EXCLUDED.context, state = EXCLUDED.state"
+                ),
+                &[
+                    &c.key,
+                    &c.node,
+                    &c.number,
+                    &c.call_id,
+                    &c.reason,
+                    &context,
+                    &c.state.as_str(),
+                    &c.since,
+                ],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    fn release_call(&mut self, key: &str, served: bool, now: UnixMs) -> Result<(), LedgerError> {
+        let mut tx = self.client()?.transaction().map_err(db)?;
+        tx.execute("DELETE FROM held_calls WHERE call_key = $1", &[&key])
+            .map_err(db)?;
+        if served {
+            tx.execute(
+                "UPDATE callbacks SET state = 'completed', completed_at = $2, \
+                 completed_reason = 'served_by_agent' WHERE promise_key = $1 AND state != 'completed'",
+                &[&adopted_key(key), &now],
+            )
+            .map_err(db)?;
+        }
+        tx.commit().map_err(db)
+    }
+
+    fn adopt_dead_nodes(
+        &mut self,
+        me: &str,
+        dead_before: UnixMs,
+        now: UnixMs,
+    ) -> Result<Vec<Promise>, LedgerError> {
+        let mut tx = self.client()?.transaction().map_err(db)?;
+        // A dead node another survivor is taking over right now is skipped, not waited for;
+        // once its transaction commits the node is adopted and no longer matches.
+        let dead: Vec<String> = tx
+            .query(
+                "SELECT node FROM humanline_nodes WHERE adopted_by IS NULL AND node <> $1 \
+                 AND beat_at < $2 ORDER BY beat_at, node FOR UPDATE SKIP LOCKED",
+                &[&me, &dead_before],
+            )
+            .map_err(db)?
+            .iter()
+            .map(|r| r.try_get(0).map_err(db))
+            .collect::<Result<_, _>>()?;
+        let mut made = Vec::new();
+        for node in dead {
+            for held in held_in(&mut tx, Some(node.as_str()))? {
+                // A caller who has a promise from this call already keeps that one.
+                let prefix = held.promise_key_prefix();
+                let promised: bool = tx
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM callbacks \
+                         WHERE substr(promise_key, 1, length($1::TEXT)) = $1::TEXT)",
+                        &[&prefix],
+                    )
+                    .map_err(db)?
+                    .try_get(0)
+                    .map_err(db)?;
+                if promised {
+                    continue;
+                }
+                let (p, new) = insert_in(&mut tx, &held.promise_after_node_died(now), now)?;
+                if new {
+                    made.push(p);
+                }
+            }
+            tx.execute("DELETE FROM held_calls WHERE node = $1", &[&node])
+                .map_err(db)?;
+            tx.execute(
+                "UPDATE humanline_nodes SET adopted_by = $2, adopted_at = $3 WHERE node = $1",
+                &[&node, &me, &now],
+            )
+            .map_err(db)?;
+        }
+        tx.commit().map_err(db)?;
+        Ok(made)
+    }
+
+    fn held_calls(&mut self) -> Result<Vec<HeldCall>, LedgerError> {
+        held_in(self.client()?, None)
+    }
+
+    fn nodes(&mut self) -> Result<Vec<NodeBeat>, LedgerError> {
+        self.client()?
+            .query(
+                "SELECT node, name, started_at, beat_at, adopted_by FROM humanline_nodes \
+                 ORDER BY started_at, node",
+                &[],
+            )
+            .map_err(db)?
+            .iter()
+            .map(|r| {
+                Ok(NodeBeat {
+                    node: r.try_get(0).map_err(db)?,
+                    name: r.try_get(1).map_err(db)?,
+                    started_at: r.try_get(2).map_err(db)?,
+                    beat_at: r.try_get(3).map_err(db)?,
+                    adopted_by: r.try_get(4).map_err(db)?,
+                })
+            })
+            .collect()
     }
 }

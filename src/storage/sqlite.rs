@@ -3,6 +3,7 @@
 use crate::callbacks::{
     Attempt, AttemptOutcome, LedgerError, LedgerStore, NewPromise, Promise, PromiseState, UnixMs,
 };
+use crate::nodes::{HeldCall, HeldState, NodeBeat, adopted_key};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::path::Path;
 
@@ -57,6 +58,53 @@ CREATE TABLE users (
     sip_realm     TEXT    NOT NULL,
     sip_ha1       TEXT    NOT NULL,
     created_at    INTEGER NOT NULL
+);
+"#,
+    // Nodes (src/nodes): each server run beats in `humanline_nodes`; the callers it holds who
+    // asked for a person are in `held_calls` until served or gone. A node found dead is marked
+    // adopted by the node that turned its held callers into promises.
+    r#"
+CREATE TABLE humanline_nodes (
+    node       TEXT    PRIMARY KEY,
+    name       TEXT    NOT NULL,
+    started_at INTEGER NOT NULL,
+    beat_at    INTEGER NOT NULL,
+    adopted_by TEXT,
+    adopted_at INTEGER
+);
+CREATE TABLE held_calls (
+    call_key TEXT    PRIMARY KEY,
+    node     TEXT    NOT NULL,
+    number   TEXT    NOT NULL,
+    call_id  TEXT    NOT NULL,
+    reason   TEXT    NOT NULL,
+    context  TEXT    NOT NULL,
+    state    TEXT    NOT NULL,
+    since    INTEGER NOT NULL
+);
+CREATE INDEX held_calls_by_node ON held_calls (node);
+"#,
+    // Flow versions (issue 13): each a tree of the flow's files by SHA-256, the contents
+    // stored once per hash; and the audit log of logins and changes. Nothing is deleted.
+    r#"
+CREATE TABLE flow_blobs (
+    hash  TEXT PRIMARY KEY,
+    bytes BLOB NOT NULL
+);
+CREATE TABLE flow_versions (
+    id         INTEGER PRIMARY KEY,
+    created_at INTEGER NOT NULL,
+    author     TEXT    NOT NULL,
+    message    TEXT    NOT NULL,
+    tree       TEXT    NOT NULL,
+    changes    TEXT    NOT NULL
+);
+CREATE TABLE audit_log (
+    id     INTEGER PRIMARY KEY,
+    at     INTEGER NOT NULL,
+    who    TEXT    NOT NULL,
+    action TEXT    NOT NULL,
+    detail TEXT    NOT NULL
 );
 "#,
 ];
@@ -169,6 +217,42 @@ impl SqliteStore {
         })
     }
 
+    /// Stores a promise unless one with its key exists; returns its id and whether it is new.
+    fn insert_in(
+        conn: &Connection,
+        p: &NewPromise,
+        now: UnixMs,
+    ) -> Result<(i64, bool), LedgerError> {
+        let existing: Option<i64> = conn
+            .query_row(
+                "SELECT id FROM callbacks WHERE promise_key = ?1",
+                [&p.key],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db)?;
+        if let Some(id) = existing {
+            return Ok((id, false));
+        }
+        conn.execute(
+            "INSERT INTO callbacks (created_at, number, not_before, reason, context, automatic, \
+             promise_key, state, next_attempt_at, call_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'promised', ?8, ?9)",
+            params![
+                now,
+                p.number,
+                p.not_before,
+                p.reason,
+                p.context.to_string(),
+                p.automatic,
+                p.key,
+                p.not_before.max(now),
+                p.call_id
+            ],
+        )
+        .map_err(db)?;
+        Ok((conn.last_insert_rowid(), true))
+    }
+
     fn get_in(conn: &Connection, id: i64) -> Result<Promise, LedgerError> {
         conn.query_row(
             &format!("SELECT {PROMISE_COLUMNS} FROM callbacks WHERE id = ?1"),
@@ -184,36 +268,7 @@ impl SqliteStore {
 impl LedgerStore for SqliteStore {
     fn insert(&mut self, p: &NewPromise, now: UnixMs) -> Result<Promise, LedgerError> {
         let tx = self.write_tx()?;
-        let existing: Option<i64> = tx
-            .query_row(
-                "SELECT id FROM callbacks WHERE promise_key = ?1",
-                [&p.key],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(db)?;
-        let id = match existing {
-            Some(id) => id,
-            None => {
-                tx.execute(
-                    "INSERT INTO callbacks (created_at, number, not_before, reason, context, automatic, \
-                     promise_key, state, next_attempt_at, call_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'promised', ?8, ?9)",
-                    params![
-                        now,
-                        p.number,
-                        p.not_before,
-                        p.reason,
-                        p.context.to_string(),
-                        p.automatic,
-                        p.key,
-                        p.not_before.max(now),
-                        p.call_id
-                    ],
-                )
-                .map_err(db)?;
-                tx.last_insert_rowid()
-            }
-        };
+        let (id, _) = Self::insert_in(&tx, p, now)?;
         let promise = Self::get_in(&tx, id)?;
         tx.commit().map_err(db)?;
         Ok(promise)
@@ -399,6 +454,186 @@ impl LedgerStore for SqliteStore {
             .optional()
             .map_err(db)?
             .ok_or(LedgerError::StaleAttempt(attempt))
+    }
+
+    fn beat(&mut self, node: &str, name: &str, now: UnixMs) -> Result<bool, LedgerError> {
+        let tx = self.write_tx()?;
+        let adopted: Option<Option<String>> = tx
+            .query_row(
+                "SELECT adopted_by FROM humanline_nodes WHERE node = ?1",
+                [node],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db)?;
+        tx.execute(
+            "INSERT INTO humanline_nodes (node, name, started_at, beat_at) VALUES (?1, ?2, ?3, ?3) \
+             ON CONFLICT (node) DO UPDATE SET beat_at = MAX(beat_at, excluded.beat_at), \
+             adopted_by = NULL, adopted_at = NULL",
+            params![node, name, now],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(adopted.flatten().is_some())
+    }
+
+    fn hold_call(&mut self, c: &HeldCall) -> Result<(), LedgerError> {
+        let tx = self.write_tx()?;
+        tx.execute(
+            &format!(
+                "INSERT INTO held_calls ({HELD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+                 ON CONFLICT (call_key) DO UPDATE SET number = excluded.number, \
+                 reason = excluded.reason, context = excluded.context, state = excluded.state"
+            ),
+            params![
+                c.key,
+                c.node,
+                c.number,
+                c.call_id,
+                c.reason,
+                c.context.to_string(),
+                c.state.as_str(),
+                c.since
+            ],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)
+    }
+
+    fn release_call(&mut self, key: &str, served: bool, now: UnixMs) -> Result<(), LedgerError> {
+        let tx = self.write_tx()?;
+        tx.execute("DELETE FROM held_calls WHERE call_key = ?1", [key])
+            .map_err(db)?;
+        if served {
+            tx.execute(
+                "UPDATE callbacks SET state = 'completed', completed_at = ?2, \
+                 completed_reason = 'served_by_agent' WHERE promise_key = ?1 AND state != 'completed'",
+                params![adopted_key(key), now],
+            )
+            .map_err(db)?;
+        }
+        tx.commit().map_err(db)
+    }
+
+    fn adopt_dead_nodes(
+        &mut self,
+        me: &str,
+        dead_before: UnixMs,
+        now: UnixMs,
+    ) -> Result<Vec<Promise>, LedgerError> {
+        let tx = self.write_tx()?;
+        let made = Self::adopt_in(&tx, me, dead_before, now)?;
+        tx.commit().map_err(db)?;
+        Ok(made)
+    }
+
+    fn held_calls(&mut self) -> Result<Vec<HeldCall>, LedgerError> {
+        held_in(&self.conn, None)
+    }
+
+    fn nodes(&mut self) -> Result<Vec<NodeBeat>, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT node, name, started_at, beat_at, adopted_by FROM humanline_nodes \
+                 ORDER BY started_at, node",
+            )
+            .map_err(db)?;
+        stmt.query_map([], |r| {
+            Ok(NodeBeat {
+                node: r.get(0)?,
+                name: r.get(1)?,
+                started_at: r.get(2)?,
+                beat_at: r.get(3)?,
+                adopted_by: r.get(4)?,
+            })
+        })
+        .map_err(db)?
+        .collect::<Result<_, _>>()
+        .map_err(db)
+    }
+}
+
+const HELD_COLUMNS: &str = "call_key, node, number, call_id, reason, context, state, since";
+
+fn held_from(row: &Row<'_>) -> rusqlite::Result<HeldCall> {
+    let context: String = row.get(5)?;
+    let state: String = row.get(6)?;
+    Ok(HeldCall {
+        key: row.get(0)?,
+        node: row.get(1)?,
+        number: row.get(2)?,
+        call_id: row.get(3)?,
+        reason: row.get(4)?,
+        context: super::read_context(&context),
+        state: HeldState::parse(&state),
+        since: row.get(7)?,
+    })
+}
+
+/// The held calls of `node` (all nodes: `None`), oldest first.
+fn held_in(conn: &Connection, node: Option<&str>) -> Result<Vec<HeldCall>, LedgerError> {
+    let mut stmt = conn
+        .prepare(&format!(
+            "SELECT {HELD_COLUMNS} FROM held_calls WHERE ?1 IS NULL OR node = ?1 ORDER BY since, call_key"
+        ))
+        .map_err(db)?;
+    stmt.query_map([node], held_from)
+        .map_err(db)?
+        .collect::<Result<_, _>>()
+        .map_err(db)
+}
+
+impl SqliteStore {
+    /// [`LedgerStore::adopt_dead_nodes`] inside the caller's transaction.
+    fn adopt_in(
+        tx: &rusqlite::Transaction<'_>,
+        me: &str,
+        dead_before: UnixMs,
+        now: UnixMs,
+    ) -> Result<Vec<Promise>, LedgerError> {
+        let dead: Vec<String> = {
+            let mut stmt = tx
+                .prepare(
+                    "SELECT node FROM humanline_nodes WHERE adopted_by IS NULL AND node != ?1 \
+                     AND beat_at < ?2 ORDER BY beat_at, node",
+                )
+                .map_err(db)?;
+            stmt.query_map(params![me, dead_before], |r| r.get(0))
+                .map_err(db)?
+                .collect::<Result<_, _>>()
+                .map_err(db)?
+        };
+        let mut made = Vec::new();
+        for node in dead {
+            for held in held_in(tx, Some(node.as_str()))? {
+                // A caller who has a promise from this call already keeps that one.
+                let prefix = held.promise_key_prefix();
+                let promised: bool = tx
+                    .query_row(
+                        "SELECT EXISTS (SELECT 1 FROM callbacks \
+                         WHERE substr(promise_key, 1, length(?1)) = ?1)",
+                        [&prefix],
+                        |r| r.get(0),
+                    )
+                    .map_err(db)?;
+                if promised {
+                    continue;
+                }
+                let (id, new) = Self::insert_in(tx, &held.promise_after_node_died(now), now)?;
+                if new {
+                    made.push(Self::get_in(tx, id)?);
+                }
+            }
+            tx.execute("DELETE FROM held_calls WHERE node = ?1", [&node])
+                .map_err(db)?;
+            tx.execute(
+                "UPDATE humanline_nodes SET adopted_by = ?2, adopted_at = ?3 WHERE node = ?1",
+                params![node, me, now],
+            )
+            .map_err(db)?;
+        }
+        Ok(made)
     }
 }
 
