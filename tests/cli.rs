@@ -17,6 +17,7 @@ fn copy_of_shipped() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for sub in [
         "prompts",
+        "audio",
         "audio/en",
         "audio/nl",
         "audio/en/numbers",
@@ -133,6 +134,98 @@ fn unknown_keys_missing_audio_and_undefined_prompts_are_each_reported_at_their_l
     );
     assert!(
         err.contains("nl.toml:7:9: audio file") && err.contains("greeting.wav cannot be read"),
+        "{err}"
+    );
+}
+
+/// The line (1-based) of the `text = ` of prompt `id` in a language file.
+fn text_line(file: &str, id: &str) -> usize {
+    let table = format!("[prompts.{id}]");
+    let start = file
+        .lines()
+        .position(|l| l.trim() == table)
+        .unwrap_or_else(|| panic!("{table} is in the file"));
+    file.lines()
+        .enumerate()
+        .skip(start)
+        .find(|(_, l)| l.starts_with("text = "))
+        .map(|(i, _)| i + 1)
+        .expect("the prompt has a text")
+}
+
+/// Issue 13, item 5: changing a prompt's text left the old recording playing, and nothing
+/// said so. Now its recording's noted words (audio/en/recordings.toml, written by the
+/// generator) no longer match: check-config reports it at the text's line, and recording it
+/// again with the generator clears it.
+#[test]
+fn a_prompt_whose_text_changed_since_its_recording_is_reported_until_recorded_again() {
+    let dir = copy_of_shipped();
+    let (ok, err) = check(dir.path());
+    assert!(ok, "the copy of the shipped flow is valid: {err}");
+    let en = dir.path().join("prompts/en.toml");
+    let text = std::fs::read_to_string(&en).unwrap();
+    let changed = text.replace(
+        "text = \"Welcome to Humanline. You can say human",
+        "text = \"Hello, this is Humanline. You can say human",
+    );
+    assert_ne!(changed, text, "the shipped greeting starts with Welcome");
+    std::fs::write(&en, &changed).unwrap();
+    let (ok, err) = check(dir.path());
+    assert!(!ok, "a stale recording passed check-config");
+    let line = text_line(&changed, "greeting");
+    assert!(
+        err.contains(&format!(
+            "prompts/en.toml:{line}:8: prompt `greeting` (en): its recording"
+        )) && err.contains("says \"Welcome to Humanline."),
+        "{err}"
+    );
+    assert!(
+        err.contains("1 problem(s)"),
+        "only the greeting is stale: {err}"
+    );
+
+    // Recorded again (espeak-ng, as shipped): the recording says the new text.
+    let out = std::process::Command::new("python3")
+        .arg(repo().join("scripts/gen-prompt-audio.py"))
+        .args(["--only", "en", "--prompt", "greeting", "--prompts"])
+        .arg(dir.path().join("prompts"))
+        .output()
+        .expect("python3 runs (scripts/setup.sh installs espeak-ng and sox)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (ok, err) = check(dir.path());
+    assert!(ok, "recorded again, the greeting is still reported: {err}");
+    let noted = std::fs::read_to_string(dir.path().join("audio/en/recordings.toml")).unwrap();
+    assert!(noted.contains("Hello, this is Humanline."), "{noted}");
+}
+
+/// Issue 13, item 5: a missing part file of a placeholder prompt passed silently and callers
+/// heard words dropped ("you are number one, three minutes"). Each part and number clip a
+/// prompt needs is now checked, and reported at the prompt's text.
+#[test]
+fn a_missing_part_or_number_of_a_placeholder_prompt_is_reported_at_its_line() {
+    let dir = copy_of_shipped();
+    std::fs::remove_file(dir.path().join("audio/nl/queue_position.1.wav")).unwrap();
+    std::fs::remove_file(dir.path().join("audio/en/numbers/7.wav")).unwrap();
+    let (ok, err) = check(dir.path());
+    assert!(!ok, "a missing part file passed check-config");
+    let nl = std::fs::read_to_string(dir.path().join("prompts/nl.toml")).unwrap();
+    let line = text_line(&nl, "queue_position");
+    assert!(
+        err.contains(&format!(
+            "prompts/nl.toml:{line}:8: prompt `queue_position` (nl) needs a recording of"
+        )) && err.contains("queue_position.1.wav"),
+        "{err}"
+    );
+    let en = std::fs::read_to_string(dir.path().join("prompts/en.toml")).unwrap();
+    let line = text_line(&en, "queue_position");
+    assert!(
+        err.contains(&format!(
+            "prompts/en.toml:{line}:8: prompt `queue_position` (en) says numbers from"
+        )) && err.contains("no valid recording of 7:"),
         "{err}"
     );
 }

@@ -597,19 +597,6 @@ fn sdp_answers_to_re_invites_keep_the_origin_and_count_versions() {
     );
 }
 
-/// Copies a folder tree (prompts/ or audio/) for a test's own prompts.
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read_dir").flatten() {
-        let target = to.join(e.file_name());
-        if e.path().is_dir() {
-            copy_tree(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), &target).expect("copy");
-        }
-    }
-}
-
 /// A reload while a call is in progress changes nothing under that call: it keeps the
 /// recordings it started with. (The server looked each prompt's audio up at play time, so a
 /// recording replaced mid-call was what the caller heard next.)

@@ -19,7 +19,7 @@ mod common;
 use common::*;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -276,47 +276,6 @@ fn the_call_endpoint_answers_offers_and_refuses_bad_ones_and_other_sites() {
 }
 
 // --- a real browser ---------------------------------------------------------------------------
-
-fn browser_dir() -> PathBuf {
-    repo().join("tests/browser")
-}
-
-/// True when Chromium, node and the pinned playwright-core are here. Otherwise SKIP, or fail
-/// when `CI=true` (scripts/setup.sh installs them).
-fn browser_available(test: &str) -> bool {
-    let mut missing = Vec::new();
-    if !Path::new("/usr/bin/chromium").is_file() {
-        missing.push("/usr/bin/chromium (package chromium)".to_string());
-    }
-    let node = Command::new("node")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !node {
-        missing.push("node (package nodejs)".into());
-    }
-    if !browser_dir().join("node_modules/playwright-core").is_dir() {
-        missing.push("tests/browser/node_modules (npm ci in tests/browser)".into());
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    let msg = format!("{test}: missing {}", missing.join(", "));
-    let ci = std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
-    if ci {
-        panic!("{msg} (CI=true: the test environment must provide them)");
-    }
-    eprintln!("SKIP {msg}");
-    false
-}
-
-/// One browser at a time on a small machine.
-fn browser_lock() -> std::sync::MutexGuard<'static, ()> {
-    static BROWSER: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    BROWSER.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// The browser's JSON lines.
 fn browser_report(out: &str) -> Vec<serde_json::Value> {

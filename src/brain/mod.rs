@@ -7,6 +7,7 @@
 //! only the caller hangs up.
 
 mod call;
+pub mod trial;
 
 pub use call::CallBrain;
 

@@ -182,3 +182,13 @@ pub struct TopicFile {
     pub keywords: Spanned<Vec<String>>,
     pub prompt: Spanned<String>,
 }
+
+/// `recordings.toml` beside a folder's recordings: what each recording there says, as the
+/// generator noted it (or an operator, after recording one by hand).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestFile {
+    /// File name in this folder -> the words it says.
+    #[serde(default)]
+    pub recordings: BTreeMap<String, String>,
+}

@@ -5,6 +5,8 @@
 //! cleanly, so invalid configuration never replaces a valid one.
 
 mod files;
+pub mod recordings;
+pub mod versions;
 
 use crate::escape::{EscapeDetector, EscapeThresholds, PhraseSet, RepetitionDetector, normalize};
 use crate::speech::verifier::{PhraseKind, VerifierSettings};
@@ -187,12 +189,23 @@ pub struct Flow {
     /// Looped to a waiting caller between announcements (`hold_music`); without one the
     /// drivers play a soft comfort tone, never dead air.
     pub hold_music: Option<PathBuf>,
+    /// The recordings' folder (`audio_dir`, relative to the prompts folder); `None` for a
+    /// flow without files (embedded, in memory).
+    pub audio_dir: Option<PathBuf>,
 }
 
 impl Flow {
     /// Loads and validates the prompts folder (`humanline.toml` and one `<lang>.toml` per
     /// language), checking that every audio file exists.
     pub fn load_dir(dir: &Path) -> Result<Flow, ConfigError> {
+        Flow::load_dir_noting_recordings(dir).0
+    }
+
+    /// Like [`Flow::load_dir`], also answering the prompts (language, id) whose recordings
+    /// are missing or say another text: what recording them again would fix.
+    pub fn load_dir_noting_recordings(
+        dir: &Path,
+    ) -> (Result<Flow, ConfigError>, Vec<(String, String)>) {
         let read = |name: &str| {
             let path = dir.join(name);
             std::fs::read_to_string(&path).map_err(|e| ConfigProblem {
@@ -202,15 +215,17 @@ impl Flow {
                 message: format!("cannot read: {e}"),
             })
         };
-        let mut sources = Vec::new();
-        let settings = read("humanline.toml").map_err(|p| ConfigError::Invalid(vec![p]))?;
-        sources.push((dir.join("humanline.toml"), settings));
+        let settings = match read("humanline.toml") {
+            Ok(s) => s,
+            Err(p) => return (Err(ConfigError::Invalid(vec![p])), Vec::new()),
+        };
         Loader {
-            sources,
+            sources: vec![(dir.join("humanline.toml"), settings)],
             dir: Some(dir),
             read: &read,
+            to_record: Vec::new(),
         }
-        .load()
+        .load_noting_recordings()
     }
 
     /// The shipped prompts, compiled into the binary (audio not checked: no folder).
@@ -232,6 +247,7 @@ impl Flow {
             sources: vec![("<embedded>/humanline.toml".into(), settings)],
             dir: None,
             read: &read,
+            to_record: Vec::new(),
         }
         .load()
     }
@@ -256,6 +272,7 @@ impl Flow {
             sources: vec![("<memory>/humanline.toml".into(), settings)],
             dir: None,
             read: &read,
+            to_record: Vec::new(),
         }
         .load()
     }
@@ -305,10 +322,23 @@ struct Loader<'a> {
     sources: Vec<(PathBuf, String)>,
     dir: Option<&'a Path>,
     read: Reader<'a>,
+    /// Prompts (language, id) whose recordings are missing or say another text.
+    to_record: Vec<(String, String)>,
 }
 
 impl Loader<'_> {
-    fn load(mut self) -> Result<Flow, ConfigError> {
+    fn load(self) -> Result<Flow, ConfigError> {
+        self.load_noting_recordings().0
+    }
+
+    /// The flow, and the prompts (language, id) whose recordings are missing or say another
+    /// text: what recording them again would fix.
+    fn load_noting_recordings(mut self) -> (Result<Flow, ConfigError>, Vec<(String, String)>) {
+        let flow = self.load_inner();
+        (flow, std::mem::take(&mut self.to_record))
+    }
+
+    fn load_inner(&mut self) -> Result<Flow, ConfigError> {
         let mut problems = Vec::new();
         let (settings_path, settings_text) = self.sources.remove(0);
         let at = |path: &Path, text: &str, span: Range<usize>, message: String| {
@@ -399,6 +429,7 @@ impl Loader<'_> {
             }
             _ => None,
         };
+        let mut manifests = recordings::Manifests::default();
         let mut languages = BTreeMap::new();
         let mut escape_phrases = Vec::new();
         let mut sounds_like = Vec::new();
@@ -447,8 +478,26 @@ impl Loader<'_> {
                 let audio = match &audio_root {
                     Some(root) => {
                         let audio_path = root.join(p.audio.get_ref());
-                        if let Err(m) = check_wav(&audio_path) {
-                            problems.push(lp(p.audio.span(), m));
+                        let before = problems.len();
+                        match check_wav(&audio_path) {
+                            Err(m) => problems.push(lp(p.audio.span(), m)),
+                            Ok(()) => {
+                                let said = manifests.check(&audio_path, p.text.get_ref());
+                                if let Some(stale) = said {
+                                    problems.push(lp(
+                                        p.text.span(),
+                                        stale_message(code, id, &audio_path, &stale),
+                                    ));
+                                }
+                            }
+                        }
+                        for m in
+                            check_parts(code, id, p.text.get_ref(), &audio_path, &mut manifests)
+                        {
+                            problems.push(lp(p.text.span(), m));
+                        }
+                        if problems.len() > before {
+                            self.to_record.push((code.clone(), id.clone()));
                         }
                         Some(audio_path)
                     }
@@ -609,6 +658,15 @@ impl Loader<'_> {
                 },
             );
         }
+        for e in manifests.errors {
+            let (line, col) = line_col(&e.text, e.span.start);
+            problems.push(ConfigProblem {
+                file: e.file,
+                line,
+                col,
+                message: e.message,
+            });
+        }
         if !problems.is_empty() {
             problems.sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
             return Err(ConfigError::Invalid(problems));
@@ -643,6 +701,7 @@ impl Loader<'_> {
                 probe_interval: Timers::PROBE_INTERVAL,
             },
             hold_music,
+            audio_dir: audio_root,
             offer_callback_after_wait: Duration::from_millis(
                 settings.callback.offer_when_wait_exceeds_ms,
             ),
@@ -684,6 +743,74 @@ fn check_placeholders(id: &str, text: &str) -> Vec<String> {
             ));
         }
         rest = &rest[open + close + 1..];
+    }
+    problems
+}
+
+/// What to tell the operator about a recording that does not say its prompt's text.
+fn stale_message(code: &str, id: &str, path: &Path, stale: &recordings::Stale) -> String {
+    let redo = format!(
+        "record it again (the console, or scripts/gen-prompt-audio.py --only {code} --prompt {id})"
+    );
+    match stale {
+        recordings::Stale::Says { manifest, said } => format!(
+            "prompt `{id}` ({code}): its recording {} says \"{said}\" (per {}), not this text: callers would hear the old words; {redo}",
+            path.display(),
+            manifest.display()
+        ),
+        recordings::Stale::Unlisted { manifest } => format!(
+            "prompt `{id}` ({code}): {} does not say what its recording {} says: {redo}, or note its words there",
+            manifest.display(),
+            path.display()
+        ),
+    }
+}
+
+/// A prompt with placeholders is played from its parts (`<name>.<i>.wav` between them) and
+/// the number clips: each part it says must be recorded, with its words, and the numbers
+/// there, or callers hear words dropped.
+fn check_parts(
+    code: &str,
+    id: &str,
+    text: &str,
+    whole: &Path,
+    manifests: &mut recordings::Manifests,
+) -> Vec<String> {
+    let parts = recordings::text_parts(text);
+    if parts.len() < 2 {
+        return Vec::new();
+    }
+    let mut problems = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        if !recordings::is_said(part) {
+            continue;
+        }
+        let path = recordings::part_path(whole, i);
+        match check_wav(&path) {
+            Err(m) => problems.push(format!(
+                "prompt `{id}` ({code}) needs a recording of \"{}\" (part {i}, between its placeholders): {m}",
+                part.trim()
+            )),
+            Ok(()) => {
+                if let Some(stale) = manifests.check(&path, part) {
+                    problems.push(stale_message(code, id, &path, &stale));
+                }
+            }
+        }
+    }
+    let numbers = whole.parent().map(|d| d.join("numbers"));
+    if let Some(numbers) = numbers {
+        let missing: Vec<String> = (1..=recordings::MAX_SPOKEN_NUMBER)
+            .filter(|n| check_wav(&numbers.join(format!("{n}.wav"))).is_err())
+            .map(|n| n.to_string())
+            .collect();
+        if !missing.is_empty() {
+            problems.push(format!(
+                "prompt `{id}` ({code}) says numbers from {}, which has no valid recording of {}: callers would hear the number dropped",
+                numbers.display(),
+                missing.join(", ")
+            ));
+        }
     }
     problems
 }
@@ -795,6 +922,7 @@ mod tests {
             sources: vec![("humanline.toml".into(), settings)],
             dir: None,
             read: &read,
+            to_record: Vec::new(),
         }
         .load()
     }

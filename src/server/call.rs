@@ -618,7 +618,7 @@ impl Call {
             } => {
                 let clips = self.audio.clips(&language, &prompt, &text, &vars);
                 let id = self.playback_for(play);
-                info!(%prompt, "play");
+                info!(%prompt, %text, "play");
                 // The brain's play replaces what plays: "connecting" never waits behind a
                 // prompt.
                 let _ = self.media.play_now(id, clips).await;

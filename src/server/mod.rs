@@ -6,6 +6,7 @@
 mod browser;
 mod call;
 mod dialer;
+mod flow_files;
 mod nodes;
 mod prompt_audio;
 mod queue;
@@ -25,13 +26,14 @@ use crate::sip::{SipConfig, SipEndpoint};
 use crate::speech::{DecodeOptions, DecoderPool, LanguageEngines, PoolConfig};
 use crate::storage::SqliteUsers;
 use crate::web::auth::{Auth, SharedUsers, with_users};
-use crate::web::{BrowserEndpoint, Desk, Metrics, SharedLedger, WebState};
+use crate::web::{
+    BrowserEndpoint, Desk, FlowEndpoint, Metrics, PromptsHealth, SharedLedger, WebState,
+};
 use anyhow::Context;
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tracing::{error, info, warn};
 
 /// What every call shares.
@@ -58,6 +60,8 @@ pub struct Shared {
     /// This server run, in the keys of the promises it makes (unique across restarts), in a
     /// shared store's claims and in its heartbeat.
     pub(crate) instance: String,
+    /// Whether the prompt files on disk are the running flow (`/healthz`).
+    pub(crate) prompts_health: PromptsHealth,
 }
 
 impl Shared {
@@ -161,7 +165,25 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         .with_context(|| format!("binding HTTP on {}", opts.http_listen))?;
     let (browser_endpoint, browser_requests) =
         BrowserEndpoint::new(opts.browser.allowed_origins.clone());
+    let prompts_health = PromptsHealth::new(metrics.clone());
+    // Flow versions and the audit log, beside the users.
+    let versions = match crate::storage::SqliteVersions::open(&ledger_path) {
+        Ok(v) => Some(Box::new(v) as Box<dyn crate::config::versions::VersionStore>),
+        Err(e) => {
+            error!(error = %e, "flow versions unavailable: publishing and rolling back refused");
+            None
+        }
+    };
+    let (flow_endpoint, flow_requests) = FlowEndpoint::new();
+    {
+        let audit = flow_endpoint.clone();
+        auth.set_audit(Box::new(move |who, action, detail| {
+            audit.record(who, action, detail)
+        }));
+    }
     let web = WebState {
+        prompts: prompts_health.clone(),
+        flow: flow_endpoint,
         ready: ready.clone(),
         metrics: metrics.clone(),
         ledger: ledger.clone(),
@@ -261,6 +283,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         no_media_timeout: opts.no_media_timeout,
         numbers: opts.callback_numbers.clone(),
         instance,
+        prompts_health,
         recognizer: if opts.partials {
             crate::speech::RecognizerConfig::default()
         } else {
@@ -274,7 +297,13 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     shared
         .metrics
         .watch_sip(move || watched.upgrade().map(|s| s.sip.stats()).unwrap_or_default());
-    tokio::spawn(watch_prompts(shared.clone(), opts.prompts.clone()));
+    flow_files::spawn(
+        shared.clone(),
+        opts.prompts.clone(),
+        &opts.data_dir,
+        versions,
+        flow_requests,
+    );
     tokio::spawn(browser::serve(
         shared.clone(),
         opts.browser.clone(),
@@ -342,66 +371,4 @@ fn local_ip_guess() -> IpAddr {
         .and_then(|s| s.local_addr())
         .map(|a| a.ip())
         .unwrap_or(IpAddr::from([127, 0, 0, 1]))
-}
-
-/// Polls the prompts and audio folders; a valid change replaces the flow for new calls, an
-/// invalid one is reported line by line and changes nothing.
-async fn watch_prompts(shared: Arc<Shared>, dir: PathBuf) {
-    let mut last = fingerprint(&dir);
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
-    loop {
-        tick.tick().await;
-        let now = fingerprint(&dir);
-        if now == last {
-            continue;
-        }
-        last = now;
-        let dir2 = dir.clone();
-        let loaded = tokio::task::spawn_blocking(move || {
-            let flow = Flow::load_dir(&dir2)?;
-            let audio = PromptAudio::load(&flow)?;
-            Ok::<_, anyhow::Error>((flow, audio))
-        })
-        .await;
-        match loaded {
-            Ok(Ok((flow, audio))) => {
-                if let Some(engine) = &shared.engine
-                    && let Err(e) = engine.install_verifiers(&flow)
-                {
-                    error!(error = %e, "prompts not reloaded: the verifier's phrases do not tokenize");
-                    continue;
-                }
-                if let Ok(mut g) = shared.flow.write() {
-                    *g = (Arc::new(flow), Arc::new(audio));
-                }
-                info!(dir = %dir.display(), "prompts reloaded; new calls use them");
-            }
-            Ok(Err(e)) => error!("prompts not reloaded, the running ones stay: {e:#}"),
-            Err(e) => error!(error = %e, "prompt reload failed"),
-        }
-    }
-}
-
-/// Sizes and modification times of the prompt files and recordings.
-fn fingerprint(dir: &std::path::Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
-    let mut out = Vec::new();
-    let audio = dir.join("../audio");
-    for root in [dir.to_path_buf(), audio] {
-        let mut stack = vec![root];
-        while let Some(d) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&d) else {
-                continue;
-            };
-            for e in entries.flatten() {
-                let Ok(meta) = e.metadata() else { continue };
-                if meta.is_dir() {
-                    stack.push(e.path());
-                } else {
-                    out.push((e.path(), meta.len(), meta.modified().ok()));
-                }
-            }
-        }
-    }
-    out.sort();
-    out
 }

@@ -5,11 +5,9 @@
 use crate::config::Flow;
 use crate::media::Clip;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Highest number recorded as a clip; larger values are said as this one.
-const MAX_NUMBER: u64 = 60;
+use crate::config::recordings::{MAX_SPOKEN_NUMBER as MAX_NUMBER, part_path, text_parts};
 
 #[derive(Debug, Default)]
 pub struct PromptAudio {
@@ -19,10 +17,6 @@ pub struct PromptAudio {
     numbers: HashMap<(String, u64), Clip>,
     /// Looped to waiting callers (the flow's `hold_music`, else a soft comfort tone).
     hold: Option<Clip>,
-}
-
-fn stem(path: &Path) -> PathBuf {
-    path.with_extension("")
 }
 
 impl PromptAudio {
@@ -41,12 +35,13 @@ impl PromptAudio {
                 let clip =
                     Clip::load_wav(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
                 lib.whole.insert((code.clone(), id.clone()), clip);
-                let placeholders = prompt.text.matches('{').count();
-                if placeholders > 0 {
+                let pieces = text_parts(&prompt.text).len();
+                if pieces > 1 {
                     templated = true;
-                    let parts = (0..=placeholders)
+                    // The flow was checked: every part it says is recorded.
+                    let parts = (0..pieces)
                         .map(|i| {
-                            let part = PathBuf::from(format!("{}.{i}.wav", stem(path).display()));
+                            let part = part_path(path, i);
                             part.is_file().then(|| Clip::load_wav(&part).ok()).flatten()
                         })
                         .collect();

@@ -8,10 +8,12 @@
 mod postgres;
 mod sqlite;
 mod users;
+mod versions;
 
 pub use postgres::{DEFAULT_LEASE_MS, PostgresStore};
 pub use sqlite::SqliteStore;
 pub use users::SqliteUsers;
+pub use versions::SqliteVersions;
 
 use crate::callbacks::{LedgerError, LedgerStore, PromiseState};
 use std::path::Path;

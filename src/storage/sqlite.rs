@@ -84,6 +84,29 @@ CREATE TABLE held_calls (
 );
 CREATE INDEX held_calls_by_node ON held_calls (node);
 "#,
+    // Flow versions (issue 13): each a tree of the flow's files by SHA-256, the contents
+    // stored once per hash; and the audit log of logins and changes. Nothing is deleted.
+    r#"
+CREATE TABLE flow_blobs (
+    hash  TEXT PRIMARY KEY,
+    bytes BLOB NOT NULL
+);
+CREATE TABLE flow_versions (
+    id         INTEGER PRIMARY KEY,
+    created_at INTEGER NOT NULL,
+    author     TEXT    NOT NULL,
+    message    TEXT    NOT NULL,
+    tree       TEXT    NOT NULL,
+    changes    TEXT    NOT NULL
+);
+CREATE TABLE audit_log (
+    id     INTEGER PRIMARY KEY,
+    at     INTEGER NOT NULL,
+    who    TEXT    NOT NULL,
+    action TEXT    NOT NULL,
+    detail TEXT    NOT NULL
+);
+"#,
 ];
 
 pub struct SqliteStore {

@@ -1,5 +1,6 @@
-//! The agent console's pages: `/login` (the form; `POST /login` is the JSON login itself) and
-//! `/console`, which without a session sends the browser to `/login`. The pages hold no data:
+//! The console's pages: `/login` (the form; `POST /login` is the JSON login itself),
+//! `/console` (agents) and `/operator` (the flow), which without a session send the browser to
+//! `/login`. The pages hold no data:
 //! everything they show comes from `/api` with the session.
 
 use super::auth::Auth;
@@ -9,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 
 const LOGIN: &str = include_str!("pages/login.html");
 const CONSOLE: &str = include_str!("pages/console.html");
+const OPERATOR: &str = include_str!("pages/operator.html");
 
 /// Pages may not be framed by another site (clickjacking) and load nothing from elsewhere.
 fn page(html: &'static str) -> Response {
@@ -32,6 +34,19 @@ fn page(html: &'static str) -> Response {
 /// `GET /login`.
 pub async fn login_page() -> Response {
     page(LOGIN)
+}
+
+/// `GET /operator`: the flow (prompts, escape words, timers; try, publish, roll back).
+pub async fn operator_page(State(auth): State<Auth>, req: Request) -> Response {
+    if auth.logged_in(req.headers()).await {
+        page(OPERATOR)
+    } else {
+        (
+            StatusCode::SEE_OTHER,
+            [(header::LOCATION, "/login?next=/operator")],
+        )
+            .into_response()
+    }
 }
 
 /// `GET /console`.

@@ -30,6 +30,9 @@ pub struct Metrics {
     pub time_to_route: Histogram,
     pub queue_length: Gauge,
     pub callbacks_promised: Counter,
+    /// Problems in the prompt files on disk, which are therefore not the running flow (0:
+    /// they are).
+    pub prompts_disk_problems: Gauge,
     speech: Source<PoolStats>,
     sip: Source<SipStats>,
     registry: std::sync::Arc<Registry>,
@@ -189,6 +192,12 @@ impl Metrics {
         let time_to_route = Histogram::new([0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0]);
         let queue_length = Gauge::default();
         let callbacks_promised = Counter::default();
+        let prompts_disk_problems = Gauge::default();
+        registry.register(
+            "prompts_disk_problems",
+            "Problems in the prompt files on disk, which are not the running flow until fixed (0: they are)",
+            prompts_disk_problems.clone(),
+        );
         registry.register("calls", "Calls answered", calls.clone());
         registry.register("active_calls", "Calls in progress", active_calls.clone());
         registry.register(
@@ -230,6 +239,7 @@ impl Metrics {
             time_to_route,
             queue_length,
             callbacks_promised,
+            prompts_disk_problems,
             registry: std::sync::Arc::new(registry),
         }
     }

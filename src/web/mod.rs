@@ -6,10 +6,14 @@ pub mod auth;
 pub mod call;
 mod console;
 mod desk;
+pub mod flow;
+pub mod health;
 pub mod limits;
 pub mod metrics;
 
 pub use desk::Desk;
+pub use flow::{FlowEndpoint, FlowRefused, FlowReply, FlowRequest};
+pub use health::PromptsHealth;
 
 use crate::callbacks::LedgerStore;
 use crate::callbacks::{LedgerError, PromiseState, with_ledger};
@@ -28,7 +32,7 @@ pub use limits::{BrowserAdmission, BrowserLimits};
 pub use metrics::Metrics;
 use serde::Deserialize;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 /// The ledger in whichever store the configuration chose.
 pub type SharedLedger = crate::callbacks::SharedLedger<Box<dyn LedgerStore>>;
@@ -42,6 +46,10 @@ pub struct WebState {
     pub browser: BrowserEndpoint,
     pub auth: Auth,
     pub desk: Desk,
+    /// Whether the prompt files on disk are the running flow (`/healthz`).
+    pub prompts: PromptsHealth,
+    /// The operator's flow: versions, publish, roll back (served by the server's flow task).
+    pub flow: FlowEndpoint,
 }
 
 impl axum::extract::FromRef<WebState> for Auth {
@@ -64,6 +72,7 @@ pub fn router(state: WebState) -> Router {
         .route("/desk/events", get(desk::events))
         .route("/me/presence", post(desk::set_own_presence))
         .merge(supervisor)
+        .merge(flow::routes())
         // An unknown path under /api says nothing without a login either.
         .fallback(api_not_found)
         .layer(from_fn_with_state(auth.clone(), auth::require_login));
@@ -71,10 +80,11 @@ pub fn router(state: WebState) -> Router {
         .route("/logout", post(auth::logout))
         .route_layer(from_fn_with_state(auth, auth::require_login));
     Router::new()
-        .route("/healthz", get(healthz))
+        .route("/healthz", get(health::healthz))
         .route("/metrics", get(metrics))
         .route("/login", get(console::login_page).post(auth::login))
         .route("/console", get(console::console_page))
+        .route("/operator", get(console::operator_page))
         .merge(logout)
         .nest("/api", api)
         .merge(call::routes())
@@ -83,14 +93,6 @@ pub fn router(state: WebState) -> Router {
 
 async fn api_not_found() -> Response {
     api_error(StatusCode::NOT_FOUND, "no such resource")
-}
-
-async fn healthz(State(s): State<WebState>) -> Response {
-    if s.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ok\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
-    }
 }
 
 async fn metrics(State(s): State<WebState>) -> Response {

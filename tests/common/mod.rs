@@ -44,6 +44,30 @@ pub fn prompts_dir() -> PathBuf {
     }
 }
 
+/// Copies a folder tree (prompts/ or audio/) for a test's own prompts.
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read_dir").flatten() {
+        let target = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_tree(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// The shipped `prompts/` and `audio/` copied into `dir`, for a test that changes them;
+/// answers the `--prompts` flag for a server running on the copy.
+pub fn copy_of_shipped_flow(dir: &Path) -> [String; 2] {
+    copy_tree(&repo().join("prompts"), &dir.join("prompts"));
+    copy_tree(&repo().join("audio"), &dir.join("audio"));
+    [
+        "--prompts".into(),
+        dir.join("prompts").display().to_string(),
+    ]
+}
+
 /// A test's folder (logs, scenarios, recordings); kept when `HUMANLINE_KEEP_TEST_DIRS` is set.
 pub fn tempdir(test: &str) -> tempfile::TempDir {
     let keep = std::env::var_os("HUMANLINE_KEEP_TEST_DIRS").is_some();
@@ -1625,4 +1649,48 @@ impl Drop for RtpListener {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
+}
+
+// --- a real browser ---------------------------------------------------------------------------
+
+/// tests/browser: the playwright-core scripts (pinned by its lockfile).
+pub fn browser_dir() -> PathBuf {
+    repo().join("tests/browser")
+}
+
+/// True when Chromium, node and the pinned playwright-core are here. Otherwise SKIP, or fail
+/// when `CI=true` (scripts/setup.sh installs them).
+pub fn browser_available(test: &str) -> bool {
+    let mut missing = Vec::new();
+    if !Path::new("/usr/bin/chromium").is_file() {
+        missing.push("/usr/bin/chromium (package chromium)".to_string());
+    }
+    let node = Command::new("node")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !node {
+        missing.push("node (package nodejs)".into());
+    }
+    if !browser_dir().join("node_modules/playwright-core").is_dir() {
+        missing.push("tests/browser/node_modules (npm ci in tests/browser)".into());
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!("{test}: missing {}", missing.join(", "));
+    let ci = std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+    if ci {
+        panic!("{msg} (CI=true: the test environment must provide them)");
+    }
+    eprintln!("SKIP {msg}");
+    false
+}
+
+/// One browser at a time on a small machine.
+pub fn browser_lock() -> std::sync::MutexGuard<'static, ()> {
+    static BROWSER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    BROWSER.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -74,11 +74,16 @@ impl Default for AuthConfig {
     }
 }
 
+/// Where logins are recorded: (who, action, detail).
+pub type AuditHook = Box<dyn Fn(&str, &str, &str) + Send + Sync>;
+
 struct Inner {
     users: SharedUsers,
     sessions: Mutex<Sessions>,
     limiter: Mutex<LoginLimiter>,
     config: AuthConfig,
+    /// The audit log of logins, once the server set one.
+    audit: std::sync::OnceLock<AuditHook>,
 }
 
 /// Login state shared by the HTTP handlers. Cheap to clone.
@@ -115,7 +120,19 @@ impl Auth {
                 sessions: Mutex::new(Sessions::new(config.session_idle, config.session_max_age)),
                 limiter: Mutex::new(LoginLimiter::new(config.limits)),
                 config,
+                audit: std::sync::OnceLock::new(),
             }),
+        }
+    }
+
+    /// Records every login, failed login and logout with `hook` from now on.
+    pub fn set_audit(&self, hook: AuditHook) {
+        let _ = self.inner.audit.set(hook);
+    }
+
+    fn audit(&self, who: &str, action: &str, detail: &str) {
+        if let Some(hook) = self.inner.audit.get() {
+            hook(who, action, detail);
         }
     }
 
@@ -256,6 +273,7 @@ impl Auth {
         .flatten();
         let Some(user) = verified else {
             self.login_failed(&name, ip);
+            self.audit(&name, "login_failed", &format!("from {ip}"));
             tracing::info!(%ip, "login failed");
             return error(StatusCode::UNAUTHORIZED, "wrong user name or password");
         };
@@ -263,6 +281,7 @@ impl Auth {
         let (id, session) =
             lock(&self.inner.sessions).create(&user.name, user.role, Instant::now());
         tracing::info!(user = %user.name, role = %user.role, "logged in");
+        self.audit(&user.name, "login", &format!("as {} from {ip}", user.role));
         let mut r = Json(serde_json::json!({
             "user": user.name, "role": user.role, "csrf": session.csrf,
         }))
@@ -290,6 +309,9 @@ pub async fn login(State(auth): State<Auth>, req: Request) -> Response {
 
 /// `POST /logout` (behind [`require_login`]).
 pub async fn logout(State(auth): State<Auth>, req: Request) -> Response {
+    if let Some(user) = req.extensions().get::<Session>() {
+        auth.audit(&user.user, "logout", "");
+    }
     if let Some(id) = cookie(req.headers(), SESSION_COOKIE) {
         lock(&auth.inner.sessions).remove(id);
     }

@@ -1,0 +1,716 @@
+//! The flow task: the one place that changes the flow's files and the running flow. It
+//! watches `prompts/` and the audio folder (a change that loads cleanly is the flow for new
+//! calls; one with problems is refused, said in the log and on `/healthz`), and serves the
+//! operator's requests (check, try, publish, roll back) one at a time, so a publish and a
+//! reload never interleave. Calls keep the flow they started with ([`Shared::flow_and_audio`]):
+//! a swap here changes only what new calls get.
+//!
+//! Every flow that runs is a version in the store: a publish, a roll back, and an edit on
+//! disk that loaded (author "files on disk"), so the files and the versions never disagree
+//! silently. A draft is staged in `data_dir/flow-staging` (a copy of the files with the
+//! draft's changes, its changed prompts recorded there with the generator), checked, and
+//! only then copied over the live files.
+
+use super::{PromptAudio, Shared};
+use crate::callbacks::unix_now;
+use crate::config::versions::{DISK_AUTHOR, FlowFiles, PROMPTS_ROOT, Snapshot, VersionStore, diff};
+use crate::config::{ConfigError, ConfigProblem, Flow};
+use crate::web::{FlowRefused, FlowReply, FlowRequest};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant, SystemTime};
+use tracing::{error, info, warn};
+
+/// How often the files are looked at.
+const WATCH_EVERY: Duration = Duration::from_secs(2);
+/// The recorder (espeak-ng through scripts/gen-prompt-audio.py) may take this long.
+const RECORD_WITHIN: Duration = Duration::from_secs(90);
+/// A draft file's largest size.
+const MAX_DRAFT_FILE: usize = 256 * 1024;
+
+pub(crate) struct FlowTask {
+    shared: Arc<Shared>,
+    prompts: PathBuf,
+    staging: PathBuf,
+    store: Option<Box<dyn VersionStore>>,
+    last: Vec<(PathBuf, u64, Option<SystemTime>)>,
+    /// The version running now, if known.
+    running: Option<i64>,
+}
+
+/// Runs the flow task on a thread of its own (its work is files, SQLite and the recorder:
+/// blocking, and one at a time by design).
+pub(crate) fn spawn(
+    shared: Arc<Shared>,
+    prompts: PathBuf,
+    data_dir: &Path,
+    store: Option<Box<dyn VersionStore>>,
+    requests: Receiver<FlowRequest>,
+) {
+    let task = FlowTask {
+        last: fingerprint(&prompts, shared.flow().audio_dir.as_deref()),
+        shared,
+        prompts,
+        staging: data_dir.join("flow-staging"),
+        store,
+        running: None,
+    };
+    let spawned = std::thread::Builder::new()
+        .name("flow-files".into())
+        .spawn(move || task.run(requests));
+    if let Err(e) = spawned {
+        error!(error = %e, "the flow task did not start: prompts are not reloaded");
+    }
+}
+
+fn refused(problems: Vec<ConfigProblem>) -> FlowRefused {
+    FlowRefused::Problems(problems)
+}
+
+fn failed(e: impl std::fmt::Display) -> FlowRefused {
+    FlowRefused::Failed(e.to_string())
+}
+
+impl FlowTask {
+    fn run(mut self, requests: Receiver<FlowRequest>) {
+        self.note_version(DISK_AUTHOR, "the files the server started with");
+        let mut next_look = Instant::now() + WATCH_EVERY;
+        loop {
+            let wait = next_look.saturating_duration_since(Instant::now());
+            match requests.recv_timeout(wait) {
+                Ok(req) => self.handle(req),
+                Err(RecvTimeoutError::Timeout) => {}
+                // Nobody can ask any more: keep watching the files.
+                Err(RecvTimeoutError::Disconnected) => std::thread::sleep(wait),
+            }
+            if Instant::now() >= next_look {
+                self.look();
+                next_look = Instant::now() + WATCH_EVERY;
+            }
+        }
+    }
+
+    fn files(&self) -> FlowFiles {
+        let flow = self.shared.flow();
+        FlowFiles {
+            prompts: self.prompts.clone(),
+            audio: flow
+                .audio_dir
+                .clone()
+                .unwrap_or_else(|| self.prompts.join("../audio")),
+        }
+    }
+
+    /// A change on disk: reload it if it loads cleanly.
+    fn look(&mut self) {
+        let now = fingerprint(&self.prompts, self.shared.flow().audio_dir.as_deref());
+        if now == self.last {
+            return;
+        }
+        self.last = now;
+        match self.load_live() {
+            Ok(()) => {
+                info!(dir = %self.prompts.display(), "prompts reloaded; new calls use them");
+                self.note_version(DISK_AUTHOR, "edited on disk");
+            }
+            Err(problems) => {
+                error!(
+                    "prompts not reloaded, the running ones stay: {} problem(s):\n{}",
+                    problems.len(),
+                    problems.join("\n")
+                );
+                self.shared.prompts_health.rejected(problems);
+            }
+        }
+    }
+
+    /// Loads the live files and makes them the flow for new calls.
+    fn load_live(&mut self) -> Result<(), Vec<String>> {
+        let flow = Flow::load_dir(&self.prompts).map_err(|ConfigError::Invalid(p)| {
+            p.iter().map(ToString::to_string).collect::<Vec<_>>()
+        })?;
+        let audio = PromptAudio::load(&flow).map_err(|e| vec![format!("{e:#}")])?;
+        if let Some(engine) = &self.shared.engine
+            && let Err(e) = engine.install_verifiers(&flow)
+        {
+            return Err(vec![format!(
+                "{}: the keyword verifier's phrases do not tokenize: {e}",
+                self.prompts.display()
+            )]);
+        }
+        if let Ok(mut g) = self.shared.flow.write() {
+            *g = (Arc::new(flow), Arc::new(audio));
+        }
+        self.shared.prompts_health.in_force();
+        Ok(())
+    }
+
+    /// Stores the files on disk as a version if they differ from the latest one; answers the
+    /// version running now.
+    fn note_version(&mut self, author: &str, message: &str) -> Option<i64> {
+        let files = self.files();
+        let store = self.store.as_mut()?;
+        let result = (|| {
+            let snap = files.snapshot()?;
+            let latest = store.latest()?;
+            if let Some(v) = latest.as_ref().filter(|v| v.tree == snap.tree) {
+                return Ok(v.id);
+            }
+            let before = latest.map(|v| v.tree).unwrap_or_default();
+            let changes = {
+                let store = &*store;
+                let contents = |h: &str| {
+                    snap.blobs
+                        .get(h)
+                        .cloned()
+                        .or_else(|| store.blob(h).ok().flatten())
+                };
+                diff(&before, &snap.tree, &contents)
+            };
+            let id = store.add_version(unix_now(), author, message, &snap, &changes)?;
+            let paths: Vec<&str> = changes.iter().map(|c| c.path.as_str()).collect();
+            store.audit(
+                unix_now(),
+                author,
+                if author == DISK_AUTHOR {
+                    "disk_edit"
+                } else {
+                    "publish"
+                },
+                &format!("version {id}: {message} ({})", paths.join(", ")),
+            )?;
+            Ok::<_, crate::config::versions::VersionError>(id)
+        })();
+        match result {
+            Ok(id) => {
+                self.running = Some(id);
+                Some(id)
+            }
+            Err(e) => {
+                warn!(error = %e, "the running flow is not stored as a version");
+                None
+            }
+        }
+    }
+
+    fn handle(&mut self, req: FlowRequest) {
+        let answer = |reply: FlowReply, r: Result<serde_json::Value, FlowRefused>| {
+            let _ = reply.send(r);
+        };
+        match req {
+            FlowRequest::Status(reply) => answer(reply, self.status()),
+            FlowRequest::Versions(reply) => answer(reply, self.versions()),
+            FlowRequest::Version(id, reply) => answer(reply, self.version(id)),
+            FlowRequest::Audit(reply) => answer(reply, self.audit_log()),
+            FlowRequest::Try {
+                text,
+                language,
+                files,
+                reply,
+            } => answer(reply, self.try_it(&text, language.as_deref(), &files)),
+            FlowRequest::Check { files, reply } => {
+                let r = self
+                    .stage(&files)
+                    .map(|(_, recorded)| json!({"ok": true, "recorded": recorded}));
+                answer(reply, r)
+            }
+            FlowRequest::Publish {
+                files,
+                author,
+                message,
+                reply,
+            } => {
+                let r = self.publish(&files, &author, &message);
+                if let Err(FlowRefused::Problems(p)) = &r {
+                    self.record(
+                        &author,
+                        "publish_refused",
+                        &format!("{} problem(s)", p.len()),
+                    );
+                }
+                answer(reply, r)
+            }
+            FlowRequest::Rollback {
+                version,
+                author,
+                reply,
+            } => answer(reply, self.rollback(version, &author)),
+            FlowRequest::Recording { path, draft, reply } => {
+                let _ = reply.send(self.recording(&path, draft));
+            }
+            FlowRequest::Record {
+                who,
+                action,
+                detail,
+            } => self.record(&who, &action, &detail),
+        }
+    }
+
+    fn record(&mut self, who: &str, action: &str, detail: &str) {
+        if let Some(store) = self.store.as_mut()
+            && let Err(e) = store.audit(unix_now(), who, action, detail)
+        {
+            warn!(error = %e, "audit log not written");
+        }
+    }
+
+    fn store(&self) -> Result<&dyn VersionStore, FlowRefused> {
+        self.store
+            .as_deref()
+            .ok_or_else(|| failed("versions are not stored (the database did not open)"))
+    }
+
+    fn status(&self) -> Result<serde_json::Value, FlowRefused> {
+        let running = match (self.running, self.store.as_deref()) {
+            (Some(id), Some(store)) => store.version(id).map_err(failed)?,
+            _ => None,
+        };
+        let flow = self.shared.flow();
+        let mut texts = BTreeMap::new();
+        for name in prompt_file_names(&self.prompts).map_err(failed)? {
+            let text = std::fs::read_to_string(self.prompts.join(&name)).map_err(failed)?;
+            texts.insert(name, text);
+        }
+        let problems = self.shared.prompts_health.problems();
+        Ok(json!({
+            "running": running,
+            "disk": {"in_force": problems.is_none(), "problems": problems.unwrap_or_default()},
+            "default_language": flow.default_language,
+            "languages": flow.languages.keys().collect::<Vec<_>>(),
+            "files": texts,
+        }))
+    }
+
+    fn versions(&self) -> Result<serde_json::Value, FlowRefused> {
+        let list = self.store()?.versions(200).map_err(failed)?;
+        Ok(json!({"running": self.running, "versions": list}))
+    }
+
+    fn version(&self, id: i64) -> Result<serde_json::Value, FlowRefused> {
+        match self.store()?.version(id).map_err(failed)? {
+            Some(v) => Ok(json!(v)),
+            None => Err(FlowRefused::NotFound(format!("no version {id}"))),
+        }
+    }
+
+    /// A recording of the running flow, or of the last staged draft.
+    fn recording(&self, path: &str, draft: bool) -> Result<Vec<u8>, FlowRefused> {
+        if !path.starts_with("audio/") || !path.ends_with(".wav") {
+            return Err(FlowRefused::BadRequest(format!(
+                "`{path}` is not a recording (audio/....wav)"
+            )));
+        }
+        let live = self.files();
+        let files = if draft {
+            // Where the last check or publish staged the draft.
+            let rel = live
+                .audio
+                .strip_prefix(&self.prompts)
+                .map_err(failed)?
+                .to_path_buf();
+            let prompts = self.staging.join("a/b/c").join(PROMPTS_ROOT);
+            FlowFiles {
+                audio: prompts.join(rel),
+                prompts,
+            }
+        } else {
+            live
+        };
+        let file = files
+            .on_disk(path)
+            .ok_or_else(|| FlowRefused::BadRequest(format!("`{path}` is not a flow file")))?;
+        std::fs::read(&file).map_err(|_| FlowRefused::NotFound(format!("no recording {path}")))
+    }
+
+    fn audit_log(&self) -> Result<serde_json::Value, FlowRefused> {
+        Ok(json!({"entries": self.store()?.audit_log(500).map_err(failed)?}))
+    }
+
+    /// What a call would decide on `text` with the published flow, and with the draft (the
+    /// files on disk with `files` changed; its recordings do not matter here).
+    fn try_it(
+        &self,
+        text: &str,
+        language: Option<&str>,
+        files: &BTreeMap<String, String>,
+    ) -> Result<serde_json::Value, FlowRefused> {
+        use crate::brain::trial::try_saying;
+        let published = self.shared.flow();
+        if let Some(l) = language
+            && published.language(l).is_none()
+        {
+            return Err(FlowRefused::BadRequest(format!("unknown language `{l}`")));
+        }
+        let mut texts = BTreeMap::new();
+        for name in prompt_file_names(&self.prompts).map_err(failed)? {
+            let text = std::fs::read_to_string(self.prompts.join(&name)).map_err(failed)?;
+            texts.insert(name, text);
+        }
+        self.check_draft_names(files)?;
+        texts.extend(files.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let pairs: Vec<(&str, &str)> = texts
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let draft = match Flow::from_texts(&pairs) {
+            Ok(flow) => {
+                let flow = Arc::new(flow);
+                let lang = language.filter(|l| flow.language(l).is_some());
+                json!(try_saying(flow, lang, text))
+            }
+            Err(ConfigError::Invalid(problems)) => json!({
+                "problems": problems.iter().map(crate::web::flow::problem_json).collect::<Vec<_>>()
+            }),
+        };
+        Ok(json!({
+            "text": text,
+            "published": try_saying(published, language, text),
+            "draft": draft,
+        }))
+    }
+
+    /// A draft names only the prompt files that exist (`en.toml`, `humanline.toml`).
+    fn check_draft_names(&self, files: &BTreeMap<String, String>) -> Result<(), FlowRefused> {
+        let known = prompt_file_names(&self.prompts).map_err(failed)?;
+        for (name, text) in files {
+            if !known.contains(name) {
+                return Err(FlowRefused::BadRequest(format!(
+                    "`{name}` is not one of the prompt files ({})",
+                    known.join(", ")
+                )));
+            }
+            if text.len() > MAX_DRAFT_FILE {
+                return Err(FlowRefused::BadRequest(format!(
+                    "`{name}` is larger than {MAX_DRAFT_FILE} bytes"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stages the files on disk with `files` changed, records the prompts whose recordings
+    /// no longer say their text, and checks the result. Answers the staged files and what was
+    /// recorded, or the problems (named as the live files, so the operator finds them).
+    fn stage(
+        &self,
+        files: &BTreeMap<String, String>,
+    ) -> Result<(FlowFiles, Vec<String>), FlowRefused> {
+        self.check_draft_names(files)?;
+        let live = self.files();
+        let staged = self.staged_files(&live)?;
+        let snapshot = live.snapshot().map_err(failed)?;
+        write_tree(&staged, &snapshot).map_err(failed)?;
+        for (name, text) in files {
+            write_atomically(&staged.prompts.join(name), text.as_bytes()).map_err(failed)?;
+        }
+        let (loaded, to_record) = Flow::load_dir_noting_recordings(&staged.prompts);
+        let mut recorded = Vec::new();
+        let loaded = if to_record.is_empty() || loaded.is_ok() {
+            loaded
+        } else {
+            let mut by_language: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for (lang, id) in to_record {
+                by_language.entry(lang).or_default().push(id);
+            }
+            for (lang, ids) in &by_language {
+                record_prompts(&staged.prompts, &self.prompts, lang, ids).map_err(failed)?;
+                recorded.extend(ids.iter().map(|id| format!("{lang}/{id}")));
+            }
+            Flow::load_dir(&staged.prompts)
+        };
+        match loaded {
+            Ok(_) => Ok((staged, recorded)),
+            Err(ConfigError::Invalid(problems)) => Err(refused(unstage(problems, &staged, &live))),
+        }
+    }
+
+    /// Where a draft is staged: the prompts in `staging/a/b/c/prompts` and the audio where
+    /// the prompts' `audio_dir` puts it from there, so the staged files load as the live
+    /// ones do.
+    fn staged_files(&self, live: &FlowFiles) -> Result<FlowFiles, FlowRefused> {
+        let rel = live
+            .audio
+            .strip_prefix(&self.prompts)
+            .map_err(|_| {
+                failed("publishing needs audio_dir relative to the prompts folder (as shipped: \"../audio\")")
+            })?
+            .to_path_buf();
+        let ups = rel
+            .components()
+            .filter(|c| matches!(c, std::path::Component::ParentDir))
+            .count();
+        if ups > 3 || rel.is_absolute() {
+            return Err(failed(
+                "publishing needs audio_dir at most three folders up from the prompts folder",
+            ));
+        }
+        if self.staging.exists() {
+            std::fs::remove_dir_all(&self.staging).map_err(failed)?;
+        }
+        let prompts = self.staging.join("a/b/c").join(PROMPTS_ROOT);
+        std::fs::create_dir_all(&prompts).map_err(failed)?;
+        Ok(FlowFiles {
+            audio: prompts.join(rel),
+            prompts,
+        })
+    }
+
+    fn publish(
+        &mut self,
+        files: &BTreeMap<String, String>,
+        author: &str,
+        message: &str,
+    ) -> Result<serde_json::Value, FlowRefused> {
+        let (staged, recorded) = self.stage(files)?;
+        let message = if message.trim().is_empty() {
+            "published from the console"
+        } else {
+            message
+        };
+        let id = self.make_live(&staged, author, message)?;
+        info!(version = id, %author, "flow published; new calls use it");
+        Ok(json!({"version": id, "recorded": recorded}))
+    }
+
+    fn rollback(&mut self, version: i64, author: &str) -> Result<serde_json::Value, FlowRefused> {
+        let store = self.store()?;
+        let Some(v) = store.version(version).map_err(failed)? else {
+            return Err(FlowRefused::NotFound(format!("no version {version}")));
+        };
+        let mut snap = Snapshot {
+            tree: v.tree.clone(),
+            blobs: BTreeMap::new(),
+        };
+        for hash in v.tree.values() {
+            let bytes = store
+                .blob(hash)
+                .map_err(failed)?
+                .ok_or_else(|| failed(format!("version {version} lacks a file ({hash})")))?;
+            snap.blobs.insert(hash.clone(), bytes);
+        }
+        let live = self.files();
+        let staged = self.staged_files(&live)?;
+        write_tree(&staged, &snap).map_err(failed)?;
+        if let Err(ConfigError::Invalid(problems)) = Flow::load_dir(&staged.prompts) {
+            return Err(refused(unstage(problems, &staged, &live)));
+        }
+        let id = self.make_live(&staged, author, &format!("roll back to version {version}"))?;
+        info!(version = id, to = version, %author, "flow rolled back; new calls use it");
+        Ok(json!({"version": id, "rolled_back_to": version}))
+    }
+
+    /// Copies the staged files that differ over the live ones, loads them as the flow for new
+    /// calls and stores the version.
+    fn make_live(
+        &mut self,
+        staged: &FlowFiles,
+        author: &str,
+        message: &str,
+    ) -> Result<i64, FlowRefused> {
+        let live = self.files();
+        let now = live.snapshot().map_err(failed)?;
+        let wanted = staged.snapshot().map_err(failed)?;
+        for (path, hash) in &wanted.tree {
+            if now.tree.get(path) == Some(hash) {
+                continue;
+            }
+            let (Some(target), Some(bytes)) = (live.on_disk(path), wanted.blobs.get(hash)) else {
+                continue;
+            };
+            if let Some(dir) = target.parent() {
+                std::fs::create_dir_all(dir).map_err(failed)?;
+            }
+            write_atomically(&target, bytes).map_err(failed)?;
+        }
+        // The watcher must not take this for an edit on disk.
+        self.last = fingerprint(&self.prompts, Some(&live.audio));
+        self.load_live().map_err(|p| {
+            failed(format!(
+                "the published files did not load: {}",
+                p.join("; ")
+            ))
+        })?;
+        self.note_version(author, message)
+            .ok_or_else(|| failed("published, but the version was not stored"))
+    }
+}
+
+/// The prompt files of a folder (`*.toml`), by name.
+fn prompt_file_names(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".toml"))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Writes a snapshot's files under `files`.
+fn write_tree(files: &FlowFiles, snap: &Snapshot) -> std::io::Result<()> {
+    for (path, hash) in &snap.tree {
+        let (Some(target), Some(bytes)) = (files.on_disk(path), snap.blobs.get(hash)) else {
+            continue;
+        };
+        if let Some(dir) = target.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&target, bytes)?;
+    }
+    Ok(())
+}
+
+/// A file replaced whole or not at all: a reader never sees half of it.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Problems in staged files, named as the live files they stand for.
+fn unstage(
+    problems: Vec<ConfigProblem>,
+    staged: &FlowFiles,
+    live: &FlowFiles,
+) -> Vec<ConfigProblem> {
+    let swap = |text: &str| {
+        text.replace(
+            &staged.prompts.display().to_string(),
+            &live.prompts.display().to_string(),
+        )
+        .replace(
+            &staged.audio.display().to_string(),
+            &live.audio.display().to_string(),
+        )
+    };
+    problems
+        .into_iter()
+        .map(|p| {
+            let file = match p.file.strip_prefix(&staged.prompts) {
+                Ok(rel) => live.prompts.join(rel),
+                Err(_) => match p.file.strip_prefix(&staged.audio) {
+                    Ok(rel) => live.audio.join(rel),
+                    Err(_) => p.file.clone(),
+                },
+            };
+            ConfigProblem {
+                file,
+                message: swap(&p.message),
+                ..p
+            }
+        })
+        .collect()
+}
+
+/// The prompt recorder: `$HUMANLINE_PROMPT_RECORDER`, else `scripts/gen-prompt-audio.py` next
+/// to the prompts folder, beside the binary's build tree, or in the working directory.
+fn recorder(live_prompts: &Path) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("HUMANLINE_PROMPT_RECORDER").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let script = Path::new("scripts").join("gen-prompt-audio.py");
+    let exe_repo = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent()?.parent()?.parent().map(Path::to_path_buf));
+    [
+        live_prompts.join("..").join(&script),
+        exe_repo.map(|r| r.join(&script)).unwrap_or_default(),
+        script.clone(),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+}
+
+/// Records prompts `ids` of `lang` in the staged folder with espeak-ng (the generator
+/// writes the recordings and notes their words beside them), within [`RECORD_WITHIN`].
+fn record_prompts(
+    staged_prompts: &Path,
+    live_prompts: &Path,
+    lang: &str,
+    ids: &[String],
+) -> Result<(), String> {
+    let script = recorder(live_prompts).ok_or(
+        "the prompt recorder scripts/gen-prompt-audio.py was not found (set HUMANLINE_PROMPT_RECORDER)",
+    )?;
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(&script)
+        .arg("--prompts")
+        .arg(staged_prompts)
+        .args(["--only", lang]);
+    for id in ids {
+        cmd.arg("--prompt").arg(id);
+    }
+    // Its messages go to a file: a pipe nobody reads while waiting could fill and stall it.
+    let log_path = staged_prompts.with_file_name("recorder.log");
+    let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("running {}: {e}", script.display()))?;
+    let deadline = Instant::now() + RECORD_WITHIN;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => return Ok(()),
+            Ok(Some(status)) => {
+                let err = std::fs::read_to_string(&log_path).unwrap_or_default();
+                let err: String = err
+                    .chars()
+                    .rev()
+                    .take(2000)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                return Err(format!(
+                    "recording {lang} prompts {} failed ({status}): {}",
+                    ids.join(", "),
+                    err.trim()
+                ));
+            }
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "recording {lang} prompts took longer than {} s",
+                    RECORD_WITHIN.as_secs()
+                ));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// Sizes and modification times of the prompt files and recordings.
+pub(super) fn fingerprint(
+    dir: &Path,
+    audio: Option<&Path>,
+) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    let mut out = Vec::new();
+    let audio = audio.map_or_else(|| dir.join("../audio"), Path::to_path_buf);
+    for root in [dir.to_path_buf(), audio] {
+        let mut stack = vec![root];
+        while let Some(d) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let Ok(meta) = e.metadata() else { continue };
+                if meta.is_dir() {
+                    stack.push(e.path());
+                } else {
+                    out.push((e.path(), meta.len(), meta.modified().ok()));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}

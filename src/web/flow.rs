@@ -1,0 +1,343 @@
+//! The operator's flow over HTTP (issue 13): the running version and whether the files on
+//! disk are it, checking a draft (the same checks as `check-config`, each problem at its
+//! `FILE:LINE:COL`), trying a sentence on the draft and the published flow, publishing,
+//! rolling back, the versions with their diffs, and the audit log.
+//!
+//! The server's flow task owns the files and the versions (it also watches the files), so
+//! every change to them happens in one place, one at a time: this only sends it requests.
+//!
+//! - `GET /api/flow` (supervisor): running version, disk state, the prompt files' texts.
+//! - `GET /api/flow/versions`, `GET /api/flow/versions/{id}` (supervisor).
+//! - `GET /api/flow/recording?path=audio/en/greeting.wav[&draft=true]` (supervisor): listen.
+//! - `POST /api/flow/try` `{"text", "language"?, "files"?}` (supervisor): what a call would
+//!   decide on the published flow and on the draft (`files`: name -> new contents).
+//! - `POST /api/flow/check` `{"files"}` (operator): the draft's problems; changed texts are
+//!   recorded (espeak-ng) into the draft.
+//! - `POST /api/flow/publish` `{"files", "message"?}` (operator): 200 with the new version,
+//!   or 422 with the problems (nothing changes).
+//! - `POST /api/flow/rollback` `{"version"}` (operator).
+//! - `GET /api/audit` (operator): logins and changes.
+
+use super::api_error as error;
+use super::auth::{Role, Session};
+use crate::config::ConfigProblem;
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::from_fn_with_state;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// A request's answer from the flow task.
+pub type FlowReply = oneshot::Sender<Result<serde_json::Value, FlowRefused>>;
+
+/// What the flow task is asked.
+pub enum FlowRequest {
+    Status(FlowReply),
+    Versions(FlowReply),
+    Version(i64, FlowReply),
+    Audit(FlowReply),
+    Try {
+        text: String,
+        language: Option<String>,
+        files: BTreeMap<String, String>,
+        reply: FlowReply,
+    },
+    Check {
+        files: BTreeMap<String, String>,
+        reply: FlowReply,
+    },
+    Publish {
+        files: BTreeMap<String, String>,
+        author: String,
+        message: String,
+        reply: FlowReply,
+    },
+    Rollback {
+        version: i64,
+        author: String,
+        reply: FlowReply,
+    },
+    /// A recording's bytes (`audio/en/greeting.wav`): the running flow's, or the draft's last
+    /// staged one.
+    Recording {
+        path: String,
+        draft: bool,
+        reply: oneshot::Sender<Result<Vec<u8>, FlowRefused>>,
+    },
+    /// An entry for the audit log (a login), answered by nobody.
+    Record {
+        who: String,
+        action: String,
+        detail: String,
+    },
+}
+
+/// Why the flow task refused.
+#[derive(Debug)]
+pub enum FlowRefused {
+    /// The draft has these problems: nothing was changed.
+    Problems(Vec<ConfigProblem>),
+    NotFound(String),
+    BadRequest(String),
+    Failed(String),
+}
+
+/// Requests queued for the flow task at most (a publish records prompts: seconds).
+pub const QUEUE: usize = 32;
+/// How long a request may wait for its answer (recording prompts with espeak-ng included).
+const ANSWER_WITHIN: Duration = Duration::from_secs(120);
+/// A draft's files together (the shipped ones are about 15 kB).
+const MAX_BODY: usize = 1024 * 1024;
+
+/// Where the web side sends the flow task its requests. Cheap to clone.
+#[derive(Clone)]
+pub struct FlowEndpoint {
+    tx: std::sync::mpsc::SyncSender<FlowRequest>,
+}
+
+impl FlowEndpoint {
+    pub fn new() -> (Self, std::sync::mpsc::Receiver<FlowRequest>) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        (Self { tx }, rx)
+    }
+
+    /// Adds an entry to the audit log (dropped when the task is far behind).
+    pub fn record(&self, who: &str, action: &str, detail: &str) {
+        let _ = self.tx.try_send(FlowRequest::Record {
+            who: who.chars().take(64).collect(),
+            action: action.into(),
+            detail: detail.into(),
+        });
+    }
+
+    async fn ask(&self, make: impl FnOnce(FlowReply) -> FlowRequest) -> Response {
+        let (reply, answer) = oneshot::channel();
+        if self.tx.try_send(make(reply)).is_err() {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the flow task is busy or not running; try again",
+            );
+        }
+        match tokio::time::timeout(ANSWER_WITHIN, answer).await {
+            Ok(Ok(Ok(v))) => Json(v).into_response(),
+            Ok(Ok(Err(refused))) => refusal(refused),
+            Ok(Err(_)) => error(StatusCode::SERVICE_UNAVAILABLE, "the flow task stopped"),
+            Err(_) => error(StatusCode::GATEWAY_TIMEOUT, "the flow task did not answer"),
+        }
+    }
+}
+
+impl axum::extract::FromRef<super::WebState> for FlowEndpoint {
+    fn from_ref(s: &super::WebState) -> FlowEndpoint {
+        s.flow.clone()
+    }
+}
+
+/// A problem as the console shows it at its field.
+pub fn problem_json(p: &ConfigProblem) -> serde_json::Value {
+    serde_json::json!({
+        "file": p.file.display().to_string(),
+        "line": p.line,
+        "col": p.col,
+        "message": p.message,
+        "text": p.to_string(),
+    })
+}
+
+fn refusal(r: FlowRefused) -> Response {
+    match r {
+        FlowRefused::Problems(problems) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(serde_json::json!({
+                "error": format!("{} problem(s): nothing was changed", problems.len()),
+                "problems": problems.iter().map(problem_json).collect::<Vec<_>>(),
+            })),
+        )
+            .into_response(),
+        FlowRefused::NotFound(m) => error(StatusCode::NOT_FOUND, m),
+        FlowRefused::BadRequest(m) => error(StatusCode::BAD_REQUEST, m),
+        FlowRefused::Failed(m) => error(StatusCode::INTERNAL_SERVER_ERROR, m),
+    }
+}
+
+/// The routes, for inside `/api` (which needs a login).
+pub fn routes() -> Router<super::WebState> {
+    let supervisor = Router::new()
+        .route("/flow", get(status))
+        .route("/flow/versions", get(versions))
+        .route("/flow/versions/{id}", get(version))
+        .route("/flow/try", post(try_it))
+        .route("/flow/recording", get(recording))
+        .route_layer(from_fn_with_state(
+            Role::Supervisor,
+            super::auth::require_role,
+        ));
+    let operator = Router::new()
+        .route("/flow/check", post(check))
+        .route("/flow/publish", post(publish))
+        .route("/flow/rollback", post(rollback))
+        .route("/audit", get(audit))
+        .route_layer(from_fn_with_state(
+            Role::Operator,
+            super::auth::require_role,
+        ));
+    supervisor.merge(operator)
+}
+
+async fn status(State(flow): State<FlowEndpoint>) -> Response {
+    flow.ask(FlowRequest::Status).await
+}
+
+async fn versions(State(flow): State<FlowEndpoint>) -> Response {
+    flow.ask(FlowRequest::Versions).await
+}
+
+async fn version(State(flow): State<FlowEndpoint>, Path(id): Path<i64>) -> Response {
+    flow.ask(|reply| FlowRequest::Version(id, reply)).await
+}
+
+#[derive(Deserialize)]
+struct RecordingQuery {
+    path: String,
+    #[serde(default)]
+    draft: bool,
+}
+
+/// `GET /api/flow/recording?path=audio/en/greeting.wav[&draft=true]`: the WAV, to listen.
+async fn recording(
+    State(flow): State<FlowEndpoint>,
+    axum::extract::Query(q): axum::extract::Query<RecordingQuery>,
+) -> Response {
+    let (reply, answer) = oneshot::channel();
+    let req = FlowRequest::Recording {
+        path: q.path,
+        draft: q.draft,
+        reply,
+    };
+    if flow.tx.try_send(req).is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the flow task is busy; try again",
+        );
+    }
+    match tokio::time::timeout(ANSWER_WITHIN, answer).await {
+        Ok(Ok(Ok(bytes))) => (
+            [
+                (axum::http::header::CONTENT_TYPE, "audio/wav"),
+                (axum::http::header::CACHE_CONTROL, "no-store"),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Ok(Ok(Err(r))) => refusal(r),
+        _ => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the flow task did not answer",
+        ),
+    }
+}
+
+async fn audit(State(flow): State<FlowEndpoint>) -> Response {
+    flow.ask(FlowRequest::Audit).await
+}
+
+/// The session's user and the body as `T`, or the answer that refuses the request.
+async fn session_and_body<T: serde::de::DeserializeOwned>(
+    req: Request,
+    expected: &str,
+) -> Result<(String, T), Response> {
+    let Some(user) = req.extensions().get::<Session>().map(|s| s.user.clone()) else {
+        return Err(error(StatusCode::UNAUTHORIZED, "log in first"));
+    };
+    let Ok(body) = axum::body::to_bytes(req.into_body(), MAX_BODY).await else {
+        return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "body too large"));
+    };
+    match serde_json::from_slice::<T>(&body) {
+        Ok(v) => Ok((user, v)),
+        Err(e) => Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("expected JSON {expected}: {e}"),
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+struct TryBody {
+    text: String,
+    #[serde(default)]
+    language: Option<String>,
+    #[serde(default)]
+    files: BTreeMap<String, String>,
+}
+
+async fn try_it(State(flow): State<FlowEndpoint>, req: Request) -> Response {
+    let (_, body) = match session_and_body::<TryBody>(req, "{\"text\": ...}").await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    flow.ask(|reply| FlowRequest::Try {
+        text: body.text,
+        language: body.language,
+        files: body.files,
+        reply,
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct DraftBody {
+    #[serde(default)]
+    files: BTreeMap<String, String>,
+    #[serde(default)]
+    message: String,
+}
+
+async fn check(State(flow): State<FlowEndpoint>, req: Request) -> Response {
+    let (_, body) = match session_and_body::<DraftBody>(req, "{\"files\": {...}}").await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    flow.ask(|reply| FlowRequest::Check {
+        files: body.files,
+        reply,
+    })
+    .await
+}
+
+async fn publish(State(flow): State<FlowEndpoint>, req: Request) -> Response {
+    let (author, body) =
+        match session_and_body::<DraftBody>(req, "{\"files\": {...}, \"message\": ...}").await {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
+    flow.ask(|reply| FlowRequest::Publish {
+        files: body.files,
+        author,
+        message: body.message.chars().take(500).collect(),
+        reply,
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct RollbackBody {
+    version: i64,
+}
+
+async fn rollback(State(flow): State<FlowEndpoint>, req: Request) -> Response {
+    let (author, body) = match session_and_body::<RollbackBody>(req, "{\"version\": N}").await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    flow.ask(|reply| FlowRequest::Rollback {
+        version: body.version,
+        author,
+        reply,
+    })
+    .await
+}
