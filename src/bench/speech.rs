@@ -73,6 +73,9 @@ pub(crate) struct Utterance {
     /// The text has an escape word without asking for a person ("for an operator, press
     /// zero"): a caller saying it is rightly routed, so it is counted apart.
     pub mentions_escape_word: bool,
+    /// In a real corpus's tune split (settings may be chosen on it); synthetic corpora have
+    /// no split (tuning there is by voice).
+    pub tune_split: bool,
     pub audio: Vec<f32>,
 }
 
@@ -110,7 +113,7 @@ pub(crate) fn load_corpus(
                 header.len()
             )
         };
-        let (id, kind, voice, lang, text, mentions, in_split) = if real {
+        let (id, kind, voice, lang, text, mentions, in_split, tune_split) = if real {
             let [id, lang, _kind, speaker, sp, is_escape, mentions, sentence] = f[..] else {
                 return Err(bad());
             };
@@ -124,13 +127,23 @@ pub(crate) fn load_corpus(
                 Split::Tune => sp == "tune",
                 Split::Report => sp == "report",
             };
-            (id, kind, speaker, lang, sentence, mentions == "1", in_split)
+            let tune = sp == "tune";
+            (
+                id,
+                kind,
+                speaker,
+                lang,
+                sentence,
+                mentions == "1",
+                in_split,
+                tune,
+            )
         } else {
             let [id, kind, voice, _rate, sentence] = f[..] else {
                 return Err(bad());
             };
             let lang = if voice.starts_with("nl") { "nl" } else { "en" };
-            (id, kind, voice, lang, sentence, false, true)
+            (id, kind, voice, lang, sentence, false, true, false)
         };
         if !in_split || language.is_some_and(|l| l != lang) {
             continue;
@@ -148,6 +161,7 @@ pub(crate) fn load_corpus(
                 VoiceKind::Synthetic
             },
             mentions_escape_word: mentions,
+            tune_split,
             audio,
         });
     }

@@ -3,13 +3,15 @@
 //! the language's prompt) without the verifier, then again with it: the text matcher reads the
 //! transcript, the verifier scores the phrases. The escape threshold is calibrated on the
 //! tuning voices (at most 1% of their ordinary utterances may escape) and reported on the
-//! others, beside the threshold in the language file.
+//! others, beside the threshold in the language file. Reads synthetic and real corpora alike
+//! ([`super::speech::load_corpus`]): a real corpus's tune split counts as tuning voices, and
+//! its lines that mention an escape word ("press zero for an operator") are counted apart
+//! from false escapes.
 
+use super::speech::{Split, load_corpus};
 use super::{loadavg, percentile, summary, write_json};
 use crate::config::Flow;
-use crate::speech::{
-    DecodeOptions, PhraseKind, Transcriber, Verdict, WhisperEngine, load_wav_mono_16k,
-};
+use crate::speech::{DecodeOptions, PhraseKind, Transcriber, Verdict, WhisperEngine};
 use anyhow::Context;
 use serde_json::json;
 use std::path::PathBuf;
@@ -18,15 +20,21 @@ use std::time::Instant;
 pub struct VerifierRun {
     pub corpus: PathBuf,
     pub language: String,
-    pub model: PathBuf,
+    /// One model; default the language's own (`[speech] model`), as a live call hears it.
+    pub model: Option<PathBuf>,
     pub prompts: Option<PathBuf>,
-    /// Voices whose utterances set the threshold; the rest are held out.
+    /// Voices whose utterances set the threshold (with a real corpus's tune split); the rest
+    /// are held out.
     pub tune_voices: Vec<String>,
     pub every: usize,
     pub threads: usize,
-    /// The decode's initial prompt instead of the live default ("" for none).
+    /// The decode's initial prompt instead of the live one (the language's `[speech]
+    /// decoder_prompt`, else the English escape prompt; "" for none).
     pub prompt: Option<String>,
     pub out: PathBuf,
+    /// Skip the plain decode: the verified decode's transcript (the same text) is the text
+    /// matcher's, at half the time, without the verifier's added-time figure.
+    pub no_plain: bool,
 }
 
 /// One utterance's outcome.
@@ -37,6 +45,9 @@ struct Row {
     text: String,
     heard: String,
     text_escape: bool,
+    /// Real speech with an escape word in it: rightly routed, not a false escape.
+    mentions: bool,
+    tuning: bool,
     escape: Option<Verdict>,
     plain_ms: f64,
     verified_ms: f64,
@@ -59,8 +70,13 @@ pub fn run(r: VerifierRun) -> anyhow::Result<()> {
     let lang = flow
         .language(&r.language)
         .with_context(|| format!("unknown language `{}`", r.language))?;
-    let engine = WhisperEngine::load(&r.model, Default::default())
-        .with_context(|| format!("loading {}", r.model.display()))?;
+    let spec = flow
+        .speech_specs(crate::speech::models::explicit_model(r.model.as_deref()).as_deref())
+        .into_iter()
+        .find(|s| s.code == r.language)
+        .with_context(|| format!("no speech model for `{}`", r.language))?;
+    let engine = WhisperEngine::load(&spec.model, Default::default())
+        .with_context(|| format!("loading {}", spec.model.display()))?;
     let phrases = lang.verifier_phrases.iter().map(|(p, k)| (p.as_str(), *k));
     let verifier = engine.keyword_verifier(phrases, lang.verifier.clone())?;
     let mut opts = DecodeOptions {
@@ -68,41 +84,46 @@ pub fn run(r: VerifierRun) -> anyhow::Result<()> {
         language: Some(r.language.clone()),
         ..DecodeOptions::default()
     };
-    if let Some(p) = &r.prompt {
-        opts.initial_prompt = (!p.trim().is_empty()).then(|| p.clone());
+    // The live prompt: the language's own, as LanguageEngines gives it.
+    if let Some(p) = r.prompt.clone().or(spec.prompt.clone()) {
+        opts.initial_prompt = (!p.trim().is_empty()).then_some(p);
     }
     let plain_opts = DecodeOptions {
         verify: false,
         ..opts.clone()
     };
-    let manifest_path = r.corpus.join("manifest.tsv");
-    let manifest = std::fs::read_to_string(&manifest_path)
-        .with_context(|| format!("reading {}", manifest_path.display()))?;
+    let corpus = load_corpus(&r.corpus, r.every, Some(&r.language), Split::All)?;
     let mut rows = Vec::new();
-    for (i, line) in manifest.lines().skip(1).enumerate() {
-        if i % r.every.max(1) != 0 {
-            continue;
-        }
-        let cols: Vec<&str> = line.split('\t').collect();
-        let [id, kind, voice, ..] = cols[..] else {
-            continue;
-        };
-        let text = cols.last().copied().unwrap_or("").to_string();
-        let audio = load_wav_mono_16k(r.corpus.join(format!("{id}.wav")))?;
+    for u in corpus {
         let t = Instant::now();
-        let heard = engine.transcribe(&audio, &plain_opts)?;
+        let plain = if r.no_plain {
+            None
+        } else {
+            Some(engine.transcribe(&u.audio, &plain_opts)?)
+        };
         let plain_ms = t.elapsed().as_secs_f64() * 1000.0;
         let t = Instant::now();
-        let verified = engine.transcribe_verified(&audio, &opts, &verifier, None)?;
+        let verified = engine.transcribe_verified(&u.audio, &opts, &verifier, None)?;
         let verified_ms = t.elapsed().as_secs_f64() * 1000.0;
+        // Without a plain decode its time is unknown: the added time is then reported as 0.
+        let plain_ms = if plain.is_some() {
+            plain_ms
+        } else {
+            verified_ms
+        };
+        let heard = plain.unwrap_or_else(|| verified.text.clone());
         let escape = verified
             .verdicts
             .iter()
             .find(|v| v.kind == PhraseKind::Escape)
             .cloned();
         let text_escape = flow.escape.detect(&heard).is_some();
+        let tuning = u.tune_split || r.tune_voices.iter().any(|v| v == &u.voice);
         println!(
-            "{id:36} {kind:8} {plain_ms:6.0} +{:5.0} ms text {} verifier {:>6} {:16} {heard:?}",
+            "{:36} {:8} {} {plain_ms:6.0} +{:5.0} ms text {} verifier {:>6} {:16} {heard:?}",
+            u.id,
+            u.kind,
+            if tuning { "tune" } else { "held" },
             verified_ms - plain_ms,
             u8::from(text_escape),
             escape
@@ -111,12 +132,14 @@ pub fn run(r: VerifierRun) -> anyhow::Result<()> {
             escape.as_ref().map_or("", |e| e.phrase.as_str()),
         );
         rows.push(Row {
-            id: id.to_string(),
-            kind: kind.to_string(),
-            voice: voice.to_string(),
-            text,
+            id: u.id,
+            kind: u.kind,
+            voice: u.voice,
+            text: u.text,
             heard,
             text_escape,
+            mentions: u.mentions_escape_word,
+            tuning,
             escape,
             plain_ms,
             verified_ms,
@@ -124,14 +147,15 @@ pub fn run(r: VerifierRun) -> anyhow::Result<()> {
     }
     anyhow::ensure!(
         !rows.is_empty(),
-        "no utterances in {}",
-        manifest_path.display()
+        "no `{}` utterances in {}",
+        r.language,
+        r.corpus.display()
     );
-    let tuning = |row: &Row| r.tune_voices.iter().any(|v| v == &row.voice);
+    let tuning = |row: &Row| row.tuning;
     let score = |row: &Row| row.escape.as_ref().map_or(f32::NEG_INFINITY, |e| e.score);
     let tune_ordinary: Vec<f32> = rows
         .iter()
-        .filter(|x| tuning(x) && x.kind != "escape")
+        .filter(|x| tuning(x) && x.kind != "escape" && !x.mentions)
         .map(score)
         .collect();
     let calibrated = calibrate(&tune_ordinary);
@@ -139,7 +163,11 @@ pub fn run(r: VerifierRun) -> anyhow::Result<()> {
     let report = |part: &str, pick: &dyn Fn(&Row) -> bool| {
         let sel: Vec<&Row> = rows.iter().filter(|x| pick(x)).collect();
         let escapes: Vec<&&Row> = sel.iter().filter(|x| x.kind == "escape").collect();
-        let others: Vec<&&Row> = sel.iter().filter(|x| x.kind != "escape").collect();
+        let others: Vec<&&Row> = sel
+            .iter()
+            .filter(|x| x.kind != "escape" && !x.mentions)
+            .collect();
+        let mentions: Vec<&&Row> = sel.iter().filter(|x| x.mentions).collect();
         let rate = |set: &[&&Row], f: &dyn Fn(&Row) -> bool| {
             (!set.is_empty()).then(|| set.iter().filter(|x| f(x)).count() as f64 / set.len() as f64)
         };
@@ -149,7 +177,9 @@ pub fn run(r: VerifierRun) -> anyhow::Result<()> {
                 "verifier": {"recall": rate(&escapes, &|x| score(x) >= th),
                              "false_escapes": rate(&others, &|x| score(x) >= th)},
                 "either": {"recall": rate(&escapes, &|x| x.text_escape || score(x) >= th),
-                           "false_escapes": rate(&others, &|x| x.text_escape || score(x) >= th)},
+                           "false_escapes": rate(&others, &|x| x.text_escape || score(x) >= th),
+                           "false_count": others.iter().filter(|x| x.text_escape || score(x) >= th).count()},
+                "mentions_routed": mentions.iter().filter(|x| x.text_escape || score(x) >= th).count(),
                 "missed": escapes.iter().filter(|x| !x.text_escape && score(x) < th)
                     .map(|x| json!({"id": x.id, "heard": x.heard, "score": score(x)}))
                     .collect::<Vec<_>>(),
@@ -175,7 +205,7 @@ pub fn run(r: VerifierRun) -> anyhow::Result<()> {
             v
         };
         json!({
-            "escapes": escapes.len(), "others": others.len(),
+            "escapes": escapes.len(), "others": others.len(), "mentions_escape_word": mentions.len(),
             "text_matcher": {"recall": rate(&escapes, &|x| x.text_escape),
                              "false_escapes": rate(&others, &|x| x.text_escape)},
             "at_configured": line("configured", configured),
@@ -195,14 +225,14 @@ pub fn run(r: VerifierRun) -> anyhow::Result<()> {
         loadavg()
     );
     let value = json!({
-        "corpus": r.corpus, "language": r.language, "model": r.model, "threads": r.threads,
+        "corpus": r.corpus, "language": r.language, "model": spec.model, "threads": r.threads,
         "every": r.every, "tune_voices": r.tune_voices, "loadavg": loadavg(),
         "prompt": opts.initial_prompt,
         "configured_threshold": configured, "calibrated_threshold": calibrated,
         "tuning": tuned, "held_out": held,
         "utterances": rows.iter().map(|x| json!({
             "id": x.id, "kind": x.kind, "voice": x.voice, "text": x.text, "heard": x.heard,
-            "text_escape": x.text_escape, "verdict": x.escape,
+            "tuning": x.tuning, "mentions_escape_word": x.mentions, "text_escape": x.text_escape, "verdict": x.escape,
             "plain_ms": x.plain_ms, "verified_ms": x.verified_ms,
         })).collect::<Vec<_>>(),
     });

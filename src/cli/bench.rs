@@ -88,12 +88,15 @@ enum BenchWhat {
     /// The keyword verifier against the text matcher on the same decodes: recall, false
     /// escapes and added time, with the escape threshold calibrated on the tuning voices.
     Verifier {
-        /// Corpus folder with manifest.tsv (id, kind, voice, ..., text).
+        /// Corpus folder with manifest.tsv: synthetic (scripts/gen-speech-corpus.py) or real
+        /// recorded voices (scripts/gen-real-corpus.py, whose tune split counts as tuning).
         #[arg(long, default_value = "bench/corpus")]
         corpus: PathBuf,
-        /// The corpus's language (its phrases and thresholds come from the prompts).
+        /// The language heard (its phrases, thresholds, model and prompt come from the
+        /// prompts); only the corpus's utterances in it are used.
         #[arg(long, default_value = "en")]
         language: String,
+        /// One model; default the language's own (`[speech] model`).
         #[arg(long)]
         model: Option<PathBuf>,
         #[arg(long)]
@@ -111,6 +114,10 @@ enum BenchWhat {
         prompt: Option<String>,
         #[arg(long, default_value = "bench/results/verifier.json")]
         out: PathBuf,
+        /// Skip the plain decode of each utterance (half the time; no added-time figure):
+        /// the verified decode's transcript is the same text.
+        #[arg(long)]
+        no_plain: bool,
     },
     /// Callbacks: commit latency of a promise with fsync (and without, as the baseline),
     /// under concurrent committers, and the dialer's claim among many pending promises.
@@ -166,16 +173,18 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             threads,
             prompt,
             out,
+            no_plain,
         } => bench::verifier::run(bench::verifier::VerifierRun {
             corpus,
             language,
-            model: crate::speech::models::model_path(model.as_deref()),
+            model,
             prompts,
             tune_voices,
             every,
             threads,
             prompt,
             out,
+            no_plain,
         }),
         BenchWhat::Speech {
             corpus,

@@ -71,10 +71,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(path) => ServerFile::load(path)?,
         None => ServerFile::default(),
     };
-    // One decode on an otherwise idle 2-core machine takes 157 ms with 2 threads and 256 ms
-    // with 1 (BENCHMARKS.md): give each decoder its share of the cores.
+    // Each decoder gets its share of the cores (`PoolConfig::sharing_cores`).
     let decoders = args.decoders.or(file.decoders).unwrap_or(1).max(1);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (utc_offset_min, callback_retry, callback_numbers) = (
         file.utc_offset_min(),
         file.callback_retry(),
@@ -119,7 +117,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         decode_threads: args
             .decode_threads
             .or(file.decode_threads)
-            .unwrap_or_else(|| (cores / decoders).max(1))
+            .unwrap_or_else(|| crate::speech::threads_per_decoder(decoders))
             .max(1),
         agents,
         utc_offset_min,

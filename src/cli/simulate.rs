@@ -108,10 +108,8 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         let pool = if args.fast {
             None
         } else {
-            let cfg = PoolConfig {
-                decode: opts.clone(),
-                ..PoolConfig::default()
-            };
+            // One caller: one decoder with every core, as `serve` defaults to.
+            let cfg = PoolConfig::sharing_cores(1, opts.clone());
             Some(DecoderPool::new(engine.clone(), cfg)?)
         };
         Some(Speech {

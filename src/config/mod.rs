@@ -134,12 +134,12 @@ pub struct SpeechSettings {
 }
 
 /// The model a language uses when its file names none: English-only tiny.en for English
-/// (fastest, and as accurate there: BENCHMARKS.md), the multilingual base for the rest.
+/// (fastest, and as accurate there: BENCHMARKS.md), the multilingual base in q8_0 for the rest.
 pub fn default_model(code: &str) -> &'static str {
     if code == "en" {
         crate::speech::models::TINY_EN_FILE
     } else {
-        crate::speech::models::BASE_FILE
+        crate::speech::models::BASE_Q8_0_FILE
     }
 }
 

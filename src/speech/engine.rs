@@ -733,6 +733,34 @@ impl Default for PoolConfig {
     }
 }
 
+impl PoolConfig {
+    /// The default for `decoders` decoders on this machine: each decode gets its share of
+    /// the cores. One decoder with every core is the fastest for a lone caller (tiny.en on an
+    /// idle 2-core machine: 157 ms a decode with 2 threads, 256 ms with 1; BENCHMARKS.md),
+    /// and what `serve` and `simulate` run unless told otherwise.
+    pub fn sharing_cores(decoders: usize, decode: DecodeOptions) -> Self {
+        let decoders = decoders.max(1);
+        PoolConfig {
+            workers: decoders,
+            decode: DecodeOptions {
+                threads: Some(
+                    decode
+                        .threads
+                        .unwrap_or_else(|| threads_per_decoder(decoders)),
+                ),
+                ..decode
+            },
+            ..PoolConfig::default()
+        }
+    }
+}
+
+/// Threads per decode when `decoders` decoders share this machine's cores.
+pub fn threads_per_decoder(decoders: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / decoders.max(1)).max(1)
+}
+
 /// A snapshot of the pool's load.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct PoolStats {
@@ -909,7 +937,21 @@ impl DecoderPool {
                 return Err(SpeechError::PoolShutDown);
             }
             answered.extend(st.queue.expire(now));
-            let cap = st.capacity(self.workers.len());
+            let mut cap = st.capacity(self.workers.len());
+            // A final or pause partial aborts the running partials of its utterance (below):
+            // their decoders are about to be free, so they do not delay it.
+            if class != JobClass::Partial {
+                let freed = st
+                    .running
+                    .iter()
+                    .filter(|r| {
+                        r.id.kind == DecodeKind::Partial
+                            && same_utterance(&r.id, &id)
+                            && r.id.seq < id.seq
+                    })
+                    .count();
+                cap.running = cap.running.saturating_sub(freed);
+            }
             let pushed = st.queue.push(now, id, class, new, cap);
             if let Some((newer, seq)) = pushed.abort_older_partials {
                 for r in &st.running {
@@ -1180,23 +1222,6 @@ pub(crate) mod bench {
         (f.get(11).unwrap_or(&0) + f.get(12).unwrap_or(&0)) * 10
     }
 
-    /// Word error rate of `hyp` against `reference`.
-    pub fn wer(reference: &str, hyp: &str) -> f32 {
-        let r = words(reference);
-        let h = words(hyp);
-        let mut prev: Vec<usize> = (0..=h.len()).collect();
-        for (i, rw) in r.iter().enumerate() {
-            let mut cur = vec![i + 1; h.len() + 1];
-            for (j, hw) in h.iter().enumerate() {
-                cur[j + 1] = (prev[j] + usize::from(rw != hw))
-                    .min(prev[j + 1] + 1)
-                    .min(cur[j] + 1);
-            }
-            prev = cur;
-        }
-        prev[h.len()] as f32 / r.len().max(1) as f32
-    }
-
     /// A run of 2+ words repeated back to back at least twice more than the reference has.
     pub fn looped(reference: &str, hyp: &str) -> bool {
         let count = |t: &str| {
@@ -1413,7 +1438,8 @@ pub(crate) mod bench {
                     .transcribe(audio, &opts)
                     .unwrap_or_else(|e| format!("ERROR {e}"));
                 wall.push(t.elapsed().as_millis() as u64);
-                wer_sum += wer(phrase, &text).min(1.0);
+                let (errors, n) = crate::bench::word_errors(phrase, &text);
+                wer_sum += (errors as f32 / n.max(1) as f32).min(1.0);
                 let lp = looped(phrase, &text);
                 loops += usize::from(lp);
                 let kw: Vec<String> = words(phrase)
@@ -1942,6 +1968,38 @@ mod tests {
         assert_eq!(*lock(&fake.calls), [10]);
         let st = pool.stats();
         assert_eq!((st.behind, st.completed, st.queued), (1, 1, 0));
+    }
+
+    /// A caller stops talking while a partial of what they said is decoding: their final
+    /// aborts that partial, so it does not wait behind it and is not refused as behind. Another
+    /// caller's final, which would wait behind it, still is.
+    #[test]
+    fn a_final_is_not_refused_for_the_partial_it_aborts() {
+        let fake = Arc::new(Gated::default());
+        // A decode is assumed to take 250 ms at first: half of one is past 80 ms.
+        let pool = DecoderPool::new(fake.clone(), quick_expiry(80)).expect("pool");
+        let _guard = OpenOnDrop(fake.clone());
+        let (tx, rx) = mpsc::channel();
+        pool.submit_to(job(1, 1, 0, DecodeKind::Partial, 10), tx.clone())
+            .expect("partial queued");
+        wait_running(&pool, 1);
+        let other = pool.submit_to(job(2, 1, 0, DecodeKind::Final, 20), tx.clone());
+        assert!(
+            matches!(other, Err(SpeechError::Behind { .. })),
+            "another caller's final would wait behind the partial: {other:?}"
+        );
+        let own = pool.submit_to(job(1, 1, 1, DecodeKind::Final, 30), tx.clone());
+        assert!(
+            own.is_ok(),
+            "the final of the partial's own utterance: {own:?}"
+        );
+        fake.open();
+        let replies = collect(&rx, 3);
+        let final_reply = replies
+            .iter()
+            .find(|r| r.job.stream == 1 && r.job.kind == DecodeKind::Final)
+            .expect("the final's reply");
+        assert_eq!(final_reply.text(), Some("30 samples"), "{replies:?}");
     }
 
     #[test]

@@ -64,6 +64,7 @@ pub use audio::{
 pub use engine::{
     DecodeOptions, DecodeResult, DecodeStrategy, DecoderPool, ESCAPE_PROMPT, EngineOptions, Heard,
     PoolConfig, PoolStats, Transcriber, WhisperEngine, clean_transcript, is_language_code,
+    threads_per_decoder,
 };
 pub use languages::{LanguageEngines, LanguageSpec};
 pub use recognizer::{

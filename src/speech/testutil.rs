@@ -135,10 +135,5 @@ pub fn silence(ms: u64) -> Vec<f32> {
     vec![0.0; (ms * 16) as usize]
 }
 
-/// Lower-case words without punctuation, for lenient comparisons.
-pub fn words(text: &str) -> Vec<String> {
-    text.split(|c: char| !c.is_alphanumeric() && c != '\'')
-        .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
-        .collect()
-}
+/// Lower-case words without punctuation, for lenient comparisons (the escape matcher's own).
+pub use crate::escape::normalize::words;

@@ -442,7 +442,7 @@ pub(crate) mod explore {
     #[ignore]
     fn score_corpus() {
         let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
-        let model = env("VERIFY_MODEL", "/work/coord/ggml-base.bin");
+        let model = env("VERIFY_MODEL", "models/ggml-base.bin");
         let corpus = std::path::PathBuf::from(env("VERIFY_CORPUS", "bench/corpus-nl"));
         let lang = env("VERIFY_LANG", "nl");
         let out = env("VERIFY_OUT", "/tmp/verify.tsv");
