@@ -6,10 +6,11 @@ cd "$(dirname "$0")/.."
 
 # cmake builds whisper.cpp; espeak-ng and sox make prompt and test speech; iproute2 (ip, tc)
 # makes the network namespaces of the packet loss test; postgresql is the shared ledger of
-# several nodes (the tests start a private cluster of their own); chromium is the browser
-# caller of the WebRTC tests (driven by playwright-core from tests/browser, never a
+# several nodes (the tests start a private cluster of their own); kamailio is the SIP load
+# balancer in front of several nodes (deploy/kamailio; the tests start their own); chromium is
+# the browser caller of the WebRTC tests (driven by playwright-core from tests/browser, never a
 # downloaded browser).
-PACKAGES=(cmake g++ espeak-ng sox sip-tester baresip-core iproute2 postgresql chromium)
+PACKAGES=(cmake g++ espeak-ng sox sip-tester baresip-core iproute2 postgresql kamailio chromium)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -28,6 +29,11 @@ if ((${#missing[@]})); then
   else SUDO=""; fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian starts the packaged Kamailio on *:5060, where Humanline listens by default: it is
+  # run with deploy/kamailio/kamailio.cfg when wanted (README), not as the system's service.
+  if [[ " ${missing[*]} " == *" kamailio "* ]] && [ -d /run/systemd/system ]; then
+    $SUDO systemctl disable --now kamailio >/dev/null 2>&1 || true
+  fi
 fi
 
 # whisper.cpp: use its shipped bindings (no libclang) and build for any x86-64 with AVX2,

@@ -110,22 +110,40 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         None => run,
     };
     let node_name = opts.node.clone().unwrap_or_else(|| instance.clone());
-    let store = opts
-        .store
-        .open(&opts.data_dir, &instance, opts.node_timeout.timeout_ms)
-        .with_context(|| format!("opening {}", opts.store.describe(&opts.data_dir)))?;
-    let mut ledger = CallbackLedger::new(store, opts.callback_retry);
-    let recovered = ledger.recover(unix_ms())?;
-    if recovered > 0 {
-        warn!(
-            recovered,
-            "callbacks interrupted by the last stop are due again"
+    // Off the runtime: the PostgreSQL client blocks (and runs a runtime of its own, which
+    // cannot start inside this one).
+    let ledger = {
+        let (store, data_dir, retry) = (
+            opts.store.clone(),
+            opts.data_dir.clone(),
+            opts.callback_retry,
         );
-    }
-    // Alive before the first call is taken: no other node may think this one dead.
-    ledger
-        .beat(&instance, &node_name, unix_ms())
-        .context("registering this node's heartbeat")?;
+        let (instance, node_name, timeout_ms) = (
+            instance.clone(),
+            node_name.clone(),
+            opts.node_timeout.timeout_ms,
+        );
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let opened = store
+                .open(&data_dir, &instance, timeout_ms)
+                .with_context(|| format!("opening {}", store.describe(&data_dir)))?;
+            let mut ledger = CallbackLedger::new(opened, retry);
+            let recovered = ledger.recover(unix_ms())?;
+            if recovered > 0 {
+                warn!(
+                    recovered,
+                    "callbacks interrupted by the last stop are due again"
+                );
+            }
+            // Alive before the first call is taken: no other node may think this one dead.
+            ledger
+                .beat(&instance, &node_name, unix_ms())
+                .context("registering this node's heartbeat")?;
+            Ok(ledger)
+        })
+        .await
+        .context("opening the ledger")??
+    };
     info!(node = %node_name, run = %instance, timeout_ms = opts.node_timeout.timeout_ms, "node registered");
     let ledger: SharedLedger = Arc::new(Mutex::new(ledger));
     // The users stay in SQLite in the data folder whatever store the ledger is in: each node

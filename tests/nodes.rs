@@ -1,0 +1,614 @@
+//! Several nodes, end to end on loopback: a private PostgreSQL, Kamailio with the shipped
+//! config (deploy/kamailio/kamailio.cfg), two Humanline nodes sharing the ledger, sipp callers,
+//! an agent and a customer's phone. Calls through Kamailio spread over both nodes and their
+//! BYEs follow the record-route to the node holding the call; a promise made on node A is
+//! dialed once; node A is SIGKILLed with a caller waiting for a person: new calls reach node
+//! B within seconds, the waiting caller is called back by B, and nobody is called twice.
+//! SKIP without kamailio, sipp or PostgreSQL, except in CI (scripts/setup.sh installs them).
+
+mod common;
+
+use common::postgres::cluster;
+use common::*;
+use humanline::callbacks::{LedgerStore, PromiseState};
+use humanline::nodes::REASON_NODE_DIED;
+use humanline::storage::PostgresStore;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A node not heard from for this long is dead (the nodes' `node_timeout_ms`).
+const NODE_TIMEOUT_MS: u64 = 3_000;
+
+/// Kamailio in the foreground, in a process group of its own (its children with it), stopped
+/// with SIGTERM (then SIGKILL) of that group when dropped.
+struct Kamailio {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Kamailio {
+    fn available(test: &str) -> bool {
+        let ok = Command::new("kamailio")
+            .arg("-v")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let msg = format!("{test}: missing kamailio (package kamailio)");
+            if std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
+                || std::env::var_os("HUMANLINE_REQUIRE_SIPP").is_some()
+            {
+                panic!("{msg} (scripts/setup.sh installs it)");
+            }
+            eprintln!("SKIP {msg}");
+        }
+        ok
+    }
+
+    /// The shipped config, listening on `port`, in front of the nodes at `nodes`.
+    fn start(dir: &Path, port: u16, nodes: &[u16]) -> Kamailio {
+        let list = dir.join("dispatcher.list");
+        let text: String = nodes
+            .iter()
+            .map(|p| format!("1 sip:{LOCALHOST}:{p}\n"))
+            .collect();
+        std::fs::write(&list, text).expect("write dispatcher.list");
+        let run = dir.join("kamailio-run");
+        std::fs::create_dir_all(&run).expect("kamailio run dir");
+        let log = dir.join("kamailio.log");
+        let child = Command::new("kamailio")
+            .arg("-f")
+            .arg(repo().join("deploy/kamailio/kamailio.cfg"))
+            .arg("-A")
+            .arg(format!("HL_LISTEN=udp:{LOCALHOST}:{port}"))
+            .arg("-A")
+            .arg(format!("HL_NODES=\"{}\"", list.display()))
+            .args(["-DD", "-E", "-m", "64", "-M", "8"])
+            .arg("-P")
+            .arg(run.join("kamailio.pid"))
+            .arg("-Y")
+            .arg(&run)
+            .arg("-w")
+            .arg(&run)
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("kamailio log"))
+            .spawn()
+            .expect("spawning kamailio");
+        let k = Kamailio { child, log };
+        // Listening (and probing) well within a second; a config it refuses ends it at once.
+        let listening = eventually(Duration::from_secs(10), || {
+            std::net::UdpSocket::bind((LOCALHOST, port)).is_err()
+        });
+        assert!(listening, "kamailio not listening:\n{}", k.log_text());
+        k
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        // `--`: a negative pid (the whole group) is not an option.
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill")
+            .args(["-s", "TERM", "--", &group])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = Command::new("kill")
+            .args(["-s", "KILL", "--", &group])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// A node: its own folder, the shared PostgreSQL ledger, callbacks out through the customer's
+/// phone, quick retries, no media probing during the test's quiet callers.
+fn node(dir: &Path, name: &str, ports: Ports, url: &str, agents: &[String], trunk: u16) -> Server {
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d).expect("node dir");
+    let config = d.join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "store = \"{url}\"\nnode = \"{name}\"\nnode_timeout_ms = {NODE_TIMEOUT_MS}\n\
+             trunk = \"sip:trunk@{LOCALHOST}:{trunk}\"\nno_media_timeout_ms = 600000\n\n\
+             [callback_retry]\nfirst_delay_ms = 2000\nfactor = 1.0\nmax_delay_ms = 2000\nmax_attempts = 4\n"
+        ),
+    )
+    .expect("write server.toml");
+    Server::start_with(
+        ports,
+        &d,
+        agents,
+        &["--config".into(), config.display().to_string()],
+    )
+}
+
+/// `calls` callers through Kamailio at `proxy`, each on the line for `hold_ms`.
+fn routed_callers(
+    dir: &Path,
+    name: &str,
+    ports: SippPorts,
+    proxy: u16,
+    calls: u32,
+    hold_ms: u64,
+) -> Sipp {
+    Sipp::start(
+        dir,
+        SippRun {
+            name,
+            scenario: "caller_routed.xml",
+            vars: &[
+                ("CALLER", "+15550100".into()),
+                ("RTP_PORT", ports.media.to_string()),
+                ("HOLD_MS", hold_ms.to_string()),
+            ],
+            remote: Some(std::net::SocketAddr::from(([127, 0, 0, 1], proxy))),
+            transport: "u1",
+            ports,
+            timeout: Duration::from_millis(hold_ms) + Duration::from_secs(20),
+            calls,
+        },
+    )
+}
+
+/// A caller straight to `node` from `number`: keys 0 (to a person) after 1 s, then `second`
+/// `second_after_ms` later, stays `hold_ms` and hangs up.
+#[allow(clippy::too_many_arguments)]
+fn keying_caller(
+    dir: &Path,
+    name: &str,
+    node: &Server,
+    ports: SippPorts,
+    number: &str,
+    second: char,
+    second_after_ms: u64,
+    hold_ms: u64,
+) -> Sipp {
+    Sipp::start(
+        dir,
+        SippRun {
+            name,
+            scenario: "caller_keys.xml",
+            vars: &[
+                ("CALLER", number.to_string()),
+                ("RTP_PORT", ports.media.to_string()),
+                ("KEY1", "0".into()),
+                ("KEY1_AFTER_MS", "1000".into()),
+                ("KEY2", second.to_string()),
+                ("KEY2_AFTER_MS", second_after_ms.to_string()),
+                ("HOLD_MS", hold_ms.to_string()),
+            ],
+            remote: Some(node.ports.sip_addr()),
+            transport: "u1",
+            ports,
+            timeout: Duration::from_millis(1000 + second_after_ms + hold_ms)
+                + Duration::from_secs(20),
+            calls: 1,
+        },
+    )
+}
+
+/// The customer's phone behind the trunk: answers `calls` callbacks, talks a second each.
+fn customer(dir: &Path, ports: SippPorts, calls: u32) -> Sipp {
+    let tone = dir.join("customer-tone.pcmu");
+    let ok = Command::new("sox")
+        .args([
+            "-n", "-r", "8000", "-c", "1", "-t", "raw", "-e", "mu-law", "-b", "8",
+        ])
+        .arg(&tone)
+        .args(["synth", "1", "sine", "440", "vol", "0.5"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "sox could not make the customer's tone");
+    Sipp::start(
+        dir,
+        SippRun {
+            name: "customer",
+            scenario: "customer_answers.xml",
+            vars: &[
+                ("AUDIO", tone.display().to_string()),
+                ("TALK_MS", "1000".into()),
+            ],
+            remote: None,
+            transport: "u1",
+            ports,
+            timeout: Duration::from_secs(150),
+            calls,
+        },
+    )
+}
+
+/// The calls a node answered, with when the test saw each.
+fn answered(node: &Server) -> Vec<Instant> {
+    node.log
+        .find_all(&["humanline::server::call", "answered rtp="])
+        .into_iter()
+        .map(|(at, _)| at)
+        .collect()
+}
+
+/// How many calls (distinct Call-IDs: a retransmitted INVITE is the same call) a UAS sipp
+/// received for `number` (the request URI carries it).
+fn invites_for(phone: &Sipp, number: &str) -> usize {
+    let messages = phone.messages();
+    let calls: std::collections::HashSet<String> = messages
+        .split(&format!("INVITE sip:{number}@"))
+        .skip(1)
+        .filter_map(|invite| header(invite, "Call-ID"))
+        .collect();
+    calls.len()
+}
+
+fn story(nodes: &[&Server], kamailio: &Kamailio, peers: &[&Sipp]) -> String {
+    let mut out = String::new();
+    for n in nodes {
+        out.push_str(&format!(
+            "--- node {}\n{}\n",
+            n.ports.sip(),
+            tail(&n.log.text(), 60)
+        ));
+    }
+    out.push_str(&format!(
+        "--- kamailio\n{}\n",
+        tail(&kamailio.log_text(), 40)
+    ));
+    out.push_str(&context_of(peers));
+    out
+}
+
+fn context_of(peers: &[&Sipp]) -> String {
+    peers
+        .iter()
+        .map(|p| format!("--- {}\n{}\n", p.name, tail(&p.report(), 30)))
+        .collect()
+}
+
+#[test]
+fn two_nodes_behind_kamailio_share_calls_and_a_dead_nodes_waiting_caller_is_called_back() {
+    let test = "two_nodes_behind_kamailio";
+    if !peers_available(test) || !Kamailio::available(test) {
+        return;
+    }
+    let Some(pg) = cluster(test) else { return };
+    let url = pg.database();
+    let (pa, pb) = (Ports::claim(0), Ports::claim(1));
+    let dir = tempdir("nodes");
+    let d = dir.path();
+
+    // B has the agent; A has none (its callers wait in line, offered a callback), so every
+    // callback is B's to dial: a promise made on A is kept by another node.
+    let mut agent = Sipp::start(
+        d,
+        SippRun {
+            name: "agent-b",
+            scenario: "agent_answers.xml",
+            vars: &[],
+            remote: None,
+            transport: "u1",
+            ports: pb.agent_sipp(),
+            timeout: Duration::from_secs(150),
+            calls: 2,
+        },
+    );
+    let customer_ports = pb.spare_sipp();
+    let mut phone = customer(d, customer_ports, 2);
+    let mut a = node(d, "a", pa, &url, &[], customer_ports.sip);
+    let b = node(
+        d,
+        "b",
+        pb,
+        &url,
+        &[agent_uri(pb.agent_sipp().sip)],
+        customer_ports.sip,
+    );
+    // Beside the sipps' video ports (their media port + 2).
+    let proxy = pa.base + 36;
+    let kamailio = Kamailio::start(d, proxy, &[pa.sip(), pb.sip()]);
+    // Both nodes answer Kamailio's OPTIONS probes (once a second) before calls come.
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // 1. Four calls through Kamailio spread over both nodes; each BYE follows the route.
+    let mut spread = routed_callers(d, "spread", pa.caller_sipp(), proxy, 4, 2000);
+    let code = spread.proc.wait(Duration::from_secs(40));
+    assert_eq!(
+        code,
+        Some(0),
+        "calls through Kamailio failed\n{}",
+        story(&[&a, &b], &kamailio, &[&spread])
+    );
+    let (on_a, on_b) = (answered(&a).len(), answered(&b).len());
+    assert!(
+        on_a >= 1 && on_b >= 1 && on_a + on_b == 4,
+        "4 calls through Kamailio: {on_a} on A, {on_b} on B\n{}",
+        story(&[&a, &b], &kamailio, &[&spread])
+    );
+    let trace = spread.messages();
+    assert!(
+        trace.contains(&format!("Route: <sip:{LOCALHOST}:{proxy};lr>")),
+        "the ACK/BYE did not carry Kamailio's record-route\n{}",
+        tail(&trace, 80)
+    );
+
+    // 2. A caller on A keys 0 (nobody there: a callback is offered) and 1 (accepted): the
+    //    promise is made on A and dialed once, by B.
+    let mut promiser = keying_caller(
+        d,
+        "promiser",
+        &a,
+        pa.agent_sipp(),
+        "+15550001",
+        '1',
+        5000,
+        3000,
+    );
+    let promised = a
+        .log
+        .wait_for(&["callback promised"], Duration::from_secs(30));
+    assert!(
+        promised.is_some(),
+        "no promise on A\n{}",
+        story(&[&a, &b], &kamailio, &[&promiser])
+    );
+    let dialed = eventually(Duration::from_secs(40), || {
+        invites_for(&phone, "+15550001") >= 1
+    });
+    assert!(
+        dialed,
+        "A's promise was not dialed\n{}",
+        story(&[&a, &b], &kamailio, &[&promiser, &agent, &phone])
+    );
+    let _ = promiser.proc.wait(Duration::from_secs(20));
+
+    // 3. Another caller on A keys 0 and waits in line (never answering the callback offer).
+    let waiting = keying_caller(
+        d,
+        "waiting",
+        &a,
+        pa.spare_sipp(),
+        "+15550002",
+        '2',
+        100_000,
+        1000,
+    );
+    let mut ledger = PostgresStore::connect(&url, "test").expect("connect to the ledger");
+    let held = eventually(Duration::from_secs(30), || {
+        ledger
+            .held_calls()
+            .is_ok_and(|h| h.iter().any(|c| c.number == "+15550002"))
+    });
+    assert!(
+        held,
+        "the waiting caller is not recorded as held by A\n{}",
+        story(&[&a, &b], &kamailio, &[&waiting])
+    );
+
+    // 4. A dies with them on the line.
+    a.proc.kill();
+    let killed = Instant::now();
+    drop(waiting);
+    let before_kill = answered(&b).len();
+    let mut after = routed_callers(d, "after", pb.caller_sipp(), proxy, 3, 1000);
+    let code = after.proc.wait(Duration::from_secs(30));
+    let new_on_b: Vec<Duration> = answered(&b)
+        .into_iter()
+        .skip(before_kill)
+        .map(|at| at.saturating_duration_since(killed))
+        .collect();
+    eprintln!("new calls answered by B after A's death at {new_on_b:?}");
+    assert_eq!(
+        code,
+        Some(0),
+        "new calls through Kamailio failed after A died\n{}",
+        story(&[&a, &b], &kamailio, &[&after])
+    );
+    assert_eq!(
+        new_on_b.len(),
+        3,
+        "{}",
+        story(&[&a, &b], &kamailio, &[&after])
+    );
+    assert!(
+        new_on_b.iter().all(|t| *t < Duration::from_secs(8)),
+        "new calls took {new_on_b:?} to reach B"
+    );
+
+    // The waiting caller is called back by B.
+    let called_back = eventually(Duration::from_secs(40), || {
+        invites_for(&phone, "+15550002") >= 1
+    });
+    let to_callback = killed.elapsed();
+    assert!(
+        called_back,
+        "A's waiting caller was not called back\n{}",
+        story(&[&a, &b], &kamailio, &[&agent, &phone])
+    );
+    eprintln!(
+        "A's waiting caller was called back {to_callback:?} after A died (node timeout {NODE_TIMEOUT_MS} ms)"
+    );
+    assert!(
+        b.log
+            .find(&["a caller held by a node that died will be called back"])
+            .is_some(),
+        "{}",
+        tail(&b.log.text(), 40)
+    );
+
+    // Nobody is called twice: the phone took its two calls, each promise kept on one attempt.
+    let code = phone.proc.wait(Duration::from_secs(40));
+    assert_eq!(
+        code,
+        Some(0),
+        "the customer's phone did not complete two callbacks\n{}",
+        story(&[&a, &b], &kamailio, &[&agent, &phone])
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let all = ledger.list(None).expect("list promises");
+    assert_eq!(all.len(), 2, "{all:?}");
+    for p in &all {
+        assert_eq!(p.attempts, 1, "{p:?}");
+        let done = eventually(Duration::from_secs(10), || {
+            ledger
+                .get(p.id)
+                .is_ok_and(|p| p.state == PromiseState::Completed)
+        });
+        assert!(done, "{:?}", ledger.get(p.id));
+    }
+    let died = all
+        .iter()
+        .find(|p| p.number == "+15550002")
+        .expect("the waiting caller's promise");
+    assert_eq!(died.reason, REASON_NODE_DIED);
+    assert!(died.automatic);
+    assert_eq!(invites_for(&phone, "+15550001"), 1);
+    assert_eq!(invites_for(&phone, "+15550002"), 1);
+    let _ = agent.proc.wait(Duration::from_secs(10));
+}
+
+/// Benchmark (bench/results/nodes-death.json): the time from a node's SIGKILL to the customer's
+/// phone ringing for a caller it held, beside the baseline of the same run: the time from an
+/// ordinary promise's commit to the phone ringing on the live node (the dialer and agent-first
+/// ringing alone). Node B stays up with its agent; each run starts a node A, gives it a caller
+/// waiting for a person, and kills it.
+/// `HUMANLINE_NODES_BENCH_RUNS=5 cargo test --release --test nodes -- --ignored --nocapture`
+#[test]
+#[ignore = "benchmark: run with --ignored"]
+fn bench_time_from_a_nodes_death_to_its_callers_callback() {
+    let test = "bench_node_death";
+    if !peers_available(test) || !Kamailio::available(test) {
+        return;
+    }
+    let runs: u32 = std::env::var("HUMANLINE_NODES_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+        .clamp(1, 50);
+    let Some(pg) = cluster(test) else { return };
+    let url = pg.database();
+    let (pa, pb) = (Ports::claim(0), Ports::claim(1));
+    let dir = tempdir("nodes-bench");
+    let d = dir.path();
+    let _agent = Sipp::start(
+        d,
+        SippRun {
+            name: "agent-b",
+            scenario: "agent_answers.xml",
+            vars: &[],
+            remote: None,
+            transport: "u1",
+            ports: pb.agent_sipp(),
+            timeout: Duration::from_secs(60 * u64::from(runs) + 60),
+            calls: 2 * runs,
+        },
+    );
+    let customer_ports = pb.spare_sipp();
+    let phone = customer(d, customer_ports, 2 * runs);
+    let b = node(
+        d,
+        "b",
+        pb,
+        &url,
+        &[agent_uri(pb.agent_sipp().sip)],
+        customer_ports.sip,
+    );
+    let mut ledger = PostgresStore::connect(&url, "bench").expect("connect to the ledger");
+    let (mut baseline, mut death) = (Vec::new(), Vec::new());
+    for run in 0..runs {
+        // Baseline: a promise committed now, rung by B's dialer.
+        let number = format!("+1555020{run:02}");
+        let committed = Instant::now();
+        ledger
+            .insert(
+                &humanline::callbacks::NewPromise {
+                    number: number.clone(),
+                    not_before: humanline::callbacks::unix_now(),
+                    reason: "keyword".into(),
+                    context: serde_json::json!({"said": ["human"]}),
+                    automatic: false,
+                    key: format!("bench-{run}"),
+                    call_id: format!("bench-{run}"),
+                },
+                humanline::callbacks::unix_now(),
+            )
+            .expect("commit a promise");
+        assert!(
+            eventually(Duration::from_secs(30), || invites_for(&phone, &number)
+                >= 1),
+            "baseline promise not rung\n{}",
+            tail(&b.log.text(), 40)
+        );
+        baseline.push(committed.elapsed().as_secs_f64() * 1000.0);
+        // A node with a caller waiting for a person, killed.
+        let mut a = node(
+            &d.join(format!("run{run}")),
+            "a",
+            pa,
+            &url,
+            &[],
+            customer_ports.sip,
+        );
+        let number = format!("+1555030{run:02}");
+        let waiting = keying_caller(
+            d,
+            &format!("waiting{run}"),
+            &a,
+            pa.spare_sipp(),
+            &number,
+            '2',
+            100_000,
+            1000,
+        );
+        assert!(
+            eventually(Duration::from_secs(30), || {
+                ledger
+                    .held_calls()
+                    .is_ok_and(|h| h.iter().any(|c| c.number == number))
+            }),
+            "caller not held\n{}",
+            tail(&a.log.text(), 40)
+        );
+        a.proc.kill();
+        let killed = Instant::now();
+        drop(waiting);
+        assert!(
+            eventually(Duration::from_secs(40), || invites_for(&phone, &number)
+                >= 1),
+            "the dead node's caller was not rung\n{}",
+            tail(&b.log.text(), 40)
+        );
+        death.push(killed.elapsed().as_secs_f64() * 1000.0);
+        eprintln!(
+            "run {run}: baseline {:.0} ms, death to callback {:.0} ms",
+            baseline[baseline.len() - 1],
+            death[death.len() - 1]
+        );
+        // The customer's call ends (1 s of talk) before the next run's.
+        std::thread::sleep(Duration::from_secs(4));
+    }
+    let summary = |v: &[f64]| humanline::bench::summary(v);
+    let result = serde_json::json!({
+        "command": format!("HUMANLINE_NODES_BENCH_RUNS={runs} cargo test --release --test nodes -- --ignored --nocapture"),
+        "node_timeout_ms": NODE_TIMEOUT_MS,
+        "load_average_at_end": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
+        "death_to_customer_ringing_ms": summary(&death),
+        "baseline_commit_to_customer_ringing_ms": summary(&baseline),
+        "runs_ms": {"death": death, "baseline": baseline},
+    });
+    let out = repo().join("bench/results/nodes-death.json");
+    std::fs::write(&out, serde_json::to_string_pretty(&result).expect("json"))
+        .expect("write result");
+    eprintln!("{result:#}");
+}
