@@ -9,4 +9,6 @@ scripts/setup.sh
 bin=target/release/humanline
 "$bin" check-config --prompts prompts
 export HUMANLINE_LOG="${HUMANLINE_LOG:-info,rsipstack=warn}"
-exec "$bin" serve --prompts prompts --model models/ggml-tiny.en.bin "$@"
+# No --model: that would force one model on every language (tiny.en is English-only, so Dutch
+# callers would not be understood). Each language loads its own from models/ (prompts/*.toml).
+exec "$bin" serve --prompts prompts "$@"
