@@ -9,7 +9,7 @@ use common::postgres::{Cluster, cluster};
 use humanline::callbacks::{
     AttemptOutcome, CallbackLedger, LedgerError, LedgerStore, NewPromise, PromiseState, RetryPolicy,
 };
-use humanline::nodes::{HeldCall, HeldState, Liveness, REASON_NODE_DIED};
+use humanline::nodes::{AgentClaim, HeldCall, HeldState, Liveness, REASON_NODE_DIED};
 use humanline::storage::{DEFAULT_LEASE_MS, PostgresStore, SqliteStore};
 use std::collections::HashSet;
 use std::sync::{Arc, Barrier};
@@ -87,6 +87,8 @@ on_every_store!(
     a_crash_mid_dial_leaves_the_promise_due_again,
     a_dead_nodes_waiting_callers_become_promises_once,
     a_node_thought_dead_that_serves_its_caller_keeps_the_promise_made_for_them,
+    an_agent_is_claimed_by_one_node_at_a_time_until_released_or_its_node_dies,
+    nodes_claiming_one_agent_at_once_get_it_once,
 );
 
 fn a_promise_is_retried_with_backoff_then_escalated_never_dropped(b: &Backend) {
@@ -609,4 +611,244 @@ fn two_survivors_take_a_dead_nodes_callers_and_promises_over_once() {
     let redialed = ledgers[0].attempts(dialing[0].0.id).unwrap();
     assert_eq!(redialed.len(), 2, "{redialed:?}");
     assert_eq!(redialed[0].outcome, Some(AttemptOutcome::Interrupted));
+}
+
+/// One agent listed on two nodes: the first node to claim them rings them; the other is told
+/// who holds them, and gets them once the holder releases them, or once the holder is dead by
+/// its heartbeat (a dead node's agents are free again). A release that is not the current
+/// claim's (a late one, another node's) leaves the agent held.
+fn an_agent_is_claimed_by_one_node_at_a_time_until_released_or_its_node_dies(b: &Backend) {
+    let liveness = Liveness { timeout_ms: 3_000 };
+    let (mut a, mut bn) = (
+        b.ledger("node-a", RetryPolicy::default()),
+        b.ledger("node-b", RetryPolicy::default()),
+    );
+    a.beat("node-a", "a", 10_000).unwrap();
+    bn.beat("node-b", "b", 10_000).unwrap();
+    let alice = "sip:alice@127.0.0.1:5080";
+    assert_eq!(
+        a.claim_agent(alice, "node-a", "node-a-1", liveness, 10_000)
+            .unwrap(),
+        AgentClaim::Granted
+    );
+    let held_by_a = AgentClaim::HeldBy {
+        node: "node-a".into(),
+        call: "node-a-1".into(),
+    };
+    assert_eq!(
+        bn.claim_agent(alice, "node-b", "node-b-1", liveness, 10_001)
+            .unwrap(),
+        held_by_a
+    );
+    // Another agent is unaffected.
+    assert_eq!(
+        bn.claim_agent("bob", "node-b", "node-b-1", liveness, 10_001)
+            .unwrap(),
+        AgentClaim::Granted
+    );
+    // B cannot release A's claim, nor A with another call's key.
+    bn.release_agent(alice, "node-b", "node-a-1").unwrap();
+    a.release_agent(alice, "node-a", "node-a-9").unwrap();
+    assert_eq!(
+        bn.claim_agent(alice, "node-b", "node-b-1", liveness, 10_002)
+            .unwrap(),
+        held_by_a
+    );
+    // A's own next call may take them (its release of the first may be on its way).
+    assert_eq!(
+        a.claim_agent(alice, "node-a", "node-a-2", liveness, 10_003)
+            .unwrap(),
+        AgentClaim::Granted
+    );
+    a.release_agent(alice, "node-a", "node-a-1").unwrap();
+    let claims = a.agent_claims().unwrap();
+    assert_eq!(
+        claims
+            .iter()
+            .map(|c| (c.agent.as_str(), c.node.as_str(), c.call.as_str()))
+            .collect::<Vec<_>>(),
+        vec![("bob", "node-b", "node-b-1"), (alice, "node-a", "node-a-2")]
+    );
+    // Released: B gets them.
+    a.release_agent(alice, "node-a", "node-a-2").unwrap();
+    assert_eq!(
+        bn.claim_agent(alice, "node-b", "node-b-2", liveness, 10_004)
+            .unwrap(),
+        AgentClaim::Granted
+    );
+    // B goes quiet; A keeps beating. Within B's timeout A is refused, after it A gets them.
+    a.beat("node-a", "a", 13_000).unwrap();
+    assert_eq!(
+        a.claim_agent(alice, "node-a", "node-a-3", liveness, 13_000)
+            .unwrap(),
+        AgentClaim::HeldBy {
+            node: "node-b".into(),
+            call: "node-b-2".into(),
+        }
+    );
+    a.beat("node-a", "a", 13_001).unwrap();
+    assert_eq!(
+        a.claim_agent(alice, "node-a", "node-a-3", liveness, 13_001)
+            .unwrap(),
+        AgentClaim::Granted
+    );
+    // B's late release (it was only cut off) does not free A's claim.
+    bn.release_agent(alice, "node-b", "node-b-2").unwrap();
+    assert!(
+        a.agent_claims()
+            .unwrap()
+            .iter()
+            .any(|c| c.agent == alice && c.node == "node-a" && c.call == "node-a-3")
+    );
+}
+
+/// Eight nodes claim one free agent at the same moment, twenty rounds: each round exactly one
+/// is granted, whatever the interleaving; the others are told it is that one's.
+fn nodes_claiming_one_agent_at_once_get_it_once(b: &Backend) {
+    const NODES: usize = 8;
+    const ROUNDS: usize = 20;
+    let liveness = Liveness { timeout_ms: 60_000 };
+    // Opened and registered before the threads start: nothing in a thread panics between the
+    // barriers (one that did would leave the others waiting); errors are outcomes.
+    let ledgers: Vec<_> = (0..NODES)
+        .map(|i| {
+            let node = format!("node-{i}");
+            let mut l = b.ledger(&node, RetryPolicy::default());
+            l.beat(&node, &node, 1_000).unwrap();
+            (node, l)
+        })
+        .collect();
+    let start = Barrier::new(NODES);
+    let results: Vec<(String, Vec<Result<AgentClaim, String>>)> = std::thread::scope(|scope| {
+        let threads: Vec<_> = ledgers
+            .into_iter()
+            .map(|(node, mut l)| {
+                let start = &start;
+                scope.spawn(move || {
+                    let mut outcomes = Vec::new();
+                    for round in 0..ROUNDS {
+                        start.wait();
+                        let call = format!("{node}-{round}");
+                        let got = l
+                            .claim_agent("alice", &node, &call, liveness, 1_000)
+                            .map_err(|e| e.to_string());
+                        start.wait();
+                        // The winner releases; everyone waits for that before the next round.
+                        let got = match got {
+                            Ok(AgentClaim::Granted) => l
+                                .release_agent("alice", &node, &call)
+                                .map(|()| AgentClaim::Granted)
+                                .map_err(|e| format!("release: {e}")),
+                            other => other,
+                        };
+                        outcomes.push(got);
+                        start.wait();
+                    }
+                    (node, outcomes)
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    for (node, o) in &results {
+        assert!(o.iter().all(Result::is_ok), "{node}: {o:?}");
+    }
+    let results: Vec<(String, Vec<AgentClaim>)> = results
+        .into_iter()
+        .map(|(n, o)| (n, o.into_iter().flatten().collect()))
+        .collect();
+    let mut winners = HashSet::new();
+    for round in 0..ROUNDS {
+        let granted: Vec<&str> = results
+            .iter()
+            .filter(|(_, o)| o[round] == AgentClaim::Granted)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        assert_eq!(granted.len(), 1, "round {round}: granted to {granted:?}");
+        let winner = granted[0];
+        winners.insert(winner.to_string());
+        for (node, o) in &results {
+            if node != winner {
+                assert_eq!(
+                    o[round],
+                    AgentClaim::HeldBy {
+                        node: winner.to_string(),
+                        call: format!("{winner}-{round}"),
+                    },
+                    "round {round}, {node}"
+                );
+            }
+        }
+    }
+    eprintln!("winners over {ROUNDS} rounds: {winners:?}");
+}
+
+/// Benchmark (bench/results/agent-claims.json): what claiming an agent adds on the way to them,
+/// one claim and one release (two store round trips, each one commit) per call offered to an
+/// agent, on SQLite (fsynced) and PostgreSQL (flushed), beside a heartbeat on the same store in
+/// the same run (one commit, the cheapest write a node makes).
+/// `HUMANLINE_CLAIM_BENCH_RUNS=500 cargo test --release --test ledger_stores -- --ignored --nocapture bench_`
+#[test]
+#[ignore = "benchmark: run with --ignored"]
+fn bench_agent_claim_round_trips_on_both_stores() {
+    let runs: usize = std::env::var("HUMANLINE_CLAIM_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500)
+        .clamp(10, 100_000);
+    let liveness = Liveness { timeout_ms: 30_000 };
+    let mut stores = vec![("sqlite", Backend::sqlite())];
+    if let Some(pg) = Backend::postgres("bench_agent_claims") {
+        stores.push(("postgres", pg));
+    }
+    let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1000.0;
+    let mut result = serde_json::Map::new();
+    for (name, b) in &stores {
+        let mut l = b.ledger("node-a", RetryPolicy::default());
+        let (mut claim, mut release, mut beat) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..runs {
+            let now = 1_000_000 + i as i64;
+            let t = std::time::Instant::now();
+            l.beat("node-a", "a", now).unwrap();
+            beat.push(ms(t));
+            let call = format!("node-a-{i}");
+            let t = std::time::Instant::now();
+            let got = l
+                .claim_agent("alice", "node-a", &call, liveness, now)
+                .unwrap();
+            claim.push(ms(t));
+            assert_eq!(got, AgentClaim::Granted);
+            let t = std::time::Instant::now();
+            l.release_agent("alice", "node-a", &call).unwrap();
+            release.push(ms(t));
+        }
+        let p99 = |v: &[f64]| humanline::bench::percentile(v, 99.0);
+        result.insert(
+            name.to_string(),
+            serde_json::json!({
+                "claim_ms": humanline::bench::summary(&claim),
+                "claim_p99_ms": p99(&claim),
+                "release_ms": humanline::bench::summary(&release),
+                "release_p99_ms": p99(&release),
+                "baseline_beat_ms": humanline::bench::summary(&beat),
+                "baseline_beat_p99_ms": p99(&beat),
+            }),
+        );
+    }
+    result.insert(
+        "command".into(),
+        format!("HUMANLINE_CLAIM_BENCH_RUNS={runs} cargo test --release --test ledger_stores -- --ignored --nocapture bench_").into(),
+    );
+    result.insert(
+        "load_average_at_end".into(),
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+            .into(),
+    );
+    let out =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results/agent-claims.json");
+    let text = serde_json::to_string_pretty(&result).expect("json");
+    std::fs::write(&out, &text).expect("write result");
+    eprintln!("{text}");
 }

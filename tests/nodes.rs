@@ -3,7 +3,9 @@
 //! an agent and a customer's phone. Calls through Kamailio spread over both nodes and their
 //! BYEs follow the record-route to the node holding the call; a promise made on node A is
 //! dialed once; node A is SIGKILLed with a caller waiting for a person: new calls reach node
-//! B within seconds, the waiting caller is called back by B, and nobody is called twice.
+//! B within seconds, the waiting caller is called back by B, and nobody is called twice. One
+//! agent listed on both nodes is offered one call at a time across them; a promise A made for
+//! later is kept by B, once, after A's death.
 //! SKIP without kamailio, sipp or PostgreSQL, except in CI (scripts/setup.sh installs them).
 
 mod common;
@@ -20,6 +22,38 @@ use std::time::{Duration, Instant};
 
 /// A node not heard from for this long is dead (the nodes' `node_timeout_ms`).
 const NODE_TIMEOUT_MS: u64 = 3_000;
+
+/// What every test here starts from: two port blocks (A's and B's), a private PostgreSQL for
+/// the shared ledger, a folder. Each test runs two nodes and their peers on the same two port
+/// blocks (a block is checked free, then bound later), so it holds them to itself.
+struct Rig {
+    _one: std::sync::MutexGuard<'static, ()>,
+    _pg: std::sync::Arc<common::postgres::Cluster>,
+    url: String,
+    pa: Ports,
+    pb: Ports,
+    dir: tempfile::TempDir,
+}
+
+/// The rig for `test`, or None (SKIP) without sipp, PostgreSQL or (`kamailio`) Kamailio.
+fn rig(test: &str, kamailio: bool) -> Option<Rig> {
+    if !peers_available(test) || (kamailio && !Kamailio::available(test)) {
+        return None;
+    }
+    static NODES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let one = NODES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let pg = cluster(test)?;
+    Some(Rig {
+        _one: one,
+        url: pg.database(),
+        _pg: pg,
+        pa: Ports::claim(0),
+        pb: Ports::claim(1),
+        dir: tempdir(test),
+    })
+}
 
 /// Kamailio in the foreground, in a process group of its own (its children with it), stopped
 /// with SIGTERM (then SIGKILL) of that group when dropped.
@@ -178,28 +212,17 @@ fn keying_caller(
     second_after_ms: u64,
     hold_ms: u64,
 ) -> Sipp {
-    Sipp::start(
-        dir,
-        SippRun {
-            name,
-            scenario: "caller_keys.xml",
-            vars: &[
-                ("CALLER", number.to_string()),
-                ("RTP_PORT", ports.media.to_string()),
-                ("KEY1", "0".into()),
-                ("KEY1_AFTER_MS", "1000".into()),
-                ("KEY2", second.to_string()),
-                ("KEY2_AFTER_MS", second_after_ms.to_string()),
-                ("HOLD_MS", hold_ms.to_string()),
-            ],
-            remote: Some(node.ports.sip_addr()),
-            transport: "u1",
-            ports,
-            timeout: Duration::from_millis(1000 + second_after_ms + hold_ms)
-                + Duration::from_secs(20),
-            calls: 1,
-        },
-    )
+    KeyingCaller {
+        name,
+        from: number,
+        remote: node.ports.sip_addr(),
+        ports,
+        rtp_port: ports.media,
+        second,
+        second_after_ms,
+        hold_ms,
+    }
+    .start(dir)
 }
 
 /// The customer's phone behind the trunk: answers `calls` callbacks, talks a second each.
@@ -253,7 +276,90 @@ fn invites_for(phone: &Sipp, number: &str) -> usize {
     calls.len()
 }
 
+/// A caller through Kamailio at `proxy` from `number`: keys 0 (to a person) after 1 s, stays
+/// `hold_ms` more and hangs up.
+fn routed_person_caller(
+    dir: &Path,
+    name: &str,
+    ports: SippPorts,
+    proxy: u16,
+    number: &str,
+    hold_ms: u64,
+) -> Sipp {
+    Sipp::start(
+        dir,
+        SippRun {
+            name,
+            scenario: "caller_routed_keys.xml",
+            vars: &[
+                ("CALLER", number.to_string()),
+                ("RTP_PORT", ports.media.to_string()),
+                ("KEY", "0".into()),
+                ("KEY_AFTER_MS", "1000".into()),
+                ("HOLD_MS", hold_ms.to_string()),
+            ],
+            remote: Some(std::net::SocketAddr::from(([127, 0, 0, 1], proxy))),
+            transport: "u1",
+            ports,
+            timeout: Duration::from_millis(1000 + hold_ms) + Duration::from_secs(20),
+            calls: 1,
+        },
+    )
+}
+
+/// The agent's phone (sipp UAS, `agent_answers.xml`): answers `calls` calls, each until
+/// Humanline hangs its leg up.
+fn agent_phone(dir: &Path, name: &str, ports: SippPorts, calls: u32, timeout: Duration) -> Sipp {
+    Sipp::start(
+        dir,
+        SippRun {
+            name,
+            scenario: "agent_answers.xml",
+            vars: &[],
+            remote: None,
+            transport: "u1",
+            ports,
+            timeout,
+            calls,
+        },
+    )
+}
+
+/// The requests a UAS sipp received, in the order it received them: (method, Call-ID, Via).
+fn requests_received(trace: &str) -> Vec<(String, String, String)> {
+    let lines: Vec<&str> = trace.lines().collect();
+    lines
+        .iter()
+        .enumerate()
+        .filter_map(|(i, line)| {
+            let method = ["INVITE", "ACK", "BYE", "CANCEL"]
+                .into_iter()
+                .find(|m| line.starts_with(&format!("{m} sip:")))?;
+            let msg = lines[i..]
+                .iter()
+                .take_while(|l| !l.trim().is_empty())
+                .copied()
+                .collect::<Vec<_>>()
+                .join("\n");
+            Some((
+                method.to_string(),
+                header(&msg, "Call-ID").unwrap_or_default(),
+                header(&msg, "Via").unwrap_or_default(),
+            ))
+        })
+        .collect()
+}
+
 fn story(nodes: &[&Server], kamailio: &Kamailio, peers: &[&Sipp]) -> String {
+    format!(
+        "{}--- kamailio\n{}\n",
+        nodes_story(nodes, peers),
+        tail(&kamailio.log_text(), 40)
+    )
+}
+
+/// The nodes' logs' ends and the peers' reports.
+fn nodes_story(nodes: &[&Server], peers: &[&Sipp]) -> String {
     let mut out = String::new();
     for n in nodes {
         out.push_str(&format!(
@@ -262,10 +368,6 @@ fn story(nodes: &[&Server], kamailio: &Kamailio, peers: &[&Sipp]) -> String {
             tail(&n.log.text(), 60)
         ));
     }
-    out.push_str(&format!(
-        "--- kamailio\n{}\n",
-        tail(&kamailio.log_text(), 40)
-    ));
     out.push_str(&context_of(peers));
     out
 }
@@ -279,31 +381,14 @@ fn context_of(peers: &[&Sipp]) -> String {
 
 #[test]
 fn two_nodes_behind_kamailio_share_calls_and_a_dead_nodes_waiting_caller_is_called_back() {
-    let test = "two_nodes_behind_kamailio";
-    if !peers_available(test) || !Kamailio::available(test) {
+    let Some(rig) = rig("two_nodes_behind_kamailio", true) else {
         return;
-    }
-    let Some(pg) = cluster(test) else { return };
-    let url = pg.database();
-    let (pa, pb) = (Ports::claim(0), Ports::claim(1));
-    let dir = tempdir("nodes");
-    let d = dir.path();
+    };
+    let (url, pa, pb, d) = (rig.url.clone(), rig.pa, rig.pb, rig.dir.path());
 
     // B has the agent; A has none (its callers wait in line, offered a callback), so every
     // callback is B's to dial: a promise made on A is kept by another node.
-    let mut agent = Sipp::start(
-        d,
-        SippRun {
-            name: "agent-b",
-            scenario: "agent_answers.xml",
-            vars: &[],
-            remote: None,
-            transport: "u1",
-            ports: pb.agent_sipp(),
-            timeout: Duration::from_secs(150),
-            calls: 2,
-        },
-    );
+    let mut agent = agent_phone(d, "agent-b", pb.agent_sipp(), 2, Duration::from_secs(150));
     let customer_ports = pb.spare_sipp();
     let mut phone = customer(d, customer_ports, 2);
     let mut a = node(d, "a", pa, &url, &[], customer_ports.sip);
@@ -478,6 +563,232 @@ fn two_nodes_behind_kamailio_share_calls_and_a_dead_nodes_waiting_caller_is_call
     let _ = agent.proc.wait(Duration::from_secs(10));
 }
 
+/// One agent listed on both nodes, two callers through Kamailio asking for a person at once,
+/// one on each node: the agent's phone gets one INVITE at a time. The second caller's node
+/// finds the agent claimed by the first's, keeps its caller waiting, and rings the agent once
+/// the first call ends.
+#[test]
+fn an_agent_listed_on_two_nodes_is_offered_one_call_at_a_time() {
+    let Some(rig) = rig("one_agent_two_nodes", true) else {
+        return;
+    };
+    let (url, pa, pb, d) = (rig.url.clone(), rig.pa, rig.pb, rig.dir.path());
+    let mut agent = agent_phone(d, "agent", pa.agent_sipp(), 2, Duration::from_secs(90));
+    let agents = [agent_uri(pa.agent_sipp().sip)];
+    let a = node(d, "a", pa, &url, &agents, pa.dead());
+    let b = node(d, "b", pb, &url, &agents, pb.dead());
+    let proxy = pa.base + 36;
+    let kamailio = Kamailio::start(d, proxy, &[pa.sip(), pb.sip()]);
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // Round robin: the first caller on one node, the second (0.7 s later, while the first is
+    // with the agent) on the other. The first stays 4 s with the agent, the second 15 s.
+    let mut first = routed_person_caller(d, "first", pa.caller_sipp(), proxy, "+15550011", 4000);
+    std::thread::sleep(Duration::from_millis(700));
+    let mut second =
+        routed_person_caller(d, "second", pb.caller_sipp(), proxy, "+15550012", 15_000);
+    let code = first.proc.wait(Duration::from_secs(30));
+    assert_eq!(
+        code,
+        Some(0),
+        "the first caller\n{}",
+        story(&[&a, &b], &kamailio, &[&first, &second, &agent])
+    );
+    let code = second.proc.wait(Duration::from_secs(40));
+    assert_eq!(
+        code,
+        Some(0),
+        "the second caller\n{}",
+        story(&[&a, &b], &kamailio, &[&first, &second, &agent])
+    );
+    let code = agent.proc.wait(Duration::from_secs(10));
+    assert_eq!(
+        code,
+        Some(0),
+        "the agent did not take both calls\n{}",
+        story(&[&a, &b], &kamailio, &[&first, &second, &agent])
+    );
+    assert_eq!(
+        (answered(&a).len(), answered(&b).len()),
+        (1, 1),
+        "the callers were not one on each node\n{}",
+        story(&[&a, &b], &kamailio, &[&first, &second, &agent])
+    );
+
+    let received = requests_received(&agent.messages());
+    let mut calls: Vec<&str> = Vec::new();
+    for (method, call, _) in &received {
+        if method == "INVITE" && !calls.contains(&call.as_str()) {
+            calls.push(call);
+        }
+    }
+    assert_eq!(calls.len(), 2, "{received:?}");
+    let at = |method: &str, call: &str| {
+        received
+            .iter()
+            .position(|(m, c, _)| m == method && c == call)
+    };
+    let (first_bye, second_invite) = (at("BYE", calls[0]), at("INVITE", calls[1]));
+    assert!(
+        first_bye.is_some() && first_bye < second_invite,
+        "the agent was offered the second call before the first ended: {received:?}"
+    );
+    // From the two nodes (each INVITE's Via is its node's).
+    let via_of = |call: &str| {
+        received
+            .iter()
+            .find(|(m, c, _)| m == "INVITE" && c == call)
+            .map(|(_, _, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let node_of = |via: &str| {
+        [pa.sip(), pb.sip()]
+            .into_iter()
+            .find(|p| via.contains(&format!("{LOCALHOST}:{p}")))
+    };
+    let (n1, n2) = (node_of(&via_of(calls[0])), node_of(&via_of(calls[1])));
+    assert!(
+        n1.is_some() && n2.is_some() && n1 != n2,
+        "both INVITEs from one node ({n1:?}, {n2:?}): {received:?}"
+    );
+    let second_node = if n2 == Some(pa.sip()) { &a } else { &b };
+    assert!(
+        second_node
+            .log
+            .find(&["agent engaged on another node"])
+            .is_some(),
+        "the second node never found the agent claimed\n{}",
+        tail(&second_node.log.text(), 60)
+    );
+    let mut ledger = PostgresStore::connect(&url, "test").expect("connect to the ledger");
+    let released = eventually(Duration::from_secs(5), || {
+        ledger.agent_claims().is_ok_and(|c| c.is_empty())
+    });
+    assert!(released, "claims left: {:?}", ledger.agent_claims());
+}
+
+/// A promise made on node A for later ("call me back in one minute"), then A is SIGKILLed
+/// before it is due: B dials it once, not before the time chosen, and nobody else is called
+/// (the caller, held by A as waiting for a person, already has this promise).
+#[test]
+fn a_dead_nodes_promise_for_later_is_kept_by_the_survivor_once() {
+    let Some(rig) = rig("dead_nodes_promise_for_later", false) else {
+        return;
+    };
+    let (url, pa, pb, d) = (rig.url.clone(), rig.pa, rig.pb, rig.dir.path());
+    let customer_ports = pb.spare_sipp();
+    let mut phone = customer(d, customer_ports, 1);
+    let mut agent = agent_phone(d, "agent-b", pb.agent_sipp(), 1, Duration::from_secs(150));
+    // A has no agent: its caller is offered a callback, and A's dialer leaves the promise to
+    // the node that has one.
+    let mut a = node(d, "a", pa, &url, &[], customer_ports.sip);
+    let b = node(
+        d,
+        "b",
+        pb,
+        &url,
+        &[agent_uri(pb.agent_sipp().sip)],
+        customer_ports.sip,
+    );
+    let (words, said) = caller_audio(
+        d,
+        "later",
+        &[
+            Part::Silence(4.0),
+            Part::Say("Please call me back in one minute."),
+            Part::Silence(2.0),
+        ],
+    );
+    let guard = speech_lock();
+    let caller = Sipp::start(
+        d,
+        SippRun {
+            name: "caller",
+            scenario: "caller_keys_then_speaks.xml",
+            vars: &[
+                ("AUDIO", words.display().to_string()),
+                ("KEY", "0".into()),
+                ("KEY_AFTER_MS", "1000".into()),
+                ("HOLD_MS", "30000".into()),
+            ],
+            remote: Some(a.ports.sip_addr()),
+            transport: "u1",
+            ports: pa.caller_sipp(),
+            timeout: Duration::from_secs(60),
+            calls: 1,
+        },
+    );
+    let promised = a
+        .log
+        .wait_for(&["callback promised"], Duration::from_secs(60));
+    drop(guard);
+    let mut ledger = PostgresStore::connect(&url, "test").expect("connect to the ledger");
+    let Some(_) = promised else {
+        panic!(
+            "no promise on A ({said:.1} s said)\n{}",
+            nodes_story(&[&a, &b], &[&caller])
+        )
+    };
+    let all = ledger.list(None).expect("list promises");
+    assert_eq!(all.len(), 1, "{all:?}");
+    let p = all[0].clone();
+    let later = p.not_before - p.created_at;
+    assert!(
+        (55_000..=65_000).contains(&later),
+        "asked for a minute, stored for {later} ms later: {p:?}"
+    );
+    assert_eq!(p.attempts, 0, "{p:?}");
+
+    // A dies with its promise pending and its caller on the line.
+    a.proc.kill();
+    let killed = Instant::now();
+    let due_in = Duration::from_millis(
+        u64::try_from(p.not_before - humanline::callbacks::unix_now()).unwrap_or(0),
+    );
+    // Not before the time chosen (B took A's held caller over meanwhile: no second promise).
+    std::thread::sleep(due_in.saturating_sub(Duration::from_secs(2)));
+    assert_eq!(
+        invites_for(&phone, "+15550123"),
+        0,
+        "the customer was called before the time they chose\n{}",
+        phone.report()
+    );
+    let code = phone.proc.wait(Duration::from_secs(40));
+    assert_eq!(
+        code,
+        Some(0),
+        "A's promise was not kept by B\n{}",
+        nodes_story(&[&a, &b], &[&agent, &phone])
+    );
+    eprintln!(
+        "A's promise for +{:.1} s was kept by B {:?} after A died",
+        later as f64 / 1000.0,
+        killed.elapsed()
+    );
+    let kept = eventually(Duration::from_secs(10), || {
+        ledger
+            .get(p.id)
+            .is_ok_and(|p| p.state == PromiseState::Completed)
+    });
+    assert!(kept, "{:?}", ledger.get(p.id));
+    let p = ledger.get(p.id).expect("the promise");
+    assert_eq!(p.attempts, 1, "{p:?}");
+    let attempts = ledger.attempts(p.id).expect("attempts");
+    assert!(
+        attempts.iter().all(|t| t.started_at >= p.not_before),
+        "{attempts:?} before {}",
+        p.not_before
+    );
+    assert_eq!(ledger.list(None).expect("list").len(), 1);
+    assert_eq!(invites_for(&phone, "+15550123"), 1);
+    assert!(
+        b.log.find(&["a caller held by a node that died"]).is_none(),
+        "B made a second promise for A's caller\n{}",
+        tail(&b.log.text(), 40)
+    );
+    let _ = agent.proc.wait(Duration::from_secs(10));
+}
+
 /// Benchmark (bench/results/nodes-death.json): the time from a node's SIGKILL to the customer's
 /// phone ringing for a caller it held, beside the baseline of the same run: the time from an
 /// ordinary promise's commit to the phone ringing on the live node (the dialer and agent-first
@@ -487,32 +798,21 @@ fn two_nodes_behind_kamailio_share_calls_and_a_dead_nodes_waiting_caller_is_call
 #[test]
 #[ignore = "benchmark: run with --ignored"]
 fn bench_time_from_a_nodes_death_to_its_callers_callback() {
-    let test = "bench_node_death";
-    if !peers_available(test) || !Kamailio::available(test) {
-        return;
-    }
     let runs: u32 = std::env::var("HUMANLINE_NODES_BENCH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5)
         .clamp(1, 50);
-    let Some(pg) = cluster(test) else { return };
-    let url = pg.database();
-    let (pa, pb) = (Ports::claim(0), Ports::claim(1));
-    let dir = tempdir("nodes-bench");
-    let d = dir.path();
-    let _agent = Sipp::start(
+    let Some(rig) = rig("bench_node_death", true) else {
+        return;
+    };
+    let (url, pa, pb, d) = (rig.url.clone(), rig.pa, rig.pb, rig.dir.path());
+    let _agent = agent_phone(
         d,
-        SippRun {
-            name: "agent-b",
-            scenario: "agent_answers.xml",
-            vars: &[],
-            remote: None,
-            transport: "u1",
-            ports: pb.agent_sipp(),
-            timeout: Duration::from_secs(60 * u64::from(runs) + 60),
-            calls: 2 * runs,
-        },
+        "agent-b",
+        pb.agent_sipp(),
+        2 * runs,
+        Duration::from_secs(60 * u64::from(runs) + 60),
     );
     let customer_ports = pb.spare_sipp();
     let phone = customer(d, customer_ports, 2 * runs);

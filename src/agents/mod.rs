@@ -6,6 +6,12 @@
 //! Agents are either configured (a fixed SIP URI, always reachable) or log in: their phone
 //! REGISTERs (until its registration expires) and they set themselves available or away.
 //! Busy is not set by anyone: an agent ringing or in a call is busy.
+//!
+//! Several nodes may list the same agent. Before ringing one, the driver claims them in the
+//! shared store (the atomic part); when another node holds them the queue is told
+//! ([`QueueInput::ClaimRefused`]), treats them as busy elsewhere for [`CLAIM_RETRY`] and asks
+//! again, while the caller keeps their place (or gets the next agent). Every leg's end frees
+//! the agent's claim ([`AgentQueue::take_released`]).
 
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -17,6 +23,9 @@ const AGENT_COOLDOWN: Duration = Duration::from_secs(10);
 const DEFAULT_HANDLE_TIME: Duration = Duration::from_secs(180);
 /// Weight of the newest measurement in the moving average of handle time.
 const EWMA_WEIGHT: f64 = 0.2;
+/// How long an agent another node holds is left before they are claimed again: about how
+/// late a caller here learns that the other node's call ended.
+pub const CLAIM_RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum AgentState {
@@ -34,6 +43,10 @@ enum AgentState {
         since: Instant,
     },
     CoolingDown {
+        until: Instant,
+    },
+    /// Another node holds them (ringing or talking): asked again at `until`.
+    Elsewhere {
         until: Instant,
     },
 }
@@ -168,7 +181,8 @@ pub struct AgentView {
     pub reachable: bool,
     /// A console of theirs answers calls in the browser (their calls are offered there).
     pub browser: bool,
-    /// `idle`, `ringing`, `busy` (in a call) or `cooling_down` (just missed one).
+    /// `idle`, `ringing`, `busy` (in a call), `cooling_down` (just missed one) or
+    /// `elsewhere` (another node holds them).
     pub state: &'static str,
     pub call: Option<u64>,
     /// How long they have been free to take a call, whole seconds (longest is offered first).
@@ -271,6 +285,13 @@ pub enum QueueInput {
         agent: String,
         call: u64,
     },
+    /// The driver could not claim the agent for this `Ring`: another node holds them. Nobody
+    /// rang; the caller waits for them (or the next agent), and they are asked for again
+    /// after [`CLAIM_RETRY`].
+    ClaimRefused {
+        agent: String,
+        call: u64,
+    },
 }
 
 /// The agents, the waiting callers, and the statistics that estimate waits.
@@ -280,6 +301,9 @@ pub struct AgentQueue {
     waiting: VecDeque<Waiting>,
     avg_handle: Duration,
     answered: u64,
+    /// Agents whose leg for a call ended since the driver last took them: their claims in the
+    /// shared store are to be released.
+    released: Vec<(String, u64)>,
 }
 
 impl AgentQueue {
@@ -293,6 +317,7 @@ impl AgentQueue {
             waiting: VecDeque::new(),
             avg_handle: DEFAULT_HANDLE_TIME,
             answered: 0,
+            released: Vec::new(),
         }
     }
 
@@ -312,9 +337,29 @@ impl AgentQueue {
                 if let Some(a) = self.engaged_with(&agent, call) {
                     a.state = AgentState::Idle { since: now };
                     self.stop_ringing(call);
+                    self.released.push((agent, call));
+                }
+            }
+            QueueInput::ClaimRefused { agent, call } => {
+                if let Some(a) = self.engaged_with(&agent, call) {
+                    a.state = AgentState::Elsewhere {
+                        until: now + CLAIM_RETRY,
+                    };
+                    self.stop_ringing(call);
+                    // Not tried: they never rang, so the caller waits for them rather than
+                    // being told that nobody can take the call.
+                    if let Some(w) = self.waiting.iter_mut().find(|w| w.call == call) {
+                        w.tried.retain(|t| *t != agent);
+                    }
                 }
             }
         }
+    }
+
+    /// The agents whose leg ended (`(agent, call)`, each once) since the last call: the driver
+    /// releases their claims in the shared store.
+    pub fn take_released(&mut self) -> Vec<(String, u64)> {
+        std::mem::take(&mut self.released)
     }
 
     /// Applies a change to an agent: registration, presence.
@@ -404,7 +449,9 @@ impl AgentQueue {
                 a.reach = Reach::Offline;
             }
             match a.state {
-                AgentState::CoolingDown { until } if until <= now => {
+                AgentState::CoolingDown { until } | AgentState::Elsewhere { until }
+                    if until <= now =>
+                {
                     a.state = AgentState::Idle { since: until };
                 }
                 AgentState::Ringing { call, since }
@@ -412,6 +459,7 @@ impl AgentQueue {
                 {
                     tracing::warn!(agent = %a.uri, call, "no end was reported for this agent's leg: back in the pool");
                     a.state = AgentState::Idle { since: now };
+                    self.released.push((a.uri.clone(), call));
                     if let Some(w) = self.waiting.iter_mut().find(|w| w.call == call) {
                         w.ringing = false;
                     }
@@ -610,6 +658,7 @@ impl AgentQueue {
                 until: now + AGENT_COOLDOWN,
             };
             self.stop_ringing(call);
+            self.released.push((agent.to_string(), call));
         }
     }
 
@@ -626,6 +675,7 @@ impl AgentQueue {
         };
         a.state = AgentState::Idle { since: now };
         self.stop_ringing(call);
+        self.released.push((agent.to_string(), call));
         if let Some(took) = talked {
             let took = took.as_secs_f64();
             let avg = if answered == 0 {
@@ -648,6 +698,7 @@ impl AgentQueue {
                     AgentState::Ringing { .. } => ("ringing", None),
                     AgentState::Busy { .. } => ("busy", None),
                     AgentState::CoolingDown { .. } => ("cooling_down", None),
+                    AgentState::Elsewhere { .. } => ("elsewhere", None),
                 };
                 AgentView {
                     agent: a.uri.clone(),
@@ -902,6 +953,60 @@ mod tests {
         );
         assert_eq!(q.staffed(), 0);
         assert!(!q.available("ann"));
+    }
+
+    #[test]
+    fn an_agent_another_node_holds_is_waited_for_and_every_leg_end_releases_its_claim() {
+        let t = Instant::now();
+        let at = |ms| t + Duration::from_millis(ms);
+        let mut q = AgentQueue::new(["sip:a@h"], t);
+        q.enqueue(1, t);
+        assert_eq!(
+            q.next_assignment(t),
+            Some(Assignment::Ring {
+                call: 1,
+                agent: "sip:a@h".into()
+            })
+        );
+        q.handle(
+            QueueInput::ClaimRefused {
+                agent: "sip:a@h".into(),
+                call: 1,
+            },
+            at(0),
+        );
+        // Busy elsewhere: the caller waits, is not told that nobody can take it, and nothing
+        // was rung here, so there is no claim to release.
+        assert_eq!(q.next_assignment(at(500)), None);
+        assert_eq!(q.agent_views(at(500))[0].state, "elsewhere");
+        assert_eq!(q.position(1), Some(1));
+        assert!(q.take_released().is_empty());
+        // Asked for again once CLAIM_RETRY is over; granted this time, answered, finished.
+        let retry = CLAIM_RETRY.as_millis() as u64;
+        assert_eq!(
+            q.next_assignment(at(retry)),
+            Some(Assignment::Ring {
+                call: 1,
+                agent: "sip:a@h".into()
+            })
+        );
+        q.agent_answered("sip:a@h", 1, at(retry));
+        assert!(q.take_released().is_empty());
+        q.agent_finished("sip:a@h", 1, at(retry + 100));
+        assert_eq!(q.take_released(), vec![("sip:a@h".to_string(), 1)]);
+        // A failed leg and an undelivered ring release too; a stale report does not.
+        q.enqueue(2, at(retry + 200));
+        assert!(q.next_assignment(at(retry + 200)).is_some());
+        q.agent_failed("sip:a@h", 7, AgentFailure::Busy, at(retry + 300));
+        assert!(q.take_released().is_empty());
+        q.handle(
+            QueueInput::RingUndelivered {
+                agent: "sip:a@h".into(),
+                call: 2,
+            },
+            at(retry + 300),
+        );
+        assert_eq!(q.take_released(), vec![("sip:a@h".to_string(), 2)]);
     }
 
     #[test]

@@ -13,7 +13,7 @@ pub use attempt::{AGENT_WAIT_LIMIT, AttemptAction, AttemptEvent, CallbackAttempt
 pub use number::{NumberPolicy, NumberRefused, spoken_number, valid_prefix};
 pub use when::{MAX_AHEAD, UTC_OFFSET_MIN_RANGE, local_clock, names_time, resolve_when};
 
-use crate::nodes::{HeldCall, Liveness, NodeBeat};
+use crate::nodes::{AgentClaim, AgentClaimRow, HeldCall, Liveness, NodeBeat};
 use serde::{Deserialize, Serialize};
 
 /// Milliseconds since the Unix epoch.
@@ -250,6 +250,25 @@ pub trait LedgerStore: Send {
     fn held_calls(&mut self) -> Result<Vec<HeldCall>, LedgerError>;
     /// Every node that ever beat, in the order they started.
     fn nodes(&mut self) -> Result<Vec<NodeBeat>, LedgerError>;
+
+    // --- agents shared by the nodes: one call at a time per agent, across all of them ---
+
+    /// As `node`, claims `agent` for `call` before ringing them, atomically: granted when
+    /// nobody holds the agent, when `node` itself does, or when the holder's last beat is before
+    /// `dead_before` ([`AgentClaimRow::yields_to`]); otherwise the holder is returned.
+    fn claim_agent(
+        &mut self,
+        agent: &str,
+        node: &str,
+        call: &str,
+        dead_before: UnixMs,
+        now: UnixMs,
+    ) -> Result<AgentClaim, LedgerError>;
+    /// `node` is done with `agent` for `call` (the leg ended): another node may ring them. A
+    /// claim that is not that one (taken over meanwhile) is left alone.
+    fn release_agent(&mut self, agent: &str, node: &str, call: &str) -> Result<(), LedgerError>;
+    /// Every agent claimed now, by agent name.
+    fn agent_claims(&mut self) -> Result<Vec<AgentClaimRow>, LedgerError>;
 }
 
 /// The store chosen by configuration (`storage::open_store`) is a boxed one.
@@ -320,6 +339,22 @@ impl<S: LedgerStore + ?Sized> LedgerStore for Box<S> {
     }
     fn nodes(&mut self) -> Result<Vec<NodeBeat>, LedgerError> {
         (**self).nodes()
+    }
+    fn claim_agent(
+        &mut self,
+        agent: &str,
+        node: &str,
+        call: &str,
+        dead_before: UnixMs,
+        now: UnixMs,
+    ) -> Result<AgentClaim, LedgerError> {
+        (**self).claim_agent(agent, node, call, dead_before, now)
+    }
+    fn release_agent(&mut self, agent: &str, node: &str, call: &str) -> Result<(), LedgerError> {
+        (**self).release_agent(agent, node, call)
+    }
+    fn agent_claims(&mut self) -> Result<Vec<AgentClaimRow>, LedgerError> {
+        (**self).agent_claims()
     }
 }
 
@@ -484,6 +519,34 @@ impl<S: LedgerStore> CallbackLedger<S> {
 
     pub fn nodes(&mut self) -> Result<Vec<NodeBeat>, LedgerError> {
         self.store.nodes()
+    }
+
+    /// As `node`, takes `agent` for `call` before ringing them, unless a node alive by
+    /// `liveness` holds them.
+    pub fn claim_agent(
+        &mut self,
+        agent: &str,
+        node: &str,
+        call: &str,
+        liveness: Liveness,
+        now: UnixMs,
+    ) -> Result<AgentClaim, LedgerError> {
+        self.store
+            .claim_agent(agent, node, call, liveness.dead_before(now), now)
+    }
+
+    /// `node`'s leg to `agent` for `call` ended: any node may ring them again.
+    pub fn release_agent(
+        &mut self,
+        agent: &str,
+        node: &str,
+        call: &str,
+    ) -> Result<(), LedgerError> {
+        self.store.release_agent(agent, node, call)
+    }
+
+    pub fn agent_claims(&mut self) -> Result<Vec<AgentClaimRow>, LedgerError> {
+        self.store.agent_claims()
     }
 }
 

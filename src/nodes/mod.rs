@@ -134,6 +134,38 @@ pub struct NodeBeat {
     pub adopted_by: Option<String>,
 }
 
+/// What a node asking the shared store for an agent is told ([`crate::callbacks::LedgerStore::claim_agent`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "claim", rename_all = "snake_case")]
+pub enum AgentClaim {
+    /// The agent is this node's to ring until it releases them (or dies).
+    Granted,
+    /// A live node holds the agent, ringing or talking for one of its calls.
+    HeldBy { node: String, call: String },
+}
+
+/// An agent engaged by a node, as the store holds it: one row per agent, so one call at a
+/// time across all nodes. It lasts until its node releases it, or stops beating: a dead
+/// node's agents are free again once it is dead by [`Liveness`], with no renewal of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentClaimRow {
+    /// The agent's name in the queue (a configured URI, or a user name): the same on every node.
+    pub agent: String,
+    pub node: String,
+    /// The call it is for, `{node}-{call}` ([`HeldCall::key_for`]).
+    pub call: String,
+    pub claimed_at: UnixMs,
+}
+
+impl AgentClaimRow {
+    /// Whether `me` may take an agent held by this claim: its own (a release it could not make
+    /// reached the store later, or never), or a node dead by `dead_before` (`holder_beat`:
+    /// that node's last beat; none when it never beat, or its row is gone).
+    pub fn yields_to(&self, me: &str, holder_beat: Option<UnixMs>, dead_before: UnixMs) -> bool {
+        self.node == me || holder_beat.is_none_or(|b| b < dead_before)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

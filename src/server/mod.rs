@@ -164,7 +164,15 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         Err(e) => return Err(e).context("reading users"),
     }
 
-    let queue = queue::spawn(opts.agents.clone(), metrics.clone());
+    let queue = queue::spawn(
+        opts.agents.clone(),
+        metrics.clone(),
+        opts.store.shared().then(|| queue::AgentClaims {
+            ledger: ledger.clone(),
+            node: instance.clone(),
+            liveness: opts.node_timeout,
+        }),
+    );
     let auth = Auth::new(users.clone(), opts.auth.clone());
     let http = tokio::net::TcpListener::bind(opts.http_listen)
         .await

@@ -1,11 +1,18 @@
 //! The agent-queue task: owns the [`AgentQueue`], tells calls which agent to ring and where
 //! they stand in line. Each call rings its agent itself and reports back (every leg's end,
 //! whatever it was, so no agent drops out of the pool).
+//!
+//! On a shared store, before it hands out a `Ring`, the task claims the agent there, so that an
+//! agent listed on several nodes is offered one call at a time across all of them; each leg's
+//! end releases the claim. A claim is one store round trip on the way to an agent, bounded by
+//! [`CLAIM_WAIT`]; releases run beside the queue, never holding it up.
 
 use crate::agents::{
     AgentInput, AgentQueue, Assignment, CallerInfo, DeskView, QueueInput, WaitingCaller,
 };
-use crate::web::Metrics;
+use crate::callbacks::{unix_now, with_ledger};
+use crate::nodes::{AgentClaim, HeldCall, Liveness};
+use crate::web::{Metrics, SharedLedger};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,6 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::watch;
+use tracing::{info, warn};
 
 /// How often waiting callers are told their position and wait (only when it changed, or
 /// every `STATUS_REFRESH`).
@@ -78,7 +86,84 @@ pub struct QueueHandles {
     pub staffed: Arc<AtomicUsize>,
 }
 
-pub fn spawn(agents: Vec<String>, metrics: Metrics) -> QueueHandles {
+/// How long a claim may take before the agent is rung anyway: a store that hangs must not keep
+/// the queue (every waiting caller) waiting.
+pub const CLAIM_WAIT: Duration = Duration::from_secs(1);
+/// Tries of a release the store refused, a second apart. After the last its claim stays until
+/// this node takes the agent again, or stops beating.
+const RELEASE_TRIES: u32 = 3;
+
+/// Where the queue claims its agents: the shared store, as this node.
+pub struct AgentClaims {
+    pub ledger: SharedLedger,
+    /// This server run, as in its heartbeat: a claim lasts while it beats.
+    pub node: String,
+    /// When another node counts as dead (its claims lapse).
+    pub liveness: Liveness,
+}
+
+impl AgentClaims {
+    /// Whether this node may ring `agent` for `call` now. A store that does not answer (in
+    /// [`CLAIM_WAIT`]) does not keep a caller from a person: the agent is rung (as before claims
+    /// existed), and the failure is logged.
+    async fn claim(&self, agent: &str, call: u64) -> bool {
+        let (a, node, key, liveness) = (
+            agent.to_string(),
+            self.node.clone(),
+            HeldCall::key_for(&self.node, call),
+            self.liveness,
+        );
+        let claimed = with_ledger(&self.ledger, move |l| {
+            l.claim_agent(&a, &node, &key, liveness, unix_now())
+        });
+        match tokio::time::timeout(CLAIM_WAIT, claimed).await {
+            Ok(Ok(AgentClaim::Granted)) => true,
+            Ok(Ok(AgentClaim::HeldBy { node, call: theirs })) => {
+                info!(%agent, call, held_by = %node, their_call = %theirs, "agent engaged on another node: the caller waits for them or the next agent");
+                false
+            }
+            Ok(Err(e)) => {
+                warn!(%agent, call, error = %e, "cannot claim the agent in the shared store: ringing them anyway");
+                true
+            }
+            Err(_) => {
+                warn!(%agent, call, wait_ms = CLAIM_WAIT.as_millis() as u64, "the shared store did not answer the agent's claim: ringing them anyway");
+                true
+            }
+        }
+    }
+
+    /// Releases the claims of legs that ended, beside the queue (a release matches its own
+    /// claim only, so it may land after this node's next claim of the agent).
+    fn release(&self, ended: Vec<(String, u64)>) {
+        if ended.is_empty() {
+            return;
+        }
+        let (ledger, node) = (self.ledger.clone(), self.node.clone());
+        tokio::spawn(async move {
+            for attempt in 1..=RELEASE_TRIES {
+                let (node, batch) = (node.clone(), ended.clone());
+                let result = with_ledger(&ledger, move |l| {
+                    for (agent, call) in &batch {
+                        l.release_agent(agent, &node, &HeldCall::key_for(&node, *call))?;
+                    }
+                    Ok(())
+                })
+                .await;
+                match result {
+                    Ok(()) => return,
+                    Err(e) => {
+                        warn!(error = %e, attempt, agents = ended.len(), "cannot release agents in the shared store: other nodes cannot offer them calls until it answers");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// `claims`: where to claim agents before ringing them (a shared store), or `None` (one node).
+pub fn spawn(agents: Vec<String>, metrics: Metrics, claims: Option<AgentClaims>) -> QueueHandles {
     let (tx, rx) = mpsc::unbounded_channel();
     let (agents_tx, agents_rx) = mpsc::unbounded_channel();
     let (desk_tx, desk) = watch::channel(DeskView::default());
@@ -90,6 +175,7 @@ pub fn spawn(agents: Vec<String>, metrics: Metrics) -> QueueHandles {
         desk_tx,
         staffed.clone(),
         metrics,
+        claims,
     ));
     QueueHandles {
         calls: tx,
@@ -106,6 +192,7 @@ async fn run(
     desk: watch::Sender<DeskView>,
     staffed: Arc<AtomicUsize>,
     metrics: Metrics,
+    claims: Option<AgentClaims>,
 ) {
     let mut queue = AgentQueue::new(agents, Instant::now());
     let mut waiters: HashMap<u64, Waiter> = HashMap::new();
@@ -140,6 +227,14 @@ async fn run(
         while let Some(a) = queue.next_assignment(now) {
             let (call, msg) = match a {
                 Assignment::Ring { call, agent } => {
+                    // Bounded: a refused agent is busy elsewhere until CLAIM_RETRY, so this
+                    // loop asks for each agent at most once.
+                    if let Some(claims) = &claims
+                        && !claims.claim(&agent, call).await
+                    {
+                        queue.handle(QueueInput::ClaimRefused { agent, call }, now);
+                        continue;
+                    }
                     let target = queue.target(&agent).unwrap_or_else(|| agent.clone());
                     (call, ToCall::Ring { agent, target })
                 }
@@ -165,6 +260,10 @@ async fn run(
                     TrySendError::Full(_) => break,
                 }
             }
+        }
+        let ended = queue.take_released();
+        if let Some(claims) = &claims {
+            claims.release(ended);
         }
         metrics.queue_length.set(queue.waiting() as i64);
         staffed.store(queue.staffed(), Ordering::Relaxed);

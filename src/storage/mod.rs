@@ -45,6 +45,12 @@ impl StoreSetting {
         ))
     }
 
+    /// Whether several nodes may use the store at once (PostgreSQL): only then do they claim
+    /// agents in it. SQLite is one node's, whose own queue is the only one offering its agents.
+    pub fn shared(&self) -> bool {
+        matches!(self, Self::Postgres(_))
+    }
+
     /// Opens the ledger store. `node` names this server run in a shared store's claims, which
     /// hold `lease_ms` without renewal (the node timeout).
     pub fn open(

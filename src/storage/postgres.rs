@@ -10,7 +10,7 @@
 use crate::callbacks::{
     Attempt, AttemptOutcome, LedgerError, LedgerStore, NewPromise, Promise, PromiseState, UnixMs,
 };
-use crate::nodes::{HeldCall, HeldState, NodeBeat, adopted_key};
+use crate::nodes::{AgentClaim, AgentClaimRow, HeldCall, HeldState, NodeBeat, adopted_key};
 use ::postgres::{Client, Config, GenericClient, NoTls, Row, Transaction};
 use std::time::Duration;
 
@@ -83,6 +83,17 @@ CREATE TABLE held_calls (
     since    BIGINT NOT NULL
 );
 CREATE INDEX held_calls_by_node ON held_calls (node);
+"#,
+    // Agents shared by the nodes: a node claims an agent before ringing them and releases
+    // them when the leg ends; one row per agent, so one call at a time on all nodes. A claim
+    // has no expiry of its own: it lapses when its node stops beating.
+    r#"
+CREATE TABLE agent_claims (
+    agent      TEXT   PRIMARY KEY,
+    node       TEXT   NOT NULL,
+    call_key   TEXT   NOT NULL,
+    claimed_at BIGINT NOT NULL
+);
 "#,
 ];
 
@@ -677,6 +688,86 @@ impl LedgerStore for PostgresStore {
                     started_at: r.try_get(2).map_err(db)?,
                     beat_at: r.try_get(3).map_err(db)?,
                     adopted_by: r.try_get(4).map_err(db)?,
+                })
+            })
+            .collect()
+    }
+
+    fn claim_agent(
+        &mut self,
+        agent: &str,
+        node: &str,
+        call: &str,
+        dead_before: UnixMs,
+        now: UnixMs,
+    ) -> Result<AgentClaim, LedgerError> {
+        let mut tx = self.client()?.transaction().map_err(db)?;
+        // One statement: two nodes claiming a free agent at once meet on the primary key, the
+        // second waits for the first's commit and then finds the agent held (the condition is
+        // evaluated on the row as committed). The condition is `AgentClaimRow::yields_to`.
+        let granted = tx
+            .query_opt(
+                "INSERT INTO agent_claims (agent, node, call_key, claimed_at) \
+                 VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (agent) DO UPDATE SET node = EXCLUDED.node, \
+                 call_key = EXCLUDED.call_key, claimed_at = EXCLUDED.claimed_at \
+                 WHERE agent_claims.node = EXCLUDED.node OR NOT EXISTS ( \
+                   SELECT 1 FROM humanline_nodes n \
+                   WHERE n.node = agent_claims.node AND n.beat_at >= $5) \
+                 RETURNING node",
+                &[&agent, &node, &call, &now, &dead_before],
+            )
+            .map_err(db)?
+            .is_some();
+        let outcome = if granted {
+            AgentClaim::Granted
+        } else {
+            // Released since the insert met it: held a moment ago, free for the next try.
+            match tx
+                .query_opt(
+                    "SELECT node, call_key FROM agent_claims WHERE agent = $1",
+                    &[&agent],
+                )
+                .map_err(db)?
+            {
+                Some(row) => AgentClaim::HeldBy {
+                    node: row.try_get(0).map_err(db)?,
+                    call: row.try_get(1).map_err(db)?,
+                },
+                None => AgentClaim::HeldBy {
+                    node: String::new(),
+                    call: String::new(),
+                },
+            }
+        };
+        tx.commit().map_err(db)?;
+        Ok(outcome)
+    }
+
+    fn release_agent(&mut self, agent: &str, node: &str, call: &str) -> Result<(), LedgerError> {
+        self.client()?
+            .execute(
+                "DELETE FROM agent_claims WHERE agent = $1 AND node = $2 AND call_key = $3",
+                &[&agent, &node, &call],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    fn agent_claims(&mut self) -> Result<Vec<AgentClaimRow>, LedgerError> {
+        self.client()?
+            .query(
+                "SELECT agent, node, call_key, claimed_at FROM agent_claims ORDER BY agent",
+                &[],
+            )
+            .map_err(db)?
+            .iter()
+            .map(|r| {
+                Ok(AgentClaimRow {
+                    agent: r.try_get(0).map_err(db)?,
+                    node: r.try_get(1).map_err(db)?,
+                    call: r.try_get(2).map_err(db)?,
+                    claimed_at: r.try_get(3).map_err(db)?,
                 })
             })
             .collect()

@@ -3,7 +3,7 @@
 use crate::callbacks::{
     Attempt, AttemptOutcome, LedgerError, LedgerStore, NewPromise, Promise, PromiseState, UnixMs,
 };
-use crate::nodes::{HeldCall, HeldState, NodeBeat, adopted_key};
+use crate::nodes::{AgentClaim, AgentClaimRow, HeldCall, HeldState, NodeBeat, adopted_key};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::path::Path;
 
@@ -105,6 +105,16 @@ CREATE TABLE audit_log (
     who    TEXT    NOT NULL,
     action TEXT    NOT NULL,
     detail TEXT    NOT NULL
+);
+"#,
+    // Agents shared by the nodes (src/nodes): a node claims an agent before ringing them and
+    // releases them when the leg ends; one row per agent, so one call at a time on all nodes.
+    r#"
+CREATE TABLE agent_claims (
+    agent      TEXT    PRIMARY KEY,
+    node       TEXT    NOT NULL,
+    call_key   TEXT    NOT NULL,
+    claimed_at INTEGER NOT NULL
 );
 "#,
 ];
@@ -396,6 +406,9 @@ impl LedgerStore for SqliteStore {
 
     fn recover_interrupted(&mut self, now: UnixMs) -> Result<usize, LedgerError> {
         let tx = self.write_tx()?;
+        // One node uses this file: every agent claimed is an earlier run's, whose legs ended
+        // with it. Left, they would keep those agents from callers until that run counts dead.
+        tx.execute("DELETE FROM agent_claims", []).map_err(db)?;
         tx.execute(
             "UPDATE callback_attempts SET ended_at = ?1, outcome = 'interrupted' \
              WHERE ended_at IS NULL AND (outcome IS NULL OR outcome = 'connected')",
@@ -552,6 +565,75 @@ impl LedgerStore for SqliteStore {
         .collect::<Result<_, _>>()
         .map_err(db)
     }
+
+    fn claim_agent(
+        &mut self,
+        agent: &str,
+        node: &str,
+        call: &str,
+        dead_before: UnixMs,
+        now: UnixMs,
+    ) -> Result<AgentClaim, LedgerError> {
+        // The write lock is taken up front: another process's claim of the same agent waits
+        // for this one's commit, then sees it.
+        let tx = self.write_tx()?;
+        let held: Option<(AgentClaimRow, Option<UnixMs>)> = tx
+            .query_row(
+                "SELECT c.agent, c.node, c.call_key, c.claimed_at, n.beat_at FROM agent_claims c \
+                 LEFT JOIN humanline_nodes n ON n.node = c.node WHERE c.agent = ?1",
+                [agent],
+                |r| Ok((claim_from(r)?, r.get(4)?)),
+            )
+            .optional()
+            .map_err(db)?;
+        if let Some((claim, beat)) = held
+            && !claim.yields_to(node, beat, dead_before)
+        {
+            return Ok(AgentClaim::HeldBy {
+                node: claim.node,
+                call: claim.call,
+            });
+        }
+        tx.execute(
+            "INSERT INTO agent_claims (agent, node, call_key, claimed_at) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (agent) DO UPDATE SET node = excluded.node, \
+             call_key = excluded.call_key, claimed_at = excluded.claimed_at",
+            params![agent, node, call, now],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(AgentClaim::Granted)
+    }
+
+    fn release_agent(&mut self, agent: &str, node: &str, call: &str) -> Result<(), LedgerError> {
+        let tx = self.write_tx()?;
+        tx.execute(
+            "DELETE FROM agent_claims WHERE agent = ?1 AND node = ?2 AND call_key = ?3",
+            params![agent, node, call],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)
+    }
+
+    fn agent_claims(&mut self) -> Result<Vec<AgentClaimRow>, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT agent, node, call_key, claimed_at FROM agent_claims ORDER BY agent")
+            .map_err(db)?;
+        stmt.query_map([], claim_from)
+            .map_err(db)?
+            .collect::<Result<_, _>>()
+            .map_err(db)
+    }
+}
+
+fn claim_from(r: &Row<'_>) -> rusqlite::Result<AgentClaimRow> {
+    Ok(AgentClaimRow {
+        agent: r.get(0)?,
+        node: r.get(1)?,
+        call: r.get(2)?,
+        claimed_at: r.get(3)?,
+    })
 }
 
 const HELD_COLUMNS: &str = "call_key, node, number, call_id, reason, context, state, since";

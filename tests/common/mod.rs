@@ -957,6 +957,47 @@ impl Sipp {
     }
 }
 
+/// A caller (sipp, UAC, `caller_keys.xml`) calling `remote` from `from`: keys 0 (to a person)
+/// after 1 s and `second` `second_after_ms` later, then hangs up `hold_ms` after that. Their
+/// audio goes to and comes from `rtp_port` (a socket the test may own).
+pub struct KeyingCaller<'a> {
+    pub name: &'a str,
+    pub from: &'a str,
+    pub remote: SocketAddr,
+    pub ports: SippPorts,
+    pub rtp_port: u16,
+    pub second: char,
+    pub second_after_ms: u64,
+    pub hold_ms: u64,
+}
+
+impl KeyingCaller<'_> {
+    pub fn start(&self, dir: &Path) -> Sipp {
+        Sipp::start(
+            dir,
+            SippRun {
+                name: self.name,
+                scenario: "caller_keys.xml",
+                vars: &[
+                    ("CALLER", self.from.to_string()),
+                    ("RTP_PORT", self.rtp_port.to_string()),
+                    ("KEY1", "0".into()),
+                    ("KEY1_AFTER_MS", "1000".into()),
+                    ("KEY2", self.second.to_string()),
+                    ("KEY2_AFTER_MS", self.second_after_ms.to_string()),
+                    ("HOLD_MS", self.hold_ms.to_string()),
+                ],
+                remote: Some(self.remote),
+                transport: "u1",
+                ports: self.ports,
+                timeout: Duration::from_millis(1000 + self.second_after_ms + self.hold_ms)
+                    + Duration::from_secs(20),
+                calls: 1,
+            },
+        )
+    }
+}
+
 pub fn agent_uri(port: u16) -> String {
     format!("sip:agent@{LOCALHOST}:{port}")
 }
