@@ -256,28 +256,17 @@ fn keying_caller_from(
     second_after_ms: u64,
     hold_ms: u64,
 ) -> Sipp {
-    Sipp::start(
-        dir,
-        SippRun {
-            name,
-            scenario: "caller_keys.xml",
-            vars: &[
-                ("CALLER", from.to_string()),
-                ("RTP_PORT", ear.port.to_string()),
-                ("KEY1", "0".into()),
-                ("KEY1_AFTER_MS", "1000".into()),
-                ("KEY2", second.to_string()),
-                ("KEY2_AFTER_MS", second_after_ms.to_string()),
-                ("HOLD_MS", hold_ms.to_string()),
-            ],
-            remote: Some(ports.sip_addr()),
-            transport: "u1",
-            ports: ports.caller_sipp(),
-            timeout: Duration::from_millis(1000 + second_after_ms + hold_ms)
-                + Duration::from_secs(20),
-            calls: 1,
-        },
-    )
+    KeyingCaller {
+        name,
+        from,
+        remote: ports.sip_addr(),
+        ports: ports.caller_sipp(),
+        rtp_port: ear.port,
+        second,
+        second_after_ms,
+        hold_ms,
+    }
+    .start(dir)
 }
 
 /// The agent's phone while the caller waits: busy, so the caller is offered a callback.
