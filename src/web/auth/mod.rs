@@ -215,6 +215,11 @@ impl Auth {
         }
     }
 
+    /// The request's live session, if it carries one (with the user's role as stored now).
+    pub async fn session(&self, headers: &HeaderMap) -> Option<Session> {
+        self.session_of(headers).await.map(|(_, s)| s)
+    }
+
     /// Whether the request carries a live session.
     pub async fn logged_in(&self, headers: &HeaderMap) -> bool {
         self.session_of(headers).await.is_some()
