@@ -164,12 +164,10 @@ impl Auth {
         let Ok(origin) = origin.to_str() else {
             return false;
         };
-        if self
-            .inner
-            .config
-            .allowed_origins
-            .iter()
-            .any(|o| o == origin)
+        // The configured origins are normalized (`crate::web::normalize_origin`): so is
+        // the page's, or `https://Console.Example:443` would not be `https://console.example`.
+        if crate::web::normalize_origin(origin)
+            .is_ok_and(|o| o != "*" && self.inner.config.allowed_origins.contains(&o))
         {
             return true;
         }
