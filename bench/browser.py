@@ -14,10 +14,11 @@
 Writes bench/results/browser.json. Usage:
   bench/browser.py [--reps 4] [--steps 25,50,100] [--memory-calls 50] [--only route|load]
 """
-import argparse, datetime, json, math, os, re, shutil, signal, subprocess, sys, tempfile, time, urllib.request
+import argparse, json, os, re, shutil, subprocess, sys, tempfile, time, urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target/release/humanline")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cbpeers import BIN, ROOT, Server, loadavg, pct, sipp_stamps, speech_end_ms, wav_samples  # noqa: E402
+
 SIP, HTTP = 5076, 8076
 SIP_AGENT = 5097
 PHRASES = [
@@ -28,70 +29,29 @@ PHRASES = [
 ]
 
 
-def pct(v, p):
-    v = sorted(v)
-    return v[round(p / 100 * (len(v) - 1))] if v else None
-
-
-def stamps(log, kind):
-    """Timestamps of messages in a sipp -trace_msg log whose first line starts with `kind`."""
-    out, ts = [], None
-    for line in open(log, errors="replace").read().splitlines():
-        m = re.match(r"^-{10,} (\d{4}-\d\d-\d\d) (\d\d:\d\d:\d\d\.\d+)", line)
-        if m:
-            ts = datetime.datetime.fromisoformat(f"{m.group(1)} {m.group(2)}").timestamp()
-            continue
-        if ts is not None and line.startswith(kind):
-            out.append(ts)
-            ts = None
-    return out
-
-
-def speech_end_ms(wav):
-    """Last 20 ms frame within 35 dB of the loudest (16-bit mono WAV, header skipped)."""
-    data = open(wav, "rb").read()
-    rate = int.from_bytes(data[24:28], "little")
-    pos = data.find(b"data") + 8
-    pcm = [int.from_bytes(data[i:i + 2], "little", signed=True) for i in range(pos, len(data) - 1, 2)]
-    n = rate // 50
-    rms = [math.sqrt(sum(s * s for s in pcm[i:i + n]) / n) for i in range(0, len(pcm) - n, n)]
-    floor = max(rms) * 10 ** (-35 / 20)
-    return (max(i for i, r in enumerate(rms) if r >= floor) + 1) * 20
-
-
 def make_wav(work, i, text):
     raw, wav = os.path.join(work, f"u{i}.espeak.wav"), os.path.join(work, f"u{i}.wav")
     subprocess.run(["espeak-ng", "-v", "en-us", "-s", "145", "-w", raw, text], check=True)
     # 2 s of silence first (the connection comes up), 4 s after; 48 kHz like a microphone.
     subprocess.run(["sox", raw, "-r", "48000", "-c", "1", "-b", "16", wav, "pad", "2", "4"], check=True)
-    return wav, speech_end_ms(wav)
+    return wav, speech_end_ms(*wav_samples(wav))
 
 
-class Server:
+class BrowserServer(Server):
+    """`humanline serve` on this benchmark's ports, each run with its own data, ready, and
+    what the benchmark reads of it: memory, CPU time, calls in progress."""
+
     def __init__(self, work, name, agents=(), config=None):
-        self.log_path = os.path.join(work, f"server-{name}.log")
-        data = os.path.join(work, f"data-{name}")
-        args = [BIN, "serve", "--prompts", os.path.join(ROOT, "prompts"), "--model",
-                os.path.join(ROOT, "models/ggml-tiny.en.bin"), "--sip-listen", f"127.0.0.1:{SIP}",
-                "--http-listen", f"127.0.0.1:{HTTP}", "--rtp-ports", "30000-39999", "--data-dir", data]
-        for a in agents:
-            args += ["--agent", a]
+        path = None
         if config:
             path = os.path.join(work, f"server-{name}.toml")
             open(path, "w").write(config)
-            args += ["--config", path]
-        self.args = args
-        self.proc = subprocess.Popen(args, stderr=open(self.log_path, "w"),
-                                     env={**os.environ, "HUMANLINE_LOG": "info,rsipstack=warn"})
-        for _ in range(600):
-            if "humanline: ready" in open(self.log_path, errors="replace").read():
-                return
-            time.sleep(0.1)
-        raise SystemExit(f"server did not start: {self.log_path}")
+        super().__init__(work, name, SIP, HTTP, "30000-39999", config=path, agents=agents,
+                         data=f"data-{name}", log_filter="info,rsipstack=warn")
+        self.wait_ready()
 
     def add_user(self, name, password):
-        subprocess.run(self.args[:1] + ["users", "add", name, "--role", "agent", "--data-dir",
-                                        self.args[self.args.index("--data-dir") + 1]],
+        subprocess.run([BIN, "users", "add", name, "--role", "agent", "--data-dir", self.data_dir],
                        input=password.encode(), check=True, stdout=subprocess.DEVNULL)
 
     def rss_kb(self):
@@ -110,11 +70,15 @@ class Server:
         return float(m.group(1)) if m else None
 
     def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        self.kill()
+
+    def route_reasons(self):
+        """How the callers were routed (`keyword`, or `speech_unavailable` when recognition fell
+        behind: the latency then is the 3 s fallback, not the words)."""
+        out = {}
+        for m in re.finditer(r'route to a person reason="?([a-z_]+)', open(self.log_path, errors="replace").read()):
+            out[m.group(1)] = out.get(m.group(1), 0) + 1
+        return out
 
 
 def node(script, config, timeout):
@@ -128,7 +92,7 @@ def node(script, config, timeout):
 def route(work, utts, reps):
     out = {}
     # The console: an agent answering in the browser.
-    server = Server(work, "console")
+    server = BrowserServer(work, "console")
     server.add_user("ann", "ann-password-1")
     console = []
     try:
@@ -143,13 +107,16 @@ def route(work, utts, reps):
                     print(f"  console: no offer ({r})", file=sys.stderr)
     finally:
         server.stop()
+    reasons = {"console_offer": server.route_reasons()}
     # The same callers to a SIP agent (sipp answers; its message log has the INVITE times).
     agent_dir = os.path.join(work, "sip-agent")
     os.makedirs(agent_dir)
-    server = Server(work, "sip", agents=[f"sip:agent@127.0.0.1:{SIP_AGENT}"])
+    server = BrowserServer(work, "sip", agents=[f"sip:agent@127.0.0.1:{SIP_AGENT}"])
+    # Not -bg: the agent stays this script's own process, stopped by its id at the end.
     agent = subprocess.Popen(["sipp", "-sf", os.path.join(ROOT, "tests/sipp/agent_answers.xml"), "-i", "127.0.0.1",
                               "-p", str(SIP_AGENT), "-mp", "17300", "-m", str(len(utts) * reps), "-trace_msg",
-                              "-nostdin", "-bg"], cwd=agent_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              "-nostdin"], cwd=agent_dir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
     sip, ends = [], []
     try:
         time.sleep(1.5)
@@ -158,7 +125,7 @@ def route(work, utts, reps):
                      node("browser_route.mjs", {"base": f"http://127.0.0.1:{HTTP}", "wav": wav, "end_ms": end_ms,
                                                 "mode": "sip", "reps": reps, "stay_ms": 5000}, 300)]
         logs = [os.path.join(agent_dir, f) for f in os.listdir(agent_dir) if f.endswith("_messages.log")]
-        invites = stamps(logs[0], "INVITE") if logs else []
+        invites = [t for t, _ in sipp_stamps(logs[0], "INVITE")] if logs else []
         for end in ends:
             after = [t for t in invites if end - 2 < t < end + 15]
             if after:
@@ -168,11 +135,14 @@ def route(work, utts, reps):
                 print("  sip: no INVITE", file=sys.stderr)
     finally:
         server.stop()
-        agent.send_signal(signal.SIGTERM)
-        agent.wait(timeout=10)
+        agent.kill()
+        agent.wait()
+    reasons["sip_invite"] = server.route_reasons()
     for name, v in (("console_offer", console), ("sip_invite", sip)):
+        v = [round(x) for x in v]
         out[name] = {"callers": len(utts) * reps, "routed": len(v), "median_ms": pct(v, 50),
-                     "p95_ms": pct(v, 95), "max_ms": max(v) if v else None, "all_ms": [round(x) for x in v]}
+                     "p95_ms": pct(v, 95), "max_ms": max(v) if v else None, "all_ms": v,
+                     "route_reasons": reasons[name]}
     return out
 
 
@@ -192,7 +162,7 @@ def load(work, steps, memory_calls, silence):
     base = f"http://127.0.0.1:{HTTP}"
     # Memory: a fresh server idle, then N WebRTC calls held; the same for SIP (sipp).
     for kind in ("webrtc", "sip"):
-        server = Server(work, f"mem-{kind}", config=LOAD_CONFIG)
+        server = BrowserServer(work, f"mem-{kind}", config=LOAD_CONFIG)
         try:
             time.sleep(2)
             idle = server.rss_kb()
@@ -219,7 +189,7 @@ def load(work, steps, memory_calls, silence):
             server.stop()
     # Capacity: each step on a fresh server.
     for n in steps:
-        server = Server(work, f"load-{n}", config=LOAD_CONFIG)
+        server = BrowserServer(work, f"load-{n}", config=LOAD_CONFIG)
         try:
             proc = subprocess.Popen(["node", os.path.join(ROOT, "bench/browser_load.mjs"),
                                      json.dumps({"base": base, "wav": silence, "calls": n, "hold_s": 10})],
@@ -231,7 +201,7 @@ def load(work, steps, memory_calls, silence):
             proc.wait(timeout=120)
             row = {"calls": n, **{k: v for k, v in connected.items() if k != "event"},
                    **{k: v for k, v in quality.items() if k != "event"}, "server_cpu_cores": round(cpu, 2),
-                   "load_avg_1m": os.getloadavg()[0]}
+                   "load_avg": loadavg()}
             out["webrtc_steps"].append(row)
             print(f"  load: {row}", file=sys.stderr)
         finally:
@@ -248,7 +218,7 @@ def main():
     a = ap.parse_args()
     work = tempfile.mkdtemp()
     report = {"command": "bench/browser.py " + " ".join(sys.argv[1:]), "machine_cores": os.cpu_count(),
-              "load_avg_at_start": os.getloadavg()}
+              "load_avg_at_start": loadavg()}
     try:
         if a.only != "load":
             utts = [make_wav(work, i, t) for i, t in enumerate(PHRASES)]
@@ -258,7 +228,7 @@ def main():
             subprocess.run(["sox", "-n", "-r", "48000", "-c", "1", "-b", "16", silence, "trim", "0", "5"], check=True)
             report["load"] = load(work, [int(s) for s in a.steps.split(",")], a.memory_calls, silence)
     finally:
-        report["load_avg_at_end"] = os.getloadavg()
+        report["load_avg_at_end"] = loadavg()
         name = "browser.json" if not a.only else f"browser-{a.only}.json"
         os.makedirs(os.path.join(ROOT, "bench/results"), exist_ok=True)
         json.dump(report, open(os.path.join(ROOT, "bench/results", name), "w"), indent=2)

@@ -7,24 +7,10 @@
 //    "jitter_ms_p95":..,"lost_pct":..}
 // (packets per second each call received from Humanline over the hold; 50 is every packet).
 // Usage: node bench/browser_load.mjs CONFIG_JSON (base, wav, calls, hold_s)
-import { createRequire } from "node:module";
-
-const require = createRequire(import.meta.url);
-const { chromium } = require("../tests/browser/node_modules/playwright-core");
+import { launch } from "../tests/browser/chromium.mjs";
 
 const c = JSON.parse(process.argv[2] || "{}");
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-    `--use-file-for-fake-audio-capture=${c.wav}`,
-    "--autoplay-policy=no-user-gesture-required",
-    "--disable-features=WebRtcHideLocalIpsWithMdns", "--allow-loopback-in-peer-connection",
-  ],
-});
+const browser = await launch(c.wav, { loop: true });
 const say = (o) => console.log(JSON.stringify(o));
 let code = 0;
 try {

@@ -7,47 +7,17 @@
 // Prints one JSON line per caller: {"rep":N,"speech_end_at":EPOCH_MS,"offer_shown_at":EPOCH_MS|null}
 // (speech_end_at = when getUserMedia resolved + `end_ms`, the end of speech in the WAV).
 // Usage: node bench/browser_route.mjs CONFIG_JSON (base, wav, end_ms, mode, reps, user, password)
-import { createRequire } from "node:module";
-
-const require = createRequire(import.meta.url);
-const { chromium } = require("../tests/browser/node_modules/playwright-core");
+import { launch, openConsole, toneContext } from "../tests/browser/chromium.mjs";
 
 const c = JSON.parse(process.argv[2] || "{}");
 const reps = Number(c.reps || 1);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-    `--use-file-for-fake-audio-capture=${c.wav}%noloop`,
-    "--autoplay-policy=no-user-gesture-required",
-    "--disable-features=WebRtcHideLocalIpsWithMdns", "--allow-loopback-in-peer-connection",
-  ],
-});
+const browser = await launch(c.wav);
 let code = 0;
 try {
   let agent = null;
   if (c.mode === "console") {
-    const ctx = await browser.newContext();
-    await ctx.addInitScript(() => {
-      navigator.mediaDevices.getUserMedia = async () => {
-        const ac = new AudioContext();
-        const osc = ac.createOscillator();
-        const dest = ac.createMediaStreamDestination();
-        osc.connect(dest);
-        osc.start();
-        return dest.stream;
-      };
-    });
-    agent = await ctx.newPage();
-    await agent.goto(`${c.base}/login`);
-    await agent.fill("#name", c.user);
-    await agent.fill("#password", c.password);
-    await agent.press("#password", "Enter");
-    await agent.waitForURL("**/console");
-    await agent.waitForFunction(() => document.getElementById("state").textContent.includes("answering in the browser"));
+    agent = await (await toneContext(browser)).newPage();
+    await openConsole(agent, c.base, c.user, c.password);
   }
   for (let rep = 0; rep < reps; rep++) {
     const ctx = await browser.newContext();

@@ -1,5 +1,7 @@
-"""Peers for the callback benchmarks: `humanline serve`, sipp phones and an RTP ear, all on
-127.0.0.1. Shared by bench/callback_crash.py and bench/callback_recovery.py."""
+"""Peers for the benchmarks: `humanline serve`, sipp phones and an RTP ear, all on 127.0.0.1,
+and what their timings are read with (sipp message logs, the end of speech in a recording,
+percentiles). Shared by bench/callback_crash.py, bench/callback_recovery.py,
+bench/sip_route.py and bench/browser.py."""
 import datetime, math, os, re, signal, socket, sqlite3, struct, subprocess, threading, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,17 +82,19 @@ class Sipp:
 class Server:
     """`humanline serve` with the embedded defaults (SQLite in `data`, bundled prompts)."""
 
-    def __init__(self, work, n, sip_port, http_port, rtp, config=None, agents=()):
+    def __init__(self, work, n, sip_port, http_port, rtp, config=None, agents=(), data="data",
+                 extra=(), log_filter="info"):
         self.log_path = os.path.join(work, f"humanline.{n}.log")
+        self.data_dir = os.path.join(work, data)
         args = [BIN, "serve", "--sip-listen", f"{HOST}:{sip_port}", "--http-listen",
-                f"{HOST}:{http_port}", "--rtp-ports", rtp, "--data-dir",
-                os.path.join(work, "data"), "--prompts", os.path.join(ROOT, "prompts"),
-                "--model", MODEL]
+                f"{HOST}:{http_port}", "--rtp-ports", rtp, "--data-dir", self.data_dir,
+                "--prompts", os.path.join(ROOT, "prompts"), "--model", MODEL]
         if config:
             args += ["--config", config]
         for a in agents:
             args += ["--agent", a]
-        env = dict(os.environ, HUMANLINE_LOG="info", NO_COLOR="1")
+        args += list(extra)
+        env = dict(os.environ, HUMANLINE_LOG=log_filter, NO_COLOR="1")
         self.spawned = time.time()
         self.proc = subprocess.Popen(args, cwd=work, env=env, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=open(self.log_path, "w"))
@@ -196,3 +200,29 @@ def loadavg():
 def median(v):
     v = sorted(v)
     return v[len(v) // 2] if v else None
+
+
+def pct(v, p):
+    """The p-th percentile of `v` (nearest rank), None for no values."""
+    v = sorted(v)
+    return v[round(p / 100 * (len(v) - 1))] if v else None
+
+
+def speech_end_ms(samples, rate):
+    """End of the last 20 ms frame within 35 dB of the loudest: where speech ends in a
+    recording (any sample scale)."""
+    n = rate // 50
+    rms = [math.sqrt(sum(s * s for s in samples[i:i + n]) / n) for i in range(0, len(samples) - n + 1, n)]
+    peak = max(rms) if rms else 0
+    if peak <= 0:
+        return 0
+    floor = peak * 10 ** (-35 / 20)
+    return (max(i for i, r in enumerate(rms) if r >= floor) + 1) * 20
+
+
+def wav_samples(path):
+    """(samples, rate) of a 16-bit mono WAV."""
+    data = open(path, "rb").read()
+    rate = int.from_bytes(data[24:28], "little")
+    pos = data.find(b"data") + 8
+    return [int.from_bytes(data[i:i + 2], "little", signed=True) for i in range(pos, len(data) - 1, 2)], rate

@@ -10,65 +10,30 @@ deciding on partial transcripts (Humanline) and deciding only at the end of spee
 
 Usage: bench/sip_route.py [--every N]
 """
-import argparse, datetime, json, math, os, re, shutil, signal, subprocess, sys, tempfile, time
+import argparse, json, os, shutil, subprocess, sys, tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target/release/humanline")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cbpeers import ROOT, ULAW, Server, pct, sipp_stamps, speech_end_ms  # noqa: E402
 
 
 def stamps(log, kind):
-    """Timestamps of messages in a sipp -trace_msg log whose first line starts with `kind`."""
-    out, ts, lines = [], None, open(log, errors="replace").read().splitlines()
-    for i, line in enumerate(lines):
-        m = re.match(r"^-{10,} (\d{4}-\d\d-\d\d) (\d\d:\d\d:\d\d\.\d+)", line)
-        if m:
-            ts = datetime.datetime.fromisoformat(f"{m.group(1)} {m.group(2)}").timestamp()
-            continue
-        if ts is not None and line.startswith(kind):
-            out.append(ts)
-            ts = None
-    return out
-
-
-def speech_end_ms(pcm):
-    frames = [pcm[i:i + 160] for i in range(0, len(pcm), 160)]
-    rms = [math.sqrt(sum(s * s for s in f) / len(f)) for f in frames if f]
-    peak = max(rms) if rms else 0
-    if peak <= 0:
-        return 0
-    floor = peak * 10 ** (-35 / 20)
-    last = max(i for i, r in enumerate(rms) if r >= floor)
-    return (last + 1) * 20
-
-
-def mulaw_decode(b):
-    b = ~b & 0xFF
-    sign, exp, mant = b & 0x80, (b >> 4) & 7, b & 0x0F
-    s = ((mant << 3) + 0x84) << exp
-    s -= 0x84
-    return -s if sign else s
-
-
-def pct(v, p):
-    v = sorted(v)
-    return v[round(p / 100 * (len(v) - 1))] if v else None
+    """Times of the messages in a sipp -trace_msg log that are `kind` (a method)."""
+    return [t for t, _ in sipp_stamps(log, kind)] if log else []
 
 
 def run_mode(mode, utts, work):
-    log = open(os.path.join(work, f"server-{mode}.log"), "w")
-    args = [BIN, "serve", "--prompts", os.path.join(ROOT, "prompts"), "--model",
-            os.path.join(ROOT, "models/ggml-tiny.en.bin"), "--sip-listen", "127.0.0.1:5074",
-            "--http-listen", "127.0.0.1:8074", "--rtp-ports", "40000-40999", "--data-dir",
-            os.path.join(work, "data-" + mode), "--agent", "sip:agent@127.0.0.1:5095"]
-    if mode == "end_of_speech":
-        args.append("--no-partials")
-    server = subprocess.Popen(args, stderr=log, env={**os.environ, "HUMANLINE_LOG": "info,rsipstack=warn"})
+    server = Server(work, mode, 5074, 8074, "40000-40999", data="data-" + mode,
+                    agents=["sip:agent@127.0.0.1:5095"],
+                    extra=["--no-partials"] if mode == "end_of_speech" else [],
+                    log_filter="info,rsipstack=warn")
     agent_dir = os.path.join(work, "agent-" + mode)
     os.makedirs(agent_dir)
+    # Not -bg: the agent stays this script's own process, stopped by its id at the end.
     agent = subprocess.Popen(["sipp", "-sf", os.path.join(ROOT, "tests/sipp/agent_answers.xml"), "-i", "127.0.0.1",
-                              "-p", "5095", "-mp", "17200", "-m", str(len(utts)), "-trace_msg", "-nostdin", "-bg"],
-                             cwd=agent_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(2.5)
+                              "-p", "5095", "-mp", "17200", "-m", str(len(utts)), "-trace_msg", "-nostdin"],
+                             cwd=agent_dir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    server.wait_ready()
     results = []
     try:
         for uid, raw, end_ms, dur_ms in utts:
@@ -77,13 +42,12 @@ def run_mode(mode, utts, work):
             scen = open(os.path.join(ROOT, "tests/sipp/caller_speaks.xml")).read()
             scen = scen.replace("@AUDIO@", raw).replace("@HOLD_MS@", str(dur_ms + 3000))
             open(os.path.join(cdir, "c.xml"), "w").write(scen)
-            before = len(stamps(agent_log(agent_dir), "INVITE")) if agent_log(agent_dir) else 0
+            before = len(stamps(agent_log(agent_dir), "INVITE"))
             subprocess.run(["sipp", "127.0.0.1:5074", "-sf", "c.xml", "-i", "127.0.0.1", "-p", "5064", "-mp", "16200",
                             "-m", "1", "-trace_msg", "-nostdin", "-timeout", "30s"], cwd=cdir,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
-            clog = [os.path.join(cdir, f) for f in os.listdir(cdir) if f.endswith("_messages.log")][0]
-            ack = [t for t in stamps(clog, "ACK")]
-            invites = stamps(agent_log(agent_dir), "INVITE") if agent_log(agent_dir) else []
+            ack = stamps(agent_log(cdir), "ACK")
+            invites = stamps(agent_log(agent_dir), "INVITE")
             if ack and len(invites) > before:
                 latency = (invites[before] - (ack[0] + end_ms / 1000)) * 1000
                 results.append(latency)
@@ -91,10 +55,9 @@ def run_mode(mode, utts, work):
             else:
                 print(f"  {mode} {uid}: not routed", file=sys.stderr)
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=10)
+        server.kill()
         agent.kill()
-        subprocess.run(["pkill", "-f", "agent_answers.xml"], check=False)
+        agent.wait()
     return results
 
 
@@ -117,8 +80,8 @@ def main():
         raw = os.path.join(work, r[0] + ".pcmu")
         subprocess.run(["sox", os.path.join(corpus, r[0] + ".wav"), "-t", "raw", "-e", "mu-law", "-b", "8", "-r", "8000",
                         "-c", "1", raw], check=True)
-        pcm = [mulaw_decode(b) for b in open(raw, "rb").read()]
-        utts.append((r[0], raw, speech_end_ms(pcm), len(pcm) // 8))
+        pcm = [ULAW[b] for b in open(raw, "rb").read()]
+        utts.append((r[0], raw, speech_end_ms(pcm, 8000), len(pcm) // 8))
     report = {"command": f"bench/sip_route.py --every {a.every}", "utterances": len(utts)}
     for mode in ("humanline", "end_of_speech"):
         lat = run_mode(mode, utts, work)

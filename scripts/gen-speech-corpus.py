@@ -106,6 +106,68 @@ ORDINARY_NL = [
     "ik ben mijn klantnummer vergeten",
     "de televisie heeft geen signaal",
     "mijn persoonlijke gegevens kloppen niet",
+    # More ordinary requests, so the false-escape rate rests on hundreds of utterances: what
+    # callers of a bank, an energy or a telecom company say (none asks for a person).
+    "ik wil mijn meterstanden doorgeven",
+    "mijn gasmeter staat op twaalfduizend kuub",
+    "de stroommeter geeft een foutmelding",
+    "waarom is mijn voorschot zo hoog",
+    "ik wil mijn maandbedrag aanpassen",
+    "mijn jaarafrekening klopt niet",
+    "ik heb mijn eindafrekening nog niet gehad",
+    "ik verhuis op de eerste van de maand",
+    "hoe zeg ik mijn energiecontract op",
+    "ik wil mijn contract verlengen",
+    "wanneer wordt het geld teruggestort",
+    "mijn pinpas is gestolen",
+    "ik wil mijn bankpas blokkeren",
+    "mijn creditcard werkt niet in het buitenland",
+    "hoe verhoog ik mijn daglimiet",
+    "ik zie een betaling die ik niet ken",
+    "de automatische incasso is mislukt",
+    "ik wil een betalingsregeling treffen",
+    "kan ik de factuur in termijnen betalen",
+    "ik heb een aanmaning gekregen",
+    "mijn rekeningnummer is veranderd",
+    "ik kan niet inloggen in de app",
+    "ik ben mijn gebruikersnaam kwijt",
+    "mijn wachtwoord is verlopen",
+    "ik krijg geen sms met de code",
+    "de app blijft hangen bij het opstarten",
+    "mijn mobiele data is op",
+    "ik wil een nieuwe simkaart",
+    "mijn nummer overzetten naar een ander toestel",
+    "ik heb geen bereik in huis",
+    "mijn telefoon belt steeds weg",
+    "de wifi is heel traag",
+    "het lampje op het modem knippert rood",
+    "ik wil een snellere verbinding",
+    "wanneer komt de glasvezel in mijn straat",
+    "de decoder geeft een zwart beeld",
+    "ik mis een paar zenders",
+    "mijn pakket staat al drie dagen op onderweg",
+    "de bezorger heeft mijn pakket bij de buren gelaten",
+    "ik wil een retour aanmelden",
+    "het pakket is beschadigd aangekomen",
+    "waar kan ik mijn pakket ophalen",
+    "ik heb de verkeerde maat gekregen",
+    "wanneer is de winkel open op zondag",
+    "tot hoe laat zijn jullie vandaag bereikbaar",
+    "zijn jullie op koningsdag gesloten",
+    "ik wil een afspraak maken voor de installatie",
+    "de monteur is niet gekomen",
+    "ik wil mijn e-mailadres wijzigen",
+    "mijn naam is verkeerd gespeld op de brief",
+    "ik heb een nieuw telefoonnummer",
+    "stuur de facturen voortaan per post",
+    "hoeveel kost bellen naar het buitenland",
+    "ik wil een klacht indienen over de storing",
+    "er is een storing in mijn wijk",
+    "ik wil mijn zonnepanelen aanmelden",
+    "hoe werkt het terugleveren van stroom",
+    "mijn slimme meter stuurt geen gegevens",
+    "ik wil overstappen naar een vast tarief",
+    "kunt u mijn saldo voorlezen",
 ]
 VOICES_NL = ["nl", "nl+f3", "nl+m3", "nl+f2", "nl+m1", "nl+f4"]
 
@@ -139,6 +201,10 @@ def main():
                                             "sinc", "300-3400", "pad", "0.4", "0.8"], check=True)
                             subprocess.run(["sox", ulaw, "-e", "signed-integer", "-b", "16", out], check=True)
                     rows.append((uid, kind, voice, str(rate), text))
+    # Escape and ordinary sentences take turns in the manifest, so that a run over its first
+    # part (or every Nth line) measures both kinds.
+    order = {kind: i for i, (kind, _) in enumerate(sets)}
+    rows.sort(key=lambda r: (int(r[0].split("-")[1]), order[r[1]]))
     with open(os.path.join(args.out, "manifest.tsv"), "w") as f:
         f.write("id\tkind\tvoice\trate\ttext\n")
         for r in rows:

@@ -994,3 +994,59 @@ fn a_confirmed_request_ending_a_partial_routes_at_once() {
     });
     assert_eq!(routes(&a), Some(RouteReason::Keyword));
 }
+
+/// A verdict on a transcript, as the keyword verifier gives it, with the model's mean token
+/// log-probability of its own transcript and the language's echo bar.
+fn escape_verdict(phrase: &str, hypothesis_lp: f32) -> humanline::speech::Verdict {
+    humanline::speech::Verdict {
+        kind: humanline::speech::PhraseKind::Escape,
+        phrase: phrase.into(),
+        // The transcript is the phrase: it scores 0 against itself, whatever the audio.
+        score: 0.0,
+        threshold: 0.0,
+        hypothesis_lp,
+        echo_threshold: -1.0,
+    }
+}
+
+#[test]
+fn escape_words_alone_that_the_model_doubted_do_not_route() {
+    let mut d = Driver::new();
+    d.step(&Step::Start);
+    // The decoder wrote its prompt's escape words for unclear audio, unsure of them: neither
+    // the partial nor the final that is that partial again routes.
+    d.feed(Event::Verified {
+        verdicts: vec![escape_verdict("een mens", -2.0)],
+    });
+    let a = d.feed(Event::PartialTranscript {
+        text: "Een mens.".into(),
+    });
+    assert_eq!(routes(&a), None, "{a:?}");
+    let a = d.feed(Event::FinalTranscript {
+        text: "Een mens.".into(),
+    });
+    assert_ne!(routes(&a), Some(RouteReason::Keyword), "{a:?}");
+    // The same doubt does not stop a sentence with other words in it.
+    d.feed(Event::Verified {
+        verdicts: vec![escape_verdict("medewerker", -2.0)],
+    });
+    let a = d.feed(Event::FinalTranscript {
+        text: "Ik wil een medewerker spreken.".into(),
+    });
+    assert_eq!(routes(&a), Some(RouteReason::Keyword), "{a:?}");
+}
+
+#[test]
+fn escape_words_alone_that_the_model_was_sure_of_route() {
+    for (verdicts, text) in [
+        (vec![escape_verdict("een mens", -0.3)], "Een mens."),
+        // No verifier (English without a verdict, or a fake transcriber): as before.
+        (vec![], "Een mens."),
+    ] {
+        let mut d = Driver::new();
+        d.step(&Step::Start);
+        d.feed(Event::Verified { verdicts });
+        let a = d.feed(Event::FinalTranscript { text: text.into() });
+        assert_eq!(routes(&a), Some(RouteReason::Keyword), "{text}: {a:?}");
+    }
+}

@@ -601,3 +601,494 @@ fn in_the_browser_an_operator_changes_the_greeting_publishes_and_rolls_back() {
         "{played:?}"
     );
 }
+
+/// Runs `tests/browser/dashboard.mjs` in Chromium as `login` (in the background: the page is
+/// watched while calls are made); its JSON lines go to `browser-dashboard-PHASE.jsonl`.
+fn dashboard_in_browser(
+    server: &Server,
+    d: &std::path::Path,
+    login: (&str, &str),
+    args: &[&str],
+) -> (Proc, std::path::PathBuf, std::path::PathBuf) {
+    use std::process::{Command, Stdio};
+    let base = format!("http://{LOCALHOST}:{}", server.ports.http());
+    let out = d.join(format!("browser-dashboard-{}.jsonl", args[0]));
+    let err = d.join(format!("browser-dashboard-{}.stderr", args[0]));
+    let browser = Proc::spawn(
+        "chromium dashboard",
+        Command::new("node")
+            .arg(browser_dir().join("dashboard.mjs"))
+            .args([base.as_str(), login.0, login.1])
+            .args(args)
+            .current_dir(browser_dir())
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).expect("out"))
+            .stderr(std::fs::File::create(&err).expect("err")),
+    );
+    (browser, out, err)
+}
+
+fn json_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Issue 13, item 6: the live dashboard. Without a login `/api/dashboard` is refused and the
+/// page sends the browser to the login; an agent is told it is not for them; a supervisor
+/// lands on it after logging in, and while they watch (the page refreshes itself) a caller
+/// who says "human" shows up in the routes-by-reason picture and in the time to route.
+#[test]
+fn a_supervisor_watches_the_dashboard_count_a_caller_who_asked_for_a_human() {
+    let test = "a_supervisor_watches_the_dashboard_count_a_caller_who_asked_for_a_human";
+    if !peers_available(test) || !browser_available(test) {
+        return;
+    }
+    let ports = Ports::claim(4);
+    let dir = tempdir("dashboard");
+    let d = dir.path();
+    let server = Server::start(ports, d, &[]);
+    server.add_user("sam", "supervisor", "supervisor password 1");
+    server.add_user("alex", "agent", "agent password 1");
+
+    // Without a login: the data is refused, the page sends to the login and back.
+    let r = server.request("GET", "/api/dashboard", &[], "");
+    assert_eq!(r.status, 401, "{}", r.body);
+    let r = server.request("GET", "/dashboard", &[], "");
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(r.header("location"), Some("/login?next=/dashboard"));
+    let alex = server.login("alex", "agent password 1");
+    let r = get_as(&server, &alex, "/api/dashboard");
+    assert_eq!(r.status, 403, "{}", r.body);
+    let sam = server.login("sam", "supervisor password 1");
+    let r = get_as(&server, &sam, "/api/dashboard");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let before = json(&r.body);
+    assert!(before["routes"]["totals"]["keyword"].is_null(), "{before}");
+    assert_eq!(before["calls_now"], 0, "{before}");
+    assert_eq!(before["callbacks"]["by_state"]["escalated"], 0, "{before}");
+
+    // Speech, then the browser: the order every test here takes them in.
+    let _speech = speech_lock();
+    let _one_browser = browser_lock();
+    // An agent logging in at /dashboard is told why not.
+    let (mut agent, out, err) =
+        dashboard_in_browser(&server, d, ("alex", "agent password 1"), &["refused"]);
+    let code = agent.wait(Duration::from_secs(120));
+    let lines = json_lines(&out);
+    assert_eq!(
+        code,
+        Some(0),
+        "{lines:?}\n{}",
+        tail(&std::fs::read_to_string(&err).unwrap_or_default(), 30)
+    );
+    let refused = event(&lines, "refused");
+    assert!(
+        refused["status"] == 403
+            && refused["drawn"] == 0
+            && refused["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("for supervisors and operators; alex is an agent")),
+        "{refused}"
+    );
+
+    // The supervisor watches while a caller asks for a human.
+    let (mut watcher, out, err) = dashboard_in_browser(
+        &server,
+        d,
+        ("sam", "supervisor password 1"),
+        &["watch", "any", "1"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let page = loop {
+        let lines = json_lines(&out);
+        if let Some(p) = lines.iter().find(|l| l["event"] == "page") {
+            break p.clone();
+        }
+        let exited = watcher.exited();
+        assert!(
+            exited.is_none() && Instant::now() < deadline,
+            "the dashboard did not show (exit {exited:?}): {lines:?}\n{}",
+            tail(&std::fs::read_to_string(&err).unwrap_or_default(), 30)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        page["status"] == 200
+            && page["url"]
+                .as_str()
+                .is_some_and(|u| u.ends_with("/dashboard"))
+            && page["total"] == 0,
+        "after logging in the supervisor is not at the dashboard: {page}"
+    );
+    let pictures = page["pictures"].to_string();
+    for id in ["calls", "line", "routes", "time", "callbacks", "speech"] {
+        assert!(pictures.contains(&format!("\"{id}\"")), "{page}");
+    }
+
+    let (audio, secs) = caller_audio(
+        d,
+        "caller",
+        &[Part::Say("I want to talk to a human"), Part::Silence(4.0)],
+    );
+    let hold_ms = (secs * 1000.0) as u64 + 1000;
+    let mut caller = speaking_caller(d, ports, ports.sip_addr(), &audio, hold_ms, "u1");
+    let routed = server
+        .log
+        .wait_for(&["route to a person"], Duration::from_secs(60));
+    // "keyword" unless recognition fell behind on a loaded machine (then `speech_unavailable`):
+    // either way the picture must count the route under the reason the server gave.
+    let reason = routed
+        .as_ref()
+        .and_then(|(_, l)| l.split("reason=").nth(1)?.split_whitespace().next())
+        .map(|r| r.trim_matches('"').to_string())
+        .unwrap_or_else(|| panic!("no route\n{}", server.story()));
+    if reason != "keyword" {
+        eprintln!("the caller who said human was routed for {reason}, not keyword");
+    }
+    let code = caller
+        .proc
+        .wait(Duration::from_millis(hold_ms) + Duration::from_secs(30));
+    assert_sipp_ok("caller", code, &server, &[&caller]);
+
+    let code = watcher.wait(Duration::from_secs(150));
+    let lines = json_lines(&out);
+    assert_eq!(
+        code,
+        Some(0),
+        "the dashboard never counted the route: {lines:?}\n{}\n{}",
+        tail(&std::fs::read_to_string(&err).unwrap_or_default(), 30),
+        server.story()
+    );
+    // A route on what the caller said is timed from the end of their speech; one because
+    // recognition failed is not.
+    let timed = ["keyword", "repetition", "no_match"].contains(&reason.as_str());
+    let routes = event(&lines, "routes");
+    assert!(
+        routes["total"] == 1
+            && routes["totals"][&reason] == 1
+            && routes["bars"][&reason] == 1
+            && routes["refreshes"].as_i64().is_some_and(|n| n >= 2)
+            && routes["time"]
+                .as_str()
+                .is_some_and(|t| !timed || t.contains("over the last 1:")),
+        "{routes}"
+    );
+    let r = get_as(&server, &sam, "/api/dashboard");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let after = json(&r.body);
+    assert_eq!(after["routes"]["totals"][&reason], 1, "{after}");
+    assert_eq!(
+        after["routes"]["time_to_route_count"],
+        u64::from(timed),
+        "{after}"
+    );
+    assert!(
+        after["speech"]["workers"].as_u64().is_some_and(|w| w >= 1),
+        "{after}"
+    );
+}
+
+/// Issue 13, item 4: rolling back to a version brings back exactly its files. A recording
+/// added since (here beside the shipped ones, by someone editing the folder) is removed, not
+/// left behind, and the version made by the roll back says so.
+#[test]
+fn rolling_back_removes_the_files_the_old_version_did_not_have() {
+    let ports = Ports::claim(5);
+    let dir = tempdir("rollback-removes");
+    let d = dir.path();
+    let prompts = copy_of_shipped_flow(d);
+    let server = Server::start_with(ports, d, &[], &prompts);
+    server.add_user("olga", "operator", "operator password 1");
+    let olga = server.login("olga", "operator password 1");
+    let r = get_as(&server, &olga, "/api/flow");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let first = json(&r.body)["running"]["id"].as_i64().expect("a version");
+
+    let extra = d.join("audio/en/greeting-spring.wav");
+    std::fs::copy(d.join("audio/en/greeting.wav"), &extra).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let added = loop {
+        let r = get_as(&server, &olga, "/api/flow/versions");
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v = json(&r.body);
+        if v["versions"][0]["id"].as_i64().is_some_and(|id| id > first) {
+            break v["versions"][0].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the added recording never became a version: {v}\n{}",
+            server.story()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(
+        added["changes"]
+            .to_string()
+            .contains("audio/en/greeting-spring.wav"),
+        "{added}"
+    );
+
+    let body = serde_json::json!({"version": first}).to_string();
+    let r = server.change(&olga, "/api/flow/rollback", &body);
+    assert_eq!(r.status, 200, "{}\n{}", r.body, server.story());
+    assert!(
+        !extra.exists(),
+        "the recording the old version did not have is still there"
+    );
+    assert!(d.join("audio/en/greeting.wav").is_file());
+    let r = get_as(&server, &olga, "/api/flow/versions");
+    let v = json(&r.body);
+    let newest = &v["versions"][0];
+    assert!(
+        newest["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&format!("roll back to version {first}")))
+            && newest["changes"]
+                .to_string()
+                .contains("audio/en/greeting-spring.wav"),
+        "{newest}"
+    );
+    // The files on disk are the running flow, and stay so (the watcher took no edit).
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(server.get("/healthz"), (200, "ok\n".to_string()));
+    let r = get_as(&server, &olga, "/api/flow/versions");
+    assert_eq!(
+        json(&r.body)["versions"][0]["id"],
+        newest["id"],
+        "{}",
+        r.body
+    );
+}
+
+/// Issue 13, item 3 with audio: "try it" on a recording. Humanline hears it as a call in that
+/// language is heard (the speech pool, that language's recognizer), and what it heard is
+/// tried on the published flow and the draft; audio it cannot use is refused with a reason.
+#[test]
+fn try_it_hears_a_recording_and_decides_as_a_call_would() {
+    if !peers_available("try_it_hears_a_recording_and_decides_as_a_call_would") {
+        return;
+    }
+    let _speech = speech_lock();
+    let ports = Ports::claim(6);
+    let dir = tempdir("try-audio");
+    let d = dir.path();
+    let server = Server::start(ports, d, &[]);
+    server.add_user("sam", "supervisor", "supervisor password 1");
+    let sam = server.login("sam", "supervisor password 1");
+
+    let r = server.request("POST", "/api/flow/hear?language=en", &[], "RIFF");
+    assert_eq!(r.status, 401, "{}", r.body);
+    let hear = |name: &'static str, text: &str| {
+        // The caller's audio as a WAV (8 kHz, as a phone sends it), not the sipp payload.
+        caller_audio(d, name, &[Part::Say(text), Part::Silence(1.0)]);
+        let wav = std::fs::read(d.join(format!("{name}.wav"))).unwrap();
+        let r = server.send_wav(&sam, "/api/flow/hear?language=en", &wav);
+        assert_eq!(r.status, 200, "{}\n{}", r.body, server.story());
+        let heard = json(&r.body);
+        let text = heard["heard"].as_str().unwrap_or_default().to_lowercase();
+        let body = serde_json::json!({"text": text, "language": "en"}).to_string();
+        let r = server.change(&sam, "/api/flow/try", &body);
+        assert_eq!(r.status, 200, "{}", r.body);
+        (text, json(&r.body))
+    };
+    let (text, t) = hear("real-person", "I want a real person");
+    assert!(text.contains("person"), "heard {text:?}");
+    assert_eq!(t["published"]["route"], "keyword", "{t}");
+    assert_eq!(t["draft"]["route"], "keyword", "{t}");
+    let (text, t) = hear("pay-bill", "I want to pay my bill");
+    assert!(text.contains("bill"), "heard {text:?}");
+    assert!(t["published"]["route"].is_null(), "{t}");
+    assert_eq!(t["published"]["topics"][0], "billing", "{t}");
+
+    // Audio it cannot use: each refused with what is wrong.
+    let quiet = d.join("quiet.wav");
+    silence_wav(&quiet, 2.0);
+    let short = d.join("short.wav");
+    silence_wav(&short, 0.1);
+    for (what, body, says) in [
+        (
+            "not a WAV",
+            b"this is not audio".to_vec(),
+            "not a WAV recording",
+        ),
+        ("silence", std::fs::read(&quiet).unwrap(), "silent"),
+        (
+            "a tenth of a second",
+            std::fs::read(&short).unwrap(),
+            "too short",
+        ),
+    ] {
+        let r = server.send_wav(&sam, "/api/flow/hear?language=en", &body);
+        assert!(
+            r.status == 400 && r.body.contains(says),
+            "{what}: {} {}",
+            r.status,
+            r.body
+        );
+    }
+    let r = server.send_wav(
+        &sam,
+        "/api/flow/hear?language=xx",
+        &std::fs::read(d.join("real-person.wav")).unwrap(),
+    );
+    assert!(
+        r.status == 400 && r.body.contains("unknown language"),
+        "{}",
+        r.body
+    );
+}
+
+/// Issue 13, item 1 with an operator's own recording: an uploaded WAV (espeak-ng's 22 kHz
+/// here) becomes the greeting, converted to the shipped 8 kHz mono format, with the text it
+/// says noted in recordings.toml, so the stale-recording check stays right and it is not
+/// recorded over. Audio that is no recording, a prompt spliced from parts, and a supervisor
+/// are refused.
+#[test]
+fn an_uploaded_recording_becomes_the_greeting_in_the_shipped_format() {
+    if !peers_available("an_uploaded_recording_becomes_the_greeting_in_the_shipped_format") {
+        return;
+    }
+    let ports = Ports::claim(7);
+    let dir = tempdir("upload");
+    let d = dir.path();
+    let prompts = copy_of_shipped_flow(d);
+    let server = Server::start_with(ports, d, &[], &prompts);
+    server.add_user("olga", "operator", "operator password 1");
+    server.add_user("sam", "supervisor", "supervisor password 1");
+    let olga = server.login("olga", "operator password 1");
+    let sam = server.login("sam", "supervisor password 1");
+
+    let said = "Hello, this is Olga's own greeting. Say human at any time to reach a person.";
+    let (_, secs) = caller_audio(d, "own", &[Part::Say(said)]);
+    let own = std::fs::read(d.join("own.0.espeak.wav")).unwrap();
+    let (_, own_rate) = read_wav(&d.join("own.0.espeak.wav"));
+    assert_ne!(own_rate, 8000, "the upload should need converting");
+    let upload = "/api/flow/upload?language=en&prompt=greeting";
+
+    let r = server.send_wav(&sam, upload, &own);
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = server.send_wav(&olga, upload, b"not audio at all");
+    assert!(
+        r.status == 400 && r.body.contains("not a WAV"),
+        "{}",
+        r.body
+    );
+    let r = server.send_wav(
+        &olga,
+        "/api/flow/upload?language=en&prompt=queue_position",
+        &own,
+    );
+    assert!(
+        r.status == 400 && r.body.contains("placeholders"),
+        "{}",
+        r.body
+    );
+    let r = server.send_wav(&olga, upload, &own);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(json(&r.body)["path"], "audio/en/greeting.wav", "{}", r.body);
+
+    // Published with the greeting's new text: the upload is the recording, noted as saying it.
+    let en = std::fs::read_to_string(d.join("prompts/en.toml")).unwrap();
+    let line = en
+        .lines()
+        .find(|l| l.starts_with("text = \"Welcome to Humanline."))
+        .expect("the greeting's text")
+        .to_string();
+    let new_en = en.replace(&line, &format!("text = \"{said}\""));
+    let body =
+        serde_json::json!({"files": {"en.toml": new_en}, "message": "Olga's greeting"}).to_string();
+    let r = server.change(&olga, "/api/flow/publish", &body);
+    assert_eq!(r.status, 200, "{}\n{}", r.body, server.story());
+    let recorded = json(&r.body)["recorded"].to_string();
+    assert!(recorded.contains("en/greeting (uploaded)"), "{recorded}");
+    let (samples, rate) = read_wav(&d.join("audio/en/greeting.wav"));
+    let published_secs = samples.len() as f32 / rate as f32;
+    assert_eq!(rate, 8000);
+    assert!(
+        (published_secs - secs).abs() < 0.1,
+        "the greeting is {published_secs:.2} s, the upload {secs:.2} s: not the upload"
+    );
+    let noted = std::fs::read_to_string(d.join("audio/en/recordings.toml")).unwrap();
+    assert!(
+        noted.contains(&format!("\"greeting.wav\" = \"{said}\"")),
+        "{noted}"
+    );
+    assert_eq!(server.get("/healthz"), (200, "ok\n".to_string()));
+    let r = get_as(&server, &olga, "/api/audit");
+    assert!(
+        r.body.contains("\"upload\"") && r.body.contains("audio/en/greeting.wav"),
+        "{}",
+        r.body
+    );
+    // The next publish does not bring the upload back: it was published.
+    let r = server.change(&olga, "/api/flow/check", "{\"files\": {}}");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        json(&r.body)["recorded"],
+        serde_json::json!([]),
+        "{}",
+        r.body
+    );
+}
+
+/// Issue 13, items 1 and 3 in Chromium: "try it" with a WAV file shows what Humanline heard and
+/// an escape for "I want a real person" on both flows; an operator's own WAV becomes the
+/// greeting's recording in the draft, converted (8 kHz mono), and plays in the page.
+#[test]
+fn in_the_browser_an_operator_tries_a_recording_and_uploads_a_greeting() {
+    let test = "in_the_browser_an_operator_tries_a_recording_and_uploads_a_greeting";
+    if !peers_available(test) || !browser_available(test) {
+        return;
+    }
+    let _speech = speech_lock();
+    let ports = Ports::claim(8);
+    let dir = tempdir("operator-browser-audio");
+    let d = dir.path();
+    let prompts = copy_of_shipped_flow(d);
+    let server = Server::start_with(ports, d, &[], &prompts);
+    server.add_user("olga", "operator", "operator password 1");
+    let olga = ("olga", "operator password 1");
+
+    caller_audio(
+        d,
+        "real-person",
+        &[Part::Say("I want a real person"), Part::Silence(1.0)],
+    );
+    let wav = d.join("real-person.wav");
+    let heard = operator_in_browser(&server, d, olga, "hear", &wav.display().to_string());
+    let h = event(&heard, "heard");
+    assert!(
+        h["escape"] == true
+            && h["heard"]
+                .as_str()
+                .is_some_and(|t| t.to_lowercase().contains("person"))
+            && h["draft"]
+                .as_str()
+                .is_some_and(|t| t.contains("to a person")),
+        "{h}"
+    );
+
+    caller_audio(
+        d,
+        "own",
+        &[Part::Say("Welcome to Humanline. This is our own voice.")],
+    );
+    let own = d.join("own.0.espeak.wav");
+    let up = operator_in_browser(&server, d, olga, "upload", &own.display().to_string());
+    let l = event(&up, "listen");
+    assert!(
+        l["checked"] == true
+            && l["status"] == 200
+            && l["riff"] == "RIFF"
+            && l["rate"] == 8000
+            && l["channels"] == 1
+            && l["src"].as_str().is_some_and(|s| s.contains("draft=true"))
+            && l["result"]
+                .as_str()
+                .is_some_and(|t| t.contains("en/greeting (uploaded)")),
+        "{l}"
+    );
+}

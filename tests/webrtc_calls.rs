@@ -120,7 +120,8 @@ fn healthy(server: &Server) {
     assert_eq!(status, 200, "/healthz: {body}\n{}", server.story());
 }
 
-/// The endpoint's answers, without a browser.
+/// The endpoint's answers, without a browser. The site allowed (the one `allowed_origins`
+/// list) may place calls and make changes in the console; another site may do neither.
 #[test]
 fn the_call_endpoint_answers_offers_and_refuses_bad_ones_and_other_sites() {
     let ports = Ports::claim(6);
@@ -129,7 +130,7 @@ fn the_call_endpoint_answers_offers_and_refuses_bad_ones_and_other_sites() {
     let config = d.join("server.toml");
     std::fs::write(
         &config,
-        "[browser]\nallowed_origins = [\"https://shop.example\"]\nmax_new_calls_per_second = 100\nmax_calls_per_client = 2\nmax_new_calls_per_second_per_client = 100\n",
+        "allowed_origins = [\"https://Shop.Example:443\"]\n\n[browser]\nmax_new_calls_per_second = 100\nmax_calls_per_client = 2\nmax_new_calls_per_second_per_client = 100\n",
     )
     .expect("config");
     let mut server = Server::start_with(
@@ -271,6 +272,28 @@ fn the_call_endpoint_answers_offers_and_refuses_bad_ones_and_other_sites() {
     // Its slot is free again.
     let again = post_offer(port, CHROMIUM_OFFER, Some("https://shop.example"));
     assert_eq!(again.status, 201, "{}", again.body);
+
+    // The same list is the console's: a change from the allowed site's page is taken, one
+    // from another site refused (an operator keeps one list, not two in step).
+    server.add_user("ann", "agent", "ann-password-1");
+    let login = server.login("ann", "ann-password-1");
+    let presence = |origin: &str| {
+        server.request(
+            "POST",
+            "/api/me/presence",
+            &[
+                ("Cookie", &login.cookie),
+                ("Origin", origin),
+                ("X-CSRF-Token", &login.csrf),
+                ("Content-Type", "application/json"),
+            ],
+            r#"{"presence": "away"}"#,
+        )
+    };
+    let from_shop = presence("https://shop.example");
+    assert_eq!(from_shop.status, 200, "{}", from_shop.body);
+    let from_evil = presence("https://evil.example");
+    assert_eq!(from_evil.status, 403, "{}", from_evil.body);
     healthy(&server);
     server.assert_alive();
 }
@@ -404,8 +427,13 @@ fn a_browser_caller_who_asks_for_a_human_reaches_a_sip_agent() {
         .find(&["route to a person"])
         .map(|(_, l)| l)
         .unwrap_or_default();
+    let reason = route
+        .split("reason=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_default();
     assert!(
-        route.contains("reason=\"keyword\""),
+        routed_on_words_or_behind(&server, test, reason, "keyword"),
         "{route}\n{}",
         browser_story()
     );
@@ -452,11 +480,14 @@ fn a_browser_caller_who_asks_for_a_human_reaches_a_sip_agent() {
     let invite = first_request(&messages, "INVITE").expect("INVITE to the agent");
     assert_eq!(
         header(&invite, "X-Humanline-Reason").as_deref(),
-        Some("keyword"),
+        Some(reason),
         "{invite}"
     );
     let transcript = header(&invite, "X-Humanline-Transcript").unwrap_or_default();
-    assert!(transcript.to_lowercase().contains("human"), "{invite}");
+    assert!(
+        reason != "keyword" || transcript.to_lowercase().contains("human"),
+        "{invite}"
+    );
 
     // The agent heard the caller's later sentences.
     let loud = ear.loudness(
@@ -518,6 +549,7 @@ fn event_ms(report: &[serde_json::Value], name: &str) -> u64 {
 
 /// desk.mjs in one Chromium: the agent `ann` logs in and answers in the console (her voice a
 /// tone), and with `browser_caller` a browser caller whose microphone plays `mic` calls too.
+/// With `callbacks` (`start_desk_with`) she reports the console's callback tables first.
 fn start_desk(
     d: &Path,
     http_port: u16,
@@ -525,6 +557,18 @@ fn start_desk(
     browser_caller: bool,
     talk_s: u32,
     after_s: u32,
+) -> Proc {
+    start_desk_with(d, http_port, mic, browser_caller, talk_s, after_s, false)
+}
+
+fn start_desk_with(
+    d: &Path,
+    http_port: u16,
+    mic: &Path,
+    browser_caller: bool,
+    talk_s: u32,
+    after_s: u32,
+    callbacks: bool,
 ) -> Proc {
     let config = serde_json::json!({
         "base": format!("http://{LOCALHOST}:{http_port}"),
@@ -535,6 +579,7 @@ fn start_desk(
         "talk_s": talk_s,
         "after_s": after_s,
         "timeout_s": 50,
+        "callbacks": callbacks,
     });
     Proc::spawn(
         "chromium desk",
@@ -594,15 +639,25 @@ fn mic_48k(d: &Path, wav: &Path) -> PathBuf {
     mic
 }
 
-/// The offer as the agent saw it before answering: the caller's words and the reason.
-fn assert_offer_shows_the_caller(report: &[serde_json::Value], story: &str) {
+/// The offer as the agent saw it before answering: the caller's words and the reason (on an
+/// overloaded machine whose recognition fell behind, `speech_unavailable` with no words).
+fn assert_offer_shows_the_caller(
+    report: &[serde_json::Value],
+    story: &str,
+    server: &Server,
+    test: &str,
+) {
     let offer = event(report, "offer").unwrap_or_else(|| panic!("no offer shown\n{story}"));
+    let reason = offer["reason"].as_str().unwrap_or_default();
+    assert!(
+        routed_on_words_or_behind(server, test, reason, "keyword"),
+        "{offer}\n{story}"
+    );
     let shown = offer["shown"].as_str().unwrap_or_default().to_lowercase();
     assert!(
-        shown.contains("human"),
+        reason != "keyword" || shown.contains("human"),
         "the console showed {shown:?}\n{story}"
     );
-    assert_eq!(offer["reason"], "keyword", "{offer}\n{story}");
     assert!(
         offer["language"].as_str().is_some_and(|l| !l.is_empty()),
         "{offer}"
@@ -636,7 +691,7 @@ fn a_browser_caller_reaches_a_browser_agent_and_is_back_with_the_ivr_when_she_ha
     let code = desk.wait(Duration::from_secs(120));
     let (report, story) = desk_report(d, &server);
     assert_eq!(code, Some(0), "the browsers failed\n{story}");
-    assert_offer_shows_the_caller(&report, &story);
+    assert_offer_shows_the_caller(&report, &story, &server, test);
     assert!(
         server
             .log
@@ -723,7 +778,7 @@ fn a_sip_caller_reaches_a_browser_agent() {
     let code = desk.wait(Duration::from_secs(120));
     let (report, story) = desk_report(d, &server);
     assert_eq!(code, Some(0), "the console failed\n{story}");
-    assert_offer_shows_the_caller(&report, &story);
+    assert_offer_shows_the_caller(&report, &story, &server, test);
     let connected = event_ms(&report, "agent_connected");
     let hung_up = event_ms(&report, "agent_hung_up");
     let agent_heard = energy_between(&report, "agent", connected + 500, hung_up);
@@ -740,4 +795,158 @@ fn a_sip_caller_reaches_a_browser_agent() {
     );
     let caller_code = caller.proc.wait(Duration::from_secs(60));
     assert_sipp_ok("caller", caller_code, &server, &[&caller]);
+}
+
+/// A caller keys 0 (to a person) while nobody is logged in, accepts the callback Humanline
+/// offers (1) and hangs up. Then ann, a supervisor, opens the console: she sees the promise in
+/// its callback table, and the dialer offers the callback to her there, with its reason,
+/// before it calls anyone; she accepts; Humanline calls the customer through the trunk and
+/// she hears them (their phone's tone, in Chromium's audio statistics); she hangs up; the
+/// customer is back with the IVR (never hung up on) and the promise is completed.
+#[test]
+fn a_callback_is_offered_to_a_browser_agent_who_answers_it_in_the_console() {
+    let test = "a_callback_is_offered_to_a_browser_agent_who_answers_it_in_the_console";
+    if !peers_available(test) || !browser_available(test) {
+        return;
+    }
+    let _browser = browser_lock();
+    let ports = Ports::claim(5);
+    let dir = tempdir("webrtc-callback-browser-agent");
+    let d = dir.path();
+    let customer_ports = ports.spare_sipp();
+    let config = d.join("server.toml");
+    std::fs::write(
+        &config,
+        format!("trunk = \"sip:trunk@{LOCALHOST}:{}\"\n", customer_ports.sip),
+    )
+    .expect("config");
+    let server = Server::start_with(
+        ports,
+        d,
+        &[],
+        &["--config".into(), config.display().to_string()],
+    );
+    server.add_user("ann", "supervisor", "ann-password-1");
+
+    // Nobody is there: the caller is offered a callback and takes it.
+    let ear = RtpListener::start(ports.base + 40, Duration::from_secs(60));
+    let mut caller = Sipp::start(
+        d,
+        SippRun {
+            name: "caller",
+            scenario: "caller_keys.xml",
+            vars: &[
+                ("CALLER", "+15550124".into()),
+                ("RTP_PORT", ear.port.to_string()),
+                ("KEY1", "0".into()),
+                ("KEY1_AFTER_MS", "1000".into()),
+                ("KEY2", "1".into()),
+                ("KEY2_AFTER_MS", "5000".into()),
+                ("HOLD_MS", "3000".into()),
+            ],
+            remote: Some(ports.sip_addr()),
+            transport: "u1",
+            ports: ports.caller_sipp(),
+            timeout: Duration::from_secs(40),
+            calls: 1,
+        },
+    );
+    let promised = server
+        .log
+        .wait_for(&["callback promised"], Duration::from_secs(30));
+    assert!(
+        promised.is_some(),
+        "no callback was promised\n{}",
+        context(&server, &[&caller])
+    );
+    let code = caller.proc.wait(Duration::from_secs(30));
+    assert_sipp_ok("caller", code, &server, &[&caller]);
+
+    // The customer's phone, then ann's console.
+    let tone = d.join("customer-tone.pcmu");
+    let made = Command::new("sox")
+        .args([
+            "-n", "-r", "8000", "-c", "1", "-t", "raw", "-e", "mu-law", "-b", "8",
+        ])
+        .arg(&tone)
+        .args(["synth", "20", "sine", "440", "vol", "0.5"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(made, "sox could not make the customer's tone");
+    let mut customer = Sipp::start(
+        d,
+        SippRun {
+            name: "customer",
+            scenario: "customer_answers.xml",
+            vars: &[
+                ("AUDIO", tone.display().to_string()),
+                ("TALK_MS", "14000".into()),
+            ],
+            remote: None,
+            transport: "u1",
+            ports: customer_ports,
+            timeout: Duration::from_secs(90),
+            calls: 1,
+        },
+    );
+    let quiet = d.join("quiet.wav");
+    silence_wav(&quiet, 1.0);
+    let mic = mic_48k(d, &quiet);
+    let mut desk = start_desk_with(d, ports.http(), &mic, false, 6, 2, true);
+    let code = desk.wait(Duration::from_secs(120));
+    let (report, story) = desk_report(d, &server);
+    let story = format!("{story}\n{}", customer.report());
+    assert_eq!(code, Some(0), "the console failed\n{story}");
+
+    // The supervisor's console lists the promise before it is kept.
+    let tables =
+        event(&report, "callbacks").unwrap_or_else(|| panic!("no callback tables\n{story}"));
+    assert_eq!(tables["shown"], true, "{tables}\n{story}");
+    let listed = tables["promised"].as_array().is_some_and(|rows| {
+        rows.iter()
+            .any(|r| r.as_str().is_some_and(|r| r.contains("+15550124")))
+    });
+    assert!(
+        listed,
+        "the promise is not in the console: {tables}\n{story}"
+    );
+
+    // Offered in the console as a callback, accepted there, then the customer called.
+    let offer = event(&report, "offer").unwrap_or_else(|| panic!("no offer shown\n{story}"));
+    assert!(
+        offer["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("callback")),
+        "{offer}\n{story}"
+    );
+    assert!(
+        server
+            .log
+            .find(&["agent accepted the callback in the console"])
+            .is_some(),
+        "{story}"
+    );
+    let connected = event_ms(&report, "agent_connected");
+    let hung_up = event_ms(&report, "agent_hung_up");
+    let heard = energy_between(&report, "agent", connected + 1000, hung_up);
+    assert!(
+        heard > 0.01,
+        "the agent did not hear the customer ({heard})\n{story}"
+    );
+    // She hung up first: the customer is back with the IVR, and hangs up themselves.
+    assert!(
+        server
+            .log
+            .wait_for(&["prompt=after_agent"], Duration::from_secs(5))
+            .is_some(),
+        "the customer was not taken back to the IVR\n{story}"
+    );
+    let code = customer.proc.wait(Duration::from_secs(40));
+    assert_sipp_ok("customer", code, &server, &[&customer]);
+    let done = eventually(Duration::from_secs(10), || {
+        let (_, body) = server.api_get("/api/callbacks?state=completed");
+        body.contains("+15550124")
+    });
+    assert!(done, "the promise was not completed\n{}", server.story());
+    eprintln!("callback in the console: the agent heard the customer at {heard:.3}");
 }

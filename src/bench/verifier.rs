@@ -45,6 +45,10 @@ struct Row {
     text: String,
     heard: String,
     text_escape: bool,
+    /// The transcript is nothing but escape words (`EscapeMatch::echo_shaped`).
+    echo_shaped: bool,
+    /// Every escape phrase's score (for per-phrase thresholds).
+    scores: Vec<crate::speech::verifier::PhraseScore>,
     /// Real speech with an escape word in it: rightly routed, not a false escape.
     mentions: bool,
     tuning: bool,
@@ -93,6 +97,16 @@ pub fn run(r: VerifierRun) -> anyhow::Result<()> {
         ..opts.clone()
     };
     let corpus = load_corpus(&r.corpus, r.every, Some(&r.language), Split::All)?;
+    // Each utterance's row as it is measured, one JSON object a line: a long run stopped
+    // early still leaves what it measured (bench/verifier_calibrate.py reads either file).
+    let rows_path = r.out.with_extension("rows.jsonl");
+    if let Some(dir) = rows_path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut rows_file = std::io::BufWriter::new(
+        std::fs::File::create(&rows_path)
+            .with_context(|| format!("creating {}", rows_path.display()))?,
+    );
     let mut rows = Vec::new();
     for u in corpus {
         let t = Instant::now();
@@ -117,7 +131,15 @@ pub fn run(r: VerifierRun) -> anyhow::Result<()> {
             .iter()
             .find(|v| v.kind == PhraseKind::Escape)
             .cloned();
-        let text_escape = flow.escape.detect(&heard).is_some();
+        let text_match = flow.escape.detect(&heard);
+        let text_escape = text_match.is_some();
+        let echo_shaped = text_match.is_some_and(|m| m.echo_shaped);
+        let scores: Vec<_> = verified
+            .scores
+            .iter()
+            .filter(|s| s.kind == PhraseKind::Escape)
+            .cloned()
+            .collect();
         let tuning = u.tune_split || r.tune_voices.iter().any(|v| v == &u.voice);
         println!(
             "{:36} {:8} {} {plain_ms:6.0} +{:5.0} ms text {} verifier {:>6} {:16} {heard:?}",
@@ -138,12 +160,19 @@ pub fn run(r: VerifierRun) -> anyhow::Result<()> {
             text: u.text,
             heard,
             text_escape,
+            echo_shaped,
+            scores,
             mentions: u.mentions_escape_word,
             tuning,
             escape,
             plain_ms,
             verified_ms,
         });
+        if let Some(row) = rows.last() {
+            use std::io::Write;
+            writeln!(rows_file, "{}", row_json(row))?;
+            rows_file.flush()?;
+        }
     }
     anyhow::ensure!(
         !rows.is_empty(),
@@ -171,6 +200,10 @@ pub fn run(r: VerifierRun) -> anyhow::Result<()> {
         let rate = |set: &[&&Row], f: &dyn Fn(&Row) -> bool| {
             (!set.is_empty()).then(|| set.iter().filter(|x| f(x)).count() as f64 / set.len() as f64)
         };
+        // As the call brain decides (`CallBrain::escape_in`): nothing routes on a transcript
+        // of escape words only that the model doubted.
+        let doubted = |x: &Row| x.echo_shaped && x.escape.as_ref().is_some_and(|v| v.doubts_echo());
+        let routes = |x: &Row, th: f32| !doubted(x) && (x.text_escape || score(x) >= th);
         let at = |th: f32| {
             json!({
                 "threshold": th,
@@ -179,6 +212,9 @@ pub fn run(r: VerifierRun) -> anyhow::Result<()> {
                 "either": {"recall": rate(&escapes, &|x| x.text_escape || score(x) >= th),
                            "false_escapes": rate(&others, &|x| x.text_escape || score(x) >= th),
                            "false_count": others.iter().filter(|x| x.text_escape || score(x) >= th).count()},
+                "echo_guarded": {"recall": rate(&escapes, &|x| routes(x, th)),
+                                 "false_escapes": rate(&others, &|x| routes(x, th)),
+                                 "false_count": others.iter().filter(|x| routes(x, th)).count()},
                 "mentions_routed": mentions.iter().filter(|x| x.text_escape || score(x) >= th).count(),
                 "missed": escapes.iter().filter(|x| !x.text_escape && score(x) < th)
                     .map(|x| json!({"id": x.id, "heard": x.heard, "score": score(x)}))
@@ -194,13 +230,15 @@ pub fn run(r: VerifierRun) -> anyhow::Result<()> {
         let line = |name: &str, th: f32| {
             let v = at(th);
             println!(
-                "{part:8} {name:10} threshold {th:6.2}: verifier recall {} false {} | text recall {} false {} | either recall {} false {}",
+                "{part:8} {name:10} threshold {th:6.2}: verifier recall {} false {} | text recall {} false {} | either recall {} false {} | echo-guarded recall {} false {}",
                 fmt(&v["verifier"]["recall"]),
                 fmt(&v["verifier"]["false_escapes"]),
                 fmt(&rate(&escapes, &|x| x.text_escape).into()),
                 fmt(&rate(&others, &|x| x.text_escape).into()),
                 fmt(&v["either"]["recall"]),
                 fmt(&v["either"]["false_escapes"]),
+                fmt(&v["echo_guarded"]["recall"]),
+                fmt(&v["echo_guarded"]["false_escapes"]),
             );
             v
         };
@@ -230,15 +268,20 @@ pub fn run(r: VerifierRun) -> anyhow::Result<()> {
         "prompt": opts.initial_prompt,
         "configured_threshold": configured, "calibrated_threshold": calibrated,
         "tuning": tuned, "held_out": held,
-        "utterances": rows.iter().map(|x| json!({
-            "id": x.id, "kind": x.kind, "voice": x.voice, "text": x.text, "heard": x.heard,
-            "tuning": x.tuning, "mentions_escape_word": x.mentions, "text_escape": x.text_escape, "verdict": x.escape,
-            "plain_ms": x.plain_ms, "verified_ms": x.verified_ms,
-        })).collect::<Vec<_>>(),
+        "utterances": rows.iter().map(row_json).collect::<Vec<_>>(),
     });
     write_json(&r.out, &value)?;
     println!("wrote {}", r.out.display());
     Ok(())
+}
+
+fn row_json(x: &Row) -> serde_json::Value {
+    json!({
+        "id": x.id, "kind": x.kind, "voice": x.voice, "text": x.text, "heard": x.heard,
+        "tuning": x.tuning, "mentions_escape_word": x.mentions, "text_escape": x.text_escape,
+        "echo_shaped": x.echo_shaped, "verdict": x.escape, "scores": x.scores,
+        "plain_ms": x.plain_ms, "verified_ms": x.verified_ms,
+    })
 }
 
 fn fmt(v: &serde_json::Value) -> String {

@@ -80,6 +80,10 @@ pub struct CallBrain {
     lone_heard: Option<String>,
     /// The keyword verifier's verdicts for the transcript that comes next.
     verified: Vec<Verdict>,
+    /// The last partial and its verdicts: a final with the same words and no verdicts of its
+    /// own is that partial standing in for the final (the recognizer sends a pause partial's
+    /// verdicts once), and is judged by them.
+    last_partial: Option<(String, Vec<Verdict>)>,
 }
 
 impl CallBrain {
@@ -110,6 +114,7 @@ impl CallBrain {
             route_reason: None,
             lone_heard: None,
             verified: Vec::new(),
+            last_partial: None,
         }
     }
 
@@ -440,17 +445,37 @@ impl CallBrain {
             heard: text.trim().to_string(),
             kind: MatchKind::Verified,
             lone_word: false,
+            echo_shaped: false,
         })
+    }
+
+    /// The escape heard in `text`: the text matcher's, else the keyword verifier's. None
+    /// when the transcript is nothing but escape words and the model was unsure of it: that
+    /// is the decoder writing the escape words of its prompt on unclear audio, and the
+    /// verifier, which scores phrases against the transcript, cannot tell either
+    /// ([`Verdict::doubts_echo`]).
+    fn escape_in(&self, text: &str) -> Option<EscapeMatch> {
+        let m = self.flow.escape.detect(text);
+        let doubted = m.as_ref().is_some_and(|m| m.echo_shaped)
+            && self
+                .verified
+                .iter()
+                .any(|v| v.kind == PhraseKind::Escape && v.doubts_echo());
+        if doubted {
+            return None;
+        }
+        m.or_else(|| self.verified_escape(text))
     }
 
     fn on_partial(&mut self, now: Instant, text: String, out: &mut Vec<Action>) {
         let heard = self.verified_escape(&text);
-        self.verified.clear();
+        let found = self.escape_in(&text);
+        self.last_partial = Some((text.clone(), std::mem::take(&mut self.verified)));
         if self.phase != Phase::Ivr {
             return;
         }
         // Decide while the caller is still speaking: an escape in a partial routes now.
-        let Some(m) = self.flow.escape.detect(&text).or(heard.clone()) else {
+        let Some(m) = found else {
             self.lone_heard = None;
             return;
         };
@@ -474,6 +499,12 @@ impl CallBrain {
     fn on_final(&mut self, now: Instant, text: String, out: &mut Vec<Action>) {
         // The final is what the caller said: it decides, whatever a partial ended in.
         self.lone_heard = None;
+        if let Some((partial, verdicts)) = self.last_partial.take()
+            && self.verified.is_empty()
+            && partial == text
+        {
+            self.verified = verdicts;
+        }
         self.cancel(TimerKind::FinalTranscript, out);
         match self.phase {
             Phase::Ivr => self.on_ivr_answer(now, text, out),
@@ -490,12 +521,7 @@ impl CallBrain {
             self.context.said.push(text.clone());
         }
         // An escape by either the text matcher or the keyword verifier routes.
-        if let Some(m) = self
-            .flow
-            .escape
-            .detect(&text)
-            .or_else(|| self.verified_escape(&text))
-        {
+        if let Some(m) = self.escape_in(&text) {
             self.context.escape = Some(m);
             return self.route(now, RouteReason::Keyword, out);
         }

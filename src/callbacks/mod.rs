@@ -223,6 +223,9 @@ pub trait LedgerStore: Send {
     fn get(&mut self, id: i64) -> Result<Promise, LedgerError>;
     fn attempts(&mut self, id: i64) -> Result<Vec<Attempt>, LedgerError>;
     fn list(&mut self, state: Option<PromiseState>) -> Result<Vec<Promise>, LedgerError>;
+    /// How many promises are in each state (states with none are left out): the dashboard's
+    /// picture, without reading every promise ever kept.
+    fn count_by_state(&mut self) -> Result<Vec<(PromiseState, u64)>, LedgerError>;
     /// The open attempt's promise, for `finish_attempt` validation.
     fn attempt(&mut self, attempt: i64) -> Result<Attempt, LedgerError>;
 
@@ -313,6 +316,9 @@ impl<S: LedgerStore + ?Sized> LedgerStore for Box<S> {
     }
     fn list(&mut self, state: Option<PromiseState>) -> Result<Vec<Promise>, LedgerError> {
         (**self).list(state)
+    }
+    fn count_by_state(&mut self) -> Result<Vec<(PromiseState, u64)>, LedgerError> {
+        (**self).count_by_state()
     }
     fn attempt(&mut self, attempt: i64) -> Result<Attempt, LedgerError> {
         (**self).attempt(attempt)
@@ -484,6 +490,10 @@ impl<S: LedgerStore> CallbackLedger<S> {
 
     pub fn list(&mut self, state: Option<PromiseState>) -> Result<Vec<Promise>, LedgerError> {
         self.store.list(state)
+    }
+
+    pub fn count_by_state(&mut self) -> Result<Vec<(PromiseState, u64)>, LedgerError> {
+        self.store.count_by_state()
     }
 
     /// This node is alive (see [`LedgerStore::beat`]).

@@ -79,6 +79,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         file.number_policy(),
     );
     let no_media_timeout = file.no_media_timeout();
+    let (browser, auth) = (file.browser_settings(), file.auth_config());
     let store = args.store.unwrap_or_else(|| file.store());
     let node = args
         .node
@@ -132,12 +133,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .as_ref()
             .and_then(|a| a.limits().ok())
             .unwrap_or_default(),
-        browser: file
-            .browser
-            .as_ref()
-            .and_then(|b| b.settings().ok())
-            .unwrap_or_default(),
-        auth: file.auth.config(),
+        browser,
+        auth,
         registrar: file.registrar.settings(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

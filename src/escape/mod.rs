@@ -60,6 +60,12 @@ pub struct EscapeMatch {
     /// forgot my account"), so a partial like this is worth a second hearing before it routes.
     #[serde(skip)]
     pub lone_word: bool,
+    /// Every word of the transcript is a word of the escape phrases ("Een mens.",
+    /// "Medewerker, medewerker."): the shape of the decoder echoing the escape words of its
+    /// prompt on unclear audio, which only the model's confidence in its transcript can tell
+    /// from a caller who said them (`Verdict::doubts_echo`).
+    #[serde(skip)]
+    pub echo_shaped: bool,
 }
 
 /// A phrase found in heard words, before it becomes an [`EscapeMatch`].
@@ -113,17 +119,26 @@ impl EscapeDetector {
     pub fn detect(&self, transcript: &str) -> Option<EscapeMatch> {
         let heard = normalize::words(transcript);
         let found = self.find(&heard)?;
-        let lone_word = heard.len() == 1;
-        Some(self.to_match(&heard, found, lone_word))
+        Some(self.to_match(&heard, found))
     }
 
-    fn to_match(&self, heard: &[String], f: Found, lone_word: bool) -> EscapeMatch {
+    fn to_match(&self, heard: &[String], f: Found) -> EscapeMatch {
         EscapeMatch {
             phrase: f.phrase,
             heard: heard[f.span.start..f.span.start + f.span.len].join(" "),
             kind: f.kind,
-            lone_word,
+            lone_word: heard.len() == 1,
+            echo_shaped: heard.iter().all(|w| self.is_escape_word(w)),
         }
+    }
+
+    /// `word` is a word of an escape phrase or request (a trailing plural "s" allowed).
+    fn is_escape_word(&self, word: &str) -> bool {
+        let singular = word.strip_suffix('s');
+        self.phrases
+            .iter()
+            .chain(&self.requests)
+            .any(|p| p.has_word(word) || singular.is_some_and(|w| p.has_word(w)))
     }
 
     fn find(&self, heard: &[String]) -> Option<Found> {
@@ -324,6 +339,29 @@ mod tests {
         ] {
             let m = d.detect(text).unwrap();
             assert!(!m.lone_word, "{text}: {m:?}");
+        }
+    }
+
+    #[test]
+    fn a_transcript_of_escape_words_only_has_the_echo_shape() {
+        let d = EscapeDetector::new(["medewerker", "een mens"], [], EscapeThresholds::default())
+            .with_requests(["iemand spreken"]);
+        for text in [
+            "Een mens.",
+            "Medewerker, medewerker.",
+            "Een medewerker",
+            "iemand spreken",
+        ] {
+            let m = d.detect(text).unwrap();
+            assert!(m.echo_shaped, "{text}: {m:?}");
+        }
+        for text in [
+            "ik wil een medewerker",
+            "een mens alstublieft",
+            "mag ik iemand spreken",
+        ] {
+            let m = d.detect(text).unwrap();
+            assert!(!m.echo_shaped, "{text}: {m:?}");
         }
     }
 

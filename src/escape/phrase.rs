@@ -38,6 +38,11 @@ impl Phrase {
         })
     }
 
+    /// `word` (normalised) is one of this phrase's words.
+    pub fn has_word(&self, word: &str) -> bool {
+        self.words.iter().any(|w| w == word)
+    }
+
     /// The heard words that equal this phrase (a trailing plural "s" allowed on each word):
     /// where they start and how many there are.
     pub fn find_exact(&self, heard: &[String]) -> Option<Span> {

@@ -762,8 +762,7 @@ impl Call {
                 ) {
                     self.shared
                         .metrics
-                        .time_to_route
-                        .observe(after.map_or(0.0, |d| d.as_secs_f64()));
+                        .observe_time_to_route(after.map_or(0.0, |d| d.as_secs_f64()));
                 }
                 if !self.queued {
                     self.queued = true;

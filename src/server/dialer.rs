@@ -4,6 +4,8 @@
 //! and bridges the two. Every outcome is recorded; failures are retried by the ledger's
 //! policy and exhausted promises escalated, never dropped. What an attempt does next is
 //! decided by [`CallbackAttempt`] (src/callbacks/attempt.rs); this file only carries it out.
+//! An agent who answers in the console is offered the callback there, with the customer's
+//! words, and takes it over WebRTC exactly like a call from the line.
 
 use super::Shared;
 use super::queue::{QueueMsg, ToCall};
@@ -11,12 +13,14 @@ use crate::agents::{AgentFailure, QueueInput};
 use crate::callbacks::{
     AttemptAction, AttemptEvent, AttemptOutcome, CallbackAttempt, Promise, with_ledger,
 };
+use crate::media::webrtc::PeerState;
 use crate::media::{self, MediaEvent, MediaHandle, SessionConfig, StreamIds, sdp};
 use crate::sip::{FailReason, OutboundCall, OutboundEvent, OutboundEvents, OutboundInvite};
+use crate::web::offers::{AcceptRefused, ConsoleRequest, OfferHandle};
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, info, info_span, warn};
 
 /// Queue ids of callbacks live above every inbound call id.
@@ -133,6 +137,173 @@ struct Leg {
     media_events: mpsc::Receiver<MediaEvent>,
 }
 
+/// The agent's answered leg: their phone, or their console's WebRTC connection.
+enum AgentLeg {
+    Phone(Leg),
+    Console(ConsoleLeg),
+}
+
+/// A callback taken in the agent's console: the offer stays theirs (its hang-up arrives on
+/// it) and the browser's connection carries the audio.
+struct ConsoleLeg {
+    offer: OfferHandle,
+    media: MediaHandle,
+    /// Kept so the media task's events never block it; nothing in them is needed here.
+    _media_events: mpsc::Receiver<MediaEvent>,
+    state: watch::Receiver<PeerState>,
+}
+
+impl AgentLeg {
+    fn media(&self) -> &MediaHandle {
+        match self {
+            AgentLeg::Phone(leg) => &leg.media,
+            AgentLeg::Console(leg) => &leg.media,
+        }
+    }
+
+    fn into_media(self) -> MediaHandle {
+        match self {
+            AgentLeg::Phone(leg) => leg.media,
+            AgentLeg::Console(leg) => leg.media,
+        }
+    }
+
+    /// Hangs up the agent's side (a BYE to the phone; the console's connection closed, which
+    /// its page sees as the call's end).
+    async fn hang_up(self) {
+        if let AgentLeg::Phone(leg) = &self {
+            let _ = leg.call.hangup().await;
+        }
+        self.into_media().close().await;
+    }
+
+    /// Until the agent's side is over: the phone's BYE, the console's hang-up, or the
+    /// browser gone.
+    async fn ended(&mut self) {
+        match self {
+            AgentLeg::Phone(leg) => until_final(&mut leg.events).await,
+            AgentLeg::Console(leg) => loop {
+                tokio::select! {
+                    request = leg.offer.requests.recv() => match request {
+                        Some(ConsoleRequest::Accept { reply, .. }) => {
+                            let _ = reply.send(Err(AcceptRefused::Gone(
+                                "this call is answered already".into(),
+                            )));
+                        }
+                        Some(ConsoleRequest::Decline | ConsoleRequest::HangUp) | None => return,
+                    },
+                    changed = leg.state.changed() => {
+                        if changed.is_err() || *leg.state.borrow_and_update() == PeerState::Gone {
+                            return;
+                        }
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// A console's accepted leg while its browser connects.
+type Connecting = (
+    MediaHandle,
+    mpsc::Receiver<MediaEvent>,
+    watch::Receiver<PeerState>,
+);
+
+/// Offers the callback in `agent`'s console (the queue's view shows the customer's words
+/// there) until they accept and their browser connects, decline, or `RING_TIMEOUT` passes.
+async fn offer_in_console(
+    shared: &Shared,
+    agent: &str,
+    queue_id: u64,
+) -> Result<ConsoleLeg, AgentFailure> {
+    enum Next {
+        Request(Option<ConsoleRequest>),
+        Connection(PeerState),
+        TimedOut,
+    }
+    let mut offer = shared.offers.offer(agent, queue_id);
+    let deadline = tokio::time::Instant::now() + RING_TIMEOUT;
+    let mut accepted: Option<Connecting> = None;
+    let why = loop {
+        let next = {
+            let connection = async {
+                match accepted.as_mut() {
+                    Some((_, _, state)) => match state.changed().await {
+                        Ok(()) => *state.borrow_and_update(),
+                        Err(_) => PeerState::Gone,
+                    },
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                request = offer.requests.recv() => Next::Request(request),
+                state = connection => Next::Connection(state),
+                _ = tokio::time::sleep_until(deadline) => Next::TimedOut,
+            }
+        };
+        match next {
+            Next::Request(Some(ConsoleRequest::Accept { offer: sdp, reply })) => {
+                if accepted.is_some() {
+                    let _ = reply.send(Err(AcceptRefused::Gone(
+                        "this call is being answered already".into(),
+                    )));
+                    continue;
+                }
+                match super::browser::answer_offer(shared, &sdp, |c| c).await {
+                    Ok(leg) => {
+                        if reply.send(Ok(leg.answer_sdp)).is_ok() {
+                            info!(%agent, "agent accepted the callback in the console; connecting");
+                        }
+                        // An answer that never reached the console: its browser cannot
+                        // connect, and the ring timeout ends the offer.
+                        accepted = Some((leg.media, leg.media_events, leg.state));
+                    }
+                    Err(why) => {
+                        info!(%agent, ?why, "the console's offer was not usable");
+                        let _ = reply.send(Err(match why {
+                            super::browser::LegRefused::BadOffer(w) => AcceptRefused::BadOffer(w),
+                            super::browser::LegRefused::Unavailable(w) => {
+                                AcceptRefused::Unavailable(w)
+                            }
+                        }));
+                    }
+                }
+            }
+            Next::Request(Some(ConsoleRequest::Decline | ConsoleRequest::HangUp)) => {
+                info!(%agent, "agent declined the callback in the console");
+                break AgentFailure::Declined;
+            }
+            // The offer was replaced (the console closed, or another call rang them).
+            Next::Request(None) => break AgentFailure::Unreachable,
+            Next::Connection(PeerState::Connected) => {
+                if let Some((media, media_events, state)) = accepted.take() {
+                    return Ok(ConsoleLeg {
+                        offer,
+                        media,
+                        _media_events: media_events,
+                        state,
+                    });
+                }
+            }
+            Next::Connection(PeerState::Gone) => {
+                info!(%agent, "agent's browser never connected");
+                break AgentFailure::Unreachable;
+            }
+            // ICE consent failing: the browser may come back; its end is `Gone`.
+            Next::Connection(PeerState::Connecting | PeerState::Disconnected) => {}
+            Next::TimedOut => {
+                info!(%agent, "the console did not take the callback in time");
+                break AgentFailure::NoAnswer;
+            }
+        }
+    };
+    if let Some((media, _, _)) = accepted {
+        media.close().await;
+    }
+    Err(why)
+}
+
 /// Rings `uri`; returns the answered leg with its media, or why not.
 async fn dial(
     shared: &Shared,
@@ -221,7 +392,7 @@ async fn attempt_callback(
         e.to_string()
     });
     let mut machine = CallbackAttempt::new(number);
-    let mut agent_leg: Option<(String, Leg)> = None;
+    let mut agent_leg: Option<AgentLeg> = None;
     let mut customer: Option<Leg> = None;
     let mut queue_open = true;
     // Where each agent the queue offered rings (their phone's Contact).
@@ -273,20 +444,22 @@ async fn attempt_callback(
                         .cloned()
                         .unwrap_or_else(|| agent.clone());
                     let headers = agent_headers(promise);
-                    Some(
-                        if target.starts_with(crate::agents::AgentTarget::BROWSER_PREFIX) {
-                            // Callbacks ring an agent's phone; one answering in the console is
-                            // passed over (the next agent is tried).
-                            info!(%agent, "agent answers in the browser: not rung for a callback");
-                            AttemptEvent::AgentFailed {
-                                why: AgentFailure::Unreachable,
-                            }
-                        } else {
-                            info!(%agent, %target, "ringing agent for a callback");
-                            match dial(shared, &target, headers, Some(promise.number.clone())).await
-                            {
+                    Some(match crate::agents::AgentTarget::parse(&target) {
+                        crate::agents::AgentTarget::Browser { .. } => {
+                            info!(%agent, "offering the callback in the agent's console");
+                            match offer_in_console(shared, &agent, queue_id).await {
                                 Ok(leg) => {
-                                    agent_leg = Some((agent, leg));
+                                    agent_leg = Some(AgentLeg::Console(leg));
+                                    AttemptEvent::AgentAnswered
+                                }
+                                Err(why) => AttemptEvent::AgentFailed { why },
+                            }
+                        }
+                        crate::agents::AgentTarget::Sip(uri) => {
+                            info!(%agent, target = %uri, "ringing agent for a callback");
+                            match dial(shared, &uri, headers, Some(promise.number.clone())).await {
+                                Ok(leg) => {
+                                    agent_leg = Some(AgentLeg::Phone(leg));
                                     AttemptEvent::AgentAnswered
                                 }
                                 Err(why) => AttemptEvent::AgentFailed {
@@ -298,8 +471,8 @@ async fn attempt_callback(
                                     },
                                 },
                             }
-                        },
-                    )
+                        }
+                    })
                 }
                 AttemptAction::ReportAgentAnswered { agent } => {
                     let _ = shared.queue.send(QueueMsg::Call(QueueInput::AgentAnswered {
@@ -324,9 +497,8 @@ async fn attempt_callback(
                     None
                 }
                 AttemptAction::HangUpAgent => {
-                    if let Some((_, leg)) = agent_leg.take() {
-                        let _ = leg.call.hangup().await;
-                        leg.media.close().await;
+                    if let Some(leg) = agent_leg.take() {
+                        leg.hang_up().await;
                     }
                     None
                 }
@@ -352,15 +524,15 @@ async fn attempt_callback(
                     None
                 }
                 AttemptAction::Bridge => {
-                    if let (Some(c), Some((_, a))) = (&customer, &agent_leg) {
-                        let _ = media::bridge(&c.media, &a.media).await;
+                    if let (Some(c), Some(a)) = (&customer, &agent_leg) {
+                        let _ = media::bridge(&c.media, a.media()).await;
                         info!("customer answered; bridged to the agent");
                     }
                     None
                 }
                 AttemptAction::Unbridge => {
-                    if let (Some(c), Some((_, a))) = (&customer, &agent_leg) {
-                        let _ = media::unbridge(&c.media, &a.media).await;
+                    if let (Some(c), Some(a)) = (&customer, &agent_leg) {
+                        let _ = media::unbridge(&c.media, a.media()).await;
                     }
                     None
                 }
@@ -382,8 +554,8 @@ async fn attempt_callback(
                 AttemptAction::Finish { outcome } => {
                     // Whatever is left is over: the agent's leg ended or was hung up, a
                     // customer still here hung up themselves (never hung up on).
-                    if let Some((_, leg)) = agent_leg.take() {
-                        leg.media.close().await;
+                    if let Some(leg) = agent_leg.take() {
+                        leg.into_media().close().await;
                     }
                     if let Some(c) = customer.take() {
                         c.media.close().await;
@@ -421,7 +593,7 @@ async fn attempt_callback(
                     continue;
                 }
             },
-            _ = leg_ended(agent_leg.as_mut().map(|(_, l)| l)) => AttemptEvent::AgentLeft,
+            _ = agent_ended(agent_leg.as_mut()) => AttemptEvent::AgentLeft,
             _ = leg_ended(customer.as_mut()) => AttemptEvent::CustomerLeft,
             _ = sleep_until(machine.next_timeout()) => AttemptEvent::TimerFired,
         };
@@ -461,6 +633,14 @@ fn agent_headers(promise: &Promise) -> Vec<(String, String)> {
             format!("{} to {}", promise.id, promise.number),
         ),
     ]
+}
+
+/// Until the agent's side is over; never, when there is no agent leg.
+async fn agent_ended(leg: Option<&mut AgentLeg>) {
+    match leg {
+        Some(leg) => leg.ended().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Until this leg's final event; never, when there is no leg.

@@ -39,7 +39,29 @@ pub(crate) struct FlowTask {
     last: Vec<(PathBuf, u64, Option<SystemTime>)>,
     /// The version running now, if known.
     running: Option<i64>,
+    /// Recordings uploaded for the draft (by flow path, `audio/en/greeting.wav`), already in
+    /// the shipped format: staged with every check and publish until one is published.
+    uploads: BTreeMap<String, Upload>,
 }
+
+/// A recording an operator uploaded for a prompt.
+struct Upload {
+    language: String,
+    prompt: String,
+    wav: Vec<u8>,
+}
+
+/// Recordings waiting in a draft at most (a flow has a few dozen prompts).
+const MAX_UPLOADS: usize = 64;
+/// An uploaded prompt recording's longest and shortest length.
+const MAX_UPLOAD_SECS: f32 = 60.0;
+/// Audio tried ("what does Humanline hear?") at most: a caller's few sentences.
+const MAX_HEAR_SECS: f32 = 30.0;
+const MIN_AUDIO_SECS: f32 = 0.3;
+/// Quieter than this at its loudest, a recording is silence.
+const SILENT_PEAK: f32 = 0.01;
+/// How long one decode of tried audio may take (queue wait included).
+const HEAR_WITHIN: Duration = Duration::from_secs(20);
 
 /// Runs the flow task on a thread of its own (its work is files, SQLite and the recorder:
 /// blocking, and one at a time by design).
@@ -57,6 +79,7 @@ pub(crate) fn spawn(
         staging: data_dir.join("flow-staging"),
         store,
         running: None,
+        uploads: BTreeMap::new(),
     };
     let spawned = std::thread::Builder::new()
         .name("flow-files".into())
@@ -238,6 +261,21 @@ impl FlowTask {
                 author,
                 reply,
             } => answer(reply, self.rollback(version, &author)),
+            FlowRequest::Upload {
+                language,
+                prompt,
+                wav,
+                author,
+                reply,
+            } => {
+                let r = self.upload(&language, &prompt, &wav, &author);
+                answer(reply, r)
+            }
+            FlowRequest::Hear {
+                language,
+                wav,
+                reply,
+            } => answer(reply, self.hear(language.as_deref(), &wav)),
             FlowRequest::Recording { path, draft, reply } => {
                 let _ = reply.send(self.recording(&path, draft));
             }
@@ -406,8 +444,32 @@ impl FlowTask {
         for (name, text) in files {
             write_atomically(&staged.prompts.join(name), text.as_bytes()).map_err(failed)?;
         }
-        let (loaded, to_record) = Flow::load_dir_noting_recordings(&staged.prompts);
         let mut recorded = Vec::new();
+        // Uploaded recordings say their prompt's (draft) text: noted so by the generator, the
+        // one writer of recordings.toml, so they are not recorded over.
+        let mut uploaded: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for (path, up) in &self.uploads {
+            let target = staged
+                .on_disk(path)
+                .ok_or_else(|| failed(format!("`{path}` is not a flow file")))?;
+            write_atomically(&target, &up.wav).map_err(failed)?;
+            uploaded
+                .entry(up.language.as_str())
+                .or_default()
+                .push(up.prompt.clone());
+            recorded.push(format!("{}/{} (uploaded)", up.language, up.prompt));
+        }
+        for (lang, ids) in &uploaded {
+            record_prompts(
+                &staged.prompts,
+                &self.prompts,
+                lang,
+                ids,
+                Recorder::NoteOnly,
+            )
+            .map_err(failed)?;
+        }
+        let (loaded, to_record) = Flow::load_dir_noting_recordings(&staged.prompts);
         let loaded = if to_record.is_empty() || loaded.is_ok() {
             loaded
         } else {
@@ -416,7 +478,8 @@ impl FlowTask {
                 by_language.entry(lang).or_default().push(id);
             }
             for (lang, ids) in &by_language {
-                record_prompts(&staged.prompts, &self.prompts, lang, ids).map_err(failed)?;
+                record_prompts(&staged.prompts, &self.prompts, lang, ids, Recorder::Speak)
+                    .map_err(failed)?;
                 recorded.extend(ids.iter().map(|id| format!("{lang}/{id}")));
             }
             Flow::load_dir(&staged.prompts)
@@ -458,6 +521,160 @@ impl FlowTask {
         })
     }
 
+    /// An uploaded WAV as prompt `prompt`'s recording in `language`, for the draft: converted
+    /// to the shipped format (8 kHz mono 16-bit) and staged with the next check or publish.
+    fn upload(
+        &mut self,
+        language: &str,
+        prompt: &str,
+        wav: &[u8],
+        author: &str,
+    ) -> Result<serde_json::Value, FlowRefused> {
+        use crate::config::recordings::text_parts;
+        let flow = self.shared.flow();
+        let lang = flow
+            .language(language)
+            .ok_or_else(|| FlowRefused::BadRequest(format!("unknown language `{language}`")))?;
+        let p = lang.prompts.get(prompt).ok_or_else(|| {
+            FlowRefused::BadRequest(format!("no prompt `{prompt}` in language `{language}`"))
+        })?;
+        let audio = p.audio.as_ref().ok_or_else(|| {
+            FlowRefused::BadRequest(format!("prompt `{prompt}` has no recording file"))
+        })?;
+        if text_parts(&p.text).len() > 1 {
+            return Err(FlowRefused::BadRequest(format!(
+                "prompt `{prompt}` has placeholders: its recording is spliced from parts and numbers, so it is recorded by Check, not uploaded"
+            )));
+        }
+        let live = self.files();
+        let rel = audio.strip_prefix(&live.audio).map_err(|_| {
+            failed(format!(
+                "{} is not in the audio folder {}",
+                audio.display(),
+                live.audio.display()
+            ))
+        })?;
+        let path = format!(
+            "{}/{}",
+            crate::config::versions::AUDIO_ROOT,
+            rel.to_string_lossy()
+        );
+        if !self.uploads.contains_key(&path) && self.uploads.len() >= MAX_UPLOADS {
+            return Err(FlowRefused::BadRequest(format!(
+                "{MAX_UPLOADS} recordings are waiting in the draft already: publish first"
+            )));
+        }
+        let (samples, rate) = readable_audio(wav, MAX_UPLOAD_SECS)?;
+        let rate_out = crate::media::codec::CLOCK_RATE;
+        let converted = crate::speech::resample(&samples, rate, rate_out)
+            .and_then(|s| crate::speech::encode_wav_mono(&s, rate_out))
+            .map_err(failed)?;
+        let secs = samples.len() as f32 / rate as f32;
+        info!(%path, %author, secs, "recording uploaded for the draft");
+        self.record(
+            author,
+            "upload",
+            &format!("{path} for prompt `{prompt}` ({language}), {secs:.1} s"),
+        );
+        self.uploads.insert(
+            path.clone(),
+            Upload {
+                language: language.to_string(),
+                prompt: prompt.to_string(),
+                wav: converted,
+            },
+        );
+        Ok(json!({
+            "path": path,
+            "seconds": secs,
+            "from_rate": rate,
+            "waiting": self.uploads.keys().collect::<Vec<_>>(),
+        }))
+    }
+
+    /// What Humanline hears in `wav`, decoded as a call in `language` is: its utterances
+    /// through the recognizer, each final on the speech pool (that language's model).
+    fn hear(&self, language: Option<&str>, wav: &[u8]) -> Result<serde_json::Value, FlowRefused> {
+        use crate::speech::{RecognizerConfig, RecognizerOutput, StreamingRecognizer};
+        let flow = self.shared.flow();
+        let language = language
+            .unwrap_or(flow.default_language.as_str())
+            .to_string();
+        if flow.language(&language).is_none() {
+            return Err(FlowRefused::BadRequest(format!(
+                "unknown language `{language}`"
+            )));
+        }
+        let pool = self
+            .shared
+            .speech
+            .as_ref()
+            .ok_or_else(|| failed("speech recognition is not running on this server"))?;
+        let (samples, rate) = readable_audio(wav, MAX_HEAR_SECS)?;
+        let audio =
+            crate::speech::resample(&samples, rate, crate::speech::SAMPLE_RATE).map_err(failed)?;
+        let started = Instant::now();
+        let stream = self
+            .shared
+            .next_call
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let config = RecognizerConfig {
+            // Nobody acts on partials here: only what each utterance was is decoded.
+            partial_interval_ms: 0,
+            ..self.shared.recognizer.clone()
+        };
+        let mut rec = StreamingRecognizer::new(stream, config).map_err(failed)?;
+        rec.set_language(Some(language.as_str()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut finals = Vec::new();
+        let mut drain = |rec: &mut StreamingRecognizer| -> Result<(), FlowRefused> {
+            while let Some(out) = rec.poll_output() {
+                match out {
+                    RecognizerOutput::Decode(job) => {
+                        // A refused job is answered on the channel too.
+                        let _ = pool.submit_to(job, tx.clone());
+                        let result = rx.recv_timeout(HEAR_WITHIN).map_err(|_| {
+                            failed("speech recognition did not answer in time; try again")
+                        })?;
+                        rec.on_result(&result);
+                    }
+                    RecognizerOutput::Final { text, .. } if !text.is_empty() => {
+                        finals.push(text);
+                    }
+                    RecognizerOutput::DecodeFailed {
+                        kind: crate::speech::DecodeKind::Final,
+                        error,
+                        ..
+                    } => {
+                        return Err(failed(format!(
+                            "speech recognition failed (is it busy with calls?): {error}"
+                        )));
+                    }
+                    _ => {}
+                }
+            }
+            Ok(())
+        };
+        for chunk in audio.chunks(320) {
+            rec.push_audio(chunk);
+            drain(&mut rec)?;
+        }
+        rec.finish();
+        drain(&mut rec)?;
+        if finals.is_empty() {
+            return Err(FlowRefused::BadRequest(
+                "no words heard in the recording: only silence or noise".into(),
+            ));
+        }
+        Ok(json!({
+            "language": language,
+            "heard": finals.join(" "),
+            "utterances": finals,
+            "audio_ms": crate::speech::samples_to_ms(audio.len() as u64),
+            "asr_ms": started.elapsed().as_millis() as u64,
+        }))
+    }
+
     fn publish(
         &mut self,
         files: &BTreeMap<String, String>,
@@ -471,6 +688,7 @@ impl FlowTask {
             message
         };
         let id = self.make_live(&staged, author, message)?;
+        self.uploads.clear();
         info!(version = id, %author, "flow published; new calls use it");
         Ok(json!({"version": id, "recorded": recorded}))
     }
@@ -525,6 +743,18 @@ impl FlowTask {
             }
             write_atomically(&target, bytes).map_err(failed)?;
         }
+        // A file the version does not have (a recording or a language added since) goes:
+        // otherwise a roll back would leave it behind, and the files would not be the version.
+        for path in now.tree.keys().filter(|p| !wanted.tree.contains_key(*p)) {
+            let Some(target) = live.on_disk(path) else {
+                continue;
+            };
+            match std::fs::remove_file(&target) {
+                Ok(()) => info!(file = %target.display(), "removed: not in the version made live"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(failed(format!("{}: {e}", target.display()))),
+            }
+        }
         // The watcher must not take this for an edit on disk.
         self.last = fingerprint(&self.prompts, Some(&live.audio));
         self.load_live().map_err(|p| {
@@ -536,6 +766,30 @@ impl FlowTask {
         self.note_version(author, message)
             .ok_or_else(|| failed("published, but the version was not stored"))
     }
+}
+
+/// A WAV's mono samples and rate, or why it is not audio an operator meant: unreadable,
+/// shorter than [`MIN_AUDIO_SECS`], longer than `max_secs`, or silent.
+fn readable_audio(wav: &[u8], max_secs: f32) -> Result<(Vec<f32>, u32), FlowRefused> {
+    let bad = FlowRefused::BadRequest;
+    let (samples, rate) = crate::speech::decode_wav_mono(wav)
+        .map_err(|e| bad(format!("not a WAV recording Humanline can read: {e}")))?;
+    let secs = samples.len() as f32 / rate.max(1) as f32;
+    if secs < MIN_AUDIO_SECS {
+        return Err(bad(format!(
+            "the recording is {secs:.2} s long: too short to say anything"
+        )));
+    }
+    if secs > max_secs {
+        return Err(bad(format!(
+            "the recording is {secs:.0} s long: at most {max_secs:.0} s, please"
+        )));
+    }
+    let peak = samples.iter().fold(0f32, |m, s| m.max(s.abs()));
+    if peak < SILENT_PEAK {
+        return Err(bad("the recording is silent".into()));
+    }
+    Ok((samples, rate))
 }
 
 /// The prompt files of a folder (`*.toml`), by name.
@@ -626,13 +880,24 @@ fn recorder(live_prompts: &Path) -> Option<PathBuf> {
     .find(|p| p.is_file())
 }
 
+/// What the generator is run for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Recorder {
+    /// Record the prompts with espeak-ng and note their words.
+    Speak,
+    /// Only note the prompts' texts as what their recordings say (uploaded ones).
+    NoteOnly,
+}
+
 /// Records prompts `ids` of `lang` in the staged folder with espeak-ng (the generator
-/// writes the recordings and notes their words beside them), within [`RECORD_WITHIN`].
+/// writes the recordings and notes their words beside them), or only notes their texts,
+/// within [`RECORD_WITHIN`].
 fn record_prompts(
     staged_prompts: &Path,
     live_prompts: &Path,
     lang: &str,
     ids: &[String],
+    mode: Recorder,
 ) -> Result<(), String> {
     let script = recorder(live_prompts).ok_or(
         "the prompt recorder scripts/gen-prompt-audio.py was not found (set HUMANLINE_PROMPT_RECORDER)",
@@ -642,6 +907,9 @@ fn record_prompts(
         .arg("--prompts")
         .arg(staged_prompts)
         .args(["--only", lang]);
+    if mode == Recorder::NoteOnly {
+        cmd.arg("--note-only");
+    }
     for id in ids {
         cmd.arg("--prompt").arg(id);
     }

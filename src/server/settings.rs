@@ -58,6 +58,11 @@ pub struct ServerFile {
     pub no_media_timeout_ms: Option<Spanned<u64>>,
     /// When new calls are refused with 503 and Retry-After.
     pub admission: Option<AdmissionFile>,
+    /// Web sites besides Humanline's own (`https://host[:port]`): their pages may place
+    /// browser calls (CORS of `POST /call`) and make changes in the console (its Origin
+    /// check). `"*"` lets any site place calls, never make changes.
+    #[serde(default)]
+    pub allowed_origins: Vec<Spanned<String>>,
     /// Browser callers (`POST /call`): which web sites may place calls, and limits.
     pub browser: Option<BrowserFile>,
     /// Login: cookies, sessions, the login rate limit, allowed origins.
@@ -83,9 +88,9 @@ pub struct AuthFile {
     /// Failed logins from one address within the window that lock it.
     pub max_failed_logins_per_ip: Option<Spanned<u32>>,
     pub failed_login_window_ms: Option<Spanned<u64>>,
-    /// Origins besides Humanline's own allowed to make changes ("https://host[:port]").
+    /// Moved to the top-level `allowed_origins`; read only to say so at its line.
     #[serde(default)]
-    pub allowed_origins: Vec<Spanned<String>>,
+    pub allowed_origins: Option<Spanned<toml::Value>>,
 }
 
 /// `[registrar]`: every key optional.
@@ -125,8 +130,19 @@ const FAILED_LOGINS: std::ops::RangeInclusive<u32> = 1..=1000;
 const LOGIN_WINDOW_MS: std::ops::RangeInclusive<u64> = 1_000..=DAY_MS as u64;
 const EXPIRES_S: std::ops::RangeInclusive<u32> = 10..=86_400;
 
+/// What a file that still lists origins under `[table]` is told, at that line: one list
+/// now serves both checks, so that an operator cannot allow a site in one and not the other.
+fn origins_moved(table: &str) -> String {
+    format!(
+        "{table}.allowed_origins has moved: list these origins once in the top-level \
+         `allowed_origins = [...]` (before the first [table]); it is used both for the \
+         console's Origin check and for the sites that may place calls (POST /call)"
+    )
+}
+
 impl AuthFile {
-    pub fn config(&self) -> AuthConfig {
+    /// The settings; `allowed_origins` are the server file's (see [`ServerFile::origins`]).
+    pub fn config(&self, allowed_origins: &[String]) -> AuthConfig {
         let d = AuthConfig::default();
         let ms = |v: &Option<Spanned<u64>>, d: Duration| {
             v.as_ref()
@@ -142,10 +158,11 @@ impl AuthFile {
                 per_ip: n(&self.max_failed_logins_per_ip, d.limits.per_ip),
                 window: ms(&self.failed_login_window_ms, d.limits.window),
             },
-            allowed_origins: self
-                .allowed_origins
+            // "*" is for placing calls only: any site making changes would be CSRF.
+            allowed_origins: allowed_origins
                 .iter()
-                .map(|o| o.get_ref().trim_end_matches('/').to_string())
+                .filter(|o| *o != "*")
+                .cloned()
                 .collect(),
         }
     }
@@ -200,22 +217,8 @@ impl AuthFile {
                 ),
             ));
         }
-        for o in &self.allowed_origins {
-            let v = o.get_ref().trim_end_matches('/');
-            let rest = v
-                .strip_prefix("https://")
-                .or_else(|| v.strip_prefix("http://"));
-            let ok =
-                rest.is_some_and(|h| !h.is_empty() && !h.contains(['/', '?', '#', ' ', '@', '*']));
-            if !ok {
-                out.push((
-                    o.span(),
-                    format!(
-                        "auth.allowed_origins: `{}` is not an origin (\"https://host[:port]\", no path)",
-                        o.get_ref()
-                    ),
-                ));
-            }
+        if let Some(o) = &self.allowed_origins {
+            out.push((o.span(), origins_moved("auth")));
         }
     }
 }
@@ -288,10 +291,9 @@ impl RegistrarFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrowserFile {
-    /// Origins (`https://www.example.com`) whose pages may place calls, besides Humanline's
-    /// own caller page; `"*"` allows any.
+    /// Moved to the top-level `allowed_origins`; read only to say so at its line.
     #[serde(default)]
-    pub allowed_origins: Vec<Spanned<String>>,
+    pub allowed_origins: Option<Spanned<toml::Value>>,
     pub max_calls: Option<Spanned<usize>>,
     pub max_new_calls_per_second: Option<Spanned<u32>>,
     pub max_calls_per_client: Option<Spanned<usize>>,
@@ -302,8 +304,12 @@ pub struct BrowserFile {
 }
 
 impl BrowserFile {
-    /// The settings, or the problems (with the span of each bad value).
-    pub fn settings(&self) -> Result<BrowserSettings, Vec<(std::ops::Range<usize>, String)>> {
+    /// The settings, or the problems (with the span of each bad value); `allowed_origins`
+    /// are the server file's (see [`ServerFile::origins`]).
+    pub fn settings(
+        &self,
+        allowed_origins: &[String],
+    ) -> Result<BrowserSettings, Vec<(std::ops::Range<usize>, String)>> {
         let mut problems = Vec::new();
         let mut limits = BrowserLimits::default();
         let mut count = |v: &Option<Spanned<usize>>, name: &str, into: &mut usize| {
@@ -354,16 +360,12 @@ impl BrowserFile {
             "max_new_calls_per_second_per_client",
             &mut limits.max_new_calls_per_second_per_client,
         );
-        let mut origins = Vec::new();
-        for o in &self.allowed_origins {
-            match crate::web::normalize_origin(o.get_ref()) {
-                Ok(origin) => origins.push(origin),
-                Err(why) => problems.push((o.span(), format!("browser.allowed_origins: {why}"))),
-            }
+        if let Some(o) = &self.allowed_origins {
+            problems.push((o.span(), origins_moved("browser")));
         }
         if problems.is_empty() {
             Ok(BrowserSettings {
-                allowed_origins: origins,
+                allowed_origins: allowed_origins.to_vec(),
                 limits,
                 candidate_ip: self.candidate_ip,
             })
@@ -471,6 +473,32 @@ pub fn valid_node_name(name: &str) -> bool {
 }
 
 impl ServerFile {
+    /// `allowed_origins`, normalized (`scheme://host[:port]`, lower case, no default port);
+    /// one that is not an origin is left out (and reported by `load`).
+    pub fn origins(&self) -> Vec<String> {
+        self.allowed_origins
+            .iter()
+            .filter_map(|o| crate::web::normalize_origin(o.get_ref()).ok())
+            .collect()
+    }
+
+    /// `[auth]` with the file's allowed origins.
+    pub fn auth_config(&self) -> AuthConfig {
+        self.auth.config(&self.origins())
+    }
+
+    /// `[browser]` with the file's allowed origins (checked by `load`).
+    pub fn browser_settings(&self) -> BrowserSettings {
+        let origins = self.origins();
+        match &self.browser {
+            Some(b) => b.settings(&origins).unwrap_or_default(),
+            None => BrowserSettings {
+                allowed_origins: origins,
+                ..BrowserSettings::default()
+            },
+        }
+    }
+
     /// The retry policy: the file's values over the defaults (checked by `load`).
     pub fn callback_retry(&self) -> RetryPolicy {
         let d = RetryPolicy::default();
@@ -678,7 +706,12 @@ impl ServerFile {
         if let Some(Err(problems)) = self.admission.as_ref().map(AdmissionFile::limits) {
             out.extend(problems);
         }
-        if let Some(Err(problems)) = self.browser.as_ref().map(BrowserFile::settings) {
+        for o in &self.allowed_origins {
+            if let Err(why) = crate::web::normalize_origin(o.get_ref()) {
+                out.push((o.span(), format!("allowed_origins: {why}")));
+            }
+        }
+        if let Some(Err(problems)) = self.browser.as_ref().map(|b| b.settings(&[])) {
             out.extend(problems);
         }
         self.auth.check(&mut out);
@@ -809,22 +842,60 @@ mod tests {
 
     #[test]
     fn browser_settings_are_checked_at_their_line() {
-        let text = "[browser]\nallowed_origins = [\"https://Shop.Example:443\", \"http://127.0.0.1:8080\"]\nmax_calls_per_client = 3\ncandidate_ip = \"127.0.0.1\"\n";
+        let text = "[browser]\nmax_calls_per_client = 3\ncandidate_ip = \"127.0.0.1\"\n";
         let f = ServerFile::parse(Path::new("s"), text).expect("valid");
-        let b = f.browser.expect("table").settings().expect("valid");
-        assert_eq!(
-            b.allowed_origins,
-            vec!["https://shop.example", "http://127.0.0.1:8080"]
-        );
-        assert_eq!(b.limits.max_calls_per_client, 3);
-        let p = problems(
-            "[browser]\nmax_calls = 0\n\nallowed_origins = [\"https://ok.example\",\n  \"https://shop.example/path\"]\nmax_new_calls_per_second_per_client = 0\n",
-        );
+        assert_eq!(f.browser_settings().limits.max_calls_per_client, 3);
+        let p = problems("[browser]\nmax_calls = 0\n\nmax_new_calls_per_second_per_client = 0\n");
         let lines: Vec<usize> = p.iter().map(|p| p.line).collect();
-        assert_eq!(lines, vec![2, 6, 5], "{p:?}");
-        assert!(p[2].message.contains("path"), "{p:?}");
+        assert_eq!(lines, vec![2, 4], "{p:?}");
         assert!(!problems("[browser]\ncandidate_ip = \"nowhere\"\n").is_empty());
         assert!(!problems("[browser]\nallowed_origin = []\n").is_empty());
+    }
+
+    #[test]
+    fn one_origins_list_serves_the_console_and_the_call_endpoint() {
+        let text = "allowed_origins = [\"https://Shop.Example:443\", \"http://127.0.0.1:8080\", \"*\"]\n\n[browser]\nmax_calls = 9\n";
+        let f = ServerFile::parse(Path::new("s"), text).expect("valid");
+        assert_eq!(
+            f.browser_settings().allowed_origins,
+            ["https://shop.example", "http://127.0.0.1:8080", "*"]
+        );
+        assert_eq!(f.browser_settings().limits.max_calls, 9);
+        // "*" lets any site place calls, never make changes in the console.
+        assert_eq!(
+            f.auth_config().allowed_origins,
+            ["https://shop.example", "http://127.0.0.1:8080"]
+        );
+        // Without a [browser] table the list still reaches the call endpoint.
+        let f = ServerFile::parse(
+            Path::new("s"),
+            "allowed_origins = [\"https://a.example\"]\n",
+        )
+        .expect("valid");
+        assert_eq!(f.browser_settings().allowed_origins, ["https://a.example"]);
+        assert_eq!(f.auth_config().allowed_origins, ["https://a.example"]);
+        // A bad origin, at its line.
+        let p = problems(
+            "trunk = \"sip:gw@127.0.0.1\"\nallowed_origins = [\"https://ok.example\",\n  \"https://shop.example/path\"]\n",
+        );
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!((p[0].line, p[0].col), (3, 3), "{p:?}");
+        assert!(p[0].message.contains("path"), "{p:?}");
+        // The two old per-table lists are refused at their line, saying where the origins
+        // go now (two lists an operator had to keep in step).
+        for table in ["auth", "browser"] {
+            let p = problems(&format!(
+                "[{table}]\n\nallowed_origins = [\"https://shop.example\"]\n"
+            ));
+            assert_eq!(p.len(), 1, "{table}: {p:?}");
+            assert_eq!(p[0].line, 3, "{table}: {p:?}");
+            assert!(
+                p[0].message
+                    .contains(&format!("{table}.allowed_origins has moved"))
+                    && p[0].message.contains("top-level `allowed_origins"),
+                "{table}: {p:?}"
+            );
+        }
     }
 
     #[test]
@@ -876,13 +947,12 @@ mod tests {
 
     #[test]
     fn auth_and_registrar_settings_are_bounded_and_reported_at_their_line() {
-        let good = "[auth]\nsecure_cookie = true\nsession_idle_ms = 600000\nmax_failed_logins_per_user = 3\nmax_failed_logins_per_ip = 10\nfailed_login_window_ms = 60000\nallowed_origins = [\"https://console.example:8443\"]\n\n[registrar]\nrealm = \"callcentre\"\nmin_expires_s = 30\nmax_expires_s = 600\n";
+        let good = "[auth]\nsecure_cookie = true\nsession_idle_ms = 600000\nmax_failed_logins_per_user = 3\nmax_failed_logins_per_ip = 10\nfailed_login_window_ms = 60000\n\n[registrar]\nrealm = \"callcentre\"\nmin_expires_s = 30\nmax_expires_s = 600\n";
         assert!(problems(good).is_empty(), "{:?}", problems(good));
         let file = ServerFile::parse(Path::new("s"), good).unwrap();
-        let auth = file.auth.config();
+        let auth = file.auth_config();
         assert!(auth.secure_cookie);
         assert_eq!(auth.limits.per_user, 3);
-        assert_eq!(auth.allowed_origins, ["https://console.example:8443"]);
         assert_eq!(file.registrar.settings().realm, "callcentre");
         for (from, to) in [
             ("session_idle_ms = 600000", "session_idle_ms = 5"),
@@ -894,7 +964,6 @@ mod tests {
                 "failed_login_window_ms = 60000",
                 "failed_login_window_ms = 1",
             ),
-            ("\"https://console.example:8443\"", "\"console.example/x\""),
             ("realm = \"callcentre\"", "realm = \"a\\\"b\""),
             ("min_expires_s = 30", "min_expires_s = 1"),
             ("max_expires_s = 600", "max_expires_s = 20"),

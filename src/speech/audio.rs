@@ -345,9 +345,44 @@ pub fn f32_to_i16(sample: f32) -> i16 {
     (sample.clamp(-1.0, 1.0) * 32767.0).round() as i16
 }
 
+/// Mono samples in [-1, 1] as a 16-bit PCM WAV file at `rate` (the shipped prompts' format at
+/// 8 kHz).
+pub fn encode_wav_mono(samples: &[f32], rate: u32) -> Result<Vec<u8>, SpeechError> {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut buf = Vec::with_capacity(44 + samples.len() * 2);
+    let bad = |e: hound::Error| SpeechError::UnsupportedAudio(e.to_string());
+    let mut w = hound::WavWriter::new(std::io::Cursor::new(&mut buf), spec).map_err(bad)?;
+    for &s in samples {
+        w.write_sample(f32_to_i16(s)).map_err(bad)?;
+    }
+    w.finalize().map_err(bad)?;
+    Ok(buf)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wav_of_any_rate_converts_to_8k_mono_pcm_and_reads_back() {
+        let tone: Vec<f32> = (0..44_100)
+            .map(|i| (i as f32 * 440.0 * std::f32::consts::TAU / 44_100.0).sin() * 0.5)
+            .collect();
+        let at_44k = encode_wav_mono(&tone, 44_100).unwrap();
+        let (mono, rate) = decode_wav_mono(&at_44k).unwrap();
+        assert_eq!(rate, 44_100);
+        let at_8k = encode_wav_mono(&resample(&mono, rate, 8000).unwrap(), 8000).unwrap();
+        let (back, rate) = decode_wav_mono(&at_8k).unwrap();
+        assert_eq!(rate, 8000);
+        assert!((7990..=8010).contains(&back.len()), "{}", back.len());
+        let peak = back.iter().fold(0f32, |m, s| m.max(s.abs()));
+        assert!((0.45..0.55).contains(&peak), "{peak}");
+    }
 
     fn sine(rate: u32, hz: f32, secs: f32) -> Vec<f32> {
         let n = (rate as f32 * secs) as usize;

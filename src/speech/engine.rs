@@ -18,7 +18,7 @@ use whisper_rs::{
 use super::recognizer::{DecodeJob, DecodeKind, JobId};
 use super::scheduler::{Capacity, DecodeQueue, Dropped, JobClass, SchedulerConfig};
 use super::verifier::{
-    Hypothesis, KeywordVerifier, PhraseKind, StepRecorder, Verdict, VerifierSettings,
+    Hypothesis, KeywordVerifier, PhraseKind, PhraseScore, StepRecorder, Verdict, VerifierSettings,
 };
 use super::{SAMPLE_RATE, SpeechError, samples_to_ms};
 
@@ -50,7 +50,7 @@ pub trait Transcriber: Send + Sync {
     ) -> Result<Heard, SpeechError> {
         Ok(Heard {
             text: self.transcribe_cancellable(audio_16k, opts, cancel)?,
-            verdicts: Vec::new(),
+            ..Heard::default()
         })
     }
 
@@ -448,7 +448,7 @@ impl WhisperEngine {
         let (Some(verifier), Some(recorder)) = (verifier, recorder) else {
             return Ok(Heard {
                 text,
-                verdicts: Vec::new(),
+                ..Heard::default()
             });
         };
         let recorder = recorder.into_inner();
@@ -478,12 +478,16 @@ impl WhisperEngine {
             recorder: &recorder,
             eot,
         };
-        let scores = verifier.score(state, &hyp, threads, cancel)?;
+        let scored = verifier.score(state, &hyp, threads, cancel)?;
         if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
             return Err(SpeechError::Superseded);
         }
-        let verdicts = verifier.verdicts(&scores);
-        Ok(Heard { text, verdicts })
+        let verdicts = verifier.verdicts(&scored);
+        Ok(Heard {
+            text,
+            verdicts,
+            scores: scored.phrases,
+        })
     }
 
     /// Score each language's escape phrases and yes/no answers on every decode in that
@@ -619,6 +623,8 @@ struct NgramFilter<'a> {
 pub struct Heard {
     pub text: String,
     pub verdicts: Vec<Verdict>,
+    /// Every phrase's score behind the verdicts (for calibration: `humanline bench verifier`).
+    pub scores: Vec<PhraseScore>,
 }
 
 /// whisper.cpp logits filter: forbid any token that would complete an n-gram (n = the user

@@ -58,8 +58,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 pub use audio::{
-    SAMPLE_RATE, StreamResampler, alaw_decode, alaw_encode, decode_wav_mono_16k, f32_to_i16,
-    load_wav_mono_16k, mulaw_decode, mulaw_encode, resample,
+    SAMPLE_RATE, StreamResampler, alaw_decode, alaw_encode, decode_wav_mono, decode_wav_mono_16k,
+    encode_wav_mono, f32_to_i16, load_wav_mono_16k, mulaw_decode, mulaw_encode, resample,
 };
 pub use engine::{
     DecodeOptions, DecodeResult, DecodeStrategy, DecoderPool, ESCAPE_PROMPT, EngineOptions, Heard,

@@ -63,11 +63,32 @@ pub struct Verdict {
     /// Length-normalised log-likelihood ratio against the free hypothesis (nats per token).
     pub score: f32,
     pub threshold: f32,
+    /// How sure the model was of its own transcript: the free hypothesis's mean token
+    /// log-probability (nats; 0 = certain). Scores are relative to the hypothesis, so when
+    /// the transcript *is* an escape phrase its score is 0 whatever the audio; this is what
+    /// tells a caller who said "een mens" from the decoder echoing its prompt on unclear
+    /// audio ([`Verdict::doubts_echo`]).
+    #[serde(default)]
+    pub hypothesis_lp: f32,
+    /// Below this `hypothesis_lp` a transcript that is nothing but escape words is taken for
+    /// an echo of the decoder prompt.
+    #[serde(default = "no_echo_bar")]
+    pub echo_threshold: f32,
+}
+
+fn no_echo_bar() -> f32 {
+    f32::NEG_INFINITY
 }
 
 impl Verdict {
     pub fn passed(&self) -> bool {
         self.score >= self.threshold
+    }
+
+    /// The model was too unsure of its transcript for an escape phrase written alone to be
+    /// believed (see [`VerifierSettings::echo_threshold`]).
+    pub fn doubts_echo(&self) -> bool {
+        self.hypothesis_lp < self.echo_threshold
     }
 }
 
@@ -78,6 +99,14 @@ pub struct VerifierSettings {
     /// An escape phrase scoring at least this routes (calibrated per language for at most 1%
     /// false escapes on ordinary speech of the tuning voices).
     pub escape_threshold: f32,
+    /// Escape phrases held to their own threshold instead of `escape_threshold` (a short
+    /// phrase such as "een mens" is easier for ordinary speech to score well on).
+    pub phrase_thresholds: std::collections::BTreeMap<String, f32>,
+    /// A transcript that is nothing but escape words ("Een mens.") only routes when the
+    /// model's mean token log-probability of it is at least this: the decoder writes the
+    /// escape words of its prompt on unclear audio, and then scores them as sure as itself.
+    /// Off (-20) by default.
+    pub echo_threshold: f32,
     /// A yes or no scoring at least this counts as the answer.
     pub answer_threshold: f32,
     /// Screening: a phrase whose first token is this much (nats) less likely than the
@@ -91,6 +120,8 @@ impl Default for VerifierSettings {
     fn default() -> Self {
         VerifierSettings {
             escape_threshold: -1.0,
+            phrase_thresholds: Default::default(),
+            echo_threshold: -20.0,
             answer_threshold: -1.0,
             screen_margin: 4.0,
             max_candidates: 8,
@@ -101,7 +132,11 @@ impl Default for VerifierSettings {
 impl VerifierSettings {
     pub fn validate(&self) -> Result<(), String> {
         let finite = |x: f32| x.is_finite() && (-20.0..=5.0).contains(&x);
-        if !finite(self.escape_threshold) || !finite(self.answer_threshold) {
+        if !finite(self.escape_threshold)
+            || !finite(self.answer_threshold)
+            || !finite(self.echo_threshold)
+            || !self.phrase_thresholds.values().all(|&t| finite(t))
+        {
             return Err("verifier thresholds must be between -20 and 5 (nats per token)".into());
         }
         if !(self.screen_margin.is_finite() && self.screen_margin > 0.0) {
@@ -140,6 +175,16 @@ pub struct PhraseScore {
     pub kind: PhraseKind,
     pub phrase: String,
     pub score: f32,
+}
+
+/// What [`KeywordVerifier::score`] found on one decode.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Scored {
+    /// Every phrase's score (best over anchors and spellings).
+    pub phrases: Vec<PhraseScore>,
+    /// The free hypothesis's mean token log-probability (end-of-text included when the
+    /// decode ended on it; 0 for an empty hypothesis).
+    pub hypothesis_lp: f32,
 }
 
 /// Logits rows of the free decode, one per step, captured by the logits filter callback.
@@ -276,29 +321,37 @@ impl KeywordVerifier {
         self.phrases.is_empty()
     }
 
-    fn threshold(&self, kind: PhraseKind) -> f32 {
+    /// The threshold `phrase` of `kind` is held to.
+    pub fn threshold(&self, kind: PhraseKind, phrase: &str) -> f32 {
         match kind {
-            PhraseKind::Escape => self.settings.escape_threshold,
+            PhraseKind::Escape => self
+                .settings
+                .phrase_thresholds
+                .get(phrase)
+                .copied()
+                .unwrap_or(self.settings.escape_threshold),
             PhraseKind::Yes | PhraseKind::No => self.settings.answer_threshold,
         }
     }
 
-    /// The best phrase of each kind, with its threshold.
-    pub fn verdicts(&self, scores: &[PhraseScore]) -> Vec<Verdict> {
+    /// The verdict of each kind: its phrase that passes by the widest margin over its own
+    /// threshold, else the one that comes closest.
+    pub fn verdicts(&self, scored: &Scored) -> Vec<Verdict> {
         let mut best: Vec<Verdict> = Vec::new();
-        for s in scores {
+        for s in &scored.phrases {
+            let threshold = self.threshold(s.kind, &s.phrase);
+            let verdict = Verdict {
+                kind: s.kind,
+                phrase: s.phrase.clone(),
+                score: s.score,
+                threshold,
+                hypothesis_lp: scored.hypothesis_lp,
+                echo_threshold: self.settings.echo_threshold,
+            };
             match best.iter_mut().find(|v| v.kind == s.kind) {
-                Some(v) if v.score >= s.score => {}
-                Some(v) => {
-                    v.phrase = s.phrase.clone();
-                    v.score = s.score;
-                }
-                None => best.push(Verdict {
-                    kind: s.kind,
-                    phrase: s.phrase.clone(),
-                    score: s.score,
-                    threshold: self.threshold(s.kind),
-                }),
+                Some(v) if v.score - v.threshold >= s.score - threshold => {}
+                Some(v) => *v = verdict,
+                None => best.push(verdict),
             }
         }
         best
@@ -313,13 +366,13 @@ impl KeywordVerifier {
         hyp: &Hypothesis<'_>,
         threads: usize,
         cancel: Option<&AtomicBool>,
-    ) -> Result<Vec<PhraseScore>, SpeechError> {
+    ) -> Result<Scored, SpeechError> {
         let rows = hyp.recorder.rows();
         let n = hyp.tokens.len();
         // The recorder saw one row per hypothesis token, and one more if the decode ended on
         // end-of-text. Anything else means the callback did not follow this decode: no verdict.
         if rows.len() < n || rows.len() > n + 1 || self.phrases.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Scored::default());
         }
         let eot = usize::try_from(hyp.eot).unwrap_or(0);
         let lp = |row: &[f32], t: i32| -> f32 {
@@ -333,6 +386,11 @@ impl KeywordVerifier {
         if rows.len() == n + 1 {
             hyp_lp.push(rows[n].get(eot).copied().unwrap_or(0.0));
         }
+        let hypothesis_lp = if hyp_lp.is_empty() {
+            0.0
+        } else {
+            hyp_lp.iter().sum::<f32>() / hyp_lp.len() as f32
+        };
         let hyp_mean = |k: usize, m: usize| -> f32 {
             // Past the end, compare with the hypothesis's last known step.
             let vals: Vec<f32> = (k..k + m)
@@ -413,7 +471,7 @@ impl KeywordVerifier {
             let m = tokens.len();
             best[pi] = best[pi].max(sum / m as f32 - hyp_mean(k, m));
         }
-        Ok(self
+        let phrases = self
             .phrases
             .iter()
             .zip(best)
@@ -423,7 +481,11 @@ impl KeywordVerifier {
                 phrase: p.text.clone(),
                 score,
             })
-            .collect())
+            .collect();
+        Ok(Scored {
+            phrases,
+            hypothesis_lp,
+        })
     }
 }
 

@@ -540,6 +540,22 @@ impl LedgerStore for PostgresStore {
             .collect()
     }
 
+    fn count_by_state(&mut self) -> Result<Vec<(PromiseState, u64)>, LedgerError> {
+        let rows = self
+            .client()?
+            .query("SELECT state, COUNT(*) FROM callbacks GROUP BY state", &[])
+            .map_err(db)?;
+        let mut counts = Vec::new();
+        for r in &rows {
+            let state: String = r.try_get(0).map_err(db)?;
+            let n: i64 = r.try_get(1).map_err(db)?;
+            if let Some(state) = PromiseState::parse(&state) {
+                counts.push((state, n.max(0) as u64));
+            }
+        }
+        Ok(counts)
+    }
+
     fn attempt(&mut self, attempt: i64) -> Result<Attempt, LedgerError> {
         self.client()?
             .query_opt(

@@ -457,6 +457,22 @@ impl LedgerStore for SqliteStore {
         Ok(rows)
     }
 
+    fn count_by_state(&mut self) -> Result<Vec<(PromiseState, u64)>, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT state, COUNT(*) FROM callbacks GROUP BY state")
+            .map_err(db)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(db)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(state, n)| Some((PromiseState::parse(&state)?, n.max(0) as u64)))
+            .collect())
+    }
+
     fn attempt(&mut self, attempt: i64) -> Result<Attempt, LedgerError> {
         self.conn
             .query_row(

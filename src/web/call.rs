@@ -4,7 +4,7 @@
 //! caller page (a call button and the promise: say "human" at any time).
 //!
 //! Who may call: Humanline's own page, any client that sends no `Origin` (not a web page),
-//! and the origins in `[browser] allowed_origins` (CORS). The HTTP side only checks and
+//! and the origins in the top-level `allowed_origins` (CORS). The HTTP side only checks and
 //! forwards: the server (`crate::server::browser`) decides admission and answers the offer.
 
 use super::WebState;
@@ -199,8 +199,7 @@ fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<Caller, Strin
     let Some(origin) = headers.get(header::ORIGIN) else {
         return Ok(Caller::Direct);
     };
-    let refused =
-        |o: &str| format!("origin {o} may not place calls here (see [browser] allowed_origins)");
+    let refused = |o: &str| format!("origin {o} may not place calls here (see allowed_origins)");
     let raw = origin.to_str().map_err(|_| refused("(unreadable)"))?;
     let origin = normalize_origin(raw).map_err(|_| refused(raw))?;
     let own = headers

@@ -13,8 +13,16 @@ const CONSOLE: &str = include_str!("pages/console.html");
 const OPERATOR: &str = include_str!("pages/operator.html");
 
 /// Pages may not be framed by another site (clickjacking) and load nothing from elsewhere.
-fn page(html: &'static str) -> Response {
-    let mut r = (StatusCode::OK, html).into_response();
+pub(super) fn page(html: &'static str) -> Response {
+    with_page_headers((StatusCode::OK, html).into_response())
+}
+
+/// [`page`] for a page made for this request.
+pub(super) fn page_owned(html: String) -> Response {
+    with_page_headers((StatusCode::OK, html).into_response())
+}
+
+fn with_page_headers(mut r: Response) -> Response {
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,

@@ -11,8 +11,12 @@
 //! - `GET /api/flow/recording?path=audio/en/greeting.wav[&draft=true]` (supervisor): listen.
 //! - `POST /api/flow/try` `{"text", "language"?, "files"?}` (supervisor): what a call would
 //!   decide on the published flow and on the draft (`files`: name -> new contents).
+//! - `POST /api/flow/hear?language=en` (supervisor), a WAV as the body: what Humanline hears
+//!   in it (the page then tries that text on both flows).
 //! - `POST /api/flow/check` `{"files"}` (operator): the draft's problems; changed texts are
 //!   recorded (espeak-ng) into the draft.
+//! - `POST /api/flow/upload?language=en&prompt=greeting` (operator), a WAV as the body: the
+//!   prompt's recording in the draft (staged by the next check or publish).
 //! - `POST /api/flow/publish` `{"files", "message"?}` (operator): 200 with the new version,
 //!   or 422 with the problems (nothing changes).
 //! - `POST /api/flow/rollback` `{"version"}` (operator).
@@ -62,6 +66,20 @@ pub enum FlowRequest {
         author: String,
         reply: FlowReply,
     },
+    /// A WAV for a prompt's recording in the draft (converted to the shipped format).
+    Upload {
+        language: String,
+        prompt: String,
+        wav: Vec<u8>,
+        author: String,
+        reply: FlowReply,
+    },
+    /// What Humanline hears in a WAV, decoded as a call in that language is.
+    Hear {
+        language: Option<String>,
+        wav: Vec<u8>,
+        reply: FlowReply,
+    },
     /// A recording's bytes (`audio/en/greeting.wav`): the running flow's, or the draft's last
     /// staged one.
     Recording {
@@ -93,6 +111,8 @@ pub const QUEUE: usize = 32;
 const ANSWER_WITHIN: Duration = Duration::from_secs(120);
 /// A draft's files together (the shipped ones are about 15 kB).
 const MAX_BODY: usize = 1024 * 1024;
+/// An uploaded WAV (a minute of 48 kHz stereo 16-bit is 11 MB).
+const MAX_WAV_BODY: usize = 12 * 1024 * 1024;
 
 /// Where the web side sends the flow task its requests. Cheap to clone.
 #[derive(Clone)]
@@ -173,12 +193,14 @@ pub fn routes() -> Router<super::WebState> {
         .route("/flow/versions/{id}", get(version))
         .route("/flow/try", post(try_it))
         .route("/flow/recording", get(recording))
+        .route("/flow/hear", post(hear))
         .route_layer(from_fn_with_state(
             Role::Supervisor,
             super::auth::require_role,
         ));
     let operator = Router::new()
         .route("/flow/check", post(check))
+        .route("/flow/upload", post(upload))
         .route("/flow/publish", post(publish))
         .route("/flow/rollback", post(rollback))
         .route("/audit", get(audit))
@@ -336,6 +358,82 @@ async fn rollback(State(flow): State<FlowEndpoint>, req: Request) -> Response {
     };
     flow.ask(|reply| FlowRequest::Rollback {
         version: body.version,
+        author,
+        reply,
+    })
+    .await
+}
+
+/// The session's user, the query as `Q` and the body's bytes (a WAV), or the refusal.
+async fn session_query_and_wav<Q: serde::de::DeserializeOwned>(
+    req: Request,
+    expected: &str,
+) -> Result<(String, Q, Vec<u8>), Response> {
+    let Some(user) = req.extensions().get::<Session>().map(|s| s.user.clone()) else {
+        return Err(error(StatusCode::UNAUTHORIZED, "log in first"));
+    };
+    let query = match axum::extract::Query::<Q>::try_from_uri(req.uri()) {
+        Ok(q) => q.0,
+        Err(e) => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                format!("expected {expected}: {e}"),
+            ));
+        }
+    };
+    let Ok(body) = axum::body::to_bytes(req.into_body(), MAX_WAV_BODY).await else {
+        return Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a recording of at most {} MB, please", MAX_WAV_BODY >> 20),
+        ));
+    };
+    if body.is_empty() {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "send the recording (a WAV file) as the body",
+        ));
+    }
+    Ok((user, query, body.to_vec()))
+}
+
+#[derive(Deserialize)]
+struct HearQuery {
+    #[serde(default)]
+    language: Option<String>,
+}
+
+/// `POST /api/flow/hear?language=en`: what Humanline hears in the WAV sent.
+async fn hear(State(flow): State<FlowEndpoint>, req: Request) -> Response {
+    let (_, q, wav) = match session_query_and_wav::<HearQuery>(req, "?language=CODE").await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    flow.ask(|reply| FlowRequest::Hear {
+        language: q.language,
+        wav,
+        reply,
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct UploadQuery {
+    language: String,
+    prompt: String,
+}
+
+/// `POST /api/flow/upload?language=en&prompt=greeting`: the WAV sent as that prompt's
+/// recording in the draft.
+async fn upload(State(flow): State<FlowEndpoint>, req: Request) -> Response {
+    let (author, q, wav) =
+        match session_query_and_wav::<UploadQuery>(req, "?language=CODE&prompt=NAME").await {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
+    flow.ask(|reply| FlowRequest::Upload {
+        language: q.language,
+        prompt: q.prompt,
+        wav,
         author,
         reply,
     })

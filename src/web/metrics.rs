@@ -27,7 +27,7 @@ pub struct Metrics {
     pub routes: Family<ReasonLabel, Counter>,
     /// Seconds from the end of the caller's speech to the route decision (negative values,
     /// decided while speaking, are recorded as 0).
-    pub time_to_route: Histogram,
+    time_to_route: Histogram,
     pub queue_length: Gauge,
     pub callbacks_promised: Counter,
     /// Problems in the prompt files on disk, which are therefore not the running flow (0:
@@ -35,6 +35,9 @@ pub struct Metrics {
     pub prompts_disk_problems: Gauge,
     speech: Source<PoolStats>,
     sip: Source<SipStats>,
+    /// The last hour's routes and the latest times to route, for the dashboard (a counter
+    /// and a histogram cannot be read back by reason and over time).
+    recent: std::sync::Arc<std::sync::Mutex<super::dashboard::RecentRoutes>>,
     registry: std::sync::Arc<Registry>,
 }
 
@@ -240,6 +243,7 @@ impl Metrics {
             queue_length,
             callbacks_promised,
             prompts_disk_problems,
+            recent: std::sync::Arc::default(),
             registry: std::sync::Arc::new(registry),
         }
     }
@@ -250,6 +254,30 @@ impl Metrics {
                 reason: reason.to_string(),
             })
             .inc();
+        let now_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.recent_lock().record_route(reason, now_s);
+    }
+
+    /// Seconds from the end of the caller's speech to a route decision.
+    pub fn observe_time_to_route(&self, secs: f64) {
+        self.time_to_route.observe(secs);
+        self.recent_lock().record_time_to_route(secs);
+    }
+
+    fn recent_lock(&self) -> std::sync::MutexGuard<'_, super::dashboard::RecentRoutes> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The dashboard's routes picture at `now_s` (seconds since the epoch).
+    pub fn recent_routes(&self, now_s: u64) -> super::dashboard::RoutesPicture {
+        self.recent_lock().picture(now_s)
+    }
+
+    /// The decoder pool's figures now, once it is up.
+    pub fn speech_stats(&self) -> Option<PoolStats> {
+        self.speech.get().map(|f| f())
     }
 
     /// Report the decoder pool's load (queue age, load, decodes behind) from now on; the

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod call;
 mod console;
+mod dashboard;
 mod desk;
 pub mod flow;
 pub mod health;
@@ -65,6 +66,7 @@ pub fn router(state: WebState) -> Router {
     let supervisor = Router::new()
         .route("/callbacks", get(list_callbacks))
         .route("/callbacks/{id}", get(show_callback))
+        .route("/dashboard", get(dashboard::snapshot))
         .route("/agents/{name}/presence", post(desk::set_agent_presence))
         .route_layer(from_fn_with_state(Role::Supervisor, auth::require_role));
     let api = Router::new()
@@ -89,6 +91,7 @@ pub fn router(state: WebState) -> Router {
         .route("/login", get(console::login_page).post(auth::login))
         .route("/console", get(console::console_page))
         .route("/operator", get(console::operator_page))
+        .route("/dashboard", get(dashboard::page))
         .merge(logout)
         .nest("/api", api)
         .merge(call::routes())

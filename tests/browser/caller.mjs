@@ -8,7 +8,7 @@
 // Usage: node caller.mjs URL WAV SECONDS [hangup|stay]
 // After SECONDS it presses Hang up (default) or just closes the browser (stay: the server is
 // expected to notice the connection going away). Exits non-zero if the page never connects.
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const [url, wav, seconds = "30", ending = "hangup"] = process.argv.slice(2);
 if (!url || !wav) {
@@ -17,25 +17,7 @@ if (!url || !wav) {
 }
 const t0 = Date.now();
 const say = (o) => console.log(JSON.stringify({ ...o, t_ms: Date.now() - t0 }));
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-    `--use-file-for-fake-audio-capture=${wav}%noloop`,
-    "--autoplay-policy=no-user-gesture-required",
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
-    "--allow-loopback-in-peer-connection",
-  ],
-});
+const browser = await launch(wav);
 let code = 0;
 try {
   const page = await browser.newPage();

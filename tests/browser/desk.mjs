@@ -17,8 +17,11 @@
 //   timeout_s most seconds to wait for the offer
 //   offers    how many offers to take, one after another (default 1; the benchmark uses more)
 //   decline   true: decline the first offer instead of accepting it
+//   callbacks true: the agent is a supervisor; report the console's callback tables once a
+//             promise is listed (or after 10 s):
+//             {"event":"callbacks","promised":["id number state ...", ..],"escalated":[..]}
 // Exits non-zero if the console never gets an offer or its call never connects.
-import { chromium } from "playwright-core";
+import { launch, openConsole, toneContext } from "./chromium.mjs";
 
 const config = JSON.parse(process.argv[2] || "{}");
 const {
@@ -38,25 +41,7 @@ if (!base || !wav || !user || !password) {
 }
 const t0 = Date.now();
 const say = (o) => console.log(JSON.stringify({ ...o, t_ms: Date.now() - t0 }));
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-    `--use-file-for-fake-audio-capture=${wav}%noloop`,
-    "--autoplay-policy=no-user-gesture-required",
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
-    "--allow-loopback-in-peer-connection",
-  ],
-});
+const browser = await launch(wav);
 
 // What a page's peer connection received and sent so far.
 async function stats(page, key) {
@@ -81,34 +66,27 @@ async function stats(page, key) {
 
 let code = 0;
 try {
-  const agentContext = await browser.newContext();
   // The agent's voice: a steady tone, so the caller's side can tell it from the IVR's speech.
-  await agentContext.addInitScript(() => {
-    navigator.mediaDevices.getUserMedia = async () => {
-      const ctx = new AudioContext();
-      const osc = ctx.createOscillator();
-      osc.frequency.value = 440;
-      const gain = ctx.createGain();
-      gain.gain.value = 0.3;
-      const dest = ctx.createMediaStreamDestination();
-      osc.connect(gain).connect(dest);
-      osc.start();
-      return dest.stream;
-    };
-  });
+  const agentContext = await toneContext(browser);
   const agent = await agentContext.newPage();
   agent.on("console", (m) => console.error(`agent page: ${m.text()}`));
-  await agent.goto(`${base}/login`);
-  await agent.fill("#name", user);
-  await agent.fill("#password", password);
-  await agent.press("#password", "Enter");
-  await agent.waitForURL("**/console", { timeout: 15000 });
-  await agent.waitForFunction(
-    () => (document.getElementById("state").textContent || "").includes("answering in the browser"),
-    null,
-    { timeout: 15000 },
-  );
+  await openConsole(agent, base, user, password);
   say({ event: "console_ready" });
+  if (config.callbacks) {
+    await agent
+      .waitForFunction(() => document.querySelectorAll("#promised tr").length > 0, null, { timeout: 10000 })
+      .catch(() => {});
+    const tables = await agent.evaluate(() => {
+      const rows = (id) =>
+        [...document.querySelectorAll(`#${id} tr`)].map((tr) => tr.innerText.replace(/\s+/g, " ").trim());
+      return {
+        shown: !document.getElementById("supervisor").hidden,
+        promised: rows("promised"),
+        escalated: rows("escalated"),
+      };
+    });
+    say({ event: "callbacks", ...tables });
+  }
 
   let callerPage = null;
   if (caller) {

@@ -6,6 +6,8 @@
 //             greeting changed to TEXT, checked (recorded again), published; "try it" twice
 //   rollback  rolls back to the oldest version
 //   refused   (a user without the operator role) changes the greeting and presses Publish
+//   hear      "try it" with the WAV file TEXT: what Humanline heard, and both flows' decisions
+//   upload    the WAV file TEXT as the English greeting's recording: checked, and it plays
 import { chromium } from "playwright-core";
 
 const [base, user, password, phase, text = ""] = process.argv.slice(2);
@@ -94,6 +96,29 @@ try {
     await oldest.click();
     await outcome("rolled_back");
     say({ event: "greeting", text: await page.$eval(`${greeting} textarea`, (a) => a.value) });
+  } else if (phase === "hear") {
+    await page.selectOption("#try-language", "en");
+    await page.setInputFiles("#try-audio", text);
+    await page.waitForFunction(() => document.getElementById("try-heard").textContent.startsWith("Humanline heard")
+      || document.querySelector("#try-published .problem"), null, { timeout: 90000 });
+    await page.waitForFunction(() => document.getElementById("try-published").textContent !== "");
+    say({
+      event: "heard", heard: await page.textContent("#try-heard"),
+      published: await page.textContent("#try-published"),
+      draft: await page.textContent("#try-draft"),
+      escape: await page.$$eval("#try-published .escape", (e) => e.length > 0),
+    });
+  } else if (phase === "upload") {
+    await page.setInputFiles(`${greeting} input.upload`, text);
+    const checked = await outcome("uploaded");
+    const audio = await page.$eval(`${greeting} audio`, (a) => a.src);
+    const listen = await page.evaluate(async (src) => {
+      const r = await fetch(src);
+      const bytes = new Uint8Array(await r.arrayBuffer());
+      const view = new DataView(bytes.buffer);
+      return { status: r.status, riff: String.fromCharCode(...bytes.slice(0, 4)), rate: view.getUint32(24, true), channels: view.getUint16(22, true) };
+    }, audio);
+    say({ event: "listen", src: audio, ...listen, checked: checked.ok, result: checked.text });
   } else if (phase === "refused") {
     await page.fill(`${greeting} textarea`, text);
     await page.click("#publish");

@@ -574,6 +574,26 @@ impl Server {
         )
     }
 
+    /// A WAV posted as Humanline's own page posts it (session, CSRF token, origin), answered
+    /// within a minute (decoding speech on a busy machine).
+    pub fn send_wav(&self, login: &Login, path: &str, wav: &[u8]) -> HttpReply {
+        let origin = format!("http://{LOCALHOST}:{}", self.ports.http());
+        http_request_bytes(
+            self.ports.http(),
+            "POST",
+            path,
+            &[
+                ("Cookie", &login.cookie),
+                ("Origin", &origin),
+                ("X-CSRF-Token", &login.csrf),
+                ("Content-Type", "audio/wav"),
+            ],
+            wav,
+            Duration::from_secs(60),
+        )
+        .unwrap_or_else(|e| panic!("POST {path} failed: {e}"))
+    }
+
     /// `POST /login`; panics unless it succeeds.
     pub fn login(&self, name: &str, password: &str) -> Login {
         let r = self.request(
@@ -746,9 +766,28 @@ pub fn http_request(
     headers: &[(&str, &str)],
     body: &str,
 ) -> std::io::Result<HttpReply> {
+    http_request_bytes(
+        port,
+        method,
+        path,
+        headers,
+        body.as_bytes(),
+        Duration::from_secs(10),
+    )
+}
+
+/// [`http_request`] with a body of any bytes (a WAV), answered within `answer_within`.
+pub fn http_request_bytes(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    answer_within: Duration,
+) -> std::io::Result<HttpReply> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_read_timeout(Some(answer_within))?;
     s.set_write_timeout(Some(Duration::from_secs(5)))?;
     let mut req =
         format!("{method} {path} HTTP/1.1\r\nHost: {LOCALHOST}:{port}\r\nConnection: close\r\n");
@@ -759,8 +798,9 @@ pub fn http_request(
         req.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes())?;
+    let mut req = req.into_bytes();
+    req.extend_from_slice(body);
+    s.write_all(&req)?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).into_owned();

@@ -164,12 +164,10 @@ impl Auth {
         let Ok(origin) = origin.to_str() else {
             return false;
         };
-        if self
-            .inner
-            .config
-            .allowed_origins
-            .iter()
-            .any(|o| o == origin)
+        // The configured origins are normalized (`crate::web::normalize_origin`): so is
+        // the page's, or `https://Console.Example:443` would not be `https://console.example`.
+        if crate::web::normalize_origin(origin)
+            .is_ok_and(|o| o != "*" && self.inner.config.allowed_origins.contains(&o))
         {
             return true;
         }
@@ -213,6 +211,11 @@ impl Auth {
                 None
             }
         }
+    }
+
+    /// The request's live session, if it carries one (with the user's role as stored now).
+    pub async fn session(&self, headers: &HeaderMap) -> Option<Session> {
+        self.session_of(headers).await.map(|(_, s)| s)
     }
 
     /// Whether the request carries a live session.
