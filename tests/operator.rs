@@ -1034,8 +1034,8 @@ fn an_uploaded_recording_becomes_the_greeting_in_the_shipped_format() {
     );
 }
 
-/// Issue 13, items 1 and 3 in Chromium: "try it" with a WAV file shows what Humanline heard and
-/// an escape for "I want a real person" on both flows; an operator's own WAV becomes the
+/// Issue 13, items 1 and 3 in Chromium: "try it" with a WAV file, and with the microphone
+/// (Record, Stop), shows what Humanline heard and an escape for "I want a real person"; an operator's own WAV becomes the
 /// greeting's recording in the draft, converted (8 kHz mono), and plays in the page.
 #[test]
 fn in_the_browser_an_operator_tries_a_recording_and_uploads_a_greeting() {
@@ -1068,6 +1068,17 @@ fn in_the_browser_an_operator_tries_a_recording_and_uploads_a_greeting() {
             && h["draft"]
                 .as_str()
                 .is_some_and(|t| t.contains("to a person")),
+        "{h}"
+    );
+
+    // The same through the microphone: recorded in the page, sent as WAV.
+    let recorded = operator_in_browser(&server, d, olga, "record", &wav.display().to_string());
+    let h = event(&recorded, "heard");
+    assert!(
+        h["escape"] == true
+            && h["heard"]
+                .as_str()
+                .is_some_and(|t| t.to_lowercase().contains("person")),
         "{h}"
     );
 

@@ -7,8 +7,10 @@
 //   rollback  rolls back to the oldest version
 //   refused   (a user without the operator role) changes the greeting and presses Publish
 //   hear      "try it" with the WAV file TEXT: what Humanline heard, and both flows' decisions
+//   record    the same through the microphone (Record, Stop), Chromium's fake one playing TEXT
 //   upload    the WAV file TEXT as the English greeting's recording: checked, and it plays
 import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const [base, user, password, phase, text = ""] = process.argv.slice(2);
 if (!base || !user || !password || !phase) {
@@ -17,7 +19,7 @@ if (!base || !user || !password || !phase) {
 }
 const t0 = Date.now();
 const say = (o) => console.log(JSON.stringify({ ...o, t_ms: Date.now() - t0 }));
-const browser = await chromium.launch({
+const browser = phase === "record" ? await launch(text) : await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   headless: true,
   args: ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -96,9 +98,15 @@ try {
     await oldest.click();
     await outcome("rolled_back");
     say({ event: "greeting", text: await page.$eval(`${greeting} textarea`, (a) => a.value) });
-  } else if (phase === "hear") {
+  } else if (phase === "hear" || phase === "record") {
     await page.selectOption("#try-language", "en");
-    await page.setInputFiles("#try-audio", text);
+    if (phase === "hear") await page.setInputFiles("#try-audio", text);
+    else {
+      await page.click("#try-record");
+      await page.waitForFunction(() => document.getElementById("try-heard").textContent.startsWith("recording"));
+      await page.waitForTimeout(5000);
+      await page.click("#try-record");
+    }
     await page.waitForFunction(() => document.getElementById("try-heard").textContent.startsWith("Humanline heard")
       || document.querySelector("#try-published .problem"), null, { timeout: 90000 });
     await page.waitForFunction(() => document.getElementById("try-published").textContent !== "");
