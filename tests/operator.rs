@@ -141,6 +141,50 @@ fn greetings_played(server: &Server) -> Vec<String> {
         .collect()
 }
 
+/// What a new caller hears first, transcribed: the opening seconds of the audio Humanline sent
+/// to the caller's media port (recorded by the test itself, not taken from the server's log),
+/// decoded by `humanline transcribe` with the test model. Lower case.
+fn greeting_heard(server: &Server, d: &std::path::Path, name: &'static str) -> String {
+    let ear = RtpListener::start(
+        server.ports.caller_sipp().media + 4,
+        Duration::from_secs(40),
+    );
+    let mut caller = listening_call(server, d, name);
+    let code = caller.proc.wait(Duration::from_secs(30));
+    assert_sipp_ok(name, code, server, &[&caller]);
+    let packets = ear.packets();
+    let Some(first) = packets.first().map(|(t, _)| *t) else {
+        panic!("{name} received no audio\n{}", server.story());
+    };
+    // The greeting's first sentence ("Welcome to Humanline." / "Hello from Humanline.").
+    let opening: Vec<f32> = packets
+        .iter()
+        .filter(|(t, _)| t.duration_since(first) < Duration::from_millis(2500))
+        .flat_map(|(_, s)| s.iter().map(|v| *v as f32 / 32768.0))
+        .collect();
+    let wav = d.join(format!("{name}-heard.wav"));
+    let bytes = humanline::speech::audio::encode_wav_mono(&opening, 8000).expect("a WAV");
+    std::fs::write(&wav, bytes).expect("write the WAV");
+    let out = std::process::Command::new(server_bin())
+        .args(["transcribe", "--language", "en", "--model"])
+        .arg(model_path())
+        .arg(&wav)
+        .output()
+        .expect("humanline transcribe");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8_lossy(&out.stdout).to_string();
+    let heard = json(&line)["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no transcript: {line}"))
+        .to_lowercase();
+    eprintln!("{name} heard: {heard}");
+    heard
+}
+
 /// Issue 13, item 4 through the API: an invalid draft is refused with its line and changes
 /// nothing; only an operator may publish; a published greeting is recorded anew, on disk,
 /// a version with its diff, and what the next call hears; rolling back restores the files
@@ -280,9 +324,12 @@ fn an_operator_publishes_a_checked_flow_and_rolls_it_back() {
         "the new recording is in the version: {versions}"
     );
 
-    let mut caller = listening_call(&server, d, "caller-after-publish");
-    let code = caller.proc.wait(Duration::from_secs(30));
-    assert_sipp_ok("caller-after-publish", code, &server, &[&caller]);
+    let heard = greeting_heard(&server, d, "caller-after-publish");
+    assert!(
+        heard.contains("hello") && !heard.contains("welcome"),
+        "the caller after the publish did not hear the new greeting: {heard}\n{}",
+        server.story()
+    );
     let played = greetings_played(&server);
     assert!(
         played
@@ -327,9 +374,12 @@ fn an_operator_publishes_a_checked_flow_and_rolls_it_back() {
         std::fs::read(repo().join("audio/en/greeting.wav")).unwrap(),
         "the rolled-back greeting is the shipped recording"
     );
-    let mut caller = listening_call(&server, d, "caller-after-rollback");
-    let code = caller.proc.wait(Duration::from_secs(30));
-    assert_sipp_ok("caller-after-rollback", code, &server, &[&caller]);
+    let heard = greeting_heard(&server, d, "caller-after-rollback");
+    assert!(
+        heard.contains("welcome") && !heard.contains("hello"),
+        "the caller after the roll back did not hear the old greeting: {heard}\n{}",
+        server.story()
+    );
     let played = greetings_played(&server);
     assert!(
         played

@@ -97,10 +97,21 @@ fn a_caller_asking_for_a_human_on_a_phone_line_is_routed_while_speaking_or_just_
         let events = simulate(&model, &[&wav]);
         let r = route(&events).unwrap_or_else(|| panic!("not routed for {text:?}: {events:?}"));
         assert_eq!(r["reason"], "keyword", "{text:?}: {r}");
-        // Decided soon after the end of speech. Measured 620-740 ms on these phrases with this
-        // build and with 63d5c0a alike (simulate --fast, quiet machine), 1140 ms once in a full
-        // run: the bound catches a route that waits for a timer (3 s), not a tuning target.
-        assert!(r["after_speech_end_ms"].as_i64().unwrap() <= 1500, "{r}");
+        // Decided on the words as soon as they were heard: at the instant of the transcript
+        // that held them, before the final's 3 s timer. How soon after the end of speech
+        // depends on the CPU (620-740 ms on one machine, 2060-2080 ms on a slower one, where
+        // a tiny.en decode of this sentence takes 1.6 s, with today's build and ac5121f
+        // alike): speed is measured by `humanline bench speech`, not here.
+        let at = r["t_ms"].as_i64();
+        assert!(
+            events
+                .iter()
+                .any(|e| (e["event"] == "partial" || e["event"] == "final")
+                    && e["t_ms"].as_i64() == at
+                    && e["text"] == r["context"]["said"][0]),
+            "{text:?}: the route did not come with the transcript that held the words: {events:?}"
+        );
+        assert!(r["after_speech_end_ms"].as_i64().unwrap() < 3000, "{r}");
     }
 }
 
