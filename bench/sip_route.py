@@ -4,10 +4,10 @@
 A sipp caller streams each escape utterance of the corpus (bench/corpus, from
 scripts/gen-speech-corpus.py) as PCMU to `humanline serve`; a sipp agent answers. The speech end
 on the wire is the caller's ACK time plus the end of speech in the recording (the RTP stream
-starts with the ACK); the INVITE time is when the agent's sipp logged it. Runs the server twice:
-deciding on partial transcripts (Humanline) and deciding only at the end of speech
-(--no-partials, the baseline); with --compare-bin, also another build deciding on partials (an
-earlier commit, side by side in the same run). Each route is counted by the reason the agent's
+starts with the ACK); the INVITE time is when the agent's sipp logged it. Side by side, each
+utterance called on each in turn (so the machine's load falls on all alike): the server deciding
+on partial transcripts (Humanline), the same deciding only at the end of speech (--no-partials,
+the baseline), and with --compare-bin another build deciding on partials (an earlier commit). Each route is counted by the reason the agent's
 INVITE gives: on the caller's words (keyword, repetition) or speech_unavailable (recognition fell
 behind, so the agent was rung without the words). Writes bench/results/sip_route.json (--out).
 
@@ -24,47 +24,53 @@ def stamps(log, kind):
     return [t for t, _ in sipp_stamps(log, kind)] if log else []
 
 
-def run_mode(mode, utts, work, bin=None):
-    server = Server(work, mode, 5074, 8074, "40000-40999", data="data-" + mode,
-                    agents=["sip:agent@127.0.0.1:5095"],
-                    extra=["--no-partials"] if mode == "end_of_speech" else [],
-                    log_filter="info,rsipstack=warn", bin=bin)
-    agent_dir = os.path.join(work, "agent-" + mode)
-    os.makedirs(agent_dir)
-    # Not -bg: the agent stays this script's own process, stopped by its id at the end.
-    agent = subprocess.Popen(["sipp", "-sf", os.path.join(ROOT, "tests/sipp/agent_answers.xml"), "-i", "127.0.0.1",
-                              "-p", "5095", "-mp", "17200", "-m", str(len(utts)), "-trace_msg", "-nostdin"],
-                             cwd=agent_dir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-    server.wait_ready()
-    results = []
-    try:
-        for uid, raw, end_ms, dur_ms in utts:
-            cdir = os.path.join(work, f"c-{mode}-{uid}")
-            os.makedirs(cdir)
-            scen = open(os.path.join(ROOT, "tests/sipp/caller_speaks.xml")).read()
-            scen = scen.replace("@AUDIO@", raw).replace("@HOLD_MS@", str(dur_ms + 3000))
-            open(os.path.join(cdir, "c.xml"), "w").write(scen)
-            before = len(stamps(agent_log(agent_dir), "INVITE"))
-            subprocess.run(["sipp", "127.0.0.1:5074", "-sf", "c.xml", "-i", "127.0.0.1", "-p", "5064", "-mp", "16200",
-                            "-m", "1", "-trace_msg", "-nostdin", "-timeout", "30s"], cwd=cdir,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
-            ack = stamps(agent_log(cdir), "ACK")
-            log = agent_log(agent_dir)
-            invites = sipp_stamps(log, "INVITE") if log else []
-            if ack and len(invites) > before:
-                t, msg = invites[before]
-                latency = (t - (ack[0] + end_ms / 1000)) * 1000
-                reason = header(msg, "X-Humanline-Reason") or "?"
-                results.append((latency, reason))
-                print(f"  {mode} {uid}: {latency:.0f} ms ({reason})", file=sys.stderr)
-            else:
-                print(f"  {mode} {uid}: not routed", file=sys.stderr)
-    finally:
-        server.kill()
-        agent.kill()
-        agent.wait()
-    return results
+class Setup:
+    """One server under test (its own ports and data) with the sipp agent it rings."""
+
+    def __init__(self, i, mode, work, calls, bin=None):
+        self.mode, self.sip = mode, 5074 + 100 * i
+        self.server = Server(work, mode, self.sip, 8074 + i, f"{40000 + 1000 * i}-{40999 + 1000 * i}",
+                             data="data-" + mode, agents=[f"sip:agent@127.0.0.1:{5095 + 100 * i}"],
+                             extra=["--no-partials"] if mode == "end_of_speech" else [],
+                             log_filter="info,rsipstack=warn", bin=bin)
+        self.agent_dir = os.path.join(work, "agent-" + mode)
+        os.makedirs(self.agent_dir)
+        # Not -bg: the agent stays this script's own process, stopped by its id at the end.
+        self.agent = subprocess.Popen(
+            ["sipp", "-sf", os.path.join(ROOT, "tests/sipp/agent_answers.xml"), "-i", "127.0.0.1",
+             "-p", str(5095 + 100 * i), "-mp", str(17200 + 100 * i), "-m", str(calls), "-trace_msg",
+             "-nostdin"], cwd=self.agent_dir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        self.results = []
+
+    def call(self, work, uid, raw, end_ms, dur_ms):
+        cdir = os.path.join(work, f"c-{self.mode}-{uid}")
+        os.makedirs(cdir)
+        scen = open(os.path.join(ROOT, "tests/sipp/caller_speaks.xml")).read()
+        # The caller stays 6 s after the recording: long enough for the 3 s final timer's
+        # speech_unavailable route to reach the agent too.
+        scen = scen.replace("@AUDIO@", raw).replace("@HOLD_MS@", str(dur_ms + 6000))
+        open(os.path.join(cdir, "c.xml"), "w").write(scen)
+        before = len(stamps(agent_log(self.agent_dir), "INVITE"))
+        subprocess.run(["sipp", f"127.0.0.1:{self.sip}", "-sf", "c.xml", "-i", "127.0.0.1", "-p", "5064", "-mp",
+                        "16200", "-m", "1", "-trace_msg", "-nostdin", "-timeout", "30s"], cwd=cdir,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        ack = stamps(agent_log(cdir), "ACK")
+        log = agent_log(self.agent_dir)
+        invites = sipp_stamps(log, "INVITE") if log else []
+        if ack and len(invites) > before:
+            t, msg = invites[before]
+            latency = (t - (ack[0] + end_ms / 1000)) * 1000
+            reason = header(msg, "X-Humanline-Reason") or "?"
+            self.results.append((latency, reason))
+            print(f"  {self.mode} {uid}: {latency:.0f} ms ({reason})", file=sys.stderr)
+        else:
+            print(f"  {self.mode} {uid}: not routed", file=sys.stderr)
+
+    def stop(self):
+        self.server.kill()
+        self.agent.kill()
+        self.agent.wait()
 
 
 def agent_log(d):
@@ -98,8 +104,20 @@ def main():
     if a.compare_bin:
         modes.append((f"humanline@{a.compare_label}", a.compare_bin))
     modes.append(("end_of_speech", None))
-    for mode, bin in modes:
-        routes = run_mode(mode, utts, work, bin)
+    # Every setup runs at once (idle between calls) and each utterance is called on each in
+    # turn, so a change in the machine's load falls on all of them alike.
+    setups = [Setup(i, mode, work, len(utts), bin) for i, (mode, bin) in enumerate(modes)]
+    try:
+        for s in setups:
+            s.server.wait_ready()
+        for uid, raw, end_ms, dur_ms in utts:
+            for s in setups:
+                s.call(work, uid, raw, end_ms, dur_ms)
+    finally:
+        for s in setups:
+            s.stop()
+    for s in setups:
+        mode, routes = s.mode, s.results
         lat = [l for l, _ in routes]
         words = [l for l, r in routes if r not in ("speech_unavailable", "?")]
         report[mode] = {"routed": len(lat), "routed_on_words": len(words),
