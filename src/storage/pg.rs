@@ -11,8 +11,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Key of the advisory lock that serializes migrations of nodes starting together.
 const MIGRATION_LOCK: i64 = 0x4855_4d41_4e4c; // "HUMANL"
 
+/// The server's own words when it refused (`db error` alone says nothing: a missing database,
+/// a wrong password), else the client's.
 pub(super) fn db(e: ::postgres::Error) -> String {
-    format!("postgres: {e}")
+    match e.as_db_error() {
+        Some(d) => format!("postgres: {}", d.message()),
+        None => format!("postgres: {e}"),
+    }
 }
 
 pub(super) struct PgConn {
