@@ -83,10 +83,10 @@ class Server:
     """`humanline serve` with the embedded defaults (SQLite in `data`, bundled prompts)."""
 
     def __init__(self, work, n, sip_port, http_port, rtp, config=None, agents=(), data="data",
-                 extra=(), log_filter="info"):
+                 extra=(), log_filter="info", bin=None):
         self.log_path = os.path.join(work, f"humanline.{n}.log")
         self.data_dir = os.path.join(work, data)
-        args = [BIN, "serve", "--sip-listen", f"{HOST}:{sip_port}", "--http-listen",
+        args = [bin or BIN, "serve", "--sip-listen", f"{HOST}:{sip_port}", "--http-listen",
                 f"{HOST}:{http_port}", "--rtp-ports", rtp, "--data-dir", self.data_dir,
                 "--prompts", os.path.join(ROOT, "prompts"), "--model", MODEL]
         if config:

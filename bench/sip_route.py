@@ -6,14 +6,17 @@ scripts/gen-speech-corpus.py) as PCMU to `humanline serve`; a sipp agent answers
 on the wire is the caller's ACK time plus the end of speech in the recording (the RTP stream
 starts with the ACK); the INVITE time is when the agent's sipp logged it. Runs the server twice:
 deciding on partial transcripts (Humanline) and deciding only at the end of speech
-(--no-partials, the baseline). Writes bench/results/sip_route.json.
+(--no-partials, the baseline); with --compare-bin, also another build deciding on partials (an
+earlier commit, side by side in the same run). Each route is counted by the reason the agent's
+INVITE gives: on the caller's words (keyword, repetition) or speech_unavailable (recognition fell
+behind, so the agent was rung without the words). Writes bench/results/sip_route.json (--out).
 
-Usage: bench/sip_route.py [--every N]
+Usage: bench/sip_route.py [--every N] [--compare-bin PATH --compare-label LABEL] [--out FILE]
 """
 import argparse, json, os, shutil, subprocess, sys, tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cbpeers import ROOT, ULAW, Server, pct, sipp_stamps, speech_end_ms  # noqa: E402
+from cbpeers import ROOT, ULAW, Server, header, pct, sipp_stamps, speech_end_ms  # noqa: E402
 
 
 def stamps(log, kind):
@@ -21,11 +24,11 @@ def stamps(log, kind):
     return [t for t, _ in sipp_stamps(log, kind)] if log else []
 
 
-def run_mode(mode, utts, work):
+def run_mode(mode, utts, work, bin=None):
     server = Server(work, mode, 5074, 8074, "40000-40999", data="data-" + mode,
                     agents=["sip:agent@127.0.0.1:5095"],
                     extra=["--no-partials"] if mode == "end_of_speech" else [],
-                    log_filter="info,rsipstack=warn")
+                    log_filter="info,rsipstack=warn", bin=bin)
     agent_dir = os.path.join(work, "agent-" + mode)
     os.makedirs(agent_dir)
     # Not -bg: the agent stays this script's own process, stopped by its id at the end.
@@ -47,11 +50,14 @@ def run_mode(mode, utts, work):
                             "-m", "1", "-trace_msg", "-nostdin", "-timeout", "30s"], cwd=cdir,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
             ack = stamps(agent_log(cdir), "ACK")
-            invites = stamps(agent_log(agent_dir), "INVITE")
+            log = agent_log(agent_dir)
+            invites = sipp_stamps(log, "INVITE") if log else []
             if ack and len(invites) > before:
-                latency = (invites[before] - (ack[0] + end_ms / 1000)) * 1000
-                results.append(latency)
-                print(f"  {mode} {uid}: {latency:.0f} ms", file=sys.stderr)
+                t, msg = invites[before]
+                latency = (t - (ack[0] + end_ms / 1000)) * 1000
+                reason = header(msg, "X-Humanline-Reason") or "?"
+                results.append((latency, reason))
+                print(f"  {mode} {uid}: {latency:.0f} ms ({reason})", file=sys.stderr)
             else:
                 print(f"  {mode} {uid}: not routed", file=sys.stderr)
     finally:
@@ -70,6 +76,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--every", type=int, default=4)
     ap.add_argument("--keep", action="store_true", help="keep the logs (printed path)")
+    ap.add_argument("--compare-bin", help="another humanline binary, run deciding on partials too")
+    ap.add_argument("--compare-label", default="compare", help="its name in the report")
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench/results/sip_route.json"))
     a = ap.parse_args()
     corpus = os.path.join(ROOT, "bench/corpus")
     rows = [l.split("\t") for l in open(os.path.join(corpus, "manifest.tsv")).read().splitlines()[1:]]
@@ -82,14 +91,26 @@ def main():
                         "-c", "1", raw], check=True)
         pcm = [ULAW[b] for b in open(raw, "rb").read()]
         utts.append((r[0], raw, speech_end_ms(pcm, 8000), len(pcm) // 8))
-    report = {"command": f"bench/sip_route.py --every {a.every}", "utterances": len(utts)}
-    for mode in ("humanline", "end_of_speech"):
-        lat = run_mode(mode, utts, work)
-        report[mode] = {"routed": len(lat), "median_ms": pct(lat, 50), "p95_ms": pct(lat, 95),
-                        "max_ms": max(lat) if lat else None}
+    command = " ".join(["bench/sip_route.py"] + sys.argv[1:])
+    report = {"command": command, "utterances": len(utts),
+              "loadavg_start": open("/proc/loadavg").read().split()[:3]}
+    modes = [("humanline", None)]
+    if a.compare_bin:
+        modes.append((f"humanline@{a.compare_label}", a.compare_bin))
+    modes.append(("end_of_speech", None))
+    for mode, bin in modes:
+        routes = run_mode(mode, utts, work, bin)
+        lat = [l for l, _ in routes]
+        words = [l for l, r in routes if r not in ("speech_unavailable", "?")]
+        report[mode] = {"routed": len(lat), "routed_on_words": len(words),
+                        "speech_unavailable": sum(r == "speech_unavailable" for _, r in routes),
+                        "median_ms": pct(lat, 50), "p95_ms": pct(lat, 95),
+                        "max_ms": max(lat) if lat else None,
+                        "on_words_median_ms": pct(words, 50), "on_words_p95_ms": pct(words, 95)}
         print(f"{mode}: {report[mode]}", file=sys.stderr)
-    os.makedirs(os.path.join(ROOT, "bench/results"), exist_ok=True)
-    json.dump(report, open(os.path.join(ROOT, "bench/results/sip_route.json"), "w"), indent=2)
+    report["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    json.dump(report, open(a.out, "w"), indent=2)
     print(json.dumps(report, indent=2))
     if a.keep:
         print(f"logs kept in {work}", file=sys.stderr)

@@ -23,30 +23,25 @@ fn route_line(server: &Server) -> String {
         .unwrap_or_default()
 }
 
-/// Checks the route reason of a call routed by what the caller said. When recognition fell
-/// behind real time, Humanline routes with reason speech_unavailable instead (by design): say
-/// so, since that means the machine is overloaded rather than that the words were missed.
-fn assert_speech_route(server: &Server, want: &str, peers: &[&Sipp]) -> String {
+/// Checks the route reason of a call routed by what the caller said, and returns the route
+/// line when it was `want`. When recognition fell behind real time, Humanline routes with
+/// reason speech_unavailable instead (by design: the caller still reaches a person at once);
+/// that is accepted, with a NOTE, only when the server logged it was behind, and `None` says
+/// the words were not what routed (so the caller's words cannot be asserted on).
+fn assert_speech_route(server: &Server, want: &str, peers: &[&Sipp]) -> Option<String> {
     let route = route_line(server);
-    if route.contains(&format!("reason=\"{want}\"")) {
-        return route;
+    let reason = route
+        .split("reason=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_default();
+    if !routed_on_words_or_behind(server, "sip_calls", reason, want) {
+        panic!(
+            "routed, but not for {want} (and recognition never fell behind): {route}\n{}",
+            context(server, peers)
+        );
     }
-    let behind = recognition_behind(server);
-    let hint = if behind > 0 {
-        format!(
-            "\nNOTE: speech recognition fell behind real time {behind} time(s) — the CPU is probably saturated by \
-             something else (loadavg: {})",
-            std::fs::read_to_string("/proc/loadavg")
-                .unwrap_or_default()
-                .trim()
-        )
-    } else {
-        String::new()
-    };
-    panic!(
-        "routed, but not for {want}: {route}{hint}\n{}",
-        context(server, peers)
-    );
+    (reason == want).then_some(route)
 }
 
 // --- 1 ------------------------------------------------------------------------------------------
@@ -121,14 +116,20 @@ fn asking_for_a_human_rings_an_agent_who_hears_the_caller() {
     let trace = agent.trace_text();
     let invite = first_request(&trace, "INVITE")
         .unwrap_or_else(|| panic!("no INVITE in the agent's trace:\n{trace}"));
+    // The agent is told why the caller is there, and (routed on the words) what they said.
+    let reason = if route.is_some() {
+        "keyword"
+    } else {
+        "speech_unavailable"
+    };
     assert_eq!(
         header(&invite, "X-Humanline-Reason").as_deref(),
-        Some("keyword"),
+        Some(reason),
         "agent INVITE:\n{invite}"
     );
     let transcript = header(&invite, "X-Humanline-Transcript").unwrap_or_default();
     assert!(
-        transcript.to_lowercase().contains("human"),
+        route.is_none() || transcript.to_lowercase().contains("human"),
         "transcript header {transcript:?}\n{invite}"
     );
     assert_eq!(
@@ -153,12 +154,15 @@ fn asking_for_a_human_rings_an_agent_who_hears_the_caller() {
 
     let metrics = server.metrics();
     assert_eq!(
-        metric(&metrics, "humanline_routes_total{reason=\"keyword\"}"),
+        metric(
+            &metrics,
+            &format!("humanline_routes_total{{reason=\"{reason}\"}}")
+        ),
         Some(1.0),
         "{metrics}"
     );
     eprintln!(
-        "keyword: routed ({route}), agent heard {:.1} s with peak RMS {peak:.3}; {:.1} s",
+        "keyword: routed ({route:?}), agent heard {:.1} s with peak RMS {peak:.3}; {:.1} s",
         samples.len() as f32 / rate as f32,
         started.elapsed().as_secs_f32()
     );
@@ -215,7 +219,7 @@ fn a_repeated_request_reaches_an_agent() {
                 && (l.contains("prompt=topic_internet") || l.contains("prompt=reprompt_no_match"))
         });
     assert!(
-        answered_first,
+        route.is_none() || answered_first,
         "the IVR did not answer the first request before routing\n{}",
         context(&server, &[&caller])
     );
@@ -230,26 +234,34 @@ fn a_repeated_request_reaches_an_agent() {
     let invite = agent
         .received_request("INVITE")
         .unwrap_or_else(|| panic!("agent saw no INVITE\n{}", agent.report()));
+    let reason = if route.is_some() {
+        "repetition"
+    } else {
+        "speech_unavailable"
+    };
     assert_eq!(
         header(&invite, "X-Humanline-Reason").as_deref(),
-        Some("repetition"),
+        Some(reason),
         "agent INVITE:\n{invite}"
     );
     let transcript = header(&invite, "X-Humanline-Transcript")
         .unwrap_or_default()
         .to_lowercase();
     assert!(
-        transcript.contains("internet"),
+        route.is_none() || transcript.contains("internet"),
         "transcript header {transcript:?}"
     );
     let metrics = server.metrics();
     assert_eq!(
-        metric(&metrics, "humanline_routes_total{reason=\"repetition\"}"),
+        metric(
+            &metrics,
+            &format!("humanline_routes_total{{reason=\"{reason}\"}}")
+        ),
         Some(1.0),
         "{metrics}"
     );
     eprintln!(
-        "repetition: {route}; transcript {transcript:?}; {:.1} s",
+        "repetition: {route:?}; transcript {transcript:?}; {:.1} s",
         started.elapsed().as_secs_f32()
     );
 }
@@ -963,19 +975,9 @@ fn a_dutch_caller_asking_for_a_medewerker_reaches_an_agent() {
         context(&server, &[&caller])
     );
     // Routed on the caller's words (the transcript or the keyword verifier: `keyword`), not
-    // as `speech_unavailable`: with the default set-up one Dutch caller on 2 cores is heard
-    // in time.
+    // as `speech_unavailable`, unless recognition fell behind real time.
     let route = route_line(&server);
-    let overloaded = machine_overloaded();
-    if route.contains("reason=\"speech_unavailable\"")
-        && let Some(why) = &overloaded
-    {
-        eprintln!(
-            "NOTE: not measured: routed as speech_unavailable on an overloaded machine ({why})"
-        );
-    } else {
-        assert_speech_route(&server, "keyword", &[&caller, &agent]);
-    }
+    assert_speech_route(&server, "keyword", &[&caller, &agent]);
     eprintln!(
         "Dutch SIP route: {route} (loadavg {})",
         std::fs::read_to_string("/proc/loadavg")

@@ -6,12 +6,17 @@
 //! agent listed on several nodes is offered one call at a time across all of them; each leg's
 //! end releases the claim. A claim is one store round trip on the way to an agent, bounded by
 //! [`CLAIM_WAIT`]; releases run beside the queue, never holding it up.
+//!
+//! Presence is shared the same way: an agent's setting here (console or API) is written to the
+//! store beside the queue, and every [`PRESENCE_POLL`] the store's settings made on other
+//! nodes are applied here. The claim itself refuses an agent the store has as away, so an
+//! agent set away on another node is not rung here even before the next look.
 
 use crate::agents::{
-    AgentInput, AgentQueue, Assignment, CallerInfo, DeskView, QueueInput, WaitingCaller,
+    AgentInput, AgentQueue, Assignment, CallerInfo, DeskView, Presence, QueueInput, WaitingCaller,
 };
-use crate::callbacks::{unix_now, with_ledger};
-use crate::nodes::{AgentClaim, HeldCall, Liveness};
+use crate::callbacks::{UnixMs, unix_now, with_ledger};
+use crate::nodes::{AgentClaim, HeldCall, Liveness, PresenceRow};
 use crate::web::{Metrics, SharedLedger};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -102,6 +107,9 @@ pub const CLAIM_WAIT: Duration = Duration::from_secs(1);
 /// this node takes the agent again, or stops beating.
 const RELEASE_TRIES: u32 = 3;
 
+/// How often the presence other nodes' agents set is read from the shared store.
+pub const PRESENCE_POLL: Duration = Duration::from_secs(1);
+
 /// Where the queue claims its agents: the shared store, as this node.
 pub struct AgentClaims {
     pub ledger: SharedLedger,
@@ -129,6 +137,10 @@ impl AgentClaims {
             Ok(Ok(AgentClaim::Granted)) => true,
             Ok(Ok(AgentClaim::HeldBy { node, call: theirs })) => {
                 info!(%agent, call, held_by = %node, their_call = %theirs, "agent engaged on another node: the caller waits for them or the next agent");
+                false
+            }
+            Ok(Ok(AgentClaim::Away)) => {
+                info!(%agent, call, "agent away (in the shared store): not rung");
                 false
             }
             Ok(Err(e)) => {
@@ -171,6 +183,86 @@ impl AgentClaims {
     }
 }
 
+impl AgentClaims {
+    /// Writes a presence set on this node to the store, beside the queue.
+    fn share_presence(&self, agent: String, presence: Presence, at: UnixMs) {
+        let ledger = self.ledger.clone();
+        tokio::spawn(async move {
+            let a = agent.clone();
+            let written = with_ledger(&ledger, move |l| l.set_presence(&a, presence, at)).await;
+            if let Err(e) = written {
+                warn!(%agent, presence = presence.as_str(), error = %e, "cannot share the agent's presence: other nodes keep the one they had");
+            }
+        });
+    }
+
+    /// Reads every agent's presence from the store each [`PRESENCE_POLL`] and hands it to the
+    /// queue on `to_queue` (one reading waiting at most: the next one supersedes it).
+    fn follow_presence(&self, to_queue: mpsc::Sender<Vec<PresenceRow>>) {
+        let ledger = self.ledger.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(PRESENCE_POLL);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut failing = false;
+            loop {
+                every.tick().await;
+                match with_ledger(&ledger, |l| l.presences()).await {
+                    Ok(rows) => {
+                        failing = false;
+                        match to_queue.try_send(rows) {
+                            Err(TrySendError::Closed(_)) => return,
+                            Ok(()) | Err(TrySendError::Full(_)) => {}
+                        }
+                    }
+                    Err(e) if !failing => {
+                        failing = true;
+                        warn!(error = %e, "cannot read agents' presence from the shared store: the presence set on other nodes is not followed until it answers");
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
+    }
+}
+
+/// Presence as last set for each agent (here or on another node), and when: a store reading
+/// older than a setting made here (still being written) does not undo it.
+#[derive(Default)]
+struct SharedPresence {
+    latest: HashMap<String, (Presence, UnixMs)>,
+}
+
+impl SharedPresence {
+    fn set_here(&mut self, agent: &str, presence: Presence, at: UnixMs) {
+        self.latest.insert(agent.to_string(), (presence, at));
+    }
+
+    /// Applies the store's reading to the queue: each agent it knows takes the latest setting.
+    fn follow(&mut self, rows: Vec<PresenceRow>, queue: &mut AgentQueue, now: Instant) {
+        for row in rows {
+            let newer = self
+                .latest
+                .get(&row.agent)
+                .is_none_or(|(_, at)| row.set_at >= *at);
+            if newer {
+                self.latest.insert(row.agent, (row.presence, row.set_at));
+            }
+        }
+        for (agent, (presence, _)) in &self.latest {
+            if queue.presence(agent).is_some_and(|p| p != *presence) {
+                info!(%agent, presence = presence.as_str(), "presence set on another node: followed here");
+                queue.agent_input(
+                    AgentInput::SetPresence {
+                        agent: agent.clone(),
+                        presence: *presence,
+                    },
+                    now,
+                );
+            }
+        }
+    }
+}
+
 /// `claims`: where to claim agents before ringing them (a shared store), or `None` (one node).
 pub fn spawn(agents: Vec<String>, metrics: Metrics, claims: Option<AgentClaims>) -> QueueHandles {
     let (tx, rx) = mpsc::channel(CALLS_CAPACITY);
@@ -208,11 +300,28 @@ async fn run(
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut agents_open = true;
+    let mut shared_presence = SharedPresence::default();
+    let (presence_tx, mut presence_rx) = mpsc::channel(1);
+    let mut presence_open = claims.is_some();
+    if let Some(claims) = &claims {
+        claims.follow_presence(presence_tx);
+    }
     loop {
         tokio::select! {
             input = agents_rx.recv(), if agents_open => match input {
-                Some(input) => queue.agent_input(input, Instant::now()),
+                Some(input) => {
+                    if let (Some(claims), AgentInput::SetPresence { agent, presence }) = (&claims, &input) {
+                        let at = unix_now();
+                        shared_presence.set_here(agent, *presence, at);
+                        claims.share_presence(agent.clone(), *presence, at);
+                    }
+                    queue.agent_input(input, Instant::now());
+                }
                 None => agents_open = false,
+            },
+            rows = presence_rx.recv(), if presence_open => match rows {
+                Some(rows) => shared_presence.follow(rows, &mut queue, Instant::now()),
+                None => presence_open = false,
             },
             msg = rx.recv() => {
                 let Some(msg) = msg else { return };

@@ -18,8 +18,20 @@ pub struct UserCredentials {
 
 impl Credentials for UserCredentials {
     fn ha1(&self, user: &str, realm: &str) -> Option<String> {
-        let users = self.users.lock().unwrap_or_else(|p| p.into_inner());
-        match users.get(user) {
+        // The registrar asks on an async thread, where the PostgreSQL client (a runtime of its
+        // own) cannot run: the look-up runs on a thread of its own, waited for.
+        let found = std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+                users.get(user)
+            })
+            .join()
+        });
+        let Ok(found) = found else {
+            tracing::warn!(%user, "REGISTER: the users look-up failed");
+            return None;
+        };
+        match found {
             Ok(Some(u)) if u.sip_realm == realm => Some(u.sip_ha1),
             Ok(Some(u)) => {
                 tracing::warn!(%user, realm = %u.sip_realm, "REGISTER: this user's SIP password was set for another realm");

@@ -164,6 +164,20 @@ impl Capacity {
     }
 }
 
+impl Capacity {
+    /// Whether starting a plain partial now could make a final miss its deadline: it would
+    /// take the last free decoder, and a decode takes more than half of `final_max_wait_ms`.
+    /// A running decode cannot be stopped in time (whisper.cpp checks its abort callback only
+    /// after the encoder, which is most of a short decode), so a final or pause partial that
+    /// arrives just after the partial starts waits most of a decode; on a CPU that slow, the
+    /// caller would go to a person without their words. Without plain partials the pause
+    /// partial, which usually holds the whole utterance, starts the moment the caller pauses.
+    pub fn partials_would_delay_finals(&self, final_max_wait_ms: u64) -> bool {
+        let free = self.workers.max(1).saturating_sub(self.running);
+        free <= 1 && self.decode_ms * 2.0 > final_max_wait_ms as f64
+    }
+}
+
 /// The pool's queue. Generic over what rides along with each job (the pool's reply).
 #[derive(Debug)]
 pub struct DecodeQueue<T> {
@@ -313,10 +327,22 @@ impl<T> DecodeQueue<T> {
         out
     }
 
-    /// The next job to run at `now`, with the jobs that expired on the way (stale partials,
-    /// finals that waited too long).
-    pub fn pop(&mut self, now: Instant) -> (Option<Entry<T>>, Vec<(T, Dropped)>) {
-        let expired = self.expire(now);
+    /// The next job to run at `now` on a decoder that `cap` counts as free, with the jobs that
+    /// expired on the way (stale partials, finals that waited too long).
+    ///
+    /// A plain partial is not started on the last free decoder when a decode takes more than
+    /// half the time a final may wait ([`Capacity::partials_would_delay_finals`]): it is
+    /// dropped as superseded, and the decoder stays free for the pause partial or final.
+    pub fn pop(&mut self, now: Instant, cap: Capacity) -> (Option<Entry<T>>, Vec<(T, Dropped)>) {
+        let mut expired = self.expire(now);
+        if cap.partials_would_delay_finals(self.cfg.final_max_wait_ms) {
+            let (plain, keep): (VecDeque<Entry<T>>, VecDeque<Entry<T>>) =
+                std::mem::take(&mut self.entries)
+                    .into_iter()
+                    .partition(|e| e.class == JobClass::Partial);
+            self.entries = keep;
+            expired.extend(plain.into_iter().map(|e| (e.payload, Dropped::Superseded)));
+        }
         let next = self
             .entries
             .iter()
@@ -450,7 +476,7 @@ mod tests {
             idle(),
         );
         let order: Vec<u32> =
-            std::iter::from_fn(|| q.pop(at(t0, 10)).0.map(|e| e.payload)).collect();
+            std::iter::from_fn(|| q.pop(at(t0, 10), idle()).0.map(|e| e.payload)).collect();
         assert_eq!(order, [3, 5, 2, 1, 4]);
     }
 
@@ -489,7 +515,7 @@ mod tests {
             idle(),
         );
         assert_eq!(p.refused, Some((9, Dropped::Superseded)));
-        let (first, _) = q.pop(at(t0, 10));
+        let (first, _) = q.pop(at(t0, 10), idle());
         let first = first.expect("job");
         assert_eq!((first.payload, first.enqueued), (11, t0));
     }
@@ -601,7 +627,7 @@ mod tests {
             3,
             idle(),
         );
-        let (next, expired) = q.pop(at(t0, 600));
+        let (next, expired) = q.pop(at(t0, 600), idle());
         assert_eq!(next.map(|e| e.payload), Some(1));
         assert_eq!(expired, [(2, Dropped::Superseded)]);
         q.push(
@@ -613,7 +639,7 @@ mod tests {
         );
         let pause = id(5, 1, 0, DecodeKind::Partial);
         q.push(at(t0, 600), pause, JobClass::PausePartial, 5, idle());
-        let (next, expired) = q.pop(at(t0, 1_900));
+        let (next, expired) = q.pop(at(t0, 1_900), idle());
         assert!(next.is_none());
         assert_eq!(
             expired,
@@ -689,7 +715,63 @@ mod tests {
         );
         let gone: Vec<u32> = q.cancel_stream(1).into_iter().map(|(p, _)| p).collect();
         assert_eq!(gone, [1, 3]);
-        assert_eq!(q.pop(t0).0.map(|e| e.payload), Some(2));
+        assert_eq!(q.pop(t0, idle()).0.map(|e| e.payload), Some(2));
+    }
+
+    /// On a CPU where a decode takes over half a final's wait, the last free decoder is kept
+    /// for the pause partial and the final: a plain partial is dropped instead of started; a
+    /// second free decoder still runs it.
+    #[test]
+    fn slow_decodes_keep_the_last_decoder_for_the_pause_partial() {
+        let t0 = Instant::now();
+        let mut q = queue(8);
+        let slow = Capacity {
+            decode_ms: 900.0,
+            ..idle()
+        };
+        q.push(
+            t0,
+            id(1, 1, 0, DecodeKind::Partial),
+            JobClass::Partial,
+            1,
+            slow,
+        );
+        let (next, expired) = q.pop(at(t0, 10), slow);
+        assert!(
+            next.is_none(),
+            "a plain partial started on the only decoder"
+        );
+        assert!(
+            matches!(expired[..], [(1, Dropped::Superseded)]),
+            "{expired:?}"
+        );
+        q.push(
+            at(t0, 20),
+            id(1, 1, 1, DecodeKind::Partial),
+            JobClass::PausePartial,
+            2,
+            slow,
+        );
+        assert_eq!(q.pop(at(t0, 30), slow).0.map(|e| e.payload), Some(2));
+        // With two decoders free, one may run the partial and the other waits for the final.
+        q.push(
+            at(t0, 40),
+            id(2, 1, 0, DecodeKind::Partial),
+            JobClass::Partial,
+            3,
+            slow,
+        );
+        let two = Capacity { workers: 2, ..slow };
+        assert_eq!(q.pop(at(t0, 50), two).0.map(|e| e.payload), Some(3));
+        // Fast decodes: partials run on the only decoder as before.
+        q.push(
+            at(t0, 60),
+            id(3, 1, 0, DecodeKind::Partial),
+            JobClass::Partial,
+            4,
+            idle(),
+        );
+        assert_eq!(q.pop(at(t0, 70), idle()).0.map(|e| e.payload), Some(4));
     }
 
     #[derive(Debug, Clone)]
@@ -700,7 +782,10 @@ mod tests {
             class: JobClass,
             running: usize,
         },
-        Pop,
+        /// A decoder comes free; `slow` decodes take 900 ms (over half a final's wait).
+        Pop {
+            slow: bool,
+        },
         Cancel(u64),
         Wait(u64),
     }
@@ -709,7 +794,7 @@ mod tests {
         prop_oneof![
             4 => (0u64..4, 1u64..3, prop_oneof![Just(JobClass::Final), Just(JobClass::PausePartial), Just(JobClass::Partial)], 0usize..3)
                 .prop_map(|(stream, utterance, class, running)| Op::Push { stream, utterance, class, running }),
-            3 => Just(Op::Pop),
+            3 => any::<bool>().prop_map(|slow| Op::Pop { slow }),
             1 => (0u64..4).prop_map(Op::Cancel),
             2 => (0u64..800).prop_map(Op::Wait),
         ]
@@ -755,8 +840,9 @@ mod tests {
                         }
                         prop_assert!(q.len() <= cfg.max_queue);
                     }
-                    Op::Pop => {
-                        let (next, expired) = q.pop(now);
+                    Op::Pop { slow } => {
+                        let cap = Capacity { decode_ms: if slow { 900.0 } else { 200.0 }, ..idle() };
+                        let (next, expired) = q.pop(now, cap);
                         for (d, why) in expired {
                             check_drop(d, why, &classes);
                             answer(d, &mut answered);
@@ -771,6 +857,7 @@ mod tests {
                             if e.class != JobClass::Final {
                                 prop_assert_eq!(q.counts()[0], 0, "a partial ran while a final waited");
                             }
+                            prop_assert!(!(slow && e.class == JobClass::Partial), "a plain partial took the only decoder when decodes are slow");
                             answer(e.payload, &mut answered);
                         }
                     }

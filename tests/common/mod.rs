@@ -548,6 +548,28 @@ impl Server {
         server
     }
 
+    /// GETs `path` as `login` until `ok` holds for its JSON (Err: the last answer).
+    pub fn json_until(
+        &self,
+        login: &Login,
+        path: &str,
+        limit: Duration,
+        ok: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<serde_json::Value, serde_json::Value> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let r = self.request("GET", path, &[("Cookie", &login.cookie)], "");
+            let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+            if r.status == 200 && ok(&v) {
+                return Ok(v);
+            }
+            if Instant::now() >= deadline {
+                return Err(v);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     pub fn get(&self, path: &str) -> (u16, String) {
         http_get(self.ports.http(), path).unwrap_or_else(|e| (0, format!("GET {path} failed: {e}")))
     }
