@@ -460,12 +460,9 @@ fn two_nodes_behind_kamailio_share_calls_and_a_dead_nodes_waiting_caller_is_call
     // 1. Four calls through Kamailio spread over both nodes; each BYE follows the route.
     let mut spread = routed_callers(d, "spread", pa.caller_sipp(), proxy, 4, 2000);
     let code = spread.proc.wait(Duration::from_secs(40));
-    assert_eq!(
-        code,
-        Some(0),
-        "calls through Kamailio failed\n{}",
+    assert_passed(code, "calls through Kamailio failed", || {
         story(&[&a, &b], &kamailio, &[&spread])
-    );
+    });
     let (on_a, on_b) = (answered(&a).len(), answered(&b).len());
     assert!(
         on_a >= 1 && on_b >= 1 && on_a + on_b == 4,
@@ -545,11 +542,10 @@ fn two_nodes_behind_kamailio_share_calls_and_a_dead_nodes_waiting_caller_is_call
         .map(|at| at.saturating_duration_since(killed))
         .collect();
     eprintln!("new calls answered by B after A's death at {new_on_b:?}");
-    assert_eq!(
+    assert_passed(
         code,
-        Some(0),
-        "new calls through Kamailio failed after A died\n{}",
-        story(&[&a, &b], &kamailio, &[&after])
+        "new calls through Kamailio failed after A died",
+        || story(&[&a, &b], &kamailio, &[&after]),
     );
     assert_eq!(
         new_on_b.len(),
@@ -585,11 +581,10 @@ fn two_nodes_behind_kamailio_share_calls_and_a_dead_nodes_waiting_caller_is_call
 
     // Nobody is called twice: the phone took its two calls, each promise kept on one attempt.
     let code = phone.proc.wait(Duration::from_secs(40));
-    assert_eq!(
+    assert_passed(
         code,
-        Some(0),
-        "the customer's phone did not complete two callbacks\n{}",
-        story(&[&a, &b], &kamailio, &[&agent, &phone])
+        "the customer's phone did not complete two callbacks",
+        || story(&[&a, &b], &kamailio, &[&agent, &phone]),
     );
     std::thread::sleep(Duration::from_millis(500));
     let all = ledger.list(None).expect("list promises");
@@ -639,26 +634,17 @@ fn an_agent_listed_on_two_nodes_is_offered_one_call_at_a_time() {
     let mut second =
         routed_person_caller(d, "second", pb.caller_sipp(), proxy, "+15550012", 15_000);
     let code = first.proc.wait(Duration::from_secs(30));
-    assert_eq!(
-        code,
-        Some(0),
-        "the first caller\n{}",
+    assert_passed(code, "the first caller", || {
         story(&[&a, &b], &kamailio, &[&first, &second, &agent])
-    );
+    });
     let code = second.proc.wait(Duration::from_secs(40));
-    assert_eq!(
-        code,
-        Some(0),
-        "the second caller\n{}",
+    assert_passed(code, "the second caller", || {
         story(&[&a, &b], &kamailio, &[&first, &second, &agent])
-    );
+    });
     let code = agent.proc.wait(Duration::from_secs(10));
-    assert_eq!(
-        code,
-        Some(0),
-        "the agent did not take both calls\n{}",
+    assert_passed(code, "the agent did not take both calls", || {
         story(&[&a, &b], &kamailio, &[&first, &second, &agent])
-    );
+    });
     assert_eq!(
         (answered(&a).len(), answered(&b).len()),
         (1, 1),
@@ -1034,12 +1020,9 @@ fn a_dead_nodes_promise_for_later_is_kept_by_the_survivor_once() {
         phone.report()
     );
     let code = phone.proc.wait(Duration::from_secs(40));
-    assert_eq!(
-        code,
-        Some(0),
-        "A's promise was not kept by B\n{}",
+    assert_passed(code, "A's promise was not kept by B", || {
         nodes_story(&[&a, &b], &[&agent, &phone])
-    );
+    });
     eprintln!(
         "A's promise for +{:.1} s was kept by B {:?} after A died",
         later as f64 / 1000.0,

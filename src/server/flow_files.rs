@@ -373,6 +373,12 @@ impl FlowTask {
                 let r = self.upload(&language, &prompt, &wav, &author);
                 answer(reply, r)
             }
+            FlowRequest::Discard {
+                language,
+                prompt,
+                author,
+                reply,
+            } => answer(reply, self.discard(&language, &prompt, &author)),
             FlowRequest::Hear {
                 language,
                 wav,
@@ -417,6 +423,7 @@ impl FlowTask {
         let problems = self.shared.prompts_health.problems();
         Ok(json!({
             "running": running,
+            "uploads": self.waiting_uploads(),
             "disk": {"in_force": problems.is_none(), "problems": problems.unwrap_or_default()},
             "default_language": flow.default_language,
             "languages": flow.languages.keys().collect::<Vec<_>>(),
@@ -690,8 +697,44 @@ impl FlowTask {
             "path": path,
             "seconds": secs,
             "from_rate": rate,
-            "waiting": self.uploads.keys().collect::<Vec<_>>(),
+            "waiting": self.waiting_uploads(),
         }))
+    }
+
+    /// Takes prompt `prompt`'s upload in `language` out of the draft: the next check or
+    /// publish stages the prompt's recording as it was (or records its changed text).
+    fn discard(
+        &mut self,
+        language: &str,
+        prompt: &str,
+        author: &str,
+    ) -> Result<serde_json::Value, FlowRefused> {
+        let path = self
+            .uploads
+            .iter()
+            .find(|(_, up)| up.language == language && up.prompt == prompt)
+            .map(|(path, _)| path.clone())
+            .ok_or_else(|| {
+                FlowRefused::NotFound(format!(
+                    "no uploaded recording is waiting for prompt `{prompt}` ({language})"
+                ))
+            })?;
+        self.uploads.remove(&path);
+        info!(%path, %author, "uploaded recording discarded from the draft");
+        self.record(
+            author,
+            "upload_discarded",
+            &format!("{path} for prompt `{prompt}` ({language})"),
+        );
+        Ok(json!({"discarded": path, "waiting": self.waiting_uploads()}))
+    }
+
+    /// The uploads waiting in the draft, as the console shows them at their prompts.
+    fn waiting_uploads(&self) -> Vec<serde_json::Value> {
+        self.uploads
+            .iter()
+            .map(|(path, up)| json!({"path": path, "language": up.language, "prompt": up.prompt}))
+            .collect()
     }
 
     /// What Humanline hears in `wav`, decoded as a call in `language` is: its utterances

@@ -45,7 +45,7 @@ pub struct Shared {
     pub(crate) speech: Option<Arc<DecoderPool>>,
     /// The model behind `speech`, to re-tokenize the verifier's phrases on a prompt reload.
     pub(crate) engine: Option<Arc<crate::speech::LanguageEngines>>,
-    pub(crate) queue: tokio::sync::mpsc::UnboundedSender<queue::QueueMsg>,
+    pub(crate) queue: tokio::sync::mpsc::Sender<queue::QueueMsg>,
     /// Agents who may be offered calls now or when free (the dialer's room).
     pub(crate) agents_staffed: Arc<std::sync::atomic::AtomicUsize>,
     pub(crate) ledger: SharedLedger,
@@ -70,6 +70,13 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Tells the agent queue `msg`, waiting for room while its channel is full: never
+    /// dropped (see [`queue::CALLS_CAPACITY`]), and the queue never waits on a call, so the
+    /// wait ends. An error means the queue task is gone, and with it every call's line.
+    pub(crate) async fn tell_queue(&self, msg: queue::QueueMsg) {
+        let _ = self.queue.send(msg).await;
+    }
+
     /// The flow in force now: a call takes it at its start and keeps it.
     pub fn flow(&self) -> Arc<Flow> {
         self.flow

@@ -35,12 +35,23 @@ const STATUS_REFRESH: Duration = Duration::from_secs(15);
 /// that is stuck loses status updates (the next one replaces them), never a `Ring`.
 pub const TO_CALL_CAPACITY: usize = 16;
 
-/// From a call to the queue.
-///
-/// The channel is unbounded on purpose, and input cannot grow it: a call enqueues itself
-/// once per route to a person, and every other message reports the end of an agent leg
-/// the queue itself started with a `Ring`. A bounded channel would make a call wait (or a
-/// leg's end be lost, and with it an agent) while the queue is busy.
+/// Messages from calls (and callback attempts) waiting for the queue task at most. A call
+/// sends one for each event of its own (its enqueue, an agent leg's end, leaving the line),
+/// and the task applies each as it comes, so this holds several for every call of a node at
+/// the default admission limit (200). When it is full a call waits for room (`send().await`):
+/// its message is never lost, since a lost enqueue would leave a caller waiting for nobody and
+/// a lost leg's end would take an agent out of the pool. The task never waits on a call, so
+/// the wait ends.
+pub const CALLS_CAPACITY: usize = 1024;
+/// Agents' changes waiting for the queue task at most: registrations that passed digest
+/// authentication (already at most [`super::registrations::CHANNEL`] at a time), consoles
+/// opening and closing, presence set by logged-in users. When it is full a registration
+/// waits for room; a console opening or a presence change is answered at once that the queue
+/// is busy ([`crate::web::desk`]); a console closing waits for room in a task of its own,
+/// because losing it would leave the agent offered calls in a browser nobody has open.
+pub const AGENTS_CAPACITY: usize = 256;
+
+/// From a call to the queue (at most [`CALLS_CAPACITY`] waiting).
 #[derive(Debug)]
 pub enum QueueMsg {
     Enqueue {
@@ -83,10 +94,8 @@ struct Waiter {
 /// The queue task's ends: calls' messages, agents' changes (registrations, presence), what
 /// the console sees, and how many agents are staffed (for the callback dialer).
 pub struct QueueHandles {
-    pub calls: mpsc::UnboundedSender<QueueMsg>,
-    /// Unbounded like `calls`: each message is a registration that passed digest
-    /// authentication or a presence change by a logged-in user.
-    pub agents: mpsc::UnboundedSender<AgentInput>,
+    pub calls: mpsc::Sender<QueueMsg>,
+    pub agents: mpsc::Sender<AgentInput>,
     pub desk: watch::Receiver<DeskView>,
     pub staffed: Arc<AtomicUsize>,
 }
@@ -256,8 +265,8 @@ impl SharedPresence {
 
 /// `claims`: where to claim agents before ringing them (a shared store), or `None` (one node).
 pub fn spawn(agents: Vec<String>, metrics: Metrics, claims: Option<AgentClaims>) -> QueueHandles {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (agents_tx, agents_rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::channel(CALLS_CAPACITY);
+    let (agents_tx, agents_rx) = mpsc::channel(AGENTS_CAPACITY);
     let (desk_tx, desk) = watch::channel(DeskView::default());
     let staffed = Arc::new(AtomicUsize::new(agents.len()));
     tokio::spawn(run(
@@ -279,8 +288,8 @@ pub fn spawn(agents: Vec<String>, metrics: Metrics, claims: Option<AgentClaims>)
 
 async fn run(
     agents: Vec<String>,
-    mut rx: mpsc::UnboundedReceiver<QueueMsg>,
-    mut agents_rx: mpsc::UnboundedReceiver<AgentInput>,
+    mut rx: mpsc::Receiver<QueueMsg>,
+    mut agents_rx: mpsc::Receiver<AgentInput>,
     desk: watch::Sender<DeskView>,
     staffed: Arc<AtomicUsize>,
     metrics: Metrics,
@@ -413,6 +422,68 @@ async fn run(
                     estimated_wait: wait,
                 });
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// More callers at once than the queue's channel holds: the ones that find it full wait
+    /// for room, and every one of them is answered (here: nobody is staffed).
+    #[tokio::test]
+    async fn callers_who_find_the_queue_full_wait_and_none_is_lost() {
+        let handles = spawn(Vec::new(), Metrics::new(), None);
+        let callers = CALLS_CAPACITY + 100;
+        let mut answers = Vec::with_capacity(callers);
+        let enqueue = |call: u64, to_call| QueueMsg::Enqueue {
+            call,
+            to_call,
+            caller: CallerInfo::default(),
+        };
+        // The queue task has not run yet (one thread, and this one has not yielded): the
+        // channel takes exactly its capacity, then says it is full; the rest wait for room.
+        let mut queued = 0;
+        let mut full = false;
+        for call in 0..callers as u64 {
+            let (tx, rx) = to_call_channel();
+            answers.push(rx);
+            let msg = enqueue(call, tx);
+            let msg = if full {
+                msg
+            } else {
+                match handles.calls.try_send(msg) {
+                    Ok(()) => {
+                        queued += 1;
+                        continue;
+                    }
+                    Err(TrySendError::Full(msg)) => {
+                        full = true;
+                        msg
+                    }
+                    Err(e) => panic!("caller {call}: {e}"),
+                }
+            };
+            let waited =
+                tokio::time::timeout(Duration::from_secs(10), handles.calls.send(msg)).await;
+            assert!(
+                matches!(waited, Ok(Ok(()))),
+                "caller {call} waited for good"
+            );
+        }
+        assert_eq!(queued, CALLS_CAPACITY, "the channel is not bounded as said");
+        for (call, rx) in answers.iter_mut().enumerate() {
+            let told = tokio::time::timeout(Duration::from_secs(10), async {
+                while let Some(msg) = rx.recv().await {
+                    if msg == ToCall::NoneAvailable {
+                        return true;
+                    }
+                }
+                false
+            })
+            .await;
+            assert_eq!(told, Ok(true), "caller {call} was never answered: lost");
         }
     }
 }

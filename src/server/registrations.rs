@@ -55,10 +55,7 @@ impl Credentials for UserCredentials {
 }
 
 /// Passes registrations on to the queue until either side closes.
-pub fn spawn(
-    mut from_sip: mpsc::Receiver<Registration>,
-    to_queue: mpsc::UnboundedSender<AgentInput>,
-) {
+pub fn spawn(mut from_sip: mpsc::Receiver<Registration>, to_queue: mpsc::Sender<AgentInput>) {
     tokio::spawn(async move {
         while let Some(r) = from_sip.recv().await {
             let input = match r {
@@ -73,7 +70,9 @@ pub fn spawn(
                 },
                 Registration::Unbound { user } => AgentInput::Unregistered { agent: user },
             };
-            if to_queue.send(input).is_err() {
+            // A full queue makes this wait; meanwhile the registrar's channel fills and the
+            // phone's next REGISTER refreshes what is dropped there.
+            if to_queue.send(input).await.is_err() {
                 break;
             }
         }
