@@ -956,10 +956,42 @@ fn bench_agent_claim_round_trips_on_both_stores() {
             l.release_agent("alice", "node-a", &call).unwrap();
             release.push(ms(t));
         }
+        // The shared reads presence added: with 100 other agents' settings stored (away), the
+        // claim (its away check is in the same statement), a setting's write, and the
+        // once-a-second read of every setting each node makes.
+        for n in 0..100 {
+            l.set_presence(&format!("agent-{n}"), Presence::Away, 1)
+                .unwrap();
+        }
+        let (mut claim_with, mut set, mut read) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..runs {
+            let now = 2_000_000 + i as i64;
+            l.beat("node-a", "a", now).unwrap();
+            let call = format!("node-a-p{i}");
+            let t = std::time::Instant::now();
+            let got = l
+                .claim_agent("alice", "node-a", &call, liveness, now)
+                .unwrap();
+            claim_with.push(ms(t));
+            assert_eq!(got, AgentClaim::Granted);
+            l.release_agent("alice", "node-a", &call).unwrap();
+            let t = std::time::Instant::now();
+            l.set_presence("alice", Presence::Available, now).unwrap();
+            set.push(ms(t));
+            let t = std::time::Instant::now();
+            assert_eq!(l.presences().unwrap().len(), 101);
+            read.push(ms(t));
+        }
         let p99 = |v: &[f64]| humanline::bench::percentile(v, 99.0);
         result.insert(
             name.to_string(),
             serde_json::json!({
+                "claim_with_100_presences_ms": humanline::bench::summary(&claim_with),
+                "claim_with_100_presences_p99_ms": p99(&claim_with),
+                "set_presence_ms": humanline::bench::summary(&set),
+                "set_presence_p99_ms": p99(&set),
+                "read_101_presences_ms": humanline::bench::summary(&read),
+                "read_101_presences_p99_ms": p99(&read),
                 "claim_ms": humanline::bench::summary(&claim),
                 "claim_p99_ms": p99(&claim),
                 "release_ms": humanline::bench::summary(&release),
