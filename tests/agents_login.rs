@@ -8,7 +8,7 @@
 mod common;
 
 use common::*;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Polls `/api/desk` (as `login`) until `ok` holds for it; the last view otherwise.
 fn wait_desk(
@@ -17,18 +17,7 @@ fn wait_desk(
     limit: Duration,
     ok: impl Fn(&serde_json::Value) -> bool,
 ) -> Result<serde_json::Value, serde_json::Value> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let r = server.request("GET", "/api/desk", &[("Cookie", &login.cookie)], "");
-        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
-        if r.status == 200 && ok(&v) {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            return Err(v);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    server.json_until(login, "/api/desk", limit, ok)
 }
 
 fn agent<'a>(desk: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {

@@ -2,15 +2,20 @@
 //! PostgreSQL (a private cluster on 127.0.0.1, started here; SKIP without the package, except in
 //! CI). Then what only a shared store must do: two nodes claiming from one database never claim
 //! the same promise, and a dead node's promise is kept by the other after its lease, once.
+//! The users, the flow's versions and agents' presence, which live in the same store, are
+//! checked on both stores too.
 
 mod common;
 
 use common::postgres::{Cluster, cluster};
+use humanline::agents::Presence;
 use humanline::callbacks::{
     AttemptOutcome, CallbackLedger, LedgerError, LedgerStore, NewPromise, PromiseState, RetryPolicy,
 };
+use humanline::config::versions::{FileChange, Snapshot, VersionStore};
 use humanline::nodes::{AgentClaim, HeldCall, HeldState, Liveness, REASON_NODE_DIED};
-use humanline::storage::{DEFAULT_LEASE_MS, PostgresStore, SqliteStore};
+use humanline::storage::{DEFAULT_LEASE_MS, PostgresStore, SqliteStore, StoreSetting};
+use humanline::web::auth::{Role, User, UserError, UserStore};
 use std::collections::HashSet;
 use std::sync::{Arc, Barrier};
 
@@ -49,6 +54,28 @@ impl Backend {
 
     fn ledger(&self, node: &str, policy: RetryPolicy) -> CallbackLedger<Box<dyn LedgerStore>> {
         CallbackLedger::new(self.open(node), policy)
+    }
+
+    /// The store as the server's `store` setting names it, with its data folder.
+    fn setting(&self) -> (StoreSetting, std::path::PathBuf) {
+        match self {
+            Backend::Sqlite(dir) => (StoreSetting::Sqlite, dir.path().to_path_buf()),
+            Backend::Postgres { url, .. } => (
+                StoreSetting::Postgres(url.clone()),
+                std::env::temp_dir().join("no-data-dir-for-postgres"),
+            ),
+        }
+    }
+
+    /// A new connection to the users, as a node (or `humanline users`) opens them.
+    fn users(&self) -> Box<dyn UserStore> {
+        let (store, dir) = self.setting();
+        store.open_users(&dir).expect("open users")
+    }
+
+    fn versions(&self) -> Box<dyn VersionStore> {
+        let (store, dir) = self.setting();
+        store.open_versions(&dir).expect("open versions")
     }
 }
 
@@ -89,7 +116,114 @@ on_every_store!(
     a_node_thought_dead_that_serves_its_caller_keeps_the_promise_made_for_them,
     an_agent_is_claimed_by_one_node_at_a_time_until_released_or_its_node_dies,
     nodes_claiming_one_agent_at_once_get_it_once,
+    users_added_on_one_connection_are_read_on_another,
+    versions_are_read_back_whole_by_another_node_newest_first,
+    an_agent_away_is_claimed_by_no_node_and_the_latest_setting_wins,
 );
+
+fn user(name: &str, role: Role) -> User {
+    User {
+        name: name.into(),
+        role,
+        password_hash: "$argon2id$x".into(),
+        sip_realm: "humanline".into(),
+        sip_ha1: "0".repeat(32),
+        created_at: 7,
+    }
+}
+
+/// A user added through one connection (`humanline users add`) is what every other one (each
+/// node) reads; names are unique; a removed user is gone for all.
+fn users_added_on_one_connection_are_read_on_another(b: &Backend) {
+    let (mut cli, mut node) = (b.users(), b.users());
+    cli.add(&user("bob", Role::Agent)).unwrap();
+    cli.add(&user("alice", Role::Operator)).unwrap();
+    assert!(matches!(
+        node.add(&user("bob", Role::Supervisor)),
+        Err(UserError::Exists(_))
+    ));
+    let names: Vec<_> = node.list().unwrap().into_iter().map(|u| u.name).collect();
+    assert_eq!(names, ["alice", "bob"]);
+    assert_eq!(
+        node.get("alice").unwrap(),
+        Some(user("alice", Role::Operator))
+    );
+    cli.remove("bob").unwrap();
+    assert!(node.get("bob").unwrap().is_none());
+    assert!(matches!(node.remove("bob"), Err(UserError::NotFound(_))));
+}
+
+/// A version stored by one node is read back by another with its files and changes; the
+/// newest is the latest; the audit log keeps its order.
+fn versions_are_read_back_whole_by_another_node_newest_first(b: &Backend) {
+    let (mut a, other) = (b.versions(), b.versions());
+    assert!(other.latest().unwrap().is_none());
+    let mut snap = Snapshot::default();
+    snap.tree.insert("prompts/en.toml".into(), "h1".into());
+    snap.blobs.insert("h1".into(), b"x = 1".to_vec());
+    let v1 = a.add_version(1, "alice", "first", &snap, &[]).unwrap();
+    snap.tree.insert("audio/en/a.wav".into(), "h2".into());
+    snap.blobs.insert("h2".into(), vec![0, 159, 255, 82]);
+    let change = FileChange {
+        path: "audio/en/a.wav".into(),
+        change: "added".into(),
+        lines: vec![],
+    };
+    let v2 = a
+        .add_version(2, "bob", "second", &snap, std::slice::from_ref(&change))
+        .unwrap();
+    assert!(v2 > v1);
+    let latest = other.latest().unwrap().unwrap();
+    assert_eq!((latest.id, latest.author.as_str()), (v2, "bob"));
+    assert_eq!(latest.changes, [change]);
+    assert_eq!(latest.tree, snap.tree);
+    assert_eq!(other.version(v1).unwrap().unwrap().tree.len(), 1);
+    assert_eq!(other.blob("h2").unwrap().unwrap(), [0, 159, 255, 82]);
+    assert!(other.blob("h3").unwrap().is_none());
+    let ids: Vec<_> = other.versions(10).unwrap().iter().map(|v| v.id).collect();
+    assert_eq!(ids, [v2, v1]);
+    a.audit(5, "alice", "login", "").unwrap();
+    a.audit(6, "alice", "publish", "version 2").unwrap();
+    let log = other.audit_log(10).unwrap();
+    assert_eq!(log[0].action, "publish");
+    assert_eq!(log[1].action, "login");
+}
+
+/// An agent set away on one node is claimed by no node until set available again; a setting
+/// older than the stored one (a late write) changes nothing.
+fn an_agent_away_is_claimed_by_no_node_and_the_latest_setting_wins(b: &Backend) {
+    let liveness = Liveness { timeout_ms: 3_000 };
+    let (mut a, mut bn) = (
+        b.ledger("node-a", RetryPolicy::default()),
+        b.ledger("node-b", RetryPolicy::default()),
+    );
+    a.beat("node-a", "a", 10_000).unwrap();
+    bn.beat("node-b", "b", 10_000).unwrap();
+    let ann = "ann";
+    a.set_presence(ann, Presence::Away, 10_000).unwrap();
+    assert_eq!(
+        bn.claim_agent(ann, "node-b", "node-b-1", liveness, 10_001)
+            .unwrap(),
+        AgentClaim::Away
+    );
+    assert!(bn.agent_claims().unwrap().is_empty());
+    // A late write of an older setting is ignored.
+    bn.set_presence(ann, Presence::Available, 9_000).unwrap();
+    let rows = bn.presences().unwrap();
+    assert_eq!(
+        rows.iter()
+            .map(|r| (r.agent.as_str(), r.presence, r.set_at))
+            .collect::<Vec<_>>(),
+        [(ann, Presence::Away, 10_000)]
+    );
+    bn.set_presence(ann, Presence::Available, 10_500).unwrap();
+    assert_eq!(
+        bn.claim_agent(ann, "node-b", "node-b-1", liveness, 10_501)
+            .unwrap(),
+        AgentClaim::Granted
+    );
+    assert_eq!(a.presences().unwrap()[0].presence, Presence::Available);
+}
 
 fn a_promise_is_retried_with_backoff_then_escalated_never_dropped(b: &Backend) {
     let policy = RetryPolicy {
@@ -822,10 +956,42 @@ fn bench_agent_claim_round_trips_on_both_stores() {
             l.release_agent("alice", "node-a", &call).unwrap();
             release.push(ms(t));
         }
+        // The shared reads presence added: with 100 other agents' settings stored (away), the
+        // claim (its away check is in the same statement), a setting's write, and the
+        // once-a-second read of every setting each node makes.
+        for n in 0..100 {
+            l.set_presence(&format!("agent-{n}"), Presence::Away, 1)
+                .unwrap();
+        }
+        let (mut claim_with, mut set, mut read) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..runs {
+            let now = 2_000_000 + i as i64;
+            l.beat("node-a", "a", now).unwrap();
+            let call = format!("node-a-p{i}");
+            let t = std::time::Instant::now();
+            let got = l
+                .claim_agent("alice", "node-a", &call, liveness, now)
+                .unwrap();
+            claim_with.push(ms(t));
+            assert_eq!(got, AgentClaim::Granted);
+            l.release_agent("alice", "node-a", &call).unwrap();
+            let t = std::time::Instant::now();
+            l.set_presence("alice", Presence::Available, now).unwrap();
+            set.push(ms(t));
+            let t = std::time::Instant::now();
+            assert_eq!(l.presences().unwrap().len(), 101);
+            read.push(ms(t));
+        }
         let p99 = |v: &[f64]| humanline::bench::percentile(v, 99.0);
         result.insert(
             name.to_string(),
             serde_json::json!({
+                "claim_with_100_presences_ms": humanline::bench::summary(&claim_with),
+                "claim_with_100_presences_p99_ms": p99(&claim_with),
+                "set_presence_ms": humanline::bench::summary(&set),
+                "set_presence_p99_ms": p99(&set),
+                "read_101_presences_ms": humanline::bench::summary(&read),
+                "read_101_presences_p99_ms": p99(&read),
                 "claim_ms": humanline::bench::summary(&claim),
                 "claim_p99_ms": p99(&claim),
                 "release_ms": humanline::bench::summary(&release),

@@ -5,7 +5,9 @@
 //! dialed once; node A is SIGKILLed with a caller waiting for a person: new calls reach node
 //! B within seconds, the waiting caller is called back by B, and nobody is called twice. One
 //! agent listed on both nodes is offered one call at a time across them; a promise A made for
-//! later is kept by B, once, after A's death.
+//! later is kept by B, once, after A's death. A user added once logs in on both nodes; a flow
+//! published on A is served by B (and a version that does not load is refused by both); an
+//! agent set away on A is not rung by B.
 //! SKIP without kamailio, sipp or PostgreSQL, except in CI (scripts/setup.sh installs them).
 
 mod common;
@@ -13,8 +15,9 @@ mod common;
 use common::postgres::cluster;
 use common::*;
 use humanline::callbacks::{LedgerStore, PromiseState};
+use humanline::config::versions::{Snapshot, VersionStore};
 use humanline::nodes::REASON_NODE_DIED;
-use humanline::storage::PostgresStore;
+use humanline::storage::{PostgresStore, PostgresVersions};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -151,6 +154,24 @@ impl Drop for Kamailio {
 /// A node: its own folder, the shared PostgreSQL ledger, callbacks out through the customer's
 /// phone, quick retries, no media probing during the test's quiet callers.
 fn node(dir: &Path, name: &str, ports: Ports, url: &str, agents: &[String], trunk: u16) -> Server {
+    node_with(dir, name, ports, url, agents, trunk, &[])
+}
+
+/// The node's settings file (in its folder).
+fn node_config(dir: &Path, name: &str) -> PathBuf {
+    dir.join(name).join("server.toml")
+}
+
+/// [`node`] with more arguments to `humanline serve`.
+fn node_with(
+    dir: &Path,
+    name: &str,
+    ports: Ports,
+    url: &str,
+    agents: &[String],
+    trunk: u16,
+    extra: &[String],
+) -> Server {
     let d = dir.join(name);
     std::fs::create_dir_all(&d).expect("node dir");
     let config = d.join("server.toml");
@@ -163,12 +184,42 @@ fn node(dir: &Path, name: &str, ports: Ports, url: &str, agents: &[String], trun
         ),
     )
     .expect("write server.toml");
-    Server::start_with(
-        ports,
-        &d,
-        agents,
-        &["--config".into(), config.display().to_string()],
-    )
+    let mut args = vec!["--config".into(), config.display().to_string()];
+    args.extend_from_slice(extra);
+    Server::start_with(ports, &d, agents, &args)
+}
+
+/// `humanline users add` with the node's settings file, as the README says: the user is in
+/// the store the file names.
+fn add_user_with_config(config: &Path, name: &str, role: &str, password: &str) {
+    let data = config.with_file_name("data");
+    let out = users_command(
+        &data,
+        &[
+            "add",
+            name,
+            "--role",
+            role,
+            "--config",
+            &config.display().to_string(),
+        ],
+        &format!("{password}\n"),
+    );
+    assert!(
+        out.status.success(),
+        "humanline users add {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `/api/flow` on `node` as `login`, until `ok` holds for it (the last answer otherwise).
+fn flow_until(
+    node: &Server,
+    login: &Login,
+    limit: Duration,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> Result<serde_json::Value, serde_json::Value> {
+    node.json_until(login, "/api/flow", limit, ok)
 }
 
 /// `calls` callers through Kamailio at `proxy`, each on the line for `hold_ms`.
@@ -409,12 +460,9 @@ fn two_nodes_behind_kamailio_share_calls_and_a_dead_nodes_waiting_caller_is_call
     // 1. Four calls through Kamailio spread over both nodes; each BYE follows the route.
     let mut spread = routed_callers(d, "spread", pa.caller_sipp(), proxy, 4, 2000);
     let code = spread.proc.wait(Duration::from_secs(40));
-    assert_eq!(
-        code,
-        Some(0),
-        "calls through Kamailio failed\n{}",
+    assert_passed(code, "calls through Kamailio failed", || {
         story(&[&a, &b], &kamailio, &[&spread])
-    );
+    });
     let (on_a, on_b) = (answered(&a).len(), answered(&b).len());
     assert!(
         on_a >= 1 && on_b >= 1 && on_a + on_b == 4,
@@ -494,11 +542,10 @@ fn two_nodes_behind_kamailio_share_calls_and_a_dead_nodes_waiting_caller_is_call
         .map(|at| at.saturating_duration_since(killed))
         .collect();
     eprintln!("new calls answered by B after A's death at {new_on_b:?}");
-    assert_eq!(
+    assert_passed(
         code,
-        Some(0),
-        "new calls through Kamailio failed after A died\n{}",
-        story(&[&a, &b], &kamailio, &[&after])
+        "new calls through Kamailio failed after A died",
+        || story(&[&a, &b], &kamailio, &[&after]),
     );
     assert_eq!(
         new_on_b.len(),
@@ -534,11 +581,10 @@ fn two_nodes_behind_kamailio_share_calls_and_a_dead_nodes_waiting_caller_is_call
 
     // Nobody is called twice: the phone took its two calls, each promise kept on one attempt.
     let code = phone.proc.wait(Duration::from_secs(40));
-    assert_eq!(
+    assert_passed(
         code,
-        Some(0),
-        "the customer's phone did not complete two callbacks\n{}",
-        story(&[&a, &b], &kamailio, &[&agent, &phone])
+        "the customer's phone did not complete two callbacks",
+        || story(&[&a, &b], &kamailio, &[&agent, &phone]),
     );
     std::thread::sleep(Duration::from_millis(500));
     let all = ledger.list(None).expect("list promises");
@@ -588,26 +634,17 @@ fn an_agent_listed_on_two_nodes_is_offered_one_call_at_a_time() {
     let mut second =
         routed_person_caller(d, "second", pb.caller_sipp(), proxy, "+15550012", 15_000);
     let code = first.proc.wait(Duration::from_secs(30));
-    assert_eq!(
-        code,
-        Some(0),
-        "the first caller\n{}",
+    assert_passed(code, "the first caller", || {
         story(&[&a, &b], &kamailio, &[&first, &second, &agent])
-    );
+    });
     let code = second.proc.wait(Duration::from_secs(40));
-    assert_eq!(
-        code,
-        Some(0),
-        "the second caller\n{}",
+    assert_passed(code, "the second caller", || {
         story(&[&a, &b], &kamailio, &[&first, &second, &agent])
-    );
+    });
     let code = agent.proc.wait(Duration::from_secs(10));
-    assert_eq!(
-        code,
-        Some(0),
-        "the agent did not take both calls\n{}",
+    assert_passed(code, "the agent did not take both calls", || {
         story(&[&a, &b], &kamailio, &[&first, &second, &agent])
-    );
+    });
     assert_eq!(
         (answered(&a).len(), answered(&b).len()),
         (1, 1),
@@ -665,6 +702,227 @@ fn an_agent_listed_on_two_nodes_is_offered_one_call_at_a_time() {
         ledger.agent_claims().is_ok_and(|c| c.is_empty())
     });
     assert!(released, "claims left: {:?}", ledger.agent_claims());
+}
+
+/// An operator added once (with node A's settings file: the store is PostgreSQL) logs in on
+/// both nodes. Each node has its own copy of the flow's files. A greeting published on A is
+/// what B serves within seconds, files and recording, without a restart; a newer version that
+/// does not load (put in the store directly) is refused by both, and both keep serving the
+/// published one.
+#[test]
+fn a_user_added_once_logs_in_on_both_nodes_and_a_flow_published_on_a_is_served_by_b() {
+    let Some(rig) = rig("users_and_flow_two_nodes", false) else {
+        return;
+    };
+    let (url, pa, pb, d) = (rig.url.clone(), rig.pa, rig.pb, rig.dir.path());
+    let flows = [d.join("flow-a"), d.join("flow-b")];
+    let [prompts_a, prompts_b] = flows.each_ref().map(|f| {
+        std::fs::create_dir_all(f).expect("flow dir");
+        copy_of_shipped_flow(f).to_vec()
+    });
+    let a = node_with(d, "a", pa, &url, &[], pa.dead(), &prompts_a);
+    let b = node_with(d, "b", pb, &url, &[], pb.dead(), &prompts_b);
+    add_user_with_config(
+        &node_config(d, "a"),
+        "olga",
+        "operator",
+        "operator password 1",
+    );
+    let on_a = a.login("olga", "operator password 1");
+    let on_b = b.login("olga", "operator password 1");
+
+    let status = flow_until(&b, &on_b, Duration::from_secs(5), |v| {
+        v["running"]["id"].is_i64()
+    })
+    .unwrap_or_else(|v| panic!("B runs no version: {v}"));
+    let first = status["running"]["id"].as_i64().unwrap_or_default();
+    let en = status["files"]["en.toml"]
+        .as_str()
+        .expect("en.toml")
+        .to_string();
+    let new_en = en.replace("Welcome to Humanline.", "Hello from Humanline.");
+    assert_ne!(new_en, en);
+    let draft = serde_json::json!({"files": {"en.toml": new_en}, "message": "friendlier greeting"})
+        .to_string();
+    let r = a.change(&on_a, "/api/flow/publish", &draft);
+    assert_eq!(r.status, 200, "{}\n{}", r.body, nodes_story(&[&a, &b], &[]));
+    let published: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+    let version = published["version"].as_i64().expect("a version id");
+    assert!(version > first, "{published}");
+    let published_at = Instant::now();
+
+    let served = flow_until(&b, &on_b, Duration::from_secs(10), |v| {
+        v["running"]["id"] == version && v["files"]["en.toml"] == new_en.as_str()
+    });
+    assert!(
+        served.is_ok(),
+        "B does not serve version {version} 10 s after A published it: {:?}\n{}",
+        served.map(|v| v["running"].clone()),
+        nodes_story(&[&a, &b], &[])
+    );
+    eprintln!(
+        "users_and_flow_two_nodes: B served A's version {:.1} s after the publish",
+        published_at.elapsed().as_secs_f64()
+    );
+    let greeting = |f: &PathBuf| std::fs::read(f.join("audio/en/greeting.wav")).unwrap_or_default();
+    assert!(
+        !greeting(&flows[1]).is_empty() && greeting(&flows[0]) == greeting(&flows[1]),
+        "B's greeting recording is not the one A recorded for the published text"
+    );
+    assert!(
+        b.log.find(&["newest flow version is live here"]).is_some(),
+        "{}",
+        tail(&b.log.text(), 40)
+    );
+
+    // A newer version that does not load: the settings' timer out of range.
+    let mut store = PostgresVersions::connect(&url).expect("connect to the versions");
+    let latest = store.latest().expect("read versions").expect("a version");
+    let settings = std::fs::read_to_string(flows[1].join("prompts/humanline.toml")).unwrap();
+    let bad = settings.replace("no_input_ms = 7000", "no_input_ms = 10");
+    assert_ne!(bad, settings);
+    let mut snap = Snapshot {
+        tree: latest.tree.clone(),
+        blobs: Default::default(),
+    };
+    snap.tree
+        .insert("prompts/humanline.toml".into(), "not-a-real-hash".into());
+    snap.blobs
+        .insert("not-a-real-hash".into(), bad.into_bytes());
+    let broken = store
+        .add_version(
+            humanline::callbacks::unix_now(),
+            "mallory",
+            "broken",
+            &snap,
+            &[],
+        )
+        .expect("store the broken version");
+    for (n, flow) in [(&a, &flows[0]), (&b, &flows[1])] {
+        let refused = n.log.wait_for(
+            &["does not load on this node", &format!("version={broken}")],
+            Duration::from_secs(10),
+        );
+        assert!(refused.is_some(), "{}", tail(&n.log.text(), 40));
+        assert_eq!(
+            std::fs::read_to_string(flow.join("prompts/humanline.toml")).unwrap(),
+            settings,
+            "a version that does not load changed the files"
+        );
+    }
+    let still = flow_until(&b, &on_b, Duration::from_secs(2), |v| {
+        v["running"]["id"] == version
+    });
+    assert!(
+        still.is_ok(),
+        "B stopped serving version {version}: {still:?}"
+    );
+}
+
+/// Ann (an agent, added once) registers her phone with node B and logs in to the console on
+/// node A, where she sets herself away: a caller on B who asks for a person is not put
+/// through to her. Once she is available again (on A), B rings her for the next caller.
+#[test]
+fn an_agent_set_away_on_a_is_not_rung_by_b() {
+    let Some(rig) = rig("presence_two_nodes", false) else {
+        return;
+    };
+    let (url, pa, pb, d) = (rig.url.clone(), rig.pa, rig.pb, rig.dir.path());
+    let a = node(d, "a", pa, &url, &[], pa.dead());
+    let b = node(d, "b", pb, &url, &[], pb.dead());
+    add_user_with_config(&node_config(d, "b"), "ann", "agent", "ann-password-1");
+    let play = d.join("agent_says.wav");
+    silence_wav(&play, 90.0);
+    let phone = Baresip::start_registered(
+        d,
+        "ann",
+        "ann",
+        "ann-password-1",
+        b.ports.sip_addr(),
+        pb.baresip(),
+        &play,
+        Duration::from_secs(85),
+    );
+    let ann_on_b = b.login("ann", "ann-password-1");
+    let registered = b.json_until(&ann_on_b, "/api/desk", Duration::from_secs(15), |v| {
+        v["agents"].as_array().is_some_and(|l| {
+            l.iter()
+                .any(|x| x["agent"] == "ann" && x["reachable"] == true)
+        })
+    });
+    assert!(
+        registered.is_ok(),
+        "Ann's phone did not register with B\n{}\n{}",
+        tail(&b.log.text(), 40),
+        tail(&phone.trace_text(), 40)
+    );
+
+    let ann_on_a = a.login("ann", "ann-password-1");
+    let r = a.change(&ann_on_a, "/api/me/presence", r#"{"presence": "away"}"#);
+    assert_eq!(r.status, 200, "setting away on A: {}", r.body);
+    let set_at = Instant::now();
+    let mut first = keying_caller(
+        d,
+        "first",
+        &b,
+        pb.caller_sipp(),
+        "+15550031",
+        '9',
+        8000,
+        1000,
+    );
+    let code = first.proc.wait(Duration::from_secs(40));
+    assert_eq!(
+        code,
+        Some(0),
+        "the first caller\n{}",
+        nodes_story(&[&a, &b], &[&first])
+    );
+    assert!(
+        first_request(&phone.trace_text(), "INVITE").is_none(),
+        "Ann was set away on A {:.1} s before, yet B rang her:\n{}",
+        set_at.elapsed().as_secs_f64(),
+        nodes_story(&[&a, &b], &[&first])
+    );
+    assert!(
+        b.log.find(&["ringing agent"]).is_none(),
+        "{}",
+        tail(&b.log.text(), 40)
+    );
+
+    // Available again on A: B offers her the next caller.
+    let r = a.change(
+        &ann_on_a,
+        "/api/me/presence",
+        r#"{"presence": "available"}"#,
+    );
+    assert_eq!(r.status, 200, "setting available on A: {}", r.body);
+    std::thread::sleep(Duration::from_millis(2500));
+    let mut second = keying_caller(
+        d,
+        "second",
+        &b,
+        pb.caller_sipp(),
+        "+15550032",
+        '9',
+        8000,
+        1000,
+    );
+    let rung = b
+        .log
+        .wait_for(&["ringing agent", "agent=ann"], Duration::from_secs(20));
+    let code = second.proc.wait(Duration::from_secs(40));
+    assert!(
+        rung.is_some(),
+        "B did not ring Ann once she was available again\n{}",
+        nodes_story(&[&a, &b], &[&second])
+    );
+    assert_eq!(
+        code,
+        Some(0),
+        "the second caller\n{}",
+        nodes_story(&[&a, &b], &[&second])
+    );
 }
 
 /// A promise made on node A for later ("call me back in one minute"), then A is SIGKILLed
@@ -762,12 +1020,9 @@ fn a_dead_nodes_promise_for_later_is_kept_by_the_survivor_once() {
         phone.report()
     );
     let code = phone.proc.wait(Duration::from_secs(40));
-    assert_eq!(
-        code,
-        Some(0),
-        "A's promise was not kept by B\n{}",
+    assert_passed(code, "A's promise was not kept by B", || {
         nodes_story(&[&a, &b], &[&agent, &phone])
-    );
+    });
     eprintln!(
         "A's promise for +{:.1} s was kept by B {:?} after A died",
         later as f64 / 1000.0,

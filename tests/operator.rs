@@ -26,11 +26,8 @@ fn healthz_until(server: &Server, limit: Duration, pred: impl Fn(&str) -> bool) 
 /// the files are not the running flow and why, at the file and line, until they are fixed.
 #[test]
 fn healthz_says_when_the_prompt_files_on_disk_are_not_the_running_flow() {
-    let ports = Ports::claim(0);
-    let dir = tempdir("healthz-prompts");
+    let (dir, server) = server_on_shipped_flow(0, "healthz-prompts");
     let d = dir.path();
-    let prompts = copy_of_shipped_flow(d);
-    let server = Server::start_with(ports, d, &[], &prompts);
     assert_eq!(server.get("/healthz"), (200, "ok\n".to_string()));
     assert!(
         server
@@ -98,6 +95,38 @@ fn get_as(server: &Server, login: &Login, path: &str) -> HttpReply {
     server.request("GET", path, &[("Cookie", &login.cookie)], "")
 }
 
+/// The operator and the supervisor of these tests: name and password.
+const OLGA: (&str, &str) = ("olga", "operator password 1");
+const SAM: (&str, &str) = ("sam", "supervisor password 1");
+
+/// A server on a copy of the shipped flow in a folder of its own (the tests change those
+/// files), with Olga (operator) and Sam (supervisor) as its users.
+fn server_on_shipped_flow(index: u16, name: &str) -> (tempfile::TempDir, Server) {
+    let ports = Ports::claim(index);
+    let dir = tempdir(name);
+    let prompts = copy_of_shipped_flow(dir.path());
+    let server = Server::start_with(ports, dir.path(), &[], &prompts);
+    server.add_user(OLGA.0, "operator", OLGA.1);
+    server.add_user(SAM.0, "supervisor", SAM.1);
+    (dir, server)
+}
+
+fn log_in(server: &Server, (name, password): (&str, &str)) -> Login {
+    server.login(name, password)
+}
+
+/// A check of the draft as it stands (no text changed) stages no recording: no upload waits.
+fn assert_check_stages_no_recording(server: &Server, operator: &Login) {
+    let r = server.change(operator, "/api/flow/check", "{\"files\": {}}");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        json(&r.body)["recorded"],
+        serde_json::json!([]),
+        "{}",
+        r.body
+    );
+}
+
 /// A SIP caller who listens for a few seconds: the greeting is played to it.
 fn listening_call(server: &Server, d: &std::path::Path, name: &'static str) -> Sipp {
     listening_call_on(server, d, name, server.ports.caller_sipp(), 1500)
@@ -131,14 +160,26 @@ fn listening_call_on(
     )
 }
 
-/// The greeting texts played so far, in order.
-fn greetings_played(server: &Server) -> Vec<String> {
-    server
+/// The last greeting played (the server's log says its text) contains `text`.
+fn assert_last_greeting_played(server: &Server, text: &str) {
+    let played: Vec<String> = server
         .log
         .find_all(&["play", "prompt=greeting"])
         .into_iter()
         .map(|(_, l)| l)
-        .collect()
+        .collect();
+    assert!(
+        played.last().is_some_and(|l| l.contains(text)),
+        "the last greeting played is not {text:?}: {played:?}\n{}",
+        server.story()
+    );
+}
+
+/// A new caller who listens until the call ends as the scenario expects (sipp exits 0).
+fn call_to_the_end(server: &Server, d: &std::path::Path, name: &'static str) {
+    let mut caller = listening_call(server, d, name);
+    let code = caller.proc.wait(Duration::from_secs(30));
+    assert_sipp_ok(name, code, server, &[&caller]);
 }
 
 /// What a new caller hears first, transcribed: the opening seconds of the audio Humanline sent
@@ -149,9 +190,7 @@ fn greeting_heard(server: &Server, d: &std::path::Path, name: &'static str) -> S
         server.ports.caller_sipp().media + 4,
         Duration::from_secs(40),
     );
-    let mut caller = listening_call(server, d, name);
-    let code = caller.proc.wait(Duration::from_secs(30));
-    assert_sipp_ok(name, code, server, &[&caller]);
+    call_to_the_end(server, d, name);
     let packets = ear.packets();
     let Some(first) = packets.first().map(|(t, _)| *t) else {
         panic!("{name} received no audio\n{}", server.story());
@@ -194,15 +233,9 @@ fn an_operator_publishes_a_checked_flow_and_rolls_it_back() {
     if !peers_available("an_operator_publishes_a_checked_flow_and_rolls_it_back") {
         return;
     }
-    let ports = Ports::claim(1);
-    let dir = tempdir("publish");
+    let (dir, server) = server_on_shipped_flow(1, "publish");
     let d = dir.path();
-    let prompts = copy_of_shipped_flow(d);
-    let server = Server::start_with(ports, d, &[], &prompts);
-    server.add_user("olga", "operator", "operator password 1");
-    server.add_user("sam", "supervisor", "supervisor password 1");
-    let olga = server.login("olga", "operator password 1");
-    let sam = server.login("sam", "supervisor password 1");
+    let (olga, sam) = (log_in(&server, OLGA), log_in(&server, SAM));
 
     let r = get_as(&server, &olga, "/api/flow");
     assert_eq!(r.status, 200, "{}", r.body);
@@ -260,7 +293,7 @@ fn an_operator_publishes_a_checked_flow_and_rolls_it_back() {
         &server,
         d,
         "caller-before-publish",
-        ports.spare_sipp(),
+        server.ports.spare_sipp(),
         20_000,
     );
     assert!(
@@ -330,14 +363,7 @@ fn an_operator_publishes_a_checked_flow_and_rolls_it_back() {
         "the caller after the publish did not hear the new greeting: {heard}\n{}",
         server.story()
     );
-    let played = greetings_played(&server);
-    assert!(
-        played
-            .last()
-            .is_some_and(|l| l.contains("Hello from Humanline.")),
-        "{played:?}\n{}",
-        server.story()
-    );
+    assert_last_greeting_played(&server, "Hello from Humanline.");
     // The call that started before keeps the flow it started with.
     let reprompt = server.log.wait_for(
         &["play", "prompt=reprompt_no_input"],
@@ -380,14 +406,7 @@ fn an_operator_publishes_a_checked_flow_and_rolls_it_back() {
         "the caller after the roll back did not hear the old greeting: {heard}\n{}",
         server.story()
     );
-    let played = greetings_played(&server);
-    assert!(
-        played
-            .last()
-            .is_some_and(|l| l.contains("Welcome to Humanline.")),
-        "{played:?}\n{}",
-        server.story()
-    );
+    assert_last_greeting_played(&server, "Welcome to Humanline.");
 
     // The audit log: operators only; logins and every change.
     assert_eq!(get_as(&server, &sam, "/api/audit").status, 403);
@@ -432,8 +451,8 @@ fn try_it_shows_an_escape_for_a_real_person_and_none_for_paying_a_bill() {
     let ports = Ports::claim(2);
     let dir = tempdir("try-it");
     let server = Server::start(ports, dir.path(), &[]);
-    server.add_user("olga", "operator", "operator password 1");
-    let olga = server.login("olga", "operator password 1");
+    server.add_user(OLGA.0, "operator", OLGA.1);
+    let olga = log_in(&server, OLGA);
     let try_it = |text: &str, files: serde_json::Value| {
         let body = serde_json::json!({"text": text, "files": files}).to_string();
         let r = server.change(&olga, "/api/flow/try", &body);
@@ -526,23 +545,12 @@ fn in_the_browser_an_operator_changes_the_greeting_publishes_and_rolls_back() {
     if !peers_available(test) || !browser_available(test) {
         return;
     }
-    let ports = Ports::claim(3);
-    let dir = tempdir("operator-browser");
+    let (dir, server) = server_on_shipped_flow(3, "operator-browser");
     let d = dir.path();
-    let prompts = copy_of_shipped_flow(d);
-    let server = Server::start_with(ports, d, &[], &prompts);
-    server.add_user("olga", "operator", "operator password 1");
-    server.add_user("sam", "supervisor", "supervisor password 1");
     let en = std::fs::read_to_string(d.join("prompts/en.toml")).unwrap();
     let new_greeting = "Hello from Humanline. You can say human at any time to reach a person. What can I do for you?";
 
-    let refused = operator_in_browser(
-        &server,
-        d,
-        ("sam", "supervisor password 1"),
-        "refused",
-        "Hi.",
-    );
+    let refused = operator_in_browser(&server, d, SAM, "refused", "Hi.");
     let r = event(&refused, "publish_as_sam");
     assert!(
         r["ok"] == false
@@ -562,13 +570,7 @@ fn in_the_browser_an_operator_changes_the_greeting_publishes_and_rolls_back() {
         .position(|l| l.starts_with("no_input_ms = "))
         .unwrap()
         + 1;
-    let work = operator_in_browser(
-        &server,
-        d,
-        ("olga", "operator password 1"),
-        "publish",
-        new_greeting,
-    );
+    let work = operator_in_browser(&server, d, OLGA, "publish", new_greeting);
     let p = event(&work, "field_problem");
     assert!(
         p["published"] == false
@@ -616,18 +618,10 @@ fn in_the_browser_an_operator_changes_the_greeting_publishes_and_rolls_back() {
         tries[1]
     );
 
-    let mut caller = listening_call(&server, d, "caller-after-publish");
-    let code = caller.proc.wait(Duration::from_secs(30));
-    assert_sipp_ok("caller-after-publish", code, &server, &[&caller]);
-    let played = greetings_played(&server);
-    assert!(
-        played
-            .last()
-            .is_some_and(|l| l.contains("Hello from Humanline.")),
-        "{played:?}"
-    );
+    call_to_the_end(&server, d, "caller-after-publish");
+    assert_last_greeting_played(&server, "Hello from Humanline.");
 
-    let back = operator_in_browser(&server, d, ("olga", "operator password 1"), "rollback", "");
+    let back = operator_in_browser(&server, d, OLGA, "rollback", "");
     let r = event(&back, "rolled_back");
     assert!(r["ok"] == true, "{r}");
     assert!(
@@ -640,16 +634,8 @@ fn in_the_browser_an_operator_changes_the_greeting_publishes_and_rolls_back() {
         std::fs::read_to_string(d.join("prompts/en.toml")).unwrap(),
         en
     );
-    let mut caller = listening_call(&server, d, "caller-after-rollback");
-    let code = caller.proc.wait(Duration::from_secs(30));
-    assert_sipp_ok("caller-after-rollback", code, &server, &[&caller]);
-    let played = greetings_played(&server);
-    assert!(
-        played
-            .last()
-            .is_some_and(|l| l.contains("Welcome to Humanline.")),
-        "{played:?}"
-    );
+    call_to_the_end(&server, d, "caller-after-rollback");
+    assert_last_greeting_played(&server, "Welcome to Humanline.");
 }
 
 /// Runs `tests/browser/dashboard.mjs` in Chromium as `login` (in the background: the page is
@@ -700,7 +686,7 @@ fn a_supervisor_watches_the_dashboard_count_a_caller_who_asked_for_a_human() {
     let dir = tempdir("dashboard");
     let d = dir.path();
     let server = Server::start(ports, d, &[]);
-    server.add_user("sam", "supervisor", "supervisor password 1");
+    server.add_user(SAM.0, "supervisor", SAM.1);
     server.add_user("alex", "agent", "agent password 1");
 
     // Without a login: the data is refused, the page sends to the login and back.
@@ -712,7 +698,7 @@ fn a_supervisor_watches_the_dashboard_count_a_caller_who_asked_for_a_human() {
     let alex = server.login("alex", "agent password 1");
     let r = get_as(&server, &alex, "/api/dashboard");
     assert_eq!(r.status, 403, "{}", r.body);
-    let sam = server.login("sam", "supervisor password 1");
+    let sam = log_in(&server, SAM);
     let r = get_as(&server, &sam, "/api/dashboard");
     assert_eq!(r.status, 200, "{}", r.body);
     let before = json(&r.body);
@@ -745,12 +731,7 @@ fn a_supervisor_watches_the_dashboard_count_a_caller_who_asked_for_a_human() {
     );
 
     // The supervisor watches while a caller asks for a human.
-    let (mut watcher, out, err) = dashboard_in_browser(
-        &server,
-        d,
-        ("sam", "supervisor password 1"),
-        &["watch", "any", "1"],
-    );
+    let (mut watcher, out, err) = dashboard_in_browser(&server, d, SAM, &["watch", "any", "1"]);
     let deadline = Instant::now() + Duration::from_secs(90);
     let page = loop {
         let lines = json_lines(&out);
@@ -846,13 +827,9 @@ fn a_supervisor_watches_the_dashboard_count_a_caller_who_asked_for_a_human() {
 /// left behind, and the version made by the roll back says so.
 #[test]
 fn rolling_back_removes_the_files_the_old_version_did_not_have() {
-    let ports = Ports::claim(5);
-    let dir = tempdir("rollback-removes");
+    let (dir, server) = server_on_shipped_flow(5, "rollback-removes");
     let d = dir.path();
-    let prompts = copy_of_shipped_flow(d);
-    let server = Server::start_with(ports, d, &[], &prompts);
-    server.add_user("olga", "operator", "operator password 1");
-    let olga = server.login("olga", "operator password 1");
+    let olga = log_in(&server, OLGA);
     let r = get_as(&server, &olga, "/api/flow");
     assert_eq!(r.status, 200, "{}", r.body);
     let first = json(&r.body)["running"]["id"].as_i64().expect("a version");
@@ -926,8 +903,8 @@ fn try_it_hears_a_recording_and_decides_as_a_call_would() {
     let dir = tempdir("try-audio");
     let d = dir.path();
     let server = Server::start(ports, d, &[]);
-    server.add_user("sam", "supervisor", "supervisor password 1");
-    let sam = server.login("sam", "supervisor password 1");
+    server.add_user(SAM.0, "supervisor", SAM.1);
+    let sam = log_in(&server, SAM);
 
     let r = server.request("POST", "/api/flow/hear?language=en", &[], "RIFF");
     assert_eq!(r.status, 401, "{}", r.body);
@@ -1001,15 +978,9 @@ fn an_uploaded_recording_becomes_the_greeting_in_the_shipped_format() {
     if !peers_available("an_uploaded_recording_becomes_the_greeting_in_the_shipped_format") {
         return;
     }
-    let ports = Ports::claim(7);
-    let dir = tempdir("upload");
+    let (dir, server) = server_on_shipped_flow(7, "upload");
     let d = dir.path();
-    let prompts = copy_of_shipped_flow(d);
-    let server = Server::start_with(ports, d, &[], &prompts);
-    server.add_user("olga", "operator", "operator password 1");
-    server.add_user("sam", "supervisor", "supervisor password 1");
-    let olga = server.login("olga", "operator password 1");
-    let sam = server.login("sam", "supervisor password 1");
+    let (olga, sam) = (log_in(&server, OLGA), log_in(&server, SAM));
 
     let said = "Hello, this is Olga's own greeting. Say human at any time to reach a person.";
     let (_, secs) = caller_audio(d, "own", &[Part::Say(said)]);
@@ -1039,6 +1010,56 @@ fn an_uploaded_recording_becomes_the_greeting_in_the_shipped_format() {
     let r = server.send_wav(&olga, upload, &own);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(json(&r.body)["path"], "audio/en/greeting.wav", "{}", r.body);
+
+    // Uploaded by mistake: discarded before publishing, and the draft's greeting is the
+    // shipped recording again. Discarding is a change: CSRF-checked, operators only.
+    let shipped = std::fs::read(d.join("audio/en/greeting.wav")).unwrap();
+    let waiting = || json(&get_as(&server, &olga, "/api/flow").body)["uploads"].clone();
+    assert_eq!(
+        waiting()[0]["path"],
+        "audio/en/greeting.wav",
+        "{}",
+        waiting()
+    );
+    let origin = format!("http://127.0.0.1:{}", server.ports.http());
+    let r = server.request(
+        "DELETE",
+        upload,
+        &[("Cookie", &olga.cookie), ("Origin", &origin)],
+        "",
+    );
+    assert_eq!(r.status, 403, "without the CSRF token: {}", r.body);
+    let r = server.change_with("DELETE", &sam, upload, "");
+    assert_eq!(r.status, 403, "a supervisor: {}", r.body);
+    assert_eq!(waiting().as_array().map(Vec::len), Some(1), "{}", waiting());
+    let r = server.change_with("DELETE", &olga, upload, "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        json(&r.body)["discarded"],
+        "audio/en/greeting.wav",
+        "{}",
+        r.body
+    );
+    assert_eq!(waiting(), serde_json::json!([]));
+    assert_check_stages_no_recording(&server, &olga);
+    let draft = get_as(
+        &server,
+        &olga,
+        "/api/flow/recording?path=audio/en/greeting.wav&draft=true",
+    );
+    assert_eq!(draft.status, 200);
+    assert_eq!(
+        draft.header("content-length"),
+        Some(shipped.len().to_string().as_str()),
+        "the draft's greeting is not the shipped recording"
+    );
+    let r = server.change_with("DELETE", &olga, upload, "");
+    assert_eq!(r.status, 404, "nothing left to discard: {}", r.body);
+    let r = get_as(&server, &olga, "/api/audit");
+    assert!(r.body.contains("upload_discarded"), "{}", r.body);
+
+    let r = server.send_wav(&olga, upload, &own);
+    assert_eq!(r.status, 200, "uploaded again: {}", r.body);
 
     // Published with the greeting's new text: the upload is the recording, noted as saying it.
     let en = std::fs::read_to_string(d.join("prompts/en.toml")).unwrap();
@@ -1074,19 +1095,13 @@ fn an_uploaded_recording_becomes_the_greeting_in_the_shipped_format() {
         r.body
     );
     // The next publish does not bring the upload back: it was published.
-    let r = server.change(&olga, "/api/flow/check", "{\"files\": {}}");
-    assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(
-        json(&r.body)["recorded"],
-        serde_json::json!([]),
-        "{}",
-        r.body
-    );
+    assert_check_stages_no_recording(&server, &olga);
 }
 
 /// Issue 13, items 1 and 3 in Chromium: "try it" with a WAV file, and with the microphone
 /// (Record, Stop), shows what Humanline heard and an escape for "I want a real person"; an operator's own WAV becomes the
-/// greeting's recording in the draft, converted (8 kHz mono), and plays in the page.
+/// greeting's recording in the draft, converted (8 kHz mono), and plays in the page; then
+/// the operator discards it with the prompt's button.
 #[test]
 fn in_the_browser_an_operator_tries_a_recording_and_uploads_a_greeting() {
     let test = "in_the_browser_an_operator_tries_a_recording_and_uploads_a_greeting";
@@ -1094,13 +1109,9 @@ fn in_the_browser_an_operator_tries_a_recording_and_uploads_a_greeting() {
         return;
     }
     let _speech = speech_lock();
-    let ports = Ports::claim(8);
-    let dir = tempdir("operator-browser-audio");
+    let (dir, server) = server_on_shipped_flow(8, "operator-browser-audio");
     let d = dir.path();
-    let prompts = copy_of_shipped_flow(d);
-    let server = Server::start_with(ports, d, &[], &prompts);
-    server.add_user("olga", "operator", "operator password 1");
-    let olga = ("olga", "operator password 1");
+    let olga = OLGA;
 
     caller_audio(
         d,
@@ -1151,5 +1162,17 @@ fn in_the_browser_an_operator_tries_a_recording_and_uploads_a_greeting() {
                 .as_str()
                 .is_some_and(|t| t.contains("en/greeting (uploaded)")),
         "{l}"
+    );
+    // The operator discards it: the button that was there goes, the page plays the
+    // published greeting again, and the server's draft holds no upload.
+    let x = event(&up, "discarded");
+    assert!(
+        x["ok"] == true
+            && x["shown"] == true
+            && x["still_shown"] == false
+            && x["before"][0]["prompt"] == "greeting"
+            && x["after"] == serde_json::json!([])
+            && x["src"].as_str().is_some_and(|s| !s.contains("draft=")),
+        "{x}"
     );
 }

@@ -17,67 +17,24 @@
 mod common;
 
 use common::*;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// An HTTP/1.1 answer: status, headers (lower-case names), body.
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// One request (Connection: close) with `headers` and `body`.
-fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(15)))
-        .expect("timeout");
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {LOCALHOST}:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    // A refused request may be cut off before all of it is written.
-    let _ = s.write_all(req.as_bytes());
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    Reply {
-        status,
+/// One request (Connection: close) with `headers` and `body`, answered within 15 s.
+fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> HttpReply {
+    http_request_bytes(
+        port,
+        method,
+        path,
         headers,
-        body: body.to_string(),
-    }
+        body.as_bytes(),
+        Duration::from_secs(15),
+    )
+    .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
 
-fn post_offer(port: u16, offer: &str, origin: Option<&str>) -> Reply {
+fn post_offer(port: u16, offer: &str, origin: Option<&str>) -> HttpReply {
     let mut headers = vec![("Content-Type", "application/sdp")];
     if let Some(o) = origin {
         headers.push(("Origin", o));
@@ -328,11 +285,9 @@ fn outbound_packets(report: &[serde_json::Value]) -> u64 {
 #[test]
 fn a_browser_caller_who_asks_for_a_human_reaches_a_sip_agent() {
     let test = "a_browser_caller_who_asks_for_a_human_reaches_a_sip_agent";
-    if !peers_available(test) || !browser_available(test) {
+    let Some(_running) = browser_test(test, true) else {
         return;
-    }
-    let _browser = browser_lock();
-    let _speech = speech_lock();
+    };
     let started = Instant::now();
     let ports = Ports::claim(7);
     let dir = tempdir("webrtc-browser");
@@ -674,11 +629,9 @@ fn assert_offer_shows_the_caller(
 fn a_browser_caller_reaches_a_browser_agent_and_is_back_with_the_ivr_when_she_hangs_up() {
     let test =
         "a_browser_caller_reaches_a_browser_agent_and_is_back_with_the_ivr_when_she_hangs_up";
-    if !peers_available(test) || !browser_available(test) {
+    let Some(_running) = browser_test(test, true) else {
         return;
-    }
-    let _browser = browser_lock();
-    let _speech = speech_lock();
+    };
     let started = Instant::now();
     let ports = Ports::claim(8);
     let dir = tempdir("webrtc-browser-agent");
@@ -747,11 +700,9 @@ fn a_browser_caller_reaches_a_browser_agent_and_is_back_with_the_ivr_when_she_ha
 #[test]
 fn a_sip_caller_reaches_a_browser_agent() {
     let test = "a_sip_caller_reaches_a_browser_agent";
-    if !peers_available(test) || !browser_available(test) {
+    let Some(_running) = browser_test(test, true) else {
         return;
-    }
-    let _browser = browser_lock();
-    let _speech = speech_lock();
+    };
     let ports = Ports::claim(9);
     let dir = tempdir("webrtc-sip-to-browser-agent");
     let d = dir.path();
@@ -806,10 +757,9 @@ fn a_sip_caller_reaches_a_browser_agent() {
 #[test]
 fn a_callback_is_offered_to_a_browser_agent_who_answers_it_in_the_console() {
     let test = "a_callback_is_offered_to_a_browser_agent_who_answers_it_in_the_console";
-    if !peers_available(test) || !browser_available(test) {
+    let Some(_running) = browser_test(test, false) else {
         return;
-    }
-    let _browser = browser_lock();
+    };
     let ports = Ports::claim(5);
     let dir = tempdir("webrtc-callback-browser-agent");
     let d = dir.path();

@@ -65,6 +65,13 @@ pub enum Presence {
 }
 
 impl Presence {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Presence::Available => "available",
+            Presence::Away => "away",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Presence> {
         match s {
             "available" => Some(Presence::Available),
@@ -420,6 +427,14 @@ impl AgentQueue {
         {
             *since = now;
         }
+    }
+
+    /// An agent's presence, if the queue knows them.
+    pub fn presence(&self, agent: &str) -> Option<Presence> {
+        self.agents
+            .iter()
+            .find(|a| a.uri == agent)
+            .map(|a| a.presence)
     }
 
     /// Where an agent's calls ring now: their console (`browser:NAME`) while one answers

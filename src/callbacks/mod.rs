@@ -13,7 +13,7 @@ pub use attempt::{AGENT_WAIT_LIMIT, AttemptAction, AttemptEvent, CallbackAttempt
 pub use number::{NumberPolicy, NumberRefused, spoken_number, valid_prefix};
 pub use when::{MAX_AHEAD, UTC_OFFSET_MIN_RANGE, local_clock, names_time, resolve_when};
 
-use crate::nodes::{AgentClaim, AgentClaimRow, HeldCall, Liveness, NodeBeat};
+use crate::nodes::{AgentClaim, AgentClaimRow, HeldCall, Liveness, NodeBeat, PresenceRow};
 use serde::{Deserialize, Serialize};
 
 /// Milliseconds since the Unix epoch.
@@ -272,6 +272,16 @@ pub trait LedgerStore: Send {
     fn release_agent(&mut self, agent: &str, node: &str, call: &str) -> Result<(), LedgerError>;
     /// Every agent claimed now, by agent name.
     fn agent_claims(&mut self) -> Result<Vec<AgentClaimRow>, LedgerError>;
+    /// `agent` set their presence at `at` (on some node); an older setting arriving late
+    /// changes nothing. An agent away is refused by [`Self::claim_agent`] on every node.
+    fn set_presence(
+        &mut self,
+        agent: &str,
+        presence: crate::agents::Presence,
+        at: UnixMs,
+    ) -> Result<(), LedgerError>;
+    /// Every agent's presence as last set, by agent name.
+    fn presences(&mut self) -> Result<Vec<PresenceRow>, LedgerError>;
 }
 
 /// The store chosen by configuration (`storage::open_store`) is a boxed one.
@@ -361,6 +371,17 @@ impl<S: LedgerStore + ?Sized> LedgerStore for Box<S> {
     }
     fn agent_claims(&mut self) -> Result<Vec<AgentClaimRow>, LedgerError> {
         (**self).agent_claims()
+    }
+    fn set_presence(
+        &mut self,
+        agent: &str,
+        presence: crate::agents::Presence,
+        at: UnixMs,
+    ) -> Result<(), LedgerError> {
+        (**self).set_presence(agent, presence, at)
+    }
+    fn presences(&mut self) -> Result<Vec<PresenceRow>, LedgerError> {
+        (**self).presences()
     }
 }
 
@@ -557,6 +578,20 @@ impl<S: LedgerStore> CallbackLedger<S> {
 
     pub fn agent_claims(&mut self) -> Result<Vec<AgentClaimRow>, LedgerError> {
         self.store.agent_claims()
+    }
+
+    /// `agent` set their presence at `at`: every node sharing the store follows it.
+    pub fn set_presence(
+        &mut self,
+        agent: &str,
+        presence: crate::agents::Presence,
+        at: UnixMs,
+    ) -> Result<(), LedgerError> {
+        self.store.set_presence(agent, presence, at)
+    }
+
+    pub fn presences(&mut self) -> Result<Vec<PresenceRow>, LedgerError> {
+        self.store.presences()
     }
 }
 

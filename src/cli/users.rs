@@ -4,7 +4,7 @@
 //! (twice, not echoed) on a terminal.
 
 use crate::server::ServerFile;
-use crate::storage::SqliteUsers;
+use crate::storage::StoreSetting;
 use crate::web::auth::{Role, password};
 use anyhow::Context;
 use std::io::{BufRead, IsTerminal, Read};
@@ -12,13 +12,17 @@ use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
 pub struct UsersArgs {
-    /// The server's settings (TOML), for its `data_dir` and `[registrar] realm`.
+    /// The server's settings (TOML), for its `data_dir`, `store` and `[registrar] realm`.
     #[arg(long, global = true)]
     config: Option<PathBuf>,
     /// Folder of the server's data (users live in `callbacks.db` there) [default: the
     /// config's data_dir, else data].
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
+    /// Where the users are, as the server's `store` setting: "sqlite" (in the data folder) or
+    /// the "postgres://..." URL several nodes share [default: the config's store, else sqlite].
+    #[arg(long, global = true, value_parser = StoreSetting::parse)]
+    store: Option<StoreSetting>,
     #[command(subcommand)]
     command: UsersCommand,
 }
@@ -73,9 +77,11 @@ pub fn run(args: UsersArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| "data".into());
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
-    let path = super::callbacks::ledger_path(&data_dir);
-    let mut users =
-        SqliteUsers::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let store = args.store.clone().unwrap_or_else(|| file.store());
+    let place = store.describe(&data_dir);
+    let mut users = store
+        .open_users(&data_dir)
+        .with_context(|| format!("opening the users in {place}"))?;
     match args.command {
         UsersCommand::Add { name, role } => {
             let role = Role::parse(&role).context("unknown role")?;
@@ -83,7 +89,7 @@ pub fn run(args: UsersArgs) -> anyhow::Result<()> {
             let pw = read_password(&name)?;
             let user = password::new_user(&name, role, &pw, &realm, crate::callbacks::unix_now())?;
             users.add(&user)?;
-            eprintln!("added {name} ({role}) to {}", path.display());
+            eprintln!("added {name} ({role}) to {place}");
         }
         UsersCommand::List { json } => {
             let list = users.list()?;

@@ -142,6 +142,19 @@ pub enum AgentClaim {
     Granted,
     /// A live node holds the agent, ringing or talking for one of its calls.
     HeldBy { node: String, call: String },
+    /// The agent set themselves away (on any node): nobody rings them.
+    Away,
+}
+
+/// An agent's presence as last set on any node ([`crate::callbacks::LedgerStore::set_presence`]):
+/// every node's queue follows it, so an agent away on one node is offered no call by another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceRow {
+    /// The agent's name in the queue, as in [`AgentClaimRow::agent`].
+    pub agent: String,
+    pub presence: crate::agents::Presence,
+    /// When it was set (the setting node's clock): a later setting wins.
+    pub set_at: UnixMs,
 }
 
 /// An agent engaged by a node, as the store holds it: one row per agent, so one call at a

@@ -553,12 +553,12 @@ async fn drive(
     queue_rx.close();
     while let Ok(msg) = queue_rx.try_recv() {
         if let ToCall::Ring { agent, .. } = msg {
-            let _ = shared
-                .queue
-                .send(QueueMsg::Call(QueueInput::RingUndelivered {
+            shared
+                .tell_queue(QueueMsg::Call(QueueInput::RingUndelivered {
                     agent,
                     call: id,
-                }));
+                }))
+                .await;
         }
     }
     call.finish().await;
@@ -732,14 +732,13 @@ impl Call {
                         leg.close().await;
                     }
                     // The brain knows already (it asked): only the queue is told.
-                    let _ = self
-                        .shared
-                        .queue
-                        .send(QueueMsg::Call(QueueInput::AgentFailed {
+                    self.shared
+                        .tell_queue(QueueMsg::Call(QueueInput::AgentFailed {
                             agent,
                             call: self.id,
                             why: AgentFailure::NoAnswer,
-                        }));
+                        }))
+                        .await;
                 }
             }
             Action::Listen
@@ -772,11 +771,13 @@ impl Call {
                         said: context.said.clone(),
                         language: context.language.clone(),
                     };
-                    let _ = self.shared.queue.send(QueueMsg::Enqueue {
-                        call: self.id,
-                        to_call: self.queue_tx.clone(),
-                        caller,
-                    });
+                    self.shared
+                        .tell_queue(QueueMsg::Enqueue {
+                            call: self.id,
+                            to_call: self.queue_tx.clone(),
+                            caller,
+                        })
+                        .await;
                     self.hold(HeldState::Waiting);
                 }
             }
@@ -1125,14 +1126,13 @@ impl Call {
             ToCall::Ring { agent, target } => {
                 if let Err(e) = self.ring_agent(&agent, &target).await {
                     warn!(%agent, error = %format!("{e:#}"), "could not ring agent");
-                    let _ = self
-                        .shared
-                        .queue
-                        .send(QueueMsg::Call(QueueInput::AgentFailed {
+                    self.shared
+                        .tell_queue(QueueMsg::Call(QueueInput::AgentFailed {
                             agent: agent.clone(),
                             call: self.id,
                             why: AgentFailure::Unreachable,
-                        }));
+                        }))
+                        .await;
                     self.feed(Event::AgentDeclined { agent }).await;
                 }
             }
@@ -1384,13 +1384,12 @@ impl Call {
         leg.answered = true;
         let agent = leg.agent.clone();
         info!(%agent, "{what}");
-        let _ = self
-            .shared
-            .queue
-            .send(QueueMsg::Call(QueueInput::AgentAnswered {
+        self.shared
+            .tell_queue(QueueMsg::Call(QueueInput::AgentAnswered {
                 agent: agent.clone(),
                 call: self.id,
-            }));
+            }))
+            .await;
         self.queued = false;
         self.release_held(true);
         self.feed(Event::AgentAnswered { agent }).await;
@@ -1404,27 +1403,25 @@ impl Call {
         };
         self.drop_agent_leg().await;
         info!(%agent, "agent left; caller back with the IVR");
-        let _ = self
-            .shared
-            .queue
-            .send(QueueMsg::Call(QueueInput::AgentFinished {
+        self.shared
+            .tell_queue(QueueMsg::Call(QueueInput::AgentFinished {
                 agent,
                 call: self.id,
-            }));
+            }))
+            .await;
         self.feed(Event::AgentLeft).await;
     }
 
     async fn agent_failed(&mut self, why: AgentFailure) {
         let Some(leg) = self.agent.take() else { return };
         let agent = leg.agent.clone();
-        let _ = self
-            .shared
-            .queue
-            .send(QueueMsg::Call(QueueInput::AgentFailed {
+        self.shared
+            .tell_queue(QueueMsg::Call(QueueInput::AgentFailed {
                 agent: agent.clone(),
                 call: self.id,
                 why,
-            }));
+            }))
+            .await;
         // A browser leg accepted but never connected still has its media task.
         if let Some((handle, _)) = leg.media {
             handle.close().await;
@@ -1452,10 +1449,9 @@ impl Call {
             }
         }
         if self.queued {
-            let _ = self
-                .shared
-                .queue
-                .send(QueueMsg::Call(QueueInput::Remove { call: self.id }));
+            self.shared
+                .tell_queue(QueueMsg::Call(QueueInput::Remove { call: self.id }))
+                .await;
         }
         // The call is over here (a caller whose line died has their promise already): this
         // node no longer holds them. Waited for, so that nothing of the call outlives it.
@@ -1480,7 +1476,7 @@ impl Call {
                     why: AgentFailure::NoAnswer,
                 }
             };
-            let _ = self.shared.queue.send(QueueMsg::Call(input));
+            self.shared.tell_queue(QueueMsg::Call(input)).await;
         }
         let stats = self.media.close().await;
         info!(

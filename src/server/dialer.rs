@@ -410,17 +410,19 @@ async fn attempt_callback(
                             .unwrap_or_default()
                             .to_string(),
                     };
-                    let _ = shared.queue.send(QueueMsg::Enqueue {
-                        call: queue_id,
-                        to_call: to_call.clone(),
-                        caller,
-                    });
+                    shared
+                        .tell_queue(QueueMsg::Enqueue {
+                            call: queue_id,
+                            to_call: to_call.clone(),
+                            caller,
+                        })
+                        .await;
                     None
                 }
                 AttemptAction::LeaveQueue => {
-                    let _ = shared
-                        .queue
-                        .send(QueueMsg::Call(QueueInput::Remove { call: queue_id }));
+                    shared
+                        .tell_queue(QueueMsg::Call(QueueInput::Remove { call: queue_id }))
+                        .await;
                     None
                 }
                 AttemptAction::CheckPromise => Some(if kept_meanwhile(shared, promise.id).await {
@@ -430,12 +432,12 @@ async fn attempt_callback(
                     AttemptEvent::PromiseOpen
                 }),
                 AttemptAction::GiveBackAgent { agent } => {
-                    let _ = shared
-                        .queue
-                        .send(QueueMsg::Call(QueueInput::RingUndelivered {
+                    shared
+                        .tell_queue(QueueMsg::Call(QueueInput::RingUndelivered {
                             agent,
                             call: queue_id,
-                        }));
+                        }))
+                        .await;
                     None
                 }
                 AttemptAction::RingAgent { agent } => {
@@ -475,25 +477,31 @@ async fn attempt_callback(
                     })
                 }
                 AttemptAction::ReportAgentAnswered { agent } => {
-                    let _ = shared.queue.send(QueueMsg::Call(QueueInput::AgentAnswered {
-                        agent,
-                        call: queue_id,
-                    }));
+                    shared
+                        .tell_queue(QueueMsg::Call(QueueInput::AgentAnswered {
+                            agent,
+                            call: queue_id,
+                        }))
+                        .await;
                     None
                 }
                 AttemptAction::ReportAgentFailed { agent, why } => {
-                    let _ = shared.queue.send(QueueMsg::Call(QueueInput::AgentFailed {
-                        agent,
-                        call: queue_id,
-                        why,
-                    }));
+                    shared
+                        .tell_queue(QueueMsg::Call(QueueInput::AgentFailed {
+                            agent,
+                            call: queue_id,
+                            why,
+                        }))
+                        .await;
                     None
                 }
                 AttemptAction::ReleaseAgent { agent } => {
-                    let _ = shared.queue.send(QueueMsg::Call(QueueInput::AgentFinished {
-                        agent,
-                        call: queue_id,
-                    }));
+                    shared
+                        .tell_queue(QueueMsg::Call(QueueInput::AgentFinished {
+                            agent,
+                            call: queue_id,
+                        }))
+                        .await;
                     None
                 }
                 AttemptAction::HangUpAgent => {
@@ -564,13 +572,12 @@ async fn attempt_callback(
                     from_queue.close();
                     while let Ok(msg) = from_queue.try_recv() {
                         if let ToCall::Ring { agent, .. } = msg {
-                            let _ =
-                                shared
-                                    .queue
-                                    .send(QueueMsg::Call(QueueInput::RingUndelivered {
-                                        agent,
-                                        call: queue_id,
-                                    }));
+                            shared
+                                .tell_queue(QueueMsg::Call(QueueInput::RingUndelivered {
+                                    agent,
+                                    call: queue_id,
+                                }))
+                                .await;
                         }
                     }
                     return outcome;

@@ -10,10 +10,17 @@
 //! silently. A draft is staged in `data_dir/flow-staging` (a copy of the files with the
 //! draft's changes, its changed prompts recorded there with the generator), checked, and
 //! only then copied over the live files.
+//!
+//! On a store several nodes share (PostgreSQL) the newest version is every node's flow: each
+//! node looks for a newer one as often as at its files, and makes one published (or rolled
+//! back to) on another node live here once it loads, from the store's copy of its files. One
+//! that does not load here is refused once, in the log, and the running flow stays.
 
 use super::{PromptAudio, Shared};
 use crate::callbacks::unix_now;
-use crate::config::versions::{DISK_AUTHOR, FlowFiles, PROMPTS_ROOT, Snapshot, VersionStore, diff};
+use crate::config::versions::{
+    DISK_AUTHOR, FlowFiles, PROMPTS_ROOT, Snapshot, Version, VersionStore, diff,
+};
 use crate::config::{ConfigError, ConfigProblem, Flow};
 use crate::web::{FlowRefused, FlowReply, FlowRequest};
 use serde_json::json;
@@ -24,7 +31,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime};
 use tracing::{error, info, warn};
 
-/// How often the files are looked at.
+/// How often the files (and a shared store's newest version) are looked at.
 const WATCH_EVERY: Duration = Duration::from_secs(2);
 /// The recorder (espeak-ng through scripts/gen-prompt-audio.py) may take this long.
 const RECORD_WITHIN: Duration = Duration::from_secs(90);
@@ -39,6 +46,10 @@ pub(crate) struct FlowTask {
     last: Vec<(PathBuf, u64, Option<SystemTime>)>,
     /// The version running now, if known.
     running: Option<i64>,
+    /// The store is shared with other nodes: follow its newest version.
+    follow: bool,
+    /// The newest version when it did not load here (not tried again).
+    refused: Option<i64>,
     /// Recordings uploaded for the draft (by flow path, `audio/en/greeting.wav`), already in
     /// the shipped format: staged with every check and publish until one is published.
     uploads: BTreeMap<String, Upload>,
@@ -70,9 +81,12 @@ pub(crate) fn spawn(
     prompts: PathBuf,
     data_dir: &Path,
     store: Option<Box<dyn VersionStore>>,
+    follow: bool,
     requests: Receiver<FlowRequest>,
 ) {
     let task = FlowTask {
+        follow,
+        refused: None,
         last: fingerprint(&prompts, shared.flow().audio_dir.as_deref()),
         shared,
         prompts,
@@ -99,7 +113,11 @@ fn failed(e: impl std::fmt::Display) -> FlowRefused {
 
 impl FlowTask {
     fn run(mut self, requests: Receiver<FlowRequest>) {
-        self.note_version(DISK_AUTHOR, "the files the server started with");
+        if self.follow {
+            self.follow_store(true);
+        } else {
+            self.note_version(DISK_AUTHOR, "the files the server started with");
+        }
         let mut next_look = Instant::now() + WATCH_EVERY;
         loop {
             let wait = next_look.saturating_duration_since(Instant::now());
@@ -111,6 +129,9 @@ impl FlowTask {
             }
             if Instant::now() >= next_look {
                 self.look();
+                if self.follow {
+                    self.follow_store(false);
+                }
                 next_look = Instant::now() + WATCH_EVERY;
             }
         }
@@ -148,6 +169,87 @@ impl FlowTask {
                 self.shared.prompts_health.rejected(problems);
             }
         }
+    }
+
+    /// Makes a shared store's newest version the flow here if it is not yet (published or
+    /// rolled back to on another node). At start, a store with no version yet gets these files.
+    fn follow_store(&mut self, starting: bool) {
+        let latest = match self.store.as_ref().map(|s| s.latest()) {
+            None => return,
+            Some(Ok(v)) => v,
+            Some(Err(e)) => {
+                warn!(error = %e, "cannot read the shared flow versions: the running flow stays");
+                return;
+            }
+        };
+        let Some(latest) = latest else {
+            if starting {
+                self.note_version(DISK_AUTHOR, "the files the server started with");
+            }
+            return;
+        };
+        if self.running == Some(latest.id) || self.refused == Some(latest.id) {
+            return;
+        }
+        match self.adopt(&latest) {
+            Ok(()) => {
+                info!(version = latest.id, author = %latest.author, "the shared store's newest flow version is live here; new calls use it");
+                self.running = Some(latest.id);
+                self.refused = None;
+            }
+            Err(refusal) => {
+                // One line, with the version named on it.
+                let why = match refusal {
+                    FlowRefused::Problems(p) => p
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    FlowRefused::NotFound(m)
+                    | FlowRefused::BadRequest(m)
+                    | FlowRefused::Failed(m) => m,
+                };
+                error!(
+                    version = latest.id,
+                    "the shared store's newest flow version does not load on this node, the running flow stays: {why}"
+                );
+                self.refused = Some(latest.id);
+            }
+        }
+    }
+
+    /// Makes version `v` live here after checking it loads, prompts and recordings, in the
+    /// staging folder: what does not load never replaces the running flow.
+    fn adopt(&mut self, v: &Version) -> Result<(), FlowRefused> {
+        let live = self.files();
+        if live.snapshot().map_err(failed)?.tree == v.tree {
+            // These files already (a folder the nodes share): the watcher loads them.
+            return Ok(());
+        }
+        let snap = self.snapshot_of(v)?;
+        let staged = self.staged_files(&live)?;
+        write_tree(&staged, &snap).map_err(failed)?;
+        let flow = Flow::load_dir(&staged.prompts)
+            .map_err(|ConfigError::Invalid(p)| refused(unstage(p, &staged, &live)))?;
+        PromptAudio::load(&flow).map_err(|e| failed(format!("{e:#}")))?;
+        self.install(&staged)
+    }
+
+    /// Version `v`'s files, from the store.
+    fn snapshot_of(&self, v: &Version) -> Result<Snapshot, FlowRefused> {
+        let store = self.store()?;
+        let mut snap = Snapshot {
+            tree: v.tree.clone(),
+            blobs: BTreeMap::new(),
+        };
+        for hash in v.tree.values() {
+            let bytes = store
+                .blob(hash)
+                .map_err(failed)?
+                .ok_or_else(|| failed(format!("version {} lacks a file ({hash})", v.id)))?;
+            snap.blobs.insert(hash.clone(), bytes);
+        }
+        Ok(snap)
     }
 
     /// Loads the live files and makes them the flow for new calls.
@@ -271,6 +373,12 @@ impl FlowTask {
                 let r = self.upload(&language, &prompt, &wav, &author);
                 answer(reply, r)
             }
+            FlowRequest::Discard {
+                language,
+                prompt,
+                author,
+                reply,
+            } => answer(reply, self.discard(&language, &prompt, &author)),
             FlowRequest::Hear {
                 language,
                 wav,
@@ -315,6 +423,7 @@ impl FlowTask {
         let problems = self.shared.prompts_health.problems();
         Ok(json!({
             "running": running,
+            "uploads": self.waiting_uploads(),
             "disk": {"in_force": problems.is_none(), "problems": problems.unwrap_or_default()},
             "default_language": flow.default_language,
             "languages": flow.languages.keys().collect::<Vec<_>>(),
@@ -588,8 +697,44 @@ impl FlowTask {
             "path": path,
             "seconds": secs,
             "from_rate": rate,
-            "waiting": self.uploads.keys().collect::<Vec<_>>(),
+            "waiting": self.waiting_uploads(),
         }))
+    }
+
+    /// Takes prompt `prompt`'s upload in `language` out of the draft: the next check or
+    /// publish stages the prompt's recording as it was (or records its changed text).
+    fn discard(
+        &mut self,
+        language: &str,
+        prompt: &str,
+        author: &str,
+    ) -> Result<serde_json::Value, FlowRefused> {
+        let path = self
+            .uploads
+            .iter()
+            .find(|(_, up)| up.language == language && up.prompt == prompt)
+            .map(|(path, _)| path.clone())
+            .ok_or_else(|| {
+                FlowRefused::NotFound(format!(
+                    "no uploaded recording is waiting for prompt `{prompt}` ({language})"
+                ))
+            })?;
+        self.uploads.remove(&path);
+        info!(%path, %author, "uploaded recording discarded from the draft");
+        self.record(
+            author,
+            "upload_discarded",
+            &format!("{path} for prompt `{prompt}` ({language})"),
+        );
+        Ok(json!({"discarded": path, "waiting": self.waiting_uploads()}))
+    }
+
+    /// The uploads waiting in the draft, as the console shows them at their prompts.
+    fn waiting_uploads(&self) -> Vec<serde_json::Value> {
+        self.uploads
+            .iter()
+            .map(|(path, up)| json!({"path": path, "language": up.language, "prompt": up.prompt}))
+            .collect()
     }
 
     /// What Humanline hears in `wav`, decoded as a call in `language` is: its utterances
@@ -694,21 +839,10 @@ impl FlowTask {
     }
 
     fn rollback(&mut self, version: i64, author: &str) -> Result<serde_json::Value, FlowRefused> {
-        let store = self.store()?;
-        let Some(v) = store.version(version).map_err(failed)? else {
+        let Some(v) = self.store()?.version(version).map_err(failed)? else {
             return Err(FlowRefused::NotFound(format!("no version {version}")));
         };
-        let mut snap = Snapshot {
-            tree: v.tree.clone(),
-            blobs: BTreeMap::new(),
-        };
-        for hash in v.tree.values() {
-            let bytes = store
-                .blob(hash)
-                .map_err(failed)?
-                .ok_or_else(|| failed(format!("version {version} lacks a file ({hash})")))?;
-            snap.blobs.insert(hash.clone(), bytes);
-        }
+        let snap = self.snapshot_of(&v)?;
         let live = self.files();
         let staged = self.staged_files(&live)?;
         write_tree(&staged, &snap).map_err(failed)?;
@@ -720,14 +854,21 @@ impl FlowTask {
         Ok(json!({"version": id, "rolled_back_to": version}))
     }
 
-    /// Copies the staged files that differ over the live ones, loads them as the flow for new
-    /// calls and stores the version.
+    /// Installs the staged files ([`Self::install`]) and stores the version.
     fn make_live(
         &mut self,
         staged: &FlowFiles,
         author: &str,
         message: &str,
     ) -> Result<i64, FlowRefused> {
+        self.install(staged)?;
+        self.note_version(author, message)
+            .ok_or_else(|| failed("published, but the version was not stored"))
+    }
+
+    /// Copies the staged files that differ over the live ones and loads them as the flow for
+    /// new calls.
+    fn install(&mut self, staged: &FlowFiles) -> Result<(), FlowRefused> {
         let live = self.files();
         let now = live.snapshot().map_err(failed)?;
         let wanted = staged.snapshot().map_err(failed)?;
@@ -762,9 +903,7 @@ impl FlowTask {
                 "the published files did not load: {}",
                 p.join("; ")
             ))
-        })?;
-        self.note_version(author, message)
-            .ok_or_else(|| failed("published, but the version was not stored"))
+        })
     }
 }
 

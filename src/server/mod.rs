@@ -24,7 +24,6 @@ use crate::config::Flow;
 use crate::media::PortRange;
 use crate::sip::{SipConfig, SipEndpoint};
 use crate::speech::{DecodeOptions, DecoderPool, LanguageEngines, PoolConfig};
-use crate::storage::SqliteUsers;
 use crate::web::auth::{Auth, SharedUsers, with_users};
 use crate::web::offers::ConsoleOffers;
 use crate::web::{
@@ -46,7 +45,7 @@ pub struct Shared {
     pub(crate) speech: Option<Arc<DecoderPool>>,
     /// The model behind `speech`, to re-tokenize the verifier's phrases on a prompt reload.
     pub(crate) engine: Option<Arc<crate::speech::LanguageEngines>>,
-    pub(crate) queue: tokio::sync::mpsc::UnboundedSender<queue::QueueMsg>,
+    pub(crate) queue: tokio::sync::mpsc::Sender<queue::QueueMsg>,
     /// Agents who may be offered calls now or when free (the dialer's room).
     pub(crate) agents_staffed: Arc<std::sync::atomic::AtomicUsize>,
     pub(crate) ledger: SharedLedger,
@@ -71,6 +70,13 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Tells the agent queue `msg`, waiting for room while its channel is full: never
+    /// dropped (see [`queue::CALLS_CAPACITY`]), and the queue never waits on a call, so the
+    /// wait ends. An error means the queue task is gone, and with it every call's line.
+    pub(crate) async fn tell_queue(&self, msg: queue::QueueMsg) {
+        let _ = self.queue.send(msg).await;
+    }
+
     /// The flow in force now: a call takes it at its start and keeps it.
     pub fn flow(&self) -> Arc<Flow> {
         self.flow
@@ -146,11 +152,23 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     };
     info!(node = %node_name, run = %instance, timeout_ms = opts.node_timeout.timeout_ms, "node registered");
     let ledger: SharedLedger = Arc::new(Mutex::new(ledger));
-    // The users stay in SQLite in the data folder whatever store the ledger is in: each node
-    // has its own until they move to PostgreSQL too.
-    let ledger_path = opts.data_dir.join("callbacks.db");
-    let users = SqliteUsers::open(&ledger_path)
-        .with_context(|| format!("opening the users in {}", ledger_path.display()))?;
+    // The users and the flow's versions are in the ledger's store: on PostgreSQL every node's,
+    // so a user added once logs in on any node and a flow published on one is every node's.
+    // Opened off the runtime, as the ledger is.
+    let (users, versions) = {
+        let (store, data_dir) = (opts.store.clone(), opts.data_dir.clone());
+        tokio::task::spawn_blocking(move || {
+            let users = store
+                .open_users(&data_dir)
+                .with_context(|| format!("opening the users in {}", store.describe(&data_dir)));
+            let versions = store.open_versions(&data_dir).map_err(|e| {
+                error!(error = %e, "flow versions unavailable: publishing and rolling back refused");
+            });
+            users.map(|u| (u, versions.ok()))
+        })
+        .await
+        .context("opening the users")??
+    };
     let users: SharedUsers = Arc::new(Mutex::new(users));
     match with_users(&users, |u| u.list()).await {
         Ok(list) if list.is_empty() => warn!(
@@ -181,14 +199,6 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         BrowserEndpoint::new(opts.browser.allowed_origins.clone());
     let offers = ConsoleOffers::default();
     let prompts_health = PromptsHealth::new(metrics.clone());
-    // Flow versions and the audit log, beside the users.
-    let versions = match crate::storage::SqliteVersions::open(&ledger_path) {
-        Ok(v) => Some(Box::new(v) as Box<dyn crate::config::versions::VersionStore>),
-        Err(e) => {
-            error!(error = %e, "flow versions unavailable: publishing and rolling back refused");
-            None
-        }
-    };
     let (flow_endpoint, flow_requests) = FlowEndpoint::new();
     {
         let audit = flow_endpoint.clone();
@@ -320,6 +330,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         opts.prompts.clone(),
         &opts.data_dir,
         versions,
+        opts.store.shared(),
         flow_requests,
     );
     tokio::spawn(browser::serve(

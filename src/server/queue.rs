@@ -6,12 +6,17 @@
 //! agent listed on several nodes is offered one call at a time across all of them; each leg's
 //! end releases the claim. A claim is one store round trip on the way to an agent, bounded by
 //! [`CLAIM_WAIT`]; releases run beside the queue, never holding it up.
+//!
+//! Presence is shared the same way: an agent's setting here (console or API) is written to the
+//! store beside the queue, and every [`PRESENCE_POLL`] the store's settings made on other
+//! nodes are applied here. The claim itself refuses an agent the store has as away, so an
+//! agent set away on another node is not rung here even before the next look.
 
 use crate::agents::{
-    AgentInput, AgentQueue, Assignment, CallerInfo, DeskView, QueueInput, WaitingCaller,
+    AgentInput, AgentQueue, Assignment, CallerInfo, DeskView, Presence, QueueInput, WaitingCaller,
 };
-use crate::callbacks::{unix_now, with_ledger};
-use crate::nodes::{AgentClaim, HeldCall, Liveness};
+use crate::callbacks::{UnixMs, unix_now, with_ledger};
+use crate::nodes::{AgentClaim, HeldCall, Liveness, PresenceRow};
 use crate::web::{Metrics, SharedLedger};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,12 +35,23 @@ const STATUS_REFRESH: Duration = Duration::from_secs(15);
 /// that is stuck loses status updates (the next one replaces them), never a `Ring`.
 pub const TO_CALL_CAPACITY: usize = 16;
 
-/// From a call to the queue.
-///
-/// The channel is unbounded on purpose, and input cannot grow it: a call enqueues itself
-/// once per route to a person, and every other message reports the end of an agent leg
-/// the queue itself started with a `Ring`. A bounded channel would make a call wait (or a
-/// leg's end be lost, and with it an agent) while the queue is busy.
+/// Messages from calls (and callback attempts) waiting for the queue task at most. A call
+/// sends one for each event of its own (its enqueue, an agent leg's end, leaving the line),
+/// and the task applies each as it comes, so this holds several for every call of a node at
+/// the default admission limit (200). When it is full a call waits for room (`send().await`):
+/// its message is never lost, since a lost enqueue would leave a caller waiting for nobody and
+/// a lost leg's end would take an agent out of the pool. The task never waits on a call, so
+/// the wait ends.
+pub const CALLS_CAPACITY: usize = 1024;
+/// Agents' changes waiting for the queue task at most: registrations that passed digest
+/// authentication (already at most [`super::registrations::CHANNEL`] at a time), consoles
+/// opening and closing, presence set by logged-in users. When it is full a registration
+/// waits for room; a console opening or a presence change is answered at once that the queue
+/// is busy ([`crate::web::desk`]); a console closing waits for room in a task of its own,
+/// because losing it would leave the agent offered calls in a browser nobody has open.
+pub const AGENTS_CAPACITY: usize = 256;
+
+/// From a call to the queue (at most [`CALLS_CAPACITY`] waiting).
 #[derive(Debug)]
 pub enum QueueMsg {
     Enqueue {
@@ -78,10 +94,8 @@ struct Waiter {
 /// The queue task's ends: calls' messages, agents' changes (registrations, presence), what
 /// the console sees, and how many agents are staffed (for the callback dialer).
 pub struct QueueHandles {
-    pub calls: mpsc::UnboundedSender<QueueMsg>,
-    /// Unbounded like `calls`: each message is a registration that passed digest
-    /// authentication or a presence change by a logged-in user.
-    pub agents: mpsc::UnboundedSender<AgentInput>,
+    pub calls: mpsc::Sender<QueueMsg>,
+    pub agents: mpsc::Sender<AgentInput>,
     pub desk: watch::Receiver<DeskView>,
     pub staffed: Arc<AtomicUsize>,
 }
@@ -92,6 +106,9 @@ pub const CLAIM_WAIT: Duration = Duration::from_secs(1);
 /// Tries of a release the store refused, a second apart. After the last its claim stays until
 /// this node takes the agent again, or stops beating.
 const RELEASE_TRIES: u32 = 3;
+
+/// How often the presence other nodes' agents set is read from the shared store.
+pub const PRESENCE_POLL: Duration = Duration::from_secs(1);
 
 /// Where the queue claims its agents: the shared store, as this node.
 pub struct AgentClaims {
@@ -120,6 +137,10 @@ impl AgentClaims {
             Ok(Ok(AgentClaim::Granted)) => true,
             Ok(Ok(AgentClaim::HeldBy { node, call: theirs })) => {
                 info!(%agent, call, held_by = %node, their_call = %theirs, "agent engaged on another node: the caller waits for them or the next agent");
+                false
+            }
+            Ok(Ok(AgentClaim::Away)) => {
+                info!(%agent, call, "agent away (in the shared store): not rung");
                 false
             }
             Ok(Err(e)) => {
@@ -162,10 +183,90 @@ impl AgentClaims {
     }
 }
 
+impl AgentClaims {
+    /// Writes a presence set on this node to the store, beside the queue.
+    fn share_presence(&self, agent: String, presence: Presence, at: UnixMs) {
+        let ledger = self.ledger.clone();
+        tokio::spawn(async move {
+            let a = agent.clone();
+            let written = with_ledger(&ledger, move |l| l.set_presence(&a, presence, at)).await;
+            if let Err(e) = written {
+                warn!(%agent, presence = presence.as_str(), error = %e, "cannot share the agent's presence: other nodes keep the one they had");
+            }
+        });
+    }
+
+    /// Reads every agent's presence from the store each [`PRESENCE_POLL`] and hands it to the
+    /// queue on `to_queue` (one reading waiting at most: the next one supersedes it).
+    fn follow_presence(&self, to_queue: mpsc::Sender<Vec<PresenceRow>>) {
+        let ledger = self.ledger.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(PRESENCE_POLL);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut failing = false;
+            loop {
+                every.tick().await;
+                match with_ledger(&ledger, |l| l.presences()).await {
+                    Ok(rows) => {
+                        failing = false;
+                        match to_queue.try_send(rows) {
+                            Err(TrySendError::Closed(_)) => return,
+                            Ok(()) | Err(TrySendError::Full(_)) => {}
+                        }
+                    }
+                    Err(e) if !failing => {
+                        failing = true;
+                        warn!(error = %e, "cannot read agents' presence from the shared store: the presence set on other nodes is not followed until it answers");
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
+    }
+}
+
+/// Presence as last set for each agent (here or on another node), and when: a store reading
+/// older than a setting made here (still being written) does not undo it.
+#[derive(Default)]
+struct SharedPresence {
+    latest: HashMap<String, (Presence, UnixMs)>,
+}
+
+impl SharedPresence {
+    fn set_here(&mut self, agent: &str, presence: Presence, at: UnixMs) {
+        self.latest.insert(agent.to_string(), (presence, at));
+    }
+
+    /// Applies the store's reading to the queue: each agent it knows takes the latest setting.
+    fn follow(&mut self, rows: Vec<PresenceRow>, queue: &mut AgentQueue, now: Instant) {
+        for row in rows {
+            let newer = self
+                .latest
+                .get(&row.agent)
+                .is_none_or(|(_, at)| row.set_at >= *at);
+            if newer {
+                self.latest.insert(row.agent, (row.presence, row.set_at));
+            }
+        }
+        for (agent, (presence, _)) in &self.latest {
+            if queue.presence(agent).is_some_and(|p| p != *presence) {
+                info!(%agent, presence = presence.as_str(), "presence set on another node: followed here");
+                queue.agent_input(
+                    AgentInput::SetPresence {
+                        agent: agent.clone(),
+                        presence: *presence,
+                    },
+                    now,
+                );
+            }
+        }
+    }
+}
+
 /// `claims`: where to claim agents before ringing them (a shared store), or `None` (one node).
 pub fn spawn(agents: Vec<String>, metrics: Metrics, claims: Option<AgentClaims>) -> QueueHandles {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (agents_tx, agents_rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::channel(CALLS_CAPACITY);
+    let (agents_tx, agents_rx) = mpsc::channel(AGENTS_CAPACITY);
     let (desk_tx, desk) = watch::channel(DeskView::default());
     let staffed = Arc::new(AtomicUsize::new(agents.len()));
     tokio::spawn(run(
@@ -187,8 +288,8 @@ pub fn spawn(agents: Vec<String>, metrics: Metrics, claims: Option<AgentClaims>)
 
 async fn run(
     agents: Vec<String>,
-    mut rx: mpsc::UnboundedReceiver<QueueMsg>,
-    mut agents_rx: mpsc::UnboundedReceiver<AgentInput>,
+    mut rx: mpsc::Receiver<QueueMsg>,
+    mut agents_rx: mpsc::Receiver<AgentInput>,
     desk: watch::Sender<DeskView>,
     staffed: Arc<AtomicUsize>,
     metrics: Metrics,
@@ -199,11 +300,28 @@ async fn run(
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut agents_open = true;
+    let mut shared_presence = SharedPresence::default();
+    let (presence_tx, mut presence_rx) = mpsc::channel(1);
+    let mut presence_open = claims.is_some();
+    if let Some(claims) = &claims {
+        claims.follow_presence(presence_tx);
+    }
     loop {
         tokio::select! {
             input = agents_rx.recv(), if agents_open => match input {
-                Some(input) => queue.agent_input(input, Instant::now()),
+                Some(input) => {
+                    if let (Some(claims), AgentInput::SetPresence { agent, presence }) = (&claims, &input) {
+                        let at = unix_now();
+                        shared_presence.set_here(agent, *presence, at);
+                        claims.share_presence(agent.clone(), *presence, at);
+                    }
+                    queue.agent_input(input, Instant::now());
+                }
                 None => agents_open = false,
+            },
+            rows = presence_rx.recv(), if presence_open => match rows {
+                Some(rows) => shared_presence.follow(rows, &mut queue, Instant::now()),
+                None => presence_open = false,
             },
             msg = rx.recv() => {
                 let Some(msg) = msg else { return };
@@ -304,6 +422,68 @@ async fn run(
                     estimated_wait: wait,
                 });
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// More callers at once than the queue's channel holds: the ones that find it full wait
+    /// for room, and every one of them is answered (here: nobody is staffed).
+    #[tokio::test]
+    async fn callers_who_find_the_queue_full_wait_and_none_is_lost() {
+        let handles = spawn(Vec::new(), Metrics::new(), None);
+        let callers = CALLS_CAPACITY + 100;
+        let mut answers = Vec::with_capacity(callers);
+        let enqueue = |call: u64, to_call| QueueMsg::Enqueue {
+            call,
+            to_call,
+            caller: CallerInfo::default(),
+        };
+        // The queue task has not run yet (one thread, and this one has not yielded): the
+        // channel takes exactly its capacity, then says it is full; the rest wait for room.
+        let mut queued = 0;
+        let mut full = false;
+        for call in 0..callers as u64 {
+            let (tx, rx) = to_call_channel();
+            answers.push(rx);
+            let msg = enqueue(call, tx);
+            let msg = if full {
+                msg
+            } else {
+                match handles.calls.try_send(msg) {
+                    Ok(()) => {
+                        queued += 1;
+                        continue;
+                    }
+                    Err(TrySendError::Full(msg)) => {
+                        full = true;
+                        msg
+                    }
+                    Err(e) => panic!("caller {call}: {e}"),
+                }
+            };
+            let waited =
+                tokio::time::timeout(Duration::from_secs(10), handles.calls.send(msg)).await;
+            assert!(
+                matches!(waited, Ok(Ok(()))),
+                "caller {call} waited for good"
+            );
+        }
+        assert_eq!(queued, CALLS_CAPACITY, "the channel is not bounded as said");
+        for (call, rx) in answers.iter_mut().enumerate() {
+            let told = tokio::time::timeout(Duration::from_secs(10), async {
+                while let Some(msg) = rx.recv().await {
+                    if msg == ToCall::NoneAvailable {
+                        return true;
+                    }
+                }
+                false
+            })
+            .await;
+            assert_eq!(told, Ok(true), "caller {call} was never answered: lost");
         }
     }
 }

@@ -18,8 +18,20 @@ pub struct UserCredentials {
 
 impl Credentials for UserCredentials {
     fn ha1(&self, user: &str, realm: &str) -> Option<String> {
-        let users = self.users.lock().unwrap_or_else(|p| p.into_inner());
-        match users.get(user) {
+        // The registrar asks on an async thread, where the PostgreSQL client (a runtime of its
+        // own) cannot run: the look-up runs on a thread of its own, waited for.
+        let found = std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+                users.get(user)
+            })
+            .join()
+        });
+        let Ok(found) = found else {
+            tracing::warn!(%user, "REGISTER: the users look-up failed");
+            return None;
+        };
+        match found {
             Ok(Some(u)) if u.sip_realm == realm => Some(u.sip_ha1),
             Ok(Some(u)) => {
                 tracing::warn!(%user, realm = %u.sip_realm, "REGISTER: this user's SIP password was set for another realm");
@@ -43,10 +55,7 @@ impl Credentials for UserCredentials {
 }
 
 /// Passes registrations on to the queue until either side closes.
-pub fn spawn(
-    mut from_sip: mpsc::Receiver<Registration>,
-    to_queue: mpsc::UnboundedSender<AgentInput>,
-) {
+pub fn spawn(mut from_sip: mpsc::Receiver<Registration>, to_queue: mpsc::Sender<AgentInput>) {
     tokio::spawn(async move {
         while let Some(r) = from_sip.recv().await {
             let input = match r {
@@ -61,7 +70,9 @@ pub fn spawn(
                 },
                 Registration::Unbound { user } => AgentInput::Unregistered { agent: user },
             };
-            if to_queue.send(input).is_err() {
+            // A full queue makes this wait; meanwhile the registrar's channel fills and the
+            // phone's next REGISTER refreshes what is dropped there.
+            if to_queue.send(input).await.is_err() {
                 break;
             }
         }

@@ -2,9 +2,10 @@
 //! promise is on disk (fsynced) when its insert returns, so a crash right after cannot lose it.
 //! Several nodes share one PostgreSQL database instead (`store = "postgres://..."`), with
 //! `synchronous_commit = on`: a promise is in the server's WAL, flushed, when its commit returns.
-//! The users who log in live in the SQLite database, on a connection of their own (also when
-//! the ledger is in PostgreSQL: users there are not built yet).
+//! The users who log in and the operator's flow versions are in the same store as the ledger,
+//! each on a connection of its own: in SQLite one node's, in PostgreSQL every node's.
 
+mod pg;
 mod postgres;
 mod sqlite;
 mod users;
@@ -12,10 +13,12 @@ mod versions;
 
 pub use postgres::{DEFAULT_LEASE_MS, PostgresStore};
 pub use sqlite::SqliteStore;
-pub use users::SqliteUsers;
-pub use versions::SqliteVersions;
+pub use users::{PostgresUsers, SqliteUsers};
+pub use versions::{PostgresVersions, SqliteVersions};
 
 use crate::callbacks::{LedgerError, LedgerStore, PromiseState};
+use crate::config::versions::{VersionError, VersionStore};
+use crate::web::auth::{UserError, UserStore};
 use std::path::Path;
 
 /// Where the callback ledger lives (`store` in the server file, `--store`).
@@ -67,6 +70,23 @@ impl StoreSetting {
         })
     }
 
+    /// Opens the users who log in: a user added to a shared store logs in on every node.
+    /// Blocking (the PostgreSQL client runs a runtime of its own): not on the async threads.
+    pub fn open_users(&self, data_dir: &Path) -> Result<Box<dyn UserStore>, UserError> {
+        Ok(match self {
+            Self::Sqlite => Box::new(SqliteUsers::open(&data_dir.join("callbacks.db"))?),
+            Self::Postgres(url) => Box::new(PostgresUsers::connect(url)?),
+        })
+    }
+
+    /// Opens the flow's versions and the audit log. Blocking, as [`Self::open_users`].
+    pub fn open_versions(&self, data_dir: &Path) -> Result<Box<dyn VersionStore>, VersionError> {
+        Ok(match self {
+            Self::Sqlite => Box::new(SqliteVersions::open(&data_dir.join("callbacks.db"))?),
+            Self::Postgres(url) => Box::new(PostgresVersions::connect(url)?),
+        })
+    }
+
     /// What to name in messages: never the password in a URL.
     pub fn describe(&self, data_dir: &Path) -> String {
         match self {
@@ -91,4 +111,10 @@ fn read_context(text: &str) -> serde_json::Value {
 /// An unknown state (a newer version wrote it) reads as escalated: a person looks.
 fn read_state(text: &str) -> PromiseState {
     PromiseState::parse(text).unwrap_or(PromiseState::Escalated)
+}
+
+/// An unknown presence (a newer version wrote it) reads as away: nobody is rung who may not be
+/// there.
+fn read_presence(text: &str) -> crate::agents::Presence {
+    crate::agents::Presence::parse(text).unwrap_or(crate::agents::Presence::Away)
 }

@@ -7,20 +7,19 @@
 //! waiting) and each attempt carries a lease that its node renews on every dialer tick. When a
 //! node dies its leases run out, and any other node makes those promises due again.
 
+use super::pg::PgConn;
+use crate::agents::Presence;
 use crate::callbacks::{
     Attempt, AttemptOutcome, LedgerError, LedgerStore, NewPromise, Promise, PromiseState, UnixMs,
 };
-use crate::nodes::{AgentClaim, AgentClaimRow, HeldCall, HeldState, NodeBeat, adopted_key};
-use ::postgres::{Client, Config, GenericClient, NoTls, Row, Transaction};
-use std::time::Duration;
+use crate::nodes::{
+    AgentClaim, AgentClaimRow, HeldCall, HeldState, NodeBeat, PresenceRow, adopted_key,
+};
+use ::postgres::{Client, GenericClient, Row, Transaction};
 
 /// How long a claim holds without renewal. The dialer renews every second; a dead node's
 /// promises are due again this long after its last renewal.
 pub const DEFAULT_LEASE_MS: i64 = 30_000;
-/// A database that does not answer within this is reported, not waited for.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Key of the advisory lock that serializes migrations of nodes starting together.
-const MIGRATION_LOCK: i64 = 0x4855_4d41_4e4c; // "HUMANL"
 /// Which component's migrations `humanline_schema` counts (other tables keep their own).
 const COMPONENT: &str = "callbacks";
 
@@ -95,18 +94,25 @@ CREATE TABLE agent_claims (
     claimed_at BIGINT NOT NULL
 );
 "#,
+    // Agents' presence, set on any node and followed by all: an agent away is claimed by none.
+    r#"
+CREATE TABLE agent_presence (
+    agent    TEXT   PRIMARY KEY,
+    presence TEXT   NOT NULL,
+    set_at   BIGINT NOT NULL
+);
+"#,
 ];
 
 pub struct PostgresStore {
-    client: Client,
-    config: Config,
+    conn: PgConn,
     /// This node, in the attempts it claims.
     node: String,
     lease_ms: i64,
 }
 
 fn db(e: ::postgres::Error) -> LedgerError {
-    LedgerError::Storage(format!("postgres: {e}"))
+    LedgerError::Storage(super::pg::db(e))
 }
 
 fn promise_from(row: &Row) -> Result<Promise, LedgerError> {
@@ -255,21 +261,14 @@ impl PostgresStore {
     /// Connects (`postgres://user@host:port/database`) and brings the ledger's tables up to
     /// date. `node` names this node in its claims (unique per server run).
     pub fn connect(url: &str, node: &str) -> Result<Self, LedgerError> {
-        let mut config: Config = url
-            .parse()
-            .map_err(|e| LedgerError::Storage(format!("postgres URL: {e}")))?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECT_TIMEOUT);
-        }
-        let client = Self::session(&config)?;
-        let mut store = Self {
-            client,
-            config,
+        let mut conn = PgConn::connect(url).map_err(LedgerError::Storage)?;
+        conn.migrate(COMPONENT, MIGRATIONS)
+            .map_err(LedgerError::Storage)?;
+        Ok(Self {
+            conn,
             node: node.to_string(),
             lease_ms: DEFAULT_LEASE_MS,
-        };
-        store.migrate()?;
-        Ok(store)
+        })
     }
 
     /// How long a claim holds without renewal (tests shorten it).
@@ -288,62 +287,8 @@ impl PostgresStore {
         Ok(self)
     }
 
-    fn session(config: &Config) -> Result<Client, LedgerError> {
-        let mut client = config.connect(NoTls).map_err(db)?;
-        // The durability promise: a commit returns once flushed on the server, whatever the
-        // server's default. A lock held elsewhere is waited for 5 s, like SQLite's busy timeout.
-        client
-            .batch_execute("SET synchronous_commit = on; SET lock_timeout = '5s'")
-            .map_err(db)?;
-        Ok(client)
-    }
-
-    /// The connection, reopened if the server closed it (a restart, a failover).
     fn client(&mut self) -> Result<&mut Client, LedgerError> {
-        if self.client.is_closed() {
-            self.client = Self::session(&self.config)?;
-        }
-        Ok(&mut self.client)
-    }
-
-    fn migrate(&mut self) -> Result<(), LedgerError> {
-        let mut tx = self.client()?.transaction().map_err(db)?;
-        // Nodes starting together migrate one after the other.
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-            .map_err(db)?;
-        tx.batch_execute(
-            "CREATE TABLE IF NOT EXISTS humanline_schema (\
-               component TEXT PRIMARY KEY, version INTEGER NOT NULL)",
-        )
-        .map_err(db)?;
-        let done: i32 = tx
-            .query_opt(
-                "SELECT version FROM humanline_schema WHERE component = $1",
-                &[&COMPONENT],
-            )
-            .map_err(db)?
-            .map(|r| r.try_get(0).map_err(db))
-            .transpose()?
-            .unwrap_or(0);
-        let done = usize::try_from(done).unwrap_or(0);
-        if done > MIGRATIONS.len() {
-            return Err(LedgerError::Storage(format!(
-                "postgres: the ledger's schema is version {done}, newer than this Humanline \
-                 knows ({}): upgrade this node",
-                MIGRATIONS.len()
-            )));
-        }
-        for sql in MIGRATIONS.iter().skip(done) {
-            tx.batch_execute(sql).map_err(db)?;
-        }
-        let version = i32::try_from(MIGRATIONS.len()).unwrap_or(i32::MAX);
-        tx.execute(
-            "INSERT INTO humanline_schema (component, version) VALUES ($1, $2) \
-             ON CONFLICT (component) DO UPDATE SET version = EXCLUDED.version",
-            &[&COMPONENT, &version],
-        )
-        .map_err(db)?;
-        tx.commit().map_err(db)
+        self.conn.client().map_err(LedgerError::Storage)
     }
 }
 
@@ -720,11 +665,13 @@ impl LedgerStore for PostgresStore {
         let mut tx = self.client()?.transaction().map_err(db)?;
         // One statement: two nodes claiming a free agent at once meet on the primary key, the
         // second waits for the first's commit and then finds the agent held (the condition is
-        // evaluated on the row as committed). The condition is `AgentClaimRow::yields_to`.
+        // evaluated on the row as committed). The condition is `AgentClaimRow::yields_to`; an
+        // agent away (set on any node) is not claimed at all.
         let granted = tx
             .query_opt(
                 "INSERT INTO agent_claims (agent, node, call_key, claimed_at) \
-                 VALUES ($1, $2, $3, $4) \
+                 SELECT $1::TEXT, $2::TEXT, $3::TEXT, $4::BIGINT WHERE NOT EXISTS ( \
+                   SELECT 1 FROM agent_presence WHERE agent = $1 AND presence = 'away') \
                  ON CONFLICT (agent) DO UPDATE SET node = EXCLUDED.node, \
                  call_key = EXCLUDED.call_key, claimed_at = EXCLUDED.claimed_at \
                  WHERE agent_claims.node = EXCLUDED.node OR NOT EXISTS ( \
@@ -735,8 +682,18 @@ impl LedgerStore for PostgresStore {
             )
             .map_err(db)?
             .is_some();
+        let away = !granted
+            && tx
+                .query_opt(
+                    "SELECT 1 FROM agent_presence WHERE agent = $1 AND presence = 'away'",
+                    &[&agent],
+                )
+                .map_err(db)?
+                .is_some();
         let outcome = if granted {
             AgentClaim::Granted
+        } else if away {
+            AgentClaim::Away
         } else {
             // Released since the insert met it: held a moment ago, free for the next try.
             match tx
@@ -784,6 +741,42 @@ impl LedgerStore for PostgresStore {
                     node: r.try_get(1).map_err(db)?,
                     call: r.try_get(2).map_err(db)?,
                     claimed_at: r.try_get(3).map_err(db)?,
+                })
+            })
+            .collect()
+    }
+
+    fn set_presence(
+        &mut self,
+        agent: &str,
+        presence: Presence,
+        at: UnixMs,
+    ) -> Result<(), LedgerError> {
+        self.client()?
+            .execute(
+                "INSERT INTO agent_presence (agent, presence, set_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (agent) DO UPDATE SET presence = EXCLUDED.presence, \
+                 set_at = EXCLUDED.set_at WHERE agent_presence.set_at <= EXCLUDED.set_at",
+                &[&agent, &presence.as_str(), &at],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    fn presences(&mut self) -> Result<Vec<PresenceRow>, LedgerError> {
+        self.client()?
+            .query(
+                "SELECT agent, presence, set_at FROM agent_presence ORDER BY agent",
+                &[],
+            )
+            .map_err(db)?
+            .iter()
+            .map(|r| {
+                let presence: String = r.try_get(1).map_err(db)?;
+                Ok(PresenceRow {
+                    agent: r.try_get(0).map_err(db)?,
+                    presence: super::read_presence(&presence),
+                    set_at: r.try_get(2).map_err(db)?,
                 })
             })
             .collect()

@@ -1,9 +1,12 @@
 //! The callback ledger in embedded SQLite.
 
+use crate::agents::Presence;
 use crate::callbacks::{
     Attempt, AttemptOutcome, LedgerError, LedgerStore, NewPromise, Promise, PromiseState, UnixMs,
 };
-use crate::nodes::{AgentClaim, AgentClaimRow, HeldCall, HeldState, NodeBeat, adopted_key};
+use crate::nodes::{
+    AgentClaim, AgentClaimRow, HeldCall, HeldState, NodeBeat, PresenceRow, adopted_key,
+};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::path::Path;
 
@@ -115,6 +118,14 @@ CREATE TABLE agent_claims (
     node       TEXT    NOT NULL,
     call_key   TEXT    NOT NULL,
     claimed_at INTEGER NOT NULL
+);
+"#,
+    // Agents' presence as last set, followed by every node on a shared store.
+    r#"
+CREATE TABLE agent_presence (
+    agent    TEXT    PRIMARY KEY,
+    presence TEXT    NOT NULL,
+    set_at   INTEGER NOT NULL
 );
 "#,
 ];
@@ -593,6 +604,18 @@ impl LedgerStore for SqliteStore {
         // The write lock is taken up front: another process's claim of the same agent waits
         // for this one's commit, then sees it.
         let tx = self.write_tx()?;
+        let away = tx
+            .query_row(
+                "SELECT 1 FROM agent_presence WHERE agent = ?1 AND presence = 'away'",
+                [agent],
+                |_| Ok(()),
+            )
+            .optional()
+            .map_err(db)?
+            .is_some();
+        if away {
+            return Ok(AgentClaim::Away);
+        }
         let held: Option<(AgentClaimRow, Option<UnixMs>)> = tx
             .query_row(
                 "SELECT c.agent, c.node, c.call_key, c.claimed_at, n.beat_at FROM agent_claims c \
@@ -640,6 +663,41 @@ impl LedgerStore for SqliteStore {
             .map_err(db)?
             .collect::<Result<_, _>>()
             .map_err(db)
+    }
+
+    fn set_presence(
+        &mut self,
+        agent: &str,
+        presence: Presence,
+        at: UnixMs,
+    ) -> Result<(), LedgerError> {
+        self.conn
+            .execute(
+                "INSERT INTO agent_presence (agent, presence, set_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (agent) DO UPDATE SET presence = excluded.presence, \
+                 set_at = excluded.set_at WHERE agent_presence.set_at <= excluded.set_at",
+                params![agent, presence.as_str(), at],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    fn presences(&mut self) -> Result<Vec<PresenceRow>, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT agent, presence, set_at FROM agent_presence ORDER BY agent")
+            .map_err(db)?;
+        stmt.query_map([], |r| {
+            let presence: String = r.get(1)?;
+            Ok(PresenceRow {
+                agent: r.get(0)?,
+                presence: super::read_presence(&presence),
+                set_at: r.get(2)?,
+            })
+        })
+        .map_err(db)?
+        .collect::<Result<_, _>>()
+        .map_err(db)
     }
 }
 

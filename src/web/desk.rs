@@ -20,7 +20,9 @@ use tokio::sync::{mpsc, watch};
 #[derive(Clone)]
 pub struct Desk {
     pub view: watch::Receiver<DeskView>,
-    pub agents: mpsc::UnboundedSender<AgentInput>,
+    /// To the queue task, bounded (`AGENTS_CAPACITY` in `server/queue.rs`): a change that
+    /// finds it full is answered at once that the queue is busy.
+    pub agents: mpsc::Sender<AgentInput>,
     pub offers: super::offers::ConsoleOffers,
 }
 
@@ -51,15 +53,49 @@ struct EventsQuery {
 
 /// While a console that answers calls is connected: the agent is reachable in the browser.
 struct ConsoleOpen {
-    agents: mpsc::UnboundedSender<AgentInput>,
+    agents: mpsc::Sender<AgentInput>,
     agent: String,
 }
 
 impl Drop for ConsoleOpen {
+    /// The queue must hear of it, or it would go on offering the agent calls in a browser
+    /// nobody has open: a full queue is waited for in a task of its own (one per console
+    /// that closed, so as many as there were consoles open).
     fn drop(&mut self) {
-        let _ = self.agents.send(AgentInput::ConsoleClosed {
+        let closed = AgentInput::ConsoleClosed {
             agent: std::mem::take(&mut self.agent),
-        });
+        };
+        match self.agents.try_send(closed) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(closed)) => {
+                let agents = self.agents.clone();
+                match tokio::runtime::Handle::try_current() {
+                    Ok(runtime) => {
+                        runtime.spawn(async move {
+                            let _ = agents.send(closed).await;
+                        });
+                    }
+                    Err(_) => tracing::error!(
+                        "a console closed while the queue was full, outside the runtime: the agent stays offered calls in the browser"
+                    ),
+                }
+            }
+        }
+    }
+}
+
+/// The answer to a change the queue task cannot take now, or `None` once it is queued.
+fn queue_refused(sent: Result<(), mpsc::error::TrySendError<AgentInput>>) -> Option<Response> {
+    match sent {
+        Ok(()) => None,
+        Err(mpsc::error::TrySendError::Full(_)) => Some(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the queue is busy: nothing was changed; try again in a moment",
+        )),
+        Err(mpsc::error::TrySendError::Closed(_)) => Some(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the queue is not running",
+        )),
     }
 }
 
@@ -71,21 +107,17 @@ pub async fn events(State(desk): State<Desk>, req: Request) -> Response {
         .is_ok_and(|q| q.answer.as_deref() == Some("browser"));
     let console = match req.extensions().get::<Session>() {
         Some(s) if answers => {
-            let open = ConsoleOpen {
-                agents: desk.agents.clone(),
+            let sent = desk.agents.try_send(AgentInput::ConsoleOpened {
                 agent: s.user.clone(),
-            };
-            if open
-                .agents
-                .send(AgentInput::ConsoleOpened {
-                    agent: s.user.clone(),
-                })
-                .is_err()
-            {
-                return error(StatusCode::SERVICE_UNAVAILABLE, "the queue is not running");
+            });
+            if let Some(refused) = queue_refused(sent) {
+                return refused;
             }
             tracing::info!(agent = %s.user, "console answers calls");
-            Some(open)
+            Some(ConsoleOpen {
+                agents: desk.agents.clone(),
+                agent: s.user.clone(),
+            })
         }
         _ => None,
     };
@@ -129,8 +161,8 @@ async fn set_presence(desk: &Desk, agent: String, body: &[u8]) -> Response {
         agent: agent.clone(),
         presence,
     };
-    if desk.agents.send(input).is_err() {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "the queue is not running");
+    if let Some(refused) = queue_refused(desk.agents.try_send(input)) {
+        return refused;
     }
     // Answer once the queue has applied it, so that what the caller of this sees next
     // (and the next call offered) already follows it.
@@ -179,4 +211,75 @@ pub async fn set_agent_presence(
         return error(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
     };
     set_presence(&desk, name, &body).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agents::DeskView;
+
+    /// A desk whose queue holds `capacity` changes, already full of someone else's.
+    fn full_desk(capacity: usize) -> (Desk, mpsc::Receiver<AgentInput>) {
+        let (agents, rx) = mpsc::channel(capacity);
+        for _ in 0..capacity {
+            let other = AgentInput::ConsoleOpened {
+                agent: "bob".into(),
+            };
+            assert!(agents.try_send(other).is_ok());
+        }
+        let (_published, view) = watch::channel(DeskView::default());
+        let desk = Desk {
+            view,
+            agents,
+            offers: Default::default(),
+        };
+        (desk, rx)
+    }
+
+    #[tokio::test]
+    async fn a_presence_change_the_full_queue_cannot_take_is_refused_at_once_and_changes_nothing() {
+        let (desk, mut rx) = full_desk(2);
+        let asked = std::time::Instant::now();
+        let r = set_presence(&desk, "ann".into(), br#"{"presence": "away"}"#).await;
+        assert!(
+            asked.elapsed() < PRESENCE_SETTLE,
+            "answered after {:?}: it waited for the queue",
+            asked.elapsed()
+        );
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(r.into_body(), 4096).await;
+        let body = String::from_utf8_lossy(body.as_deref().unwrap_or_default()).into_owned();
+        assert!(
+            body.contains("busy") && body.contains("try again"),
+            "{body}"
+        );
+        for _ in 0..2 {
+            assert!(matches!(
+                rx.try_recv(),
+                Ok(AgentInput::ConsoleOpened { .. })
+            ));
+        }
+        assert!(rx.try_recv().is_err(), "ann's change was queued after all");
+    }
+
+    #[tokio::test]
+    async fn a_console_that_closes_while_the_queue_is_full_still_reaches_the_queue() {
+        let (desk, mut rx) = full_desk(1);
+        drop(ConsoleOpen {
+            agents: desk.agents.clone(),
+            agent: "ann".into(),
+        });
+        assert!(matches!(
+            rx.recv().await,
+            Some(AgentInput::ConsoleOpened { .. })
+        ));
+        let next = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await;
+        assert_eq!(
+            next.ok().flatten(),
+            Some(AgentInput::ConsoleClosed {
+                agent: "ann".into()
+            }),
+            "the queue never heard that ann's console closed: it would go on offering her calls there"
+        );
+    }
 }

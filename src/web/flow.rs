@@ -17,6 +17,8 @@
 //!   recorded (espeak-ng) into the draft.
 //! - `POST /api/flow/upload?language=en&prompt=greeting` (operator), a WAV as the body: the
 //!   prompt's recording in the draft (staged by the next check or publish).
+//! - `DELETE /api/flow/upload?language=en&prompt=greeting` (operator): that upload discarded
+//!   before it is published (the prompt keeps the recording it had, or gets one by Check).
 //! - `POST /api/flow/publish` `{"files", "message"?}` (operator): 200 with the new version,
 //!   or 422 with the problems (nothing changes).
 //! - `POST /api/flow/rollback` `{"version"}` (operator).
@@ -71,6 +73,13 @@ pub enum FlowRequest {
         language: String,
         prompt: String,
         wav: Vec<u8>,
+        author: String,
+        reply: FlowReply,
+    },
+    /// An upload waiting in the draft taken out of it again (uploaded by mistake).
+    Discard {
+        language: String,
+        prompt: String,
         author: String,
         reply: FlowReply,
     },
@@ -200,7 +209,7 @@ pub fn routes() -> Router<super::WebState> {
         ));
     let operator = Router::new()
         .route("/flow/check", post(check))
-        .route("/flow/upload", post(upload))
+        .route("/flow/upload", post(upload).delete(discard))
         .route("/flow/publish", post(publish))
         .route("/flow/rollback", post(rollback))
         .route("/audit", get(audit))
@@ -434,6 +443,30 @@ async fn upload(State(flow): State<FlowEndpoint>, req: Request) -> Response {
         language: q.language,
         prompt: q.prompt,
         wav,
+        author,
+        reply,
+    })
+    .await
+}
+
+/// `DELETE /api/flow/upload?language=en&prompt=greeting`: the upload waiting for that prompt
+/// is no longer in the draft.
+async fn discard(State(flow): State<FlowEndpoint>, req: Request) -> Response {
+    let Some(author) = req.extensions().get::<Session>().map(|s| s.user.clone()) else {
+        return error(StatusCode::UNAUTHORIZED, "log in first");
+    };
+    let q = match axum::extract::Query::<UploadQuery>::try_from_uri(req.uri()) {
+        Ok(q) => q.0,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("expected ?language=CODE&prompt=NAME: {e}"),
+            );
+        }
+    };
+    flow.ask(|reply| FlowRequest::Discard {
+        language: q.language,
+        prompt: q.prompt,
         author,
         reply,
     })

@@ -1,11 +1,13 @@
 // Debian's Chromium as the browser tests and benchmarks drive it: headless, with the flags
 // that work on this machine (see ../shared/notes/test-peers.md), a fake microphone playing a
-// WAV file, and the agent console's login. Shared by caller.mjs, desk.mjs and
-// bench/browser_{route,load}.mjs, so that every browser Humanline is measured with is the same.
+// WAV file, and the agent console's login. Shared by caller.mjs, desk.mjs, dashboard.mjs,
+// operator.mjs and bench/browser_{route,load}.mjs, so that every browser Humanline is tested
+// and measured with is the same.
 import { chromium } from "playwright-core";
 
 // Chromium with a fake microphone playing `wav`: once (`loop: false`, each new capture
-// starts it again) or over and over.
+// starts it again) or over and over. Without `wav` (a page that records nothing) the fake
+// microphone is Chromium's own beep.
 export function launch(wav, { loop = false } = {}) {
   return chromium.launch({
     executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
@@ -20,7 +22,7 @@ export function launch(wav, { loop = false } = {}) {
       "--disable-sync",
       "--use-fake-ui-for-media-stream",
       "--use-fake-device-for-media-stream",
-      `--use-file-for-fake-audio-capture=${wav}${loop ? "" : "%noloop"}`,
+      ...(wav ? [`--use-file-for-fake-audio-capture=${wav}${loop ? "" : "%noloop"}`] : []),
       "--autoplay-policy=no-user-gesture-required",
       "--disable-features=WebRtcHideLocalIpsWithMdns",
       "--allow-loopback-in-peer-connection",

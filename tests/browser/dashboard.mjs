@@ -5,7 +5,7 @@
 //   watch    the dashboard after login; then waits (the page refreshes itself, no reload)
 //            until the routes picture counts at least MIN routes for REASON (`any`: all)
 //   refused  what someone without the role sees at /dashboard after logging in
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const [base, user, password, phase, reason = "keyword", min = "1"] = process.argv.slice(2);
 if (!base || !user || !password || !phase) {
@@ -14,12 +14,7 @@ if (!base || !user || !password || !phase) {
 }
 const t0 = Date.now();
 const say = (o) => console.log(JSON.stringify({ ...o, t_ms: Date.now() - t0 }));
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync"],
-});
+const browser = await launch();
 let code = 0;
 try {
   const page = await browser.newPage();

@@ -8,8 +8,8 @@
 //   refused   (a user without the operator role) changes the greeting and presses Publish
 //   hear      "try it" with the WAV file TEXT: what Humanline heard, and both flows' decisions
 //   record    the same through the microphone (Record, Stop), Chromium's fake one playing TEXT
-//   upload    the WAV file TEXT as the English greeting's recording: checked, and it plays
-import { chromium } from "playwright-core";
+//   upload    the WAV file TEXT as the English greeting's recording: checked, and it plays;
+//             then discarded again (uploaded by mistake)
 import { launch } from "./chromium.mjs";
 
 const [base, user, password, phase, text = ""] = process.argv.slice(2);
@@ -19,12 +19,8 @@ if (!base || !user || !password || !phase) {
 }
 const t0 = Date.now();
 const say = (o) => console.log(JSON.stringify({ ...o, t_ms: Date.now() - t0 }));
-const browser = phase === "record" ? await launch(text) : await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync"],
-});
+// Only `record` speaks into the microphone (the WAV file TEXT).
+const browser = await launch(phase === "record" ? text : undefined);
 const field = (file, key) => `.field[data-file="${file}"][data-key="${key}"]`;
 let code = 0;
 try {
@@ -127,6 +123,19 @@ try {
       return { status: r.status, riff: String.fromCharCode(...bytes.slice(0, 4)), rate: view.getUint32(24, true), channels: view.getUint16(22, true) };
     }, audio);
     say({ event: "listen", src: audio, ...listen, checked: checked.ok, result: checked.text });
+    // Uploaded by mistake: discarded before publishing.
+    const waiting = () => page.evaluate(async () => (await (await fetch("/api/flow")).json()).uploads);
+    const before = await waiting();
+    const discard = `${greeting} button.discard-upload`;
+    const shown = await page.isVisible(discard);
+    await page.$eval("#result", (e) => { e.textContent = ""; });
+    await page.click(discard);
+    const discarded = await outcome("discard_result");
+    say({
+      event: "discarded", ...discarded, shown, before, after: await waiting(),
+      still_shown: await page.isVisible(discard),
+      src: await page.$eval(`${greeting} audio`, (a) => a.src),
+    });
   } else if (phase === "refused") {
     await page.fill(`${greeting} textarea`, text);
     await page.click("#publish");

@@ -548,6 +548,28 @@ impl Server {
         server
     }
 
+    /// GETs `path` as `login` until `ok` holds for its JSON (Err: the last answer).
+    pub fn json_until(
+        &self,
+        login: &Login,
+        path: &str,
+        limit: Duration,
+        ok: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<serde_json::Value, serde_json::Value> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let r = self.request("GET", path, &[("Cookie", &login.cookie)], "");
+            let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+            if r.status == 200 && ok(&v) {
+                return Ok(v);
+            }
+            if Instant::now() >= deadline {
+                return Err(v);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     pub fn get(&self, path: &str) -> (u16, String) {
         http_get(self.ports.http(), path).unwrap_or_else(|e| (0, format!("GET {path} failed: {e}")))
     }
@@ -560,9 +582,14 @@ impl Server {
     /// A change as Humanline's own page makes it: POST with the session cookie, the CSRF
     /// token, Humanline's origin and a JSON body.
     pub fn change(&self, login: &Login, path: &str, body: &str) -> HttpReply {
+        self.change_with("POST", login, path, body)
+    }
+
+    /// [`Server::change`] with another method (`DELETE`).
+    pub fn change_with(&self, method: &str, login: &Login, path: &str, body: &str) -> HttpReply {
         let origin = format!("http://{LOCALHOST}:{}", self.ports.http());
         self.request(
-            "POST",
+            method,
             path,
             &[
                 ("Cookie", &login.cookie),
@@ -713,12 +740,19 @@ pub fn routed_on_words_or_behind(server: &Server, test: &str, reason: &str, want
 /// The caller's sipp must end cleanly: no BYE from Humanline (that fails the scenario), no
 /// timeout.
 pub fn assert_sipp_ok(name: &str, code: Option<i32>, server: &Server, peers: &[&Sipp]) {
-    assert_eq!(
+    assert_passed(
         code,
-        Some(0),
-        "{name} sipp did not complete cleanly (exit {code:?})\n{}",
-        context(server, peers)
+        &format!("{name} sipp did not complete cleanly"),
+        || context(server, peers),
     );
+}
+
+/// A sipp scenario's exit `code` must be 0: else `what` went wrong, and `story()` (made only
+/// then) shows the servers' and peers' side of it.
+pub fn assert_passed(code: Option<i32>, what: &str, story: impl FnOnce() -> String) {
+    if code != Some(0) {
+        panic!("{what} (sipp exit {code:?})\n{}", story());
+    }
 }
 
 /// The metric reaches `want` or more within `limit` (polled over HTTP).
@@ -800,9 +834,14 @@ pub fn http_request_bytes(
     req.push_str("\r\n");
     let mut req = req.into_bytes();
     req.extend_from_slice(body);
-    s.write_all(&req)?;
+    // A refused request may be cut off before all of it is written: its answer is still read.
+    let written = s.write_all(&req);
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
+    let read = s.read_to_end(&mut raw);
+    if raw.is_empty() {
+        written?;
+        read?;
+    }
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.lines();
@@ -1791,4 +1830,23 @@ pub fn browser_available(test: &str) -> bool {
 pub fn browser_lock() -> std::sync::MutexGuard<'static, ()> {
     static BROWSER: std::sync::Mutex<()> = std::sync::Mutex::new(());
     BROWSER.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What a test that drives Chromium holds while it runs: the browser to itself and, when it
+/// decodes speech, the speech models too (taken in that order, always).
+pub struct BrowserTest {
+    _browser: MutexGuard<'static, ()>,
+    _speech: Option<MutexGuard<'static, ()>>,
+}
+
+/// `None` (the test skips, saying why) without the SIP peers or the browser; else the test
+/// holds the browser (and with `speech` the speech models) until it ends.
+pub fn browser_test(test: &str, speech: bool) -> Option<BrowserTest> {
+    if !peers_available(test) || !browser_available(test) {
+        return None;
+    }
+    Some(BrowserTest {
+        _browser: browser_lock(),
+        _speech: speech.then(speech_lock),
+    })
 }

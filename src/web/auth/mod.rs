@@ -13,10 +13,9 @@ mod users;
 
 pub use limiter::{LoginLimiter, LoginLimits};
 pub use session::{Session, Sessions};
-pub use users::{MAX_NAME_CHARS, Role, User, UserError, valid_name};
+pub use users::{MAX_NAME_CHARS, Role, User, UserError, UserStore, valid_name};
 
 use super::api_error as error;
-use crate::storage::SqliteUsers;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
@@ -33,17 +32,17 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 /// A login request's body is a name and a password: nothing bigger is read.
 const MAX_LOGIN_BODY: usize = 4096;
 
-pub type SharedUsers = Arc<Mutex<SqliteUsers>>;
+pub type SharedUsers = Arc<Mutex<Box<dyn UserStore>>>;
 
 /// Runs `f` on the users table off the async threads.
 pub async fn with_users<T: Send + 'static>(
     users: &SharedUsers,
-    f: impl FnOnce(&mut SqliteUsers) -> Result<T, UserError> + Send + 'static,
+    f: impl FnOnce(&mut dyn UserStore) -> Result<T, UserError> + Send + 'static,
 ) -> Result<T, UserError> {
     let users = users.clone();
     tokio::task::spawn_blocking(move || {
         let mut guard = users.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut guard)
+        f(&mut **guard)
     })
     .await
     .map_err(|e| UserError::Storage(e.to_string()))?
@@ -386,7 +385,9 @@ mod tests {
 
     #[test]
     fn only_humanlines_own_or_configured_origins_may_change_things() {
-        let users = Arc::new(Mutex::new(SqliteUsers::in_memory().unwrap()));
+        let users: SharedUsers = Arc::new(Mutex::new(Box::new(
+            crate::storage::SqliteUsers::in_memory().unwrap(),
+        )));
         let auth = Auth::new(
             users,
             AuthConfig {

@@ -74,6 +74,17 @@ pub enum UserError {
 
 pub const MAX_NAME_CHARS: usize = 64;
 
+/// Where users are kept: SQLite in the data folder ([`crate::storage::SqliteUsers`]), or the
+/// PostgreSQL store several nodes share ([`crate::storage::PostgresUsers`]), so that a user
+/// added once logs in on every node. Calls block: drivers make them off the async threads.
+pub trait UserStore: Send {
+    fn add(&mut self, user: &User) -> Result<(), UserError>;
+    fn get(&mut self, name: &str) -> Result<Option<User>, UserError>;
+    /// Every user, by name.
+    fn list(&mut self) -> Result<Vec<User>, UserError>;
+    fn remove(&mut self, name: &str) -> Result<(), UserError>;
+}
+
 /// A name usable as a login and as the user part of a SIP URI, unescaped.
 pub fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
