@@ -106,8 +106,10 @@ def main():
     modes.append(("end_of_speech", None))
     # Every setup runs at once (idle between calls) and each utterance is called on each in
     # turn, so a change in the machine's load falls on all of them alike.
-    setups = [Setup(i, mode, work, len(utts), bin) for i, (mode, bin) in enumerate(modes)]
+    setups = []
     try:
+        for i, (mode, bin) in enumerate(modes):
+            setups.append(Setup(i, mode, work, len(utts), bin))
         for s in setups:
             s.server.wait_ready()
         for uid, raw, end_ms, dur_ms in utts:
