@@ -94,6 +94,15 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
+/// The call's language confirms escapes in partials (`[escape] confirm_partials`).
+fn confirms_partials(d: &Driver) -> bool {
+    let language = &d.brain.context().language;
+    d.brain
+        .flow()
+        .language(language)
+        .is_some_and(|l| l.confirm_partials)
+}
+
 /// What the caller hears now, as a driver carrying out the brain's actions would play it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Sound {
@@ -433,9 +442,15 @@ proptest! {
             1 => d.feed(Event::FinalTranscript { text: escape.into() }),
             _ => d.feed(Event::Dtmf { digit: '0' }),
         };
-        // A partial that is an escape word alone routes when it is heard again.
-        let lone_word = flow().escape.detect(escape).is_some_and(|m| m.lone_word);
-        if how == 0 && lone_word && before == Phase::Ivr {
+        // A partial that is an escape word alone routes when it is heard again; in a language
+        // that confirms partials, so does one whose escape rests on its last word.
+        let found = flow().escape.detect(escape);
+        let second_hearing = if confirms_partials(&d) {
+            found.is_some_and(|m| m.needs_last_word)
+        } else {
+            found.is_some_and(|m| m.lone_word)
+        };
+        if how == 0 && second_hearing && before == Phase::Ivr {
             prop_assert_eq!(routes(&actions), None);
             actions = d.feed(Event::PartialTranscript { text: escape.into() });
         }
@@ -479,6 +494,8 @@ proptest! {
             d.step(s);
         }
         prop_assume!(d.brain.phase() == Phase::Ivr);
+        // Where partials are confirmed, an escape at a partial's end waits too (below).
+        prop_assume!(!confirms_partials(&d));
         let lone = word.to_string();
         prop_assert_eq!(routes(&d.feed(Event::PartialTranscript { text: lone.clone() })), None);
         prop_assert_eq!(d.brain.phase(), Phase::Ivr);
@@ -993,6 +1010,96 @@ fn a_confirmed_request_ending_a_partial_routes_at_once() {
         text: "can I speak to an agent".into(),
     });
     assert_eq!(routes(&a), Some(RouteReason::Keyword));
+}
+
+/// A call that starts in Dutch (a Dutch number, or `--language nl`).
+fn dutch_call() -> Driver {
+    let mut d = Driver::new();
+    d.feed(Event::CallStarted {
+        caller_id: Some("+3120555".into()),
+        language: Some("nl".into()),
+    });
+    assert!(confirms_partials(&d), "nl.toml confirms partials");
+    d
+}
+
+#[test]
+fn a_dutch_escape_at_a_partials_end_waits_for_the_next_hearing() {
+    // "Mijn persoon." is the decoder half way through "Mijn persoonlijke gegevens": it must not
+    // route, and the rest of the sentence is an ordinary request.
+    let mut d = dutch_call();
+    for text in ["Mijn persoon.", "Mijn persoonlijke gegevens kloppen"] {
+        let a = d.feed(Event::PartialTranscript { text: text.into() });
+        assert_eq!(routes(&a), None, "{text}: {a:?}");
+    }
+    let a = d.feed(Event::FinalTranscript {
+        text: "Mijn persoonlijke gegevens kloppen niet.".into(),
+    });
+    assert_ne!(routes(&a), Some(RouteReason::Keyword), "{a:?}");
+
+    // A caller who asks for one: heard at the end of a partial, routed on the next partial
+    // that still has an escape, with the words of that partial.
+    let mut d = dutch_call();
+    let a = d.feed(Event::PartialTranscript {
+        text: "Ik wil een medewerker".into(),
+    });
+    assert_eq!(routes(&a), None, "{a:?}");
+    let a = d.feed(Event::PartialTranscript {
+        text: "Ik wil een medewerker spreken".into(),
+    });
+    assert_eq!(routes(&a), Some(RouteReason::Keyword), "{a:?}");
+    assert_eq!(
+        d.brain.context().said.last().map(String::as_str),
+        Some("Ik wil een medewerker spreken")
+    );
+
+    // Or on the final, when the partial was the last one.
+    let mut d = dutch_call();
+    d.feed(Event::PartialTranscript {
+        text: "Een medewerker".into(),
+    });
+    let a = d.feed(Event::FinalTranscript {
+        text: "Een medewerker.".into(),
+    });
+    assert_eq!(routes(&a), Some(RouteReason::Keyword), "{a:?}");
+}
+
+#[test]
+fn a_dutch_escape_with_words_after_it_routes_on_the_partial() {
+    let mut d = dutch_call();
+    let a = d.feed(Event::PartialTranscript {
+        text: "Ik wil een medewerker spreken".into(),
+    });
+    assert_eq!(routes(&a), Some(RouteReason::Keyword), "{a:?}");
+}
+
+#[test]
+fn a_dutch_partial_only_the_verifier_heard_waits_for_the_next_hearing() {
+    let verified = |d: &mut Driver| {
+        let mut v = escape_verdict("medewerker", -0.3);
+        v.score = 1.0;
+        v.threshold = 0.5;
+        d.feed(Event::Verified { verdicts: vec![v] });
+    };
+    let text = "Ik wil met de mede";
+    let mut d = dutch_call();
+    verified(&mut d);
+    let a = d.feed(Event::PartialTranscript { text: text.into() });
+    assert_eq!(routes(&a), None, "{a:?}");
+    // Heard again, by the verifier or the text: routes.
+    verified(&mut d);
+    let a = d.feed(Event::PartialTranscript {
+        text: "Ik wil met de medewer".into(),
+    });
+    assert_eq!(routes(&a), Some(RouteReason::Keyword), "{a:?}");
+
+    // The same partial in English (no confirm_partials) routes at once.
+    let mut d = Driver::new();
+    d.step(&Step::Start);
+    assert!(!confirms_partials(&d), "en.toml does not confirm partials");
+    verified(&mut d);
+    let a = d.feed(Event::PartialTranscript { text: text.into() });
+    assert_eq!(routes(&a), Some(RouteReason::Keyword), "{a:?}");
 }
 
 /// A verdict on a transcript, as the keyword verifier gives it, with the model's mean token

@@ -212,6 +212,10 @@ fn dutch_ordinary_requests_do_not_escape_and_silence_gives_nothing() {
         // At the old escape threshold (0.0) the verifier sent this caller to a person on a
         // partial: it scored "een mens" above 0 on the partial "Ik met." (every run here).
         "Ik wil mijn abonnement opzeggen",
+        // Without `confirm_partials` this caller went to a person on the partial "Medial
+        // mens." ("veel mensen" cut short), 3 runs of 3; with it, the next partial has no
+        // escape and waits on.
+        "Veel mensen hebben hier last van",
     ]
     .iter()
     .enumerate()

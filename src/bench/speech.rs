@@ -723,8 +723,21 @@ pub fn rescore(
     report.insert("decoded_by".into(), saved["command"].clone());
     let mut all = Vec::new();
     for (name, recordings) in setups {
-        let recordings: Vec<Recording> = serde_json::from_value(recordings.clone())
+        let mut recordings: Vec<Recording> = serde_json::from_value(recordings.clone())
             .with_context(|| format!("{}: setup `{name}`", transcripts.display()))?;
+        // The verdicts were saved with the thresholds of the run: hold them to these prompts'.
+        for u in &mut recordings {
+            let Some(language) = flow.language(&u.language) else {
+                continue;
+            };
+            for h in &mut u.events {
+                if let Heard::Verified { verdicts, .. } = h {
+                    verdicts
+                        .iter_mut()
+                        .for_each(|v| language.verifier.rejudge(v));
+                }
+            }
+        }
         report.insert(name.clone(), score(&flow, &recordings, holdout_voice));
         all.push((name.clone(), recordings));
     }

@@ -75,9 +75,11 @@ pub struct CallBrain {
     /// The caller reached a person while their callback was being stored: keep it once it is.
     keep_when_stored: bool,
     route_reason: Option<RouteReason>,
-    /// A partial that was an escape word alone: routed on when the next partial still has
-    /// it, or the final does (`Flow::confirm_lone_word`).
-    lone_heard: Option<String>,
+    /// The phrase of an escape heard in a partial that waits for a second hearing: the
+    /// next partial routes when it has an escape too (the same phrase, for a lone word),
+    /// and the final decides whatever the partials said (`Flow::confirm_lone_word`,
+    /// `Language::confirm_partials`).
+    unconfirmed: Option<String>,
     /// The keyword verifier's verdicts for the transcript that comes next.
     verified: Vec<Verdict>,
     /// The last partial and its verdicts: a final with the same words and no verdicts of its
@@ -112,7 +114,7 @@ impl CallBrain {
             callback_id: None,
             keep_when_stored: false,
             route_reason: None,
-            lone_heard: None,
+            unconfirmed: None,
             verified: Vec::new(),
             last_partial: None,
         }
@@ -446,6 +448,7 @@ impl CallBrain {
             kind: MatchKind::Verified,
             lone_word: false,
             echo_shaped: false,
+            needs_last_word: false,
         })
     }
 
@@ -476,21 +479,30 @@ impl CallBrain {
         }
         // Decide while the caller is still speaking: an escape in a partial routes now.
         let Some(m) = found else {
-            self.lone_heard = None;
+            self.unconfirmed = None;
             return;
         };
-        // Unless the partial is the escape word alone, heard for the first time: Whisper
-        // sometimes writes a word of its prompt alone for a moment of other speech. The next
-        // partial (or the final) confirms it, or the verifier's confident score at once.
-        if m.lone_word
-            && self.flow.confirm_lone_word
-            && heard.is_none()
-            && self.lone_heard.as_deref() != Some(m.phrase.as_str())
-        {
-            self.lone_heard = Some(m.phrase);
+        // Unless it is worth a second hearing. Where the language asks for it, every
+        // escape the text matcher found only in the partial's last word, or that only the
+        // verifier heard: a partial's last word is often a longer word cut short, and the
+        // verifier scores phrases against a transcript that is still growing. Elsewhere, an
+        // escape word alone heard for the first time, unless the verifier is confident:
+        // Whisper sometimes writes a word of its prompt alone for a moment of other speech.
+        let confirm_partials = self.lang().confirm_partials;
+        let unsure = if confirm_partials {
+            m.kind == MatchKind::Verified || m.needs_last_word
+        } else {
+            m.lone_word && self.flow.confirm_lone_word && heard.is_none()
+        };
+        let confirmed = self
+            .unconfirmed
+            .as_deref()
+            .is_some_and(|before| confirm_partials || before == m.phrase);
+        if unsure && !confirmed {
+            self.unconfirmed = Some(m.phrase);
             return;
         }
-        self.lone_heard = None;
+        self.unconfirmed = None;
         self.context.said.push(text);
         self.context.escape = Some(m);
         self.route(now, RouteReason::Keyword, out);
@@ -498,7 +510,7 @@ impl CallBrain {
 
     fn on_final(&mut self, now: Instant, text: String, out: &mut Vec<Action>) {
         // The final is what the caller said: it decides, whatever a partial ended in.
-        self.lone_heard = None;
+        self.unconfirmed = None;
         if let Some((partial, verdicts)) = self.last_partial.take()
             && self.verified.is_empty()
             && partial == text

@@ -71,8 +71,9 @@ enum BenchWhat {
         decode_threads: usize,
     },
     /// Scores saved transcripts (`bench speech --transcripts`) again with the current prompts,
-    /// without decoding: for trying escape lexicons and brain rules. Decode times are those of
-    /// the original run.
+    /// without decoding: for trying escape lexicons, brain rules and verifier thresholds (the
+    /// saved verdicts are held to the prompts' thresholds). Decode times are those of the
+    /// original run.
     Rescore {
         /// Transcripts written by `bench speech`.
         transcripts: PathBuf,

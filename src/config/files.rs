@@ -164,6 +164,11 @@ pub struct EscapeLexiconFile {
     /// What recognition writes for a phrase on phone audio -> the phrase.
     #[serde(default)]
     pub sounds_like: BTreeMap<String, Spanned<String>>,
+    /// An escape found in a partial transcript waits for the next hearing when the match
+    /// rests on the partial's last word (which may be a longer word cut short) or only the
+    /// keyword verifier heard it.
+    #[serde(default)]
+    pub confirm_partials: bool,
 }
 
 #[derive(Debug, Deserialize)]

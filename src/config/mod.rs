@@ -122,6 +122,11 @@ pub struct Language {
     pub verifier_phrases: Vec<(String, PhraseKind)>,
     pub verifier: VerifierSettings,
     pub speech: SpeechSettings,
+    /// An escape in a partial transcript routes at once only when the text matcher found it
+    /// before the partial's last word; otherwise the next partial or the final must have an
+    /// escape too (`[escape] confirm_partials` of the language's file). The last word of a
+    /// partial is often a longer word cut short ("Mijn persoon." for "persoonlijke").
+    pub confirm_partials: bool,
 }
 
 /// How a language is heard (`[speech]` of its file).
@@ -655,6 +660,7 @@ impl Loader<'_> {
                     },
                     verifier_phrases,
                     verifier,
+                    confirm_partials: file.escape.confirm_partials,
                 },
             );
         }

@@ -66,6 +66,11 @@ pub struct EscapeMatch {
     /// from a caller who said them (`Verdict::doubts_echo`).
     #[serde(skip)]
     pub echo_shaped: bool,
+    /// No escape is left once the transcript's last word is taken away: the match needs that
+    /// word, which in a partial transcript may be a longer word cut short ("Mijn persoon."
+    /// on the way to "Mijn persoonlijke gegevens").
+    #[serde(skip)]
+    pub needs_last_word: bool,
 }
 
 /// A phrase found in heard words, before it becomes an [`EscapeMatch`].
@@ -129,6 +134,9 @@ impl EscapeDetector {
             kind: f.kind,
             lone_word: heard.len() == 1,
             echo_shaped: heard.iter().all(|w| self.is_escape_word(w)),
+            needs_last_word: heard
+                .split_last()
+                .is_none_or(|(_, before)| self.find(before).is_none()),
         }
     }
 
@@ -339,6 +347,35 @@ mod tests {
         ] {
             let m = d.detect(text).unwrap();
             assert!(!m.lone_word, "{text}: {m:?}");
+        }
+    }
+
+    #[test]
+    fn a_match_that_needs_the_transcripts_last_word_is_marked() {
+        let d = EscapeDetector::new(
+            ["medewerker", "persoon", "een mens"],
+            [],
+            EscapeThresholds::default(),
+        )
+        .with_requests(["iemand spreken"]);
+        // Take the last word away and no escape is left: in a partial it may be cut short.
+        for text in [
+            "Mijn persoon.",
+            "medewerker",
+            "Ik wil iemand spreken",
+            "met een mens",
+        ] {
+            let m = d.detect(text).unwrap();
+            assert!(m.needs_last_word, "{text}: {m:?}");
+        }
+        // An escape before the last word stands whatever that word becomes.
+        for text in [
+            "Ik wil een medewerker spreken",
+            "medewerker medewerker",
+            "een mens alstublieft",
+        ] {
+            let m = d.detect(text).unwrap();
+            assert!(!m.needs_last_word, "{text}: {m:?}");
         }
     }
 

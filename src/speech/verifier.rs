@@ -130,6 +130,26 @@ impl Default for VerifierSettings {
 }
 
 impl VerifierSettings {
+    /// The threshold `phrase` of `kind` is held to.
+    pub fn threshold(&self, kind: PhraseKind, phrase: &str) -> f32 {
+        match kind {
+            PhraseKind::Escape => self
+                .phrase_thresholds
+                .get(phrase)
+                .copied()
+                .unwrap_or(self.escape_threshold),
+            PhraseKind::Yes | PhraseKind::No => self.answer_threshold,
+        }
+    }
+
+    /// `verdict` held to these settings instead of those it was given with (a saved run
+    /// scored again with new thresholds). Exact for the phrase it names; which phrase was the
+    /// best of its kind was decided with the old thresholds.
+    pub fn rejudge(&self, verdict: &mut Verdict) {
+        verdict.threshold = self.threshold(verdict.kind, &verdict.phrase);
+        verdict.echo_threshold = self.echo_threshold;
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         let finite = |x: f32| x.is_finite() && (-20.0..=5.0).contains(&x);
         if !finite(self.escape_threshold)
@@ -323,15 +343,7 @@ impl KeywordVerifier {
 
     /// The threshold `phrase` of `kind` is held to.
     pub fn threshold(&self, kind: PhraseKind, phrase: &str) -> f32 {
-        match kind {
-            PhraseKind::Escape => self
-                .settings
-                .phrase_thresholds
-                .get(phrase)
-                .copied()
-                .unwrap_or(self.settings.escape_threshold),
-            PhraseKind::Yes | PhraseKind::No => self.settings.answer_threshold,
-        }
+        self.settings.threshold(kind, phrase)
     }
 
     /// The verdict of each kind: its phrase that passes by the widest margin over its own
@@ -646,6 +658,31 @@ mod tests {
             .sum();
         assert!((p - 1.0).abs() < 1e-5, "{row:?}");
         assert_eq!(row[4], f32::NEG_INFINITY);
+    }
+
+    #[test]
+    fn a_saved_verdict_is_held_to_new_thresholds() {
+        let settings = VerifierSettings {
+            escape_threshold: 0.5,
+            phrase_thresholds: [("een mens".to_string(), 1.0)].into(),
+            echo_threshold: -0.75,
+            ..VerifierSettings::default()
+        };
+        let saved = |phrase: &str| Verdict {
+            kind: PhraseKind::Escape,
+            phrase: phrase.into(),
+            score: 0.7,
+            threshold: 0.0,
+            hypothesis_lp: -0.7,
+            echo_threshold: -0.65,
+        };
+        let mut v = saved("medewerker");
+        assert!(v.passed() && v.doubts_echo());
+        settings.rejudge(&mut v);
+        assert!(v.passed() && !v.doubts_echo(), "{v:?}");
+        let mut v = saved("een mens");
+        settings.rejudge(&mut v);
+        assert!(!v.passed(), "its own threshold: {v:?}");
     }
 
     #[test]
