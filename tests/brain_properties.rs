@@ -1102,6 +1102,31 @@ fn a_dutch_partial_only_the_verifier_heard_waits_for_the_next_hearing() {
     assert_eq!(routes(&a), Some(RouteReason::Keyword), "{a:?}");
 }
 
+#[test]
+fn a_verdict_against_a_transcript_the_model_was_unsure_of_does_not_route() {
+    // "Ik wil mijn abonnement opzeggen", garbled: the verifier scored "medewerker" well
+    // above its threshold against a transcript the model gave -1.47 nats a token.
+    let verdict = |hypothesis_lp: f32| {
+        let mut v = escape_verdict("medewerker", hypothesis_lp);
+        (v.score, v.threshold, v.transcript_floor) = (1.27, 0.5, -1.2);
+        v
+    };
+    let text = "Ik wil mijn nabonement op, meen je.";
+    let mut d = dutch_call();
+    d.feed(Event::Verified {
+        verdicts: vec![verdict(-1.47)],
+    });
+    let a = d.feed(Event::FinalTranscript { text: text.into() });
+    assert_ne!(routes(&a), Some(RouteReason::Keyword), "{a:?}");
+    // The same score with the model sure of its transcript routes.
+    let mut d = dutch_call();
+    d.feed(Event::Verified {
+        verdicts: vec![verdict(-0.9)],
+    });
+    let a = d.feed(Event::FinalTranscript { text: text.into() });
+    assert_eq!(routes(&a), Some(RouteReason::Keyword), "{a:?}");
+}
+
 /// A verdict on a transcript, as the keyword verifier gives it, with the model's mean token
 /// log-probability of its own transcript and the language's echo bar.
 fn escape_verdict(phrase: &str, hypothesis_lp: f32) -> humanline::speech::Verdict {
@@ -1113,6 +1138,7 @@ fn escape_verdict(phrase: &str, hypothesis_lp: f32) -> humanline::speech::Verdic
         threshold: 0.0,
         hypothesis_lp,
         echo_threshold: -1.0,
+        transcript_floor: f32::NEG_INFINITY,
     }
 }
 

@@ -525,6 +525,8 @@ pub struct SpeechRun {
     pub transcripts: PathBuf,
     pub every: usize,
     pub setups: Vec<String>,
+    /// Only these voices or speakers (none: all).
+    pub voices: Vec<String>,
     pub holdout_voice: Option<String>,
     pub no_capacity: bool,
     pub capacity: CapacityRun,
@@ -628,7 +630,15 @@ pub fn speech(args: SpeechRun) -> anyhow::Result<()> {
             args.split,
         )?);
     }
-    anyhow::ensure!(!corpus.is_empty(), "no utterances in {:?}", args.corpora);
+    if !args.voices.is_empty() {
+        corpus.retain(|u| args.voices.contains(&u.voice));
+    }
+    anyhow::ensure!(
+        !corpus.is_empty(),
+        "no utterances in {:?} (voices {:?})",
+        args.corpora,
+        args.voices
+    );
     let engine = load_languages(&flow, args.model.as_deref())?;
     engine.install_verifiers(&flow)?;
     let escapes = corpus.iter().filter(|u| u.kind == "escape").count();
@@ -725,13 +735,21 @@ pub fn rescore(
     for (name, recordings) in setups {
         let mut recordings: Vec<Recording> = serde_json::from_value(recordings.clone())
             .with_context(|| format!("{}: setup `{name}`", transcripts.display()))?;
-        // The verdicts were saved with the thresholds of the run: hold them to these prompts'.
+        // The verdicts were saved with the phrases and thresholds of the run: hold them to
+        // these prompts'. A verdict on a phrase these prompts no longer have is dropped (the
+        // next best phrase of its kind was not saved, so this undercounts such a change).
         for u in &mut recordings {
             let Some(language) = flow.language(&u.language) else {
                 continue;
             };
             for h in &mut u.events {
                 if let Heard::Verified { verdicts, .. } = h {
+                    verdicts.retain(|v| {
+                        language
+                            .verifier_phrases
+                            .iter()
+                            .any(|(p, k)| *p == v.phrase && *k == v.kind)
+                    });
                     verdicts
                         .iter_mut()
                         .for_each(|v| language.verifier.rejudge(v));

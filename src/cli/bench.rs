@@ -50,6 +50,10 @@ enum BenchWhat {
         /// Run only these setups (comma-separated: humanline, baseline; none: capacity only).
         #[arg(long, value_delimiter = ',')]
         setups: Vec<String>,
+        /// Only these voices or speakers (comma-separated, after --every): voices never used
+        /// for tuning, measured apart.
+        #[arg(long, value_delimiter = ',')]
+        voices: Vec<String>,
         /// Also report recall and false escapes on this voice alone, and on the others: a voice
         /// not used for tuning shows whether the lexicon was fitted to the corpus.
         #[arg(long)]
@@ -198,6 +202,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             transcripts,
             every,
             setups,
+            voices,
             holdout_voice,
             no_capacity,
             capacity_secs,
@@ -215,6 +220,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             out,
             every,
             setups,
+            voices,
             holdout_voice,
             no_capacity,
             capacity: bench::speech::CapacityRun {

@@ -74,6 +74,10 @@ pub struct Verdict {
     /// an echo of the decoder prompt.
     #[serde(default = "no_echo_bar")]
     pub echo_threshold: f32,
+    /// An escape verdict passes only when `hypothesis_lp` is at least this
+    /// ([`VerifierSettings::escape_transcript_floor`]).
+    #[serde(default = "no_echo_bar")]
+    pub transcript_floor: f32,
 }
 
 fn no_echo_bar() -> f32 {
@@ -83,6 +87,7 @@ fn no_echo_bar() -> f32 {
 impl Verdict {
     pub fn passed(&self) -> bool {
         self.score >= self.threshold
+            && (self.kind != PhraseKind::Escape || self.hypothesis_lp >= self.transcript_floor)
     }
 
     /// The model was too unsure of its transcript for an escape phrase written alone to be
@@ -107,6 +112,12 @@ pub struct VerifierSettings {
     /// escape words of its prompt on unclear audio, and then scores them as sure as itself.
     /// Off (-20) by default.
     pub echo_threshold: f32,
+    /// An escape phrase the verifier scores counts only when the model's mean token
+    /// log-probability of its own transcript is at least this. The score is a ratio against
+    /// that transcript: when the model could make nothing of the audio, any phrase explains
+    /// it about as well, and ordinary garbled speech passes as often as a caller who asked.
+    /// Off (-20) by default.
+    pub escape_transcript_floor: f32,
     /// A yes or no scoring at least this counts as the answer.
     pub answer_threshold: f32,
     /// Screening: a phrase whose first token is this much (nats) less likely than the
@@ -122,6 +133,7 @@ impl Default for VerifierSettings {
             escape_threshold: -1.0,
             phrase_thresholds: Default::default(),
             echo_threshold: -20.0,
+            escape_transcript_floor: -20.0,
             answer_threshold: -1.0,
             screen_margin: 4.0,
             max_candidates: 8,
@@ -148,6 +160,7 @@ impl VerifierSettings {
     pub fn rejudge(&self, verdict: &mut Verdict) {
         verdict.threshold = self.threshold(verdict.kind, &verdict.phrase);
         verdict.echo_threshold = self.echo_threshold;
+        verdict.transcript_floor = self.escape_transcript_floor;
     }
 
     pub fn validate(&self) -> Result<(), String> {
@@ -155,6 +168,7 @@ impl VerifierSettings {
         if !finite(self.escape_threshold)
             || !finite(self.answer_threshold)
             || !finite(self.echo_threshold)
+            || !finite(self.escape_transcript_floor)
             || !self.phrase_thresholds.values().all(|&t| finite(t))
         {
             return Err("verifier thresholds must be between -20 and 5 (nats per token)".into());
@@ -359,6 +373,7 @@ impl KeywordVerifier {
                 threshold,
                 hypothesis_lp: scored.hypothesis_lp,
                 echo_threshold: self.settings.echo_threshold,
+                transcript_floor: self.settings.escape_transcript_floor,
             };
             match best.iter_mut().find(|v| v.kind == s.kind) {
                 Some(v) if v.score - v.threshold >= s.score - threshold => {}
@@ -675,6 +690,7 @@ mod tests {
             threshold: 0.0,
             hypothesis_lp: -0.7,
             echo_threshold: -0.65,
+            transcript_floor: -20.0,
         };
         let mut v = saved("medewerker");
         assert!(v.passed() && v.doubts_echo());
@@ -683,6 +699,23 @@ mod tests {
         let mut v = saved("een mens");
         settings.rejudge(&mut v);
         assert!(!v.passed(), "its own threshold: {v:?}");
+        // The model unsure of its transcript: the escape's score against it does not count.
+        let floor = VerifierSettings {
+            escape_transcript_floor: -0.5,
+            ..settings.clone()
+        };
+        let mut v = saved("medewerker");
+        floor.rejudge(&mut v);
+        assert!(!v.passed(), "{v:?}");
+        let mut answer = Verdict {
+            kind: PhraseKind::Yes,
+            ..saved("ja")
+        };
+        floor.rejudge(&mut answer);
+        assert!(
+            answer.passed(),
+            "answers are not held to the floor: {answer:?}"
+        );
     }
 
     #[test]
