@@ -31,7 +31,7 @@ variant before 's/^confirm_partials = true/confirm_partials = false/; /^escape_t
 variant confirm-only '/^escape_transcript_floor = /d'
 variant floor-only 's/^confirm_partials = true/confirm_partials = false/'
 variant shipped ''
-echo "| settings | tuning voices: escapes routed, false escapes, route ms median/p95 | held-out voices | real voices: false escapes |"
+echo "| settings | tuning voices: escapes routed, false escapes, route ms median/p95, escapes heard by the second turn + sent on as not understood twice | held-out voices | real voices: false escapes |"
 echo "|---|---|---|---|"
 for v in before confirm-only floor-only shipped; do
   row="| $v"
@@ -48,7 +48,9 @@ escapes = h["utterances"] - h["ordinary"]
 if h["escape_recall"] is None:
     print(f" | {h['false_escapes']}/{h['ordinary']}", end="")
 else:
-    print(f" | {r['n']}/{escapes}, {h['false_escapes']}/{h['ordinary']}, {r['median']:.0f}/{r['p95']:.0f}", end="")
+    heard = h.get("escape_heard_by_the_second_turn", "?")
+    twice = h.get("escape_not_understood_twice", "?")
+    print(f" | {r['n']}/{escapes}, {h['false_escapes']}/{h['ordinary']}, {r['median']:.0f}/{r['p95']:.0f}, {heard} + {twice}", end="")
 PY
 )
   done

@@ -1,4 +1,4 @@
-//! The operator's command line, run as a user would: `check-config` and `simulate`.
+//! The operator's command line, run as a user would: `check-config`, `simulate`, `bench`.
 
 use assert_cmd::Command;
 use serde_json::Value;
@@ -374,4 +374,71 @@ fn bench_callbacks_seeds_overdue_promises_and_never_overwrites_a_ledger() {
         "a second seed must not write into the ledger"
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("exists"));
+}
+
+/// `bench rescore` on a saved Dutch live run (`bench/results/`) with the shipped prompts
+/// changed in one setting: the figures are those of the changed prompts, not of the run.
+fn rescore_dutch(edit: impl Fn(String) -> String) -> Value {
+    let dir = copy_of_shipped();
+    let nl = dir.path().join("prompts/nl.toml");
+    let text = std::fs::read_to_string(&nl).unwrap();
+    let changed = edit(text.clone());
+    std::fs::write(&nl, &changed).unwrap();
+    let out = humanline()
+        .current_dir(repo())
+        .args(["bench", "rescore"])
+        .arg(repo().join("bench/results/speech-nl-live-every4.transcripts.json"))
+        .arg("--prompts")
+        .arg(dir.path().join("prompts"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    report["humanline"].clone()
+}
+
+#[test]
+fn bench_rescore_holds_saved_verdicts_to_the_prompts_thresholds_and_rules() {
+    let shipped = rescore_dutch(|t| t);
+    let figure = |r: &Value, k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{k}: {r}"));
+    // Every verdict passes at the lowest threshold the settings allow, with no floor: far
+    // more ordinary requests escape than as shipped.
+    let lax = rescore_dutch(|t| {
+        t.replace("escape_threshold = 0.5", "escape_threshold = -20")
+            .replace(
+                "escape_transcript_floor = -1.2",
+                "escape_transcript_floor = -20",
+            )
+    });
+    assert!(
+        figure(&lax, "false_escapes") > figure(&shipped, "false_escapes") + 5,
+        "lax {lax}\nshipped {shipped}"
+    );
+    // Without the Dutch partial confirmation, more escapes are decided on a partial.
+    let unconfirmed =
+        rescore_dutch(|t| t.replace("confirm_partials = true", "confirm_partials = false"));
+    let on_partial = |r: &Value| {
+        let s = r["escapes_decided_on_a_partial"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        s.split('/').next().unwrap().parse::<u64>().unwrap()
+    };
+    assert!(
+        on_partial(&unconfirmed) > on_partial(&shipped),
+        "unconfirmed {unconfirmed}\nshipped {shipped}"
+    );
+    // Every escaping caller of the run reaches a person by the second turn.
+    let by_second = |r: &Value, k: &str| {
+        let s = r[k].as_str().unwrap().to_string();
+        let (n, of) = s.split_once('/').unwrap();
+        (n.parse::<u64>().unwrap(), of.parse::<u64>().unwrap())
+    };
+    let (heard, pairs) = by_second(&shipped, "escape_heard_by_the_second_turn");
+    let (sent_on, _) = by_second(&shipped, "escape_not_understood_twice");
+    assert!(pairs > 0 && heard + sent_on == pairs, "{shipped}");
 }

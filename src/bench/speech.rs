@@ -484,6 +484,27 @@ fn score(
             rep_false += usize::from(matches!(r.route, Some((RouteReason::Repetition, _, _))));
         }
     }
+    // A caller who was not understood is asked again, and says it again (the same request by
+    // another voice: a repeat is never the same audio). How the escapes reach a person by the
+    // second turn: heard (the keyword either time, or repetition), or sent on as not
+    // understood twice.
+    let escapes: Vec<&Recording> = recordings.iter().filter(|u| u.kind == "escape").collect();
+    let (mut heard_by_second, mut not_understood, mut second_pairs) = (0, 0, 0);
+    for a in &escapes {
+        if let Some(b) = escapes
+            .iter()
+            .find(|b| b.text == a.text && b.voice != a.voice)
+        {
+            second_pairs += 1;
+            match replay(flow, &[a, b]).route {
+                Some((RouteReason::Keyword | RouteReason::Repetition, _, _)) => {
+                    heard_by_second += 1
+                }
+                Some((RouteReason::NoMatch, _, _)) => not_understood += 1,
+                _ => {}
+            }
+        }
+    }
     let mut figures = json!({
         "decode_ms_final": summary(&final_ms),
         "decode_ms_partial": summary(&partial_ms),
@@ -497,6 +518,8 @@ fn score(
         "escapes_decided_on_a_partial": format!("{on_partial}/{}", all.recalled),
         "repetition_detected": format!("{rep_hit}/{rep_pairs}"),
         "repetition_false": format!("{rep_false}/{diff_pairs}"),
+        "escape_heard_by_the_second_turn": format!("{heard_by_second}/{second_pairs}"),
+        "escape_not_understood_twice": format!("{not_understood}/{second_pairs}"),
         "word_error_rate": word_err as f64 / words.max(1) as f64,
         "written_twice": twice.len(),
         "written_twice_list": twice,
