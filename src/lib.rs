@@ -19,4 +19,5 @@ pub mod server;
 pub mod sip;
 pub mod speech;
 pub mod storage;
+pub mod sync;
 pub mod web;

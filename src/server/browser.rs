@@ -60,9 +60,7 @@ pub(super) async fn serve(
     }
 }
 
-fn lock(registry: &Mutex<Registry>) -> std::sync::MutexGuard<'_, Registry> {
-    registry.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::sync::lock;
 
 async fn start(
     shared: &Arc<Shared>,

@@ -185,11 +185,9 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let queue = queue::spawn(
         opts.agents.clone(),
         metrics.clone(),
-        opts.store.shared().then(|| queue::AgentClaims {
-            ledger: ledger.clone(),
-            node: instance.clone(),
-            liveness: opts.node_timeout,
-        }),
+        opts.store
+            .shared()
+            .then(|| queue::AgentClaims::new(ledger.clone(), instance.clone(), opts.node_timeout)),
     );
     let auth = Auth::new(users.clone(), opts.auth.clone());
     let http = tokio::net::TcpListener::bind(opts.http_listen)

@@ -17,6 +17,7 @@ use crate::agents::{
 };
 use crate::callbacks::{UnixMs, unix_now, with_ledger};
 use crate::nodes::{AgentClaim, HeldCall, Liveness, PresenceRow};
+use crate::sync::lock;
 use crate::web::{Metrics, SharedLedger};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -103,23 +104,40 @@ pub struct QueueHandles {
 /// How long a claim may take before the agent is rung anyway: a store that hangs must not keep
 /// the queue (every waiting caller) waiting.
 pub const CLAIM_WAIT: Duration = Duration::from_secs(1);
-/// Tries of a release the store refused, a second apart. After the last its claim stays until
-/// this node takes the agent again, or stops beating.
-const RELEASE_TRIES: u32 = 3;
+/// A release the store refused is tried again after this, then after twice as long each time
+/// up to [`RELEASE_RETRY_MAX`], until the store takes it: while the claim stays, no other node
+/// offers the agent a call.
+const RELEASE_RETRY: Duration = Duration::from_millis(500);
+const RELEASE_RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// How often the presence other nodes' agents set is read from the shared store.
 pub const PRESENCE_POLL: Duration = Duration::from_secs(1);
 
 /// Where the queue claims its agents: the shared store, as this node.
 pub struct AgentClaims {
-    pub ledger: SharedLedger,
+    ledger: SharedLedger,
     /// This server run, as in its heartbeat: a claim lasts while it beats.
-    pub node: String,
+    node: String,
     /// When another node counts as dead (its claims lapse).
-    pub liveness: Liveness,
+    liveness: Liveness,
+    /// Claims of ended legs the store has not released yet: agent -> call. One per agent at
+    /// most (a later claim of the agent by this node replaces an earlier one in the store, so
+    /// only the latest leg's release matters), tried by one task until the store takes them.
+    unreleased: Arc<std::sync::Mutex<HashMap<String, u64>>>,
+    releasing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl AgentClaims {
+    pub fn new(ledger: SharedLedger, node: String, liveness: Liveness) -> Self {
+        Self {
+            ledger,
+            node,
+            liveness,
+            unreleased: Default::default(),
+            releasing: Default::default(),
+        }
+    }
+
     /// Whether this node may ring `agent` for `call` now. A store that does not answer (in
     /// [`CLAIM_WAIT`]) does not keep a caller from a person: the agent is rung (as before claims
     /// existed), and the failure is logged.
@@ -155,27 +173,58 @@ impl AgentClaims {
     }
 
     /// Releases the claims of legs that ended, beside the queue (a release matches its own
-    /// claim only, so it may land after this node's next claim of the agent).
+    /// claim only, so it may land after this node's next claim of the agent, harmlessly).
     fn release(&self, ended: Vec<(String, u64)>) {
         if ended.is_empty() {
             return;
         }
+        let mut unreleased = lock(&self.unreleased);
+        unreleased.extend(ended);
+        drop(unreleased);
+        if self.releasing.swap(true, Ordering::AcqRel) {
+            return; // the releasing task takes these on its next round
+        }
         let (ledger, node) = (self.ledger.clone(), self.node.clone());
+        let (unreleased, releasing) = (self.unreleased.clone(), self.releasing.clone());
         tokio::spawn(async move {
-            for attempt in 1..=RELEASE_TRIES {
-                let (node, batch) = (node.clone(), ended.clone());
+            let mut wait = RELEASE_RETRY;
+            loop {
+                let batch: Vec<(String, u64)> = lock(&unreleased)
+                    .iter()
+                    .map(|(a, c)| (a.clone(), *c))
+                    .collect();
+                if batch.is_empty() {
+                    releasing.store(false, Ordering::Release);
+                    // A release added after the look and before the flag went down is
+                    // this task's still, unless a new task took it.
+                    if lock(&unreleased).is_empty() || releasing.swap(true, Ordering::AcqRel) {
+                        return;
+                    }
+                    continue;
+                }
+                let (node, tried) = (node.clone(), batch.clone());
                 let result = with_ledger(&ledger, move |l| {
-                    for (agent, call) in &batch {
+                    for (agent, call) in &tried {
                         l.release_agent(agent, &node, &HeldCall::key_for(&node, *call))?;
                     }
                     Ok(())
                 })
                 .await;
                 match result {
-                    Ok(()) => return,
+                    Ok(()) => {
+                        let mut left = lock(&unreleased);
+                        for (agent, call) in &batch {
+                            // Not a newer leg's release that came in meanwhile.
+                            if left.get(agent) == Some(call) {
+                                left.remove(agent);
+                            }
+                        }
+                        wait = RELEASE_RETRY;
+                    }
                     Err(e) => {
-                        warn!(error = %e, attempt, agents = ended.len(), "cannot release agents in the shared store: other nodes cannot offer them calls until it answers");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        warn!(error = %e, agents = batch.len(), retry_ms = wait.as_millis() as u64, "cannot release agents in the shared store: other nodes cannot offer them calls until it answers");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(RELEASE_RETRY_MAX);
                     }
                 }
             }
@@ -429,6 +478,54 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::callbacks::{CallbackLedger, RetryPolicy};
+    use crate::storage::SqliteStore;
+
+    /// The shared store refuses the release of an ended leg's claim for longer than a few
+    /// tries (here its claims table is gone for 4 s, as in a failover): once it answers
+    /// again the claim is released, and no agent is left held for another node's callers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_release_the_store_refused_is_made_once_it_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.sqlite");
+        let store: Box<dyn crate::callbacks::LedgerStore> =
+            Box::new(SqliteStore::open(&path).unwrap());
+        let ledger: SharedLedger = Arc::new(std::sync::Mutex::new(CallbackLedger::new(
+            store,
+            RetryPolicy::default(),
+        )));
+        let claims = AgentClaims::new(
+            ledger.clone(),
+            "node-a".into(),
+            Liveness { timeout_ms: 3_000 },
+        );
+        assert!(claims.claim("alice", 7).await);
+        let held = |l: &SharedLedger| crate::sync::lock(l).agent_claims().unwrap().len();
+        assert_eq!(held(&ledger), 1);
+
+        // Another connection to the same file takes the table away, and brings it back.
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other
+            .execute_batch("ALTER TABLE agent_claims RENAME TO agent_claims_away")
+            .unwrap();
+        claims.release(vec![("alice".into(), 7)]);
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        other
+            .execute_batch("ALTER TABLE agent_claims_away RENAME TO agent_claims")
+            .unwrap();
+        assert_eq!(held(&ledger), 1, "the store refused the release meanwhile");
+
+        let t0 = Instant::now();
+        while held(&ledger) > 0 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(15),
+                "the claim was never released: {:?}",
+                crate::sync::lock(&ledger).agent_claims()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(lock(&claims.unreleased).is_empty());
+    }
 
     /// More callers at once than the queue's channel holds: the ones that find it full wait
     /// for room, and every one of them is answered (here: nobody is staffed).

@@ -101,7 +101,7 @@ impl Drop for OfferHandle {
 
 impl ConsoleOffers {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Offered>> {
-        self.offers.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.offers)
     }
 
     /// Offers `call` to `agent`'s console. The queue rings an agent for one call at a time,
