@@ -22,7 +22,7 @@ use crate::config::versions::{
     DISK_AUTHOR, FlowFiles, PROMPTS_ROOT, Snapshot, Version, VersionStore, diff,
 };
 use crate::config::{ConfigError, ConfigProblem, Flow};
-use crate::web::{FlowRefused, FlowReply, FlowRequest};
+use crate::web::{AuditWaiting, FlowRefused, FlowReply, FlowRequest, FlowRequests};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -53,6 +53,8 @@ pub(crate) struct FlowTask {
     /// Recordings uploaded for the draft (by flow path, `audio/en/greeting.wav`), already in
     /// the shipped format: staged with every check and publish until one is published.
     uploads: BTreeMap<String, Upload>,
+    /// Audit entries the web side made, to write (`write_audit`).
+    audit: Arc<std::sync::Mutex<AuditWaiting>>,
 }
 
 /// A recording an operator uploaded for a prompt.
@@ -82,9 +84,11 @@ pub(crate) fn spawn(
     data_dir: &Path,
     store: Option<Box<dyn VersionStore>>,
     follow: bool,
-    requests: Receiver<FlowRequest>,
+    requests: FlowRequests,
 ) {
+    let FlowRequests { requests, audit } = requests;
     let task = FlowTask {
+        audit,
         follow,
         refused: None,
         last: fingerprint(&prompts, shared.flow().audio_dir.as_deref()),
@@ -121,7 +125,10 @@ impl FlowTask {
         let mut next_look = Instant::now() + WATCH_EVERY;
         loop {
             let wait = next_look.saturating_duration_since(Instant::now());
-            match requests.recv_timeout(wait) {
+            let next = requests.recv_timeout(wait);
+            // Before the request: a look at the audit log sees every entry made before it.
+            self.write_audit();
+            match next {
                 Ok(req) => self.handle(req),
                 Err(RecvTimeoutError::Timeout) => {}
                 // Nobody can ask any more: keep watching the files.
@@ -387,19 +394,36 @@ impl FlowTask {
             FlowRequest::Recording { path, draft, reply } => {
                 let _ = reply.send(self.recording(&path, draft));
             }
-            FlowRequest::Record {
-                who,
-                action,
-                detail,
-            } => self.record(&who, &action, &detail),
         }
     }
 
+    /// An entry of the task's own (a refused publish, an upload), after those waiting.
     fn record(&mut self, who: &str, action: &str, detail: &str) {
+        self.write_audit();
         if let Some(store) = self.store.as_mut()
             && let Err(e) = store.audit(unix_now(), who, action, detail)
         {
             warn!(error = %e, "audit log not written");
+        }
+    }
+
+    /// Writes the audit entries waiting, and how many found no room.
+    fn write_audit(&mut self) {
+        let (entries, dropped) = crate::sync::lock(&self.audit).take();
+        let Some(store) = self.store.as_mut() else {
+            return;
+        };
+        for e in &entries {
+            if let Err(err) = store.audit(e.at, &e.who, &e.action, &e.detail) {
+                warn!(error = %err, who = %e.who, action = %e.action, "audit log not written");
+            }
+        }
+        if dropped > 0 {
+            let detail = format!("{dropped} entries were not logged: the audit log was far behind");
+            warn!(dropped, "audit entries not logged");
+            if let Err(err) = store.audit(unix_now(), "humanline", "audit_dropped", &detail) {
+                warn!(error = %err, "audit log not written");
+            }
         }
     }
 

@@ -35,6 +35,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
@@ -96,12 +97,46 @@ pub enum FlowRequest {
         draft: bool,
         reply: oneshot::Sender<Result<Vec<u8>, FlowRefused>>,
     },
-    /// An entry for the audit log (a login), answered by nobody.
-    Record {
-        who: String,
-        action: String,
-        detail: String,
-    },
+}
+
+/// An entry for the audit log (a login, a logout), on its way to the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub at: crate::callbacks::UnixMs,
+    pub who: String,
+    pub action: String,
+    pub detail: String,
+}
+
+/// Audit entries waiting for the flow task, which writes them before its next request and at
+/// least every few seconds. Kept apart from the requests' queue, where a publish (seconds of
+/// recording prompts) would make them wait behind it: a burst of logins during one, which an
+/// audit log is for, is kept whole. At most [`AUDIT_WAITING`] wait; past that the newest are
+/// counted, and the count is logged in their place.
+#[derive(Debug, Default)]
+pub struct AuditWaiting {
+    entries: std::collections::VecDeque<AuditEntry>,
+    /// Entries not kept since the last write, for want of room.
+    pub dropped: u64,
+}
+
+impl AuditWaiting {
+    /// What is waiting, taken (the waiting list is empty after).
+    pub fn take(&mut self) -> (Vec<AuditEntry>, u64) {
+        (
+            self.entries.drain(..).collect(),
+            std::mem::take(&mut self.dropped),
+        )
+    }
+}
+
+/// Audit entries that may wait for the flow task at most (a few MB).
+pub const AUDIT_WAITING: usize = 10_000;
+
+/// The flow task's end: the requests, and the audit entries waiting to be written.
+pub struct FlowRequests {
+    pub requests: std::sync::mpsc::Receiver<FlowRequest>,
+    pub audit: Arc<std::sync::Mutex<AuditWaiting>>,
 }
 
 /// Why the flow task refused.
@@ -127,20 +162,35 @@ const MAX_WAV_BODY: usize = 12 * 1024 * 1024;
 #[derive(Clone)]
 pub struct FlowEndpoint {
     tx: std::sync::mpsc::SyncSender<FlowRequest>,
+    audit: Arc<std::sync::Mutex<AuditWaiting>>,
 }
 
 impl FlowEndpoint {
-    pub fn new() -> (Self, std::sync::mpsc::Receiver<FlowRequest>) {
-        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
-        (Self { tx }, rx)
+    pub fn new() -> (Self, FlowRequests) {
+        let (tx, requests) = std::sync::mpsc::sync_channel(QUEUE);
+        let audit = Arc::new(std::sync::Mutex::new(AuditWaiting::default()));
+        (
+            Self {
+                tx,
+                audit: audit.clone(),
+            },
+            FlowRequests { requests, audit },
+        )
     }
 
-    /// Adds an entry to the audit log (dropped when the task is far behind).
+    /// Adds an entry to the audit log: written by the flow task before its next request (so
+    /// a look at the log sees it) and within seconds otherwise.
     pub fn record(&self, who: &str, action: &str, detail: &str) {
-        let _ = self.tx.try_send(FlowRequest::Record {
+        let mut waiting = crate::sync::lock(&self.audit);
+        if waiting.entries.len() >= AUDIT_WAITING {
+            waiting.dropped += 1;
+            return;
+        }
+        waiting.entries.push_back(AuditEntry {
+            at: crate::callbacks::unix_now(),
             who: who.chars().take(64).collect(),
-            action: action.into(),
-            detail: detail.into(),
+            action: action.chars().take(64).collect(),
+            detail: detail.chars().take(512).collect(),
         });
     }
 
@@ -471,4 +521,33 @@ async fn discard(State(flow): State<FlowEndpoint>, req: Request) -> Response {
         reply,
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A burst of logins while the flow task is busy (a publish records prompts for
+    /// seconds): every entry waits for it, more than its requests' queue holds; past the
+    /// waiting room they are counted, never silently lost.
+    #[test]
+    fn audit_entries_wait_for_a_busy_flow_task_and_an_overflow_is_counted() {
+        let (endpoint, task) = FlowEndpoint::new();
+        for i in 0..QUEUE * 4 {
+            endpoint.record(&format!("user{i}"), "login_failed", "from 127.0.0.1");
+        }
+        let (entries, dropped) = crate::sync::lock(&task.audit).take();
+        assert_eq!((entries.len(), dropped), (QUEUE * 4, 0));
+        assert_eq!(entries[0].who, "user0");
+        assert_eq!(entries[QUEUE * 4 - 1].who, format!("user{}", QUEUE * 4 - 1));
+        // The requests' queue is untouched: a look at the log still gets in.
+        assert!(task.requests.try_recv().is_err());
+
+        for _ in 0..AUDIT_WAITING + 5 {
+            endpoint.record("mallory", "login_failed", "");
+        }
+        let (entries, dropped) = crate::sync::lock(&task.audit).take();
+        assert_eq!((entries.len(), dropped), (AUDIT_WAITING, 5));
+        assert_eq!(crate::sync::lock(&task.audit).take(), (Vec::new(), 0));
+    }
 }

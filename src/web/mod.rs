@@ -14,7 +14,9 @@ pub mod metrics;
 pub mod offers;
 
 pub use desk::Desk;
-pub use flow::{FlowEndpoint, FlowRefused, FlowReply, FlowRequest};
+pub use flow::{
+    AuditEntry, AuditWaiting, FlowEndpoint, FlowRefused, FlowReply, FlowRequest, FlowRequests,
+};
 pub use health::PromptsHealth;
 
 use crate::callbacks::LedgerStore;
