@@ -8,6 +8,17 @@ fn humanline() -> Command {
     Command::cargo_bin("humanline").expect("binary built")
 }
 
+/// What `cmd` printed, once it has succeeded (else its errors are the failure).
+fn succeeded(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -336,22 +347,17 @@ fn bench_callbacks_seeds_overdue_promises_and_never_overwrites_a_ledger() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = humanline()
-        .args([
-            "callbacks",
-            "list",
-            "--json",
-            "--state",
-            "promised",
-            "--data-dir",
-        ])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = succeeded(
+        humanline()
+            .args([
+                "callbacks",
+                "list",
+                "--json",
+                "--state",
+                "promised",
+                "--data-dir",
+            ])
+            .arg(&data),
     );
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();
     let list = list.as_array().expect("a JSON array");
@@ -384,18 +390,13 @@ fn rescore_dutch(edit: impl Fn(String) -> String) -> Value {
     let text = std::fs::read_to_string(&nl).unwrap();
     let changed = edit(text.clone());
     std::fs::write(&nl, &changed).unwrap();
-    let out = humanline()
-        .current_dir(repo())
-        .args(["bench", "rescore"])
-        .arg(repo().join("bench/results/speech-nl-live-every4.transcripts.json"))
-        .arg("--prompts")
-        .arg(dir.path().join("prompts"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = succeeded(
+        humanline()
+            .current_dir(repo())
+            .args(["bench", "rescore"])
+            .arg(repo().join("bench/results/speech-nl-live-every4.transcripts.json"))
+            .arg("--prompts")
+            .arg(dir.path().join("prompts")),
     );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     report["humanline"].clone()
