@@ -189,16 +189,24 @@ fn versions_are_read_back_whole_by_another_node_newest_first(b: &Backend) {
     assert_eq!(log[1].action, "login");
 }
 
-/// An agent set away on one node is claimed by no node until set available again; a setting
-/// older than the stored one (a late write) changes nothing.
-fn an_agent_away_is_claimed_by_no_node_and_the_latest_setting_wins(b: &Backend) {
-    let liveness = Liveness { timeout_ms: 3_000 };
+type Ledger = CallbackLedger<Box<dyn LedgerStore>>;
+
+/// Nodes `node-a` and `node-b` on one store, both beating at 10 s, and when a node counts as
+/// dead (3 s without a beat).
+fn two_live_nodes(b: &Backend) -> (Liveness, Ledger, Ledger) {
     let (mut a, mut bn) = (
         b.ledger("node-a", RetryPolicy::default()),
         b.ledger("node-b", RetryPolicy::default()),
     );
     a.beat("node-a", "a", 10_000).unwrap();
     bn.beat("node-b", "b", 10_000).unwrap();
+    (Liveness { timeout_ms: 3_000 }, a, bn)
+}
+
+/// An agent set away on one node is claimed by no node until set available again; a setting
+/// older than the stored one (a late write) changes nothing.
+fn an_agent_away_is_claimed_by_no_node_and_the_latest_setting_wins(b: &Backend) {
+    let (liveness, mut a, mut bn) = two_live_nodes(b);
     let ann = "ann";
     a.set_presence(ann, Presence::Away, 10_000).unwrap();
     assert_eq!(
@@ -752,13 +760,7 @@ fn two_survivors_take_a_dead_nodes_callers_and_promises_over_once() {
 /// its heartbeat (a dead node's agents are free again). A release that is not the current
 /// claim's (a late one, another node's) leaves the agent held.
 fn an_agent_is_claimed_by_one_node_at_a_time_until_released_or_its_node_dies(b: &Backend) {
-    let liveness = Liveness { timeout_ms: 3_000 };
-    let (mut a, mut bn) = (
-        b.ledger("node-a", RetryPolicy::default()),
-        b.ledger("node-b", RetryPolicy::default()),
-    );
-    a.beat("node-a", "a", 10_000).unwrap();
-    bn.beat("node-b", "b", 10_000).unwrap();
+    let (liveness, mut a, mut bn) = two_live_nodes(b);
     let alice = "sip:alice@127.0.0.1:5080";
     assert_eq!(
         a.claim_agent(alice, "node-a", "node-a-1", liveness, 10_000)

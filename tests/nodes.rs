@@ -158,6 +158,20 @@ fn node(dir: &Path, name: &str, ports: Ports, url: &str, agents: &[String], trun
 }
 
 /// The node's settings file (in its folder).
+/// Node `a` with no agent and node `b` with its agent phone's, both on `url` and sending
+/// calls back to `trunk`.
+fn agentless_a_and_staffed_b(
+    dir: &Path,
+    pa: Ports,
+    pb: Ports,
+    url: &str,
+    trunk: u16,
+) -> (Server, Server) {
+    let a = node(dir, "a", pa, url, &[], trunk);
+    let b = node(dir, "b", pb, url, &[agent_uri(pb.agent_sipp().sip)], trunk);
+    (a, b)
+}
+
 fn node_config(dir: &Path, name: &str) -> PathBuf {
     dir.join(name).join("server.toml")
 }
@@ -442,15 +456,7 @@ fn two_nodes_behind_kamailio_share_calls_and_a_dead_nodes_waiting_caller_is_call
     let mut agent = agent_phone(d, "agent-b", pb.agent_sipp(), 2, Duration::from_secs(150));
     let customer_ports = pb.spare_sipp();
     let mut phone = customer(d, customer_ports, 2);
-    let mut a = node(d, "a", pa, &url, &[], customer_ports.sip);
-    let b = node(
-        d,
-        "b",
-        pb,
-        &url,
-        &[agent_uri(pb.agent_sipp().sip)],
-        customer_ports.sip,
-    );
+    let (mut a, b) = agentless_a_and_staffed_b(d, pa, pb, &url, customer_ports.sip);
     // Beside the sipps' video ports (their media port + 2).
     let proxy = pa.base + 36;
     let kamailio = Kamailio::start(d, proxy, &[pa.sip(), pb.sip()]);
@@ -939,15 +945,7 @@ fn a_dead_nodes_promise_for_later_is_kept_by_the_survivor_once() {
     let mut agent = agent_phone(d, "agent-b", pb.agent_sipp(), 1, Duration::from_secs(150));
     // A has no agent: its caller is offered a callback, and A's dialer leaves the promise to
     // the node that has one.
-    let mut a = node(d, "a", pa, &url, &[], customer_ports.sip);
-    let b = node(
-        d,
-        "b",
-        pb,
-        &url,
-        &[agent_uri(pb.agent_sipp().sip)],
-        customer_ports.sip,
-    );
+    let (mut a, b) = agentless_a_and_staffed_b(d, pa, pb, &url, customer_ports.sip);
     let (words, said) = caller_audio(
         d,
         "later",
