@@ -13,6 +13,9 @@
 //! again, while the caller keeps their place (or gets the next agent). Every leg's end frees
 //! the agent's claim ([`AgentQueue::take_released`]).
 
+mod presence;
+
+pub use presence::SharedPresence;
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};

@@ -274,44 +274,6 @@ impl AgentClaims {
     }
 }
 
-/// Presence as last set for each agent (here or on another node), and when: a store reading
-/// older than a setting made here (still being written) does not undo it.
-#[derive(Default)]
-struct SharedPresence {
-    latest: HashMap<String, (Presence, UnixMs)>,
-}
-
-impl SharedPresence {
-    fn set_here(&mut self, agent: &str, presence: Presence, at: UnixMs) {
-        self.latest.insert(agent.to_string(), (presence, at));
-    }
-
-    /// Applies the store's reading to the queue: each agent it knows takes the latest setting.
-    fn follow(&mut self, rows: Vec<PresenceRow>, queue: &mut AgentQueue, now: Instant) {
-        for row in rows {
-            let newer = self
-                .latest
-                .get(&row.agent)
-                .is_none_or(|(_, at)| row.set_at >= *at);
-            if newer {
-                self.latest.insert(row.agent, (row.presence, row.set_at));
-            }
-        }
-        for (agent, (presence, _)) in &self.latest {
-            if queue.presence(agent).is_some_and(|p| p != *presence) {
-                info!(%agent, presence = presence.as_str(), "presence set on another node: followed here");
-                queue.agent_input(
-                    AgentInput::SetPresence {
-                        agent: agent.clone(),
-                        presence: *presence,
-                    },
-                    now,
-                );
-            }
-        }
-    }
-}
-
 /// `claims`: where to claim agents before ringing them (a shared store), or `None` (one node).
 pub fn spawn(agents: Vec<String>, metrics: Metrics, claims: Option<AgentClaims>) -> QueueHandles {
     let (tx, rx) = mpsc::channel(CALLS_CAPACITY);
@@ -349,7 +311,7 @@ async fn run(
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut agents_open = true;
-    let mut shared_presence = SharedPresence::default();
+    let mut shared_presence = crate::agents::SharedPresence::default();
     let (presence_tx, mut presence_rx) = mpsc::channel(1);
     let mut presence_open = claims.is_some();
     if let Some(claims) = &claims {
