@@ -72,15 +72,16 @@ pub struct Verdict {
     pub hypothesis_lp: f32,
     /// Below this `hypothesis_lp` a transcript that is nothing but escape words is taken for
     /// an echo of the decoder prompt.
-    #[serde(default = "no_echo_bar")]
+    #[serde(default = "no_bar")]
     pub echo_threshold: f32,
     /// An escape verdict passes only when `hypothesis_lp` is at least this
     /// ([`VerifierSettings::escape_transcript_floor`]).
-    #[serde(default = "no_echo_bar")]
+    #[serde(default = "no_bar")]
     pub transcript_floor: f32,
 }
 
-fn no_echo_bar() -> f32 {
+/// No bar at all: verdicts saved before a bar existed pass it.
+fn no_bar() -> f32 {
     f32::NEG_INFINITY
 }
 

@@ -117,7 +117,7 @@ pub struct AuditEntry {
 pub struct AuditWaiting {
     entries: std::collections::VecDeque<AuditEntry>,
     /// Entries not kept since the last write, for want of room.
-    pub dropped: u64,
+    dropped: u64,
 }
 
 impl AuditWaiting {
