@@ -891,8 +891,9 @@ fn rolling_back_removes_the_files_the_old_version_did_not_have() {
 }
 
 /// Issue 13, item 3 with audio: "try it" on a recording. Humanline hears it as a call in that
-/// language is heard (the speech pool, that language's recognizer), and what it heard is
-/// tried on the published flow and the draft; audio it cannot use is refused with a reason.
+/// language is heard (the speech pool, that language's recognizer, its partials and keyword
+/// verifier at their times), decides on that with the published flow, and the same events
+/// are tried on the draft; audio it cannot use is refused with a reason.
 #[test]
 fn try_it_hears_a_recording_and_decides_as_a_call_would() {
     if !peers_available("try_it_hears_a_recording_and_decides_as_a_call_would") {
@@ -916,19 +917,56 @@ fn try_it_hears_a_recording_and_decides_as_a_call_would() {
         assert_eq!(r.status, 200, "{}\n{}", r.body, server.story());
         let heard = json(&r.body);
         let text = heard["heard"].as_str().unwrap_or_default().to_lowercase();
-        let body = serde_json::json!({"text": text, "language": "en"}).to_string();
+        // Heard as a call hears it: partial transcripts while the caller spoke, each with the
+        // keyword verifier's verdicts, then the final.
+        let events = heard["events"].as_array().cloned().unwrap_or_default();
+        let has = |kind: &str| events.iter().any(|e| e["event"] == kind);
+        assert!(
+            has("partial") && has("verified") && has("final"),
+            "{}",
+            r.body
+        );
+        // The draft decides on the same events (the page sends them back while the text is
+        // the one heard).
+        let body = serde_json::json!({"text": text, "heard": events, "language": "en"}).to_string();
         let r = server.change(&sam, "/api/flow/try", &body);
         assert_eq!(r.status, 200, "{}", r.body);
-        (text, json(&r.body))
+        let t = json(&r.body);
+        assert_eq!(t["published"], heard["published"], "{t}\n{heard}");
+        (text, t, heard)
     };
-    let (text, t) = hear("real-person", "I want a real person");
+    let (text, t, heard) = hear("real-person", "I want a real person");
     assert!(text.contains("person"), "heard {text:?}");
     assert_eq!(t["published"]["route"], "keyword", "{t}");
     assert_eq!(t["draft"]["route"], "keyword", "{t}");
-    let (text, t) = hear("pay-bill", "I want to pay my bill");
+    // When, as on a call: within a second or so of the end of speech, or before it.
+    let (at, end) = (
+        heard["published"]["at_ms"].as_u64().unwrap_or(u64::MAX),
+        heard["speech_end_ms"].as_u64().unwrap_or(0),
+    );
+    assert!(
+        at < end + 3_000,
+        "decided at {at} ms, speech ended at {end} ms: {heard}"
+    );
+    let (text, t, _) = hear("pay-bill", "I want to pay my bill");
     assert!(text.contains("bill"), "heard {text:?}");
     assert!(t["published"]["route"].is_null(), "{t}");
     assert_eq!(t["published"]["topics"][0], "billing", "{t}");
+    assert!(t["draft"]["route"].is_null(), "{t}");
+
+    // Heard events out of time order are not a recording's: refused, nothing decided.
+    let body = serde_json::json!({"heard": [
+        {"event": "final", "t": 900, "text": "agent"},
+        {"event": "speech_started", "t": 100},
+    ]})
+    .to_string();
+    let r = server.change(&sam, "/api/flow/try", &body);
+    assert!(
+        r.status == 400 && r.body.contains("time order"),
+        "{} {}",
+        r.status,
+        r.body
+    );
 
     // Audio it cannot use: each refused with what is wrong.
     let quiet = d.join("quiet.wav");

@@ -5,14 +5,14 @@
 //! figure is reported per language and per corpus kind (synthetic, real).
 
 use super::{loadavg, percentile, summary, word_errors, write_json, written_twice};
-use crate::brain::{Action, CallBrain, Event, Phase, RouteReason};
-use crate::cli::caller_turn::{Decoding, load_languages, run_turn, speech_end_ms};
+use crate::brain::trial::{HeardEvent, listening_brain};
+use crate::brain::{Action, Event, Phase, RouteReason};
 use crate::config::Flow;
 use crate::escape::EscapeDetector;
+use crate::server::caller_turn::{Decoding, load_languages, run_turn, speech_end_ms};
 use crate::speech::{
     DecodeOptions, DecodeResult, DecoderPool, LanguageEngines, PoolConfig, RecognitionWatch,
-    RecognizerConfig, RecognizerOutput, StreamingRecognizer, Transcriber, Verdict,
-    load_wav_mono_16k, watch,
+    RecognizerConfig, RecognizerOutput, StreamingRecognizer, Transcriber, load_wav_mono_16k, watch,
 };
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -193,78 +193,6 @@ fn setups() -> Vec<Setup> {
     ]
 }
 
-/// A caller at the question, hearing nothing else: the brain as a live call has it, in the
-/// caller's language.
-fn listening_brain(flow: &Arc<Flow>, t0: Instant, language: &str) -> CallBrain {
-    let mut brain = CallBrain::new(flow.clone());
-    let actions = brain.handle(
-        t0,
-        Event::CallStarted {
-            caller_id: Some("+15550100".into()),
-            language: Some(language.to_string()),
-        },
-    );
-    if let Some(Action::Play { play, .. }) =
-        actions.iter().find(|a| matches!(a, Action::Play { .. }))
-    {
-        brain.handle(t0, Event::PromptFinished { play: *play });
-    }
-    brain
-}
-
-/// What the recognizer reported during one utterance, at the time a live call would have it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-enum Heard {
-    SpeechStarted {
-        t: u64,
-    },
-    SpeechEnded {
-        t: u64,
-    },
-    Partial {
-        t: u64,
-        text: String,
-    },
-    Final {
-        t: u64,
-        text: String,
-    },
-    /// The keyword verifier's verdicts on a partial or final.
-    Verified {
-        t: u64,
-        verdicts: Vec<Verdict>,
-    },
-    Degraded {
-        t: u64,
-    },
-}
-
-impl Heard {
-    fn from_event(t: u64, event: Event) -> Option<Heard> {
-        Some(match event {
-            Event::SpeechStarted => Heard::SpeechStarted { t },
-            Event::SpeechEnded => Heard::SpeechEnded { t },
-            Event::PartialTranscript { text } => Heard::Partial { t, text },
-            Event::FinalTranscript { text } => Heard::Final { t, text },
-            Event::SpeechEngineDegraded => Heard::Degraded { t },
-            Event::Verified { verdicts } => Heard::Verified { t, verdicts },
-            _ => return None,
-        })
-    }
-
-    fn at(&self) -> (u64, Event) {
-        match self.clone() {
-            Heard::SpeechStarted { t } => (t, Event::SpeechStarted),
-            Heard::SpeechEnded { t } => (t, Event::SpeechEnded),
-            Heard::Partial { t, text } => (t, Event::PartialTranscript { text }),
-            Heard::Final { t, text } => (t, Event::FinalTranscript { text }),
-            Heard::Degraded { t } => (t, Event::SpeechEngineDegraded),
-            Heard::Verified { t, verdicts } => (t, Event::Verified { verdicts }),
-        }
-    }
-}
-
 /// One utterance as decoded by one setup: everything needed to score it again.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Recording {
@@ -281,7 +209,7 @@ struct Recording {
     /// End of speech in the recording, and its length (ms).
     end_ms: u64,
     len_ms: u64,
-    events: Vec<Heard>,
+    events: Vec<HeardEvent>,
     final_decode_ms: Vec<u64>,
     partial_decode_ms: Vec<u64>,
 }
@@ -300,7 +228,7 @@ impl Recording {
         self.events
             .iter()
             .filter_map(|h| match h {
-                Heard::Final { text, .. } if !text.is_empty() => Some(text.as_str()),
+                HeardEvent::Final { text, .. } if !text.is_empty() => Some(text.as_str()),
                 _ => None,
             })
             .collect()
@@ -322,7 +250,7 @@ fn record(u: &Utterance, engine: &dyn Transcriber, setup: &Setup) -> anyhow::Res
         setup.recognizer.clone(),
         decoding,
         |at, e| {
-            events.extend(Heard::from_event(at, e));
+            events.extend(HeardEvent::from_event(at, e));
             ControlFlow::Continue(())
         },
     )?;
@@ -354,7 +282,7 @@ struct CallResult {
 fn replay(flow: &Arc<Flow>, turns: &[&Recording]) -> CallResult {
     let t0 = Instant::now();
     let language = turns.first().map_or("en", |u| u.language.as_str());
-    let mut brain = listening_brain(flow, t0, language);
+    let mut brain = listening_brain(flow.clone(), Some(language), t0);
     let mut result = CallResult::default();
     let mut turn_start = 0u64;
     for u in turns {
@@ -766,7 +694,7 @@ pub fn rescore(
                 continue;
             };
             for h in &mut u.events {
-                if let Heard::Verified { verdicts, .. } = h {
+                if let HeardEvent::Verified { verdicts, .. } = h {
                     verdicts.retain(|v| {
                         language
                             .verifier_phrases

@@ -2,7 +2,6 @@
 
 mod bench;
 mod callbacks;
-pub(crate) mod caller_turn;
 mod serve;
 mod simulate;
 mod users;
@@ -231,7 +230,7 @@ fn transcribe(
         flow.language(&language).is_some(),
         "unknown language `{language}`"
     );
-    let engine = caller_turn::load_languages(&flow, model)?;
+    let engine = crate::server::caller_turn::load_languages(&flow, model)?;
     let opts = DecodeOptions {
         language: Some(language),
         ..if full_window {

@@ -5,8 +5,8 @@
 //! the brain's timers fire. Time is simulated, so a call of minutes runs in milliseconds and
 //! every run prints the same lines.
 
-use super::caller_turn::{Decoding, load_languages, run_turn, speech_end_ms};
 use crate::brain::{Action, CallBrain, Event, Phase, PlayId, RouteReason};
+use crate::server::caller_turn::{Decoding, load_languages, run_turn, speech_end_ms};
 use crate::speech::{
     DecodeOptions, DecoderPool, LanguageEngines, PoolConfig, RecognizerConfig, load_wav_mono_16k,
 };

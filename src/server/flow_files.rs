@@ -17,6 +17,7 @@
 //! that does not load here is refused once, in the log, and the running flow stays.
 
 use super::{PromptAudio, Shared};
+use crate::brain::trial::{HeardEvent, MAX_EVENTS, try_hearing, try_saying};
 use crate::callbacks::unix_now;
 use crate::config::versions::{
     DISK_AUTHOR, FlowFiles, PROMPTS_ROOT, Snapshot, Version, VersionStore, diff,
@@ -27,6 +28,7 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime};
 use tracing::{error, info, warn};
@@ -55,6 +57,8 @@ pub(crate) struct FlowTask {
     uploads: BTreeMap<String, Upload>,
     /// Audit entries the web side made, to write (`write_audit`).
     audit: Arc<std::sync::Mutex<AuditWaiting>>,
+    /// Recordings being heard now, each on a thread of its own (`hear`).
+    hearing: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// A recording an operator uploaded for a prompt.
@@ -75,6 +79,9 @@ const MIN_AUDIO_SECS: f32 = 0.3;
 const SILENT_PEAK: f32 = 0.01;
 /// How long one decode of tried audio may take (queue wait included).
 const HEAR_WITHIN: Duration = Duration::from_secs(20);
+/// Recordings heard at once at most: each decodes on the pool the calls use, behind their
+/// finals, for about as long as it lasts.
+const MAX_HEARING: usize = 2;
 
 /// Runs the flow task on a thread of its own (its work is files, SQLite and the recorder:
 /// blocking, and one at a time by design).
@@ -98,6 +105,7 @@ pub(crate) fn spawn(
         store,
         running: None,
         uploads: BTreeMap::new(),
+        hearing: Arc::default(),
     };
     let spawned = std::thread::Builder::new()
         .name("flow-files".into())
@@ -105,6 +113,65 @@ pub(crate) fn spawn(
     if let Err(e) = spawned {
         error!(error = %e, "the flow task did not start: prompts are not reloaded");
     }
+}
+
+/// The recognizer's events of a recording, for `try_it`: few enough, and in time order.
+fn check_heard(heard: &[HeardEvent]) -> Result<(), FlowRefused> {
+    if heard.len() > MAX_EVENTS {
+        return Err(FlowRefused::BadRequest(format!(
+            "at most {MAX_EVENTS} heard events, please (a recording of {MAX_HEAR_SECS} s has fewer)"
+        )));
+    }
+    if heard.windows(2).any(|w| w[1].at().0 < w[0].at().0) {
+        return Err(FlowRefused::BadRequest(
+            "heard events must be in time order (as `/api/flow/hear` gives them)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Hears `audio` (16 kHz) as a call on `pool` would, and decides on it with `flow`.
+fn hear_recording(
+    pool: &crate::speech::DecoderPool,
+    flow: Arc<Flow>,
+    language: &str,
+    audio: &[f32],
+    stream: u64,
+    config: crate::speech::RecognizerConfig,
+) -> Result<serde_json::Value, FlowRefused> {
+    use super::caller_turn::{Decoding, run_turn, speech_end_ms};
+    let started = Instant::now();
+    let mut heard = Vec::new();
+    let decoding = Decoding::Pooled {
+        pool,
+        within: HEAR_WITHIN,
+    };
+    let stats = run_turn(audio, stream, Some(language), config, decoding, |t, e| {
+        heard.extend(HeardEvent::from_event(t, e));
+        std::ops::ControlFlow::Continue(())
+    })
+    .map_err(|e| {
+        failed(format!(
+            "speech recognition failed (is it busy with calls?): {e}"
+        ))
+    })?;
+    let finals: Vec<String> = stats.finals.into_iter().filter(|f| !f.is_empty()).collect();
+    if finals.is_empty() {
+        return Err(FlowRefused::BadRequest(
+            "no words heard in the recording: only silence or noise".into(),
+        ));
+    }
+    let published = try_hearing(flow, Some(language), &heard);
+    Ok(json!({
+        "language": language,
+        "heard": finals.join(" "),
+        "utterances": finals,
+        "audio_ms": crate::speech::samples_to_ms(audio.len() as u64),
+        "speech_end_ms": speech_end_ms(audio),
+        "asr_ms": started.elapsed().as_millis() as u64,
+        "events": heard,
+        "published": published,
+    }))
 }
 
 fn refused(problems: Vec<ConfigProblem>) -> FlowRefused {
@@ -214,6 +281,7 @@ impl FlowTask {
                         .join("; "),
                     FlowRefused::NotFound(m)
                     | FlowRefused::BadRequest(m)
+                    | FlowRefused::Busy(m)
                     | FlowRefused::Failed(m) => m,
                 };
                 error!(
@@ -339,10 +407,14 @@ impl FlowTask {
             FlowRequest::Audit(reply) => answer(reply, self.audit_log()),
             FlowRequest::Try {
                 text,
+                heard,
                 language,
                 files,
                 reply,
-            } => answer(reply, self.try_it(&text, language.as_deref(), &files)),
+            } => answer(
+                reply,
+                self.try_it(&text, &heard, language.as_deref(), &files),
+            ),
             FlowRequest::Check { files, reply } => {
                 let r = self
                     .stage(&files)
@@ -390,7 +462,13 @@ impl FlowTask {
                 language,
                 wav,
                 reply,
-            } => answer(reply, self.hear(language.as_deref(), &wav)),
+            } => {
+                if let Err(refused) = self.hear(language, &wav, reply) {
+                    // `hear` answers on its own thread unless it refused at once.
+                    let (reply, why) = *refused;
+                    answer(reply, Err(why));
+                }
+            }
             FlowRequest::Recording { path, draft, reply } => {
                 let _ = reply.send(self.recording(&path, draft));
             }
@@ -500,15 +578,24 @@ impl FlowTask {
         Ok(json!({"entries": self.store()?.audit_log(500).map_err(failed)?}))
     }
 
-    /// What a call would decide on `text` with the published flow, and with the draft (the
-    /// files on disk with `files` changed; its recordings do not matter here).
+    /// What a call would decide with the published flow, and with the draft (the files on
+    /// disk with `files` changed; its recordings do not matter here): on what the recognizer
+    /// `heard` in a recording (`hear`'s events) when given, else on `text` as typed.
     fn try_it(
         &self,
         text: &str,
+        heard: &[HeardEvent],
         language: Option<&str>,
         files: &BTreeMap<String, String>,
     ) -> Result<serde_json::Value, FlowRefused> {
-        use crate::brain::trial::try_saying;
+        check_heard(heard)?;
+        let try_on = |flow: Arc<Flow>, language: Option<&str>| {
+            if heard.is_empty() {
+                try_saying(flow, language, text)
+            } else {
+                try_hearing(flow, language, heard)
+            }
+        };
         let published = self.shared.flow();
         if let Some(l) = language
             && published.language(l).is_none()
@@ -530,7 +617,7 @@ impl FlowTask {
             Ok(flow) => {
                 let flow = Arc::new(flow);
                 let lang = language.filter(|l| flow.language(l).is_some());
-                json!(try_saying(flow, lang, text))
+                json!(try_on(flow, lang))
             }
             Err(ConfigError::Invalid(problems)) => json!({
                 "problems": problems.iter().map(crate::web::flow::problem_json).collect::<Vec<_>>()
@@ -538,7 +625,7 @@ impl FlowTask {
         };
         Ok(json!({
             "text": text,
-            "published": try_saying(published, language, text),
+            "published": try_on(published, language),
             "draft": draft,
         }))
     }
@@ -763,85 +850,59 @@ impl FlowTask {
 
     /// What Humanline hears in `wav`, decoded as a call in `language` is: its utterances
     /// through the recognizer, each final on the speech pool (that language's model).
-    fn hear(&self, language: Option<&str>, wav: &[u8]) -> Result<serde_json::Value, FlowRefused> {
-        use crate::speech::{RecognizerConfig, RecognizerOutput, StreamingRecognizer};
+    /// What Humanline hears in a recording, and what the published flow decides on it, as
+    /// a live call would: the recognizer's partials at the server's interval, the keyword
+    /// verifier's verdicts and the finals, through the call brain at the times a call would
+    /// have them. Decodes on the calls' pool, on a thread of its own (it takes about as long
+    /// as the recording), and answers there; refuses at once (handing `reply` back) on bad
+    /// input or when `MAX_HEARING` recordings are being heard.
+    fn hear(
+        &self,
+        language: Option<String>,
+        wav: &[u8],
+        reply: FlowReply,
+    ) -> Result<(), Box<(FlowReply, FlowRefused)>> {
         let flow = self.shared.flow();
-        let language = language
-            .unwrap_or(flow.default_language.as_str())
-            .to_string();
+        let language = language.unwrap_or_else(|| flow.default_language.clone());
         if flow.language(&language).is_none() {
-            return Err(FlowRefused::BadRequest(format!(
-                "unknown language `{language}`"
-            )));
+            let why = FlowRefused::BadRequest(format!("unknown language `{language}`"));
+            return Err(Box::new((reply, why)));
         }
-        let pool = self
-            .shared
-            .speech
-            .as_ref()
-            .ok_or_else(|| failed("speech recognition is not running on this server"))?;
-        let (samples, rate) = readable_audio(wav, MAX_HEAR_SECS)?;
-        let audio =
-            crate::speech::resample(&samples, rate, crate::speech::SAMPLE_RATE).map_err(failed)?;
-        let started = Instant::now();
-        let stream = self
-            .shared
-            .next_call
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let config = RecognizerConfig {
-            // Nobody acts on partials here: only what each utterance was is decoded.
-            partial_interval_ms: 0,
-            ..self.shared.recognizer.clone()
+        let Some(pool) = self.shared.speech.clone() else {
+            let why = failed("speech recognition is not running on this server");
+            return Err(Box::new((reply, why)));
         };
-        let mut rec = StreamingRecognizer::new(stream, config).map_err(failed)?;
-        rec.set_language(Some(language.as_str()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let mut finals = Vec::new();
-        let mut drain = |rec: &mut StreamingRecognizer| -> Result<(), FlowRefused> {
-            while let Some(out) = rec.poll_output() {
-                match out {
-                    RecognizerOutput::Decode(job) => {
-                        // A refused job is answered on the channel too.
-                        let _ = pool.submit_to(job, tx.clone());
-                        let result = rx.recv_timeout(HEAR_WITHIN).map_err(|_| {
-                            failed("speech recognition did not answer in time; try again")
-                        })?;
-                        rec.on_result(&result);
-                    }
-                    RecognizerOutput::Final { text, .. } if !text.is_empty() => {
-                        finals.push(text);
-                    }
-                    RecognizerOutput::DecodeFailed {
-                        kind: crate::speech::DecodeKind::Final,
-                        error,
-                        ..
-                    } => {
-                        return Err(failed(format!(
-                            "speech recognition failed (is it busy with calls?): {error}"
-                        )));
-                    }
-                    _ => {}
-                }
-            }
-            Ok(())
+        let audio = match readable_audio(wav, MAX_HEAR_SECS).and_then(|(samples, rate)| {
+            crate::speech::resample(&samples, rate, crate::speech::SAMPLE_RATE).map_err(failed)
+        }) {
+            Ok(audio) => audio,
+            Err(why) => return Err(Box::new((reply, why))),
         };
-        for chunk in audio.chunks(320) {
-            rec.push_audio(chunk);
-            drain(&mut rec)?;
-        }
-        rec.finish();
-        drain(&mut rec)?;
-        if finals.is_empty() {
-            return Err(FlowRefused::BadRequest(
-                "no words heard in the recording: only silence or noise".into(),
+        let hearing = self.hearing.clone();
+        let taken = hearing.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < MAX_HEARING).then_some(n + 1)
+        });
+        if taken.is_err() {
+            let why = FlowRefused::Busy(format!(
+                "{MAX_HEARING} recordings are being heard already; try again in a few seconds"
             ));
+            return Err(Box::new((reply, why)));
         }
-        Ok(json!({
-            "language": language,
-            "heard": finals.join(" "),
-            "utterances": finals,
-            "audio_ms": crate::speech::samples_to_ms(audio.len() as u64),
-            "asr_ms": started.elapsed().as_millis() as u64,
-        }))
+        let stream = self.shared.next_call.fetch_add(1, Ordering::Relaxed);
+        let config = self.shared.recognizer.clone();
+        let spawned = std::thread::Builder::new()
+            .name("flow-hear".into())
+            .spawn(move || {
+                let _span = tracing::info_span!("hear", call = stream, %language).entered();
+                let r = hear_recording(&pool, flow, &language, &audio, stream, config);
+                hearing.fetch_sub(1, Ordering::AcqRel);
+                let _ = reply.send(r);
+            });
+        if let Err(e) = spawned {
+            self.hearing.fetch_sub(1, Ordering::AcqRel);
+            error!(error = %e, "no thread to hear a recording on");
+        }
+        Ok(())
     }
 
     fn publish(

@@ -5,6 +5,7 @@
 
 mod browser;
 mod call;
+pub(crate) mod caller_turn;
 mod dialer;
 mod flow_files;
 mod nodes;

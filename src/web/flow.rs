@@ -9,10 +9,14 @@
 //! - `GET /api/flow` (supervisor): running version, disk state, the prompt files' texts.
 //! - `GET /api/flow/versions`, `GET /api/flow/versions/{id}` (supervisor).
 //! - `GET /api/flow/recording?path=audio/en/greeting.wav[&draft=true]` (supervisor): listen.
-//! - `POST /api/flow/try` `{"text", "language"?, "files"?}` (supervisor): what a call would
-//!   decide on the published flow and on the draft (`files`: name -> new contents).
+//! - `POST /api/flow/try` `{"text" | "heard", "language"?, "files"?}` (supervisor): what a
+//!   call would decide on the published flow and on the draft (`files`: name -> new
+//!   contents), on a typed sentence or on what was heard in a recording (`heard`: the
+//!   `events` that `/api/flow/hear` gave).
 //! - `POST /api/flow/hear?language=en` (supervisor), a WAV as the body: what Humanline hears
-//!   in it (the page then tries that text on both flows).
+//!   in it, as a live call would (partials, the keyword verifier, finals, each at its time),
+//!   and what the published flow decides on that (the page then tries the same events on the
+//!   draft). 503 while two recordings are being heard already.
 //! - `POST /api/flow/check` `{"files"}` (operator): the draft's problems; changed texts are
 //!   recorded (espeak-ng) into the draft.
 //! - `POST /api/flow/upload?language=en&prompt=greeting` (operator), a WAV as the body: the
@@ -26,6 +30,7 @@
 
 use super::api_error as error;
 use super::auth::{Role, Session};
+use crate::brain::trial::HeardEvent;
 use crate::config::ConfigProblem;
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
@@ -50,6 +55,9 @@ pub enum FlowRequest {
     Audit(FlowReply),
     Try {
         text: String,
+        /// What the recognizer heard in a recording (`/api/flow/hear`'s `events`): decided
+        /// on instead of `text` when not empty.
+        heard: Vec<HeardEvent>,
         language: Option<String>,
         files: BTreeMap<String, String>,
         reply: FlowReply,
@@ -146,6 +154,8 @@ pub enum FlowRefused {
     Problems(Vec<ConfigProblem>),
     NotFound(String),
     BadRequest(String),
+    /// Busy for now: asking again later may succeed.
+    Busy(String),
     Failed(String),
 }
 
@@ -240,6 +250,7 @@ fn refusal(r: FlowRefused) -> Response {
             .into_response(),
         FlowRefused::NotFound(m) => error(StatusCode::NOT_FOUND, m),
         FlowRefused::BadRequest(m) => error(StatusCode::BAD_REQUEST, m),
+        FlowRefused::Busy(m) => error(StatusCode::SERVICE_UNAVAILABLE, m),
         FlowRefused::Failed(m) => error(StatusCode::INTERNAL_SERVER_ERROR, m),
     }
 }
@@ -349,7 +360,10 @@ async fn session_and_body<T: serde::de::DeserializeOwned>(
 
 #[derive(Deserialize)]
 struct TryBody {
+    #[serde(default)]
     text: String,
+    #[serde(default)]
+    heard: Vec<HeardEvent>,
     #[serde(default)]
     language: Option<String>,
     #[serde(default)]
@@ -363,6 +377,7 @@ async fn try_it(State(flow): State<FlowEndpoint>, req: Request) -> Response {
     };
     flow.ask(|reply| FlowRequest::Try {
         text: body.text,
+        heard: body.heard,
         language: body.language,
         files: body.files,
         reply,

@@ -3,10 +3,12 @@
 //! events with the time they would happen on a live call.
 //!
 //! Two clocks: `Paced` feeds audio in real time and decodes on the shared [`DecoderPool`]
-//! (what a live call does); `Fast` runs as fast as the machine can, decoding inline, and
-//! places each transcript at the time it would have arrived — the audio time it was requested
-//! plus the measured decode time, one decoder per call — so figures match a live call on an
-//! idle machine without waiting for the audio to play.
+//! (what a live call does); `Fast` and `Pooled` run as fast as the machine can and place each
+//! transcript at the time it would have arrived — the audio time it was requested plus the
+//! measured decode time, one decoder per call — so figures match a live call on an idle
+//! machine without waiting for the audio to play. `Fast` decodes inline on an engine of its
+//! own (the benchmarks); `Pooled` one job at a time on the server's shared pool, behind the
+//! live calls' finals (the operator console's "try it" on a recording).
 
 use crate::brain::Event;
 use crate::escape::normalize::collapse_repeats;
@@ -33,6 +35,11 @@ pub enum Decoding<'a> {
     },
     Paced {
         pool: &'a DecoderPool,
+    },
+    Pooled {
+        pool: &'a DecoderPool,
+        /// How long one decode may take, queue wait included, before the turn fails.
+        within: Duration,
     },
 }
 
@@ -126,24 +133,25 @@ pub fn run_turn(
         while let Some(out) = rec.poll_output() {
             let event = match out {
                 RecognizerOutput::Decode(job) => {
+                    let urgent = job.id.kind == DecodeKind::Final || job.at_pause;
+                    // On the virtual clock, as the pool does, a final or pause partial aborts
+                    // the running partial of its utterance rather than wait for it.
+                    if !matches!(decoding, Decoding::Paced { .. })
+                        && urgent
+                        && busy_until > t
+                        && let Some(i) = arriving.iter().position(|(at, r)| {
+                            *at == busy_until
+                                && r.job.kind == DecodeKind::Partial
+                                && r.job.utterance == job.id.utterance
+                        })
+                    {
+                        let (_, mut aborted) = arriving.remove(i);
+                        aborted.outcome = Err(SpeechError::Superseded);
+                        arriving.push((t, aborted));
+                        busy_until = t;
+                    }
                     match &decoding {
                         Decoding::Fast { engine, opts } => {
-                            let urgent = job.id.kind == DecodeKind::Final || job.at_pause;
-                            // As the pool does, a final or pause partial aborts the running
-                            // partial of its utterance rather than wait for it.
-                            if urgent
-                                && busy_until > t
-                                && let Some(i) = arriving.iter().position(|(at, r)| {
-                                    *at == busy_until
-                                        && r.job.kind == DecodeKind::Partial
-                                        && r.job.utterance == job.id.utterance
-                                })
-                            {
-                                let (_, mut aborted) = arriving.remove(i);
-                                aborted.outcome = Err(SpeechError::Superseded);
-                                arriving.push((t, aborted));
-                                busy_until = t;
-                            }
                             let began = Instant::now();
                             let heard = engine.transcribe_heard(
                                 &job.audio,
@@ -155,18 +163,30 @@ pub fn run_turn(
                                 Err(e) => (Err(e), Vec::new()),
                             };
                             let decode_ms = began.elapsed().as_millis() as u64;
-                            let start = t.max(busy_until);
-                            busy_until = start + decode_ms;
-                            let audio_ms = job.audio_ms();
                             let result = DecodeResult {
                                 job: job.id,
                                 outcome,
                                 decode_ms,
-                                audio_ms,
-                                queue_ms: start - t,
+                                audio_ms: job.audio_ms(),
+                                queue_ms: 0,
                                 verdicts,
                             };
-                            arriving.push((busy_until, result));
+                            arrives(&mut arriving, &mut busy_until, t, result);
+                        }
+                        Decoding::Pooled { pool, within } => {
+                            let id = job.id;
+                            let (reply, answer) = mpsc::channel();
+                            // A refused job is answered on the channel too.
+                            let _ = pool.submit_to(job, reply);
+                            let Ok(mut result) = answer.recv_timeout(*within) else {
+                                return Err(SpeechError::Decode(format!(
+                                    "no answer from speech recognition within {} s ({id:?})",
+                                    within.as_secs()
+                                )));
+                            };
+                            // Waiting behind live calls is not this caller's time.
+                            result.queue_ms = 0;
+                            arrives(&mut arriving, &mut busy_until, t, result);
                         }
                         Decoding::Paced { pool } => {
                             let tx = tx.clone();
@@ -241,12 +261,38 @@ pub fn run_turn(
         if finished && !outstanding {
             return Ok(stats);
         }
-        if finished && wall_start.elapsed() > Duration::from_millis(t) + MAX_WAIT_AFTER_AUDIO {
+        // Paced turns wait on the wall clock; the others' results are decoded already and
+        // arrive on the virtual one, which runs on from the end of the audio.
+        let given_up = match decoding {
+            Decoding::Paced { .. } => {
+                wall_start.elapsed() > Duration::from_millis(t) + MAX_WAIT_AFTER_AUDIO
+            }
+            _ => {
+                Duration::from_millis(t)
+                    > Duration::from_millis(audio_frames * FRAME_MS + TRAILING_SILENCE_MS)
+                        + MAX_WAIT_AFTER_AUDIO
+            }
+        };
+        if finished && given_up {
             tracing::warn!("gave up waiting for decodes");
             return Ok(stats);
         }
         step += 1;
     }
+}
+
+/// Places a result decoded for a request made at `t` when one decoder per call would have
+/// had it: after the decodes before it, plus its own decode time.
+fn arrives(
+    arriving: &mut Vec<(u64, DecodeResult)>,
+    busy_until: &mut u64,
+    t: u64,
+    mut result: DecodeResult,
+) {
+    let start = t.max(*busy_until);
+    *busy_until = start + result.decode_ms;
+    result.queue_ms += start - t;
+    arriving.push((*busy_until, result));
 }
 
 /// Loads each language's model for a command: `--model` (or `$HUMANLINE_MODEL`) for every
