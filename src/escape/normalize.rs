@@ -55,16 +55,27 @@ pub fn collapse_repeats(text: &str) -> String {
             }
         }
     }
-    // "... a human. I want": the tail restarts a sentence already said.
+    // "... a human. I want": the tail restarts a sentence already said. The token cap may cut
+    // it inside a word ("The conference is now unmuted. The conference is now unm"): a last
+    // word with no punctuation after it may be the start of the sentence's word.
     let n = tokens.len();
     let ends_sentence = |t: &str| t.ends_with(['.', '?', '!', ',']);
+    let restarts = |said: &[&str], tail: &[&str]| {
+        let Some((last, rest)) = tail.split_last() else {
+            return false;
+        };
+        let (cut, whole) = (key(last), key(said[said.len() - 1]));
+        same(&said[..rest.len()], rest)
+            && (cut == whole
+                || (!ends_sentence(last) && !cut.is_empty() && whole.starts_with(&cut)))
+    };
     for k in (1..n / 2 + 1).rev() {
         let tail = &tokens[n - k..];
         if n > k && ends_sentence(tokens[n - k - 1]) {
             let starts = (0..n - k).filter(|&s| s == 0 || ends_sentence(tokens[s - 1]));
             if starts
                 .into_iter()
-                .any(|s| s + k <= n - k && same(&tokens[s..s + k], tail))
+                .any(|s| s + k <= n - k && restarts(&tokens[s..s + k], tail))
             {
                 tokens.truncate(n - k);
                 break;
@@ -109,5 +120,20 @@ mod tests {
         assert_eq!(collapse_repeats("very very good"), "very good");
         assert_eq!(collapse_repeats(""), "");
         assert_eq!(collapse_repeats("no, no thanks"), "no, thanks");
+        // Cut by the token cap inside a word (tiny.en on real voices, a smaller window).
+        assert_eq!(
+            collapse_repeats("The conference is now unmuted. The conference is now unm"),
+            "The conference is now unmuted."
+        );
+        assert_eq!(collapse_repeats("Received. Rece"), "Received.");
+        // A word that is whole, or another word, is not a cut restart.
+        assert_eq!(
+            collapse_repeats("I want to pay. I want to pa."),
+            "I want to pay. I want to pa."
+        );
+        assert_eq!(
+            collapse_repeats("Agent. Age of empires"),
+            "Agent. Age of empires"
+        );
     }
 }
