@@ -890,16 +890,25 @@ impl FlowTask {
         }
         let stream = self.shared.next_call.fetch_add(1, Ordering::Relaxed);
         let config = self.shared.recognizer.clone();
+        /// Gives the place back however the hearing ends (a panic included).
+        struct Place(Arc<std::sync::atomic::AtomicUsize>);
+        impl Drop for Place {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let place = Place(hearing);
         let spawned = std::thread::Builder::new()
             .name("flow-hear".into())
             .spawn(move || {
+                let _place = place;
                 let _span = tracing::info_span!("hear", call = stream, %language).entered();
                 let r = hear_recording(&pool, flow, &language, &audio, stream, config);
-                hearing.fetch_sub(1, Ordering::AcqRel);
                 let _ = reply.send(r);
             });
+        // Not spawned: the closure (place and reply) is dropped, so the request is answered
+        // as failed and the place is free again.
         if let Err(e) = spawned {
-            self.hearing.fetch_sub(1, Ordering::AcqRel);
             error!(error = %e, "no thread to hear a recording on");
         }
         Ok(())
