@@ -79,6 +79,19 @@ impl HeardEvent {
         })
     }
 
+    /// When it was heard (ms from the start of the turn).
+    pub fn t(&self) -> u64 {
+        match self {
+            HeardEvent::SpeechStarted { t }
+            | HeardEvent::SpeechEnded { t }
+            | HeardEvent::Partial { t, .. }
+            | HeardEvent::Final { t, .. }
+            | HeardEvent::Verified { t, .. }
+            | HeardEvent::Degraded { t } => *t,
+        }
+    }
+
+    /// The brain event, and when it was heard.
     pub fn at(&self) -> (u64, Event) {
         match self.clone() {
             HeardEvent::SpeechStarted { t } => (t, Event::SpeechStarted),

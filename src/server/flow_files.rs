@@ -122,7 +122,7 @@ fn check_heard(heard: &[HeardEvent]) -> Result<(), FlowRefused> {
             "at most {MAX_EVENTS} heard events, please (a recording of {MAX_HEAR_SECS} s has fewer)"
         )));
     }
-    if heard.windows(2).any(|w| w[1].at().0 < w[0].at().0) {
+    if heard.windows(2).any(|w| w[1].t() < w[0].t()) {
         return Err(FlowRefused::BadRequest(
             "heard events must be in time order (as `/api/flow/hear` gives them)".into(),
         ));
