@@ -256,16 +256,15 @@ fn english_is_heard_by_its_own_model_escape_ordinary_and_silence() {
     assert_eq!(texts[1], "", "silence must give no transcript");
 }
 
-#[test]
-fn an_english_only_model_for_dutch_is_refused_at_its_line() {
+/// `humanline check-config` on a copy of the shipped prompts whose nl.toml has `from`
+/// replaced by `to`: its stderr and the changed nl.toml.
+fn check_dutch_config(from: &str, to: &str) -> (String, String) {
     let dir = tempfile::tempdir().unwrap();
     for f in ["humanline.toml", "en.toml", "nl.toml"] {
         let mut text = std::fs::read_to_string(repo().join("prompts").join(f)).unwrap();
         if f == "nl.toml" {
-            text = text.replace(
-                "model = \"ggml-base-q8_0.bin\"",
-                "model = \"ggml-tiny.en.bin\"",
-            );
+            assert!(text.contains(from), "nl.toml has no {from:?}");
+            text = text.replace(from, to);
         }
         if f == "humanline.toml" {
             text = text.replace(
@@ -283,11 +282,33 @@ fn an_english_only_model_for_dutch_is_refused_at_its_line() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
     let nl = std::fs::read_to_string(dir.path().join("nl.toml")).unwrap();
+    (String::from_utf8_lossy(&out.stderr).into_owned(), nl)
+}
+
+#[test]
+fn an_english_only_model_for_dutch_is_refused_at_its_line() {
+    let (err, nl) = check_dutch_config(
+        "model = \"ggml-base-q8_0.bin\"",
+        "model = \"ggml-tiny.en.bin\"",
+    );
     let line = nl.lines().position(|l| l.starts_with("model =")).unwrap() + 1;
     assert!(
         err.contains(&format!("nl.toml:{line}:")) && err.contains("English-only"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_beam_too_wide_is_refused_at_its_line() {
+    let (err, nl) = check_dutch_config("beam_size = 5", "beam_size = 40");
+    let line = nl
+        .lines()
+        .position(|l| l.starts_with("beam_size ="))
+        .unwrap()
+        + 1;
+    assert!(
+        err.contains(&format!("nl.toml:{line}:")) && err.contains("beam_size must be 1 to 8"),
         "{err}"
     );
 }

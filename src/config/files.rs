@@ -137,6 +137,8 @@ pub struct SpeechFile {
     pub model: Option<Spanned<String>>,
     /// Text the decoder is primed with: the escape words as this model should write them.
     pub decoder_prompt: Option<Spanned<String>>,
+    /// Beam width of this language's decodes (1 to 8; 1 or absent: greedy).
+    pub beam_size: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]

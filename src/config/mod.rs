@@ -136,6 +136,8 @@ pub struct SpeechSettings {
     pub model: String,
     /// Decoder prompt; `None`: the recognizer's own ([`crate::speech::ESCAPE_PROMPT`]).
     pub decoder_prompt: Option<String>,
+    /// Beam width of this language's decodes; `None`: greedy.
+    pub beam_size: Option<u32>,
 }
 
 /// The model a language uses when its file names none: English-only tiny.en for English
@@ -307,6 +309,7 @@ impl Flow {
                 code: l.code.clone(),
                 model: every.map_or_else(|| models_dir.join(&l.speech.model), Path::to_path_buf),
                 prompt: l.speech.decoder_prompt.clone(),
+                beam_size: l.speech.beam_size,
             })
             .collect()
     }
@@ -588,6 +591,15 @@ impl Loader<'_> {
                 }
                 p.get_ref().clone()
             });
+            let beam_size = file.speech.beam_size.as_ref().map(|b| {
+                if !(1..=8).contains(b.get_ref()) {
+                    problems.push(lp(
+                        b.span(),
+                        format!("beam_size must be 1 to 8 (1: greedy), not {}", b.get_ref()),
+                    ));
+                }
+                *b.get_ref()
+            });
             if file.escape.phrases.get_ref().is_empty() {
                 problems.push(lp(
                     file.escape.phrases.span(),
@@ -657,6 +669,7 @@ impl Loader<'_> {
                     speech: SpeechSettings {
                         model,
                         decoder_prompt,
+                        beam_size,
                     },
                     verifier_phrases,
                     verifier,

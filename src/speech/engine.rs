@@ -117,6 +117,13 @@ pub struct DecodeOptions {
     /// Run the keyword verifier of the decode's language after the free decode (Adaptive
     /// only; a no-op when the engine has no verifier for the language).
     pub verify: bool,
+    /// Beam width of the free decode (at most 8); 0 or 1 decodes greedily. 0, the default,
+    /// also lets a language's `[speech] beam_size` choose ([`super::LanguageEngines`]); 1
+    /// asks for greedy whatever the language says. After a beam
+    /// decode the keyword verifier needs the chosen hypothesis's own logits and KV cache,
+    /// which the beams do not leave behind: the hypothesis is decoded again, one token at a
+    /// time ([`WhisperEngine::force_hypothesis`]), a few decoder steps on top of the encoder.
+    pub beam_size: u32,
 }
 
 impl Default for DecodeOptions {
@@ -138,6 +145,7 @@ impl Default for DecodeOptions {
             no_repeat_ngram: 0,
             no_timestamps: true,
             verify: true,
+            beam_size: 0,
         }
     }
 }
@@ -361,15 +369,25 @@ impl WhisperEngine {
             Some(p) if !p.trim().is_empty() => Some(self.prompt_tokens(p)?),
             _ => None,
         };
+        let beam = opts.beam_size > 1 && opts.strategy == DecodeStrategy::Adaptive;
         let verifying =
             verifier.is_some_and(|v| !v.is_empty()) && opts.strategy == DecodeStrategy::Adaptive;
         let recorder = verifying.then(|| RefCell::new(StepRecorder::new(self.ctx.token_eot())));
         let ngram = NgramFilter {
             n: opts.no_repeat_ngram as usize,
             n_vocab: usize::try_from(self.ctx.n_vocab()).unwrap_or(0),
-            recorder: recorder.as_ref(),
+            // The beams' steps interleave in the callback: a beam decode's rows are made
+            // afterwards instead.
+            recorder: if beam { None } else { recorder.as_ref() },
         };
-        let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
+        let mut params = FullParams::new(if beam {
+            SamplingStrategy::BeamSearch {
+                beam_size: i32::try_from(opts.beam_size.min(8)).unwrap_or(8),
+                patience: -1.0,
+            }
+        } else {
+            SamplingStrategy::Greedy { best_of: 1 }
+        });
         let threads = opts.threads.unwrap_or(self.opts.threads).max(1);
         params.set_n_threads(threads as i32);
         params.set_translate(false);
@@ -447,7 +465,7 @@ impl WhisperEngine {
                 ..Heard::default()
             });
         };
-        let recorder = recorder.into_inner();
+        let mut recorder = recorder.into_inner();
         let eot = self.ctx.token_eot();
         let mut tokens = Vec::new();
         let mut pieces = Vec::new();
@@ -467,12 +485,17 @@ impl WhisperEngine {
             + 1
             + if self.ctx.is_multilingual() { 2 } else { 0 }
             + usize::from(opts.no_timestamps);
+        if beam {
+            let prefix = self.decoder_prefix(prompt.as_deref().map(Vec::as_slice), opts);
+            self.force_hypothesis(state, &prefix, &tokens, threads, &mut recorder)?;
+        }
         let hyp = Hypothesis {
             tokens: &tokens,
             pieces: &pieces,
             prefix_len,
             recorder: &recorder,
             eot,
+            beam,
         };
         let scored = verifier.score(state, &hyp, threads, cancel)?;
         if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
@@ -484,6 +507,55 @@ impl WhisperEngine {
             verdicts,
             scores: scored.phrases,
         })
+    }
+
+    /// The tokens whisper.cpp puts before a hypothesis in the decoder: the previous-text
+    /// marker and the prompt (if any), start-of-transcript, the language and task (multilingual
+    /// models), and no-timestamps.
+    fn decoder_prefix(&self, prompt: Option<&[i32]>, opts: &DecodeOptions) -> Vec<i32> {
+        let mut prefix = Vec::new();
+        if let Some(p) = prompt {
+            prefix.push(self.ctx.token_prev());
+            prefix.extend_from_slice(p);
+        }
+        prefix.push(self.ctx.token_sot());
+        if self.ctx.is_multilingual() {
+            let code = opts.language.as_deref().unwrap_or("en");
+            let id = whisper_rs::get_lang_id(code).unwrap_or(0);
+            prefix.push(self.ctx.token_lang(id));
+            prefix.push(self.ctx.token_transcribe());
+        }
+        if opts.no_timestamps {
+            prefix.push(self.ctx.token_not());
+        }
+        prefix
+    }
+
+    /// Decode `prefix` and then `tokens` one at a time, recording the logits before each
+    /// token and after the last (end-of-text) in `recorder`, as a greedy decode's callback
+    /// does, and leaving exactly these tokens in the KV cache for the verifier. One token per
+    /// decode: whisper.cpp returns the logits of a batch's first row, not its last.
+    fn force_hypothesis(
+        &self,
+        state: &mut WhisperState,
+        prefix: &[i32],
+        tokens: &[i32],
+        threads: usize,
+        recorder: &mut StepRecorder,
+    ) -> Result<(), SpeechError> {
+        let failed = |e: whisper_rs::WhisperError| SpeechError::Decode(format!("rescoring: {e}"));
+        recorder.reset();
+        let Some((&last, head)) = prefix.split_last() else {
+            return Ok(());
+        };
+        if !head.is_empty() {
+            state.decode(head, 0, threads).map_err(failed)?;
+        }
+        for (step, &t) in std::iter::once(&last).chain(tokens).enumerate() {
+            state.decode(&[t], head.len() + step, threads).map_err(failed)?;
+            recorder.record(step, state.get_logits().map_err(failed)?);
+        }
+        Ok(())
     }
 
     /// Score each language's escape phrases and yes/no answers on every decode in that

@@ -24,6 +24,8 @@ pub struct LanguageSpec {
     pub model: PathBuf,
     /// Decoder prompt for this language; `None`: the decode options' own.
     pub prompt: Option<String>,
+    /// Beam width of this language's decodes; `None`: the decode options' own.
+    pub beam_size: Option<u32>,
 }
 
 /// A language left out at load, and why.
@@ -33,6 +35,7 @@ pub type SkippedLanguage = (String, SpeechError);
 struct Heard {
     engine: Arc<WhisperEngine>,
     prompt: Option<String>,
+    beam_size: Option<u32>,
 }
 
 /// Models per language, loaded once. Decodes in a language it does not know use the default
@@ -107,6 +110,7 @@ impl LanguageEngines {
                 Heard {
                     engine,
                     prompt: spec.prompt.clone(),
+                    beam_size: spec.beam_size,
                 },
             );
         }
@@ -160,7 +164,8 @@ impl LanguageEngines {
     }
 
     /// The decode options for `opts.language` (the default language when unset): whisper's
-    /// language set, and the language's prompt in place of the generic one when prompting.
+    /// language set, the language's prompt in place of the generic one when prompting, and
+    /// the language's beam width unless the options set one (1 asks for greedy).
     pub fn options_for<'a>(&self, opts: &'a DecodeOptions) -> std::borrow::Cow<'a, DecodeOptions> {
         let code = opts.language.as_deref().unwrap_or(&self.default);
         let heard = self.heard(Some(code));
@@ -168,8 +173,10 @@ impl LanguageEngines {
             (Some(_), Some(own)) => Some(own),
             _ => None,
         };
+        let beam = heard.beam_size.filter(|_| opts.beam_size == 0);
         if opts.language.as_deref() == Some(code)
             && prompt.is_none_or(|p| opts.initial_prompt.as_ref() == Some(p))
+            && beam.is_none_or(|b| b == opts.beam_size)
         {
             return std::borrow::Cow::Borrowed(opts);
         }
@@ -177,6 +184,9 @@ impl LanguageEngines {
         o.language = Some(code.to_string());
         if let Some(p) = prompt {
             o.initial_prompt = Some(p.clone());
+        }
+        if let Some(b) = beam {
+            o.beam_size = b;
         }
         std::borrow::Cow::Owned(o)
     }
@@ -240,6 +250,7 @@ mod tests {
             code: "en".into(),
             model: testutil::model_path(),
             prompt: None,
+            beam_size: None,
         };
         let engines =
             LanguageEngines::load(&[spec], "en", EngineOptions::default()).expect("tiny.en loads");

@@ -302,6 +302,8 @@ pub struct Hypothesis<'a> {
     pub prefix_len: usize,
     pub recorder: &'a StepRecorder,
     pub eot: i32,
+    /// The hypothesis came from a beam search (its rows were made by decoding it again).
+    pub beam: bool,
 }
 
 impl KeywordVerifier {
@@ -419,10 +421,22 @@ impl KeywordVerifier {
         } else {
             hyp_lp.iter().sum::<f32>() / hyp_lp.len() as f32
         };
+        // What a phrase is weighed against at each step. A greedy hypothesis took the likeliest
+        // token at every step; a beam's did not always, and against a token the model found
+        // unlikely there any phrase looks likely (ordinary Dutch requests scored 1.5 to 2.8
+        // against beam hypotheses). So a beam hypothesis's steps count at their likeliest
+        // token, which is what the greedy thresholds were calibrated against.
+        let base_lp: Vec<f32> = if hyp.beam {
+            (0..hyp_lp.len())
+                .map(|i| rows[i].iter().copied().fold(f32::NEG_INFINITY, f32::max))
+                .collect()
+        } else {
+            hyp_lp.clone()
+        };
         let hyp_mean = |k: usize, m: usize| -> f32 {
             // Past the end, compare with the hypothesis's last known step.
             let vals: Vec<f32> = (k..k + m)
-                .map(|i| hyp_lp.get(i.min(hyp_lp.len().saturating_sub(1))).copied())
+                .map(|i| base_lp.get(i.min(base_lp.len().saturating_sub(1))).copied())
                 .map(|v| v.unwrap_or(0.0))
                 .collect();
             vals.iter().sum::<f32>() / m.max(1) as f32
@@ -445,7 +459,7 @@ impl KeywordVerifier {
         let mut candidates: Vec<(f32, usize, usize, usize)> = Vec::new();
         for &k in &anchors {
             let row = &rows[k];
-            let here = hyp_lp.get(k).copied().unwrap_or(0.0);
+            let here = base_lp.get(k).copied().unwrap_or(0.0);
             for (pi, p) in self.phrases.iter().enumerate() {
                 for (vi, v) in p.variants.iter().enumerate() {
                     let first = lp(row, v.tokens[0]);
@@ -641,6 +655,54 @@ mod tests {
             let v = escape_verdict(&heard).expect("an escape score");
             assert_eq!(v.passed(), escape, "{text:?} heard {heard:?}");
         }
+    }
+
+    /// After a beam decode the hypothesis is decoded again for the verifier. Where the beams
+    /// write what the greedy decode wrote, the scores must be the greedy decode's: rows out by
+    /// one step, or the beams' KV cache left behind, would move them far.
+    #[test]
+    fn a_beam_decode_is_verified_as_the_greedy_decode_is() {
+        let Some(engine) = engine() else { return };
+        let verifier = english(&engine);
+        let greedy = DecodeOptions::default();
+        let beam = DecodeOptions {
+            beam_size: 5,
+            ..DecodeOptions::default()
+        };
+        let mut compared = 0;
+        for (text, escape) in [
+            ("I want to talk to a human", true),
+            ("operator please", true),
+            ("I need to check my account balance", false),
+            ("my internet is not working", false),
+        ] {
+            let Some(audio) = phone_speech(text, "en-us", 165) else {
+                return;
+            };
+            let g = engine
+                .transcribe_verified(&audio, &greedy, &verifier, None)
+                .expect("greedy");
+            let b = engine
+                .transcribe_verified(&audio, &beam, &verifier, None)
+                .expect("beam");
+            let v = escape_verdict(&b).expect("an escape score after a beam decode");
+            assert_eq!(v.passed(), escape, "{text:?} heard {b:?}");
+            if g.text != b.text {
+                continue;
+            }
+            compared += 1;
+            for (x, y) in g.scores.iter().zip(&b.scores) {
+                assert_eq!(x.phrase, y.phrase);
+                assert!(
+                    (x.score - y.score).abs() < 0.2,
+                    "{text:?}: {} scored {} greedy, {} after the beams",
+                    x.phrase,
+                    x.score,
+                    y.score
+                );
+            }
+        }
+        assert!(compared > 0, "the beams wrote something else every time");
     }
 
     #[test]
