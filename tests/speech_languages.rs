@@ -301,7 +301,7 @@ fn an_english_only_model_for_dutch_is_refused_at_its_line() {
 
 #[test]
 fn a_beam_too_wide_is_refused_at_its_line() {
-    let (err, nl) = check_dutch_config("beam_size = 5", "beam_size = 40");
+    let (err, nl) = check_dutch_config("# beam_size = 5", "beam_size = 40");
     let line = nl
         .lines()
         .position(|l| l.starts_with("beam_size ="))

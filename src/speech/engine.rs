@@ -552,7 +552,9 @@ impl WhisperEngine {
             state.decode(head, 0, threads).map_err(failed)?;
         }
         for (step, &t) in std::iter::once(&last).chain(tokens).enumerate() {
-            state.decode(&[t], head.len() + step, threads).map_err(failed)?;
+            state
+                .decode(&[t], head.len() + step, threads)
+                .map_err(failed)?;
             recorder.record(step, state.get_logits().map_err(failed)?);
         }
         Ok(())
