@@ -633,17 +633,20 @@ mod tests {
         heard.verdicts.iter().find(|v| v.kind == PhraseKind::Escape)
     }
 
+    /// English requests, and whether each asks for a person.
+    const SAID: [(&str, bool); 4] = [
+        ("I want to talk to a human", true),
+        ("operator please", true),
+        ("I need to check my account balance", false),
+        ("my internet is not working", false),
+    ];
+
     #[test]
     fn a_said_escape_passes_and_an_ordinary_request_does_not() {
         let Some(engine) = engine() else { return };
         let verifier = english(&engine);
         let opts = DecodeOptions::default();
-        for (text, escape) in [
-            ("I want to talk to a human", true),
-            ("operator please", true),
-            ("I need to check my account balance", false),
-            ("my internet is not working", false),
-        ] {
+        for (text, escape) in SAID {
             let Some(audio) = phone_speech(text, "en-us", 165) else {
                 return;
             };
@@ -670,12 +673,7 @@ mod tests {
             ..DecodeOptions::default()
         };
         let mut compared = 0;
-        for (text, escape) in [
-            ("I want to talk to a human", true),
-            ("operator please", true),
-            ("I need to check my account balance", false),
-            ("my internet is not working", false),
-        ] {
+        for (text, escape) in SAID {
             let Some(audio) = phone_speech(text, "en-us", 165) else {
                 return;
             };
