@@ -119,10 +119,10 @@ pub struct DecodeOptions {
     pub verify: bool,
     /// Beam width of the free decode (at most 8); 0 or 1 decodes greedily. 0, the default,
     /// also lets a language's `[speech] beam_size` choose ([`super::LanguageEngines`]); 1
-    /// asks for greedy whatever the language says. After a beam
-    /// decode the keyword verifier needs the chosen hypothesis's own logits and KV cache,
-    /// which the beams do not leave behind: the hypothesis is decoded again, one token at a
-    /// time ([`WhisperEngine::force_hypothesis`]), a few decoder steps on top of the encoder.
+    /// asks for greedy whatever the language says. After a beam decode the keyword verifier
+    /// needs the chosen hypothesis's own logits and KV cache, which the beams do not leave
+    /// behind: the hypothesis is decoded again, one token at a time
+    /// ([`WhisperEngine::force_hypothesis`]), a few decoder steps on top of the encoder.
     pub beam_size: u32,
 }
 
