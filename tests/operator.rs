@@ -1004,6 +1004,29 @@ fn try_it_hears_a_recording_and_decides_as_a_call_would() {
         "{}",
         r.body
     );
+
+    // Three recordings at once: two are heard, the third is told to try again (the speech
+    // pool is the calls' first), and once they are done a recording is heard again.
+    let wav = std::fs::read(d.join("real-person.wav")).unwrap();
+    let mut replies: Vec<(u16, String)> = std::thread::scope(|s| {
+        let asks: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| server.send_wav(&sam, "/api/flow/hear?language=en", &wav)))
+            .collect();
+        asks.into_iter()
+            .map(|a| a.join().expect("a hearing's request"))
+            .map(|r| (r.status, r.body))
+            .collect()
+    });
+    replies.sort();
+    let statuses: Vec<u16> = replies.iter().map(|r| r.0).collect();
+    assert_eq!(statuses, [200, 200, 503], "{replies:?}");
+    assert!(
+        replies[2].1.contains("being heard already"),
+        "{}",
+        replies[2].1
+    );
+    let r = server.send_wav(&sam, "/api/flow/hear?language=en", &wav);
+    assert_eq!(r.status, 200, "{}", r.body);
 }
 
 /// Issue 13, item 1 with an operator's own recording: an uploaded WAV (espeak-ng's 22 kHz

@@ -7,8 +7,9 @@
 //! transcript at the time it would have arrived — the audio time it was requested plus the
 //! measured decode time, one decoder per call — so figures match a live call on an idle
 //! machine without waiting for the audio to play. `Fast` decodes inline on an engine of its
-//! own (the benchmarks); `Pooled` one job at a time on the server's shared pool, behind the
-//! live calls' finals (the operator console's "try it" on a recording).
+//! own (the benchmarks); `Pooled` one job at a time on the server's shared pool as a
+//! background job, behind every live call's decodes and never on the pool's last free
+//! decoder (the operator console's "try it" on a recording).
 
 use crate::brain::Event;
 use crate::escape::normalize::collapse_repeats;
@@ -176,6 +177,11 @@ pub fn run_turn(
                         Decoding::Pooled { pool, within } => {
                             let id = job.id;
                             let (reply, answer) = mpsc::channel();
+                            // Nobody is on a line waiting for it: calls come first.
+                            let job = crate::speech::DecodeJob {
+                                background: true,
+                                ..job
+                            };
                             // A refused job is answered on the channel too.
                             let _ = pool.submit_to(job, reply);
                             let Ok(mut result) = answer.recv_timeout(*within) else {
@@ -184,6 +190,14 @@ pub fn run_turn(
                                     within.as_secs()
                                 )));
                             };
+                            // The calls left no decoder for it: the whole hearing is refused
+                            // rather than reported as a caller sent to a person.
+                            if let Err(
+                                e @ (SpeechError::Behind { .. } | SpeechError::Overloaded { .. }),
+                            ) = result.outcome
+                            {
+                                return Err(e);
+                            }
                             // Waiting behind live calls is not this caller's time.
                             result.queue_ms = 0;
                             arrives(&mut arriving, &mut busy_until, t, result);

@@ -150,10 +150,13 @@ fn hear_recording(
         heard.extend(HeardEvent::from_event(t, e));
         std::ops::ControlFlow::Continue(())
     })
-    .map_err(|e| {
-        failed(format!(
-            "speech recognition failed (is it busy with calls?): {e}"
-        ))
+    .map_err(|e| match e {
+        crate::speech::SpeechError::Behind { .. } | crate::speech::SpeechError::Overloaded { .. } => {
+            FlowRefused::Busy(format!(
+                "speech recognition is busy with calls, which come first; try again in a few seconds ({e})"
+            ))
+        }
+        e => failed(format!("speech recognition failed: {e}")),
     })?;
     let finals: Vec<String> = stats.finals.into_iter().filter(|f| !f.is_empty()).collect();
     if finals.is_empty() {

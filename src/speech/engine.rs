@@ -899,7 +899,7 @@ impl PoolState {
     fn count(&mut self, why: Dropped) {
         match why {
             Dropped::Behind { .. } => self.behind += 1,
-            Dropped::Full { .. } => self.rejected += 1,
+            Dropped::Full { .. } | Dropped::Unserved { .. } => self.rejected += 1,
             Dropped::Superseded | Dropped::Shed | Dropped::Cancelled => self.superseded += 1,
         }
     }
@@ -1748,6 +1748,7 @@ mod tests {
             start_ms: 0,
             at_pause: false,
             language: None,
+            background: false,
         }
     }
 
@@ -1967,6 +1968,43 @@ mod tests {
             assert!(matches!(r.outcome, Err(SpeechError::Decode(_))));
         }
         assert_eq!(pool.stats().failed, 2);
+    }
+
+    /// The console hearing a recording never takes the decoder a caller's final needs: with
+    /// one of two decoders busy it waits, a call's final arriving then starts at once, and
+    /// the recording is heard once the calls are served.
+    #[test]
+    fn a_background_decode_leaves_a_decoder_free_for_a_callers_final() {
+        let fake = Arc::new(Gated::default());
+        let two = PoolConfig {
+            workers: 2,
+            ..PoolConfig::default()
+        };
+        let pool = DecoderPool::new(fake.clone(), two).expect("pool");
+        let _guard = OpenOnDrop(fake.clone());
+        let (tx, rx) = mpsc::channel();
+        pool.submit_to(job(1, 1, 0, DecodeKind::Final, 10), tx.clone())
+            .expect("a caller's final");
+        wait_running(&pool, 1);
+        let hearing = DecodeJob {
+            background: true,
+            ..job(9, 1, 0, DecodeKind::Final, 50)
+        };
+        pool.submit_to(hearing, tx.clone()).expect("the console's");
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(
+            (pool.stats().running, pool.stats().queued),
+            (1, 1),
+            "the hearing took the last free decoder"
+        );
+        pool.submit_to(job(2, 1, 0, DecodeKind::Final, 30), tx.clone())
+            .expect("another caller's final");
+        wait_running(&pool, 2);
+        fake.open();
+        let results = collect(&rx, 3);
+        assert!(results.iter().all(|r| r.outcome.is_ok()), "{results:?}");
+        assert_eq!(results[2].job.stream, 9, "the calls were not served first");
+        assert_eq!(lock(&fake.calls).last(), Some(&50));
     }
 
     fn quick_expiry(final_max_wait_ms: u64) -> PoolConfig {

@@ -60,6 +60,10 @@ pub struct DecodeJob {
     /// The language to hear it in (an ISO 639-1 code such as "nl"); `None`: the decoder's
     /// own setting. Set from [`StreamingRecognizer::set_language`] when the job is made.
     pub language: Option<Arc<str>>,
+    /// Nobody is on the line waiting for it (the operator console hearing a recording): the
+    /// pool runs it after every call's decode and never on its last free decoder
+    /// ([`super::JobClass::Background`]). The recognizer never sets it; its driver may.
+    pub background: bool,
 }
 
 impl DecodeJob {
@@ -654,6 +658,7 @@ impl StreamingRecognizer {
             audio: Arc::from(u.audio),
             at_pause: false,
             language: self.language.clone(),
+            background: false,
         };
         // Nothing said after the pause partial: it heard all of this utterance.
         let covered = !forced && self.cfg.final_from_pause && u.pause_voiced_end >= voiced_end;
@@ -731,6 +736,7 @@ impl StreamingRecognizer {
             audio: Arc::from(u.audio.as_slice()),
             at_pause,
             language: self.language.clone(),
+            background: false,
         }));
     }
 }

@@ -18,6 +18,12 @@
 //!   waited that long is dropped instead of decoded: either way its reply says
 //!   [`SpeechError::Behind`], and the driver sends the caller to a person.
 //! - **A call that hangs up** takes its queued decodes with it ([`DecodeQueue::cancel_stream`]).
+//! - **Calls before everything else.** A decode nobody is waiting for on a line (the operator
+//!   console hearing a recording) runs after every call's decode, never on the last free
+//!   decoder (a call's final arriving just after it would wait a whole decode), is shed
+//!   first, and is dropped ([`Dropped::Unserved`]) after
+//!   [`SchedulerConfig::background_max_wait_ms`], so the console hears "busy" rather than
+//!   taking a decoder from a caller.
 //!
 //! Every job pushed comes back exactly once: popped to run, or in a [`Dropped`] list with the
 //! reason, which the pool turns into the job's one reply.
@@ -35,10 +41,15 @@ pub enum JobClass {
     /// A partial requested at a pause in speech (see [`DecodeJob::at_pause`]).
     PausePartial,
     Partial,
+    /// Not for a call (see [`DecodeJob::background`]), final or partial.
+    Background,
 }
 
 impl JobClass {
     pub fn of(job: &DecodeJob) -> Self {
+        if job.background {
+            return JobClass::Background;
+        }
         match (job.id.kind, job.at_pause) {
             (DecodeKind::Final, _) => JobClass::Final,
             (DecodeKind::Partial, true) => JobClass::PausePartial,
@@ -65,6 +76,9 @@ pub struct SchedulerConfig {
     /// person instead (the brain's `speech_unavailable`). About the pause a caller accepts
     /// after speaking before the line feels dead.
     pub final_max_wait_ms: u64,
+    /// Longest a background job ([`JobClass::Background`]) waits for a decoder a call does
+    /// not need before it is dropped as [`Dropped::Unserved`].
+    pub background_max_wait_ms: u64,
 }
 
 impl Default for SchedulerConfig {
@@ -73,6 +87,7 @@ impl Default for SchedulerConfig {
             max_queue: 32,
             partial_max_wait_ms: 500,
             final_max_wait_ms: 1_200,
+            background_max_wait_ms: 10_000,
         }
     }
 }
@@ -102,6 +117,8 @@ pub enum Dropped {
     Full { capacity: usize },
     /// Its call hung up.
     Cancelled,
+    /// A background job that found no decoder the calls could spare in time.
+    Unserved { wait_ms: u64 },
 }
 
 impl Dropped {
@@ -111,6 +128,7 @@ impl Dropped {
             Dropped::Superseded | Dropped::Shed | Dropped::Cancelled => SpeechError::Superseded,
             Dropped::Behind { wait_ms } => SpeechError::Behind { wait_ms },
             Dropped::Full { capacity } => SpeechError::Overloaded { capacity },
+            Dropped::Unserved { wait_ms } => SpeechError::Behind { wait_ms },
         }
     }
 }
@@ -176,6 +194,15 @@ impl Capacity {
         let free = self.workers.max(1).saturating_sub(self.running);
         free <= 1 && self.decode_ms * 2.0 > final_max_wait_ms as f64
     }
+
+    /// Whether a background job may start now: a decoder stays free for a call's final. A
+    /// pool of one decoder runs it only when that decoder is idle (and nothing else waits,
+    /// since a background job is the last in line).
+    pub fn may_run_background(&self) -> bool {
+        let workers = self.workers.max(1);
+        let free = workers.saturating_sub(self.running);
+        if workers == 1 { free == 1 } else { free >= 2 }
+    }
 }
 
 /// The pool's queue. Generic over what rides along with each job (the pool's reply).
@@ -207,8 +234,8 @@ impl<T> DecodeQueue<T> {
     }
 
     /// Queued jobs of each class, in [`JobClass`] order.
-    pub fn counts(&self) -> [usize; 3] {
-        let mut n = [0; 3];
+    pub fn counts(&self) -> [usize; 4] {
+        let mut n = [0; 4];
         for e in &self.entries {
             n[e.class as usize] += 1;
         }
@@ -264,7 +291,7 @@ impl<T> DecodeQueue<T> {
                 out.dropped.push((old.payload, Dropped::Superseded));
                 return out;
             }
-        } else {
+        } else if class != JobClass::Background {
             // A final or a pause partial holds everything the older partials of its
             // utterance would say.
             let mut i = 0;
@@ -297,9 +324,10 @@ impl<T> DecodeQueue<T> {
             }
         }
         if self.entries.len() >= self.cfg.max_queue {
-            // Shed the least urgent, oldest queued partial for a final or pause partial; a
-            // plain partial is not worth shedding another for.
-            let shed = if class == JobClass::Partial {
+            // Shed the least urgent, oldest queued partial (background jobs first) for a
+            // final or pause partial; a plain partial or background job is not worth
+            // shedding another for.
+            let shed = if matches!(class, JobClass::Partial | JobClass::Background) {
                 None
             } else {
                 self.entries
@@ -333,6 +361,7 @@ impl<T> DecodeQueue<T> {
     /// A plain partial is not started on the last free decoder when a decode takes more than
     /// half the time a final may wait ([`Capacity::partials_would_delay_finals`]): it is
     /// dropped as superseded, and the decoder stays free for the pause partial or final.
+    /// A background job starts only where [`Capacity::may_run_background`].
     pub fn pop(&mut self, now: Instant, cap: Capacity) -> (Option<Entry<T>>, Vec<(T, Dropped)>) {
         let mut expired = self.expire(now);
         if cap.partials_would_delay_finals(self.cfg.final_max_wait_ms) {
@@ -343,10 +372,12 @@ impl<T> DecodeQueue<T> {
             self.entries = keep;
             expired.extend(plain.into_iter().map(|e| (e.payload, Dropped::Superseded)));
         }
+        let background = cap.may_run_background();
         let next = self
             .entries
             .iter()
             .enumerate()
+            .filter(|(_, e)| background || e.class != JobClass::Background)
             .min_by_key(|(i, e)| (e.class, e.enqueued, *i))
             .map(|(i, _)| i)
             .and_then(|i| self.entries.remove(i));
@@ -356,6 +387,7 @@ impl<T> DecodeQueue<T> {
     /// Drop what has waited past its use.
     pub fn expire(&mut self, now: Instant) -> Vec<(T, Dropped)> {
         let (partial_max, final_max) = (self.cfg.partial_max_wait_ms, self.cfg.final_max_wait_ms);
+        let background_max = self.cfg.background_max_wait_ms;
         let mut out = Vec::new();
         let mut i = 0;
         while i < self.entries.len() {
@@ -368,6 +400,9 @@ impl<T> DecodeQueue<T> {
                     Some(Dropped::Behind { wait_ms: waited })
                 }
                 JobClass::Partial if waited >= partial_max => Some(Dropped::Superseded),
+                JobClass::Background if waited >= background_max => {
+                    Some(Dropped::Unserved { wait_ms: waited })
+                }
                 _ => None,
             };
             match why.and_then(|w| self.entries.remove(i).map(|e| (e.payload, w))) {
@@ -774,6 +809,93 @@ mod tests {
         assert_eq!(q.pop(at(t0, 70), idle()).0.map(|e| e.payload), Some(4));
     }
 
+    /// The console hearing a recording takes no decoder a caller needs: it runs after every
+    /// call's job, never on the last free decoder of two, is shed first for a final, and
+    /// is dropped as unserved when no decoder could be spared for it.
+    #[test]
+    fn a_background_job_waits_for_the_calls_and_a_spare_decoder() {
+        let t0 = Instant::now();
+        let mut q = queue(3);
+        let pool = |running| Capacity {
+            workers: 2,
+            running,
+            decode_ms: 300.0,
+        };
+        q.push(
+            t0,
+            id(9, 1, 0, DecodeKind::Final),
+            JobClass::Background,
+            1,
+            pool(0),
+        );
+        q.push(
+            at(t0, 1),
+            id(1, 1, 0, DecodeKind::Partial),
+            JobClass::Partial,
+            2,
+            pool(0),
+        );
+        // Calls first, even a plain partial queued after it.
+        assert_eq!(q.pop(at(t0, 2), pool(0)).0.map(|e| e.payload), Some(2));
+        // One decoder busy, one free: that one is kept for a call.
+        let (next, expired) = q.pop(at(t0, 3), pool(1));
+        assert!(next.is_none() && expired.is_empty());
+        assert_eq!(q.len(), 1);
+        // Both free: it runs.
+        assert_eq!(q.pop(at(t0, 4), pool(0)).0.map(|e| e.payload), Some(1));
+        // A pool of one runs it only on an idle decoder.
+        let one = |running| Capacity {
+            workers: 1,
+            running,
+            decode_ms: 300.0,
+        };
+        assert!(one(0).may_run_background() && !one(1).may_run_background());
+
+        // A full queue sheds it for a call's final, before any call's partial.
+        for (p, class, kind) in [
+            (3, JobClass::Background, DecodeKind::Final),
+            (4, JobClass::Partial, DecodeKind::Partial),
+            (5, JobClass::Final, DecodeKind::Final),
+        ] {
+            q.push(at(t0, 10), id(u64::from(p), 1, 0, kind), class, p, pool(1));
+        }
+        let p = q.push(
+            at(t0, 11),
+            id(6, 1, 0, DecodeKind::Final),
+            JobClass::Final,
+            6,
+            pool(1),
+        );
+        assert_eq!(p.dropped, [(3, Dropped::Shed)]);
+        // A background job does not shed a call's.
+        let p = q.push(
+            at(t0, 12),
+            id(9, 2, 0, DecodeKind::Final),
+            JobClass::Background,
+            7,
+            pool(1),
+        );
+        assert_eq!(p.refused, Some((7, Dropped::Full { capacity: 3 })));
+
+        // Kept waiting by the calls, it is dropped as unserved rather than run late.
+        let mut q = queue(3);
+        q.push(
+            t0,
+            id(9, 3, 0, DecodeKind::Final),
+            JobClass::Background,
+            8,
+            pool(1),
+        );
+        let wait = SchedulerConfig::default().background_max_wait_ms;
+        let (next, expired) = q.pop(at(t0, wait), pool(0));
+        assert!(next.is_none());
+        assert_eq!(expired, [(8, Dropped::Unserved { wait_ms: wait })]);
+        assert!(matches!(
+            Dropped::Unserved { wait_ms: wait }.error(),
+            SpeechError::Behind { .. }
+        ));
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Push {
@@ -782,9 +904,12 @@ mod tests {
             class: JobClass,
             running: usize,
         },
-        /// A decoder comes free; `slow` decodes take 900 ms (over half a final's wait).
+        /// A decoder comes free, with `running` of the pool's `workers` busy; `slow` decodes
+        /// take 900 ms (over half a final's wait).
         Pop {
             slow: bool,
+            workers: usize,
+            running: usize,
         },
         Cancel(u64),
         Wait(u64),
@@ -792,9 +917,11 @@ mod tests {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            4 => (0u64..4, 1u64..3, prop_oneof![Just(JobClass::Final), Just(JobClass::PausePartial), Just(JobClass::Partial)], 0usize..3)
+            4 => (0u64..4, 1u64..3, prop::sample::select(vec![JobClass::Final, JobClass::PausePartial, JobClass::Partial, JobClass::Background]), 0usize..3)
                 .prop_map(|(stream, utterance, class, running)| Op::Push { stream, utterance, class, running }),
-            3 => any::<bool>().prop_map(|slow| Op::Pop { slow }),
+            3 => (any::<bool>(), 1usize..3)
+                .prop_flat_map(|(slow, workers)| (Just(slow), Just(workers), 0..workers))
+                .prop_map(|(slow, workers, running)| Op::Pop { slow, workers, running }),
             1 => (0u64..4).prop_map(Op::Cancel),
             2 => (0u64..800).prop_map(Op::Wait),
         ]
@@ -804,7 +931,8 @@ mod tests {
         /// Whatever happens, every job comes back exactly once, the queue stays within its
         /// bound, a partial never runs while a final waits, a final is only ever dropped for
         /// lateness, a full queue of finals or its call's hang-up, and nothing runs after
-        /// waiting longer than its class allows.
+        /// waiting longer than its class allows. A background job runs only when no call's
+        /// job waits, and never on the last free decoder of a pool of several.
         #[test]
         fn every_job_is_answered_once_and_finals_come_first(ops in prop::collection::vec(op(), 1..120)) {
             let t0 = Instant::now();
@@ -840,8 +968,8 @@ mod tests {
                         }
                         prop_assert!(q.len() <= cfg.max_queue);
                     }
-                    Op::Pop { slow } => {
-                        let cap = Capacity { decode_ms: if slow { 900.0 } else { 200.0 }, ..idle() };
+                    Op::Pop { slow, workers, running } => {
+                        let cap = Capacity { workers, running, decode_ms: if slow { 900.0 } else { 200.0 } };
                         let (next, expired) = q.pop(now, cap);
                         for (d, why) in expired {
                             check_drop(d, why, &classes);
@@ -849,15 +977,21 @@ mod tests {
                         }
                         if let Some(e) = next {
                             let waited = now.duration_since(e.enqueued).as_millis() as u64;
-                            if e.class == JobClass::Partial {
-                                prop_assert!(waited < cfg.partial_max_wait_ms);
-                            } else {
-                                prop_assert!(waited < cfg.final_max_wait_ms);
+                            match e.class {
+                                JobClass::Partial => prop_assert!(waited < cfg.partial_max_wait_ms),
+                                JobClass::Background => {
+                                    prop_assert!(waited < cfg.background_max_wait_ms);
+                                    prop_assert!(q.entries.iter().all(|w| w.class == JobClass::Background),
+                                        "a background job ran while a call's job waited");
+                                    prop_assert!(workers == 1 || running + 2 <= workers, "a background job took the last free decoder");
+                                }
+                                _ => prop_assert!(waited < cfg.final_max_wait_ms),
                             }
                             if e.class != JobClass::Final {
                                 prop_assert_eq!(q.counts()[0], 0, "a partial ran while a final waited");
                             }
-                            prop_assert!(!(slow && e.class == JobClass::Partial), "a plain partial took the only decoder when decodes are slow");
+                            prop_assert!(!(cap.partials_would_delay_finals(cfg.final_max_wait_ms) && e.class == JobClass::Partial),
+                                "a plain partial took the last decoder when decodes are slow");
                             answer(e.payload, &mut answered);
                         }
                     }
