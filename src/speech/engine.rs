@@ -479,20 +479,15 @@ impl WhisperEngine {
                 }
             }
         }
-        // The decoder's KV cache holds: the previous-text marker and the prompt, then
-        // start-of-transcript, (language, task,) no-timestamps, then the hypothesis.
-        let prefix_len = prompt.as_ref().map_or(0, |p| 1 + p.len())
-            + 1
-            + if self.ctx.is_multilingual() { 2 } else { 0 }
-            + usize::from(opts.no_timestamps);
+        // The decoder's KV cache holds this prefix, then the hypothesis.
+        let prefix = self.decoder_prefix(prompt.as_deref().map(Vec::as_slice), opts);
         if beam {
-            let prefix = self.decoder_prefix(prompt.as_deref().map(Vec::as_slice), opts);
-            self.force_hypothesis(state, &prefix, &tokens, threads, &mut recorder)?;
+            self.force_hypothesis(state, &prefix, &tokens, threads, &mut recorder, cancel)?;
         }
         let hyp = Hypothesis {
             tokens: &tokens,
             pieces: &pieces,
-            prefix_len,
+            prefix_len: prefix.len(),
             recorder: &recorder,
             eot,
             beam,
@@ -534,7 +529,8 @@ impl WhisperEngine {
     /// Decode `prefix` and then `tokens` one at a time, recording the logits before each
     /// token and after the last (end-of-text) in `recorder`, as a greedy decode's callback
     /// does, and leaving exactly these tokens in the KV cache for the verifier. One token per
-    /// decode: whisper.cpp returns the logits of a batch's first row, not its last.
+    /// decode: whisper.cpp returns the logits of a batch's first row, not its last. A set
+    /// `cancel` stops it between tokens (a newer decode of the utterance has taken over).
     fn force_hypothesis(
         &self,
         state: &mut WhisperState,
@@ -542,6 +538,7 @@ impl WhisperEngine {
         tokens: &[i32],
         threads: usize,
         recorder: &mut StepRecorder,
+        cancel: Option<&AtomicBool>,
     ) -> Result<(), SpeechError> {
         let failed = |e: whisper_rs::WhisperError| SpeechError::Decode(format!("rescoring: {e}"));
         recorder.reset();
@@ -552,6 +549,9 @@ impl WhisperEngine {
             state.decode(head, 0, threads).map_err(failed)?;
         }
         for (step, &t) in std::iter::once(&last).chain(tokens).enumerate() {
+            if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+                return Err(SpeechError::Superseded);
+            }
             state
                 .decode(&[t], head.len() + step, threads)
                 .map_err(failed)?;

@@ -426,12 +426,12 @@ impl KeywordVerifier {
         // unlikely there any phrase looks likely (ordinary Dutch requests scored 1.5 to 2.8
         // against beam hypotheses). So a beam hypothesis's steps count at their likeliest
         // token, which is what the greedy thresholds were calibrated against.
-        let base_lp: Vec<f32> = if hyp.beam {
+        let base_lp: std::borrow::Cow<[f32]> = if hyp.beam {
             (0..hyp_lp.len())
                 .map(|i| rows[i].iter().copied().fold(f32::NEG_INFINITY, f32::max))
                 .collect()
         } else {
-            hyp_lp.clone()
+            std::borrow::Cow::Borrowed(&hyp_lp)
         };
         let hyp_mean = |k: usize, m: usize| -> f32 {
             // Past the end, compare with the hypothesis's last known step.
